@@ -1,0 +1,166 @@
+"""Price: log-mid jump-diffusion dp = mu dt + sigma(t) dW + J dN (spec Part 1).
+
+Units: the state is ``x = log(mid / s0)`` (dimensionless, per asset); time in seconds; ``drift``
+in log-price per second; ``jump_rate`` in jumps per second; jump sizes in log-price.
+
+Discretisation over a step of ``dt`` seconds, given the volatility process's outputs for that
+step (``int_var`` = integral of v over the step, ``lev_shock`` = the part of the diffusion that is
+correlated with the variance shock, ``resid_var`` = the variance of the rest):
+
+    x' = x + mu dt + lev_shock + sqrt(resid_var) Z + sum_{i <= N} J_i + impact,
+    N ~ Poisson(jump_rate dt) truncated at ``max_jumps`` (P(N > 2) < 2e-10 at jump_rate dt = 1e-3),
+    mu = drift - funding_coupling * funding_rate_per_second  [- compensator if martingale]
+
+With constant sigma pass ``int_var = sigma^2 dt`` and nothing else: then x' - x is exactly the
+jump-diffusion increment. Jumps are Merton, J ~ N(jump_mean, jump_std^2) (the sum of N is drawn
+exactly as N(N mu_J, N delta^2)), or Kou's double exponential: up with probability ``kou_p_up``
+and mean 1/``kou_eta_up``, down with mean 1/``kou_eta_down``.
+
+``martingale=True`` subtracts int_var/2 + jump_rate dt (E[e^J] - 1) so that the mid itself is a
+martingale (E[mid'] = mid without drift): quotes then earn no spurious drift PnL.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mmsim import distributions as dist
+from mmsim import rng
+from mmsim._pytree import Check, pytree_dataclass, static_field
+
+JUMP_LAWS = ("merton", "kou")
+
+
+@pytree_dataclass
+class PriceParams:
+    """Jump-diffusion parameters; each float field is a scalar or a per-asset ``(A,)`` array.
+
+    Attributes:
+        s0: initial mid price, quote currency (e.g. USDT) per base unit.
+        drift: log-price drift, per second.
+        jump_rate: jump intensity, jumps per second.
+        jump_mean: Merton mean jump, log-price.
+        jump_std: Merton jump standard deviation, log-price.
+        kou_p_up: Kou probability that a jump is upward.
+        kou_eta_up: Kou rate of upward jumps (mean up-jump 1/eta), per unit log-price.
+        kou_eta_down: Kou rate of downward jumps, per unit log-price.
+        funding_coupling: mu gets ``- funding_coupling * funding rate per second`` (1 ties the
+            drift to minus the funding rate).
+        jump_law: "merton" or "kou" (static).
+        martingale: compensate the drift so the mid is a martingale (static).
+        max_jumps: jumps per step are truncated at this count (static).
+    """
+
+    s0: jax.Array | float = 60_000.0
+    drift: jax.Array | float = 0.0
+    jump_rate: jax.Array | float = 0.0
+    jump_mean: jax.Array | float = 0.0
+    jump_std: jax.Array | float = 0.0
+    kou_p_up: jax.Array | float = 0.5
+    kou_eta_up: jax.Array | float = 100.0
+    kou_eta_down: jax.Array | float = 100.0
+    funding_coupling: jax.Array | float = 0.0
+    jump_law: str = static_field(default="merton")
+    martingale: bool = static_field(default=False)
+    max_jumps: int = static_field(default=2)
+
+    def validate(self) -> None:
+        c = Check(self)
+        c.positive("s0", "initial mid price")
+        c.finite("drift", "log drift per second")
+        c.nonneg("jump_rate", "jump intensity, per second")
+        c.finite("jump_mean", "Merton mean jump, log-price")
+        c.nonneg("jump_std", "Merton jump standard deviation, log-price")
+        c.between("kou_p_up", 0.0, 1.0, "probability of an upward Kou jump")
+        c.positive("kou_eta_up", "Kou up-jump rate")
+        c.positive("kou_eta_down", "Kou down-jump rate")
+        c.finite("funding_coupling")
+        c.require(self.jump_law in JUMP_LAWS, "jump_law", f"must be one of {JUMP_LAWS}")
+        c.require(isinstance(self.max_jumps, int) and self.max_jumps >= 1, "max_jumps",
+                  "must be an integer >= 1")
+        if self.jump_law == "kou" and self.martingale:
+            c.require(bool(c.value("kou_eta_up").min() > 1.0), "kou_eta_up",
+                      "must be > 1 when martingale=True (E[e^J] is infinite otherwise)")
+
+
+class PriceState(NamedTuple):
+    x: jax.Array         # (A,) log(mid / s0)
+    last_ret: jax.Array  # (A,) log return of the last step
+
+
+class PriceInfo(NamedTuple):
+    ret: jax.Array       # (A,) log return over the step
+    n_jumps: jax.Array   # (A,) number of jumps in the step
+    jump: jax.Array      # (A,) total jump, log-price
+
+
+def init(params: PriceParams, n_assets: int, dtype=jnp.float32) -> PriceState:
+    z = jnp.zeros((n_assets,), dtype)
+    return PriceState(x=z, last_ret=z)
+
+
+def mid(state: PriceState, params: PriceParams) -> jax.Array:
+    """Mid price, quote currency per base unit: ``s0 * exp(x)``."""
+    return params.s0 * jnp.exp(state.x)
+
+
+def jump_compensator(params: PriceParams) -> jax.Array:
+    """E[e^J] - 1 for one jump (log-price jump J), Merton or Kou."""
+    if params.jump_law == "merton":
+        return jnp.expm1(params.jump_mean + 0.5 * params.jump_std**2)
+    p, e1, e2 = params.kou_p_up, params.kou_eta_up, params.kou_eta_down
+    return p * e1 / (e1 - 1.0) + (1.0 - p) * e2 / (e2 + 1.0) - 1.0
+
+
+def n_uniforms(params: PriceParams) -> int:
+    """Uniforms drawn per asset per step: diffusion, jump count and jump sizes."""
+    return 2 + (1 if params.jump_law == "merton" else params.max_jumps)
+
+
+def step(key: jax.Array, state: PriceState, params: PriceParams, dt: float, int_var: jax.Array,
+         *, lev_shock: jax.Array | float = 0.0, resid_var: jax.Array | None = None,
+         z: jax.Array | None = None, funding_rate_per_s: jax.Array | float = 0.0,
+         impact: jax.Array | float = 0.0) -> tuple[PriceState, PriceInfo]:
+    """Advance the log-mid by one step of ``dt`` seconds.
+
+    Args:
+        key: :mod:`mmsim.rng` key for this step.
+        int_var: (A,) integrated variance over the step, log-price^2 (sigma^2 dt if constant).
+        lev_shock: (A,) diffusion part correlated with the variance shock (leverage effect).
+        resid_var: (A,) variance of the rest of the diffusion; defaults to ``int_var``.
+        z: (A,) standard normals for the diffusion (correlated across assets by the caller);
+            drawn here when not given.
+        funding_rate_per_s: (A,) funding rate per second, for the funding-tied drift.
+        impact: (A,) permanent impact of this step's order flow and liquidations, log-price.
+    """
+    dtype = state.x.dtype
+    n_a = state.x.shape[0]
+    u = rng.uniform(key, (n_a, n_uniforms(params)), dtype)
+    if z is None:
+        z = dist.std_normal(u[:, 0])
+    resid_var = int_var if resid_var is None else resid_var
+    lam_dt = params.jump_rate * dt
+    n_j = dist.poisson(u[:, 1], jnp.broadcast_to(lam_dt, (n_a,)).astype(dtype), k_max=params.max_jumps)
+    if params.jump_law == "merton":
+        zj = dist.std_normal(u[:, 2])
+        jump = n_j * params.jump_mean + jnp.sqrt(n_j) * params.jump_std * zj
+    else:
+        sizes = dist.double_exponential(u[:, 2:], _col(params.kou_p_up), _col(params.kou_eta_up),
+                                        _col(params.kou_eta_down))
+        live = jnp.arange(params.max_jumps, dtype=dtype)[None, :] < n_j[:, None]
+        jump = jnp.sum(jnp.where(live, sizes, 0.0), axis=1)
+    mu = params.drift - params.funding_coupling * funding_rate_per_s
+    comp = 0.0
+    if params.martingale:
+        comp = -0.5 * int_var - lam_dt * jump_compensator(params)
+    ret = (mu * dt + comp + lev_shock + jnp.sqrt(jnp.maximum(resid_var, 0.0)) * z + jump + impact).astype(dtype)
+    new = PriceState(x=state.x + ret, last_ret=ret)
+    return new, PriceInfo(ret=ret, n_jumps=n_j, jump=jump.astype(dtype))
+
+
+def _col(x):
+    """Broadcast a scalar or (A,) parameter against an (A, k) array."""
+    return x[..., None] if jnp.ndim(x) else x
