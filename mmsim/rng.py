@@ -18,8 +18,10 @@ A key is a uint64 scalar (or array of them). Keys are derived, never reused:
 * :func:`bits`, :func:`uniform`, :func:`normal` draw from a key: word ``i`` is
   ``mix(key + (i + 1) * GOLDEN)``.
 
-float32 uniforms take 24 bits each (two per 64-bit word); float64 uniforms take 53 bits. Every
-uniform lies strictly inside (0, 1), so ``log(u)`` and ``ndtri(u)`` are always finite.
+float32 uniforms take 23 bits each (two per 64-bit word), ``(m + 1/2) 2^-23``; float64 uniforms take
+52 bits. One bit fewer than the mantissa keeps the largest value, 1 - 2^-24 (resp. 1 - 2^-53),
+representable: every uniform lies strictly inside (0, 1), so ``log(u)``, ``log1p(-u)`` and
+``ndtri(u)`` are always finite (|ndtri| <= 5.3 in float32, 8.2 in float64).
 """
 
 from __future__ import annotations
@@ -76,22 +78,22 @@ def bits(k: jax.Array, n: int) -> jax.Array:
 def uniform(k: jax.Array, shape: tuple[int, ...] = (), dtype: Any = jnp.float32) -> jax.Array:
     """Uniforms on the open interval (0, 1), shape ``k.shape + shape``.
 
-    float32: 24-bit values ``(m + 0.5) / 2^24``, two per word; float64: 53-bit values.
+    float32: 23-bit values ``(m + 0.5) / 2^23``, two per word; float64: 52-bit values.
     """
     dtype = jnp.dtype(dtype)
     n = math.prod(shape)
     kshape = jnp.shape(k)
     if dtype == jnp.float64:
         w = bits(k, n)
-        u = ((w >> np.uint64(11)).astype(jnp.float64) + 0.5) * (2.0**-53)
-    elif dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
+        u = ((w >> np.uint64(12)).astype(jnp.float64) + 0.5) * (2.0**-52)
+    elif dtype == jnp.float32:
         w = bits(k, (n + 1) // 2)
-        hi = (w >> np.uint64(40)).astype(jnp.float32)
-        lo = ((w >> np.uint64(8)) & np.uint64(0xFFFFFF)).astype(jnp.float32)
+        hi = (w >> np.uint64(41)).astype(jnp.float32)
+        lo = ((w >> np.uint64(9)) & np.uint64(0x7FFFFF)).astype(jnp.float32)
         m = jnp.concatenate([hi, lo], axis=-1)[..., :n]
-        u = ((m + np.float32(0.5)) * np.float32(2.0**-24)).astype(dtype)
+        u = ((m + np.float32(0.5)) * np.float32(2.0**-23)).astype(dtype)
     else:
-        raise ValueError(f"dtype = {dtype}: uniform needs a floating dtype")
+        raise ValueError(f"dtype = {dtype}: uniform supports float32 and float64")
     return u.reshape(kshape + tuple(shape))
 
 

@@ -1,0 +1,33 @@
+"""Time-based exponentially weighted averages shared by the estimators."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+def weight(dt: jax.Array, half_life: jax.Array | float) -> jax.Array:
+    """Weight of a new observation after ``dt`` seconds for an EWMA of half-life ``half_life`` seconds:
+    ``1 - 2^(-dt / half_life)`` (irregular feed intervals are handled exactly)."""
+    return -jnp.expm1(-math.log(2.0) * dt / half_life)
+
+
+def update(old: jax.Array, new: jax.Array, dt: jax.Array, half_life: jax.Array | float,
+           valid: jax.Array | bool = True) -> jax.Array:
+    """EWMA step ``old + w (new - old)``; unchanged where ``valid`` is False."""
+    w = weight(dt, half_life)
+    return jnp.where(valid, old + w * (new - old), old)
+
+
+def window_half_life(window_s: float) -> float:
+    """Half-life (seconds) of the EWMA equivalent to a flat window of ``window_s`` seconds
+    (same mean age and effective sample size: time constant W/2)."""
+    return 0.5 * window_s * math.log(2.0)
+
+
+def per_update_to_half_life(lam: float, interval_s: float) -> float:
+    """Half-life of the spec's per-update decay ``lam`` (e.g. RiskMetrics 0.94) at one update every
+    ``interval_s`` seconds: ``interval_s * ln 2 / -ln(lam)``."""
+    return interval_s * math.log(2.0) / -math.log(lam)

@@ -1,0 +1,135 @@
+"""Fills (world side): our resting quotes resolved against one step of the world's order flow.
+
+Two models, selected by ``FillParams.model`` (static):
+
+* ``"poisson_exp"`` — Avellaneda & Stoikov (2008): each side fills, in full, with probability
+  ``min(1, A exp(-k delta) dt)`` where ``delta`` is the quote's distance from the mid at the start of
+  the step (quote currency; ``k`` per unit of price, ``A`` per second). It ignores the world's flow.
+* ``"queue"`` — the book shape: the touch holds ``touch_depth`` base units and every further tick
+  ``depth_per_tick``. Aggressive sells of the step (market orders plus long liquidations) walk the
+  bid side from the best bid down, aggressive buys the ask side. The volume that gets past the
+  levels in front of our quote first depletes the queue ahead of us at our level (which also decays
+  by cancellations at ``cancel_rate`` per second), then fills us, partially if need be. When we move
+  a quote we join the back of its level: the queue ahead is ``touch_depth`` at the touch,
+  ``depth_per_tick`` behind it, and 0 inside the spread (we are the new best). A quote that the price
+  path crosses during the step (the new best ask at or below our bid, or best bid at or above our
+  ask) is filled in full. The book is not refilled within a step: the step's flow is one sweep,
+  which is accurate when a step is short next to the book's refill time.
+
+Fills are at our quoted price; the maker fee is charged by the account (engine side) when the
+fills come back in the next :class:`~mmsim.observation.Observation`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mmsim import rng
+from mmsim._pytree import Check, pytree_dataclass, static_field
+from mmsim.policy import Quote
+
+MODELS = ("poisson_exp", "queue")
+
+
+@pytree_dataclass
+class FillParams:
+    """Attributes:
+        A: poisson_exp fill intensity at zero distance, per second.
+        k: poisson_exp decay per unit of price distance, 1 / quote currency.
+        touch_depth: queue model: base units resting at the best bid/ask ((A,) or scalar).
+        depth_per_tick: queue model: base units resting at each level behind the touch.
+        cancel_rate: queue model: fraction of the queue ahead that cancels, per second.
+        model: "poisson_exp" or "queue" (static).
+    """
+
+    A: jax.Array | float = 140.0
+    k: jax.Array | float = 1.5
+    touch_depth: jax.Array | float = 2.0
+    depth_per_tick: jax.Array | float = 0.5
+    cancel_rate: jax.Array | float = 0.05
+    model: str = static_field(default="queue")
+
+    def validate(self) -> None:
+        c = Check(self)
+        c.require(self.model in MODELS, "model", f"must be one of {MODELS}")
+        c.nonneg("A", "fill intensity per second")
+        c.positive("k", "decay per unit of price")
+        c.nonneg("touch_depth", "base units")
+        c.nonneg("depth_per_tick", "base units per tick")
+        c.nonneg("cancel_rate", "fraction per second")
+
+
+class FillState(NamedTuple):
+    queue: jax.Array      # (A, 2) base units ahead of our bid [0] and ask [1]
+    price: jax.Array      # (A, 2) price of the resting quote we are queued with (0: none)
+
+
+class Fills(NamedTuple):
+    bid_size: jax.Array   # (A,) base units bought
+    bid_price: jax.Array  # (A,) price (0 where none)
+    ask_size: jax.Array   # (A,)
+    ask_price: jax.Array  # (A,)
+
+
+def init(n_assets: int, dtype=jnp.float32) -> FillState:
+    z = jnp.zeros((n_assets, 2), dtype)
+    return FillState(queue=z, price=z)
+
+
+def _side(queue, qprice, quote_px, size, active, best, new_opposite, mid_after, volume, tick, params, dt,
+          is_bid):
+    """One side of the queue model. Distances are counted in ticks behind the best (>= 0) or inside."""
+    sgn = 1.0 if is_bid else -1.0
+    behind = jnp.round(sgn * (best - quote_px) / tick)  # ticks behind the touch (< 0: inside the spread)
+    # A quote the mid path reaches during the step is at the touch.
+    behind = jnp.where(sgn * (quote_px - mid_after) >= 0, jnp.minimum(behind, 0.0), behind)
+    at_or_inside = behind <= 0
+    joined = (quote_px != qprice) | ~active
+    fresh_queue = jnp.where(behind < 0, 0.0, jnp.where(behind == 0, params.touch_depth, params.depth_per_tick))
+    q = jnp.where(joined, fresh_queue, queue) * jnp.exp(-params.cancel_rate * dt)
+    in_front = jnp.where(at_or_inside, 0.0, params.touch_depth + params.depth_per_tick * (behind - 1.0))
+    reach = jnp.maximum(volume - in_front, 0.0)
+    filled = jnp.clip(reach - q, 0.0, size)
+    crossed = sgn * (quote_px - new_opposite) >= 0
+    filled = jnp.where(crossed, size, filled)
+    filled = jnp.where(active, filled, 0.0)
+    q_after = jnp.where(filled > 0, 0.0, jnp.maximum(q - reach, 0.0))
+    return filled, q_after, jnp.where(active, quote_px, 0.0)
+
+
+def resolve(key: jax.Array, state: FillState, params: FillParams, quote: Quote, dt: float, *,
+            mid_before: jax.Array, best_bid_before: jax.Array, best_ask_before: jax.Array,
+            best_bid_after: jax.Array, best_ask_after: jax.Array, mid_after: jax.Array, sell_volume: jax.Array,
+            buy_volume: jax.Array, tick: jax.Array) -> tuple[FillState, Fills]:
+    """Fill our resting ``quote`` over one step of ``dt`` seconds.
+
+    Args:
+        key: :mod:`mmsim.rng` key (used by poisson_exp).
+        mid_before, best_bid_before, best_ask_before: (A,) book at the start of the step.
+        best_bid_after, best_ask_after, mid_after: (A,) book at the end of the step (crossing tests).
+        sell_volume, buy_volume: (A,) aggressive volume of the step, base units (market orders
+            plus liquidations), hitting bids and asks respectively.
+        tick: (A,) price tick (> 0 for the queue model).
+    """
+    dtype = quote.bid_price.dtype
+    if params.model == "poisson_exp":
+        u = rng.uniform(key, (quote.bid_price.shape[0], 2), dtype)
+        db = mid_before - quote.bid_price
+        da = quote.ask_price - mid_before
+        pb = jnp.minimum(1.0, params.A * jnp.exp(-params.k * db) * dt)
+        pa = jnp.minimum(1.0, params.A * jnp.exp(-params.k * da) * dt)
+        fb = jnp.where(quote.bid_active & (u[:, 0] < pb), quote.bid_size, 0.0)
+        fa = jnp.where(quote.ask_active & (u[:, 1] < pa), quote.ask_size, 0.0)
+        new = state
+    else:
+        fb, qb, pxb = _side(state.queue[:, 0], state.price[:, 0], quote.bid_price, quote.bid_size, quote.bid_active,
+                            best_bid_before, best_ask_after, mid_after, sell_volume, tick, params, dt, True)
+        fa, qa, pxa = _side(state.queue[:, 1], state.price[:, 1], quote.ask_price, quote.ask_size, quote.ask_active,
+                            best_ask_before, best_bid_after, mid_after, buy_volume, tick, params, dt, False)
+        new = FillState(queue=jnp.stack([qb, qa], -1).astype(dtype), price=jnp.stack([pxb, pxa], -1).astype(dtype))
+    fills = Fills(bid_size=fb.astype(dtype), bid_price=jnp.where(fb > 0, quote.bid_price, 0.0).astype(dtype),
+                  ask_size=fa.astype(dtype), ask_price=jnp.where(fa > 0, quote.ask_price, 0.0).astype(dtype))
+    return new, fills

@@ -1,0 +1,186 @@
+"""The world: one step of every market process, wired together, and what a market maker sees of it.
+
+``step(key, world, params, dt)`` advances one path by ``dt`` seconds. The processes never import
+each other; this module passes each one the drivers it needs, in this order within a step:
+
+1. correlation: correlated normal shocks for price and variance, from the regime at the start of
+   the step (stress correlation in the Extreme regime);
+2. volatility: variance (Andersen QE) and the next regime; a scheduled shock may force a regime;
+3. funding: premium index, funding rate, settlements;
+4. adverse selection: the informed fraction, raised by the last step's liquidations and by
+   funding settlements;
+5. order flow: bivariate Hawkes market orders, split into informed and uninformed, with the
+   baseline scaled by the regime;
+6. liquidation: marked Hawkes cascades, triggered by the last step's adverse move;
+7. price: diffusion (correlated, with the leverage effect) + jumps + the permanent impact of
+   informed orders and liquidations + the scheduled shock + the funding-tied drift;
+8. spread: OU around a volatility- and regime-dependent fair spread, widened by liquidations.
+
+Each process draws from its own key, ``rng.fold_in(step_key, PROCESS_ID)``: adding a process or
+changing one's draws leaves the others' unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmsim import rng
+from mmsim._pytree import Check, pytree_dataclass, static_field
+from mmsim.processes import adverse_selection as adv
+from mmsim.processes import correlation as corr
+from mmsim.processes import funding as fund
+from mmsim.processes import liquidation as liq
+from mmsim.processes import order_flow as flow
+from mmsim.processes import price as px
+from mmsim.processes import spread as spr
+from mmsim.processes import volatility as vol
+
+# Stable per-process stream ids: never renumber (it would change every path's draws).
+PROCESS_ID = {"price": 1, "volatility": 2, "order_flow": 3, "spread": 4, "adverse_selection": 5,
+              "funding": 6, "liquidation": 7, "correlation": 8, "fills": 9}
+
+
+@pytree_dataclass
+class MarketParams:
+    """All world parameters of one market (A assets on one venue).
+
+    Attributes:
+        price, vol, flow, spread, adverse, funding, liquidation, correlation: the processes' params.
+        flow_regime_mult: (R,) multiplier of the order-flow baselines in each volatility regime.
+        shock_time_s: time of a scheduled shock, seconds from the start (< 0: none).
+        shock_return: (A,) or scalar log return applied to the mid at the shock.
+        shock_regime: regime forced at the shock (-1: none), e.g. 3 to jump into Extreme.
+        n_assets: number of assets (static).
+    """
+
+    price: px.PriceParams
+    vol: vol.VolParams
+    flow: flow.FlowParams
+    spread: spr.SpreadParams
+    adverse: adv.ASParams
+    funding: fund.FundingParams
+    liquidation: liq.LiqParams
+    correlation: corr.CorrParams
+    flow_regime_mult: jax.Array | tuple = (0.7, 1.0, 1.6, 3.0)
+    shock_time_s: float = -1.0
+    shock_return: jax.Array | float = 0.0
+    shock_regime: int = static_field(default=-1)
+    n_assets: int = static_field(default=1)
+
+    def validate(self) -> None:
+        c = Check(self)
+        c.positive("flow_regime_mult", "order-flow baseline multiplier per regime")
+        c.finite("shock_time_s", "seconds from the start; negative for none")
+        c.finite("shock_return", "log return of the scheduled shock")
+        c.require(isinstance(self.n_assets, int) and self.n_assets >= 1, "n_assets", "must be an integer >= 1")
+        n_reg = np.asarray(self.vol.generator).shape[0]
+        c.require(np.shape(self.flow_regime_mult) == (n_reg,), "flow_regime_mult",
+                  f"must have one entry per volatility regime ({n_reg})")
+        c.require(-1 <= self.shock_regime < n_reg, "shock_regime", f"must be -1 or a regime index < {n_reg}")
+        a = self.n_assets
+        c.require(np.shape(self.correlation.corr) == (a, a), "correlation",
+                  f"corr must be {a}x{a} for n_assets = {a}")
+        for name in ("s0",):
+            shape = np.shape(getattr(self.price, name))
+            c.require(shape in ((), (a,)), "price", f"price.{name} must be a scalar or have shape ({a},)")
+
+
+class WorldState(NamedTuple):
+    t_index: jax.Array               # () int32, steps taken
+    price: px.PriceState
+    vol: vol.VolState
+    flow: flow.FlowState
+    spread: spr.SpreadState
+    adverse: adv.ASState
+    funding: fund.FundingState
+    liquidation: liq.LiqState
+    correlation: corr.CorrState
+    last_n_liq: jax.Array            # (A,) liquidations in the last step (drive adverse selection)
+
+
+class WorldInfo(NamedTuple):
+    """Ground truth of one step (the market maker never sees it; risk reports and plots do)."""
+
+    mid: jax.Array            # (A,) mid at the end of the step, quote currency
+    ret: jax.Array            # (A,) log return of the step
+    variance: jax.Array       # (A,) variance per second at the end of the step
+    regime: jax.Array         # () regime during the step
+    spread: jax.Array         # (A,) book spread, price
+    best_bid: jax.Array       # (A,)
+    best_ask: jax.Array       # (A,)
+    informed: jax.Array       # (A,) informed fraction
+    funding_rate: jax.Array   # (A,) per interval
+    funding_ref: jax.Array    # (A,) reference exchange, per interval
+    settled: jax.Array        # () bool
+    settled_rate: jax.Array   # (A,)
+    flow: flow.FlowInfo
+    liquidation: liq.LiqInfo
+    stress: jax.Array         # () correlation stress weight
+
+
+def init(params: MarketParams, dtype=jnp.float32) -> WorldState:
+    a = params.n_assets
+    return WorldState(
+        t_index=jnp.zeros((), jnp.int32),
+        price=px.init(params.price, a, dtype),
+        vol=vol.init(params.vol, a, dtype),
+        flow=flow.init(params.flow, a, dtype),
+        spread=spr.init(params.spread, a, dtype),
+        adverse=adv.init(params.adverse, a, dtype),
+        funding=fund.init(params.funding, a, dtype),
+        liquidation=liq.init(params.liquidation, a, dtype),
+        correlation=corr.init(params.correlation, a, dtype),
+        last_n_liq=jnp.zeros((a,), dtype),
+    )
+
+
+def step(key: jax.Array, world: WorldState, params: MarketParams, dt: float) -> tuple[WorldState, WorldInfo]:
+    """Advance the world of one path by ``dt`` seconds; see the module docstring for the order."""
+    k = {name: rng.fold_in(key, pid) for name, pid in PROCESS_ID.items()}
+    dtype = world.price.x.dtype
+    regime = world.vol.regime
+
+    corr_s, corr_i = corr.step(k["correlation"], world.correlation, params.correlation, dt, regime=regime)
+    z_price, z_var = corr_i.z[0], corr_i.z[1]
+
+    t0 = world.t_index.astype(jnp.float64) * dt
+    t1 = t0 + dt
+    shock_now = (params.shock_time_s >= 0) & (t0 <= params.shock_time_s) & (params.shock_time_s < t1)
+    force = jnp.where(shock_now, params.shock_regime, -1) if params.shock_regime >= 0 else -1
+    vol_s, vol_i = vol.step(k["volatility"], world.vol, params.vol, dt, z_var=z_var, force_regime=force)
+
+    fund_s, fund_i = fund.step(k["funding"], world.funding, params.funding, dt)
+
+    adv_s, adv_i = adv.step(k["adverse_selection"], world.adverse, params.adverse, dt,
+                            n_liq=world.last_n_liq, funding_shock=fund_i.settled.astype(dtype))
+
+    mult = jnp.asarray(params.flow_regime_mult, dtype)[regime]
+    flow_s, flow_i = flow.step(k["order_flow"], world.flow, params.flow, dt,
+                               informed_frac=adv_s.alpha, baseline_mult=mult)
+
+    liq_s, liq_i = liq.step(k["liquidation"], world.liquidation, params.liquidation, dt,
+                            last_ret=world.price.last_ret)
+
+    impact = adv.impact(params.adverse, flow_i.n_buy_informed, flow_i.n_sell_informed) + liq_i.impact
+    impact = impact + jnp.where(shock_now, params.shock_return, 0.0)
+    price_s, price_i = px.step(k["price"], world.price, params.price, dt, vol_i.int_var,
+                               lev_shock=vol_i.lev_shock, resid_var=vol_i.resid_var, z=z_price,
+                               funding_rate_per_s=fund_i.rate_per_s, impact=impact.astype(dtype))
+    mid = px.mid(price_s, params.price).astype(dtype)
+
+    spr_s, spr_i = spr.step(k["spread"], world.spread, params.spread, dt, sigma=jnp.sqrt(vol_i.v),
+                            regime=regime, mid=mid, liq_volume=liq_i.vol_long + liq_i.vol_short)
+    bid, ask = spr.best_bid_ask(mid, spr_i.spread, params.spread.tick)
+
+    new = WorldState(t_index=world.t_index + 1, price=price_s, vol=vol_s, flow=flow_s, spread=spr_s,
+                     adverse=adv_s, funding=fund_s, liquidation=liq_s, correlation=corr_s,
+                     last_n_liq=(liq_i.n_long + liq_i.n_short).astype(dtype))
+    info = WorldInfo(mid=mid, ret=price_i.ret, variance=vol_i.v, regime=regime, spread=spr_i.spread,
+                     best_bid=bid.astype(dtype), best_ask=ask.astype(dtype), informed=adv_s.alpha,
+                     funding_rate=fund_i.rate, funding_ref=fund_i.ref_rate, settled=fund_i.settled,
+                     settled_rate=fund_i.settled_rate, flow=flow_i, liquidation=liq_i, stress=corr_i.stress)
+    return new, info

@@ -1,0 +1,70 @@
+"""What a market maker sees in one simulation step or one feed event: the engine's only input.
+
+The simulator fills an :class:`Observation` from the world; the live adapter fills it from
+exchange messages. Nothing in it is simulation-only: every field is something an exchange feed
+or our own order gateway reports. Shapes are fixed (leading asset axis ``(A,)``) so the engine
+step compiles once; each part has a validity mask, and a part that is not valid is ignored by
+the estimators (for instance a feed event that carries only trades leaves the book untouched).
+
+Units: time in seconds; prices in quote currency per base unit; sizes and volumes in base units;
+funding rates per settlement interval (a fraction, e.g. 1e-4 = 0.01 %).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Observation(NamedTuple):
+    t: jax.Array              # () seconds since the start of the run (or session)
+    dt: jax.Array             # () seconds since the previous observation (> 0)
+    # Top of book.
+    best_bid: jax.Array       # (A,) price
+    best_ask: jax.Array       # (A,) price
+    bid_size: jax.Array       # (A,) base units resting at the best bid
+    ask_size: jax.Array       # (A,) base units resting at the best ask
+    mid: jax.Array            # (A,) (best_bid + best_ask) / 2
+    # Public trades since the previous observation, by aggressor side.
+    n_buy: jax.Array          # (A,) count of aggressive buys
+    n_sell: jax.Array         # (A,) count of aggressive sells
+    vol_buy: jax.Array        # (A,) base units bought by aggressors
+    vol_sell: jax.Array       # (A,) base units sold by aggressors
+    vwap_buy: jax.Array       # (A,) price (0 where vol_buy == 0)
+    vwap_sell: jax.Array      # (A,) price (0 where vol_sell == 0)
+    last_price: jax.Array     # (A,) price of the last trade (mid where none)
+    # Forced liquidations since the previous observation (public liquidation stream).
+    liq_long: jax.Array       # (A,) base units of LONG positions liquidated (forced sells)
+    liq_short: jax.Array      # (A,) base units of SHORT positions liquidated (forced buys)
+    # Funding.
+    funding_rate: jax.Array   # (A,) current (predicted) rate of this venue, per interval
+    funding_ref: jax.Array    # (A,) the same on a reference venue, per interval
+    funding_settled: jax.Array  # (A,) bool: a settlement happened since the previous observation
+    settled_rate: jax.Array   # (A,) the rate applied at that settlement (0 where none)
+    next_funding_s: jax.Array  # (A,) seconds to the next settlement
+    # Our own fills since the previous observation (from the order gateway).
+    fill_bid_size: jax.Array   # (A,) base units bought on our bid
+    fill_bid_price: jax.Array  # (A,) average price of those buys (0 where none)
+    fill_ask_size: jax.Array   # (A,) base units sold on our ask
+    fill_ask_price: jax.Array  # (A,) average price of those sells (0 where none)
+    # Validity masks.
+    book_valid: jax.Array     # (A,) bool
+    trades_valid: jax.Array   # (A,) bool
+    liq_valid: jax.Array      # (A,) bool
+    funding_valid: jax.Array  # (A,) bool
+    fills_valid: jax.Array    # (A,) bool
+
+
+def empty(n_assets: int, dtype=jnp.float32) -> Observation:
+    """An all-invalid observation at t = 0 (a template for the live adapter and for tests)."""
+    z = jnp.zeros((n_assets,), dtype)
+    f = jnp.zeros((n_assets,), bool)
+    scalar = jnp.zeros((), dtype)
+    return Observation(
+        t=scalar, dt=jnp.ones((), dtype), best_bid=z, best_ask=z, bid_size=z, ask_size=z, mid=z,
+        n_buy=z, n_sell=z, vol_buy=z, vol_sell=z, vwap_buy=z, vwap_sell=z, last_price=z,
+        liq_long=z, liq_short=z, funding_rate=z, funding_ref=z, funding_settled=f, settled_rate=z,
+        next_funding_s=z, fill_bid_size=z, fill_bid_price=z, fill_ask_size=z, fill_ask_price=z,
+        book_valid=f, trades_valid=f, liq_valid=f, funding_valid=f, fills_valid=f)

@@ -1,0 +1,254 @@
+"""Quote functions: the spec's Part 11 (Avellaneda-Stoikov + adjustments), pure AS 2008, GLFT, symmetric.
+
+``quote(params, inputs) -> Quote`` is pure and works on one path (leading asset axis ``(A,)``). The
+engine gathers what a policy needs into :class:`PolicyInputs`, so the policies do not depend on how
+the estimators are organised and can be tested on hand-made states.
+
+Units, made consistent (the spec mixes annualised sigma and hours):
+
+* prices, spreads and offsets are in quote currency; ``sigma`` is the volatility of the log mid per
+  sqrt(second), so the price volatility is ``sigma_p = mid * sigma`` (quote currency per sqrt s);
+* ``gamma`` is the CARA risk aversion per unit of quote currency (1/USDT), ``k`` the decay of the
+  fill intensity per unit of price distance (1/USDT), ``A`` the fill intensity at zero distance
+  (per second): the Avellaneda-Stoikov reservation price ``r = s - q gamma sigma_p^2 tau`` and spread
+  ``gamma sigma_p^2 tau + (2/gamma) ln(1 + gamma/k)`` are then in quote currency with ``tau`` in
+  seconds and ``q`` in base units;
+* the spec's ``T = 1/3600`` "one second" horizon becomes ``horizon_s`` in seconds, and its
+  simplified ``gamma sigma sqrt(T)`` spread is replaced by the full AS spread above;
+* min/max spread, the flow adjustment and the adverse-selection adjustment are fractions of mid.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmsim._pytree import Check, pytree_dataclass, static_field
+
+POLICIES = ("spec", "as2008", "symmetric", "glft")
+
+
+class Quote(NamedTuple):
+    bid_price: jax.Array   # (A,) quote currency
+    ask_price: jax.Array   # (A,)
+    bid_size: jax.Array    # (A,) base units
+    ask_size: jax.Array    # (A,)
+    bid_active: jax.Array  # (A,) bool
+    ask_active: jax.Array  # (A,) bool
+
+
+def no_quote(n_assets: int, dtype=jnp.float32) -> Quote:
+    z = jnp.zeros((n_assets,), dtype)
+    f = jnp.zeros((n_assets,), bool)
+    return Quote(z, z, z, z, f, f)
+
+
+class PolicyInputs(NamedTuple):
+    """What a policy sees (assembled by the engine from its estimators and account)."""
+
+    t: jax.Array              # () seconds since the start
+    mid: jax.Array            # (A,) quote currency
+    tick: jax.Array           # (A,) price tick
+    sigma: jax.Array          # (A,) log-mid volatility per sqrt second over the policy horizon
+    regime: jax.Array         # () int32 volatility regime (0 low .. 3 extreme)
+    position: jax.Array       # (A,) base units
+    available_margin: jax.Array  # () quote currency
+    margin_ratio: jax.Array   # () equity / maintenance margin
+    leverage: jax.Array       # () exchange leverage
+    as_adjust: jax.Array      # (A,) adverse-selection spread adjustment, fraction of mid
+    informed: jax.Array       # (A,) estimated informed fraction alpha in [0, 1]
+    tail_risk: jax.Array      # (A,) liquidation tail-risk multiplier >= 1
+    pull_cascade: jax.Array   # (A,) bool: severe cascade, pull quotes
+    flow_imbalance: jax.Array  # (A,) in [-1, 1]
+    daily_volume: jax.Array   # (A,) base units traded per day (estimated)
+    ready: jax.Array          # () bool: estimators warmed up
+
+
+@pytree_dataclass
+class PolicyParams:
+    """Policy parameters. The float fields are the tunable pytree an optimiser works on.
+
+    Attributes:
+        gamma: risk aversion, 1 / quote currency.
+        k: fill-intensity decay, 1 / quote currency of distance from the mid.
+        A: fill intensity at zero distance, per second (GLFT).
+        horizon_s: AS holding horizon tau, seconds (spec, GLFT); for as2008 the terminal time T.
+        size_fraction: fraction of available margin committed per quote (spec: 0.1).
+        volume_fraction: cap of a quote at this fraction of daily volume (spec: 0.001).
+        max_inventory: inventory normalisation for asymmetric sizes, base units.
+        min_spread_frac, max_spread_frac: spread floor and ceiling, fractions of mid.
+        flow_skew: flow-imbalance price adjustment, fraction of mid per unit imbalance.
+        fixed_spread: total spread of the symmetric policy, quote currency.
+        sigma_price: as2008/glft price volatility per sqrt second (> 0) or <= 0 to use the estimate.
+        order_size: size of each quote in the as2008/symmetric/glft policies, base units.
+        lot: GLFT inventory unit Delta, base units.
+        pull_margin_ratio: below this margin ratio only the side that reduces |position| is quoted.
+        band_min_frac, band_max_frac: validate_quote's spread band, fractions of mid (spec: 1 and 500 bps).
+        kind: "spec", "as2008", "symmetric" or "glft" (static).
+    """
+
+    gamma: jax.Array | float = 0.01
+    k: jax.Array | float = 0.1
+    A: jax.Array | float = 1.0
+    horizon_s: jax.Array | float = 60.0
+    size_fraction: jax.Array | float = 0.1
+    volume_fraction: jax.Array | float = 0.001
+    max_inventory: jax.Array | float = 1.0
+    min_spread_frac: jax.Array | float = 1e-4
+    max_spread_frac: jax.Array | float = 0.05
+    flow_skew: jax.Array | float = 1e-4
+    fixed_spread: jax.Array | float = 1.0
+    sigma_price: jax.Array | float = 0.0
+    order_size: jax.Array | float = 1.0
+    lot: jax.Array | float = 1.0
+    pull_margin_ratio: jax.Array | float = 1.5
+    band_min_frac: jax.Array | float = 0.0
+    band_max_frac: jax.Array | float = 0.05
+    kind: str = static_field(default="spec")
+
+    def validate(self) -> None:
+        c = Check(self)
+        c.require(self.kind in POLICIES, "kind", f"must be one of {POLICIES}")
+        for f in ("gamma", "k", "A", "horizon_s", "max_inventory", "fixed_spread", "order_size", "lot"):
+            c.positive(f)
+        c.between("size_fraction", 0.0, 1.0, "fraction of available margin per quote", open_lo=True)
+        c.positive("volume_fraction", "fraction of daily volume")
+        c.nonneg("min_spread_frac", "fraction of mid")
+        c.require(bool(np.all(c.value("max_spread_frac") > c.value("min_spread_frac"))), "max_spread_frac",
+                  "must exceed min_spread_frac")
+        c.finite("flow_skew")
+        c.finite("sigma_price")
+        c.nonneg("pull_margin_ratio")
+        c.nonneg("band_min_frac")
+        c.require(bool(np.all(c.value("band_max_frac") > c.value("band_min_frac"))), "band_max_frac",
+                  "must exceed band_min_frac")
+
+
+TUNABLE = ("gamma", "size_fraction", "max_inventory", "k", "horizon_s")
+
+
+# --------------------------------------------------------------------------------------------
+# Closed forms
+
+
+def as_reservation_and_spread(mid, q, gamma, sigma_p, tau, k):
+    """Avellaneda & Stoikov (2008): reservation ``r = s - q gamma sigma^2 tau`` and total spread
+    ``gamma sigma^2 tau + (2/gamma) ln(1 + gamma/k)`` (quote currency, sigma in price units)."""
+    r = mid - q * gamma * sigma_p**2 * tau
+    spread = gamma * sigma_p**2 * tau + 2.0 / gamma * jnp.log1p(gamma / k)
+    return r, spread
+
+
+def glft_offsets(q, gamma, sigma_p, k, A, lot=1.0):
+    """Gueant-Lehalle-Fernandez-Tapia (2013) asymptotic quotes: distances of bid and ask from the mid,
+    ``delta_b = (1/gamma) ln(1 + gamma/k) + (2 q + 1)/2 c``, ``delta_a = (1/gamma) ln(1 + gamma/k) -
+    (2 q - 1)/2 c`` with ``c = sqrt(sigma^2 gamma / (2 k A) (1 + gamma/k)^(1 + k/gamma))`` and q in lots."""
+    base = jnp.log1p(gamma / k) / gamma
+    c = jnp.sqrt(sigma_p**2 * gamma / (2.0 * k * A) * (1.0 + gamma / k) ** (1.0 + k / gamma))
+    ql = q / lot
+    return base + (2.0 * ql + 1.0) / 2.0 * c, base - (2.0 * ql - 1.0) / 2.0 * c
+
+
+# --------------------------------------------------------------------------------------------
+# Policies
+
+
+REGIME_SPREAD_MULT = (0.8, 1.0, 1.5, 3.0)
+
+
+def _spec(p: PolicyParams, x: PolicyInputs) -> tuple[jax.Array, ...]:
+    dtype = x.mid.dtype
+    sigma_p = x.sigma * x.mid
+    # 1. AS base spread and reservation price over the holding horizon.
+    r, base = as_reservation_and_spread(x.mid, x.position, p.gamma, sigma_p, p.horizon_s, p.k)
+    # 2.-4. adverse selection, regime and liquidation multipliers.
+    as_adj = x.as_adjust * x.mid
+    regime_mult = jnp.asarray(REGIME_SPREAD_MULT, dtype)[x.regime]
+    liq_mult = jnp.minimum(x.tail_risk, 3.0)
+    total = (base + as_adj) * regime_mult * liq_mult
+    # 5. spread floor and ceiling.
+    half = jnp.clip(total / 2.0, p.min_spread_frac * x.mid / 2.0, p.max_spread_frac * x.mid / 2.0)
+    # 7. flow imbalance adjustment (spec: both quotes move by the same amount).
+    flow_adj = x.flow_imbalance * p.flow_skew * x.mid
+    bid = r - half - flow_adj
+    ask = r + half - flow_adj
+    # 9. sizes: margin and volume caps, multipliers, asymmetric by inventory.
+    margin_per_unit = x.mid / x.leverage
+    margin_size = x.available_margin * p.size_fraction / margin_per_unit
+    volume_size = x.daily_volume * p.volume_fraction
+    base_size = jnp.minimum(margin_size, volume_size)
+    mult = 1.0 / (1.0 + x.informed) / jnp.maximum(x.tail_risk, 1.0)
+    mult = mult * jnp.where(x.regime == 3, 0.25, 1.0)
+    mult = jnp.maximum(mult, 0.1)
+    inv_ratio = x.position / p.max_inventory
+    bid_mult = jnp.maximum(1.0 - jnp.maximum(inv_ratio, 0.0), 0.1)
+    ask_mult = jnp.maximum(1.0 + jnp.minimum(inv_ratio, 0.0), 0.1)
+    return bid, ask, base_size * mult * bid_mult, base_size * mult * ask_mult
+
+
+def _as2008(p: PolicyParams, x: PolicyInputs):
+    sigma_p = jnp.where(p.sigma_price > 0, p.sigma_price, x.sigma * x.mid)
+    tau = jnp.maximum(p.horizon_s - x.t, 0.0)
+    r, spread = as_reservation_and_spread(x.mid, x.position, p.gamma, sigma_p, tau, p.k)
+    size = jnp.broadcast_to(p.order_size, x.mid.shape).astype(x.mid.dtype)
+    return r - spread / 2.0, r + spread / 2.0, size, size
+
+
+def _symmetric(p: PolicyParams, x: PolicyInputs):
+    size = jnp.broadcast_to(p.order_size, x.mid.shape).astype(x.mid.dtype)
+    return x.mid - p.fixed_spread / 2.0, x.mid + p.fixed_spread / 2.0, size, size
+
+
+def _glft(p: PolicyParams, x: PolicyInputs):
+    sigma_p = jnp.where(p.sigma_price > 0, p.sigma_price, x.sigma * x.mid)
+    db, da = glft_offsets(x.position, p.gamma, sigma_p, p.k, p.A, p.lot)
+    size = jnp.broadcast_to(p.order_size, x.mid.shape).astype(x.mid.dtype)
+    return x.mid - db, x.mid + da, size, size
+
+
+def round_to_tick(bid: jax.Array, ask: jax.Array, tick: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Bid down and ask up to the tick grid: rounding never tightens a quote (the spec rounds to
+    nearest, which can cross a one-tick quote). A tick <= 0 means a continuous price grid."""
+    on = tick > 0
+    t = jnp.where(on, tick, 1.0)
+    return (jnp.where(on, jnp.floor(bid / t + 1e-6) * t, bid),
+            jnp.where(on, jnp.ceil(ask / t - 1e-6) * t, ask))
+
+
+def validate_quote(p: PolicyParams, q: Quote, mid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Spec's validate_quote as masks: a side stays active only if the quote is finite, not crossed,
+    positively priced, with size >= 0 and a spread inside the band (fractions of mid)."""
+    finite = jnp.isfinite(q.bid_price) & jnp.isfinite(q.ask_price) & jnp.isfinite(q.bid_size) \
+        & jnp.isfinite(q.ask_size)
+    spread = q.ask_price - q.bid_price
+    frac = spread / jnp.maximum(mid, 1e-12)
+    ok = finite & (q.bid_price < q.ask_price) & (q.bid_price > 0) & (frac >= p.band_min_frac) \
+        & (frac <= p.band_max_frac)
+    return q.bid_active & ok & (q.bid_size > 0), q.ask_active & ok & (q.ask_size > 0)
+
+
+def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
+    """The policy's quote for one path. Sides are pulled (inactive) when the estimators are not
+    ready, on a severe cascade (spec policy), and, close to liquidation (margin ratio below
+    ``pull_margin_ratio``), on the side that would add to |position|."""
+    fn = {"spec": _spec, "as2008": _as2008, "symmetric": _symmetric, "glft": _glft}[p.kind]
+    bid, ask, bsz, asz = fn(p, x)
+    bid, ask = round_to_tick(bid, ask, x.tick)
+    # One tick apart at least: rounding a sub-tick spread could otherwise cross.
+    ask = jnp.maximum(ask, bid + x.tick)
+    bsz = jnp.maximum(bsz, 0.0)
+    asz = jnp.maximum(asz, 0.0)
+    active = jnp.broadcast_to(x.ready, x.mid.shape) & (x.mid > 0)
+    if p.kind == "spec":
+        active = active & ~x.pull_cascade
+    near_liq = x.margin_ratio < p.pull_margin_ratio
+    bid_on = active & ~(near_liq & (x.position >= 0))
+    ask_on = active & ~(near_liq & (x.position <= 0))
+    qt = Quote(bid, ask, bsz, asz, bid_on, ask_on)
+    bid_ok, ask_ok = validate_quote(p, qt, x.mid)
+    zero = jnp.zeros_like(bid)
+    return Quote(jnp.where(bid_ok, bid, zero), jnp.where(ask_ok, ask, zero), jnp.where(bid_ok, bsz, zero),
+                 jnp.where(ask_ok, asz, zero), bid_ok, ask_ok)

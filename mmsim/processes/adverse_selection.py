@@ -1,0 +1,182 @@
+"""Adverse selection: the informed fraction alpha(t) of market orders (spec Part 6, world side).
+
+``alpha(t)`` in [0, 1] is the probability that an incoming market order is informed. It follows a
+mean-reverting diffusion with upward jumps on events, kept in [0, 1]:
+
+    d alpha = kappa (alpha_bar - alpha) dt + sigma dW + jumps on events.
+
+Units: time in seconds; ``kappa`` per second; ``sigma`` in alpha per sqrt(second) (alpha itself is
+a probability, dimensionless); ``jump_liq`` per liquidation; ``jump_funding`` per unit of funding
+shock; ``impact`` in log-price per informed order.
+
+Step of ``dt`` seconds, in this order:
+
+1. Exact Ornstein-Uhlenbeck transition of the Gaussian part, one standard normal Z per asset:
+   ``alpha* = alpha_bar + (alpha - alpha_bar) e^{-kappa dt}
+   + sigma sqrt((1 - e^{-2 kappa dt}) / (2 kappa)) Z`` (``sigma sqrt(dt) Z`` when kappa = 0).
+   Its conditional mean and variance are exact for any ``dt``: there is no discretisation bias.
+2. Clip to [0, 1]. The law is therefore a *clipped* OU, not the reflected or absorbed one: each
+   step maps whatever mass the Gaussian put outside [0, 1] onto the boundary, and the next step
+   starts afresh from there. Stationary mean ``alpha_bar`` and variance ``sigma^2 / (2 kappa)``
+   hold only while that mass is negligible, i.e. while the stationary sd ``sigma/sqrt(2 kappa)``
+   is a few times smaller than ``min(alpha_bar, 1 - alpha_bar)`` (at 5 sd the clipped mass is
+   below 6e-7 per step); with larger sigma the process piles up at 0 and 1.
+3. Event jumps, multiplicative in the distance to 1:
+   ``1 - alpha' = (1 - alpha*) exp(-(jump_liq n_liq + jump_funding funding_shock))``.
+   This is the rule ``alpha <- alpha + (1 - alpha)(1 - exp(-jump n))`` applied to the step's
+   liquidations and to its funding event; the two commute (their order in the step does not
+   matter), alpha never decreases on an event and never exceeds 1 (computed as
+   ``alpha* + (1 - alpha*)(-expm1(-x))``, exact when there is no event, then capped at 1 against
+   rounding). ``n_liq`` may be fractional (an expected count); negative drivers count as 0.
+
+Drivers (from the other processes, wired by :mod:`mmsim.market`):
+
+* ``n_liq`` (A,): liquidations in the step (count, dimensionless).
+* ``funding_shock`` (A,), >= 0, dimensionless: the size of the step's funding event. Two uses are
+  supported: ``|change of the funding rate| / reference rate`` (the change measured in units of a
+  reference rate, e.g. the 0.01 % per 8 h interest rate, so that ``jump_funding`` is the jump per
+  reference-rate move), or a settlement flag (1.0 in the step that holds a funding settlement,
+  0.0 otherwise). The market module says which one it passes.
+
+Information enters the price permanently: :func:`impact` returns the log-mid move
+``impact * (n_buy_informed - n_sell_informed)`` of the informed orders of a step (per asset), which
+the market adds to the price step's ``impact`` argument. ``ASInfo.alpha`` (= the new state) is
+the value after the step, its events included; which alpha splits a step's market orders into
+informed and uninformed, and which step's liquidations are passed as events, is decided by
+:mod:`mmsim.market` (events must precede, causally, the orders they make informed).
+
+The spec's engine-side pieces (realised adverse selection of our fills, the logistic predictor of
+alpha from funding divergence, volatility surprise, flow imbalance and liquidations) are
+estimators and belong to the engine; this module is the generative model the world runs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mmsim import distributions as dist
+from mmsim import rng
+from mmsim._pytree import Check, pytree_dataclass
+
+
+@pytree_dataclass
+class ASParams:
+    """Informed-fraction process; each field is a scalar or a per-asset ``(A,)`` array.
+
+    Attributes:
+        alpha_bar: long-run informed fraction, probability in [0, 1] (spec: ~0.1-0.2).
+        kappa: mean-reversion speed, per second (>= 0; 0 gives a clipped random walk).
+        sigma: diffusion of alpha, per sqrt(second) (>= 0); stationary sd sigma/sqrt(2 kappa).
+        jump_liq: event jump per liquidation, dimensionless (>= 0): one liquidation moves alpha a
+            fraction ``1 - exp(-jump_liq)`` of the way to 1.
+        jump_funding: event jump per unit of funding shock, dimensionless (>= 0).
+        impact: permanent log-price impact of one informed order, in its direction (>= 0).
+        alpha0: initial informed fraction, probability in [0, 1].
+    """
+
+    alpha_bar: jax.Array | float = 0.15
+    kappa: jax.Array | float = 1.0 / 300.0
+    sigma: jax.Array | float = 2e-3
+    jump_liq: jax.Array | float = 0.05
+    jump_funding: jax.Array | float = 0.1
+    impact: jax.Array | float = 1e-5
+    alpha0: jax.Array | float = 0.15
+
+    def validate(self) -> None:
+        c = Check(self)
+        c.between("alpha_bar", 0.0, 1.0, "long-run probability that a market order is informed")
+        c.nonneg("kappa", "mean-reversion speed, per second")
+        c.nonneg("sigma", "diffusion of alpha, per sqrt(second)")
+        c.nonneg("jump_liq", "jump per liquidation")
+        c.nonneg("jump_funding", "jump per unit of funding shock")
+        c.nonneg("impact", "log-price impact per informed order, in the order's direction")
+        c.between("alpha0", 0.0, 1.0, "initial probability that a market order is informed")
+
+
+class ASState(NamedTuple):
+    alpha: jax.Array  # (A,) probability that a market order is informed
+
+
+class ASInfo(NamedTuple):
+    alpha: jax.Array  # (A,) alpha after the step (after its events)
+
+
+def init(params: ASParams, n_assets: int, dtype=jnp.float32) -> ASState:
+    a0 = jnp.broadcast_to(jnp.asarray(params.alpha0).astype(dtype), (n_assets,))
+    return ASState(alpha=a0)
+
+
+def n_uniforms(params: ASParams) -> int:
+    """Uniforms drawn per asset per step: one, for the OU shock."""
+    return 1
+
+
+def step(key: jax.Array, state: ASState, params: ASParams, dt: float, *,
+         n_liq: jax.Array | float = 0.0,
+         funding_shock: jax.Array | float = 0.0) -> tuple[ASState, ASInfo]:
+    """Advance alpha by one step of ``dt`` seconds (exact OU, clip to [0, 1], event jumps).
+
+    Args:
+        key: :mod:`mmsim.rng` key for this step.
+        state: alpha (A,) at the start of the step.
+        dt: step length, seconds.
+        n_liq: (A,) or scalar, liquidations during the step (count).
+        funding_shock: (A,) or scalar, >= 0, funding event size in the step (dimensionless; see
+            the module docstring).
+    """
+    dtype = state.alpha.dtype
+    n_a = state.alpha.shape[0]
+    u = rng.uniform(key, (n_a, n_uniforms(params)), dtype)
+    z = dist.std_normal(u[:, 0])
+    a_bar = _p(params.alpha_bar, dtype)
+    kappa = _p(params.kappa, dtype)
+    sigma = _p(params.sigma, dtype)
+    dt = jnp.asarray(dt).astype(dtype)
+    decay = jnp.exp(-kappa * dt)
+    pos = kappa > 0
+    k_safe = jnp.where(pos, kappa, 1.0)
+    # Variance of the exact OU transition per unit sigma^2: (1 - e^{-2 k dt}) / (2 k) -> dt at k = 0.
+    var1 = jnp.where(pos, -jnp.expm1(-2.0 * k_safe * dt) / (2.0 * k_safe), dt)
+    a = a_bar + (state.alpha - a_bar) * decay + sigma * jnp.sqrt(var1) * z
+    a = jnp.clip(a, 0.0, 1.0)
+    n_liq = jnp.maximum(jnp.asarray(n_liq).astype(dtype), 0.0)
+    shock = jnp.maximum(jnp.asarray(funding_shock).astype(dtype), 0.0)
+    # Fraction of the distance to 1 closed by the events: 1 - exp(-x), exactly 0 without events.
+    x = _p(params.jump_liq, dtype) * n_liq + _p(params.jump_funding, dtype) * shock
+    a = jnp.minimum(a + (1.0 - a) * -jnp.expm1(-x), 1.0).astype(dtype)
+    a = jnp.broadcast_to(a, (n_a,))
+    return ASState(alpha=a), ASInfo(alpha=a)
+
+
+def impact(params: ASParams, n_buy_informed: jax.Array | float,
+           n_sell_informed: jax.Array | float) -> jax.Array:
+    """Permanent log-mid impact of a step's informed orders: ``impact * (n_buy - n_sell)``.
+
+    Args:
+        n_buy_informed: (A,) informed market buys in the step (count).
+        n_sell_informed: (A,) informed market sells in the step (count).
+
+    Returns:
+        (A,) log-price move (positive when informed buying dominates), in the floating dtype of
+        the counts (float64 when both counts are integers or Python numbers).
+    """
+    nb = jnp.asarray(n_buy_informed)
+    ns = jnp.asarray(n_sell_informed)
+    dtype = jnp.result_type(nb, ns)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.float64
+    return (_p(params.impact, dtype) * (nb.astype(dtype) - ns.astype(dtype))).astype(dtype)
+
+
+def stationary_moments(params: ASParams) -> tuple[jax.Array, jax.Array]:
+    """Mean ``alpha_bar`` and variance ``sigma^2 / (2 kappa)`` of the unclipped stationary OU law
+    (kappa > 0). Valid for the clipped process while the mass beyond [0, 1] is negligible."""
+    return jnp.asarray(params.alpha_bar), jnp.asarray(params.sigma) ** 2 / (2.0 * jnp.asarray(params.kappa))
+
+
+def _p(x, dtype):
+    """A parameter as an array of the state's dtype (numpy float64 would promote float32)."""
+    return jnp.asarray(x).astype(dtype)

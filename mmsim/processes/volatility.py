@@ -1,0 +1,386 @@
+"""Volatility: regime-switching Heston variance dv = kappa_r (theta_r - v) dt + xi_r sqrt(v) dW_v (spec Part 2).
+
+Units: time in seconds; ``v`` is the instantaneous variance of log-price **per second**
+(sigma^2 with sigma in log-price per sqrt(second); sigma = 1e-4 /sqrt(s) is about 56 % a year);
+``kappa`` and the regime generator are rates per second; ``theta`` is a variance per second;
+``xi`` is in sqrt(variance per second) per sqrt(second), i.e. per second.
+
+The model. One market-wide regime r in {0 .. R-1} (names ``REGIMES`` by default: low, normal,
+high, extreme) follows a continuous-time Markov chain with generator ``G`` (per second). Within a
+regime each asset's variance is a CIR/Heston process with that regime's (kappa, theta, xi), and the
+log-price shock is correlated with the variance shock with coefficient ``rho`` (the leverage
+effect, rho < 0 for equities and usually for crypto). When the regime switches from r to r', the
+variance jumps by the factor (theta_r' / theta_r)^switch_rescale: 1 keeps v at the same relative
+level of the new regime, 0 lets v relax towards theta_r' at speed kappa_r' with no jump.
+
+Discretisation over a step of ``dt`` seconds:
+
+* Variance, ``scheme="qe"`` (default): Andersen (2008) quadratic-exponential. Given v, the exact
+  conditional mean m and variance s^2 of v' are matched (REFERENCES.md, Heston/CIR); psi = s^2/m^2;
+  psi <= psi_c (1.5): v' = m (1 + w Z)^2 / (1 + w^2), which is Andersen's a (b + Z)^2 with w = 1/b
+  (this form cannot underflow when psi -> 0, i.e. xi -> 0); psi > psi_c: v' = 0 with probability
+  p = (psi - 1)/(psi + 1), else Exp with mean m (1 + psi)/2. One normal per asset drives both
+  branches: the exponential branch uses U = Phi(Z), evaluated as log Phi(-Z) for accuracy in the
+  tail. v' >= 0 always, and the first two conditional moments are exact at any dt.
+* Variance, ``scheme="euler"``: full-truncation Euler (Lord, Koekkoek & van Dijk 2010):
+  v~' = v~ + kappa (theta - v~+) dt + xi sqrt(v~+ dt) Z, v = v~+. The auxiliary v~ (which may be
+  negative) is kept in ``VolState.v_aux``; ``VolState.v`` is always >= 0.
+* Regime: the step uses the regime at its start for (kappa, theta, xi); the next regime is drawn
+  from the per-step transition matrix P = expm(G dt) (computed in float64 and as P - I, so that
+  the off-diagonal probabilities ~ rate * dt keep their relative precision) by inverse
+  CDF of row r with one uniform, the off-diagonal entries first (so that the switch probability
+  1 - P_rr is the sum of small numbers rather than a difference from 1), or is forced by
+  ``force_regime``. A switch rescales v at the end of the step and resets ``time_in_regime``.
+
+Drivers for the price process (mmsim.processes.price.step(int_var=..., lev_shock=...,
+resid_var=...)): the price adds ``lev_shock + sqrt(resid_var) Z_p`` with Z_p independent of Z.
+
+* ``qe``: Andersen's K-scheme with gamma1 = gamma2 = 1/2: int_var = (v + v') dt / 2,
+  lev_shock = rho/xi (v' - v - kappa theta dt + kappa int_var) (the integral of rho sqrt(v) dW_v,
+  read off the variance path), resid_var = (1 - rho^2) int_var. At xi = 0, where that ratio is
+  0/0, lev_shock takes its xi -> 0 limit rho sqrt(int_var) Z (so the price keeps its full variance
+  int_var, rather than losing the rho^2 part).
+* ``euler``: the Euler scheme of the pair, diffusion frozen at the start of the step:
+  int_var = v~+ dt, lev_shock = rho sqrt(int_var) Z, resid_var = (1 - rho^2) int_var.
+
+In both cases E[(lev_shock + sqrt(resid_var) Z_p)^2] = E[int_var] up to O((kappa dt)^2) relative
+(exactly for euler) and the correlation of the price increment with the variance increment has
+the sign of rho.
+
+How this departs from the spec, and why:
+
+* The spec's update function (EWMA of squared returns, realized vol over 1 m / 5 m / 1 h, regime
+  *classified* from realized vol) is an estimator: it belongs to the engine (it observes returns).
+  This module is the world: the regime is a latent Markov chain and v a latent CIR process.
+* The spec's "Q_ij = P(regime j at t + dt | regime i at t)" depends on dt; here the chain is given
+  by its generator (per second) and P = expm(G dt), so the same parameters hold at any step size.
+* The spec's realized vol is annualised while its EWMA variance is per second; everything here is
+  per second (annualise a variance with 365.25 * 86400 s).
+* The spec's Euler step (v + kappa (theta - v) dt + xi sqrt(v dt) Z) can go negative and is biased
+  at O(dt); QE is exact in the first two moments at any dt, and the euler option truncates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import log_ndtr, ndtri
+
+from mmsim import rng
+from mmsim._pytree import Check, pytree_dataclass, static_field
+
+REGIMES = ("low", "normal", "high", "extreme")
+LOW, NORMAL, HIGH, EXTREME = 0, 1, 2, 3
+SCHEMES = ("qe", "euler")
+#: Tolerance on the generator's row sums (rates per second).
+ROW_SUM_TOL = 1e-9
+_EXPM_SQUARINGS = 40
+_EXPM_ORDER = 6
+
+_YEAR_S = 365.25 * 86400.0
+# Default regimes, per second: sigma = 0.35, 0.55, 1.1 and 2.75 a year (0.5x, 1x, 2x, 5x normal);
+# variance half-lives 1 h, 30 min, 15 min, 5 min; stationary coefficient of variation of v about
+# 0.6, 0.7, 0.8, 1.2 (xi = cv sqrt(2 kappa theta)); the extreme regime violates Feller.
+_SIGMA_YEAR = np.array([0.35, 0.55, 1.1, 2.75])
+_THETA = _SIGMA_YEAR**2 / _YEAR_S
+_KAPPA = np.log(2.0) / np.array([3600.0, 1800.0, 900.0, 300.0])
+_XI = np.array([0.6, 0.7, 0.8, 1.2]) * np.sqrt(2.0 * _KAPPA * _THETA)
+# Expected stays: low 2 h, normal 4 h, high 1 h, extreme 10 min; exits split as in the rows.
+_GENERATOR = np.array([
+    [-1 / 7200, 1 / 7200, 0.0, 0.0],
+    [0.5 / 14400, -1 / 14400, 0.45 / 14400, 0.05 / 14400],
+    [0.0, 0.8 / 3600, -1 / 3600, 0.2 / 3600],
+    [0.0, 0.3 / 600, 0.7 / 600, -1 / 600],
+])
+
+
+@pytree_dataclass
+class VolParams:
+    """Regime-switching Heston variance; R regimes, A assets.
+
+    Attributes:
+        kappa: mean-reversion speed per regime, per second; shape (R,) or (R, A).
+        theta: long-run variance of log-price per regime, per second (sigma^2 per second);
+            shape (R,) or (R, A); > 0.
+        xi: vol-of-vol per regime, sqrt(variance per second) per sqrt(second) (= per second);
+            shape (R,) or (R, A). 2 kappa theta >= xi^2 (Feller) keeps v > 0; QE copes without.
+        rho: correlation of the log-price and variance shocks (leverage effect); scalar or (A,).
+        generator: (R, R) generator of the regime chain, per second: off-diagonals >= 0, rows
+            sum to 0 (within ``ROW_SUM_TOL``); the expected stay in regime r is -1/G_rr seconds.
+        v0: initial variance per second, scalar or (A,); >= 0.
+        switch_rescale: in [0, 1]; on a switch r -> r', v is multiplied by
+            (theta_r' / theta_r)^switch_rescale.
+        psi_c: QE switching threshold between the quadratic and exponential branches, in [1, 2].
+        regime0: initial regime index (static).
+        scheme: "qe" (Andersen 2008) or "euler" (full truncation) (static).
+        regime_names: one name per regime (static), ``REGIMES`` by default.
+    """
+
+    kappa: jax.Array | np.ndarray = dataclasses.field(default_factory=lambda: _KAPPA.copy())
+    theta: jax.Array | np.ndarray = dataclasses.field(default_factory=lambda: _THETA.copy())
+    xi: jax.Array | np.ndarray = dataclasses.field(default_factory=lambda: _XI.copy())
+    rho: jax.Array | float = -0.3
+    generator: jax.Array | np.ndarray = dataclasses.field(default_factory=lambda: _GENERATOR.copy())
+    v0: jax.Array | float = float(_THETA[NORMAL])
+    switch_rescale: jax.Array | float = 1.0
+    psi_c: jax.Array | float = 1.5
+    regime0: int = static_field(default=NORMAL)
+    scheme: str = static_field(default="qe")
+    regime_names: tuple = static_field(default=REGIMES)
+
+    @property
+    def n_regimes(self) -> int:
+        return int(np.shape(self.generator)[0])
+
+    def validate(self) -> None:
+        c = Check(self)
+        g = c.finite("generator", "regime generator, per second")
+        c.require(g.ndim == 2 and g.shape[0] == g.shape[1] and g.shape[0] >= 1, "generator",
+                  f"must be a square (R, R) matrix with R >= 1, got shape {g.shape}")
+        n_r = g.shape[0]
+        off = g[~np.eye(n_r, dtype=bool)]
+        c.require(bool(np.all(off >= 0)), "generator",
+                  "off-diagonal rates must be >= 0 (transition rates, per second)")
+        rows = g.sum(axis=1)
+        c.require(bool(np.all(np.abs(rows) <= ROW_SUM_TOL)), "generator",
+                  f"rows must sum to 0 within {ROW_SUM_TOL} (row sums {rows.tolist()})")
+        n_a = set()
+        for name, what, rule in (("kappa", "mean-reversion speed, per second", "nonneg"),
+                                 ("theta", "long-run variance, per second", "positive"),
+                                 ("xi", "vol-of-vol, per second", "nonneg")):
+            getattr(c, rule)(name, what)
+            v = c.value(name)
+            c.require(v.ndim in (1, 2) and v.shape[0] == n_r, name,
+                      f"must have shape (R,) or (R, A) with R = {n_r} regimes (the generator's), "
+                      f"got shape {v.shape}")
+            if v.ndim == 2:
+                n_a.add((name, v.shape[1]))
+        c.between("rho", -1.0, 1.0, "correlation of price and variance shocks")
+        c.nonneg("v0", "initial variance, per second")
+        for name in ("rho", "v0"):
+            v = c.value(name)
+            c.require(v.ndim <= 1, name, f"must be a scalar or a per-asset (A,) array, got shape {v.shape}")
+            if v.ndim == 1:
+                n_a.add((name, v.shape[0]))
+        if len({a for _, a in n_a}) > 1:
+            name = sorted(n_a)[0][0]
+            c.fail(name, f"per-asset sizes disagree: {sorted(n_a)}")
+        c.between("switch_rescale", 0.0, 1.0, "exponent of the theta ratio applied to v on a switch")
+        c.between("psi_c", 1.0, 2.0, "QE branch threshold (Andersen 2008)")
+        c.require(isinstance(self.regime0, (int, np.integer)) and 0 <= int(self.regime0) < n_r,
+                  "regime0", f"must be an integer in [0, {n_r})")
+        c.require(self.scheme in SCHEMES, "scheme", f"must be one of {SCHEMES}")
+        c.require(isinstance(self.regime_names, tuple) and len(self.regime_names) == n_r,
+                  "regime_names", f"must be a tuple of {n_r} names, one per regime")
+
+    def n_assets(self) -> int | None:
+        """The per-asset size the params fix, or None if every field broadcasts."""
+        for name, ax in (("kappa", 1), ("theta", 1), ("xi", 1), ("rho", 0), ("v0", 0)):
+            shape = np.shape(getattr(self, name))
+            if len(shape) == ax + 1:
+                return int(shape[ax])
+        return None
+
+
+class VolState(NamedTuple):
+    v: jax.Array               # (A,) variance per second, >= 0
+    regime: jax.Array          # () int32, the market-wide regime
+    time_in_regime: jax.Array  # () seconds since the last switch (or since the start)
+    v_aux: jax.Array           # (A,) Euler auxiliary v~ (may be < 0) for scheme="euler"; = v for "qe"
+
+
+class VolInfo(NamedTuple):
+    v: jax.Array          # (A,) variance per second at the end of the step (after any switch rescale)
+    int_var: jax.Array    # (A,) integral of v over the step, log-price^2
+    lev_shock: jax.Array  # (A,) log-price diffusion correlated with the variance shock, log-price
+    resid_var: jax.Array  # (A,) variance of the rest of the diffusion, log-price^2
+    regime: jax.Array     # () int32, regime used during the step (at its start)
+    next_regime: jax.Array  # () int32, regime at the end of the step
+    switched: jax.Array   # () bool, next_regime != regime
+
+
+def init(params: VolParams, n_assets: int, dtype=jnp.float32) -> VolState:
+    """Initial state: v = v0 (per second) for every asset, regime ``regime0``, time 0 s."""
+    a = params.n_assets()
+    if a is not None and a != n_assets:
+        raise ValueError(f"VolParams has per-asset fields of size {a}, but n_assets = {n_assets}")
+    v = jnp.broadcast_to(jnp.asarray(params.v0).astype(dtype), (n_assets,))
+    return VolState(v=v, regime=jnp.asarray(params.regime0, jnp.int32),
+                    time_in_regime=jnp.zeros((), dtype), v_aux=v)
+
+
+def sigma(state: VolState) -> jax.Array:
+    """Instantaneous volatility sqrt(v), log-price per sqrt(second); (A,)."""
+    return jnp.sqrt(jnp.maximum(state.v, 0.0))
+
+
+def n_uniforms(params: VolParams, n_assets: int) -> int:
+    """Uniforms drawn per path per step: one variance shock per asset and one for the regime."""
+    del params
+    return n_assets + 1
+
+
+def transition_matrix(params: VolParams, dt: float, dtype=jnp.float64) -> jax.Array:
+    """Per-step regime transition matrix P = expm(G dt), (R, R); dt in seconds.
+
+    Computed in float64 as I + B with B = expm(G dt) - I by scaling and squaring on B itself:
+    B_0 = expm1(G dt / 2^s) by a Taylor series of order ``_EXPM_ORDER``, then s times
+    B <- 2 B + B^2 (which is (I + B)^2 - I). Working on B, never on I + B, keeps the small
+    off-diagonal probabilities (~ rate * dt) to full relative precision; with s = ``_EXPM_SQUARINGS``
+    the Taylor remainder is below 1e-17 for ||G dt|| up to 1e10, and the rounding error grows by
+    about one unit in the last place per squaring. (jax.scipy.linalg.expm gives the same matrix
+    but costs seconds of compilation per step function, for a 4 x 4 matrix.)
+    """
+    g = jnp.asarray(params.generator).astype(jnp.float64)
+    n_r = g.shape[0]
+    m = g * (dt / 2.0**_EXPM_SQUARINGS)
+    eye = jnp.eye(n_r, dtype=jnp.float64)
+    t = eye
+    for k in range(_EXPM_ORDER, 1, -1):
+        t = eye + (m @ t) / k
+    b = jax.lax.fori_loop(0, _EXPM_SQUARINGS, lambda _, b: 2.0 * b + b @ b, m @ t)
+    return (eye + b).astype(dtype)
+
+
+def stationary_distribution(params: VolParams) -> np.ndarray:
+    """Stationary law of the regime chain (host side, numpy float64): pi with pi G = 0, sum 1.
+
+    For a reducible chain the stationary law is not unique; this returns the least-squares one.
+    """
+    g = np.asarray(params.generator, dtype=float)
+    n_r = g.shape[0]
+    a = np.vstack([g.T, np.ones((1, n_r))])
+    b = np.zeros(n_r + 1)
+    b[-1] = 1.0
+    pi = np.linalg.lstsq(a, b, rcond=None)[0]
+    pi = np.clip(pi, 0.0, None)
+    return pi / pi.sum()
+
+
+def qe_moments(v, kappa, theta, xi, dt):
+    """Exact conditional mean and variance of the CIR v(t + dt) given v(t) = v (per second).
+
+    m = v e + theta (1 - e), s^2 = xi^2 [v e g + theta (1 - e) g / 2] with e = exp(-kappa dt) and
+    g = (1 - e)/kappa (-> dt as kappa -> 0), the REFERENCES.md formulas written without the
+    1/kappa singularity.
+    """
+    e = jnp.exp(-kappa * dt)
+    om = -jnp.expm1(-kappa * dt)
+    pos = kappa > 0
+    g = jnp.where(pos, om / jnp.where(pos, kappa, 1.0), dt)
+    m = v * e + theta * om
+    s2 = xi * xi * (v * e * g + 0.5 * theta * om * g)
+    return m, s2
+
+
+def step(key: jax.Array, state: VolState, params: VolParams, dt: float, *,
+         z_var: jax.Array | None = None, force_regime: int | jax.Array = -1) -> tuple[VolState, VolInfo]:
+    """Advance the variance and the regime by one step of ``dt`` seconds.
+
+    Args:
+        key: :mod:`mmsim.rng` key for this step (draws ``n_uniforms`` uniforms).
+        state: the current state; ``state.v`` in variance per second.
+        dt: step length, seconds.
+        z_var: (A,) standard normal variance shocks (correlated across assets by the caller);
+            drawn from ``key`` when not given. The price's own shock must be independent of it.
+        force_regime: when >= 0, the next regime (e.g. ``EXTREME`` for a scheduled shock);
+            may be traced. -1: drawn from the chain.
+
+    Returns:
+        (new state, info); info carries the price drivers ``int_var``, ``lev_shock`` (log-price)
+        and ``resid_var`` (log-price^2) for this step.
+    """
+    dtype = state.v.dtype
+    n_a = state.v.shape[0]
+    n_r = params.n_regimes
+    if isinstance(force_regime, (int, np.integer)) and force_regime >= n_r:
+        raise ValueError(f"force_regime = {force_regime}: must be < {n_r} (or -1 for no force)")
+    u = rng.uniform(key, (n_uniforms(params, n_a),), dtype)
+    z = ndtri(u[:n_a]) if z_var is None else jnp.asarray(z_var).astype(dtype)
+
+    r = state.regime
+    kappa = _at(params.kappa, r, dtype)
+    theta = _at(params.theta, r, dtype)
+    xi = _at(params.xi, r, dtype)
+    rho = jnp.asarray(params.rho).astype(dtype)
+
+    if params.scheme == "qe":
+        v = state.v
+        v1, dev = _qe(v, z, kappa, theta, xi, dt, jnp.asarray(params.psi_c).astype(dtype))
+        int_var = 0.5 * (v + v1) * dt
+        # v' - v - kappa theta dt + kappa int_var, as (1 + kappa dt/2)(v' - m) plus the exact
+        # deterministic remainder (theta - v)(om - kappa dt + kappa dt om / 2): no cancellation
+        # between v' and v, which would cost float32 its precision when xi sqrt(v dt) << v.
+        om = -jnp.expm1(-kappa * dt)
+        kdt = kappa * dt
+        incr = (1.0 + 0.5 * kdt) * dev + (theta - v) * (om - kdt + 0.5 * kdt * om)
+        has_xi = xi > 0
+        lev = jnp.where(has_xi, rho / jnp.where(has_xi, xi, 1.0) * incr,
+                        rho * jnp.sqrt(int_var) * z)
+        v_aux1 = v1
+    else:
+        vp = jnp.maximum(state.v_aux, 0.0)
+        v_aux1 = state.v_aux + kappa * (theta - vp) * dt + xi * jnp.sqrt(vp * dt) * z
+        v1 = jnp.maximum(v_aux1, 0.0)
+        int_var = vp * dt
+        lev = rho * jnp.sqrt(int_var) * z
+    resid_var = (1.0 - rho * rho) * int_var
+
+    # Regime chain: inverse CDF of row r of P, off-diagonal entries first.
+    p_row = transition_matrix(params, dt)[r]
+    idx = jnp.arange(n_r)
+    cdf = jnp.cumsum(jnp.where(idx == r, 0.0, p_row))
+    u_r = u[n_a].astype(jnp.float64)
+    drawn = jnp.where(u_r < cdf[-1], jnp.sum(u_r >= cdf), r).astype(jnp.int32)
+    f = jnp.clip(jnp.asarray(force_regime, jnp.int32), -1, n_r - 1)
+    nxt = jnp.where(f >= 0, f, drawn).astype(jnp.int32)
+    switched = nxt != r
+    log_ratio = jnp.log(_at(params.theta, nxt, dtype)) - jnp.log(theta)
+    scale = jnp.where(switched, jnp.exp(jnp.asarray(params.switch_rescale).astype(dtype) * log_ratio), 1.0)
+    v_new = (v1 * scale).astype(dtype)
+    v_aux_new = (v_aux1 * scale).astype(dtype)
+    tir = jnp.where(switched, 0.0, state.time_in_regime + dt).astype(dtype)
+    new = VolState(v=v_new, regime=nxt, time_in_regime=tir, v_aux=v_aux_new)
+    info = VolInfo(v=v_new, int_var=_bc(int_var, n_a, dtype), lev_shock=_bc(lev, n_a, dtype),
+                   resid_var=_bc(resid_var, n_a, dtype), regime=r.astype(jnp.int32), next_regime=nxt,
+                   switched=switched)
+    return new, info
+
+
+def _qe(v, z, kappa, theta, xi, dt, psi_c):
+    """Andersen's QE step; returns (v', v' - m)."""
+    m, s2 = qe_moments(v, kappa, theta, xi, dt)
+    has_m = m > 0
+    m_s = jnp.where(has_m, m, 1.0)
+    psi = jnp.where(has_m, s2 / (m_s * m_s), 0.0)
+    # Quadratic branch, v' = a (b + Z)^2 with a = m/(1 + b^2) and
+    # b^2 = 2/psi - 1 + sqrt(2/psi) sqrt(2/psi - 1) = (1 - y + sqrt(1 - y))/y, y = psi/2,
+    # written with w = 1/b: v' = m (1 + w Z)^2/(1 + w^2), v' - m = m w (2 Z + w (Z^2 - 1))/(1 + w^2).
+    y = jnp.minimum(0.5 * psi, 1.0)
+    sq = jnp.sqrt(1.0 - y)
+    tiny = jnp.finfo(v.dtype).tiny ** 0.5
+    w2 = y / jnp.maximum(1.0 - y + sq, tiny)
+    w = jnp.sqrt(w2)
+    v_q = m * jnp.square(1.0 + w * z) / (1.0 + w2)
+    dev_q = m * w * (2.0 * z + w * (z * z - 1.0)) / (1.0 + w2)
+    # Exponential branch: v' = 0 w.p. p = (psi - 1)/(psi + 1), else log((1 - p)/(1 - U))/beta with
+    # 1/beta = m (1 + psi)/2 and log(1 - U) = log Phi(-Z).
+    log1mp = jnp.log(2.0) - jnp.log1p(psi)
+    v_e = 0.5 * m * (1.0 + psi) * jnp.maximum(log1mp - log_ndtr(-z), 0.0)
+    quad = psi <= psi_c
+    v1 = jnp.where(quad, v_q, v_e)
+    dev = jnp.where(quad, dev_q, v_e - m)
+    return v1, dev
+
+
+def _at(x, r, dtype):
+    """Row ``r`` (traced int) of a per-regime (R,) or (R, A) parameter, in ``dtype``."""
+    return jnp.asarray(x).astype(dtype)[r]
+
+
+def _bc(x, n_a, dtype):
+    return jnp.broadcast_to(x, (n_a,)).astype(dtype)
