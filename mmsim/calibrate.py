@@ -16,8 +16,8 @@ Contents:
 * :func:`hill_tail_index` — Hill estimator of a Pareto tail.
 * :func:`realized_variance_per_second`, :func:`volatility_regimes`, :func:`fit_variance_process`,
   :func:`detect_jumps` — volatility from 1-minute bars.
-* :func:`mid_variance_per_second`, :func:`touch_stats` — volatility, spread and depth from a
-  top-of-book stream.
+* :func:`mid_variance_per_second`, :func:`touch_stats`, :func:`spread_widening` — volatility,
+  spread and depth from a top-of-book stream.
 * :func:`funding_divergence` — two venues' funding series aligned on settlement times.
 """
 
@@ -46,6 +46,7 @@ __all__ = [
     "detect_jumps",
     "mid_variance_per_second",
     "touch_stats",
+    "spread_widening",
     "funding_divergence",
     "REGIME_NAMES",
     "REGIME_THRESHOLDS",
@@ -945,6 +946,51 @@ def touch_stats(book: pd.DataFrame, tick: float) -> dict:
         out[f"spread_ticks_{tag}"] = float(a_)
         out[f"spread_bps_{tag}"] = float(c_)
     return out
+
+
+def spread_widening(book: pd.DataFrame, tick: float) -> dict:
+    """Episodes in which the touch spread is wider than one tick: how often, how wide, how long.
+
+    For a market whose spread sits at one tick almost all the time (BTCUSDT perp), the spread
+    process is best read as rare widening jumps that decay: an episode starts when the spread
+    leaves one tick and ends when it returns. Durations are in exchange time.
+
+    Returns:
+        dict with ``rate`` (episodes per second of one-tick time, i.e. the jump intensity) and
+        ``rate_se`` (sqrt(N) / T), ``mean_excess`` (mean of the time-averaged spread in excess of
+        one tick during an episode, fraction of mid), ``mean_peak_excess`` (mean of the widest
+        excess of each episode, fraction of mid), ``mean_duration`` (s; 1 / duration estimates
+        the decay rate), ``frac_wide`` (time fraction wider than one tick) and ``n`` (episodes).
+    """
+    b = _sorted_book(book)
+    t = b["time"].to_numpy()
+    mid = 0.5 * (b["bid"].to_numpy() + b["ask"].to_numpy())
+    excess = (b["ask"].to_numpy() - b["bid"].to_numpy()) - tick
+    wide = excess > 1e-9 * tick
+    w = np.diff(t, append=t[-1])
+    starts = np.flatnonzero(wide & ~np.concatenate([[False], wide[:-1]]))
+    ends = np.flatnonzero(~wide & np.concatenate([[False], wide[:-1]]))  # first narrow index after
+    dur, avg, peak = [], [], []
+    for s0 in starts:
+        e = ends[ends > s0]
+        if not len(e):
+            break  # episode still open at the end of the capture
+        e0 = e[0]
+        d = t[e0] - t[s0]
+        ex = excess[s0:e0] / mid[s0:e0]
+        ww = w[s0:e0]
+        dur.append(d)
+        avg.append(float(np.sum(ex * ww) / d) if d > 0 else float(ex.mean()))
+        peak.append(float(ex.max()))
+    narrow_time = float(np.sum(w[~wide]))
+    n = len(starts)
+    nan = float("nan")
+    return {"rate": n / narrow_time if narrow_time > 0 else nan,
+            "rate_se": math.sqrt(n) / narrow_time if narrow_time > 0 else nan,
+            "mean_excess": float(np.mean(avg)) if avg else nan,
+            "mean_peak_excess": float(np.mean(peak)) if peak else nan,
+            "mean_duration": float(np.mean(dur)) if dur else nan,
+            "frac_wide": float(np.sum(w[wide]) / w.sum()), "n": n}
 
 
 # ----------------------------------------------------------------------------------------------

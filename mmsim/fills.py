@@ -114,7 +114,9 @@ def resolve(key: jax.Array, state: FillState, params: FillParams, quote: Quote, 
             plus liquidations), hitting bids and asks respectively.
         tick: (A,) price tick (> 0 for the queue model).
     """
-    dtype = quote.bid_price.dtype
+    dtype = state.queue.dtype
+    quote = quote._replace(bid_price=quote.bid_price.astype(dtype), ask_price=quote.ask_price.astype(dtype),
+                           bid_size=quote.bid_size.astype(dtype), ask_size=quote.ask_size.astype(dtype))
     if params.model == "poisson_exp":
         u = rng.uniform(key, (quote.bid_price.shape[0], 2), dtype)
         db = mid_before - quote.bid_price

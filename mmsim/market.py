@@ -14,7 +14,9 @@ each other; this module passes each one the drivers it needs, in this order with
 6. liquidation: marked Hawkes cascades, triggered by the last step's adverse move;
 7. price: diffusion (correlated, with the leverage effect) + jumps + the permanent impact of
    informed orders and liquidations + the scheduled shock + the funding-tied drift;
-8. spread: OU around a volatility- and regime-dependent fair spread, widened by liquidations.
+8. spread: OU around a volatility- and regime-dependent fair spread, widened by liquidations;
+9. fills: our resting quote (the engine's last one) against the step's aggressive flow
+   (:mod:`mmsim.fills`), reported in the :class:`~mmsim.observation.Observation` of the step.
 
 Each process draws from its own key, ``rng.fold_in(step_key, PROCESS_ID)``: adding a process or
 changing one's draws leaves the others' unchanged.
@@ -28,8 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmsim import fills as fl
 from mmsim import rng
 from mmsim._pytree import Check, pytree_dataclass, static_field
+from mmsim.observation import Observation
+from mmsim.policy import Quote
 from mmsim.processes import adverse_selection as adv
 from mmsim.processes import correlation as corr
 from mmsim.processes import funding as fund
@@ -65,6 +70,7 @@ class MarketParams:
     funding: fund.FundingParams
     liquidation: liq.LiqParams
     correlation: corr.CorrParams
+    fills: fl.FillParams
     flow_regime_mult: jax.Array | tuple = (0.7, 1.0, 1.6, 3.0)
     shock_time_s: float = -1.0
     shock_return: jax.Array | float = 0.0
@@ -99,6 +105,9 @@ class WorldState(NamedTuple):
     funding: fund.FundingState
     liquidation: liq.LiqState
     correlation: corr.CorrState
+    fills: fl.FillState
+    best_bid: jax.Array              # (A,) book at the end of the last step
+    best_ask: jax.Array              # (A,)
     last_n_liq: jax.Array            # (A,) liquidations in the last step (drive adverse selection)
 
 
@@ -134,15 +143,37 @@ def init(params: MarketParams, dtype=jnp.float32) -> WorldState:
         funding=fund.init(params.funding, a, dtype),
         liquidation=liq.init(params.liquidation, a, dtype),
         correlation=corr.init(params.correlation, a, dtype),
+        fills=fl.init(a, dtype),
+        best_bid=jnp.zeros((a,), dtype),
+        best_ask=jnp.zeros((a,), dtype),
         last_n_liq=jnp.zeros((a,), dtype),
     )
 
 
-def step(key: jax.Array, world: WorldState, params: MarketParams, dt: float) -> tuple[WorldState, WorldInfo]:
-    """Advance the world of one path by ``dt`` seconds; see the module docstring for the order."""
+def initial_book(world: WorldState, params: MarketParams) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(mid, best bid, best ask) of the initial state, before any step."""
+    mid = px.mid(world.price, params.price).astype(world.price.x.dtype)
+    sp = spr.book_spread(world.spread.s, mid, params.spread.tick)
+    bid, ask = spr.best_bid_ask(mid, sp, params.spread.tick)
+    return mid, bid.astype(mid.dtype), ask.astype(mid.dtype)
+
+
+def step(key: jax.Array, world: WorldState, params: MarketParams, dt: float,
+         quote: Quote | None = None) -> tuple[WorldState, Observation, WorldInfo]:
+    """Advance the world of one path by ``dt`` seconds (see the module docstring for the order),
+    resolving our resting ``quote`` (None: not quoting) against the step's flow.
+
+    Returns the new world, the :class:`Observation` a market maker receives for the step (book at
+    the end of the step, the step's trades, liquidations, funding, our fills) and the ground truth.
+    """
     k = {name: rng.fold_in(key, pid) for name, pid in PROCESS_ID.items()}
     dtype = world.price.x.dtype
     regime = world.vol.regime
+    a = params.n_assets
+    mid0, bid0_init, ask0_init = initial_book(world, params)
+    started = world.t_index > 0
+    bid0 = jnp.where(started, world.best_bid, bid0_init)
+    ask0 = jnp.where(started, world.best_ask, ask0_init)
 
     corr_s, corr_i = corr.step(k["correlation"], world.correlation, params.correlation, dt, regime=regime)
     z_price, z_var = corr_i.z[0], corr_i.z[1]
@@ -176,11 +207,61 @@ def step(key: jax.Array, world: WorldState, params: MarketParams, dt: float) -> 
                             regime=regime, mid=mid, liq_volume=liq_i.vol_long + liq_i.vol_short)
     bid, ask = spr.best_bid_ask(mid, spr_i.spread, params.spread.tick)
 
+    bid, ask = bid.astype(dtype), ask.astype(dtype)
+
+    # Aggressive flow of the step: market orders plus forced liquidations.
+    sell_vol = flow_i.vol_sell + liq_i.vol_long
+    buy_vol = flow_i.vol_buy + liq_i.vol_short
+    if quote is None:
+        quote = Quote(*(jnp.zeros((a,), dtype),) * 4, *(jnp.zeros((a,), bool),) * 2)
+    fill_s, f = fl.resolve(k["fills"], world.fills, params.fills, quote, dt, mid_before=mid0,
+                           best_bid_before=bid0, best_ask_before=ask0, best_bid_after=bid, best_ask_after=ask,
+                           mid_after=mid, sell_volume=sell_vol, buy_volume=buy_vol,
+                           tick=jnp.broadcast_to(params.spread.tick, (a,)).astype(dtype))
+
     new = WorldState(t_index=world.t_index + 1, price=price_s, vol=vol_s, flow=flow_s, spread=spr_s,
-                     adverse=adv_s, funding=fund_s, liquidation=liq_s, correlation=corr_s,
-                     last_n_liq=(liq_i.n_long + liq_i.n_short).astype(dtype))
+                     adverse=adv_s, funding=fund_s, liquidation=liq_s, correlation=corr_s, fills=fill_s,
+                     best_bid=bid, best_ask=ask, last_n_liq=(liq_i.n_long + liq_i.n_short).astype(dtype))
+    ones = jnp.ones((a,), bool)
+    n_buy = flow_i.n_buy + liq_i.n_short
+    n_sell = flow_i.n_sell + liq_i.n_long
+    depth = jnp.broadcast_to(params.fills.touch_depth, (a,)).astype(dtype)
+    # Aggressive orders execute at the touch they find (the book of the start of the step).
+    net = buy_vol - sell_vol
+    obs = Observation(
+        t=(t1).astype(dtype), dt=jnp.asarray(dt, dtype), best_bid=bid, best_ask=ask, bid_size=depth,
+        ask_size=depth, mid=mid, n_buy=n_buy, n_sell=n_sell, vol_buy=buy_vol, vol_sell=sell_vol,
+        vwap_buy=jnp.where(buy_vol > 0, ask0, 0.0), vwap_sell=jnp.where(sell_vol > 0, bid0, 0.0),
+        last_price=jnp.where(net > 0, ask0, jnp.where(net < 0, bid0, mid)),
+        liq_long=liq_i.vol_long, liq_short=liq_i.vol_short, funding_rate=fund_i.rate,
+        funding_ref=fund_i.ref_rate, funding_settled=jnp.broadcast_to(fund_i.settled, (a,)),
+        settled_rate=fund_i.settled_rate,
+        next_funding_s=jnp.broadcast_to(fund_i.time_to_settlement, (a,)).astype(dtype),
+        fill_bid_size=f.bid_size, fill_bid_price=f.bid_price, fill_ask_size=f.ask_size, fill_ask_price=f.ask_price,
+        book_valid=ones, trades_valid=ones, liq_valid=ones, funding_valid=ones, fills_valid=ones)
     info = WorldInfo(mid=mid, ret=price_i.ret, variance=vol_i.v, regime=regime, spread=spr_i.spread,
                      best_bid=bid.astype(dtype), best_ask=ask.astype(dtype), informed=adv_s.alpha,
                      funding_rate=fund_i.rate, funding_ref=fund_i.ref_rate, settled=fund_i.settled,
                      settled_rate=fund_i.settled_rate, flow=flow_i, liquidation=liq_i, stress=corr_i.stress)
-    return new, info
+    return new, obs, info
+
+
+def default_params(n_assets: int = 1) -> MarketParams:
+    """A calm BTCUSDT-perpetual-like market with every process on (the processes' defaults plus
+    a BTC price level, tick and book). Experiments build theirs from the Hydra config instead."""
+    eye = np.eye(n_assets)
+    stress = np.full((n_assets, n_assets), 0.9) + 0.1 * eye
+    calm = np.full((n_assets, n_assets), 0.7) + 0.3 * eye
+    return MarketParams(
+        price=px.PriceParams(s0=60_000.0, jump_rate=1.0 / 3600.0, jump_mean=0.0, jump_std=2e-3, martingale=True),
+        vol=vol.VolParams(),
+        flow=flow.FlowParams(),
+        spread=spr.SpreadParams(theta0=2e-6, beta_vol=0.0, sigma=1e-6, jump_rate=0.01, jump_mean=5e-6, s0=2e-6,
+                                tick=0.1),
+        adverse=adv.ASParams(),
+        funding=fund.FundingParams(),
+        liquidation=liq.LiqParams(),
+        correlation=corr.CorrParams(corr=calm if n_assets > 1 else eye, corr_stress=stress if n_assets > 1 else eye),
+        fills=fl.FillParams(),
+        n_assets=n_assets,
+    )

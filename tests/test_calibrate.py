@@ -344,6 +344,21 @@ def test_touch_stats_and_mid_variance(seed):
     assert within(v["value"], v["se"], 1e-8)
 
 
+def test_spread_widening():
+    # One tick except two episodes: [10, 12) at 3 ticks and [20, 21) at 2 ticks, then to t = 100.
+    t = np.array([0.0, 10.0, 12.0, 20.0, 21.0, 100.0])
+    bid = np.full(6, 1000.0)
+    ask = bid + np.array([0.1, 0.3, 0.1, 0.2, 0.1, 0.1])
+    book = pd.DataFrame({"time": t, "bid": bid, "bid_qty": 1.0, "ask": ask, "ask_qty": 1.0})
+    w = cal.spread_widening(book, 0.1)
+    assert w["n"] == 2
+    assert w["rate"] == pytest.approx(2 / 97.0)
+    assert w["mean_duration"] == pytest.approx(1.5)
+    assert w["frac_wide"] == pytest.approx(3 / 100.0)
+    mid1, mid2 = 1000.15, 1000.1
+    assert w["mean_excess"] == pytest.approx(0.5 * (0.2 / mid1 + 0.1 / mid2))
+
+
 def test_funding_divergence():
     t = 1.6e9 + 28_800.0 * np.arange(500)
     rng = np.random.default_rng(3)

@@ -31,8 +31,9 @@ still at the front; the engine can mark the side inactive for one update to forc
 
 Fill probability (:func:`fill_probability`) over a horizon ``h``: P(touch) x P(execute | touch),
 P(touch) = min(1, 2 Phi(-delta / (sigma sqrt h))) by the reflection principle, with ``delta`` the
-distance from the mid to our quote as a FRACTION of the mid and ``sigma`` the volatility of the log
-mid per sqrt(second) (fix of the spec, which divides a price distance by a log-price volatility),
+distance the mid must travel to our quote as a FRACTION of the mid (down for the bid, up for the
+ask, 0 for a quote at or through the mid) and ``sigma`` the volatility of the log mid per
+sqrt(second) (fix of the spec, which divides a price distance by a log-price volatility),
 and P(execute | touch) = exp(-queue / expected volume at our level over the horizon).
 
 Units: time in seconds; prices in quote currency; sizes, depths and volumes in base units;
@@ -150,7 +151,9 @@ def fill_probability(params: QueueEstParams, state: QueueEst, mid: jax.Array, si
     """(A, 2) probability that our bid [0] / ask [1] fills within ``horizon_s`` seconds.
 
     ``P(touch) * P(execute | touch)`` with ``P(touch) = min(1, 2 Phi(-delta / (sigma sqrt h)))``,
-    ``delta = |mid - quote| / mid`` (fraction of mid) and ``P(execute | touch) =
+    ``delta`` the distance the mid must travel to reach our quote as a fraction of the mid
+    (``max(mid - bid, 0) / mid``, ``max(ask - mid, 0) / mid``: the spec's ``|mid - quote|``, made
+    one-sided so that a quote at or through the mid touches surely) and ``P(execute | touch) =
     exp(-queue_ahead / expected_volume)``.
 
     Args:
@@ -171,7 +174,8 @@ def fill_probability(params: QueueEstParams, state: QueueEst, mid: jax.Array, si
     scale = jnp.broadcast_to(jnp.maximum(cast(sigma), 0.0) * jnp.sqrt(jnp.maximum(h, 0.0)), (n_a,))
     has = state.quote_price > 0.0
     safe_mid = jnp.where(mid > 0.0, mid, 1.0)[:, None]
-    delta = jnp.abs(safe_mid - state.quote_price) / safe_mid
+    side = jnp.asarray([1.0, -1.0], dtype)                  # the bid waits for a fall, the ask for a rise
+    delta = jnp.maximum(side * (safe_mid - state.quote_price), 0.0) / safe_mid
     delta = jnp.where(has, delta, 0.0)
     tiny = jnp.finfo(dtype).tiny
     x = delta / jnp.maximum(scale, tiny)[:, None]

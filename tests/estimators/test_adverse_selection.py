@@ -175,7 +175,7 @@ def _stack(xs):
 def test_jit_vmap_equal_eager_and_dtype(dtype):
     p = asel.AdverseSelectionEstParams(horizon_s=0.5, n_slots=2)
     rs = np.random.default_rng(8)
-    n, n_a = 25, 2
+    n, n_a = 12, 2
 
     def path(seed):
         r = np.random.default_rng(seed)

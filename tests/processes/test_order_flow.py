@@ -79,7 +79,7 @@ def test_bivariate_stationary_mean(seed):
     The identity is exact for the discretised flow at any dt (module docstring): here the mean
     intensity times dt is up to ~3 orders per step.  Asset 1 also runs with baseline_mult = 1.5.
     """
-    dt, n_win = 1.0, 50
+    dt, n_win = 1.0, 30
     mult = np.array([1.0, 1.5])
     lam_b, lam_s = flow.stationary_intensity(BIV, mult)
     np.testing.assert_allclose(flow.spectral_radius(BIV), [0.5081, 0.7202], atol=1e-4)
@@ -105,7 +105,7 @@ def test_mean_from_empty_history_converges(seed):
     p = flow.FlowParams(mu_buy=1.0, mu_sell=0.5, alpha_buy=0.8, alpha_sell=0.6, gamma=0.3, beta=2.0)
     z = flow.init(p, 1, jnp.float64, stationary=False)
     assert float(z.ex_buy[0]) == 0.0 and float(z.ex_sell[0]) == 0.0
-    acc = window_sums(p, n_paths=10_000, n_burn=25, n_win=25, dt=1.0, seed=seed, state0=z)
+    acc = window_sums(p, n_paths=5_000, n_burn=25, n_win=25, dt=1.0, seed=seed, state0=z)
     lam_b, lam_s = flow.stationary_intensity(p)
     mean_within(acc.n_buy / 25.0, lam_b)
     mean_within(acc.n_sell / 25.0, lam_s)
