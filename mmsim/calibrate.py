@@ -9,7 +9,8 @@ Contents:
 
 * :func:`aggregate_market_orders` — fills sharing one exchange timestamp and side become one order.
 * :func:`hawkes_exp_loglik`, :func:`fit_hawkes_exp` — univariate Hawkes, exponential kernel, MLE
-  with Ozaki's O(n) recursion, observed-information standard errors and a time-rescaling KS test.
+  with Ozaki's recursion (solved as a vectorised prefix scan), observed-information standard
+  errors and a time-rescaling KS test.
 * :func:`fit_hawkes_bivariate_exp` — the spec's buy/sell pair (Part 5): own excitation
   ``alpha_buy``/``alpha_sell``, symmetric cross excitation ``gamma`` and one decay ``beta``.
 * :func:`fit_ou` — exact-discretisation AR(1) regression for an Ornstein-Uhlenbeck process.
@@ -19,6 +20,7 @@ Contents:
 * :func:`mid_variance_per_second`, :func:`touch_stats`, :func:`spread_widening` — volatility,
   spread and depth from a top-of-book stream.
 * :func:`funding_divergence` — two venues' funding series aligned on settlement times.
+* :func:`fit_funding_premium` — the premium-index OU behind a clamped funding series.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ __all__ = [
     "touch_stats",
     "spread_widening",
     "funding_divergence",
+    "fit_funding_premium",
     "REGIME_NAMES",
     "REGIME_THRESHOLDS",
 ]
@@ -308,7 +311,7 @@ def fit_hawkes_exp(times, T: float, t0: float = 0.0, *, max_branching: float = 0
     """Maximum-likelihood fit of a univariate exponential Hawkes process on [t0, T].
 
     Model: ``lambda(t) = mu + alpha sum_{t_i < t} e^{-beta (t - t_i)}``, branching ratio
-    ``n = alpha / beta < 1``. The likelihood is Ozaki's O(n) form (:func:`hawkes_exp_loglik`);
+    ``n = alpha / beta < 1``. The likelihood is Ozaki's recursive form (:func:`hawkes_exp_loglik`);
     it is maximised by L-BFGS-B over (log mu, log n, log beta) with ``n <= max_branching`` (so
     alpha < beta holds), from several starts, with the analytic gradient. Standard errors come
     from the observed information (the Hessian of the log-likelihood in (mu, alpha, beta),
@@ -404,7 +407,7 @@ def fit_hawkes_bivariate_exp(times_buy, times_sell, T: float, t0: float = 0.0, *
         lambda_buy(t)  = mu_buy  + alpha_buy  sum_buy  e^{-beta (t - s)} + gamma sum_sell e^{-beta (t - s)}
         lambda_sell(t) = mu_sell + alpha_sell sum_sell e^{-beta (t - s)} + gamma sum_buy  e^{-beta (t - s)}
 
-    The likelihood is the sum of the two dimensions' exact log-likelihoods (O(n), the recursion of
+    The likelihood is the sum of the two dimensions' exact log-likelihoods (the recursion of
     :func:`hawkes_exp_loglik` for each source dimension). It is maximised by L-BFGS-B over the
     logs of (mu_buy, mu_sell, alpha_buy / beta, alpha_sell / beta, gamma / beta, beta), each
     ratio at most ``max_branching``; stability (spectral radius of the branching matrix
@@ -997,6 +1000,91 @@ def spread_widening(book: pd.DataFrame, tick: float) -> dict:
 # Funding
 
 
+def _num_hessian(f, p, rel=1e-4):
+    """Central-difference Hessian of a scalar function at p."""
+    p = np.asarray(p, float)
+    m = len(p)
+    h = rel * np.maximum(np.abs(p), 1e-8)
+    H = np.empty((m, m))
+    for i in range(m):
+        for j in range(i, m):
+            ei, ej = np.zeros(m), np.zeros(m)
+            ei[i], ej[j] = h[i], h[j]
+            H[i, j] = H[j, i] = (f(p + ei + ej) - f(p + ei - ej) - f(p - ei + ej)
+                                 + f(p - ei - ej)) / (4 * h[i] * h[j])
+    return H
+
+
+def fit_funding_premium(rates, *, interest: float = 1e-4, clamp: float = 5e-4, cap: float = 3e-3,
+                        dt: float = 28_800.0) -> dict:
+    """Premium-index OU behind a clamped funding series (Binance's formula), per interval.
+
+    The exchange pays ``F = clip(P + clip(I - P, -clamp, clamp), -cap, cap)``: F equals the
+    interest rate I whenever the premium index P is within ``clamp`` of it, else
+    ``P = F - clamp`` (below the band) or ``P = F + clamp`` (above). The stationary law of an OU
+    premium is N(theta, s^2); it is fitted by maximum likelihood with the in-band settlements
+    (and those at ``±cap``) as interval-censored observations (a two-sided Tobit). The mean
+    reversion speed is taken from the OU fit of the rate itself (:func:`fit_ou` of F): the clamp
+    flattens F, so this kappa is an upper bound for the premium's. Then
+    ``sigma = s sqrt(2 kappa)``. The likelihood treats settlements as independent; the standard
+    errors of theta and s are inflated by the AR(1) factors sqrt((1 + rho) / (1 - rho)) and
+    sqrt((1 + rho^2) / (1 - rho^2)) with rho = e^{-kappa dt}.
+
+    Args:
+        rates: funding rates, fractions per interval, in time order.
+        interest, clamp, cap: the exchange's formula, per interval.
+        dt: the settlement interval, seconds.
+
+    Returns:
+        dict with ``theta`` (premium mean, per interval), ``stationary_sd`` (per interval),
+        ``kappa`` (per second), ``sigma`` (per interval per sqrt(second)), each with ``*_se``;
+        ``frac_in_band`` (settlements at exactly I), ``n``.
+    """
+    F = np.asarray(rates, dtype=np.float64)
+    F = F[np.isfinite(F)]
+    tol = 1e-9
+    in_band = np.abs(F - interest) <= tol
+    at_lo = F <= -cap + tol
+    at_hi = F >= cap - tol
+    obs = ~(in_band | at_lo | at_hi)
+    P = np.where(F < interest, F - clamp, F + clamp)[obs]
+    n_band, n_lo, n_hi = int(in_band.sum()), int(at_lo.sum()), int(at_hi.sum())
+    if len(P) < 3:
+        raise ValueError("too few settlements outside the clamp band to fit the premium")
+
+    def ll(q):
+        m, logs = q
+        sd = math.exp(logs)
+        out = np.sum(stats.norm.logpdf(P, m, sd))
+        if n_band:
+            out += n_band * math.log(max(stats.norm.cdf(interest + clamp, m, sd)
+                                         - stats.norm.cdf(interest - clamp, m, sd), 1e-300))
+        if n_lo:
+            out += n_lo * stats.norm.logcdf(-cap - clamp, m, sd)
+        if n_hi:
+            out += n_hi * stats.norm.logsf(cap + clamp, m, sd)
+        return float(out)
+
+    z0 = [float(np.mean(F)), math.log(max(float(np.std(P)), 1e-8))]
+    res = optimize.minimize(lambda q: -ll(q), z0, method="Nelder-Mead",
+                            options={"xatol": 1e-12, "fatol": 1e-10, "maxiter": 4000})
+    m, logs = res.x
+    sd = math.exp(logs)
+    cov = _cov_from_info(_num_hessian(ll, res.x))
+    ou = fit_ou(F, dt)
+    kappa, kappa_se = ou["kappa"], ou["kappa_se"]
+    rho = math.exp(-kappa * dt) if kappa == kappa else 0.0
+    f_mean = math.sqrt((1 + rho) / (1 - rho))
+    f_var = math.sqrt((1 + rho**2) / (1 - rho**2))
+    theta_se = math.sqrt(cov[0, 0]) * f_mean
+    sd_se = sd * math.sqrt(cov[1, 1]) * f_var
+    sigma = sd * math.sqrt(2 * kappa)
+    sigma_se = sigma * math.sqrt((sd_se / sd) ** 2 + (kappa_se / (2 * kappa)) ** 2)
+    return {"theta": float(m), "theta_se": theta_se, "stationary_sd": sd, "stationary_sd_se": sd_se,
+            "kappa": kappa, "kappa_se": kappa_se, "sigma": sigma, "sigma_se": sigma_se,
+            "frac_in_band": n_band / len(F), "n": len(F), "converged": bool(res.success)}
+
+
 def funding_divergence(a: pd.DataFrame, b: pd.DataFrame, *, tolerance_s: float = 60.0) -> dict:
     """Difference of two venues' funding rates at common settlement times (``a - b``).
 
@@ -1007,8 +1095,8 @@ def funding_divergence(a: pd.DataFrame, b: pd.DataFrame, *, tolerance_s: float =
     Returns:
         dict with ``mean``, ``mean_se``, ``sd`` (fractions per interval), ``rho1`` (lag-1
         autocorrelation), ``n`` (matched settlements), ``ou`` (:func:`fit_ou` of the difference
-        with ``dt`` the median spacing in seconds; None for a constant difference) and ``diff`` (the aligned series, DataFrame
-        with ``time``, ``a``, ``b``, ``diff``).
+        with ``dt`` the median spacing in seconds; None for a constant difference) and ``diff``
+        (the aligned series, DataFrame with ``time``, ``a``, ``b``, ``diff``).
     """
     x = a[["time", "rate"]].sort_values("time").rename(columns={"rate": "a"})
     y = b[["time", "rate"]].sort_values("time").rename(columns={"rate": "b", "time": "time_b"})

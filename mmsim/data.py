@@ -123,7 +123,9 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
     ``bookTicker``, ``markPriceUpdate`` and ``depthUpdate``; a line without ``stream`` is a REST
     depth snapshot. Hyperliquid messages (``{"channel": "trades"|"l2Book", "data": ...}``) give
     fills (``side`` "B" = aggressive buy, "A" = aggressive sell) and 20-level book snapshots
-    whose first level on each side is the touch.
+    whose first level on each side is the touch. Hyperliquid's first ``trades`` message after
+    subscribing replays recent fills, whose exchange times precede the capture: keep
+    ``time >= local_time.min()`` (minus the clock offset) to study the live window only.
 
     Args:
         path: the capture file.
@@ -191,11 +193,11 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                         m = d["m"]
                         if not isinstance(m, bool):
                             raise ValueError("m")
-                        p, q = float(d["p"]), float(d["q"])
-                        if not _finite_pos(p, q):
-                            raise ValueError("p/q")
-                        trades.append((d["T"] * 1e-3, local, p, q, -1 if m else 1,
-                                       d.get("X", ""), int(d["t"])))
+                        p, q, t = float(d["p"]), float(d["q"]), d["T"] * 1e-3
+                        if not _finite_pos(p, q, t):
+                            raise ValueError("p/q/T")
+                        trades.append((t, local, p, q, -1 if m else 1, d.get("X", ""),
+                                       int(d["t"])))
                         bump("trade")
                     elif e == "bookTicker" or msg["stream"].endswith("@bookTicker"):
                         b, bq, a, aq = float(d["b"]), float(d["B"]), float(d["a"]), float(d["A"])
@@ -204,6 +206,8 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                             raise ValueError("book")
                         ts = d.get("T") or d.get("E")
                         t = ts * 1e-3 if ts else local
+                        if not _finite_pos(t):
+                            raise ValueError("time")
                         bump("bookTicker")
                         if b >= a:
                             crossed += 1
@@ -212,16 +216,17 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                     elif e == "markPriceUpdate":
                         vals = (float(d["p"]), float(d["i"]), float(d.get("P", "nan")),
                                 float(d["r"]))
-                        if not (math.isfinite(vals[0]) and math.isfinite(vals[1])
+                        t, t_next = d["E"] * 1e-3, d["T"] * 1e-3
+                        if not (_finite_pos(vals[0], vals[1], t, t_next)
                                 and math.isfinite(vals[3])):
                             raise ValueError("mark")
-                        marks.append((d["E"] * 1e-3, local, *vals, d["T"] * 1e-3))
+                        marks.append((t, local, *vals, t_next))
                         bump("markPrice")
                     elif e == "depthUpdate":
-                        bump("depth")
                         ts = d.get("T") or d.get("E")
                         _depth_rows(depth_rows, ts * 1e-3 if ts else local, local, n_msg,
                                     False, d["b"], d["a"])
+                        bump("depth")
                     else:
                         bump(str(e))
                 elif "channel" in msg:
@@ -234,16 +239,18 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                             s = f["side"]
                             if s not in ("A", "B"):
                                 raise ValueError("side")
-                            p, q = float(f["px"]), float(f["sz"])
-                            if not _finite_pos(p, q):
-                                raise ValueError("px/sz")
-                            rows.append((f["time"] * 1e-3, local, p, q, 1 if s == "B" else -1,
-                                         "", int(f["tid"])))
+                            p, q, t = float(f["px"]), float(f["sz"]), f["time"] * 1e-3
+                            if not _finite_pos(p, q, t):
+                                raise ValueError("px/sz/time")
+                            rows.append((t, local, p, q, 1 if s == "B" else -1, "",
+                                         int(f["tid"])))
                         trades.extend(rows)
                         bump("trades")
                     elif ch == "l2Book":
                         bids, asks = d["levels"][0], d["levels"][1]
                         t = d["time"] * 1e-3
+                        if not _finite_pos(t):
+                            raise ValueError("time")
                         if bids and asks:
                             b, bq = float(bids[0]["px"]), float(bids[0]["sz"])
                             a, aq = float(asks[0]["px"]), float(asks[0]["sz"])
@@ -261,13 +268,13 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                     else:
                         bump(str(ch))
                 elif "lastUpdateId" in msg:
-                    bump("snapshot")
                     ts = msg.get("T") or msg.get("E")
                     _depth_rows(depth_rows, ts * 1e-3 if ts else local, local, n_msg, True,
                                 msg["bids"], msg["asks"])
+                    bump("snapshot")
                 else:
                     bump("other")
-            except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError):
                 malformed += 1
 
     out = {

@@ -372,3 +372,18 @@ def test_funding_divergence():
     assert d["sd"] == pytest.approx(1e-6, rel=0.15)
     assert d["ou"]["n"] == 499 and d["ou"]["dt"] == 28_800.0
     np.testing.assert_allclose(d["diff"]["diff"], a_rate - b_rate)
+
+
+def test_fit_funding_premium_inverts_the_clamp(seed):
+    # Premium index OU per 8 h interval; the exchange clamps the paid rate to the interest rate.
+    kappa, theta, sd, dt = 1.0 / 86_400, 2e-4, 4e-4, 28_800.0
+    sigma = sd * math.sqrt(2 * kappa)
+    P = simulate_ou(np.random.default_rng(seed), kappa, theta, sigma, dt, 6000)
+    I, c, cap = 1e-4, 5e-4, 3e-3
+    F = np.clip(P + np.clip(I - P, -c, c), -cap, cap)
+    f = cal.fit_funding_premium(F, interest=I, clamp=c, cap=cap, dt=dt)
+    assert 0.5 < f["frac_in_band"] < 0.9
+    assert within(f["theta"], f["theta_se"], theta)
+    assert within(f["stationary_sd"], f["stationary_sd_se"], sd)
+    # kappa comes from the clamped rate: an upper bound of the premium's, of the same order.
+    assert kappa * 0.8 < f["kappa"] < kappa * 3

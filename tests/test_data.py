@@ -75,7 +75,7 @@ def test_read_capture_binance_synthetic(tmp_path):
         _binance("btcusdt@bookTicker", {"e": "bookTicker", "u": 5, "b": "100.2", "B": "1",
                                          "a": "100.1", "A": "1", "T": E + 6, "E": E + 6}, ns + 6),
         # Malformed: garbage, truncated JSON, bad number, missing field, NaN price, bad m,
-        # non-integer timestamp, empty line.
+        # non-integer timestamp, empty line, absurd timestamp, NaN exchange time.
         "garbage",
         f"{ns} {{\"stream\": \"btcusdt@trade\", \"data\": {{\"e\": \"trade\"",
         _binance("btcusdt@trade", {"e": "trade", "T": E, "t": 1, "p": "abc", "q": "1",
@@ -87,10 +87,13 @@ def test_read_capture_binance_synthetic(tmp_path):
                                     "m": "yes"}, ns),
         "12.5x " + json.dumps({"stream": "s", "data": {}}),
         "",
+        "9" * 400 + " " + json.dumps({"stream": "s", "data": {}}),
+        _binance("btcusdt@trade", {"e": "trade", "T": float("nan"), "t": 1, "p": "100", "q": "1",
+                                    "m": True}, ns),
     ]
     cap = data.read_capture(_write_gz(tmp_path / "cap.gz", lines))
     assert cap["venue"] == "binance"
-    assert cap["malformed"] == 8
+    assert cap["malformed"] == 10
     assert cap["crossed"] == 1
     assert cap["messages"]["depth"] == 1 and cap["messages"]["snapshot"] == 1
     tr = cap["trades"]

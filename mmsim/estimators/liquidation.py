@@ -112,7 +112,7 @@ def init(params: LiquidationEstParams, n_assets: int, dtype=jnp.float32) -> Liqu
     return LiquidationEst(ex=z, active=jnp.zeros((n_assets,), bool), vol_long=z, vol_short=z)
 
 
-def rate_update(old: jax.Array, amount: jax.Array, dt: jax.Array, half_life, valid) -> jax.Array:
+def _rate_update(old: jax.Array, amount: jax.Array, dt: jax.Array, half_life, valid) -> jax.Array:
     """EWMA of a rate (``amount`` per second over an interval of ``dt`` seconds):
     ``old + w (amount / dt - old)`` with ``w = 1 - 2^(-dt / half_life)``, computed as
     ``old (1 - w) + amount (w / dt)`` with ``w / dt -> ln 2 / half_life`` as dt -> 0, so a zero or
@@ -138,8 +138,8 @@ def update(params: LiquidationEstParams, state: LiquidationEst, obs: _obs.Observ
     lam = mu + ex
     active = (lam > cast(params.enter_mult) * mu) | (state.active & ~(lam < cast(params.exit_mult) * mu))
     hl = cast(params.direction_half_life_s)
-    vl = rate_update(state.vol_long, ll, dt, hl, valid)
-    vs = rate_update(state.vol_short, ls, dt, hl, valid)
+    vl = _rate_update(state.vol_long, ll, dt, hl, valid)
+    vs = _rate_update(state.vol_short, ls, dt, hl, valid)
     b = lambda x: jnp.broadcast_to(x, shape)  # noqa: E731
     return LiquidationEst(ex=b(ex).astype(dtype), active=b(active),
                           vol_long=b(vl).astype(dtype), vol_short=b(vs).astype(dtype))

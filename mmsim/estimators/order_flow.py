@@ -2,8 +2,10 @@
 
 Sides are the aggressor's: a BUY market order lifts the ask, a SELL hits the bid. Per asset::
 
-    lambda_buy(t)  = mu_buy  + sum_{buys t_i <= t}  alpha_buy  e^{-beta (t - t_i)} + sum_{sells t_j <= t} gamma e^{-beta (t - t_j)}
-    lambda_sell(t) = mu_sell + sum_{sells t_j <= t} alpha_sell e^{-beta (t - t_j)} + sum_{buys t_i <= t}  gamma e^{-beta (t - t_i)}
+    lambda_buy(t)  = mu_buy  + sum_{buys  t_i <= t} alpha_buy  e^{-beta (t - t_i)}
+                             + sum_{sells t_j <= t} gamma      e^{-beta (t - t_j)}
+    lambda_sell(t) = mu_sell + sum_{sells t_j <= t} alpha_sell e^{-beta (t - t_j)}
+                             + sum_{buys  t_i <= t} gamma      e^{-beta (t - t_i)}
 
 Units: time in seconds; ``mu_*``, ``beta``, intensities and excitations per second; ``alpha_*`` and
 ``gamma`` are the intensity jump per trade, per second; volumes in base units; the imbalance is

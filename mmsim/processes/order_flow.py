@@ -4,12 +4,15 @@ Sides are the aggressor's: a BUY market order lifts the ask, a SELL hits the bid
 
 Model (per asset, exponential kernel)::
 
-    lambda_buy(t)  = mu_buy  + sum_{buys s < t}  alpha_buy  e^{-beta (t - s)} + sum_{sells s < t} gamma e^{-beta (t - s)}
-    lambda_sell(t) = mu_sell + sum_{sells s < t} alpha_sell e^{-beta (t - s)} + sum_{buys s < t}  gamma e^{-beta (t - s)}
+    lambda_buy(t)  = mu_buy  + sum_{buys s < t}  alpha_buy  e^{-beta (t - s)}
+                             + sum_{sells s < t} gamma      e^{-beta (t - s)}
+    lambda_sell(t) = mu_sell + sum_{sells s < t} alpha_sell e^{-beta (t - s)}
+                             + sum_{buys s < t}  gamma      e^{-beta (t - s)}
 
 Each order has a size drawn i.i.d. from a Pareto (type I) law, heavy-tailed:
 P(size > x) = (x_m / x)^a for x >= x_m, mean a x_m / (a - 1) (finite because a > 1), variance
-finite only for a > 2 (trade sizes in crypto have a ~ 1.5, so the variance is usually infinite).
+finite only for a > 2 (the default a = 1.5, a heavy tail of the kind seen in trade sizes, has
+an infinite variance).
 
 Stability: an order excites on average alpha / beta further orders of its own side and
 gamma / beta of the other side, so the branching matrix is
@@ -19,10 +22,10 @@ gamma / beta of the other side, so the branching matrix is
 and the flow is stationary iff its spectral radius
 rho(K) = ((alpha_buy + alpha_sell) + sqrt((alpha_buy - alpha_sell)^2 + 4 gamma^2)) / (2 beta)
 is < 1; parameters with rho(K) >= 1 (per asset) are refused. The stationary mean intensities are
-Lambda = (I - K)^{-1} mu, mu = (mu_buy, mu_sell) (:func:`stationary_intensity`).
+lambda_bar = (I - K)^{-1} mu, mu = (mu_buy, mu_sell) (:func:`stationary_intensity`).
 
 Discretisation over a step of ``dt`` seconds (per side; ``ex`` is the excitation, the intensity
-minus its baseline, and ``m`` the baseline multiplier driver)::
+minus its baseline, ``m`` the baseline multiplier and ``f`` the informed fraction, drivers)::
 
     Lambda = m mu dt + ex (1 - e^{-beta dt}) / beta          exact compensator: with no event in
                                                              the step the intensity decays exactly
@@ -47,7 +50,7 @@ A = beta K and x = E[ex] at stationarity (m = 1):
     so E[N] / dt = mu + (I - K)^{-1} K mu = (I - K)^{-1} (I - K + K) mu = (I - K)^{-1} mu.
 
 The stationary mean of the excitation sampled at the step boundaries (just after the step-end
-jumps) is x = beta dt / (1 - d) (Lambda - mu), larger than the continuous-time mean Lambda - mu by
+jumps) is x = beta dt / (1 - d) (lambda_bar - mu), above the continuous-time mean lambda_bar - mu by
 the factor 1 + beta dt / 2 + O(dt^2); :func:`init` can start there (``stationary_dt=dt``).
 
 Units: time in seconds; ``mu_*``, ``beta``, intensities and excitations per second; ``alpha_*``
@@ -77,6 +80,7 @@ from mmsim._pytree import Check, pytree_dataclass
 N_UNIFORMS = 6
 
 _EXCITATION_FIELDS = ("alpha_buy", "alpha_sell", "gamma")
+_FIELDS = ("mu_buy", "mu_sell", "alpha_buy", "alpha_sell", "gamma", "beta", "size_scale", "size_tail")
 
 
 @pytree_dataclass
@@ -115,6 +119,14 @@ class FlowParams:
         a = c.finite("size_tail", "Pareto tail index")
         c.require(bool(np.all(a > 1.0)), "size_tail",
                   "must be > 1 (Pareto tail index; the mean size a x_m / (a - 1) is infinite otherwise)")
+        n_a = {}
+        for f in _FIELDS:
+            shape = np.shape(getattr(self, f))
+            c.require(len(shape) <= 1, f, "must be a scalar or a per-asset (A,) array")
+            if shape:
+                n_a.setdefault(shape[0], f)
+                c.require(len(n_a) == 1, f, f"has {shape[0]} assets but {next(iter(n_a.values()))} "
+                                            f"has {next(iter(n_a))}: per-asset fields must have one length")
         rho = spectral_radius(self)
         bad = ~(rho < 1.0)
         if np.any(bad):
@@ -155,7 +167,8 @@ def branching_matrix(params: FlowParams) -> np.ndarray:
     """K = [[alpha_buy, gamma], [gamma, alpha_sell]] / beta (numpy, host side), shape S + (2, 2)
     where S is the broadcast shape of the fields (() or (A,)); dimensionless: K[i, j] is the mean
     number of side-i orders directly triggered by one side-j order (rows/cols: buy, sell)."""
-    ab, as_, g, b = np.broadcast_arrays(*(_host(params, f) for f in ("alpha_buy", "alpha_sell", "gamma", "beta")))
+    ab, as_, g, b = np.broadcast_arrays(*(_host(params, f)
+                                          for f in ("alpha_buy", "alpha_sell", "gamma", "beta")))
     row0 = np.stack([ab, g], axis=-1)
     row1 = np.stack([g, as_], axis=-1)
     return np.stack([row0, row1], axis=-2) / b[..., None, None]
@@ -176,7 +189,7 @@ def _stationary(mu_b, mu_s, a_b, a_s, g, beta):
 
 
 def stationary_intensity(params: FlowParams, baseline_mult=1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Stationary mean intensities ``(Lambda_buy, Lambda_sell) = (I - K)^{-1} mu`` (numpy, host
+    """Stationary mean intensities ``(lambda_bar_buy, lambda_bar_sell) = (I - K)^{-1} mu`` (numpy, host
     side), orders per second, each of the fields' broadcast shape; ``mu`` is scaled by
     ``baseline_mult``. These are also the exact mean order rates of the discretised flow."""
     m = np.asarray(baseline_mult, dtype=float)
@@ -194,10 +207,10 @@ def init(params: FlowParams, n_assets: int, dtype=jnp.float32, *, stationary: bo
          stationary_dt: float = 0.0) -> FlowState:
     """Initial excitations, per second.
 
-    ``stationary=True`` (default) starts at the stationary mean excitation ``Lambda - mu`` (the
+    ``stationary=True`` (default) starts at the stationary mean excitation ``lambda_bar - mu`` (the
     flow is then stationary in mean from t = 0 rather than after a burn-in of a few
     1 / (beta (1 - rho)) seconds); ``stationary_dt = dt > 0`` gives the mean on the step grid of
-    the discretised flow, ``beta dt / (1 - e^{-beta dt}) (Lambda - mu)``, whose mean is then
+    the discretised flow, ``beta dt / (1 - e^{-beta dt}) (lambda_bar - mu)``, whose mean is then
     exactly stationary. ``stationary=False`` starts with no excitation (empty history).
     """
     z = jnp.zeros((n_assets,), dtype)

@@ -81,7 +81,8 @@ def test_fill_rate_constant_stream_converges_to_the_true_rate():
     np.testing.assert_allclose([s.fill_rate_bid[0], s.fill_rate_ask[0]], [0.02 * g, 0.06 * g], rtol=1e-12)
     o = obs_of(jnp.float64, dt=0.5, fills_valid=True, fill_bid_size=0.01, fill_bid_price=100.0,
                fill_ask_size=0.03, fill_ask_price=100.0)
-    s, _ = jax.jit(lambda s: jax.lax.scan(lambda s, _: (inv.update(P, s, o), None), s, None, length=6000))(s)  # 100 half-lives
+    run = jax.jit(lambda s: jax.lax.scan(lambda s, _: (inv.update(P, s, o), None), s, None, length=6000))
+    s, _ = run(s)  # 100 half-lives
     np.testing.assert_allclose([s.fill_rate_bid[0], s.fill_rate_ask[0]], [0.02, 0.06], rtol=1e-12)
 
 

@@ -145,7 +145,8 @@ def test_jit_vmap_equal_eager_and_dtype(dtype):
         out = []
         for k in range(n):
             bb = 100.0 + np.round(r.normal(0, 2, n_a)) * 0.5
-            o = obs_of(dtype, n_a, t=0.5 * (k + 1), dt=0.5, best_bid=bb, best_ask=bb + 0.5, bid_size=r.exponential(3, n_a),
+            o = obs_of(dtype, n_a, t=0.5 * (k + 1), dt=0.5, best_bid=bb, best_ask=bb + 0.5,
+                       bid_size=r.exponential(3, n_a),
                        ask_size=r.exponential(3, n_a), mid=bb + 0.25, book_valid=True, trades_valid=True,
                        vol_buy=r.exponential(1, n_a), vol_sell=r.exponential(1, n_a), fills_valid=True,
                        fill_bid_size=(r.random(n_a) < 0.2) * 1.0)
@@ -185,7 +186,8 @@ def test_jit_vmap_equal_eager_and_dtype(dtype):
 def test_no_nan_on_edge_cases(dtype):
     qb, qa, act = quotes(dtype, [100.0], [100.5])
     s = qu.init(P, 1, dtype)
-    for kw in (dict(t=0.0, dt=1.0), dict(t=0.0, dt=0.0, **BOOK), dict(t=1.0, dt=1e-30, vol_sell=1e30, trades_valid=True),
+    for kw in (dict(t=0.0, dt=1.0), dict(t=0.0, dt=0.0, **BOOK),
+               dict(t=1.0, dt=1e-30, vol_sell=1e30, trades_valid=True),
                dict(t=2.0, dt=1e9, **BOOK)):
         s = UPDATE(P, s, obs_of(dtype, 1, **kw), qb, qa, act)
         for leaf in s:

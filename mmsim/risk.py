@@ -1,0 +1,127 @@
+"""Risk: per-path running metrics (inside the scan, O(1) per path) and the statistics across paths.
+
+Per path, updated every step without storing traces: running peak equity, maximum drawdown
+(absolute, quote currency, and as a fraction of the running peak), minimum margin ratio, maximum
+|inventory| per asset, liquidation flag and time. Final PnL, its decomposition and the fill counts
+come from the account state at the end of the path.
+
+Across paths (host side, numpy/scipy): P(liquidation) and P(max drawdown > x) with exact
+Clopper-Pearson intervals and the counts behind them, PnL mean, sd, quantiles, VaR and CVaR at
+95 % and 99 % (as positive losses), the distribution of the time to liquidation and the cumulative
+P(liquidation by t) with its pointwise band. "Approximately zero" is only ever claimed from an
+upper bound: see :func:`certify_below`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+
+class PathRisk(NamedTuple):
+    peak_equity: jax.Array     # () quote currency
+    max_dd: jax.Array          # () quote currency
+    max_dd_frac: jax.Array     # () fraction of the running peak
+    min_margin_ratio: jax.Array  # ()
+    max_abs_inventory: jax.Array  # (A,) base units
+    liquidated: jax.Array      # () bool
+    liq_time: jax.Array        # () seconds, -1 if never
+    n_bad: jax.Array           # () int32 steps whose equity was not finite (flagged, not propagated)
+
+
+def init(initial_equity, n_assets: int, dtype=jnp.float32) -> PathRisk:
+    return PathRisk(peak_equity=jnp.asarray(initial_equity, dtype), max_dd=jnp.zeros((), dtype),
+                    max_dd_frac=jnp.zeros((), dtype), min_margin_ratio=jnp.asarray(np.inf, dtype),
+                    max_abs_inventory=jnp.zeros((n_assets,), dtype), liquidated=jnp.zeros((), bool),
+                    liq_time=-jnp.ones((), dtype), n_bad=jnp.zeros((), jnp.int32))
+
+
+def update(r: PathRisk, equity, margin_ratio, position, liquidated_now, t) -> PathRisk:
+    """One step of the running metrics (equity in quote currency, t in seconds)."""
+    ok = jnp.isfinite(equity)
+    eq = jnp.where(ok, equity, r.peak_equity)
+    peak = jnp.maximum(r.peak_equity, eq)
+    dd = peak - eq
+    return PathRisk(
+        peak_equity=peak, max_dd=jnp.maximum(r.max_dd, dd),
+        max_dd_frac=jnp.maximum(r.max_dd_frac, dd / jnp.maximum(peak, 1e-12)),
+        min_margin_ratio=jnp.minimum(r.min_margin_ratio, jnp.where(jnp.isfinite(margin_ratio), margin_ratio, np.inf)),
+        max_abs_inventory=jnp.maximum(r.max_abs_inventory, jnp.abs(position)),
+        liquidated=r.liquidated | liquidated_now,
+        liq_time=jnp.where(liquidated_now & ~r.liquidated, t, r.liq_time).astype(r.liq_time.dtype),
+        n_bad=r.n_bad + (~ok).astype(jnp.int32))
+
+
+# ------------------------------------------------------------------------------------------------
+# Across paths
+
+
+def clopper_pearson(count: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact two-sided (1 - alpha) interval for a binomial proportion (Clopper & Pearson 1934):
+    [Beta^-1(alpha/2; k, n - k + 1), Beta^-1(1 - alpha/2; k + 1, n - k)]; at k = 0 the upper end is
+    1 - (alpha/2)^(1/n)."""
+    if n <= 0:
+        raise ValueError(f"n = {n}: must be a positive number of paths")
+    if not 0 <= count <= n:
+        raise ValueError(f"count = {count}: must lie in [0, n = {n}]")
+    lo = 0.0 if count == 0 else float(stats.beta.ppf(alpha / 2, count, n - count + 1))
+    hi = 1.0 if count == n else float(stats.beta.ppf(1 - alpha / 2, count + 1, n - count))
+    return lo, hi
+
+
+def proportion(flags: np.ndarray, alpha: float = 0.05) -> dict:
+    """Count, estimate and Clopper-Pearson interval of a boolean array (one entry per path)."""
+    flags = np.asarray(flags, bool)
+    k, n = int(flags.sum()), int(flags.size)
+    lo, hi = clopper_pearson(k, n, alpha)
+    return {"count": k, "n": n, "estimate": k / n, "ci_low": lo, "ci_high": hi}
+
+
+def certify_below(p: dict, epsilon: float) -> bool:
+    """True only when the upper end of the interval is at most ``epsilon`` ("approximately 0")."""
+    return p["ci_high"] <= epsilon
+
+
+def var_cvar(pnl: np.ndarray, level: float) -> tuple[float, float]:
+    """Value at risk and conditional value at risk at ``level`` (e.g. 0.99) as positive losses:
+    VaR = -q_{1-level}(PnL), CVaR = -E[PnL | PnL <= q_{1-level}]."""
+    pnl = np.asarray(pnl, float)
+    q = float(np.quantile(pnl, 1.0 - level))
+    tail = pnl[pnl <= q]
+    return -q, float(-tail.mean()) if tail.size else -q
+
+
+def pnl_summary(pnl: np.ndarray) -> dict:
+    pnl = np.asarray(pnl, float)
+    out = {"mean": float(pnl.mean()), "std": float(pnl.std(ddof=1)) if pnl.size > 1 else 0.0,
+           "se_mean": float(pnl.std(ddof=1) / np.sqrt(pnl.size)) if pnl.size > 1 else 0.0}
+    for q in (0.01, 0.05, 0.5, 0.95, 0.99):
+        out[f"q{int(round(q * 100)):02d}"] = float(np.quantile(pnl, q))
+    for level in (0.95, 0.99):
+        v, c = var_cvar(pnl, level)
+        out[f"var_{int(level * 100)}"] = v
+        out[f"cvar_{int(level * 100)}"] = c
+    return out
+
+
+def liquidation_curve(liq_time: np.ndarray, horizon_s: float, n_points: int = 100, alpha: float = 0.05) -> dict:
+    """Cumulative P(liquidated by t) on a grid of times with pointwise Clopper-Pearson bands."""
+    liq_time = np.asarray(liq_time, float)
+    n = liq_time.size
+    grid = np.linspace(0.0, horizon_s, n_points + 1)[1:]
+    counts = np.array([np.sum((liq_time >= 0) & (liq_time <= t)) for t in grid])
+    bands = np.array([clopper_pearson(int(k), n, alpha) for k in counts])
+    return {"t": grid, "count": counts, "estimate": counts / n, "ci_low": bands[:, 0], "ci_high": bands[:, 1]}
+
+
+def time_to_liquidation(liq_time: np.ndarray) -> dict:
+    t = np.asarray(liq_time, float)
+    t = t[t >= 0]
+    if t.size == 0:
+        return {"count": 0}
+    return {"count": int(t.size), "mean": float(t.mean()), "q05": float(np.quantile(t, 0.05)),
+            "q50": float(np.quantile(t, 0.5)), "q95": float(np.quantile(t, 0.95))}
