@@ -31,7 +31,9 @@ is added first, then
 decayed empirical fraction of the history <= the current spread lies between the mass below its
 bin and that plus its bin's mass, so the quantisation error is at most the mass of one bin
 (``hist[bin] / sum(hist)``), and much less where the distribution is smooth within the bin. The
-state is ``n_bins`` floats per asset, whatever the history length.
+bound is reached with ties: a spread pinned at one value (one tick, say) reads as its log
+position within its bin, where the exact fraction <= it is 1. The state is ``n_bins`` floats per
+asset, whatever the history length.
 """
 
 from __future__ import annotations

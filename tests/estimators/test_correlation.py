@@ -78,7 +78,8 @@ def test_stress_matrix_initial_and_renewed():
     s0 = corr.init(p, 3, jnp.float64)
     np.testing.assert_allclose(s0.corr_stress, 0.5 * np.eye(3) + 0.5, rtol=1e-14)
     c = np.asarray([[1.0, 0.5, 0.4], [0.5, 1.0, 0.3], [0.4, 0.3, 1.0]])
-    s = s0._replace(cov=jnp.broadcast_to(jnp.asarray(c * 1e-8), (3, 3, 3)), wsum=jnp.ones(3), initialised=jnp.asarray(True))
+    s = s0._replace(cov=jnp.broadcast_to(jnp.asarray(c * 1e-8), (3, 3, 3)), wsum=jnp.ones(3),
+                    initialised=jnp.asarray(True))
     np.testing.assert_allclose(corr.average_correlation(s), 0.4, rtol=1e-12)
     # A zero return on every asset after a very short interval barely moves the covariances.
     obs = observation.empty(3, jnp.float64)._replace(dt=jnp.asarray(1e-9))
