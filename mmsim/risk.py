@@ -125,3 +125,50 @@ def time_to_liquidation(liq_time: np.ndarray) -> dict:
         return {"count": 0}
     return {"count": int(t.size), "mean": float(t.mean()), "q05": float(np.quantile(t, 0.05)),
             "q50": float(np.quantile(t, 0.5)), "q95": float(np.quantile(t, 0.95))}
+
+
+def summarize(result, drawdown_threshold: float, alpha: float = 0.05) -> dict:
+    """The across-path statistics of a :class:`mmsim.simulate.SimResult` as a JSON-ready dict.
+
+    ``drawdown_threshold`` is a fraction of the initial equity: P(max drawdown > threshold *
+    initial equity). Intervals are exact two-sided Clopper-Pearson at level ``1 - alpha``.
+    """
+    from mmsim.engine import PNL_COMPONENTS
+
+    s = result.summary
+    n = int(np.asarray(s.pnl).shape[0])
+    if not 0.0 < drawdown_threshold:
+        raise ValueError(f"drawdown_threshold = {drawdown_threshold!r}: must be a positive fraction of equity")
+    dd_abs = np.asarray(s.max_dd, float)
+    dd_frac_init = dd_abs / result.initial_equity
+    p_liq = proportion(np.asarray(s.liquidated), alpha)
+    p_dd = proportion(dd_frac_init > drawdown_threshold, alpha)
+    comps = np.asarray(s.pnl_components, float)
+    fills = np.asarray(s.n_fills, float)
+    liq_time = np.asarray(s.liq_time, float)
+    return {
+        "n_paths": n,
+        "horizon_s": result.n_steps * result.dt,
+        "dt_s": result.dt,
+        "n_steps": result.n_steps,
+        "seed": result.seed,
+        "initial_equity": result.initial_equity,
+        "p_liquidation": {k: p_liq[k] for k in ("count", "estimate", "ci_low", "ci_high")},
+        "p_drawdown": {"threshold": drawdown_threshold, **{k: p_dd[k] for k in ("count", "estimate", "ci_low",
+                                                                                 "ci_high")}},
+        "pnl": pnl_summary(np.asarray(s.pnl, float)),
+        "max_drawdown": {"mean": float(dd_abs.mean()), "q50": float(np.quantile(dd_abs, 0.5)),
+                         "q95": float(np.quantile(dd_abs, 0.95)), "q99": float(np.quantile(dd_abs, 0.99)),
+                         "frac_of_peak_q99": float(np.quantile(np.asarray(s.max_dd_frac, float), 0.99))},
+        "pnl_decomposition": {name: float(comps[:, i].mean()) for i, name in enumerate(PNL_COMPONENTS)},
+        "fills": {"bid_mean": float(fills[..., 0].sum(-1).mean()), "ask_mean": float(fills[..., 1].sum(-1).mean())},
+        "min_margin_ratio": {"q01": float(np.quantile(np.asarray(s.min_margin_ratio, float), 0.01)),
+                             "q50": float(np.quantile(np.asarray(s.min_margin_ratio, float), 0.5))},
+        "max_abs_inventory": {"mean": float(np.asarray(s.max_abs_inventory, float).max(-1).mean()),
+                              "q99": float(np.quantile(np.asarray(s.max_abs_inventory, float).max(-1), 0.99))},
+        "time_to_liquidation": time_to_liquidation(liq_time),
+        "non_finite_steps": int(np.asarray(s.n_bad).sum()),
+        "throughput_path_steps_per_s": result.path_steps_per_s,
+        "compile_s": result.compile_s,
+        "run_s": result.run_s,
+    }

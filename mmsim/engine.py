@@ -1,0 +1,218 @@
+"""The market maker: estimators > policy > account, one pure step shared by simulation and live.
+
+``step(params, state, obs) -> (state, quote, info)`` is pure and deterministic, takes no key and
+is the same function object in Monte Carlo, backtest and live: what the simulator tests is what
+would quote. Order within a step (one :class:`~mmsim.observation.Observation`):
+
+1. estimators (the engine face of each process): price (returns, jumps), volatility (EWMA,
+   realized 1 m / 5 m / 1 h, regime), spread, order flow (Hawkes intensities, imbalance),
+   liquidations (cascade intensity, hysteresis), funding, correlation, inventory (fill rates),
+   a traded-volume rate;
+2. the account: our fills, mark to market, funding, liquidation (:mod:`mmsim.account`);
+3. adverse selection (needs the other signals) and the queue of our resting quotes;
+4. the policy's quote from :class:`~mmsim.policy.PolicyInputs`, cut by the account's hard
+   inventory limit and available margin, and pulled when the account is dead.
+
+``EngineParams.lite`` (static) skips every estimator but the price (for models such as
+Avellaneda-Stoikov 2008 whose policy uses only the mid, inventory and time): the skipped states are
+carried unchanged and the policy sees neutral inputs. Everything is one path; the simulator vmaps.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmsim import account as acct
+from mmsim import policy as pol
+from mmsim._pytree import Check, pytree_dataclass, static_field
+from mmsim.estimators import _ewma
+from mmsim.estimators import adverse_selection as e_adv
+from mmsim.estimators import correlation as e_corr
+from mmsim.estimators import funding as e_fund
+from mmsim.estimators import inventory as e_inv
+from mmsim.estimators import liquidation as e_liq
+from mmsim.estimators import order_flow as e_flow
+from mmsim.estimators import price as e_price
+from mmsim.estimators import queue as e_queue
+from mmsim.estimators import spread as e_spread
+from mmsim.estimators import volatility as e_vol
+from mmsim.observation import Observation
+
+
+@pytree_dataclass
+class EngineParams:
+    """Attributes:
+        price, vol, spread, flow, liquidation, funding, correlation, inventory, adverse, queue:
+            the estimators' params.
+        policy: quote function and its (tunable) parameters.
+        account: margin account.
+        tick: (A,) or scalar price tick, quote currency.
+        warmup_s: seconds of observations before the first quote (estimators warm up).
+        volume_half_life_s: half-life of the traded-volume rate behind ``daily_volume``, seconds.
+        n_assets: number of assets (static).
+        lite: skip all estimators but the price (static).
+    """
+
+    policy: pol.PolicyParams
+    account: acct.AccountParams
+    price: e_price.PriceEstParams = e_price.PriceEstParams()
+    vol: e_vol.VolEstParams = e_vol.VolEstParams()
+    spread: e_spread.SpreadEstParams = e_spread.SpreadEstParams()
+    flow: e_flow.OrderFlowEstParams = e_flow.OrderFlowEstParams()
+    liquidation: e_liq.LiquidationEstParams = e_liq.LiquidationEstParams()
+    funding: e_fund.FundingEstParams = e_fund.FundingEstParams()
+    correlation: e_corr.CorrEstParams = e_corr.CorrEstParams()
+    inventory: e_inv.InventoryEstParams = e_inv.InventoryEstParams()
+    adverse: e_adv.AdverseSelectionEstParams = e_adv.AdverseSelectionEstParams()
+    queue: e_queue.QueueEstParams = e_queue.QueueEstParams()
+    tick: jax.Array | float = 0.1
+    warmup_s: jax.Array | float = 60.0
+    volume_half_life_s: jax.Array | float = _ewma.window_half_life(3600.0)
+    n_assets: int = static_field(default=1)
+    lite: bool = static_field(default=False)
+
+    def validate(self) -> None:
+        c = Check(self)
+        c.nonneg("tick", "price tick (0: continuous prices)")
+        c.nonneg("warmup_s", "seconds")
+        c.positive("volume_half_life_s", "seconds")
+        c.require(isinstance(self.n_assets, int) and self.n_assets >= 1, "n_assets", "must be an integer >= 1")
+
+
+class EngineState(NamedTuple):
+    price: e_price.PriceEst
+    vol: e_vol.VolEst
+    spread: e_spread.SpreadEst
+    flow: e_flow.OrderFlowEst
+    liquidation: e_liq.LiquidationEst
+    funding: e_fund.FundingEst
+    correlation: e_corr.CorrEst
+    inventory: e_inv.InventoryEst
+    adverse: e_adv.AdverseSelectionEst
+    queue: e_queue.QueueEst
+    account: acct.AccountState
+    volume_rate: jax.Array    # (A,) traded volume, base units per second (normalised EWMA)
+    volume_wsum: jax.Array    # (A,) its total weight
+    quote: pol.Quote          # our resting quote (the last one sent)
+
+
+class EngineInfo(NamedTuple):
+    """Per-step diagnostics (stacked by the simulator for risk metrics and plots)."""
+
+    equity: jax.Array          # () quote currency
+    margin_ratio: jax.Array    # () equity / maintenance margin
+    position: jax.Array        # (A,) base units
+    spread_quoted: jax.Array   # (A,) ask - bid of our quote, quote currency (0 if a side is off)
+    regime: jax.Array          # () estimated regime
+    sigma: jax.Array           # (A,) estimated volatility per sqrt second
+    cascade_intensity: jax.Array  # (A,) estimated liquidation intensity, per second
+    alive: jax.Array           # () bool
+    liquidated_now: jax.Array  # () bool
+    pnl: jax.Array             # (6,) cumulative spread, inventory, adverse, fees, funding, liquidation
+
+
+PNL_COMPONENTS = ("spread_capture", "inventory", "adverse_selection", "fees", "funding", "liquidation")
+
+
+def init(params: EngineParams, dtype=jnp.float32) -> EngineState:
+    a = params.n_assets
+    z = jnp.zeros((a,), dtype)
+    return EngineState(
+        price=e_price.init(params.price, a, dtype), vol=e_vol.init(params.vol, a, dtype),
+        spread=e_spread.init(params.spread, a, dtype), flow=e_flow.init(params.flow, a, dtype),
+        liquidation=e_liq.init(params.liquidation, a, dtype), funding=e_fund.init(params.funding, a, dtype),
+        correlation=e_corr.init(params.correlation, a, dtype), inventory=e_inv.init(params.inventory, a, dtype),
+        adverse=e_adv.init(params.adverse, a, dtype), queue=e_queue.init(params.queue, a, dtype),
+        account=acct.init(params.account, a, dtype), volume_rate=z, volume_wsum=z,
+        quote=pol.no_quote(a, dtype))
+
+
+def step(params: EngineParams, state: EngineState, obs: Observation) -> tuple[EngineState, pol.Quote, EngineInfo]:
+    """One observation in, one quote out (see the module docstring)."""
+    dtype = state.account.cash.dtype
+    a = params.n_assets
+    p = params
+    price = e_price.update(p.price, state.price, obs)
+    mid = price.mid
+    if p.lite:
+        vol, spread, flow, liq, fund, corr, inv, adv, queue = (
+            state.vol, state.spread, state.flow, state.liquidation, state.funding, state.correlation,
+            state.inventory, state.adverse, state.queue)
+        volume_rate, volume_wsum = state.volume_rate, state.volume_wsum
+    else:
+        vol = e_vol.update(p.vol, state.vol, obs, price.last_ret, price.fresh)
+        sigma_now = e_vol.sigma(vol)
+        spread = e_spread.update(p.spread, state.spread, obs, sigma_now, vol.regime)
+        flow = e_flow.update(p.flow, state.flow, obs)
+        liq = e_liq.update(p.liquidation, state.liquidation, obs)
+        fund = e_fund.update(p.funding, state.funding, obs)
+        corr = e_corr.update(p.correlation, state.correlation, obs, price.last_ret, price.fresh)
+        inv = e_inv.update(p.inventory, state.inventory, obs)
+        # Traded volume per second, normalised EWMA (no start-up bias towards 0).
+        traded = jnp.where(obs.trades_valid, (obs.vol_buy + obs.vol_sell) / jnp.maximum(obs.dt, 1e-9), 0.0)
+        w = _ewma.weight(obs.dt, p.volume_half_life_s)
+        volume_wsum = jnp.where(obs.trades_valid, state.volume_wsum + w * (1.0 - state.volume_wsum),
+                                state.volume_wsum)
+        g = w / jnp.maximum(volume_wsum, 1e-30)
+        volume_rate = jnp.where(obs.trades_valid, state.volume_rate + g * (traded - state.volume_rate),
+                                state.volume_rate)
+
+    account, ainfo = acct.update(p.account, state.account, obs)
+
+    if not p.lite:
+        implied = jnp.sqrt(jnp.maximum(vol.rv_1h, 1e-30))
+        vol_surprise = jnp.sqrt(jnp.maximum(vol.rv_1m, 0.0)) / implied - 1.0
+        liq_ratio = e_liq.intensity(p.liquidation, liq) / p.liquidation.mu
+        adv = e_adv.update(p.adverse, state.adverse, obs, e_fund.divergence(fund), vol_surprise,
+                           e_flow.flow_imbalance(flow), liq_ratio)
+        q_prev = state.quote
+        queue = e_queue.update(p.queue, state.queue, obs, q_prev.bid_price, q_prev.ask_price,
+                               jnp.stack([q_prev.bid_active, q_prev.ask_active], -1))
+        sigma_h = e_vol.sigma_for_horizon(p.vol, vol, p.policy.horizon_s)
+        inputs = pol.PolicyInputs(
+            t=obs.t, mid=mid, tick=jnp.broadcast_to(jnp.asarray(p.tick, dtype), (a,)), sigma=sigma_h,
+            regime=vol.regime, position=account.position, available_margin=ainfo.available_margin,
+            margin_ratio=ainfo.margin_ratio, leverage=jnp.asarray(p.account.leverage, dtype),
+            as_adjust=e_adv.spread_adjustment(p.adverse, adv), informed=adv.alpha,
+            tail_risk=e_liq.tail_risk_multiplier(p.liquidation, liq),
+            pull_cascade=e_liq.should_pull_quotes(p.liquidation, liq),
+            flow_imbalance=e_flow.flow_imbalance(flow), daily_volume=volume_rate * 86_400.0,
+            ready=(obs.t >= p.warmup_s) & jnp.all(price.initialised))
+        regime = vol.regime
+        cascade = e_liq.intensity(p.liquidation, liq)
+        sigma_est = e_vol.sigma(vol)
+    else:
+        zeros = jnp.zeros((a,), dtype)
+        inputs = pol.PolicyInputs(
+            t=obs.t, mid=mid, tick=jnp.broadcast_to(jnp.asarray(p.tick, dtype), (a,)), sigma=e_price.sigma(price),
+            regime=jnp.int32(1), position=account.position, available_margin=ainfo.available_margin,
+            margin_ratio=ainfo.margin_ratio, leverage=jnp.asarray(p.account.leverage, dtype), as_adjust=zeros,
+            informed=zeros, tail_risk=jnp.ones((a,), dtype), pull_cascade=jnp.zeros((a,), bool),
+            flow_imbalance=zeros, daily_volume=zeros,
+            ready=(obs.t >= p.warmup_s) & jnp.all(price.initialised))
+        regime = jnp.int32(1)
+        cascade = jnp.zeros((a,), dtype)
+        sigma_est = e_price.sigma(price)
+
+    q = pol.quote(p.policy, inputs)
+    bid_sz, ask_sz, bid_ok, ask_ok = acct.limit_sizes(p.account, account, ainfo, mid, q.bid_size, q.ask_size)
+    zero = jnp.zeros_like(q.bid_price)
+    q = pol.Quote(jnp.where(bid_ok, q.bid_price, zero).astype(dtype), jnp.where(ask_ok, q.ask_price, zero).astype(dtype),
+                  jnp.where(bid_ok, bid_sz, zero).astype(dtype), jnp.where(ask_ok, ask_sz, zero).astype(dtype),
+                  bid_ok, ask_ok)
+
+    new = EngineState(price=price, vol=vol, spread=spread, flow=flow, liquidation=liq, funding=fund,
+                      correlation=corr, inventory=inv, adverse=adv, queue=queue, account=account,
+                      volume_rate=volume_rate, volume_wsum=volume_wsum, quote=q)
+    s = account
+    info = EngineInfo(
+        equity=ainfo.equity, margin_ratio=ainfo.margin_ratio, position=account.position,
+        spread_quoted=jnp.where(q.bid_active & q.ask_active, q.ask_price - q.bid_price, 0.0).astype(dtype),
+        regime=jnp.asarray(regime, jnp.int32), sigma=sigma_est.astype(dtype), cascade_intensity=cascade.astype(dtype),
+        alive=account.alive, liquidated_now=ainfo.liquidated_now,
+        pnl=jnp.stack([s.pnl_spread, s.pnl_inventory, s.pnl_adverse, s.pnl_fees, s.pnl_funding, s.pnl_liquidation]))
+    return new, q, info

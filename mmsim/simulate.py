@@ -1,0 +1,304 @@
+"""The Monte Carlo simulator: the world and the engine in one ``lax.scan``, vmapped over paths,
+sharded over devices, run in chunks.
+
+One path (``_path``): the engine quotes on the world's initial observation (t = 0), then each of
+``n_steps`` steps advances the world by ``dt`` seconds against the engine's resting quote
+(``world.step(key_t, state, params, dt, quote)``), the engine reads the step's
+:class:`~mmsim.observation.Observation` and quotes again (``engine.step``), and the running risk
+metrics (:mod:`mmsim.risk`) are updated. Step ``t`` of path ``i`` draws from
+``fold_in(fold_in(run_key, i), t)``: a path's numbers depend only on the seed and its global index,
+never on the chunk size or the number of devices (tests check both).
+
+Paths are vmapped, split over the local devices with ``jax.shard_map`` (no communication: every
+path is independent) and run ``chunk_size`` at a time so memory stays bounded whatever the number
+of paths; a progress bar counts chunks. Across hosts, call ``jax.distributed.initialize()`` first
+(see :func:`init_distributed`): each process then runs the chunks ``process_index ::
+process_count`` and the caller gathers. Only per-path summaries leave the device; full traces (for
+figures) are recorded for the first ``n_trace`` paths by a second compiled function that replays
+exactly those paths.
+
+Compiled functions are cached by (world, static structure, shapes, n_steps, dt, dtype, devices):
+calling :func:`simulate` again with new parameter values (a sweep over gamma, an optimiser)
+does not recompile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+
+from mmsim import account as acct
+from mmsim import as2008, engine, market, observation, risk, rng
+
+WORLDS = ("market", "as2008")
+DEFAULT_CHUNK = 4096
+
+
+class PathSummary(NamedTuple):
+    """Per-path results (numpy on the host; one row per path)."""
+
+    pnl: Any               # (n,) final equity - initial equity, quote currency
+    pnl_components: Any    # (n, 6) engine.PNL_COMPONENTS, quote currency
+    max_dd: Any            # (n,) maximum drawdown, quote currency
+    max_dd_frac: Any       # (n,) maximum drawdown, fraction of the running peak equity
+    min_margin_ratio: Any  # (n,) minimum equity / maintenance margin
+    max_abs_inventory: Any  # (n, A) base units
+    liquidated: Any        # (n,) bool
+    liq_time: Any          # (n,) seconds, -1 if never
+    n_fills: Any           # (n, A, 2) fills on the bid, on the ask
+    final_position: Any    # (n, A) base units
+    n_bad: Any             # (n,) steps whose equity was not finite
+
+
+class Trace(NamedTuple):
+    """Full traces of the first paths, shape (n_trace, n_steps + 1, ...); index 0 is t = 0."""
+
+    t: Any                 # (n_steps + 1,) seconds
+    mid: Any               # (n, T+1, A) quote currency
+    position: Any          # (n, T+1, A) base units
+    bid: Any               # (n, T+1, A) our bid (0 when the side is off)
+    ask: Any               # (n, T+1, A) our ask (0 when the side is off)
+    spread_quoted: Any     # (n, T+1, A) quote currency
+    sigma: Any             # (n, T+1, A) estimated log-mid volatility per sqrt second
+    cascade_intensity: Any  # (n, T+1, A) estimated liquidation intensity, per second
+    equity: Any            # (n, T+1) quote currency
+    maintenance: Any       # (n, T+1) maintenance margin, quote currency
+    margin_ratio: Any      # (n, T+1)
+    regime: Any            # (n, T+1) estimated regime (0 low .. 3 extreme)
+    true_regime: Any       # (n, T+1) the world's regime (-1 where the world has none)
+    true_cascade_intensity: Any  # (n, T+1, A) the world's liquidation intensity, per second
+
+
+@dataclasses.dataclass
+class SimResult:
+    summary: PathSummary
+    trace: Trace | None
+    n_paths: int
+    n_steps: int
+    dt: float
+    seed: int
+    chunk_size: int
+    n_devices: int
+    compile_s: float
+    run_s: float
+    path_steps_per_s: float
+    world: str = "market"
+    initial_equity: float = 0.0
+
+    @property
+    def horizon_s(self) -> float:
+        return self.n_steps * self.dt
+
+
+# ------------------------------------------------------------------------------------------------
+# One path
+
+
+def _world_module(world: str):
+    if world not in WORLDS:
+        raise ValueError(f"world = {world!r}: must be one of {WORLDS}")
+    return {"market": market, "as2008": as2008}[world]
+
+
+def _observe(world: str, state, mp) -> observation.Observation:
+    """The observation at t = 0 (book only), on which the engine makes its first quote."""
+    if world == "as2008":
+        return as2008.observe(state, mp)
+    mid, bid, ask = market.initial_book(state, mp)
+    on = jnp.ones(mid.shape, bool)
+    return observation.empty(mid.shape[0], mid.dtype)._replace(
+        best_bid=bid, best_ask=ask, mid=mid, last_price=mid, book_valid=on)
+
+
+def _truth(world: str, winfo, a: int, dtype):
+    """The world's regime and liquidation intensity (for trace figures)."""
+    if winfo is None or world == "as2008":
+        return jnp.asarray(-1, jnp.int32), jnp.zeros((a,), dtype)
+    lam = winfo.liquidation.lam_long + winfo.liquidation.lam_short
+    return jnp.asarray(winfo.regime, jnp.int32), lam.astype(dtype)
+
+
+def _row(world, obs, est, info, winfo, a, dtype):
+    q = est.quote
+    true_regime, true_lam = _truth(world, winfo, a, dtype)
+    maint = jnp.where(info.margin_ratio >= acct.FLAT_MARGIN_RATIO, 0.0,
+                      info.equity / jnp.maximum(info.margin_ratio, 1e-12)).astype(dtype)
+    return (obs.mid, info.position, q.bid_price, q.ask_price, info.spread_quoted, info.sigma,
+            info.cascade_intensity, info.equity, maint, info.margin_ratio, info.regime, true_regime, true_lam)
+
+
+def _path(key, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: bool):
+    """Simulate one path; returns its :class:`PathSummary` (device arrays), and the trace rows
+    (t = 0 first) when ``trace``."""
+    w_mod = _world_module(world)
+    a = ep.n_assets
+    w = w_mod.init(mp, dtype)
+    e = engine.init(ep, dtype)
+    obs0 = _observe(world, w, mp)
+    e, q, info0 = engine.step(ep, e, obs0)
+    row0 = _row(world, obs0, e, info0, None, a, dtype) if trace else None
+    r = risk.init(ep.account.initial_equity, a, dtype)
+    r = risk.update(r, info0.equity, info0.margin_ratio, info0.position, info0.liquidated_now, obs0.t)
+
+    def body(carry, t):
+        w, e, q, r = carry
+        w, obs, winfo = w_mod.step(rng.fold_in(key, t), w, mp, dt, q)
+        e, q, info = engine.step(ep, e, obs)
+        r = risk.update(r, info.equity, info.margin_ratio, info.position, info.liquidated_now, obs.t)
+        out = _row(world, obs, e, info, winfo, a, dtype) if trace else None
+        return (w, e, q, r), out
+
+    (w, e, q, r), rows = jax.lax.scan(body, (w, e, q, r), jnp.arange(n_steps, dtype=jnp.int32))
+    s = e.account
+    comps = jnp.stack([s.pnl_spread, s.pnl_inventory, s.pnl_adverse, s.pnl_fees, s.pnl_funding, s.pnl_liquidation])
+    pnl = acct.equity(s, s.last_mid) - jnp.asarray(ep.account.initial_equity, dtype)
+    summary = PathSummary(pnl=pnl.astype(dtype), pnl_components=comps.astype(dtype), max_dd=r.max_dd,
+                          max_dd_frac=r.max_dd_frac, min_margin_ratio=r.min_margin_ratio,
+                          max_abs_inventory=r.max_abs_inventory, liquidated=r.liquidated, liq_time=r.liq_time,
+                          n_fills=s.n_fills.astype(jnp.int32), final_position=s.position, n_bad=r.n_bad)
+    if not trace:
+        return summary
+    rows = jax.tree_util.tree_map(lambda x0, xs: jnp.concatenate([x0[None], xs]), row0, rows)
+    return summary, rows
+
+
+# ------------------------------------------------------------------------------------------------
+# Many paths
+
+
+def _as_leaves(tree, dtype):
+    """Params as arrays of the simulation dtype (Python ints and floats too), so that new values
+    of the same structure reuse the compiled function."""
+
+    def conv(x):
+        if isinstance(x, bool) or (hasattr(x, "dtype") and x.dtype == bool):
+            return jnp.asarray(x)
+        if isinstance(x, (int, float)) or (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)):
+            return jnp.asarray(x, dtype)
+        return jnp.asarray(x)
+
+    return jax.tree_util.tree_map(conv, tree)
+
+
+_COMPILED: dict = {}
+
+
+def _signature(tree) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((np.shape(x), str(jnp.asarray(x).dtype)) for x in leaves)
+
+
+def _compiled(world, mp, ep, keys, *, n_steps, dt, dtype, trace, devices):
+    """The compiled (vmapped, sharded) path function for these shapes, and its compile seconds
+    (0 when it came from the cache)."""
+    key = (world, _signature(mp), _signature(ep), keys.shape, n_steps, float(dt), jnp.dtype(dtype).name, trace,
+           tuple(d.id for d in devices))
+    if key in _COMPILED:
+        return _COMPILED[key], 0.0
+    fn = jax.vmap(lambda k, m, e: _path(k, m, e, world=world, n_steps=n_steps, dt=dt, dtype=dtype, trace=trace),
+                  in_axes=(0, None, None))
+    if len(devices) > 1:
+        mesh = Mesh(np.asarray(devices), ("paths",))
+        fn = jax.shard_map(fn, mesh=mesh, in_specs=(P("paths"), P(), P()), out_specs=P("paths"), check_vma=False)
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(keys, mp, ep).compile()
+    secs = time.perf_counter() - t0
+    _COMPILED[key] = compiled
+    return compiled, secs
+
+
+def init_distributed() -> None:
+    """Join a multi-host run (``jax.distributed.initialize`` reads the cluster from the
+    environment, e.g. SLURM); afterwards :func:`simulate` runs this process's share of the chunks."""
+    jax.distributed.initialize()
+
+
+def _validate(n_paths, n_steps, dt, chunk_size, n_trace):
+    if not isinstance(n_paths, (int, np.integer)) or n_paths < 1:
+        raise ValueError(f"n_paths = {n_paths!r}: must be a positive integer")
+    if not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
+        raise ValueError(f"n_steps = {n_steps!r}: must be a positive integer")
+    if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+        raise ValueError(f"dt = {dt!r}: must be a positive number of seconds")
+    if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
+        raise ValueError(f"chunk_size = {chunk_size!r}: must be a positive integer or None")
+    if not isinstance(n_trace, (int, np.integer)) or n_trace < 0:
+        raise ValueError(f"n_trace = {n_trace!r}: must be a non-negative integer")
+
+
+def simulate(world: str, market_params, engine_params, *, n_paths: int, n_steps: int, dt: float, seed: int,
+             chunk_size: int | None = None, n_trace: int = 0, dtype=jnp.float32, progress: bool = True,
+             devices=None) -> SimResult:
+    """Simulate ``n_paths`` paths of ``n_steps`` steps of ``dt`` seconds.
+
+    Args:
+        world: "market" (:mod:`mmsim.market`, every process) or "as2008" (:mod:`mmsim.as2008`).
+        market_params: the world's params (``MarketParams`` or ``AS2008Params``).
+        engine_params: :class:`mmsim.engine.EngineParams`.
+        seed: run seed; path ``i`` uses ``fold_in(key(seed), i)``.
+        chunk_size: paths per compiled call (default 4096, at most ``n_paths``), rounded up to a
+            multiple of the number of devices; the last chunk is padded and the padding dropped.
+        n_trace: record full traces of the first ``n_trace`` paths.
+        devices: devices to shard paths over (default: all local devices).
+
+    Returns a :class:`SimResult`; ``compile_s`` counts compilation only (0 when cached), ``run_s``
+    the simulation of every chunk, and ``path_steps_per_s = n_paths * n_steps / run_s``.
+    """
+    _world_module(world)
+    _validate(n_paths, n_steps, dt, chunk_size, n_trace)
+    if engine_params.n_assets != market_params.n_assets:
+        raise ValueError(f"engine n_assets = {engine_params.n_assets} != market n_assets = "
+                         f"{market_params.n_assets}: the engine must quote every asset of the market")
+    dt = float(dt)
+    n_paths, n_steps = int(n_paths), int(n_steps)
+    devices = list(devices) if devices is not None else jax.local_devices()
+    nd = len(devices)
+    chunk = min(int(chunk_size or DEFAULT_CHUNK), n_paths)
+    chunk = int(math.ceil(chunk / nd) * nd)
+    n_chunks = int(math.ceil(n_paths / chunk))
+    mp = _as_leaves(market_params, dtype)
+    ep = _as_leaves(engine_params, dtype)
+    root = rng.key(seed)
+
+    keys0 = rng.path_keys(root, 0, chunk)
+    fn, compile_s = _compiled(world, mp, ep, keys0, n_steps=n_steps, dt=dt, dtype=dtype, trace=False,
+                              devices=devices)
+    pid, pcount = jax.process_index(), jax.process_count()
+    mine = list(range(pid, n_chunks, pcount))
+    it = mine
+    if progress and len(mine) > 1:
+        from tqdm.auto import tqdm
+        it = tqdm(mine, desc=f"{world}: chunks of {chunk} paths", unit="chunk")
+    t0 = time.perf_counter()
+    outs = []
+    for c in it:
+        outs.append(fn(rng.path_keys(root, c * chunk, chunk), mp, ep))
+        if len(outs) >= 2:   # keep at most two chunks in flight
+            outs[-2] = jax.device_get(outs[-2])
+    outs = [jax.device_get(o) for o in outs]
+    run_s = time.perf_counter() - t0
+    summary = PathSummary(*(np.concatenate([np.asarray(getattr(o, f)) for o in outs])[:n_paths]
+                            for f in PathSummary._fields))
+
+    trace = None
+    if n_trace > 0:
+        nt = int(math.ceil(min(n_trace, n_paths) / nd) * nd)
+        tkeys = rng.path_keys(root, 0, nt)
+        tfn, tc = _compiled(world, mp, ep, tkeys, n_steps=n_steps, dt=dt, dtype=dtype, trace=True, devices=devices)
+        compile_s += tc
+        _, rows = jax.device_get(tfn(tkeys, mp, ep))
+        rows = [np.asarray(x)[:min(n_trace, n_paths)] for x in rows]
+        trace = Trace(np.arange(n_steps + 1) * dt, *rows)
+
+    done = len(mine) * chunk if pcount > 1 else n_paths
+    return SimResult(summary=summary, trace=trace, n_paths=n_paths, n_steps=n_steps, dt=dt, seed=int(seed),
+                     chunk_size=chunk, n_devices=nd, compile_s=compile_s, run_s=run_s,
+                     path_steps_per_s=done * n_steps / max(run_s, 1e-12), world=world,
+                     initial_equity=float(np.asarray(engine_params.account.initial_equity)))
