@@ -1,0 +1,135 @@
+"""The simulator: invariance to chunking and devices, traces, the PnL identity, the AS 2008 model
+against an independent numpy Monte Carlo of the same model, and input validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from mmsim import account, as2008, engine, market, policy
+from mmsim import simulate as sim
+
+GAMMA, SIGMA, A, K, T, DT = 0.1, 2.0, 140.0, 1.5, 1.0, 0.005
+N_STEPS = int(round(T / DT))
+
+
+def as2008_engine(gamma=GAMMA, kind="as2008"):
+    fixed = as2008.average_spread(gamma, SIGMA, K, T, DT)
+    pp = policy.PolicyParams(kind=kind, gamma=gamma, k=K, horizon_s=T, sigma_price=SIGMA, order_size=1.0,
+                             fixed_spread=fixed, band_max_frac=1.0, pull_margin_ratio=0.0)
+    # Equity small enough for float32 cash to resolve cents, leverage large enough never to bind.
+    ap = account.AccountParams(initial_equity=1e3, leverage=1e3, maintenance_margin=1e-6, max_inventory=1e6,
+                               liquidation_fee=0.0, liquidation_slippage=0.0)
+    return engine.EngineParams(policy=pp, account=ap, tick=0.0, warmup_s=0.0, lite=True)
+
+
+@pytest.fixture(scope="module")
+def as_run():
+    return sim.simulate("as2008", as2008.AS2008Params(), as2008_engine(), n_paths=4000, n_steps=N_STEPS, dt=DT,
+                        seed=7, n_trace=3, progress=False)
+
+
+def numpy_as2008(gamma, n_paths, seed):
+    """An independent vectorised numpy Monte Carlo of the paper's model (inventory strategy)."""
+    g = np.random.default_rng(seed)
+    s = np.full(n_paths, 100.0)
+    q = np.zeros(n_paths)
+    cash = np.zeros(n_paths)
+    for i in range(N_STEPS):
+        tau = T - i * DT
+        r = s - q * gamma * SIGMA**2 * tau
+        half = 0.5 * (gamma * SIGMA**2 * tau + 2.0 / gamma * np.log1p(gamma / K))
+        bid, ask = r - half, r + half
+        hit_b = g.random(n_paths) < np.minimum(1.0, A * np.exp(-K * (s - bid)) * DT)
+        hit_a = g.random(n_paths) < np.minimum(1.0, A * np.exp(-K * (ask - s)) * DT)
+        q += hit_b.astype(float) - hit_a
+        cash += np.where(hit_a, ask, 0.0) - np.where(hit_b, bid, 0.0)
+        s += np.where(g.random(n_paths) < 0.5, 1.0, -1.0) * SIGMA * np.sqrt(DT)
+    return cash + q * s, q
+
+
+def test_as2008_matches_independent_numpy_model(as_run):
+    pnl, q = numpy_as2008(GAMMA, 40_000, 11)
+    s = as_run.summary
+    for ours, ref in ((s.pnl, pnl), (s.final_position[:, 0], q)):
+        ours = np.asarray(ours, float)
+        se = np.sqrt(ours.var(ddof=1) / ours.size + ref.var(ddof=1) / ref.size)
+        assert abs(ours.mean() - ref.mean()) < 4 * se, (ours.mean(), ref.mean(), se)
+        # Standard deviations: the SE of a sample sd is sd * sqrt((kurtosis - 1) / (4 n)).
+        sd_se = np.sqrt(sum(x.var() * (np.mean((x - x.mean())**4) / x.var()**2 - 1) / (4 * x.size)
+                            for x in (ours, ref)))
+        assert abs(ours.std() - ref.std()) < 4 * sd_se, (ours.std(), ref.std(), sd_se)
+
+
+def test_trace_replays_the_first_paths(as_run):
+    tr, s = as_run.trace, as_run.summary
+    assert tr.mid.shape == (3, N_STEPS + 1, 1)
+    np.testing.assert_allclose(tr.t[[0, -1]], [0.0, T])
+    np.testing.assert_array_equal(tr.position[:, -1], s.final_position[:3])
+    np.testing.assert_allclose(tr.equity[:, -1] - 1e3, s.pnl[:3], atol=1e-3)
+    # The inventory strategy's quoted spread is deterministic: its time average is the closed form.
+    np.testing.assert_allclose(tr.spread_quoted[:, :-1].mean(1)[:, 0], as2008.average_spread(GAMMA, SIGMA, K, T, DT),
+                               rtol=1e-5)
+    assert np.all(tr.true_regime == -1)
+
+
+def test_pnl_components_add_up(as_run):
+    s = as_run.summary
+    np.testing.assert_allclose(s.pnl_components.sum(1), s.pnl, atol=2e-3)
+    assert not s.liquidated.any() and np.all(s.n_bad == 0)
+    assert as_run.path_steps_per_s > 0 and as_run.run_s > 0
+
+
+def test_recompiles_only_for_new_shapes(as_run):
+    again = sim.simulate("as2008", as2008.AS2008Params(), as2008_engine(gamma=0.5), n_paths=4000,
+                         n_steps=N_STEPS, dt=DT, seed=7, progress=False)
+    assert again.compile_s == 0.0   # same shapes, new gamma: the cached executable
+    assert not np.array_equal(again.summary.pnl, as_run.summary.pnl)
+
+
+SHARD_SCRIPT = textwrap.dedent("""
+    import json, jax, numpy as np
+    from mmsim import as2008, simulate as sim
+    from tests.test_simulate import as2008_engine, N_STEPS, DT
+    devs = jax.local_devices()
+    assert len(devs) == 4, devs
+    kw = dict(n_steps=N_STEPS, dt=DT, seed=3, progress=False)
+    one = sim.simulate("as2008", as2008.AS2008Params(), as2008_engine(), n_paths=20, chunk_size=8,
+                       devices=devs[:1], **kw)
+    four = sim.simulate("as2008", as2008.AS2008Params(), as2008_engine(), n_paths=20, chunk_size=20, **kw)
+    assert (one.chunk_size, one.n_devices, four.chunk_size, four.n_devices) == (8, 1, 20, 4)
+    same = {f: bool(np.array_equal(getattr(one.summary, f), getattr(four.summary, f)))
+            for f in sim.PathSummary._fields}
+    print(json.dumps({"same": same, "fills": int(one.summary.n_fills.sum())}))
+""")
+
+
+def test_chunked_single_device_equals_unchunked_sharded():
+    """Three padded chunks of 8 on one device == one chunk of 20 over 4 (forced host) devices."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", SHARD_SCRIPT], env=env, cwd=root, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert all(res["same"].values()), res
+    assert res["fills"] > 0
+
+
+def test_bad_input_fails_before_compiling():
+    ep, mp = as2008_engine(), as2008.AS2008Params()
+    for kw, field in ((dict(n_paths=-1), "n_paths"), (dict(n_paths=0), "n_paths"), (dict(n_steps=0), "n_steps"),
+                      (dict(dt=-0.1), "dt"), (dict(chunk_size=0), "chunk_size"), (dict(n_trace=-2), "n_trace")):
+        args = dict(n_paths=4, n_steps=5, dt=DT, seed=0) | kw
+        with pytest.raises(ValueError, match=field):
+            sim.simulate("as2008", mp, ep, **args)
+    with pytest.raises(ValueError, match="world"):
+        sim.simulate("moon", mp, ep, n_paths=4, n_steps=5, dt=DT, seed=0)
+    with pytest.raises(ValueError, match="n_assets"):
+        sim.simulate("market", market.default_params(2), ep, n_paths=4, n_steps=5, dt=1.0, seed=0)
