@@ -134,10 +134,12 @@ def update(params: AccountParams, state: AccountState, obs: Observation) -> tupl
     mid = jnp.where(first & ~obs.book_valid, 0.0, mid)
     mid_before = jnp.where(first, mid, state.last_mid)
 
-    # 1. Fills at our prices.
-    fb = jnp.where(obs.fills_valid, obs.fill_bid_size, 0.0)
-    fa = jnp.where(obs.fills_valid, obs.fill_ask_size, 0.0)
-    pb, pa = obs.fill_bid_price, obs.fill_ask_price
+    # 1. Fills at our prices (none once liquidated: the account is closed for good).
+    take = obs.fills_valid & state.alive
+    fb = jnp.where(take, obs.fill_bid_size, 0.0)
+    fa = jnp.where(take, obs.fill_ask_size, 0.0)
+    pb = jnp.where(take, obs.fill_bid_price, 0.0)
+    pa = jnp.where(take, obs.fill_ask_price, 0.0)
     notional_fills = fb * pb + fa * pa
     cash = state.cash - jnp.sum(fb * pb) + jnp.sum(fa * pa)
     fees = jnp.sum(params.maker_fee * notional_fills)

@@ -143,13 +143,16 @@ def as_reservation_and_spread(mid, q, gamma, sigma_p, tau, k):
 
 
 def glft_offsets(q, gamma, sigma_p, k, A, lot=1.0):
-    """Gueant-Lehalle-Fernandez-Tapia (2013) asymptotic quotes: distances of bid and ask from the mid,
-    ``delta_b = (1/gamma) ln(1 + gamma/k) + (2 q + 1)/2 c``, ``delta_a = (1/gamma) ln(1 + gamma/k) -
-    (2 q - 1)/2 c`` with ``c = sqrt(sigma^2 gamma / (2 k A) (1 + gamma/k)^(1 + k/gamma))`` and q in lots."""
-    base = jnp.log1p(gamma / k) / gamma
-    c = jnp.sqrt(sigma_p**2 * gamma / (2.0 * k * A) * (1.0 + gamma / k) ** (1.0 + k / gamma))
-    ql = q / lot
-    return base + (2.0 * ql + 1.0) / 2.0 * c, base - (2.0 * ql - 1.0) / 2.0 * c
+    """Gueant-Lehalle-Fernandez-Tapia (2013) asymptotic quotes for orders of ``lot`` = Delta base units
+    (Gueant 2017, "Optimal market making", the general-Delta form): distances of bid and ask from the mid,
+    ``delta_b = ln(1 + gamma Delta/k) / (gamma Delta) + (2 q + Delta)/2 c``, ``delta_a = ln(1 + gamma
+    Delta/k) / (gamma Delta) - (2 q - Delta)/2 c`` with ``c = sqrt(sigma^2 gamma / (2 k A Delta) (1 +
+    gamma Delta/k)^(1 + k/(gamma Delta)))``, q and Delta in base units. With Delta = 1 this is GLFT's
+    unit-order formula; the general form is invariant under a change of the base unit."""
+    g = gamma * lot
+    base = jnp.log1p(g / k) / g
+    c = jnp.sqrt(sigma_p**2 * gamma / (2.0 * k * A * lot) * (1.0 + g / k) ** (1.0 + k / g))
+    return base + (2.0 * q + lot) / 2.0 * c, base - (2.0 * q - lot) / 2.0 * c
 
 
 # --------------------------------------------------------------------------------------------
