@@ -106,3 +106,31 @@ def test_ruin_probability_cramer_lundberg(seed):
     # Ruin after the last claim needs a fall of ~ theta*lam*mu*n_claims = 375 from the mean
     # surplus: probability ~ exp(-R * 375), R = theta/((1+theta) mu) = 0.2, i.e. 1e-33.
     assert p["ci_low"] <= psi <= p["ci_high"], (p, psi)
+
+
+def test_summarize_keys_and_counts():
+    from mmsim import simulate as sim
+
+    n = 200
+    pnl = np.linspace(-100.0, 99.0, n)
+    liq = np.zeros(n, bool)
+    liq[:3] = True
+    s = sim.PathSummary(pnl=pnl, pnl_components=np.tile(pnl[:, None] / 6, (1, 6)), max_dd=np.arange(n) * 10.0,
+                        max_dd_frac=np.zeros(n), min_margin_ratio=np.ones(n), max_abs_inventory=np.ones((n, 1)),
+                        liquidated=liq, liq_time=np.where(liq, 5.0, -1.0), n_fills=np.ones((n, 1, 2), int),
+                        final_position=np.zeros((n, 1)), n_bad=np.zeros(n, int))
+    r = sim.SimResult(summary=s, trace=None, n_paths=n, n_steps=10, dt=0.5, seed=1, chunk_size=n, n_devices=1,
+                      compile_s=1.0, run_s=2.0, path_steps_per_s=1000.0, initial_equity=1000.0)
+    m = risk.summarize(r, drawdown_threshold=0.5)
+    assert m["n_paths"] == n and m["horizon_s"] == 5.0 and m["dt_s"] == 0.5 and m["seed"] == 1
+    assert m["p_liquidation"]["count"] == 3
+    assert (m["p_liquidation"]["ci_low"], m["p_liquidation"]["ci_high"]) == risk.clopper_pearson(3, n)
+    # Drawdowns 10 i > 500 for i >= 51: 149 paths.
+    assert m["p_drawdown"]["count"] == 149 and m["p_drawdown"]["threshold"] == 0.5
+    np.testing.assert_allclose(m["pnl"]["mean"], pnl.mean())
+    np.testing.assert_allclose(m["pnl"]["q05"], np.quantile(pnl, 0.05))
+    assert set(m["pnl"]) >= {"mean", "std", "q01", "q05", "q50", "q95", "q99", "var_99", "cvar_99"}
+    np.testing.assert_allclose(sum(m["pnl_decomposition"].values()), pnl.mean())
+    assert m["time_to_liquidation"]["count"] == 3 and m["fills"]["bid_mean"] == 1.0
+    with pytest.raises(ValueError, match="drawdown_threshold"):
+        risk.summarize(r, drawdown_threshold=0.0)
