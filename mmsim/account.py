@@ -17,7 +17,8 @@ One update per observation, in this order:
 4. **liquidation** when equity <= maintenance margin (``maintenance_margin * sum |q| mid``): every
    position is closed at an adverse price ``mid (1 -+ liquidation_slippage)`` and a liquidation fee
    on the notional is charged; the time is recorded and ``alive`` turns False for good (a mask, not
-   control flow: a dead account's quotes are pulled and nothing else changes).
+   control flow: a dead account's quotes are pulled, fills still reported to it are ignored, and
+   nothing else changes).
 
 The PnL components add up exactly to the change of equity (tests check it to rounding).
 """

@@ -84,7 +84,7 @@ class PolicyParams:
         fixed_spread: total spread of the symmetric policy, quote currency.
         sigma_price: as2008/glft price volatility per sqrt second (> 0) or <= 0 to use the estimate.
         order_size: size of each quote in the as2008/symmetric/glft policies, base units.
-        lot: GLFT inventory unit Delta, base units.
+        lot: GLFT order size Delta, base units (the inventory step of Gueant's general-Delta formula).
         pull_margin_ratio: below this margin ratio only the side that reduces |position| is quoted.
         band_min_frac, band_max_frac: validate_quote's spread band, fractions of mid (spec: 1 and 500 bps).
         kind: "spec", "as2008", "symmetric" or "glft" (static).
@@ -183,13 +183,19 @@ def _spec(p: PolicyParams, x: PolicyInputs) -> tuple[jax.Array, ...]:
     margin_size = x.available_margin * p.size_fraction / margin_per_unit
     volume_size = x.daily_volume * p.volume_fraction
     base_size = jnp.minimum(margin_size, volume_size)
+    # The side that reduces |position| frees margin instead of using it: up to the position it is
+    # capped by the volume only (else a fully margined account, e.g. one close to liquidation,
+    # could not quote the side that gets it out).
+    reduce_size = jnp.maximum(base_size, jnp.minimum(volume_size, jnp.abs(x.position)))
+    bid_base = jnp.where(x.position < 0, reduce_size, base_size)
+    ask_base = jnp.where(x.position > 0, reduce_size, base_size)
     mult = 1.0 / (1.0 + x.informed) / jnp.maximum(x.tail_risk, 1.0)
     mult = mult * jnp.where(x.regime == 3, 0.25, 1.0)
     mult = jnp.maximum(mult, 0.1)
     inv_ratio = x.position / p.max_inventory
     bid_mult = jnp.maximum(1.0 - jnp.maximum(inv_ratio, 0.0), 0.1)
     ask_mult = jnp.maximum(1.0 + jnp.minimum(inv_ratio, 0.0), 0.1)
-    return bid, ask, base_size * mult * bid_mult, base_size * mult * ask_mult
+    return bid, ask, bid_base * mult * bid_mult, ask_base * mult * ask_mult
 
 
 def _as2008(p: PolicyParams, x: PolicyInputs):
