@@ -1,0 +1,162 @@
+"""The ``mmsim`` command.
+
+Subcommands::
+
+    mmsim run [hydra overrides ...]        # = python -m mmsim.run ...; e.g. experiment=cascade_stress
+    mmsim optimize [hydra overrides ...]   # policy optimisation (mmsim.optimize.main), when installed
+    mmsim live --params best.yaml [overrides ...]
+    mmsim sweep-summary DIR                # aggregate a multirun's metrics.json files
+
+``live`` loads and validates ``best.yaml`` over the configured experiment, builds the very
+:class:`~mmsim.engine.EngineParams` the simulator would run, prints the policy and exits with
+status 3: no exchange connector is configured in this version, and nothing is sent anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+#: Exit status of ``mmsim live`` when no exchange connector is available.
+EXIT_NO_CONNECTOR = 3
+#: Exit status for a configuration error.
+EXIT_CONFIG = 2
+
+_USAGE = """usage: mmsim <command> [args]
+
+commands:
+  run [overrides]                 Monte Carlo risk report (Hydra overrides, e.g. experiment=cascade_stress)
+  optimize [overrides]            optimise the policy under risk constraints (mmsim.optimize)
+  live --params best.yaml [ovr]   validate best.yaml and show the policy the live engine would run
+  sweep-summary DIR               aggregate the metrics.json files of a multirun directory
+"""
+
+
+def _run(argv: list[str]) -> int:
+    from mmsim import run
+
+    sys.argv = ["mmsim run", *argv]
+    run.main()
+    return 0
+
+
+def _optimize(argv: list[str]) -> int:
+    try:
+        from mmsim import optimize
+    except ImportError as e:
+        if getattr(e, "name", None) not in ("mmsim.optimize", None):
+            raise
+        print("mmsim optimize: the optimiser (mmsim/optimize.py) is not available in this installation",
+              file=sys.stderr)
+        return 1
+    fn = getattr(optimize, "main", None)
+    if fn is None:
+        print("mmsim optimize: mmsim.optimize has no main(overrides) entry point", file=sys.stderr)
+        return 1
+    out = fn(list(argv))
+    return out if isinstance(out, int) else 0
+
+
+def compose(overrides: list[str]):
+    """Compose ``conf/config.yaml`` with ``overrides`` (outside a Hydra run)."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        return hcompose(config_name="config", overrides=list(overrides))
+
+
+def describe_policy(ep) -> str:
+    """A readable dump of the engine's policy, account and tick."""
+    import dataclasses
+
+    import numpy as np
+
+    lines = [f"policy: {ep.policy.kind}"]
+    for f in dataclasses.fields(ep.policy):
+        if f.name == "kind":
+            continue
+        v = np.asarray(getattr(ep.policy, f.name))
+        lines.append(f"  {f.name:18s} {v.tolist()}")
+    lines.append("account:")
+    for f in dataclasses.fields(ep.account):
+        lines.append(f"  {f.name:18s} {np.asarray(getattr(ep.account, f.name)).tolist()}")
+    lines.append(f"engine: n_assets {ep.n_assets}, tick {np.asarray(ep.tick).tolist()}, warmup_s "
+                 f"{float(np.asarray(ep.warmup_s)):g}, lite {ep.lite}")
+    return "\n".join(lines)
+
+
+def _live(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="mmsim live", description="Run the engine on a live feed (validation only: "
+                                "no exchange connector is configured in this version).")
+    p.add_argument("--params", required=True, help="best.yaml written by the optimiser")
+    p.add_argument("overrides", nargs="*",
+                   help="Hydra overrides selecting the market and account (e.g. experiment=baseline)")
+    a = p.parse_args(argv)
+    from mmsim import config as mcfg
+
+    try:
+        best = mcfg.load_best(a.params)
+        cfg = compose([*a.overrides, f"+params={Path(a.params).resolve()}"])
+        world, mp, ep, _ = mcfg.build(cfg)
+    except mcfg.ConfigError as e:
+        print(f"mmsim live: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if world != "market":
+        print(f"mmsim live: the {world!r} world is a simulation model, not a venue; choose a market", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"mmsim live: {a.params} is valid (feasible: {best.get('feasible')}).")
+    bm = best.get("market")
+    if isinstance(bm, dict) and bm:
+        from omegaconf import OmegaConf
+
+        here = OmegaConf.to_container(cfg.market, resolve=True)
+        if bm != here:
+            diff = sorted(k for k in set(bm) | set(here) if bm.get(k) != here.get(k))
+            print(f"warning: best.yaml was optimised for a different market than the one configured "
+                  f"(differs in {diff}); select the same experiment/market overrides", file=sys.stderr)
+    if best.get("feasible") is False:
+        print("warning: the optimiser marked these parameters infeasible (its risk constraints were not met)",
+              file=sys.stderr)
+    if best.get("constraints") is not None:
+        print(f"constraints: {best['constraints']}")
+    print(describe_policy(ep))
+    print("\nmmsim live: no exchange connector is configured (there is no live feed adapter or order gateway in "
+          "this version); nothing was sent. Exiting.", file=sys.stderr)
+    return EXIT_NO_CONNECTOR
+
+
+def _sweep_summary(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="mmsim sweep-summary", description="Aggregate a multirun directory.")
+    p.add_argument("dir", help="a Hydra multirun directory (its jobs' subdirectories hold metrics.json)")
+    a = p.parse_args(argv)
+    from mmsim import report
+
+    files = report.write_sweep_summary(Path(a.dir))
+    if not files:
+        print(f"mmsim sweep-summary: no */metrics.json under {a.dir}", file=sys.stderr)
+        return 1
+    print((Path(a.dir) / "sweep_summary.md").read_text())
+    print("written: " + ", ".join(str(f) for f in files))
+    return 0
+
+
+COMMANDS = {"run": _run, "optimize": _optimize, "live": _live, "sweep-summary": _sweep_summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_USAGE)
+        return 0 if argv else 1
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"mmsim: unknown command {cmd!r}\n\n{_USAGE}", file=sys.stderr)
+        return 1
+    return COMMANDS[cmd](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

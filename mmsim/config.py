@@ -1,0 +1,505 @@
+"""Hydra configuration > validated params pytrees: the only place a config is read.
+
+``build(cfg)`` turns a composed config (``conf/config.yaml`` and its groups) into what the
+simulator takes::
+
+    world, market_params, engine_params, sim = build(cfg)
+    simulate(world, market_params, engine_params, **sim.simulate_kwargs())
+
+Everything is checked here, on the host, before any compilation: unknown keys (a typo in a field
+name), the Monte Carlo size (positive path count, a horizon that is a whole number of steps), the
+risk thresholds and every params class's own rules (which raise ``ValueError`` naming the field;
+here the message is prefixed with the config path, e.g. ``market.flow: FlowParams.alpha_buy =
+30.0: spectral radius ... must be < 1``). Every failure is a :class:`ConfigError` (a
+``ValueError``).
+
+Config layout (see ``conf/config.yaml``): ``market`` (``world: market`` with one block per process
+of :class:`mmsim.market.MarketParams`, or ``world: as2008`` with the fields of
+:class:`mmsim.as2008.AS2008Params`), ``account`` (:class:`mmsim.account.AccountParams`), ``engine``
+(warm-up, lite, tick, estimator overrides), ``policy`` (:class:`mmsim.policy.PolicyParams`),
+``sim`` and ``risk``. Units are those of the params classes: seconds, rates per second, prices in
+quote currency, sizes in base units.
+
+``+params=path/to/best.yaml`` (an optimiser's output, top-level keys ``policy``, ``market``,
+``constraints``, ``validation``, ``feasible``): its ``policy`` block is merged over the
+experiment's policy (the keys it gives replace the experiment's, the others stay) before
+building; :func:`load_best` reads and checks such a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+WORLDS = ("market", "as2008")
+DTYPES = ("float32", "float64")
+TASKS = ("risk", "as2008", "optimize")
+#: A horizon is a whole number of steps when |horizon / dt - round(horizon / dt)| <= this.
+STEP_TOL = 1e-6
+#: The top-level keys of an optimiser's best.yaml.
+BEST_KEYS = ("policy", "market", "constraints", "validation", "feasible")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run; the message names the config path and the rule."""
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """Monte Carlo size and numerics (from the ``sim`` group).
+
+    Attributes:
+        n_paths: number of paths.
+        horizon_s: simulated time, seconds (``n_steps * dt``).
+        dt: step, seconds.
+        n_steps: ``horizon_s / dt``.
+        seed: run seed.
+        chunk_size: paths per compiled call (None: the simulator's default).
+        n_trace: paths recorded in full for figures.
+        dtype: "float32" or "float64".
+        progress: show a progress bar.
+    """
+
+    n_paths: int
+    horizon_s: float
+    dt: float
+    n_steps: int
+    seed: int
+    chunk_size: int | None
+    n_trace: int
+    dtype: str
+    progress: bool = True
+
+    def simulate_kwargs(self) -> dict:
+        """Keyword arguments of :func:`mmsim.simulate.simulate`."""
+        import jax.numpy as jnp
+
+        return dict(n_paths=self.n_paths, n_steps=self.n_steps, dt=self.dt, seed=self.seed,
+                    chunk_size=self.chunk_size, n_trace=self.n_trace, dtype=getattr(jnp, self.dtype),
+                    progress=self.progress)
+
+
+@dataclass(frozen=True)
+class RiskSettings:
+    """Risk-report thresholds (from the ``risk`` group).
+
+    Attributes:
+        drawdown_threshold: P(max drawdown > drawdown_threshold x initial equity) is reported.
+        epsilon_liq: "P(liquidation) ~ 0" only when the Clopper-Pearson upper bound is <= this.
+        ci_level: two-sided level of the Clopper-Pearson intervals.
+    """
+
+    drawdown_threshold: float
+    epsilon_liq: float
+    ci_level: float = 0.95
+
+    @property
+    def alpha(self) -> float:
+        return 1.0 - self.ci_level
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _plain(node: Any) -> Any:
+    """A config node as plain Python (dicts, lists, scalars), interpolations resolved."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def _value(v: Any) -> Any:
+    """Config value > params leaf: lists become float64 arrays (numbers only), scalars stay."""
+    if isinstance(v, (list, tuple)):
+        try:
+            return np.asarray(v, dtype=float)
+        except (TypeError, ValueError):
+            return tuple(v)
+    return v
+
+
+def _fields(cls) -> dict:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _make(cls, values: dict | None, path: str, *, skip: tuple = (), extra: dict | None = None):
+    """Build the params dataclass ``cls`` from the config mapping ``values`` at ``path``.
+
+    Unknown keys and the class's own ``ValueError`` become :class:`ConfigError` naming ``path``.
+    ``extra`` supplies (already built) fields; ``skip`` lists keys of ``values`` handled elsewhere.
+    """
+    values = dict(values or {})
+    fields = _fields(cls)
+    unknown = sorted(k for k in values if k not in fields and k not in skip)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown} for {cls.__name__}; valid keys: "
+                          f"{sorted(set(fields) - set(extra or {}))}")
+    kwargs = {}
+    for k, v in values.items():
+        if k in skip:
+            continue
+        if v is None:          # null: the class default
+            continue
+        if fields[k].metadata.get("static"):
+            kwargs[k] = _static(v, cls, k, path)
+        else:
+            kwargs[k] = _value(v)
+    kwargs.update(extra or {})
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except TypeError as e:
+        raise ConfigError(f"{path}: {cls.__name__}: {e}") from None
+
+
+def _static(v: Any, cls, name: str, path: str) -> Any:
+    """Static (hashable) fields: ints stay ints, lists become tuples, floats that are integers
+    become ints for integer defaults."""
+    default = _fields(cls)[name].default
+    if isinstance(v, list):
+        return tuple(v)
+    if isinstance(default, bool) or isinstance(v, bool):
+        if not isinstance(v, bool):
+            raise ConfigError(f"{path}.{name} = {v!r}: must be true or false")
+        return v
+    if isinstance(default, int) and isinstance(v, float):
+        if v != int(v):
+            raise ConfigError(f"{path}.{name} = {v!r}: must be an integer")
+        return int(v)
+    return v
+
+
+def _require(cond: bool, path: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{path} {msg}" if msg.startswith("= ") else f"{path}: {msg}")
+
+
+def _section(cfg, name: str) -> dict:
+    node = cfg.get(name) if isinstance(cfg, (DictConfig, dict)) else None
+    if node is None:
+        raise ConfigError(f"config has no '{name}' section (is the '{name}' group in the defaults list?)")
+    return _plain(node)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sections
+
+
+def sim_settings(cfg) -> SimSettings:
+    """Validate the ``sim`` group."""
+    s = _section(cfg, "sim")
+    known = {"n_paths", "horizon_s", "dt_s", "seed", "chunk_size", "n_trace", "dtype", "progress"}
+    unknown = sorted(set(s) - known)
+    _require(not unknown, "sim", f"unknown key(s) {unknown}; valid keys: {sorted(known)}")
+    n_paths = s.get("n_paths")
+    _require(isinstance(n_paths, int) and not isinstance(n_paths, bool) and n_paths >= 1,
+             "sim.n_paths", f"= {n_paths!r}: must be a positive integer")
+    horizon = s.get("horizon_s")
+    dt = s.get("dt_s")
+    for name, v in (("horizon_s", horizon), ("dt_s", dt)):
+        _require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+                 f"sim.{name}", f"= {v!r}: must be a positive number of seconds")
+    ratio = horizon / dt
+    n_steps = int(round(ratio))
+    _require(n_steps >= 1 and abs(ratio - n_steps) <= STEP_TOL * max(1.0, ratio), "sim.horizon_s",
+             f"= {horizon!r} is not a whole number of steps of sim.dt_s = {dt!r} (ratio {ratio:.9g})")
+    seed = s.get("seed", 0)
+    _require(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "sim.seed",
+             f"= {seed!r}: must be a non-negative integer")
+    chunk = s.get("chunk_size")
+    _require(chunk is None or (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1),
+             "sim.chunk_size", f"= {chunk!r}: must be null or a positive integer")
+    n_trace = s.get("n_trace", 0)
+    _require(isinstance(n_trace, int) and not isinstance(n_trace, bool) and n_trace >= 0, "sim.n_trace",
+             f"= {n_trace!r}: must be a non-negative integer")
+    dtype = s.get("dtype", "float32")
+    _require(dtype in DTYPES, "sim.dtype", f"= {dtype!r}: must be one of {DTYPES}")
+    return SimSettings(n_paths=n_paths, horizon_s=float(horizon), dt=float(dt), n_steps=n_steps, seed=seed,
+                       chunk_size=chunk, n_trace=min(n_trace, n_paths), dtype=dtype,
+                       progress=bool(s.get("progress", True)))
+
+
+def risk_settings(cfg) -> RiskSettings:
+    """Validate the ``risk`` group."""
+    r = _section(cfg, "risk")
+    known = {"drawdown_threshold", "epsilon_liq", "ci_level"}
+    unknown = sorted(set(r) - known)
+    _require(not unknown, "risk", f"unknown key(s) {unknown}; valid keys: {sorted(known)}")
+    d = r.get("drawdown_threshold")
+    _require(isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) and d > 0,
+             "risk.drawdown_threshold", f"= {d!r}: must be a positive fraction of the initial equity")
+    e = r.get("epsilon_liq")
+    _require(isinstance(e, (int, float)) and not isinstance(e, bool) and 0 < e < 1, "risk.epsilon_liq",
+             f"= {e!r}: must lie in (0, 1)")
+    lvl = r.get("ci_level", 0.95)
+    _require(isinstance(lvl, (int, float)) and 0 < lvl < 1, "risk.ci_level", f"= {lvl!r}: must lie in (0, 1)")
+    return RiskSettings(drawdown_threshold=float(d), epsilon_liq=float(e), ci_level=float(lvl))
+
+
+def task(cfg) -> str:
+    t = cfg.get("task", "risk")
+    _require(t in TASKS, "task", f"= {t!r}: must be one of {TASKS}")
+    return t
+
+
+def world_name(cfg) -> str:
+    m = _section(cfg, "market")
+    w = m.get("world", "market")
+    _require(w in WORLDS, "market.world", f"= {w!r}: must be one of {WORLDS}")
+    return w
+
+
+def market_params(cfg):
+    """``(world, params)``: :class:`~mmsim.market.MarketParams` or :class:`~mmsim.as2008.AS2008Params`."""
+    m = _section(cfg, "market")
+    world = world_name(cfg)
+    if world == "as2008":
+        from mmsim.as2008 import AS2008Params
+
+        return world, _make(AS2008Params, m, "market", skip=("world", "asset_names"))
+
+    from mmsim import fills as fl
+    from mmsim.market import MarketParams
+    from mmsim.processes import adverse_selection as adv
+    from mmsim.processes import correlation as corr
+    from mmsim.processes import funding as fund
+    from mmsim.processes import liquidation as liq
+    from mmsim.processes import order_flow as flow
+    from mmsim.processes import price as px
+    from mmsim.processes import spread as spr
+    from mmsim.processes import volatility as vol
+
+    blocks = {"price": px.PriceParams, "vol": vol.VolParams, "flow": flow.FlowParams, "spread": spr.SpreadParams,
+              "adverse": adv.ASParams, "funding": fund.FundingParams, "liquidation": liq.LiqParams,
+              "correlation": corr.CorrParams, "fills": fl.FillParams}
+    n_assets = m.get("n_assets", 1)
+    _require(isinstance(n_assets, int) and not isinstance(n_assets, bool) and n_assets >= 1, "market.n_assets",
+             f"= {n_assets!r}: must be a positive integer")
+    built = {}
+    for name, cls in blocks.items():
+        sub = m.get(name)
+        _require(sub is None or isinstance(sub, dict), f"market.{name}", "must be a mapping of field: value")
+        if name == "correlation" and not sub:
+            eye = np.eye(n_assets).tolist()
+            sub = {"corr": eye, "corr_stress": eye}
+        built[name] = _make(cls, sub, f"market.{name}")
+    names = m.get("asset_names")
+    _require(names is None or (isinstance(names, list) and len(names) == n_assets), "market.asset_names",
+             f"= {names!r}: must be a list of {n_assets} names (one per asset) or null")
+    return world, _make(MarketParams, m, "market", skip=("world", "asset_names") + tuple(blocks), extra=built)
+
+
+def account_params(cfg):
+    from mmsim.account import AccountParams
+
+    return _make(AccountParams, _section(cfg, "account"), "account")
+
+
+def policy_config(cfg) -> dict:
+    """The policy block as a plain dict, with ``+params=best.yaml``'s policy merged over it."""
+    pol = _section(cfg, "policy")
+    src = cfg.get("params") if isinstance(cfg, (DictConfig, dict)) else None
+    if src:
+        best = load_best(src)
+        pol = {**pol, **best["policy"]}
+    return pol
+
+
+def policy_params(cfg):
+    from mmsim.policy import PolicyParams
+
+    return _make(PolicyParams, policy_config(cfg), "policy" + (" (+params)" if cfg.get("params") else ""))
+
+
+_ESTIMATORS = ("price", "vol", "spread", "flow", "liquidation", "funding", "correlation", "inventory", "adverse",
+               "queue")
+
+
+def _estimator_classes() -> dict:
+    from mmsim.estimators import adverse_selection as e_adv
+    from mmsim.estimators import correlation as e_corr
+    from mmsim.estimators import funding as e_fund
+    from mmsim.estimators import inventory as e_inv
+    from mmsim.estimators import liquidation as e_liq
+    from mmsim.estimators import order_flow as e_flow
+    from mmsim.estimators import price as e_price
+    from mmsim.estimators import queue as e_queue
+    from mmsim.estimators import spread as e_spread
+    from mmsim.estimators import volatility as e_vol
+
+    return {"price": e_price.PriceEstParams, "vol": e_vol.VolEstParams, "spread": e_spread.SpreadEstParams,
+            "flow": e_flow.OrderFlowEstParams, "liquidation": e_liq.LiquidationEstParams,
+            "funding": e_fund.FundingEstParams, "correlation": e_corr.CorrEstParams,
+            "inventory": e_inv.InventoryEstParams, "adverse": e_adv.AdverseSelectionEstParams,
+            "queue": e_queue.QueueEstParams}
+
+
+def market_priors(mp, account) -> dict:
+    """Estimator priors taken from the world's parameters (the calibration the engine would load
+    live): ``{estimator: {field: value}}``. Only fields whose shapes the estimators accept are
+    given; per-regime arrays are passed through when they are ``(R,)``."""
+    from mmsim.processes import volatility as vol
+
+    f = lambda x: np.asarray(x, dtype=float)  # noqa: E731
+    out: dict = {}
+    theta = f(mp.vol.theta)
+    kappa = f(mp.vol.kappa)
+    normal = vol.NORMAL if theta.shape[0] > vol.NORMAL else 0
+    v: dict = {"long_run_var": theta[normal]}
+    if theta.shape[0] == 4 and theta.ndim == 1:     # the estimator classifies four regimes
+        v["regime_theta"] = theta
+        v["regime_kappa"] = kappa
+    out["vol"] = v
+    out["flow"] = {k: f(getattr(mp.flow, k)) for k in ("mu_buy", "mu_sell", "alpha_buy", "alpha_sell", "gamma",
+                                                        "beta")}
+    mu = f(mp.liquidation.mu_long) + f(mp.liquidation.mu_short)
+    if np.all(mu > 0):
+        out["liquidation"] = {"mu": mu, "alpha": f(mp.liquidation.alpha) + f(mp.liquidation.alpha_cross),
+                              "beta": f(mp.liquidation.beta)}
+    rm = f(mp.spread.regime_mult)
+    sp = {"theta0": f(mp.spread.theta0), "beta_vol": f(mp.spread.beta_vol)}
+    if rm.ndim == 1 and rm.shape[0] == 4:
+        sp["regime_mult"] = rm
+    out["spread"] = sp
+    out["queue"] = {"tick": f(mp.spread.tick), "depth_per_tick": f(mp.fills.depth_per_tick),
+                    "cancel_rate": f(mp.fills.cancel_rate)}
+    out["funding"] = {"interval_s": float(mp.funding.interval_s), "mean_reversion": f(mp.funding.kappa)}
+    out["inventory"] = {"max_position": f(account.max_inventory)}
+    return out
+
+
+def engine_params(cfg, mp=None, world: str | None = None):
+    """:class:`~mmsim.engine.EngineParams` from the ``engine``, ``account`` and ``policy`` groups."""
+    from mmsim.engine import EngineParams
+
+    if mp is None:
+        world, mp = market_params(cfg)
+    e = _section(cfg, "engine")
+    known = {"warmup_s", "lite", "tick", "volume_half_life_s", "priors_from_market", *_ESTIMATORS}
+    unknown = sorted(set(e) - known)
+    _require(not unknown, "engine", f"unknown key(s) {unknown}; valid keys: {sorted(known)}")
+    account = account_params(cfg)
+    policy = policy_params(cfg)
+    n_assets = mp.n_assets
+    classes = _estimator_classes()
+    priors = market_priors(mp, account) if (e.get("priors_from_market", False) and world == "market") else {}
+    extra = {"policy": policy, "account": account}
+    for name in _ESTIMATORS:
+        sub = e.get(name) or {}
+        _require(isinstance(sub, dict), f"engine.{name}", "must be a mapping of field: value")
+        merged = {**priors.get(name, {}), **{k: v for k, v in sub.items() if v is not None}}
+        extra[name] = _make(classes[name], merged, f"engine.{name}" + (" (with market priors)" if
+                                                                        name in priors else ""))
+    tick = e.get("tick")
+    if tick is None:
+        tick = 0.0 if world == "as2008" else _value(np.asarray(mp.spread.tick, dtype=float))
+    vals = {"warmup_s": e.get("warmup_s"), "tick": tick, "volume_half_life_s": e.get("volume_half_life_s"),
+            "lite": bool(e.get("lite", False)), "n_assets": n_assets}
+    return _make(EngineParams, vals, "engine", extra=extra)
+
+
+#: Market fields whose leading axis is not the asset axis: field -> the shapes allowed, with A the
+#: asset count and R the number of volatility regimes.
+_MARKET_SHAPES = {("vol", "kappa"): ("R", "RA"), ("vol", "theta"): ("R", "RA"), ("vol", "xi"): ("R", "RA"),
+                  ("vol", "generator"): ("RR",), ("spread", "regime_mult"): ("R", "AR"),
+                  ("correlation", "corr"): ("AA",), ("correlation", "corr_stress"): ("AA",)}
+
+
+def _check_market_assets(mp) -> None:
+    """Every per-asset field of the market is a scalar or has the market's asset count."""
+    a, r = mp.n_assets, int(np.shape(mp.vol.generator)[0])
+    dims = {"A": a, "R": r}
+    for block in ("price", "vol", "flow", "spread", "adverse", "funding", "liquidation", "correlation", "fills"):
+        obj = getattr(mp, block)
+        for fld in dataclasses.fields(obj):
+            if fld.metadata.get("static"):
+                continue
+            shape = np.shape(getattr(obj, fld.name))
+            allowed = [tuple(dims[c] for c in pat) for pat in _MARKET_SHAPES.get((block, fld.name), ())]
+            if (block, fld.name) not in _MARKET_SHAPES:
+                allowed = [(), (a,)]
+            _require(shape in allowed, f"market.{block}.{fld.name}",
+                     f"has shape {shape}; with n_assets = {a} and {r} regimes it must have one of the shapes "
+                     f"{allowed}")
+    _require(np.shape(mp.shock_return) in ((), (a,)), "market.shock_return",
+             f"has shape {np.shape(mp.shock_return)}: must be a scalar or ({a},)")
+
+
+def _check_assets(mp, ep) -> None:
+    """Per-asset arrays of the account and policy must have the market's asset count."""
+    a = mp.n_assets
+    for path, obj in (("account", ep.account), ("policy", ep.policy)):
+        for fld in dataclasses.fields(obj):
+            if fld.metadata.get("static"):
+                continue
+            shape = np.shape(getattr(obj, fld.name))
+            _require(shape in ((), (a,)), f"{path}.{fld.name}",
+                     f"has shape {shape}: must be a scalar or one value per asset ({a},)")
+    shape = np.shape(ep.tick)
+    _require(shape in ((), (a,)), "engine.tick", f"has shape {shape}: must be a scalar or ({a},)")
+
+
+def build(cfg):
+    """Config > ``(world, market_params, engine_params, sim_settings)``, everything validated on
+    the host (see the module docstring). Raises :class:`ConfigError`."""
+    task(cfg)
+    sim = sim_settings(cfg)
+    risk_settings(cfg)
+    world, mp = market_params(cfg)
+    ep = engine_params(cfg, mp, world)
+    _check_assets(mp, ep)
+    if world == "as2008":
+        _require(ep.lite, "engine.lite", "must be true in the as2008 world (it has no flow, spread or "
+                                         "liquidation observations for the estimators); use engine=lite")
+    if world == "market":
+        _check_market_assets(mp)
+        _require(not ep.lite or ep.policy.kind != "spec", "engine.lite",
+                 "the spec policy needs the full engine (lite skips its estimators)")
+        interval = float(mp.funding.interval_s)
+        _require(sim.dt <= interval, "sim.dt_s", f"= {sim.dt} must not exceed market.funding.interval_s = {interval}")
+    return world, mp, ep, sim
+
+
+# ------------------------------------------------------------------------------------------------
+# best.yaml
+
+
+def load_best(path) -> dict:
+    """Read an optimiser's ``best.yaml`` and check its shape: a mapping with a ``policy`` mapping
+    (fields of :class:`~mmsim.policy.PolicyParams`) and optionally ``market``, ``constraints``,
+    ``validation`` and ``feasible``. Returns it as plain Python."""
+    p = Path(str(path)).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"params = {str(path)!r}: no such file (give the path of a best.yaml)")
+    try:
+        best = _plain(OmegaConf.load(p))
+    except Exception as e:  # noqa: BLE001 (any YAML error is a config error)
+        raise ConfigError(f"params = {str(p)!r}: not readable as YAML: {e}") from None
+    _require(isinstance(best, dict), f"params ({p})", "must be a mapping with a 'policy' key")
+    unknown = sorted(set(best) - set(BEST_KEYS))
+    _require(not unknown, f"params ({p})", f"unknown top-level key(s) {unknown}; expected {list(BEST_KEYS)}")
+    pol = best.get("policy")
+    _require(isinstance(pol, dict) and pol, f"params ({p}).policy", "must be a non-empty mapping of policy fields")
+    from mmsim.policy import PolicyParams
+
+    unknown = sorted(set(pol) - set(_fields(PolicyParams)))
+    _require(not unknown, f"params ({p}).policy",
+             f"unknown key(s) {unknown}; valid keys: {sorted(_fields(PolicyParams))}")
+    return best
+
+
+def merged_policy_cfg(cfg) -> DictConfig:
+    """The config with ``+params``'s policy merged in (what was actually run), for saving."""
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    if cfg.get("params"):
+        OmegaConf.set_struct(out, False)
+        out.policy = OmegaConf.create(policy_config(cfg))
+    return out

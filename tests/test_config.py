@@ -1,0 +1,231 @@
+"""Hydra configuration: every experiment composes and builds; bad configs fail with clear messages
+before any compilation; +params=best.yaml replaces the policy; the launcher and CLI plumbing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf
+
+from mmsim import cli, report
+from mmsim import config as mcfg
+from mmsim.as2008 import AS2008Params
+from mmsim.engine import EngineParams
+from mmsim.market import MarketParams
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def make_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def no_simulate(*args, **kwargs):
+    raise AssertionError("the simulator was called: validation must fail before any compilation")
+
+
+def test_experiments_exist():
+    assert {"baseline", "cascade_stress", "high_vol", "funding_squeeze", "multi_asset", "as2008"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("exp", EXPERIMENTS)
+def test_every_experiment_composes_and_builds(exp):
+    cfg = make_cfg(f"experiment={exp}")
+    world, mp, ep, sim = mcfg.build(cfg)
+    assert cfg.name == exp
+    assert isinstance(ep, EngineParams)
+    assert sim.n_steps * sim.dt == pytest.approx(sim.horizon_s)
+    assert sim.n_paths >= 1 and sim.n_trace <= sim.n_paths
+    if exp == "as2008":
+        assert world == "as2008" and isinstance(mp, AS2008Params)
+        assert ep.lite and float(ep.tick) == 0.0 and float(ep.warmup_s) == 0.0
+        assert sim.n_steps == 200 and sim.dt == pytest.approx(0.005)
+        assert float(mp.A) == 140.0 and float(mp.k) == 1.5 and float(mp.sigma) == 2.0 and float(mp.s0) == 100.0
+        assert float(ep.account.maker_fee) == 0.0
+        assert list(cfg.as2008.gammas) == [0.1, 0.01, 1.0]
+    else:
+        assert world == "market" and isinstance(mp, MarketParams)
+        assert ep.n_assets == mp.n_assets
+        assert ep.policy.kind in ("spec", "as2008", "symmetric", "glft")
+    mcfg.risk_settings(cfg)
+
+
+def test_default_config_builds_the_calibrated_market():
+    world, mp, ep, sim = mcfg.build(make_cfg())
+    assert world == "market" and mp.n_assets == 1
+    assert float(mp.price.s0) == 28146.0                       # calibration.md §1
+    np.testing.assert_allclose(np.asarray(mp.vol.theta), [2.96e-9, 1.01e-8, 4.79e-8, 1.04e-7])
+    assert float(mp.flow.beta) == 22.6 and float(mp.spread.tick) == 0.1
+    # The engine's estimator priors come from the world (priors_from_market).
+    assert float(ep.vol.long_run_var) == pytest.approx(1.01e-8)
+    assert float(ep.flow.beta) == pytest.approx(22.6)
+    assert float(ep.liquidation.mu) == pytest.approx(2e-3)
+    assert float(ep.tick) == 0.1
+    assert float(ep.account.maintenance_margin) == 0.004 and float(ep.account.maker_fee) == 0.0002
+
+
+def test_experiment_deltas():
+    _, mp, ep, _ = mcfg.build(make_cfg("experiment=cascade_stress"))
+    from mmsim.processes import liquidation as liq
+
+    n = float(liq.branching_ratio(mp.liquidation))
+    assert 0.9 <= n < 1.0                                       # near-critical, still subcritical
+    assert mp.shock_regime == 3 and float(mp.shock_return) < 0 and float(mp.shock_time_s) > 0
+    assert float(ep.account.leverage) == 50.0
+    _, mp, ep, _ = mcfg.build(make_cfg("experiment=multi_asset"))
+    assert mp.n_assets == 2 and ep.n_assets == 2
+    c, cs = np.asarray(mp.correlation.corr), np.asarray(mp.correlation.corr_stress)
+    assert cs[0, 1] > c[0, 1] > 0
+    assert np.shape(ep.tick) == (2,)
+    _, mp, _, _ = mcfg.build(make_cfg("experiment=high_vol"))
+    from mmsim.processes import volatility as vol
+
+    pi = vol.stationary_distribution(mp.vol)
+    assert pi[2] + pi[3] > 0.8                                  # High and Extreme dominate
+    _, mp, _, sim = mcfg.build(make_cfg("experiment=funding_squeeze"))
+    assert sim.horizon_s >= 2 * mp.funding.interval_s           # several settlements in the horizon
+
+
+@pytest.mark.parametrize("override, where", [
+    ("sim.n_paths=-5", "sim.n_paths"),
+    ("sim.n_paths=0", "sim.n_paths"),
+    ("sim.horizon_s=10.5", "whole number of steps"),
+    ("sim.dt_s=0", "sim.dt_s"),
+    ("sim.dtype=float16", "sim.dtype"),
+    ("sim.chunk_size=0", "sim.chunk_size"),
+    ("risk.epsilon_liq=0", "risk.epsilon_liq"),
+    ("risk.drawdown_threshold=-0.1", "risk.drawdown_threshold"),
+    ("market.flow.alpha_buy=30.0", "market.flow: FlowParams.alpha_buy"),      # explosive Hawkes
+    ("market.liquidation.alpha=5.0", "market.liquidation"),                 # explosive cascade
+    ("market.vol.theta=[1e-8,-1e-8,1e-8,1e-8]", "market.vol: VolParams.theta"),
+    ("+market.flow.alpha_bye=1.0", "unknown key(s) ['alpha_bye']"),          # a typo
+    ("account.leverage=400", "account: AccountParams.maintenance_margin"),   # 0.4 % >= 1/400
+    ("policy.kind=nonsense", "policy: PolicyParams.kind"),
+    ("policy.gamma=0", "policy: PolicyParams.gamma"),
+    ("market.correlation.corr=[[1.0,0.5],[0.5,1.0]]", "market"),            # 2x2 for one asset
+    ("policy.gamma=[0.01,0.02,0.03]", "policy.gamma"),                      # per-asset size != 1
+    ("task=optimise", "task"),
+    ("market.flow.mu_buy=[2.6,1.7]", "market.flow.mu_buy"),                  # two values, one asset
+    ("market.vol.theta=[1e-8,2e-8]", "market.vol"),                          # two regimes, generator has 4
+])
+def test_bad_config_fails_before_compiling(override, where, tmp_path):
+    from mmsim import run
+
+    cfg = make_cfg("experiment=baseline", override)
+    with pytest.raises(mcfg.ConfigError) as e:
+        run.run_task(cfg, tmp_path, simulate_fn=no_simulate)
+    assert where in str(e.value)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_unknown_experiment_is_hydras_error():
+    with pytest.raises(MissingConfigException, match="experiment"):
+        make_cfg("experiment=does_not_exist")
+
+
+def test_as2008_needs_the_lite_engine():
+    with pytest.raises(mcfg.ConfigError, match="engine.lite"):
+        mcfg.build(make_cfg("experiment=as2008", "engine=default"))
+
+
+def write_best(path: Path, policy: dict, **extra) -> Path:
+    body = {"policy": policy, "market": "btcusdt", "constraints": {"p_liquidation_max": 1e-3},
+            "validation": {"n_paths": 10000}, "feasible": True, **extra}
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(body)))
+    return path
+
+
+def test_params_file_replaces_the_policy(tmp_path):
+    best = write_best(tmp_path / "best.yaml", {"kind": "spec", "gamma": 0.0042, "size_fraction": 0.05})
+    base = mcfg.build(make_cfg("experiment=baseline"))[2]
+    _, _, ep, _ = mcfg.build(make_cfg("experiment=baseline", f"+params={best}"))
+    assert float(ep.policy.gamma) == pytest.approx(0.0042)
+    assert float(ep.policy.size_fraction) == pytest.approx(0.05)
+    assert float(ep.policy.k) == float(base.policy.k)           # keys best.yaml does not give stay
+    # A different kind is taken over as well.
+    best2 = write_best(tmp_path / "best2.yaml", {"kind": "glft", "gamma": 0.02, "A": 2.0})
+    _, _, ep2, _ = mcfg.build(make_cfg("experiment=baseline", f"+params={best2}"))
+    assert ep2.policy.kind == "glft" and float(ep2.policy.A) == 2.0
+    merged = mcfg.merged_policy_cfg(make_cfg("experiment=baseline", f"+params={best}"))
+    assert merged.policy.gamma == pytest.approx(0.0042)
+
+
+@pytest.mark.parametrize("body, msg", [
+    ({"policy": {"gama": 0.01}}, "unknown key(s) ['gama']"),
+    ({"policy": {}}, "non-empty mapping"),
+    ({"policy": {"gamma": -1.0}}, "PolicyParams.gamma"),
+    ({"policy": {"gamma": 0.01}, "extra_stuff": 1}, "unknown top-level key(s) ['extra_stuff']"),
+])
+def test_bad_params_file(tmp_path, body, msg):
+    p = tmp_path / "best.yaml"
+    p.write_text(OmegaConf.to_yaml(OmegaConf.create(body)))
+    with pytest.raises(mcfg.ConfigError) as e:
+        mcfg.build(make_cfg("experiment=baseline", f"+params={p}"))
+    assert msg in str(e.value)
+    with pytest.raises(mcfg.ConfigError, match="no such file"):
+        mcfg.build(make_cfg("experiment=baseline", f"+params={tmp_path / 'missing.yaml'}"))
+
+
+def test_launcher_configs_name_the_plugins():
+    j = OmegaConf.load(CONF / "hydra" / "launcher" / "joblib.yaml")
+    assert j._target_ == "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    s = OmegaConf.load(CONF / "hydra" / "launcher" / "submitit_slurm.yaml")
+    assert s._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    cfg = make_cfg()
+    assert "launcher" not in str(OmegaConf.to_yaml(cfg))        # not the default
+
+
+def test_live_validates_and_refuses_to_trade(tmp_path, capsys):
+    best = write_best(tmp_path / "best.yaml", {"kind": "spec", "gamma": 0.0042})
+    rc = cli.main(["live", "--params", str(best), "experiment=baseline"])
+    out = capsys.readouterr()
+    assert rc == cli.EXIT_NO_CONNECTOR
+    assert "gamma" in out.out and "0.0042" in out.out
+    assert "no exchange connector" in out.err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("policy: {gamma: -1}\n")
+    assert cli.main(["live", "--params", str(bad)]) == cli.EXIT_CONFIG
+
+
+def test_cli_dispatches_optimize(monkeypatch):
+    import sys
+    import types
+
+    seen = {}
+    fake = types.ModuleType("mmsim.optimize")
+    fake.main = lambda overrides: seen.setdefault("overrides", overrides) and 0
+    monkeypatch.setitem(sys.modules, "mmsim.optimize", fake)
+    assert cli.main(["optimize", "experiment=baseline", "optim.steps=3"]) == 0
+    assert seen["overrides"] == ["experiment=baseline", "optim.steps=3"]
+    assert cli.main(["no-such-command"]) == 1
+
+
+def test_sweep_summary(tmp_path, capsys):
+    m = {"n_paths": 10, "p_liquidation": {"count": 0, "estimate": 0.0, "ci_low": 0.0, "ci_high": 0.3},
+         "p_drawdown": {"threshold": 0.1, "count": 1, "estimate": 0.1, "ci_low": 0.0, "ci_high": 0.4},
+         "pnl": {"mean": 1.0, "se_mean": 0.5, "std": 2.0, "var_99": 3.0, "cvar_99": 4.0},
+         "max_drawdown": {"q99": 5.0}}
+    for i, g in enumerate((0.01, 0.02)):
+        d = tmp_path / f"{i}_policy.gamma={g}"
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(f"- policy.gamma={g}\n")
+        (d / "metrics.json").write_text(json.dumps({**m, "pnl": {**m["pnl"], "mean": float(i)}}))
+    assert cli.main(["sweep-summary", str(tmp_path)]) == 0
+    md = (tmp_path / "sweep_summary.md").read_text()
+    assert "policy.gamma=0.01" in md and "policy.gamma=0.02" in md
+    assert (tmp_path / "sweep_summary.csv").exists() and (tmp_path / "sweep_summary.png").exists()
+    assert len(report.sweep_rows(tmp_path)) == 2
+
+
+def test_liquidation_claim_needs_the_upper_bound():
+    ok = report.liquidation_claim({"count": 0, "estimate": 0.0, "ci_low": 0.0, "ci_high": 3.7e-4, "n": 10000}, 1e-3)
+    assert ok.startswith("P(liquidation) ≈ 0")
+    no = report.liquidation_claim({"count": 0, "estimate": 0.0, "ci_low": 0.0, "ci_high": 0.3, "n": 10}, 1e-3)
+    assert "NOT certified" in no and "0.3" in no
