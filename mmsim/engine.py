@@ -5,7 +5,7 @@ is the same function object in Monte Carlo, backtest and live: what the simulato
 would quote. Order within a step (one :class:`~mmsim.observation.Observation`):
 
 1. estimators (the engine face of each process): price (returns, jumps), volatility (EWMA,
-   realized 1 m / 5 m / 1 h, regime), spread, order flow (Hawkes intensities, imbalance),
+   realized 1 m / 5 m / 1 h, regime; fed returns with detected jumps winsorised), spread, order flow (Hawkes intensities, imbalance),
    liquidations (cascade intensity, hysteresis), funding, correlation, inventory (fill rates),
    a traded-volume rate;
 2. the account: our fills, mark to market, funding, liquidation (:mod:`mmsim.account`);
@@ -144,7 +144,12 @@ def step(params: EngineParams, state: EngineState, obs: Observation) -> tuple[En
             state.inventory, state.adverse, state.queue)
         volume_rate, volume_wsum = state.volume_rate, state.volume_wsum
     else:
-        vol = e_vol.update(p.vol, state.vol, obs, price.last_ret, price.fresh)
+        # The volatility estimators see a detected jump winsorised at the jump threshold: one
+        # jump must not read as a volatility regime (a sustained rise still passes, clipped).
+        cap = p.price.jump_threshold * jnp.sqrt(jnp.maximum(state.price.ret_var, p.price.min_ret_var)
+                                                * jnp.maximum(price.ret_dt, 1e-9))
+        vol_ret = jnp.where(price.is_jump, jnp.clip(price.last_ret, -cap, cap), price.last_ret)
+        vol = e_vol.update(p.vol, state.vol, obs, vol_ret, price.fresh)
         sigma_now = e_vol.sigma(vol)
         spread = e_spread.update(p.spread, state.spread, obs, sigma_now, vol.regime)
         flow = e_flow.update(p.flow, state.flow, obs)

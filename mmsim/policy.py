@@ -240,11 +240,18 @@ def validate_quote(p: PolicyParams, q: Quote, mid: jax.Array) -> tuple[jax.Array
 
 
 def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
-    """The policy's quote for one path. Sides are pulled (inactive) when the estimators are not
+    """The policy's quote for one path. The spec policy is post-only (bid <= mid - tick/2 <= mid +
+    tick/2 <= ask before rounding); the closed-form policies are left as published. Sides are pulled (inactive) when the estimators are not
     ready, on a severe cascade (spec policy), and, close to liquidation (margin ratio below
     ``pull_margin_ratio``), on the side that would add to |position|."""
     fn = {"spec": _spec, "as2008": _as2008, "symmetric": _symmetric, "glft": _glft}[p.kind]
     bid, ask, bsz, asz = fn(p, x)
+    if p.kind == "spec":
+        # Post-only: a maker quote never crosses the mid (half a tick away at least), however far
+        # the inventory skew pushes the reservation price; the reducing side then rests at the touch
+        # instead of paying through the book.
+        bid = jnp.minimum(bid, x.mid - x.tick / 2.0)
+        ask = jnp.maximum(ask, x.mid + x.tick / 2.0)
     bid, ask = round_to_tick(bid, ask, x.tick)
     # One tick apart at least: rounding a sub-tick spread could otherwise cross.
     ask = jnp.maximum(ask, bid + x.tick)

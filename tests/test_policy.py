@@ -144,7 +144,7 @@ def spread(out):
 
 
 def test_spec_base_case_is_the_as_spread_around_the_reservation_price():
-    mid, sigma, q = 60_000.0, 1e-4, 2.0
+    mid, sigma, q = 60_000.0, 1e-4, 0.5
     p = params(**SPEC)
     out = quote(p, inputs(mid=mid, sigma=sigma, position=q))
     bid, ask = np_as2008(mid, q, 0.01, sigma * mid, 60.0, 0.0, 0.1)
@@ -158,11 +158,25 @@ def test_spec_base_case_is_the_as_spread_around_the_reservation_price():
     np.testing.assert_allclose(out["ask_size"], max(base, min(volume_size, q)), rtol=1e-13)
 
 
+def test_spec_is_post_only_when_the_skew_would_cross_the_mid():
+    # q = 2: r = mid - 43.2 and the AS half spread is 20.3, so the raw ask would sit 22.9 below the mid.
+    mid, sigma, q = 60_000.0, 1e-4, 2.0
+    out = quote(params(**SPEC), inputs(mid=mid, sigma=sigma, position=q, tick=0.1))
+    bid, _ = np_as2008(mid, q, 0.01, sigma * mid, 60.0, 0.0, 0.1)
+    np.testing.assert_allclose(out["ask_price"], mid + 0.1, rtol=1e-13)   # mid + tick/2, ceiled to the grid
+    np.testing.assert_allclose(out["bid_price"], np.floor(bid / 0.1 + 1e-6) * 0.1, rtol=1e-13)
+    assert np.all(out["ask_active"]) and np.all(out["bid_active"])
+    # The closed-form policies are left as published: as2008 quotes through the mid.
+    raw = quote(params(**(SPEC | dict(kind="as2008", horizon_s=60.0))), inputs(mid=mid, sigma=sigma, position=q,
+                                                                             tick=0.0, t=0.0))
+    assert np.all(raw["ask_price"] < mid)
+
+
 def test_spec_long_inventory_lowers_both_quotes_and_the_bid_size():
     p = params(**SPEC)
     flat = quote(p, inputs(position=0.0))
-    long = quote(p, inputs(position=3.0))
-    short = quote(p, inputs(position=-3.0))
+    long = quote(p, inputs(position=0.5))   # skew 10.8 < half spread 20.3: no post-only clamp
+    short = quote(p, inputs(position=-0.5))
     assert np.all(long["bid_price"] < flat["bid_price"]) and np.all(long["ask_price"] < flat["ask_price"])
     assert np.all(short["bid_price"] > flat["bid_price"]) and np.all(short["ask_price"] > flat["ask_price"])
     np.testing.assert_allclose(spread(long), spread(flat), rtol=1e-12)   # a shift, not a widening
