@@ -13,13 +13,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) scripts/demo_processes.py --out outputs/demo
+	$(PY) -m mmsim.run experiment=cascade_stress
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) scripts/bench_processes.py
+	$(PY) scripts/bench.py
 
 clean:
 	rm -rf $(VENV) outputs multirun
