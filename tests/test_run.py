@@ -8,7 +8,7 @@ Compilation dominates these tests (the full market and engine take tens of secon
 * the real simulator runs end to end at tiny size for the AS 2008 world (cheap to compile, through
   the Hydra command line, as a multirun with its sweep summary) and for cascade_stress (the full
   market: scheduled shock, liquidation cascades, traces);
-* every other experiment runs on the real simulator only when MMSIM_SLOW_TESTS=1 (``slow``).
+* every other experiment runs on the real simulator at tiny size, without traces.
 
 Compiled programs go to a persistent cache under .pytest_cache, so reruns skip most compilation.
 """
@@ -33,8 +33,6 @@ CONF = ROOT / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")
                      if "task: optimize" not in p.read_text())   # the optimiser has its own tests
 CACHE = ROOT / ".pytest_cache" / "mmsim-jax"
-SLOW = pytest.mark.skipif(os.environ.get("MMSIM_SLOW_TESTS") != "1",
-                          reason="compiles the full model per experiment; set MMSIM_SLOW_TESTS=1")
 
 RISK_KEYS = {"n_paths", "horizon_s", "dt_s", "seed", "p_liquidation", "p_drawdown", "pnl", "max_drawdown",
              "pnl_decomposition", "fills", "time_to_liquidation", "throughput_path_steps_per_s", "compile_s",
@@ -195,10 +193,10 @@ def test_as2008_cli_multirun(tmp_path):
     assert (tmp_path / "sweep_summary.md").exists()
 
 
-@SLOW
-@pytest.mark.slow
 @pytest.mark.parametrize("exp", [e for e in EXPERIMENTS if e not in ("as2008", "cascade_stress")])
 def test_every_experiment_end_to_end(exp, tmp_path):
-    m = run.run_task(make_cfg(*tiny(exp)), tmp_path)
-    check_risk_outputs(tmp_path, m)
-    assert m["non_finite_steps"] == 0
+    """The real simulator, without traces: experiments of the same static structure (baseline,
+    high_vol, funding_squeeze) share one compiled program in the process."""
+    m = run.run_task(make_cfg(*tiny(exp), "sim.n_trace=0", "sim.dt_s=1.0"), tmp_path)
+    check_risk_outputs(tmp_path, m, trace=False)
+    assert m["non_finite_steps"] == 0 and m["n_paths"] == 8
