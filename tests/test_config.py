@@ -202,6 +202,9 @@ def test_cli_dispatches_optimize(monkeypatch):
     fake = types.ModuleType("mmsim.optimize")
     fake.main = lambda overrides: seen.setdefault("overrides", overrides) and 0
     monkeypatch.setitem(sys.modules, "mmsim.optimize", fake)
+    # `from mmsim import optimize` reads the package attribute once the real module was imported.
+    import mmsim
+    monkeypatch.setattr(mmsim, "optimize", fake, raising=False)
     assert cli.main(["optimize", "experiment=baseline", "optim.steps=3"]) == 0
     assert seen["overrides"] == ["experiment=baseline", "optim.steps=3"]
     assert cli.main(["no-such-command"]) == 1
