@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmsim import distributions as dist
 from mmsim import fills as fl
 from mmsim import rng
 from mmsim._pytree import Check, pytree_dataclass, static_field
@@ -218,6 +219,7 @@ def step(key: jax.Array, world: WorldState, params: MarketParams, dt: float,
                            best_bid_before=bid0, best_ask_before=ask0, best_bid_after=bid, best_ask_after=ask,
                            mid_after=mid, sell_volume=sell_vol, buy_volume=buy_vol,
                            tick=jnp.broadcast_to(params.spread.tick, (a,)).astype(dtype))
+    f = dist.materialise(f)   # the fills feed the observation and the account: computed once
 
     new = WorldState(t_index=world.t_index + 1, price=price_s, vol=vol_s, flow=flow_s, spread=spr_s,
                      adverse=adv_s, funding=fund_s, liquidation=liq_s, correlation=corr_s, fills=fill_s,

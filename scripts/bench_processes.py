@@ -1,11 +1,15 @@
-"""Path-steps per second of each world process and of the composed world step.
+"""Path-steps per second of each world process, of the composed world step and of world + engine.
 
-Each process runs alone (with constant drivers) as ``vmap`` over paths of a ``lax.scan`` over
-steps, jitted once; the composed world step runs the same way. The first call compiles (timed
-apart); the figure is the best of ``--repeat`` timed calls. Run on CPU by default; on a machine
-with a GPU, JAX uses it and the device is printed.
+Each case runs as ``vmap`` over paths of a ``lax.scan`` over steps, jitted once, with the params
+passed as float32 arguments of the compiled function (as :func:`mmsim.simulate.simulate` does, so
+nothing is folded into constants that the simulator would compute at run time). Processes run
+alone with constant drivers; ``world`` is :func:`mmsim.market.step` of the calm BTCUSDT market
+(every process on, our quote resolved against the flow); ``world + engine`` adds
+:func:`mmsim.engine.step` with the spec policy. The first call compiles (timed apart); the figure
+is the best of ``--repeat`` timed calls. Run on CPU by default; on a machine with a GPU, JAX uses
+it and the device is printed.
 
-    python scripts/bench_processes.py [--paths 100000] [--steps 200] [--dtype float32]
+    python scripts/bench_processes.py [--paths 16384] [--steps 100] [--dtype float32] [--only world]
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from mmsim import market, rng
+from mmsim import account, engine, market, policy, rng
 from mmsim.processes import adverse_selection as adv
 from mmsim.processes import correlation as corr
 from mmsim.processes import funding as fund
@@ -27,59 +31,94 @@ from mmsim.processes import spread as spr
 from mmsim.processes import volatility as vol
 
 
-def bench(name, init_fn, step_fn, n_paths, n_steps, repeat):
-    def path(k):
-        def body(s, t):
-            return step_fn(rng.fold_in(k, t), s)[0], None
-        return jax.lax.scan(body, init_fn(), jnp.arange(n_steps))[0]
+def as_leaves(tree, dtype):
+    """Float leaves (Python floats too) as arrays of ``dtype``: traced, not constants, under jit."""
 
-    f = jax.jit(jax.vmap(path))
+    def conv(x):
+        if isinstance(x, bool) or (hasattr(x, "dtype") and x.dtype == bool):
+            return jnp.asarray(x)
+        if isinstance(x, (int, float)) or (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)):
+            return jnp.asarray(x, dtype)
+        return jnp.asarray(x)
+
+    return jax.tree_util.tree_map(conv, tree)
+
+
+def bench(name, init_fn, step_fn, params, n_paths, n_steps, repeat):
+    def path(k, p):
+        def body(s, t):
+            return step_fn(rng.fold_in(k, t), s, p)[0], None
+        return jax.lax.scan(body, init_fn(p), jnp.arange(n_steps))[0]
+
+    f = jax.jit(jax.vmap(path, in_axes=(0, None)))
     keys = rng.path_keys(rng.key(0), 0, n_paths)
     t0 = time.perf_counter()
-    jax.block_until_ready(f(keys))
+    compiled = f.lower(keys, params).compile()
     compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(keys, params))
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
-        jax.block_until_ready(f(keys))
+        jax.block_until_ready(compiled(keys, params))
         best = min(best, time.perf_counter() - t0)
     rate = n_paths * n_steps / best
-    print(f"{name:<20} {rate / 1e6:10.2f} M path-steps/s   (first call {compile_s:5.2f} s)")
+    print(f"{name:<20} {rate / 1e6:10.2f} M path-steps/s   (compile {compile_s:5.2f} s)", flush=True)
     return rate
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--paths", type=int, default=100_000)
-    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--paths", type=int, default=16_384)
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--only", default="", help="comma-separated case names")
     a = ap.parse_args()
     dt_ = jnp.dtype(a.dtype)
     mp = market.default_params()
+    ep = engine.EngineParams(policy=policy.PolicyParams(), account=account.AccountParams())
+    params = as_leaves((mp, ep), dt_)
     n = mp.n_assets
     dt = 1.0
     z = jnp.zeros((n,), dt_)
     v = jnp.full((n,), 1e-8, dt_)
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {a.paths} paths x {a.steps} steps, {a.dtype}")
-    print(f"{'process':<20} {'throughput':>10}")
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {a.paths} paths x {a.steps} steps, "
+          f"{a.dtype}")
+    print(f"{'case':<20} {'throughput':>10}")
+
+    def world_init(p):
+        m, e = p
+        return market.init(m, dt_), engine.init(e, dt_), policy.no_quote(n, dt_)
+
+    def world_step(k, s, p):
+        m, e = p
+        w, est, q = s
+        w, obs, _ = market.step(k, w, m, dt, q)
+        est, q, _ = engine.step(e, est, obs)
+        return (w, est, q), None
+
     cases = {
-        "price": (lambda: px.init(mp.price, n, dt_), lambda k, s: px.step(k, s, mp.price, dt, v)),
-        "volatility": (lambda: vol.init(mp.vol, n, dt_), lambda k, s: vol.step(k, s, mp.vol, dt)),
-        "order_flow": (lambda: flow.init(mp.flow, n, dt_), lambda k, s: flow.step(k, s, mp.flow, dt)),
-        "spread": (lambda: spr.init(mp.spread, n, dt_),
-                   lambda k, s: spr.step(k, s, mp.spread, dt, sigma=jnp.sqrt(v), regime=jnp.int32(1),
-                                         mid=jnp.full((n,), 6e4, dt_))),
-        "adverse_selection": (lambda: adv.init(mp.adverse, n, dt_), lambda k, s: adv.step(k, s, mp.adverse, dt)),
-        "funding": (lambda: fund.init(mp.funding, n, dt_), lambda k, s: fund.step(k, s, mp.funding, dt)),
-        "liquidation": (lambda: liq.init(mp.liquidation, n, dt_),
-                        lambda k, s: liq.step(k, s, mp.liquidation, dt, last_ret=z)),
-        "correlation": (lambda: corr.init(mp.correlation, n, dt_),
-                        lambda k, s: corr.step(k, s, mp.correlation, dt, regime=jnp.int32(1))),
-        "world (all)": (lambda: market.init(mp, dt_), lambda k, s: market.step(k, s, mp, dt)),
+        "price": (lambda p: px.init(p[0].price, n, dt_),
+                  lambda k, s, p: px.step(k, s, p[0].price, dt, v, lev_shock=z, resid_var=v, z=z)),
+        "volatility": (lambda p: vol.init(p[0].vol, n, dt_), lambda k, s, p: vol.step(k, s, p[0].vol, dt, z_var=z)),
+        "order_flow": (lambda p: flow.init(p[0].flow, n, dt_),
+                       lambda k, s, p: flow.step(k, s, p[0].flow, dt, informed_frac=jnp.full((n,), 0.15, dt_))),
+        "spread": (lambda p: spr.init(p[0].spread, n, dt_),
+                   lambda k, s, p: spr.step(k, s, p[0].spread, dt, sigma=jnp.sqrt(v), regime=jnp.int32(1),
+                                            mid=jnp.full((n,), 6e4, dt_))),
+        "adverse_selection": (lambda p: adv.init(p[0].adverse, n, dt_), lambda k, s, p: adv.step(k, s, p[0].adverse, dt)),
+        "funding": (lambda p: fund.init(p[0].funding, n, dt_), lambda k, s, p: fund.step(k, s, p[0].funding, dt)),
+        "liquidation": (lambda p: liq.init(p[0].liquidation, n, dt_),
+                        lambda k, s, p: liq.step(k, s, p[0].liquidation, dt, last_ret=z)),
+        "correlation": (lambda p: corr.init(p[0].correlation, n, dt_),
+                        lambda k, s, p: corr.step(k, s, p[0].correlation, dt, regime=jnp.int32(1))),
+        "world": (lambda p: market.init(p[0], dt_), lambda k, s, p: market.step(k, s, p[0], dt)),
+        "world + engine": (world_init, world_step),
     }
+    only = {x.strip() for x in a.only.split(",") if x.strip()}
     for name, (i, s) in cases.items():
-        bench(name, i, s, a.paths, a.steps, a.repeat)
+        if not only or name in only:
+            bench(name, i, s, params, a.paths, a.steps, a.repeat)
 
 
 if __name__ == "__main__":

@@ -52,8 +52,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mmsim import distributions as dist
 from mmsim import observation as _obs
 from mmsim._pytree import Check, pytree_dataclass, static_field
+from mmsim.estimators import _small
 
 MAX_SLOTS = 16
 
@@ -163,8 +165,9 @@ def update(params: AdverseSelectionEstParams, state: AdverseSelectionEst, obs: _
     move = (mid[:, None, None] - ref) / ref                      # (A, 2, S) fraction of mid
     sign = jnp.asarray([-1.0, 1.0], dtype)[None, :, None]        # bid: the mid falling is adverse
     meas = jnp.where(due, sign * move, 0.0)
-    k = jnp.sum(due, axis=2).astype(dtype)                       # (A, 2) measurements
-    ssum = jnp.sum(meas, axis=2)                                 # (A, 2)
+    due, meas = dist.materialise((due, meas))    # several consumers each: computed once
+    k = _small.sum_last(due.astype(dtype))                       # (A, 2) measurements
+    ssum = _small.sum_last(meas)                                 # (A, 2)
     d = jnp.exp2(-dt / cast(params.as_half_life_s))
     d = jnp.broadcast_to(d, (n_a,))
     w_old = jnp.stack([state.weight_bid, state.weight_ask], axis=1) * d[:, None]
@@ -179,15 +182,17 @@ def update(params: AdverseSelectionEstParams, state: AdverseSelectionEst, obs: _
     at = jnp.where(mid_ok[:, None], mid[:, None], fprice)
     new_fill = obs.fills_valid[:, None] & (sizes > 0.0) & (at > 0.0) & jnp.isfinite(at)
     score = jnp.where(live, state.slot_due, -jnp.inf)
-    slot = jnp.argmin(score, axis=2)                             # (A, 2): free first, else oldest
-    full = jnp.all(live, axis=2)
+    slot = _small.argmin_last(score)                             # (A, 2): free first, else oldest
+    # Computed once: broadcast back over the slots below, XLA would redo the search per slot.
+    slot = dist.materialise(slot)
+    full = _small.all_last(live)
     pick = (jnp.arange(n_s)[None, None, :] == slot[:, :, None]) & new_fill[:, :, None]
     h = cast(params.horizon_s)
     due_at = jnp.broadcast_to(t + h, (n_a,))[:, None, None]
     slot_price = jnp.where(pick, at[:, :, None], state.slot_price)
     slot_due = jnp.where(pick, due_at, state.slot_due)
     live = live | pick
-    dropped = state.dropped + jnp.sum(new_fill & full, axis=1).astype(jnp.int32)
+    dropped = state.dropped + _small.sum_last((new_fill & full).astype(jnp.int32))
 
     # 3. Alpha.
     alpha = predict_alpha(params, funding_divergence, vol_surprise, flow_imbalance,

@@ -45,8 +45,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmsim import distributions as dist
 from mmsim._pytree import Check, pytree_dataclass, static_field
-from mmsim.estimators import _ewma
+from mmsim.estimators import _ewma, _small
 
 #: Default fair-spread multipliers of the volatility regimes low, normal, high, extreme.
 DEFAULT_REGIME_MULT = (0.8, 1.0, 1.5, 3.0)
@@ -130,7 +131,7 @@ def fair_spread(params: SpreadEstParams, sigma: jax.Array, regime: jax.Array, dt
     ``sigma`` (A,) in log-price per sqrt(second), ``regime`` () int."""
     rm = jnp.asarray(params.regime_mult, dtype)
     idx = jnp.clip(jnp.asarray(regime, jnp.int32), 0, rm.shape[-1] - 1)
-    mult = jnp.take(rm, idx, axis=-1)
+    mult = _small.take_last(rm, idx)
     return (jnp.asarray(params.theta0, dtype) + jnp.asarray(params.beta_vol, dtype)
             * jnp.asarray(sigma, dtype)) * mult
 
@@ -161,19 +162,28 @@ def update(params: SpreadEstParams, state: SpreadEst, obs, sigma: jax.Array,
 
     # Bin and in-bin position (log scale) of the current spread.
     edges = bin_edges(params)
-    log_edges = jnp.asarray(np.log(edges), dtype)
+    log_edges = np.log(edges).astype(dtype)
     lf = jnp.log(jnp.maximum(frac, jnp.asarray(edges[0] * 1e-3, dtype)))
-    k = jnp.sum(lf[:, None] >= log_edges[None, 1:-1], axis=1)             # (A,) in [0, n_bins - 1]
-    lo = log_edges[k]
-    hi = log_edges[k + 1]
+    # Everything per bin on (A,) arrays, bin by bin (the bin axis is short and trailing: a
+    # reduction, gather or vector op over it is slow on CPU, see _small): the bin k of the
+    # current spread, its edges, then the decayed histogram and its three sums in one pass.
+    k = jnp.zeros(lf.shape, jnp.int32)                                         # (A,) in [0, n_bins - 1]
+    for e in log_edges[1:-1]:
+        k = k + (lf >= e).astype(jnp.int32)
+    k = dist.materialise(k)            # used by every bin: computed once (XLA would copy it into each)
+    lo = _small.take_last(jnp.asarray(log_edges[:-1]), k)
+    hi = _small.take_last(jnp.asarray(log_edges[1:]), k)
     pos = jnp.clip((lf - lo) / (hi - lo), 0.0, 1.0)
-    onehot = jax.nn.one_hot(k, n_bins, dtype=dtype)
 
     w = _ewma.weight(dt, jnp.asarray(params.hist_half_life_s, dtype))[:, None]
-    hist = jnp.where(ok[:, None], state.hist * (1.0 - w) + w * onehot, state.hist)
-    below = jnp.sum(jnp.where(jnp.arange(n_bins)[None, :] < k[:, None], hist, 0.0), axis=1)
-    in_bin = jnp.sum(hist * onehot, axis=1)
-    total = jnp.sum(hist, axis=1)
+    bins = jnp.arange(n_bins)[None, :]
+    hist = jnp.where(ok[:, None], state.hist * (1.0 - w) + jnp.where(bins == k[:, None], w, 0.0), state.hist)
+    below = in_bin = total = jnp.zeros_like(lf)
+    for b in range(n_bins):
+        h = hist[:, b]
+        below = below + jnp.where(b < k, h, 0.0)
+        in_bin = in_bin + jnp.where(b == k, h, 0.0)
+        total = total + h
     has = total > 0
     pct = jnp.where(has, (below + pos * in_bin) / jnp.where(has, total, 1.0), 0.5)
     pct = jnp.where(ok, jnp.clip(pct, 0.0, 1.0), state.percentile)

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmsim._pytree import Check, pytree_dataclass, static_field
-from mmsim.estimators import _ewma
+from mmsim.estimators import _ewma, _small
 
 #: Flat windows (seconds) of the realized variances rv_1m, rv_5m, rv_1h.
 RV_WINDOWS_S = (60.0, 300.0, 3600.0)
@@ -212,9 +212,9 @@ def update(params: VolEstParams, state: VolEst, obs, log_ret: jax.Array,
     src = {"var": var, "rv_1m": rv_1m, "rv_5m": rv_5m, "rv_1h": rv_1h}[params.regime_source]
     ratio2 = src / jnp.asarray(params.long_run_var, dtype)
     ratio2 = jnp.where(initialised, ratio2, 0.0)
-    ratio2 = jnp.where(jnp.any(initialised), jnp.max(ratio2), 1.0)
+    ratio2 = jnp.where(_small.any_last(initialised), _small.max_last(ratio2), 1.0)
     thr = jnp.asarray(params.regime_thresholds, dtype)
-    regime = jnp.sum(ratio2 >= thr * thr).astype(jnp.int32)
+    regime = _small.sum_last((ratio2 >= thr * thr).astype(jnp.int32))
     changed = regime != state.regime
     duration = jnp.where(changed, jnp.zeros((), dtype), state.regime_duration + obs_dt)
 
@@ -231,7 +231,7 @@ def sigma(state: VolEst) -> jax.Array:
 
 def _regime_param(x, regime: jax.Array, dtype) -> jax.Array:
     """Entry ``regime`` of an (R,) or (A, R) regime parameter: () or (A,)."""
-    return jnp.take(jnp.asarray(x, dtype), regime, axis=-1)
+    return _small.take_last(jnp.asarray(x, dtype), regime)
 
 
 def sigma_for_horizon(params: VolEstParams, state: VolEst, horizon_s: jax.Array | float) -> jax.Array:

@@ -129,8 +129,8 @@ def step(key: jax.Array, state: ASState, params: ASParams, dt: float, *,
     """
     dtype = state.alpha.dtype
     n_a = state.alpha.shape[0]
-    u = rng.uniform(key, (n_a, n_uniforms(params)), dtype)
-    z = dist.std_normal(u[:, 0])
+    (u,) = rng.uniform_columns(key, (n_a, n_uniforms(params)), dtype)
+    z = dist.std_normal(u)
     a_bar = _p(params.alpha_bar, dtype)
     kappa = _p(params.kappa, dtype)
     sigma = _p(params.sigma, dtype)
@@ -147,7 +147,7 @@ def step(key: jax.Array, state: ASState, params: ASParams, dt: float, *,
     # Fraction of the distance to 1 closed by the events: 1 - exp(-x), exactly 0 without events.
     x = _p(params.jump_liq, dtype) * n_liq + _p(params.jump_funding, dtype) * shock
     a = jnp.minimum(a + (1.0 - a) * -jnp.expm1(-x), 1.0).astype(dtype)
-    a = jnp.broadcast_to(a, (n_a,))
+    a = dist.materialise(jnp.broadcast_to(a, (n_a,)))   # feeds every order-flow count: computed once
     return ASState(alpha=a), ASInfo(alpha=a)
 
 

@@ -175,10 +175,14 @@ def step(key: jax.Array, state: CorrState, params: CorrParams, dt: float, *,
     target = (jnp.asarray(regime) == params.stress_regime).astype(dtype)
     decay = jnp.exp(-jnp.asarray(params.stress_speed).astype(dtype) * jnp.asarray(dt).astype(dtype))
     s = (target + (state.stress - target) * decay).astype(dtype)
+    n_sh = params.n_shocks
     if n_a == 1:
-        z = dist.std_normal(rng.uniform(key, (params.n_shocks, n_a), dtype))  # L = [[1]]
+        # L = [[1]]: each shock set is one (A,) row of the (n_shocks, A) draw, drawn as its own array.
+        flat = np.arange(n_sh * n_a).reshape(n_sh, n_a)
+        rows = rng.uniform_at(key, n_sh * n_a, *flat, dtype=dtype)
+        z = jnp.stack([dist.std_normal(r) for r in rows])
     else:
-        w = dist.std_normal(rng.uniform(key, (2, params.n_shocks, n_a), dtype))
+        w = dist.std_normal(rng.uniform(key, (2, n_sh, n_a), dtype))
         l0 = jnp.linalg.cholesky(jnp.asarray(params.corr).astype(dtype))
         l1 = jnp.linalg.cholesky(jnp.asarray(params.corr_stress).astype(dtype))
         z = jnp.sqrt(1.0 - s) * (w[0] @ l0.T) + jnp.sqrt(s) * (w[1] @ l1.T)  # row k: L w_k + ...

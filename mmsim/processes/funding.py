@@ -156,12 +156,12 @@ def step(key: jax.Array, state: FundingState, params: FundingParams,
     """Advance the premium index and the divergence by ``dt`` seconds and settle if due."""
     dtype = state.premium.dtype
     n_a = state.premium.shape[0]
-    u = rng.uniform(key, (n_a, n_uniforms(params)), dtype)
-    z = dist.std_normal(u)
+    u_p, u_d = rng.uniform_columns(key, (n_a, n_uniforms(params)), dtype)   # (A,) each
     c = lambda x: jnp.asarray(x).astype(dtype)  # noqa: E731
 
-    p = _ou(state.premium, c(params.theta), c(params.kappa), c(params.sigma), dt, z[:, 0])
-    d = _ou(state.divergence, 0.0, c(params.ref_kappa), c(params.ref_sigma), dt, z[:, 1])
+    p = _ou(state.premium, c(params.theta), c(params.kappa), c(params.sigma), dt, dist.std_normal(u_p))
+    d = _ou(state.divergence, 0.0, c(params.ref_kappa), c(params.ref_sigma), dt, dist.std_normal(u_d))
+    p, d = dist.materialise((p, d))   # many consumers (rates, observation, account): computed once
     rate = funding_rate(p, params)
 
     # Settlement schedule in float64 from the integer step count.

@@ -210,16 +210,15 @@ def step(key: jax.Array, state: LiqState, params: LiqParams, dt: float, *,
     r = jnp.broadcast_to(jnp.asarray(last_ret, dtype), (n_a,))
     dt = jnp.asarray(dt, dtype)
 
-    u = rng.uniform(key, (n_a, N_UNIFORMS), dtype)
+    u_nl, u_ns, u_vl, u_vs = rng.uniform_columns(key, (n_a, N_UNIFORMS), dtype)   # (A,) each
     decay = jnp.exp(-beta * dt)
     frac = -jnp.expm1(-beta * dt) / beta          # integral of e^{-beta s} over the step, seconds
     ex_l, ex_s = state.ex_long, state.ex_short
     comp_l = mu_l * dt + ex_l * frac
     comp_s = mu_s * dt + ex_s * frac
-    n_l = dist.poisson(u[:, 0], comp_l)
-    n_s = dist.poisson(u[:, 1], comp_s)
-    v_l, m_l = dist.pareto_sum(u[:, 2], n_l, x_m, a)
-    v_s, m_s = dist.pareto_sum(u[:, 3], n_s, x_m, a)
+    n_l, n_s = dist.poisson_many((u_nl, u_ns), (comp_l, comp_s))
+    v_l, m_l = dist.pareto_sum(u_vl, n_l, x_m, a)
+    v_s, m_s = dist.pareto_sum(u_vs, n_s, x_m, a)
     loss = lev * r          # leveraged return: an average long loses -loss, an average short +loss
     new_l = ex_l * decay + alpha * v_l + alpha_x * v_s + trig * jnp.maximum(-loss, 0.0)
     new_s = ex_s * decay + alpha * v_s + alpha_x * v_l + trig * jnp.maximum(loss, 0.0)

@@ -261,7 +261,8 @@ def step(key: jax.Array, state: FlowState, params: FlowParams, dt: float, *,
     dtype = state.ex_buy.dtype
     n_a = state.ex_buy.shape[0]
     cast = lambda x: jnp.asarray(x).astype(dtype)  # noqa: E731
-    u = rng.uniform(key, (n_a, N_UNIFORMS), dtype)
+    # The (A, 6) draw as six (A,) columns: buy informed, buy uninformed, buy volume, then sells.
+    u_inf_b, u_un_b, u_vol_b, u_inf_s, u_un_s, u_vol_s = rng.uniform_columns(key, (n_a, N_UNIFORMS), dtype)
     beta = cast(params.beta)
     m = cast(baseline_mult)
     f = jnp.clip(cast(informed_frac), 0.0, 1.0)
@@ -275,33 +276,28 @@ def step(key: jax.Array, state: FlowState, params: FlowParams, dt: float, *,
     ex_s0 = jnp.broadcast_to(state.ex_sell, shape)
     lam_b = jnp.broadcast_to(mu_b, shape) + ex_b0                 # intensities at the step start
     lam_s = jnp.broadcast_to(mu_s, shape) + ex_s0
-    comp = jnp.stack([mu_b * dt + ex_b0 * frac, mu_s * dt + ex_s0 * frac], axis=1)  # (A, 2) compensators
-    # All counts in one call on an (A, k) array: the same draws as separate calls, a quarter of
-    # the traced program. informed_frac given as the Python number 0 (the default) means no
-    # informed orders: their draws, Poisson(0) = 0 for every uniform, are skipped (same result).
+    comp_b = mu_b * dt + ex_b0 * frac                             # compensators of the step
+    comp_s = mu_s * dt + ex_s0 * frac
+    # informed_frac given as the Python number 0 (the default) means no informed orders: their
+    # draws, Poisson(0) = 0 for every uniform, are skipped (same result).
     if isinstance(informed_frac, (int, float)) and informed_frac == 0:
-        n_un = dist.poisson(u[:, 1::3], comp)
-        n_inf = jnp.zeros_like(n_un)
+        nu_b, nu_s = dist.poisson_many((u_un_b, u_un_s), (comp_b, comp_s))
+        ni_b = ni_s = jnp.zeros(shape, dtype)
     else:
-        fc = _col(f)
-        both = dist.poisson(jnp.concatenate([u[:, 0::3], u[:, 1::3]], axis=1),
-                            jnp.concatenate([fc * comp, (1.0 - fc) * comp], axis=1))
-        n_inf, n_un = both[:, :2], both[:, 2:]
-    n = n_inf + n_un
-    vol, big = dist.pareto_sum(u[:, 2::3], n, _col(scale), _col(tail))
-    nb, ns = n[:, 0], n[:, 1]
+        ni_b, ni_s, nu_b, nu_s = dist.poisson_many(
+            (u_inf_b, u_inf_s, u_un_b, u_un_s), (f * comp_b, f * comp_s, (1.0 - f) * comp_b, (1.0 - f) * comp_s))
+    nb = ni_b + nu_b
+    ns = ni_s + nu_s
+    vol_b, big_b = dist.pareto_sum(u_vol_b, nb, scale, tail)
+    vol_s, big_s = dist.pareto_sum(u_vol_s, ns, scale, tail)
     ex_b = state.ex_buy * decay + cast(params.alpha_buy) * nb + cast(params.gamma) * ns
     ex_s = state.ex_sell * decay + cast(params.alpha_sell) * ns + cast(params.gamma) * nb
     new = FlowState(ex_buy=jnp.broadcast_to(ex_b, shape).astype(dtype),
                     ex_sell=jnp.broadcast_to(ex_s, shape).astype(dtype))
     info = FlowInfo(n_buy=nb.astype(dtype), n_sell=ns.astype(dtype),
-                    n_buy_informed=n_inf[:, 0].astype(dtype), n_sell_informed=n_inf[:, 1].astype(dtype),
-                    vol_buy=vol[:, 0].astype(dtype), vol_sell=vol[:, 1].astype(dtype),
-                    max_buy=big[:, 0].astype(dtype), max_sell=big[:, 1].astype(dtype),
+                    n_buy_informed=jnp.broadcast_to(ni_b, shape).astype(dtype),
+                    n_sell_informed=jnp.broadcast_to(ni_s, shape).astype(dtype),
+                    vol_buy=vol_b.astype(dtype), vol_sell=vol_s.astype(dtype),
+                    max_buy=big_b.astype(dtype), max_sell=big_s.astype(dtype),
                     lam_buy=lam_b.astype(dtype), lam_sell=lam_s.astype(dtype))
     return new, info
-
-
-def _col(x):
-    """Broadcast a scalar or (A,) array against an (A, k) array."""
-    return x[..., None] if jnp.ndim(x) else x

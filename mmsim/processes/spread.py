@@ -197,7 +197,7 @@ def step(key: jax.Array, state: SpreadState, params: SpreadParams, dt: float, *,
     """
     dtype = state.s.dtype
     n_a = state.s.shape[0]
-    u = rng.uniform(key, (n_a, n_uniforms(params)), dtype)
+    u = rng.uniform_columns(key, (n_a, n_uniforms(params)), dtype)   # (A,) per column
     c = lambda x: jnp.asarray(x).astype(dtype)  # noqa: E731  params to the state dtype
     kappa, sig_s = c(params.kappa), c(params.sigma)
     fair = fair_spread(params, sigma, regime, n_a, dtype)
@@ -205,12 +205,13 @@ def step(key: jax.Array, state: SpreadState, params: SpreadParams, dt: float, *,
     x = kappa * dt
     one_m_a = -jnp.expm1(-x)  # 1 - e^{-kappa dt}, without cancellation in float32
     sd = sig_s * jnp.sqrt(-jnp.expm1(-2.0 * x) / (2.0 * kappa))
-    z = dist.std_normal(u[:, 0])
+    z = dist.std_normal(u[0])
     lam_dt = jnp.broadcast_to(c(params.jump_rate) * dt, (n_a,))
-    n_j = dist.poisson(u[:, 1], lam_dt, k_max=params.max_jumps)
-    sizes = _col(c(params.jump_mean)) * dist.exponential(u[:, 2:], 1.0)
-    live = jnp.arange(params.max_jumps, dtype=dtype)[None, :] < n_j[:, None]
-    jump = jnp.sum(jnp.where(live, sizes, 0.0), axis=1)
+    n_j = dist.poisson(u[1], lam_dt, k_max=params.max_jumps)
+    jump_mean = c(params.jump_mean)
+    jump = jnp.zeros((n_a,), dtype)
+    for j in range(params.max_jumps):
+        jump = jump + jnp.where(j < n_j, jump_mean * dist.exponential(u[2 + j], 1.0), 0.0)
     decay = one_m_a / x
     liq = c(params.liq_sensitivity) * jnp.asarray(liq_volume).astype(dtype)
 
@@ -234,8 +235,3 @@ def stationary_var(params: SpreadParams) -> float:
     k = np.asarray(params.kappa)
     return (np.asarray(params.sigma) ** 2 + np.asarray(params.jump_rate) * 2.0
             * np.asarray(params.jump_mean) ** 2) / (2.0 * k)
-
-
-def _col(x):
-    """Broadcast a scalar or (A,) parameter against an (A, k) array."""
-    return x[..., None] if jnp.ndim(x) else x

@@ -63,13 +63,15 @@ How this departs from the spec, and why:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import log_ndtr, ndtri
+from jax.scipy.special import log_ndtr
 
+from mmsim import distributions as dist
 from mmsim import rng
 from mmsim._pytree import Check, pytree_dataclass, static_field
 
@@ -235,7 +237,12 @@ def transition_matrix(params: VolParams, dt: float, dtype=jnp.float64) -> jax.Ar
     about one unit in the last place per squaring. (jax.scipy.linalg.expm gives the same matrix
     but costs seconds of compilation per step function, for a 4 x 4 matrix.)
     """
-    g = jnp.asarray(params.generator).astype(jnp.float64)
+    return _expm_generator(params.generator, dt).astype(dtype)
+
+
+def _expm_generator(generator, dt: float) -> jax.Array:
+    """expm(G dt) in float64, by the scaling and squaring on B = P - I of :func:`transition_matrix`."""
+    g = jnp.asarray(generator).astype(jnp.float64)
     n_r = g.shape[0]
     m = g * (dt / 2.0**_EXPM_SQUARINGS)
     eye = jnp.eye(n_r, dtype=jnp.float64)
@@ -243,7 +250,7 @@ def transition_matrix(params: VolParams, dt: float, dtype=jnp.float64) -> jax.Ar
     for k in range(_EXPM_ORDER, 1, -1):
         t = eye + (m @ t) / k
     b = jax.lax.fori_loop(0, _EXPM_SQUARINGS, lambda _, b: 2.0 * b + b @ b, m @ t)
-    return (eye + b).astype(dtype)
+    return eye + b
 
 
 def stationary_distribution(params: VolParams) -> np.ndarray:
@@ -299,28 +306,36 @@ def step(key: jax.Array, state: VolState, params: VolParams, dt: float, *,
     n_r = params.n_regimes
     if isinstance(force_regime, (int, np.integer)) and force_regime >= n_r:
         raise ValueError(f"force_regime = {force_regime}: must be < {n_r} (or -1 for no force)")
-    u = rng.uniform(key, (n_uniforms(params, n_a),), dtype)
-    z = ndtri(u[:n_a]) if z_var is None else jnp.asarray(z_var).astype(dtype)
+    # Draw layout: uniforms 0 .. A-1 are the variance shocks, A the regime; taken as separate
+    # arrays (no short trailing axis) and only those used.
+    n_u = n_uniforms(params, n_a)
+    if z_var is None:
+        u_z, u_r = rng.uniform_at(key, n_u, np.arange(n_a), n_a, dtype=dtype)
+        z = dist.std_normal(u_z)
+    else:
+        (u_r,) = rng.uniform_at(key, n_u, n_a, dtype=dtype)
+        z = jnp.asarray(z_var).astype(dtype)
 
+    # Everything that depends on the regime only is computed once per step on the (R,) or (R, A)
+    # parameter tables (not per path), then picked by the path's regime.
     r = state.regime
-    kappa = _at(params.kappa, r, dtype)
-    theta = _at(params.theta, r, dtype)
-    xi = _at(params.xi, r, dtype)
+    tab = _regime_tables(params, dt, dtype)
+    kappa, theta, xi = _at(tab["kappa"], r), _at(tab["theta"], r), _at(tab["xi"], r)
     rho = jnp.asarray(params.rho).astype(dtype)
 
     if params.scheme == "qe":
         v = state.v
-        v1, dev = _qe(v, z, kappa, theta, xi, dt, jnp.asarray(params.psi_c).astype(dtype))
+        e, om, g = _at(tab["e"], r), _at(tab["om"], r), _at(tab["g"], r)
+        m = v * e + theta * om                                  # qe_moments, with the tables
+        s2 = xi * xi * (v * e * g + 0.5 * theta * om * g)
+        v1, dev = dist.materialise(_qe_from_moments(m, s2, z, jnp.asarray(params.psi_c).astype(dtype)))
         int_var = 0.5 * (v + v1) * dt
         # v' - v - kappa theta dt + kappa int_var, as (1 + kappa dt/2)(v' - m) plus the exact
         # deterministic remainder (theta - v)(om - kappa dt + kappa dt om / 2): no cancellation
         # between v' and v, which would cost float32 its precision when xi sqrt(v dt) << v.
-        om = -jnp.expm1(-kappa * dt)
-        kdt = kappa * dt
-        incr = (1.0 + 0.5 * kdt) * dev + (theta - v) * (om - kdt + 0.5 * kdt * om)
+        incr = _at(tab["incr_a"], r) * dev + (theta - v) * _at(tab["incr_b"], r)
         has_xi = xi > 0
-        lev = jnp.where(has_xi, rho / jnp.where(has_xi, xi, 1.0) * incr,
-                        rho * jnp.sqrt(int_var) * z)
+        lev = jnp.where(has_xi, _at(tab["rho_xi"], r) * incr, rho * jnp.sqrt(int_var) * z)
         v_aux1 = v1
     else:
         vp = jnp.maximum(state.v_aux, 0.0)
@@ -330,16 +345,18 @@ def step(key: jax.Array, state: VolState, params: VolParams, dt: float, *,
         lev = rho * jnp.sqrt(int_var) * z
     resid_var = (1.0 - rho * rho) * int_var
 
-    # Regime chain: inverse CDF of row r of P, off-diagonal entries first.
-    p_row = transition_matrix(params, dt)[r]
-    idx = jnp.arange(n_r)
-    cdf = jnp.cumsum(jnp.where(idx == r, 0.0, p_row))
-    u_r = u[n_a].astype(jnp.float64)
-    drawn = jnp.where(u_r < cdf[-1], jnp.sum(u_r >= cdf), r).astype(jnp.int32)
+    # Regime chain: inverse CDF of row r of P, off-diagonal entries first:
+    # next = #{j : u >= cdf_r[j]} if u < cdf_r[R-1], else r.
+    cdf = tab["cdf"]
+    u_r = u_r.astype(cdf.dtype)
+    drawn = jnp.zeros(jnp.shape(r), jnp.int32)
+    for j in range(n_r):
+        drawn = drawn + (u_r >= _at(cdf[:, j], r)).astype(jnp.int32)
+    drawn = jnp.where(u_r < _at(cdf[:, n_r - 1], r), drawn, r).astype(jnp.int32)
     f = jnp.clip(jnp.asarray(force_regime, jnp.int32), -1, n_r - 1)
     nxt = jnp.where(f >= 0, f, drawn).astype(jnp.int32)
     switched = nxt != r
-    log_ratio = jnp.log(_at(params.theta, nxt, dtype)) - jnp.log(theta)
+    log_ratio = _at(tab["log_theta"], nxt) - _at(tab["log_theta"], r)
     scale = jnp.where(switched, jnp.exp(jnp.asarray(params.switch_rescale).astype(dtype) * log_ratio), 1.0)
     v_new = (v1 * scale).astype(dtype)
     v_aux_new = (v_aux1 * scale).astype(dtype)
@@ -351,9 +368,61 @@ def step(key: jax.Array, state: VolState, params: VolParams, dt: float, *,
     return new, info
 
 
-def _qe(v, z, kappa, theta, xi, dt, psi_c):
-    """Andersen's QE step; returns (v', v' - m)."""
-    m, s2 = qe_moments(v, kappa, theta, xi, dt)
+def _regime_tables(params: VolParams, dt: float, dtype) -> dict[str, jax.Array]:
+    """Per-regime coefficients of a step of ``dt`` seconds, shape (R,) or (R, A) (path independent).
+
+    ``cdf[r, j]``: cumulative off-diagonal transition probabilities of row r (the regime draw);
+    float64, or, for float32 draws, each rounded UP to float32, so that the float32 comparison
+    ``u >= cdf32`` is exactly the float64 comparison ``float64(u) >= cdf`` (u is a float32).
+    """
+    c = lambda x: jnp.asarray(x).astype(dtype)  # noqa: E731
+    kappa, theta, xi = c(params.kappa), c(params.theta), c(params.xi)
+    e = jnp.exp(-kappa * dt)
+    om = -jnp.expm1(-kappa * dt)
+    pos = kappa > 0
+    g = jnp.where(pos, om / jnp.where(pos, kappa, 1.0), dt)
+    kdt = kappa * dt
+    rho = c(params.rho)
+    has_xi = xi > 0
+    xi_safe = jnp.where(has_xi, xi, 1.0)
+    if xi_safe.ndim == 1 and rho.ndim == 1:
+        xi_safe = xi_safe[:, None]          # (R,) xi with (A,) rho: an (R, A) table
+    tab = dict(kappa=kappa, theta=theta, xi=xi, e=e, om=om, g=g, incr_a=1.0 + 0.5 * kdt,
+               incr_b=om - kdt + 0.5 * kdt * om, rho_xi=rho / xi_safe, log_theta=jnp.log(theta))
+    cdf = _cdf_table(params, dt)
+    if jnp.dtype(dtype) == jnp.float32:
+        c32 = cdf.astype(jnp.float32)
+        cdf = jnp.where(c32.astype(jnp.float64) < cdf, jnp.nextafter(c32, jnp.float32(np.inf)), c32)
+    tab["cdf"] = cdf
+    return tab
+
+
+def _cdf_table(params: VolParams, dt: float) -> jax.Array:
+    """(R, R) float64: row r is the cumulative sum over j of P[r, j] with the diagonal entry set
+    to 0, P = expm(G dt). Computed once on the host per (generator, dt) when the generator is a
+    concrete array; inside the traced program otherwise (params passed as arguments of a jit)."""
+    g = params.generator
+    if isinstance(g, jax.core.Tracer) or not isinstance(dt, (int, float)):
+        return _cdf_from_p(_expm_generator(g, dt))
+    g = np.asarray(g, dtype=np.float64)
+    return jnp.asarray(_cdf_host(g.tobytes(), g.shape, float(dt)))
+
+
+@functools.lru_cache(maxsize=64)
+def _cdf_host(g_bytes: bytes, shape: tuple, dt: float) -> np.ndarray:
+    g = np.frombuffer(g_bytes, dtype=np.float64).reshape(shape)
+    with jax.ensure_compile_time_eval():
+        return np.asarray(_cdf_from_p(_expm_generator(g, dt)))
+
+
+def _cdf_from_p(p: jax.Array) -> jax.Array:
+    n_r = p.shape[0]
+    off = jnp.where(jnp.eye(n_r, dtype=bool), 0.0, p)
+    return jnp.stack([jnp.cumsum(off[i]) for i in range(n_r)])
+
+
+def _qe_from_moments(m, s2, z, psi_c):
+    """Andersen's QE step from the conditional moments; returns (v', v' - m)."""
     has_m = m > 0
     m_s = jnp.where(has_m, m, 1.0)
     psi = jnp.where(has_m, s2 / (m_s * m_s), 0.0)
@@ -362,7 +431,7 @@ def _qe(v, z, kappa, theta, xi, dt, psi_c):
     # written with w = 1/b: v' = m (1 + w Z)^2/(1 + w^2), v' - m = m w (2 Z + w (Z^2 - 1))/(1 + w^2).
     y = jnp.minimum(0.5 * psi, 1.0)
     sq = jnp.sqrt(1.0 - y)
-    tiny = jnp.finfo(v.dtype).tiny ** 0.5
+    tiny = jnp.finfo(m.dtype).tiny ** 0.5
     w2 = y / jnp.maximum(1.0 - y + sq, tiny)
     w = jnp.sqrt(w2)
     v_q = m * jnp.square(1.0 + w * z) / (1.0 + w2)
@@ -377,9 +446,24 @@ def _qe(v, z, kappa, theta, xi, dt, psi_c):
     return v1, dev
 
 
-def _at(x, r, dtype):
-    """Row ``r`` (traced int) of a per-regime (R,) or (R, A) parameter, in ``dtype``."""
-    return jnp.asarray(x).astype(dtype)[r]
+def _qe(v, z, kappa, theta, xi, dt, psi_c):
+    """Andersen's QE step; returns (v', v' - m)."""
+    m, s2 = qe_moments(v, kappa, theta, xi, dt)
+    return _qe_from_moments(m, s2, z, psi_c)
+
+
+def _at(x, r, dtype=None):
+    """Row ``r`` (traced int in [0, R)) of a per-regime (R,) or (R, A) table (in ``dtype`` if given).
+
+    A chain of selects rather than a gather: it fuses with the arithmetic around it (a gather of a
+    per-path index is a separate, slower loop on CPU) and gives the same values."""
+    x = jnp.asarray(x)
+    if dtype is not None:
+        x = x.astype(dtype)
+    out = x[0]
+    for j in range(1, x.shape[0]):
+        out = jnp.where(r == j, x[j], out)
+    return out
 
 
 def _bc(x, n_a, dtype):
