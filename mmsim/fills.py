@@ -27,6 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mmsim import distributions as dist
 from mmsim import rng
 from mmsim._pytree import Check, pytree_dataclass, static_field
 from mmsim.policy import Quote
@@ -83,9 +84,13 @@ def _side(queue, qprice, quote_px, size, active, best, new_opposite, mid_after, 
           is_bid):
     """One side of the queue model. Distances are counted in ticks behind the best (>= 0) or inside."""
     sgn = 1.0 if is_bid else -1.0
+    # Prices sit on the tick grid, so "at or through" is tested with a quarter tick of slack: an exact
+    # tie must not depend on float rounding (a compiler may fuse the book's k * tick into the
+    # subtraction, and k * tick rounded differs from it unrounded).
+    tie = -0.25 * tick   # grid prices and mids (half ticks) differ by 0.5 tick or more
     behind = jnp.round(sgn * (best - quote_px) / tick)  # ticks behind the touch (< 0: inside the spread)
     # A quote the mid path reaches during the step is at the touch.
-    behind = jnp.where(sgn * (quote_px - mid_after) >= 0, jnp.minimum(behind, 0.0), behind)
+    behind = jnp.where(sgn * (quote_px - mid_after) > tie, jnp.minimum(behind, 0.0), behind)
     at_or_inside = behind <= 0
     joined = (quote_px != qprice) | ~active
     fresh_queue = jnp.where(behind < 0, 0.0, jnp.where(behind == 0, params.touch_depth, params.depth_per_tick))
@@ -93,7 +98,7 @@ def _side(queue, qprice, quote_px, size, active, best, new_opposite, mid_after, 
     in_front = jnp.where(at_or_inside, 0.0, params.touch_depth + params.depth_per_tick * (behind - 1.0))
     reach = jnp.maximum(volume - in_front, 0.0)
     filled = jnp.clip(reach - q, 0.0, size)
-    crossed = sgn * (quote_px - new_opposite) >= 0
+    crossed = sgn * (quote_px - new_opposite) > tie
     filled = jnp.where(crossed, size, filled)
     filled = jnp.where(active, filled, 0.0)
     q_after = jnp.where(filled > 0, 0.0, jnp.maximum(q - reach, 0.0))
@@ -125,6 +130,7 @@ def resolve(key: jax.Array, state: FillState, params: FillParams, quote: Quote, 
         pa = jnp.minimum(1.0, params.A * jnp.exp(-params.k * da) * dt)
         fb = jnp.where(quote.bid_active & (u[:, 0] < pb), quote.bid_size, 0.0)
         fa = jnp.where(quote.ask_active & (u[:, 1] < pa), quote.ask_size, 0.0)
+        fb, fa = dist.materialise_small((fb, fa))   # many consumers: computed once
         new = state
     else:
         fb, qb, pxb = _side(state.queue[:, 0], state.price[:, 0], quote.bid_price, quote.bid_size, quote.bid_active,

@@ -137,6 +137,36 @@ def test_crossed_quote_fills_in_full():
     assert f["bid_size"] == 0.0
 
 
+def test_exact_tie_with_the_book_crosses_whatever_the_rounding():
+    """A float32 bid exactly at the new best ask, the book computed as ``k * tick`` in the same
+    program (where the compiler may fuse the product into the comparison unrounded:
+    599950 * 0.1f is 59995.0 rounded, 59995.00089 exact), is a crossed quote and fills in full."""
+    p = fparams(**QP)
+    f32 = jnp.float32
+    ks = jnp.asarray([599950.0, 600001.0, 123457.0], f32)
+    tick = f32(0.1)
+
+    @jax.jit
+    def run(ks, bid, lo):
+        # Only the new best ask comes from k * tick; the rest of the book is given (lo = a tick below).
+        q = Quote(bid, bid + 1.0, jnp.ones(3, f32), jnp.ones(3, f32), jnp.ones(3, bool), jnp.zeros(3, bool))
+        z = jnp.zeros(3, f32)
+        _, f = fills.resolve(rng.key(0), fills.init(3, f32), p, q, f32(1.0), mid_before=lo + 1.0,
+                             best_bid_before=lo + 0.9, best_ask_before=lo + 1.1, best_bid_after=lo,
+                             best_ask_after=ks * tick, mid_after=lo + 0.05, sell_volume=z, buy_volume=z,
+                             tick=jnp.full(3, tick))
+        return f.bid_size
+
+    bid = np.asarray(ks) * np.float32(0.1)          # the rounded book price, as a runtime quote
+    lo = jnp.asarray(bid - np.float32(0.1), f32)
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda k: k * tick)(ks)), bid)
+    size = run(ks, jnp.asarray(bid, f32), lo)
+    np.testing.assert_array_equal(np.asarray(size), [1.0, 1.0, 1.0])
+    # One tick below the new best ask it is not crossed (and no flow reaches it).
+    size = run(ks, lo, lo - np.float32(0.1))
+    np.testing.assert_array_equal(np.asarray(size), [0.0, 0.0, 0.0])
+
+
 def test_moving_a_quote_joins_the_back_of_its_level():
     p = fparams(**QP)
     s = fills.init(1, jnp.float64)
