@@ -30,6 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mmsim import distributions as dist
 from mmsim._pytree import Check, pytree_dataclass
 from mmsim.observation import Observation
 
@@ -168,7 +169,7 @@ def update(params: AccountParams, state: AccountState, obs: Observation) -> tupl
 
     # 4. Liquidation.
     info = margins(params, new, mid)
-    breach = state.alive & (jnp.sum(jnp.abs(q)) > 0) & (info.equity <= info.maintenance)
+    breach = dist.materialise_small(state.alive & (jnp.sum(jnp.abs(q)) > 0) & (info.equity <= info.maintenance))   # feeds every field: computed once
     close_px = mid * (1.0 - jnp.sign(q) * params.liquidation_slippage)
     liq_cost = jnp.sum(jnp.abs(q) * mid * params.liquidation_slippage) + jnp.sum(
         params.liquidation_fee * jnp.abs(q) * mid)

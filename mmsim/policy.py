@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmsim import distributions as dist
 from mmsim._pytree import Check, pytree_dataclass, static_field
 
 POLICIES = ("spec", "as2008", "symmetric", "glft")
@@ -264,7 +265,7 @@ def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
     bid_on = active & ~(near_liq & (x.position >= 0))
     ask_on = active & ~(near_liq & (x.position <= 0))
     qt = Quote(bid, ask, bsz, asz, bid_on, ask_on)
-    bid_ok, ask_ok = validate_quote(p, qt, x.mid)
+    bid_ok, ask_ok = dist.materialise_small(validate_quote(p, qt, x.mid))   # computed once, not per field
     zero = jnp.zeros_like(bid)
     return Quote(jnp.where(bid_ok, bid, zero), jnp.where(ask_ok, ask, zero), jnp.where(bid_ok, bsz, zero),
                  jnp.where(ask_ok, asz, zero), bid_ok, ask_ok)

@@ -17,7 +17,8 @@ The Hydra entry point composes ``conf/config.yaml`` with the command-line overri
 Throughput (``throughput_path_steps_per_s``) counts every simulated path-step of every run of the
 task over their run time, compilation excluded. Compiled programs are cached on disk in
 ``compile_cache_dir`` (config key; null disables), so a second run of the same structure skips
-most of the compilation.
+most of the compilation. On a CPU the paths are split over one JAX device per core
+(``cpu_devices``, null: every core).
 
 Examples::
 
@@ -52,9 +53,18 @@ except Exception:  # noqa: BLE001
 # Helpers
 
 
-def enable_compile_cache(cfg) -> str | None:
-    """Point JAX's persistent compilation cache at ``cfg.compile_cache_dir`` (None: leave it off)."""
-    d = cfg.get("compile_cache_dir") if isinstance(cfg, (DictConfig, dict)) else None
+def prepare_jax(cfg) -> str | None:
+    """Before the first computation: one JAX CPU device per core (``cfg.cpu_devices``, null: every
+    core; see :func:`mmsim.simulate.use_cpu_cores`), and the persistent compilation cache at
+    ``cfg.compile_cache_dir`` (None: off). Returns the cache directory."""
+    from mmsim.simulate import use_cpu_cores
+
+    is_cfg = isinstance(cfg, (DictConfig, dict))
+    n = cfg.get("cpu_devices") if is_cfg else None
+    mcfg._require(n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1), "cpu_devices",
+                  f"= {n!r}: must be null (every core) or a positive integer")
+    use_cpu_cores(n)
+    d = cfg.get("compile_cache_dir") if is_cfg else None
     if not d:
         return None
     import jax
@@ -114,7 +124,7 @@ def run_risk(cfg, out_dir: Path, *, simulate_fn=None) -> dict:
         print(f"warning: {cfg.params} says feasible: false (the optimiser found no policy meeting its "
               "constraints); running it anyway", file=sys.stderr)
     if simulate_fn is None:
-        enable_compile_cache(cfg)
+        prepare_jax(cfg)
         from mmsim.simulate import simulate as simulate_fn
     result = simulate_fn(world, mp, ep, **sim.simulate_kwargs())
     m = risk.summarize(result, rs.drawdown_threshold, alpha=rs.alpha)
@@ -177,7 +187,7 @@ def run_as2008(cfg, out_dir: Path, *, simulate_fn=None) -> dict:
     mcfg._require(bool(gammas) and all(g > 0 for g in gammas), "as2008.gammas", "must be a list of positive numbers")
     paper = OmegaConf.to_container(spec.get("paper"), resolve=True) if spec.get("paper") is not None else []
     if simulate_fn is None:
-        enable_compile_cache(cfg)
+        prepare_jax(cfg)
         from mmsim.simulate import simulate as simulate_fn
     kw = sim.simulate_kwargs()
     rows, pnls = [], {}
@@ -253,7 +263,7 @@ def run_task(cfg, out_dir: str | Path, *, simulate_fn=None) -> dict:
     if t == "optimize":         # policy optimisation under risk constraints (mmsim/optimize.py)
         from mmsim import optimize
 
-        enable_compile_cache(cfg)
+        prepare_jax(cfg)
         m = optimize.run_from_config(cfg, out_dir)
     else:
         fn = run_as2008 if t == "as2008" else run_risk

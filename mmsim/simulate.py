@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from typing import Any, NamedTuple
 
@@ -215,6 +216,28 @@ def _compiled(world, mp, ep, keys, *, n_steps, dt, dtype, trace, devices):
     secs = time.perf_counter() - t0
     _COMPILED[key] = compiled
     return compiled, secs
+
+
+def use_cpu_cores(n: int | None = None) -> int:
+    """Split the host CPU into ``n`` JAX devices (default: one per core this process may use), so
+    that :func:`simulate`, which shards paths over all local devices, runs on every core.
+
+    XLA's CPU backend runs one compiled program on one thread; paths are independent, so one
+    device per core gives close to a core's worth of throughput each (measured in
+    experiments/PERFORMANCE.md). Call it before JAX's first computation: afterwards the device
+    count is fixed and this does nothing. It also does nothing when ``XLA_FLAGS`` already sets
+    ``--xla_force_host_platform_device_count``. Returns the number of CPU devices in use.
+    """
+    if n is None:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if int(n) < 1:
+        raise ValueError(f"n = {n!r}: the number of CPU devices must be >= 1")
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        try:
+            jax.config.update("jax_num_cpu_devices", int(n))
+        except RuntimeError:   # the backend is already initialised: keep its devices
+            pass
+    return len(jax.devices("cpu"))
 
 
 def init_distributed() -> None:

@@ -106,28 +106,30 @@ def _configs(quick: bool):
     return (mp_as, ep_as, sim_as), (mp_cs, ep_cs, sim_cs)
 
 
-def _run(world, mp, ep, *, n_paths, n_steps, dt, chunk, repeat, dtype):
+def _run(world, mp, ep, *, n_paths, n_steps, dt, chunk, repeat, dtype, devices):
     from mmsim.simulate import simulate
 
     first = simulate(world, mp, ep, n_paths=n_paths, n_steps=n_steps, dt=dt, seed=0, chunk_size=chunk,
-                     dtype=dtype, progress=False)
+                     dtype=dtype, progress=False, devices=devices)
     best = first.path_steps_per_s
     for _ in range(repeat - 1):
         r = simulate(world, mp, ep, n_paths=n_paths, n_steps=n_steps, dt=dt, seed=0, chunk_size=chunk,
-                     dtype=dtype, progress=False)
+                     dtype=dtype, progress=False, devices=devices)
         best = max(best, r.path_steps_per_s)
     return first.compile_s, best, first.chunk_size
 
 
 def big_run(n_paths: int, n_steps: int, chunk: int) -> dict:
-    """The million-path chunked cascade_stress run (called in a child process)."""
+    """The million-path chunked cascade_stress run (called in a child process), on every core."""
     import jax.numpy as jnp
 
-    from mmsim.simulate import simulate
+    from mmsim.simulate import simulate, use_cpu_cores
+
+    use_cpu_cores()
 
     (_, _, _), (mp, ep, sim) = _configs(False)
     t0 = time.perf_counter()
-    r = simulate("market", mp, ep, n_paths=n_paths, n_steps=n_steps, dt=sim.dt, seed=0, chunk_size=chunk,
+    r = simulate("market", mp, ep, n_paths=n_paths, n_steps=n_steps, dt=sim.dt, seed=0, chunk_size=chunk or None,
                  dtype=jnp.float32, progress=False)
     wall = time.perf_counter() - t0
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -143,6 +145,8 @@ def main() -> None:
     ap.add_argument("--big-paths", type=int, default=None, help="paths of the memory run (default 1e6)")
     ap.add_argument("--big-steps", type=int, default=None, help="steps of the memory run")
     ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--cpu-devices", type=int, default=None,
+                    help="JAX CPU devices (default: one per core); mmsim rows run on one and on all")
     ap.add_argument("--child-big", nargs=3, type=int, metavar=("PATHS", "STEPS", "CHUNK"), help=argparse.SUPPRESS)
     a = ap.parse_args()
 
@@ -150,15 +154,22 @@ def main() -> None:
         print(json.dumps(big_run(*a.child_big)))
         return
 
+    import jax
     import jax.numpy as jnp
 
+    from mmsim.simulate import use_cpu_cores
+
+    n_dev = use_cpu_cores(a.cpu_devices)
+    device_sets = [("1 core", jax.local_devices()[:1])]
+    if len(jax.local_devices()) > 1:
+        device_sets.append((f"{len(jax.local_devices())} cores", jax.local_devices()))
     quick = a.quick
     repeat = a.repeat or (2 if quick else 3)
     n_as = 20_000 if quick else 100_000
-    n_cs = 2_048 if quick else 16_384
+    n_cs = 16_384 if quick else 65_536
     cs_steps = 50 if quick else 200
-    as_chunks = [None, 8_192] if quick else [None, 8_192, 65_536]
-    cs_chunks = [None, 4_096] if quick else [None, 4_096, 16_384]
+    as_chunks = [None] if quick else [None, 65_536]
+    cs_chunks = [None] if quick else [None, 2_048]
     big_paths = a.big_paths or (100_000 if quick else 1_000_000)
     big_steps = a.big_steps or (5 if quick else 20)
 
@@ -178,22 +189,24 @@ def main() -> None:
 
     ref0 = ref()
     rows.append(dict(name="numpy as2008 (float64)", paths=n_as, steps=200, chunk="-", compile_s=0.0, rate=ref0))
-    for chunk in as_chunks:
-        c, rate, ch = _run("as2008", mp_as, ep_as, n_paths=n_as, n_steps=sim_as.n_steps, dt=sim_as.dt, chunk=chunk,
-                           repeat=repeat, dtype=jnp.float32)
-        rows.append(dict(name="mmsim as2008 (float32)", paths=n_as, steps=sim_as.n_steps, chunk=ch, compile_s=c,
-                         rate=rate))
-    for chunk in cs_chunks:
-        c, rate, ch = _run("market", mp_cs, ep_cs, n_paths=n_cs, n_steps=cs_steps, dt=sim_cs.dt, chunk=chunk,
-                           repeat=repeat, dtype=jnp.float32)
-        rows.append(dict(name="mmsim cascade_stress (float32)", paths=n_cs, steps=cs_steps, chunk=ch, compile_s=c,
-                         rate=rate))
+    for label, devs in device_sets:
+        for chunk in as_chunks:
+            c, rate, ch = _run("as2008", mp_as, ep_as, n_paths=n_as, n_steps=sim_as.n_steps, dt=sim_as.dt,
+                               chunk=chunk, repeat=repeat, dtype=jnp.float32, devices=devs)
+            rows.append(dict(name=f"mmsim as2008 f32, {label}", paths=n_as, steps=sim_as.n_steps, chunk=ch,
+                             compile_s=c, rate=rate))
+    for label, devs in device_sets:
+        for chunk in cs_chunks:
+            c, rate, ch = _run("market", mp_cs, ep_cs, n_paths=n_cs, n_steps=cs_steps, dt=sim_cs.dt, chunk=chunk,
+                               repeat=repeat, dtype=jnp.float32, devices=devs)
+            rows.append(dict(name=f"mmsim cascade_stress f32, {label}", paths=n_cs, steps=cs_steps, chunk=ch,
+                             compile_s=c, rate=rate))
     ref1 = ref()      # the reference again: the machine may have changed speed meanwhile
     rows.append(dict(name="numpy as2008 (float64), again", paths=n_as, steps=200, chunk="-", compile_s=0.0,
                      rate=ref1))
     ref_rate = 0.5 * (ref0 + ref1)
 
-    big_chunk = cs_chunks[-1]
+    big_chunk = 0   # the simulator's default
     cmd = [sys.executable, os.path.abspath(__file__), "--child-big", str(big_paths), str(big_steps), str(big_chunk)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     big = None
@@ -203,10 +216,11 @@ def main() -> None:
         print(out.stderr[-2000:], file=sys.stderr)
 
     print()
-    print(f"{'run':<32} {'paths':>9} {'steps':>6} {'chunk':>7} {'compile s':>10} {'M path-steps/s':>15} "
+    print(f"{n_dev} JAX CPU devices; chunk = paths per compiled call (split over the devices)")
+    print(f"{'run':<34} {'paths':>9} {'steps':>6} {'chunk':>7} {'compile s':>10} {'M path-steps/s':>15} "
           f"{'x numpy':>8}")
     for r in rows:
-        print(f"{r['name']:<32} {r['paths']:>9} {r['steps']:>6} {str(r['chunk']):>7} {r['compile_s']:>10.2f} "
+        print(f"{r['name']:<34} {r['paths']:>9} {r['steps']:>6} {str(r['chunk']):>7} {r['compile_s']:>10.2f} "
               f"{r['rate'] / 1e6:>15.2f} {r['rate'] / ref_rate:>8.2f}")
     if big is not None:
         print(f"\n{big['n_paths']:.0e}-path cascade_stress, chunks of {big['chunk']}, {big['n_steps']} steps "
