@@ -39,9 +39,11 @@ from mmsim import account as acct
 from mmsim import as2008, engine, market, observation, risk, rng
 
 WORLDS = ("market", "as2008")
-#: Paths per compiled call when not given: small chunks stay in the CPU caches (measured in
-#: experiments/PERFORMANCE.md); accelerators want many paths in flight.
-DEFAULT_CHUNK = {"cpu": 1024}
+#: Paths per device per compiled call when not given. On a CPU every compiled step is a few
+#: hundred loops over the chunk, each with a fixed launch cost: 8192 paths per device amortise it
+#: while the per-path state stays in the caches (measured in experiments/PERFORMANCE.md);
+#: accelerators want many paths in flight.
+DEFAULT_CHUNK = {"cpu": 8192}
 DEFAULT_CHUNK_ACCELERATOR = 65536
 
 
@@ -269,7 +271,7 @@ def simulate(world: str, market_params, engine_params, *, n_paths: int, n_steps:
         market_params: the world's params (``MarketParams`` or ``AS2008Params``).
         engine_params: :class:`mmsim.engine.EngineParams`.
         seed: run seed; path ``i`` uses ``fold_in(key(seed), i)``.
-        chunk_size: paths per compiled call (default 1024 on CPU, 65536 on accelerators; at most
+        chunk_size: paths per compiled call (default 8192 per CPU device, 65536 per accelerator; at most
             ``n_paths``), rounded up to a multiple of the number of devices; the last chunk is
             padded and the padding dropped.
         n_trace: record full traces of the first ``n_trace`` paths.
@@ -287,7 +289,7 @@ def simulate(world: str, market_params, engine_params, *, n_paths: int, n_steps:
     n_paths, n_steps = int(n_paths), int(n_steps)
     devices = list(devices) if devices is not None else jax.local_devices()
     nd = len(devices)
-    default = DEFAULT_CHUNK.get(devices[0].platform, DEFAULT_CHUNK_ACCELERATOR)
+    default = DEFAULT_CHUNK.get(devices[0].platform, DEFAULT_CHUNK_ACCELERATOR) * nd
     chunk = min(int(chunk_size or default), n_paths)
     chunk = int(math.ceil(chunk / nd) * nd)
     n_chunks = int(math.ceil(n_paths / chunk))

@@ -320,12 +320,15 @@ def step(key: jax.Array, state: VolState, params: VolParams, dt: float, *,
     # parameter tables (not per path), then picked by the path's regime.
     r = state.regime
     tab = _regime_tables(params, dt, dtype)
-    kappa, theta, xi = _at(tab["kappa"], r), _at(tab["theta"], r), _at(tab["xi"], r)
+    # The picked values feed many consumers: stored once, not re-picked in each (dist.materialise).
+    names = ("kappa", "theta", "xi") + (("e", "om", "g", "incr_a", "incr_b", "rho_xi") if params.scheme == "qe" else ())
+    at = dict(zip(names, dist.materialise(tuple(_at(tab[k], r) for k in names))))
+    kappa, theta, xi = at["kappa"], at["theta"], at["xi"]
     rho = jnp.asarray(params.rho).astype(dtype)
 
     if params.scheme == "qe":
         v = state.v
-        e, om, g = _at(tab["e"], r), _at(tab["om"], r), _at(tab["g"], r)
+        e, om, g = at["e"], at["om"], at["g"]
         m = v * e + theta * om                                  # qe_moments, with the tables
         s2 = xi * xi * (v * e * g + 0.5 * theta * om * g)
         v1, dev = dist.materialise(_qe_from_moments(m, s2, z, jnp.asarray(params.psi_c).astype(dtype)))
@@ -333,9 +336,9 @@ def step(key: jax.Array, state: VolState, params: VolParams, dt: float, *,
         # v' - v - kappa theta dt + kappa int_var, as (1 + kappa dt/2)(v' - m) plus the exact
         # deterministic remainder (theta - v)(om - kappa dt + kappa dt om / 2): no cancellation
         # between v' and v, which would cost float32 its precision when xi sqrt(v dt) << v.
-        incr = _at(tab["incr_a"], r) * dev + (theta - v) * _at(tab["incr_b"], r)
+        incr = at["incr_a"] * dev + (theta - v) * at["incr_b"]
         has_xi = xi > 0
-        lev = jnp.where(has_xi, _at(tab["rho_xi"], r) * incr, rho * jnp.sqrt(int_var) * z)
+        lev = jnp.where(has_xi, at["rho_xi"] * incr, rho * jnp.sqrt(int_var) * z)
         v_aux1 = v1
     else:
         vp = jnp.maximum(state.v_aux, 0.0)
@@ -354,7 +357,7 @@ def step(key: jax.Array, state: VolState, params: VolParams, dt: float, *,
         drawn = drawn + (u_r >= _at(cdf[:, j], r)).astype(jnp.int32)
     drawn = jnp.where(u_r < _at(cdf[:, n_r - 1], r), drawn, r).astype(jnp.int32)
     f = jnp.clip(jnp.asarray(force_regime, jnp.int32), -1, n_r - 1)
-    nxt = jnp.where(f >= 0, f, drawn).astype(jnp.int32)
+    nxt = dist.materialise_small(jnp.where(f >= 0, f, drawn).astype(jnp.int32))   # many consumers
     switched = nxt != r
     log_ratio = _at(tab["log_theta"], nxt) - _at(tab["log_theta"], r)
     scale = jnp.where(switched, jnp.exp(jnp.asarray(params.switch_rescale).astype(dtype) * log_ratio), 1.0)
