@@ -116,7 +116,16 @@ def _plain(node: Any) -> Any:
 
 
 def _value(v: Any) -> Any:
-    """Config value > params leaf: lists become float64 arrays (numbers only), scalars stay."""
+    """Config value > params leaf: lists become float64 arrays (numbers only), scalars stay;
+    a string that spells a number (``inf``, YAML's ``.inf`` as a command-line override) becomes
+    that float (any other string stays, and :func:`_make` refuses it)."""
+    if isinstance(v, str):
+        s = v.strip().lower()
+        s = s.replace(".inf", "inf").replace(".nan", "nan") if s.lstrip("+-").startswith(".") else s
+        try:
+            return float(s)
+        except ValueError:
+            return v
     if isinstance(v, (list, tuple)):
         try:
             return np.asarray(v, dtype=float)
@@ -151,6 +160,9 @@ def _make(cls, values: dict | None, path: str, *, skip: tuple = (), extra: dict 
             kwargs[k] = _static(v, cls, k, path)
         else:
             kwargs[k] = _value(v)
+            if isinstance(kwargs[k], str):
+                raise ConfigError(f"{path}.{k} = {v!r}: must be a number or a list of numbers "
+                                  "(.inf for infinity)")
     kwargs.update(extra or {})
     try:
         return cls(**kwargs)
@@ -225,6 +237,14 @@ def sim_settings(cfg) -> SimSettings:
     return SimSettings(n_paths=n_paths, horizon_s=float(horizon), dt=float(dt), n_steps=n_steps, seed=seed,
                        chunk_size=chunk, n_trace=min(n_trace, n_paths), dtype=dtype,
                        progress=bool(s.get("progress", True)))
+
+
+def cpu_devices(cfg) -> int | None:
+    """The ``cpu_devices`` key: None (one JAX CPU device per core) or a positive integer."""
+    n = cfg.get("cpu_devices") if isinstance(cfg, (DictConfig, dict)) else None
+    _require(n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1), "cpu_devices",
+             f"= {n!r}: must be null (one device per core) or a positive integer")
+    return n
 
 
 def risk_settings(cfg) -> RiskSettings:

@@ -136,12 +136,14 @@ def pareto_truncated_mean(scale: jax.Array, tail: jax.Array, upper: jax.Array) -
     return jnp.where(safe, mean, scale)
 
 
-def pareto_sum(u: jax.Array, n: jax.Array, scale: jax.Array, tail: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Total and largest of ``n`` i.i.d. Pareto(scale, tail) sizes from one uniform.
+def pareto_sum(u: jax.Array, n: jax.Array, scale: jax.Array, tail: jax.Array,
+               cap: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Total and largest of ``n`` i.i.d. Pareto(scale, tail) sizes from one uniform, each size
+    truncated at ``cap`` when given (the law conditioned on X <= cap; ``inf``: no cap).
 
-    The largest, M = F^{-1}(u^{1/n}), is exact. Given M, the other n - 1 sizes are i.i.d.
-    Pareto truncated at M, and they enter the total through their conditional mean,
-    total = M + (n - 1) E[X | X <= M]: the total has the exact mean and the exact tail (the
+    The largest, M = F_c^{-1}(u^{1/n}) with F_c = F / F(cap), is exact. Given M, the other n - 1
+    sizes are i.i.d. Pareto truncated at M, and they enter the total through their conditional
+    mean, total = M + (n - 1) E[X | X <= M]: the total has the exact mean and the exact tail (the
     heavy tail of a sum is carried by its largest term) and under-states only the variance of
     the bulk. Returns ``(total, largest)``, both 0 where n == 0.
     """
@@ -150,6 +152,12 @@ def pareto_sum(u: jax.Array, n: jax.Array, scale: jax.Array, tail: jax.Array) ->
     a = jnp.log(u) / nn
     tail_prob = -jnp.expm1(a)            # 1 - u^{1/n}, computed without cancellation
     below = jnp.exp(a)                   # u^{1/n} = F(M / scale) = 1 - tail_prob, accurately
+    if cap is not None:
+        # F(M) = F(cap) u^{1/n}: P(X > M) = p_c + F(cap) (1 - u^{1/n}), p_c = (scale / cap)^tail
+        # (exactly the uncapped values when cap = inf).
+        p_c = jnp.exp(tail * jnp.log(scale / cap))
+        tail_prob = p_c + (1.0 - p_c) * tail_prob
+        below = (1.0 - p_c) * below
     g = jnp.exp(-jnp.log(tail_prob) * (1.0 / tail))   # M / scale = tail_prob^{-1/tail}
     largest = scale * g
     # E[X | X <= M] of pareto_truncated_mean with r = scale / M = 1/g, r^tail = tail_prob and

@@ -59,12 +59,8 @@ def prepare_jax(cfg) -> str | None:
     ``cfg.compile_cache_dir`` (None: off). Returns the cache directory."""
     from mmsim.simulate import use_cpu_cores
 
-    is_cfg = isinstance(cfg, (DictConfig, dict))
-    n = cfg.get("cpu_devices") if is_cfg else None
-    mcfg._require(n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1), "cpu_devices",
-                  f"= {n!r}: must be null (every core) or a positive integer")
-    use_cpu_cores(n)
-    d = cfg.get("compile_cache_dir") if is_cfg else None
+    use_cpu_cores(mcfg.cpu_devices(cfg))
+    d = cfg.get("compile_cache_dir") if isinstance(cfg, (DictConfig, dict)) else None
     if not d:
         return None
     import jax
@@ -259,6 +255,7 @@ def run_task(cfg, out_dir: str | Path, *, simulate_fn=None) -> dict:
     """Run the config's task into ``out_dir`` (``simulate_fn`` replaces the simulator in tests)."""
     out_dir = Path(out_dir)
     t = mcfg.task(cfg)
+    mcfg.cpu_devices(cfg)
     t0 = time.perf_counter()
     if t == "optimize":         # policy optimisation under risk constraints (mmsim/optimize.py)
         from mmsim import optimize

@@ -114,6 +114,9 @@ def test_experiment_deltas():
     ("task=optimise", "task"),
     ("market.flow.mu_buy=[2.6,1.7]", "market.flow.mu_buy"),                  # two values, one asset
     ("market.vol.theta=[1e-8,2e-8]", "market.vol"),                          # two regimes, generator has 4
+    ("market.liquidation.size_cap=big", "market.liquidation.size_cap = 'big': must be a number"),
+    ("market.liquidation.size_cap=0.01", "market.liquidation: LiqParams.size_cap"),  # below x_m
+    ("cpu_devices=0", "cpu_devices"),
 ])
 def test_bad_config_fails_before_compiling(override, where, tmp_path):
     from mmsim import run
@@ -232,3 +235,10 @@ def test_liquidation_claim_needs_the_upper_bound():
     assert ok.startswith("P(liquidation) ≈ 0")
     no = report.liquidation_claim({"count": 0, "estimate": 0.0, "ci_low": 0.0, "ci_high": 0.3, "n": 10}, 1e-3)
     assert "NOT certified" in no and "0.3" in no
+
+
+def test_infinity_spelled_in_yaml_on_the_command_line():
+    """``.inf`` (YAML) and ``inf`` on the command line are numbers, e.g. no liquidation size cap."""
+    for spelling in (".inf", "inf"):
+        world, mp, ep, sim = mcfg.build(make_cfg("experiment=cascade_stress", f"market.liquidation.size_cap={spelling}"))
+        assert np.isinf(float(np.asarray(mp.liquidation.size_cap)))

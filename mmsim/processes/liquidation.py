@@ -11,8 +11,9 @@ Model (per asset, per side; ``own`` is the side, ``other`` the opposite side)::
                            + sum_{j in other} alpha_cross * size_j * e^{-beta (t - s_j)}
                            + triggering by adverse price moves (below)
 
-Marks: sizes are i.i.d. Pareto(``size_scale`` = x_m, ``size_tail`` = a), so a large liquidation
-excites more. Triggering: after a step whose log return is r, ``leverage * r`` is the fractional
+Marks: sizes are i.i.d. Pareto(``size_scale`` = x_m, ``size_tail`` = a), conditioned on
+size <= ``size_cap`` (no liquidation exceeds the open interest; default inf: no cap), so a large
+liquidation excites more. Triggering: after a step whose log return is r, ``leverage * r`` is the fractional
 loss of an average levered position, and the long side's excitation jumps by
 ``trigger * max(0, -leverage * r)``, the short side's by ``trigger * max(0, leverage * r)``; it
 then decays at ``beta`` like any other excitation.
@@ -20,7 +21,8 @@ then decays at ``beta`` like any other excitation.
 Stability: the mean number of direct children of a liquidation of size s is
 (alpha + alpha_cross) s / beta (alpha s / beta on its own side, alpha_cross s / beta on the other),
 so the branching matrix is E[size]/beta [[alpha, alpha_cross], [alpha_cross, alpha]], with spectral
-radius n = (alpha + alpha_cross) E[size] / beta, E[size] = a x_m / (a - 1). Params with n >= 1
+radius n = (alpha + alpha_cross) E[size] / beta, E[size] = a x_m / (a - 1) uncapped (see
+:func:`expected_size` with a cap). Params with n >= 1
 are refused. A cascade started by one liquidation of size s0 has 1 + (alpha + alpha_cross) s0 /
 (beta (1 - n)) events on average (1 / (1 - n) when s0 is drawn from the size law), and the
 stationary rates are Lambda = (I - K)^{-1} mu (mu / (1 - n) per side without cross excitation and
@@ -87,6 +89,9 @@ class LiqParams:
         beta: decay rate of the excitation, per second.
         size_scale: Pareto minimum liquidation size x_m, base units.
         size_tail: Pareto tail index a (> 1: the mean size a x_m / (a - 1) is finite).
+        size_cap: largest possible liquidation, base units (> size_scale; ``inf``: none). Sizes
+            are Pareto conditioned on X <= size_cap: a single liquidation cannot exceed the
+            positions that exist (open interest), however heavy the tail.
         trigger: excitation per unit of leveraged fractional loss (leverage * |log return|),
             liquidations per second.
         leverage: aggregate market leverage, dimensionless, > 0.
@@ -101,6 +106,7 @@ class LiqParams:
     beta: jax.Array | float = 0.1
     size_scale: jax.Array | float = 0.1
     size_tail: jax.Array | float = 2.5
+    size_cap: jax.Array | float = float("inf")
     trigger: jax.Array | float = 0.0
     leverage: jax.Array | float = 5.0
     impact: jax.Array | float = 0.0
@@ -116,6 +122,9 @@ class LiqParams:
         a = c.finite("size_tail", "Pareto tail index")
         c.require(bool(np.all(a > 1.0)), "size_tail",
                   "must be > 1 (Pareto tail index; the mean size a x_m / (a - 1) is infinite otherwise)")
+        cap = np.asarray(self.size_cap, dtype=float)
+        c.require(bool(np.all(cap > np.asarray(self.size_scale, dtype=float))) and not np.any(np.isnan(cap)),
+                  "size_cap", "must be > size_scale (base units; inf: no cap)")
         c.nonneg("trigger", "liquidations per second per unit leveraged loss")
         c.positive("leverage", "aggregate market leverage, dimensionless")
         c.nonneg("impact", "log-price per base unit of liquidated volume")
@@ -124,8 +133,8 @@ class LiqParams:
             shown = np.vectorize(lambda x: float(f"{x:.6g}"))(n)
             shown = shown.item() if shown.ndim == 0 else shown.tolist()
             c.fail("alpha", f"branching ratio n = (alpha + alpha_cross) * E[size] / beta = {shown} "
-                            "must be < 1 (E[size] = size_tail * size_scale / (size_tail - 1)); "
-                            "n >= 1 is an explosive cascade")
+                            "must be < 1 (E[size] = size_tail * size_scale / (size_tail - 1) without a "
+                            "size_cap); n >= 1 is an explosive cascade")
 
 
 class LiqState(NamedTuple):
@@ -151,9 +160,13 @@ def init(params: LiqParams, n_assets: int, dtype=jnp.float32) -> LiqState:
     return LiqState(ex_long=z, ex_short=z)
 
 
-def expected_size(params: LiqParams):
-    """Mean liquidation size a x_m / (a - 1), base units (numpy or jax, like the params)."""
-    return params.size_tail * params.size_scale / (params.size_tail - 1.0)
+def expected_size(params: LiqParams) -> np.ndarray:
+    """Mean liquidation size, base units (numpy, host side): a x_m / (a - 1) without a cap,
+    a x_m / (a - 1) (1 - r^(a-1)) / (1 - r^a) with r = x_m / size_cap."""
+    f = lambda name: np.asarray(getattr(params, name), dtype=float)  # noqa: E731
+    a, xm, cap = f("size_tail"), f("size_scale"), f("size_cap")
+    r = xm / cap
+    return a * xm / (a - 1.0) * (1.0 - r ** (a - 1.0)) / (1.0 - r**a)
 
 
 def branching_ratio(params: LiqParams, *, price_feedback: bool = False) -> np.ndarray:
@@ -165,7 +178,7 @@ def branching_ratio(params: LiqParams, *, price_feedback: bool = False) -> np.nd
     liquidation's own price impact (see the module docstring).
     """
     f = lambda name: np.asarray(getattr(params, name), dtype=float)  # noqa: E731
-    es = f("size_tail") * f("size_scale") / (f("size_tail") - 1.0)
+    es = expected_size(params)
     k = f("alpha") + f("alpha_cross")
     if price_feedback:
         k = k + f("trigger") * f("leverage") * f("impact")
@@ -207,6 +220,7 @@ def step(key: jax.Array, state: LiqState, params: LiqParams, dt: float, *,
 
     mu_l, mu_s, alpha, alpha_x, beta = p("mu_long"), p("mu_short"), p("alpha"), p("alpha_cross"), p("beta")
     x_m, a, trig, lev, imp = p("size_scale"), p("size_tail"), p("trigger"), p("leverage"), p("impact")
+    cap = p("size_cap")
     r = jnp.broadcast_to(jnp.asarray(last_ret, dtype), (n_a,))
     dt = jnp.asarray(dt, dtype)
 
@@ -217,8 +231,8 @@ def step(key: jax.Array, state: LiqState, params: LiqParams, dt: float, *,
     comp_l = mu_l * dt + ex_l * frac
     comp_s = mu_s * dt + ex_s * frac
     n_l, n_s = dist.poisson_many((u_nl, u_ns), (comp_l, comp_s))
-    v_l, m_l = dist.pareto_sum(u_vl, n_l, x_m, a)
-    v_s, m_s = dist.pareto_sum(u_vs, n_s, x_m, a)
+    v_l, m_l = dist.pareto_sum(u_vl, n_l, x_m, a, cap)
+    v_s, m_s = dist.pareto_sum(u_vs, n_s, x_m, a, cap)
     loss = lev * r          # leveraged return: an average long loses -loss, an average short +loss
     new_l = ex_l * decay + alpha * v_l + alpha_x * v_s + trig * jnp.maximum(-loss, 0.0)
     new_s = ex_s * decay + alpha * v_s + alpha_x * v_l + trig * jnp.maximum(loss, 0.0)

@@ -229,6 +229,49 @@ def drivers(dtype, n_assets):
     return (), {"last_ret": jnp.linspace(-2e-3, 1e-3, n_assets).astype(dtype)}
 
 
+def test_size_cap_truncates_the_law(seed):
+    """Capped sizes: the largest of n is the maximum of n Pareto sizes conditioned on X <= cap
+    (its CDF (F(x) / F(cap))^n checked by Kolmogorov-Smirnov), never above the cap, and the mean
+    size is the truncated mean of expected_size (within 4 SE)."""
+    from scipy import stats
+
+    cap, tail, xm, n_draws = 4.0, 1.5, 0.5, 200_000
+    u = rng.uniform(rng.key(seed), (n_draws,), jnp.float64)
+    for n in (1.0, 3.0):
+        total, largest = dist.pareto_sum(u, jnp.full(u.shape, n), jnp.asarray(xm), jnp.asarray(tail), jnp.asarray(cap))
+        m = np.asarray(largest)
+        assert m.max() <= cap * (1 + 1e-12) and m.min() >= xm
+        f_cap = 1 - (xm / cap) ** tail
+        cdf = lambda x: ((1 - (xm / np.asarray(x)) ** tail) / f_cap) ** n  # noqa: E731
+        assert stats.kstest(m, cdf).pvalue > 1e-3
+        if n == 1.0:
+            p = liq.LiqParams(alpha=0.0, beta=BETA, size_scale=xm, size_tail=tail, size_cap=cap)
+            se = m.std() / np.sqrt(n_draws)
+            assert abs(m.mean() - float(liq.expected_size(p))) < 4 * se
+    # No cap (inf) gives exactly the uncapped values.
+    a = dist.pareto_sum(u, jnp.full(u.shape, 3.0), jnp.asarray(xm), jnp.asarray(tail))
+    b = dist.pareto_sum(u, jnp.full(u.shape, 3.0), jnp.asarray(xm), jnp.asarray(tail), jnp.asarray(np.inf))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_size_cap_lowers_the_branching_ratio_and_is_validated():
+    base = dict(alpha=0.2, beta=BETA, size_scale=X_M, size_tail=1.5)
+    uncapped = liq.LiqParams(**base)
+    capped = liq.LiqParams(**base, size_cap=5.0)
+    r = X_M / 5.0
+    want = 1.5 * X_M / 0.5 * (1 - r**0.5) / (1 - r**1.5)
+    assert float(liq.expected_size(capped)) == pytest.approx(want, rel=1e-12)
+    assert float(liq.branching_ratio(capped)) == pytest.approx(0.2 * want / BETA, rel=1e-12)
+    assert float(liq.branching_ratio(capped)) < float(liq.branching_ratio(uncapped))
+    # A cap makes an otherwise explosive cascade stable (a heavy tail's mean is in its largest sizes).
+    with pytest.raises(ValueError, match="branching ratio"):
+        liq.LiqParams(alpha=0.4, beta=BETA, size_scale=X_M, size_tail=1.5)
+    liq.LiqParams(alpha=0.4, beta=BETA, size_scale=X_M, size_tail=1.5, size_cap=3.0)
+    with pytest.raises(ValueError, match=r"LiqParams\.size_cap .*must be > size_scale"):
+        liq.LiqParams(**base, size_cap=X_M)
+
+
 def test_contract():
     p = liq.LiqParams(mu_long=np.array([0.5, 0.2]), mu_short=np.array([0.3, 0.4]), alpha=np.array([0.3, 0.01]),
                       alpha_cross=np.array([0.1, 0.005]), beta=BETA, size_scale=np.array([X_M, 10.0]), size_tail=TAIL,
