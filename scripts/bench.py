@@ -165,7 +165,7 @@ def main() -> None:
         device_sets.append((f"{len(jax.local_devices())} cores", jax.local_devices()))
     quick = a.quick
     repeat = a.repeat or (2 if quick else 3)
-    n_as = 20_000 if quick else 100_000
+    n_as = 65_536 if quick else 131_072
     n_cs = 16_384 if quick else 65_536
     cs_steps = 50 if quick else 200
     as_chunks = [None] if quick else [None, 65_536]
