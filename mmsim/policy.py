@@ -89,6 +89,9 @@ class PolicyParams:
         pull_margin_ratio: below this margin ratio only the side that reduces |position| is quoted.
         band_min_frac, band_max_frac: validate_quote's spread band, fractions of mid (spec: 1 and 500 bps).
         kind: "spec", "as2008", "symmetric" or "glft" (static).
+        cascade_keep_reducing: spec policy on a severe cascade: False (the spec) pulls both sides;
+            True pulls only the side that would add to |position| and keeps quoting the one that
+            reduces it (both pulled when flat) (static).
     """
 
     gamma: jax.Array | float = 0.01
@@ -109,6 +112,7 @@ class PolicyParams:
     band_min_frac: jax.Array | float = 0.0
     band_max_frac: jax.Array | float = 0.05
     kind: str = static_field(default="spec")
+    cascade_keep_reducing: bool = static_field(default=False)
 
     def validate(self) -> None:
         c = Check(self)
@@ -259,11 +263,17 @@ def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
     bsz = jnp.maximum(bsz, 0.0)
     asz = jnp.maximum(asz, 0.0)
     active = jnp.broadcast_to(x.ready, x.mid.shape) & (x.mid > 0)
-    if p.kind == "spec":
-        active = active & ~x.pull_cascade
     near_liq = x.margin_ratio < p.pull_margin_ratio
-    bid_on = active & ~(near_liq & (x.position >= 0))
-    ask_on = active & ~(near_liq & (x.position <= 0))
+    # Only the side that reduces |position| stays (none when flat): near liquidation, and on a
+    # severe cascade when the spec policy is told to keep reducing.
+    reduce_only = near_liq
+    if p.kind == "spec":
+        if p.cascade_keep_reducing:
+            reduce_only = reduce_only | x.pull_cascade
+        else:
+            active = active & ~x.pull_cascade
+    bid_on = active & ~(reduce_only & (x.position >= 0))
+    ask_on = active & ~(reduce_only & (x.position <= 0))
     qt = Quote(bid, ask, bsz, asz, bid_on, ask_on)
     bid_ok, ask_ok = dist.materialise_small(validate_quote(p, qt, x.mid))   # computed once, not per field
     zero = jnp.zeros_like(bid)

@@ -47,7 +47,8 @@ def inputs(**kw) -> pol.PolicyInputs:
 def params(**kw) -> pol.PolicyParams:
     """PolicyParams with float64 leaves (same pytree types every call: no retrace)."""
     p = pol.PolicyParams(**kw)
-    leaves = {f.name: np.asarray(getattr(p, f.name), np.float64) for f in dataclasses.fields(p) if f.name != "kind"}
+    leaves = {f.name: np.asarray(getattr(p, f.name), np.float64) for f in dataclasses.fields(p)
+              if not f.metadata.get("static")}
     return dataclasses.replace(p, **leaves)
 
 
@@ -247,6 +248,28 @@ def test_pull_cascade_not_ready_and_dead_mid_pull_every_quote():
     # Only the spec policy reacts to the cascade flag.
     out = quote(params(kind="symmetric"), inputs(pull_cascade=True))
     assert out["bid_active"].all() and out["ask_active"].all()
+
+
+def test_spec_cascade_keep_reducing_quotes_only_the_reducing_side():
+    """cascade_keep_reducing: on a severe cascade a long keeps its ask, a short its bid, flat
+    pulls both; without a cascade nothing changes."""
+    p = params(**SPEC, cascade_keep_reducing=True)
+    own = jax.jit(lambda p, x: pol.quote(p, x))   # its own cache (the shared one counts compilations)
+
+    def quote(p, x):
+        return {f: np.asarray(v) for f, v in own(p, x)._asdict().items()}
+
+    out = quote(p, inputs(pull_cascade=True, position=[2.0, -2.0]))
+    np.testing.assert_array_equal(out["bid_active"], [False, True])
+    np.testing.assert_array_equal(out["ask_active"], [True, False])
+    assert out["ask_size"][0] > 0 and out["bid_size"][1] > 0
+    assert out["bid_size"][0] == 0.0 and out["ask_size"][1] == 0.0
+    out = quote(p, inputs(pull_cascade=True, position=0.0))
+    assert not out["bid_active"].any() and not out["ask_active"].any()
+    calm = quote(p, inputs(position=[2.0, -2.0]))
+    spec = quote(params(**SPEC), inputs(position=[2.0, -2.0]))
+    for f in calm:
+        np.testing.assert_array_equal(calm[f], spec[f])
 
 
 @pytest.mark.parametrize("kind", pol.POLICIES)
