@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from mmsim import account, engine, market, policy, rng
+from mmsim.simulate import _as_leaves
 from mmsim.processes import adverse_selection as adv
 from mmsim.processes import correlation as corr
 from mmsim.processes import funding as fund
@@ -29,19 +30,6 @@ from mmsim.processes import order_flow as flow
 from mmsim.processes import price as px
 from mmsim.processes import spread as spr
 from mmsim.processes import volatility as vol
-
-
-def as_leaves(tree, dtype):
-    """Float leaves (Python floats too) as arrays of ``dtype``: traced, not constants, under jit."""
-
-    def conv(x):
-        if isinstance(x, bool) or (hasattr(x, "dtype") and x.dtype == bool):
-            return jnp.asarray(x)
-        if isinstance(x, (int, float)) or (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)):
-            return jnp.asarray(x, dtype)
-        return jnp.asarray(x)
-
-    return jax.tree_util.tree_map(conv, tree)
 
 
 def bench(name, init_fn, step_fn, params, n_paths, n_steps, repeat):
@@ -77,7 +65,7 @@ def main() -> None:
     dt_ = jnp.dtype(a.dtype)
     mp = market.default_params()
     ep = engine.EngineParams(policy=policy.PolicyParams(), account=account.AccountParams())
-    params = as_leaves((mp, ep), dt_)
+    params = _as_leaves((mp, ep), dt_)
     n = mp.n_assets
     dt = 1.0
     z = jnp.zeros((n,), dt_)
