@@ -126,16 +126,6 @@ def pareto(u: jax.Array, scale: jax.Array, tail: jax.Array) -> jax.Array:
     return scale * jnp.exp(-jnp.log(u) / tail)
 
 
-def pareto_truncated_mean(scale: jax.Array, tail: jax.Array, upper: jax.Array) -> jax.Array:
-    """E[X | X <= upper] for X ~ Pareto(scale, tail), tail != 1 (upper >= scale)."""
-    r = jnp.clip(scale / upper, 0.0, 1.0)
-    num = 1.0 - r ** (tail - 1.0)
-    den = 1.0 - r**tail
-    safe = den > 1e-12
-    mean = tail * scale / (tail - 1.0) * num / jnp.where(safe, den, 1.0)
-    return jnp.where(safe, mean, scale)
-
-
 def pareto_sum(u: jax.Array, n: jax.Array, scale: jax.Array, tail: jax.Array,
                cap: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Total and largest of ``n`` i.i.d. Pareto(scale, tail) sizes from one uniform, each size
@@ -160,8 +150,8 @@ def pareto_sum(u: jax.Array, n: jax.Array, scale: jax.Array, tail: jax.Array,
         below = (1.0 - p_c) * below
     g = jnp.exp(-jnp.log(tail_prob) * (1.0 / tail))   # M / scale = tail_prob^{-1/tail}
     largest = scale * g
-    # E[X | X <= M] of pareto_truncated_mean with r = scale / M = 1/g, r^tail = tail_prob and
-    # r^(tail - 1) = tail_prob g: no powers and no division by M.
+    # E[X | X <= M] = tail scale / (tail - 1) (1 - r^(tail - 1)) / (1 - r^tail) with r = scale / M
+    # = 1/g, r^tail = tail_prob and r^(tail - 1) = tail_prob g: no powers and no division by M.
     num = 1.0 - tail_prob * g
     safe = below > 1e-12
     mean = jnp.where(safe, (tail * scale / (tail - 1.0)) * num / jnp.where(safe, below, 1.0), scale)

@@ -89,8 +89,7 @@ def fold_in(k: jax.Array, data: Any) -> jax.Array:
 
 def bits(k: jax.Array, n: int) -> jax.Array:
     """``n`` uint64 words from key ``k``; shape ``k.shape + (n,)``."""
-    i = jnp.arange(1, n + 1, dtype=jnp.uint64)
-    return mix64(jnp.asarray(k, jnp.uint64)[..., None] + i * GOLDEN)
+    return _word(k, np.arange(n))
 
 
 def uniform(k: jax.Array, shape: tuple[int, ...] = (), dtype: Any = jnp.float32) -> jax.Array:

@@ -243,9 +243,9 @@ def use_cpu_cores(n: int | None = None) -> int:
     """Split the host CPU into ``n`` JAX devices (default: one per core this process may use), so
     that :func:`simulate`, which shards paths over all local devices, runs on every core.
 
-    XLA's CPU backend runs one compiled program on one thread; paths are independent, so one
-    device per core gives close to a core's worth of throughput each (measured in
-    experiments/PERFORMANCE.md). Call it before JAX's first computation: afterwards the device
+    XLA's CPU backend runs a compiled program mostly on one thread (a few large loops use more);
+    paths are independent, so one device per core puts every core to work (2 devices on 2 cores:
+    as2008 +50-70 %, cascade_stress, which already used 1.8 cores, +20 %; experiments/PERFORMANCE.md). Call it before JAX's first computation: afterwards the device
     count is fixed and this does nothing. It also does nothing when ``XLA_FLAGS`` already sets
     ``--xla_force_host_platform_device_count``. Returns the number of CPU devices in use.
     """
