@@ -1,10 +1,10 @@
 """Reductions and look-ups over short, static axes, written out element by element.
 
 The estimators keep small per-path tables (a spread histogram, pending adverse-selection slots,
-regime parameters). Under ``vmap`` over many paths, XLA's CPU backend compiles a reduction over
+regime parameters), and the volatility process picks its regime's row of per-regime tables. Under ``vmap`` over many paths, XLA's CPU backend compiles a reduction over
 such a short trailing axis (``jnp.sum(x, axis=-1)`` with 8 or 24 entries), or a gather with a
 per-path index, into a separate kernel (for large batches, a library call that fuses nothing),
-which cost more than the rest of the estimator. A chain of elementwise adds and selects over the
+which cost more than the rest of the step's arithmetic. A chain of elementwise adds and selects over the
 slices instead fuses with the arithmetic around it. The results are the same up to the order of
 floating-point additions (exactly the same for counts, ``all``, ``argmin`` and look-ups).
 """

@@ -1,10 +1,10 @@
-"""The element-by-element reductions of :mod:`mmsim.estimators._small` against jax.numpy's."""
+"""The element-by-element reductions of :mod:`mmsim._small` against jax.numpy's."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmsim.estimators import _small
+from mmsim import _small
 
 
 def test_reductions_match_jax_numpy():

@@ -52,10 +52,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mmsim import _small
 from mmsim import distributions as dist
 from mmsim import observation as _obs
 from mmsim._pytree import Check, pytree_dataclass, static_field
-from mmsim.estimators import _small
 
 MAX_SLOTS = 16
 

@@ -45,9 +45,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmsim import _small
 from mmsim import distributions as dist
 from mmsim._pytree import Check, pytree_dataclass, static_field
-from mmsim.estimators import _ewma, _small
+from mmsim.estimators import _ewma
 
 #: Default fair-spread multipliers of the volatility regimes low, normal, high, extreme.
 DEFAULT_REGIME_MULT = (0.8, 1.0, 1.5, 3.0)

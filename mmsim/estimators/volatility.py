@@ -55,8 +55,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmsim import _small
 from mmsim._pytree import Check, pytree_dataclass, static_field
-from mmsim.estimators import _ewma, _small
+from mmsim.estimators import _ewma
 
 #: Flat windows (seconds) of the realized variances rv_1m, rv_5m, rv_1h.
 RV_WINDOWS_S = (60.0, 300.0, 3600.0)

@@ -71,6 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import log_ndtr
 
+from mmsim import _small
 from mmsim import distributions as dist
 from mmsim import rng
 from mmsim._pytree import Check, pytree_dataclass, static_field
@@ -455,18 +456,10 @@ def _qe(v, z, kappa, theta, xi, dt, psi_c):
     return _qe_from_moments(m, s2, z, psi_c)
 
 
-def _at(x, r, dtype=None):
-    """Row ``r`` (traced int in [0, R)) of a per-regime (R,) or (R, A) table (in ``dtype`` if given).
-
-    A chain of selects rather than a gather: it fuses with the arithmetic around it (a gather of a
-    per-path index is a separate, slower loop on CPU) and gives the same values."""
-    x = jnp.asarray(x)
-    if dtype is not None:
-        x = x.astype(dtype)
-    out = x[0]
-    for j in range(1, x.shape[0]):
-        out = jnp.where(r == j, x[j], out)
-    return out
+def _at(x, r):
+    """Row ``r`` (traced int in [0, R)) of a per-regime (R,) or (R, A) table: a chain of selects
+    (:func:`mmsim._small.take_last` over the regime axis), not a gather."""
+    return _small.take_last(jnp.moveaxis(jnp.asarray(x), 0, -1), r)
 
 
 def _bc(x, n_a, dtype):
