@@ -467,6 +467,25 @@ def _check_assets(mp, ep) -> None:
     _require(shape in ((), (a,)), "engine.tick", f"has shape {shape}: must be a scalar or ({a},)")
 
 
+def _sized_adverse_slots(cfg, ep, dt: float):
+    """``ep`` with the adverse-selection estimator's pending slots sized for steps of ``dt``
+    seconds, unless ``engine.adverse.n_slots`` is given. A fill is measured ``horizon_s`` after
+    it, at the first step at or after that time, and each step records at most one fill event per
+    side, so at most ``ceil(horizon_s / dt)`` measurements are pending (one more is kept against
+    rounding of the step times): no measurement is ever dropped, and no slot is carried that can
+    never be used (each slot is state of every path, updated every step). Live trading, whose
+    observations are irregular, keeps the estimator's default."""
+    from mmsim.estimators import adverse_selection as e_adv
+
+    given = (_section(cfg, "engine").get("adverse") or {}).get("n_slots")
+    if given is not None or ep.lite:   # lite: the estimator does not run
+        return ep
+    horizon = float(np.max(np.asarray(ep.adverse.horizon_s, dtype=float)))
+    need = int(math.ceil(horizon / dt - 1e-9)) + 1
+    slots = min(e_adv.MAX_SLOTS, max(1, need))
+    return dataclasses.replace(ep, adverse=dataclasses.replace(ep.adverse, n_slots=slots))
+
+
 def build(cfg):
     """Config > ``(world, market_params, engine_params, sim_settings)``, everything validated on
     the host (see the module docstring). Raises :class:`ConfigError`."""
@@ -476,6 +495,7 @@ def build(cfg):
     world, mp = market_params(cfg)
     ep = engine_params(cfg, mp, world)
     _check_assets(mp, ep)
+    ep = _sized_adverse_slots(cfg, ep, sim.dt)
     if world == "as2008":
         _require(ep.lite, "engine.lite", "must be true in the as2008 world (it has no flow, spread or "
                                          "liquidation observations for the estimators); use engine=lite")

@@ -138,6 +138,19 @@ def test_as2008_needs_the_lite_engine():
         mcfg.build(make_cfg("experiment=as2008", "engine=default"))
 
 
+def test_adverse_slots_sized_from_the_step():
+    """Unless given, the adverse-selection estimator keeps ceil(horizon / dt) + 1 pending slots."""
+    ep = mcfg.build(make_cfg("experiment=cascade_stress"))[2]           # horizon 1 s, dt 1 s
+    assert ep.adverse.n_slots == 2
+    ep = mcfg.build(make_cfg("experiment=cascade_stress", "sim.dt_s=0.25", "sim.horizon_s=100"))[2]
+    assert ep.adverse.n_slots == 5
+    ep = mcfg.build(make_cfg("experiment=cascade_stress", "sim.dt_s=0.01", "sim.horizon_s=1"))[2]
+    assert ep.adverse.n_slots == 16                                      # capped at MAX_SLOTS
+    ep = mcfg.build(make_cfg("experiment=cascade_stress", "+engine.adverse.n_slots=7"))[2]
+    assert ep.adverse.n_slots == 7                                       # an explicit value wins
+    assert mcfg.engine_params(make_cfg("experiment=cascade_stress")).adverse.n_slots == 8   # live: default
+
+
 def write_best(path: Path, policy: dict, **extra) -> Path:
     body = {"policy": policy, "market": "btcusdt", "constraints": {"p_liquidation_max": 1e-3},
             "validation": {"n_paths": 10000}, "feasible": True, **extra}

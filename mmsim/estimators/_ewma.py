@@ -7,11 +7,13 @@ import math
 import jax
 import jax.numpy as jnp
 
+from mmsim.distributions import expm1
+
 
 def weight(dt: jax.Array, half_life: jax.Array | float) -> jax.Array:
     """Weight of a new observation after ``dt`` seconds for an EWMA of half-life ``half_life`` seconds:
     ``1 - 2^(-dt / half_life)`` (irregular feed intervals are handled exactly)."""
-    return -jnp.expm1(-math.log(2.0) * dt / half_life)
+    return -expm1(-math.log(2.0) * dt / half_life)
 
 
 def update(old: jax.Array, new: jax.Array, dt: jax.Array, half_life: jax.Array | float,

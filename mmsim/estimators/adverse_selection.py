@@ -52,7 +52,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mmsim import _small
 from mmsim import distributions as dist
 from mmsim import observation as _obs
 from mmsim._pytree import Check, pytree_dataclass, static_field
@@ -98,9 +97,16 @@ class AdverseSelectionEstParams:
 
 
 class AdverseSelectionEst(NamedTuple):
-    slot_price: jax.Array    # (A, 2, S) mid at the fill, price; side 0 = bid (we bought), 1 = ask
-    slot_due: jax.Array      # (A, 2, S) time at which to measure, seconds
-    slot_live: jax.Array     # (A, 2, S) bool: the slot holds a pending measurement
+    """Estimator state. The pending measurements are kept slot by slot, ``pending_*[side][j]``
+    of shape (A,) (side 0 = bid, we bought; 1 = ask; slot j < n_slots): per-path arrays of the
+    path shape vectorise over a batch of paths, where an (A, 2, S) table with its short trailing
+    axes does not (under ``vmap`` over paths on a CPU it cost a tenth of the whole model step,
+    experiments/PERFORMANCE.md). ``slot_price``, ``slot_due`` and ``slot_live`` give the
+    stacked (A, 2, S) view."""
+
+    pending_price: tuple     # [side][slot] (A,) mid at the fill, price
+    pending_due: tuple       # [side][slot] (A,) time at which to measure, seconds
+    pending_live: tuple      # [side][slot] (A,) bool: the slot holds a pending measurement
     realized_bid: jax.Array  # (A,) mean adverse move after bid fills, fraction of mid
     realized_ask: jax.Array  # (A,) mean adverse move after ask fills, fraction of mid
     weight_bid: jax.Array    # (A,) decayed number of bid measurements behind realized_bid
@@ -108,14 +114,34 @@ class AdverseSelectionEst(NamedTuple):
     alpha: jax.Array         # (A,) probability that the next trade is informed
     dropped: jax.Array       # (A,) int32: fills whose measurement overwrote a pending one
 
+    @property
+    def slot_price(self) -> jax.Array:
+        """(A, 2, S) mid at the fill, price."""
+        return _stacked(self.pending_price)
+
+    @property
+    def slot_due(self) -> jax.Array:
+        """(A, 2, S) time at which to measure, seconds."""
+        return _stacked(self.pending_due)
+
+    @property
+    def slot_live(self) -> jax.Array:
+        """(A, 2, S) bool: the slot holds a pending measurement."""
+        return _stacked(self.pending_live)
+
+
+def _stacked(slots) -> jax.Array:
+    return jnp.stack([jnp.stack(side, axis=-1) for side in slots], axis=1)
+
 
 def init(params: AdverseSelectionEstParams, n_assets: int, dtype=jnp.float32) -> AdverseSelectionEst:
     """No pending fills, no measurement, alpha = sigmoid(beta_0)."""
-    s = (n_assets, 2, params.n_slots)
     z = jnp.zeros((n_assets,), dtype)
+    never = jnp.zeros((n_assets,), bool)
+    per_slot = lambda x: tuple(tuple(x for _ in range(params.n_slots)) for _ in range(2))  # noqa: E731
     a0 = jnp.broadcast_to(jax.nn.sigmoid(jnp.asarray(params.beta_0).astype(dtype)), (n_assets,))
     return AdverseSelectionEst(
-        slot_price=jnp.zeros(s, dtype), slot_due=jnp.zeros(s, dtype), slot_live=jnp.zeros(s, bool),
+        pending_price=per_slot(z), pending_due=per_slot(z), pending_live=per_slot(never),
         realized_bid=z, realized_ask=z, weight_bid=z, weight_ask=z, alpha=a0.astype(dtype),
         dropped=jnp.zeros((n_assets,), jnp.int32))
 
@@ -153,54 +179,81 @@ def update(params: AdverseSelectionEstParams, state: AdverseSelectionEst, obs: _
     """
     dtype = state.realized_bid.dtype
     cast = lambda x: jnp.asarray(x).astype(dtype)  # noqa: E731
-    n_a, _, n_s = state.slot_price.shape
+    n_a = state.realized_bid.shape[0]
+    n_s = len(state.pending_live[0])
     t = cast(obs.t)
     dt = jnp.maximum(cast(obs.dt), 0.0)
     mid = cast(obs.mid)
     mid_ok = obs.book_valid & (mid > 0.0) & jnp.isfinite(mid)
+    d = jnp.broadcast_to(jnp.exp2(-dt / cast(params.as_half_life_s)), (n_a,))
+    due_at = jnp.broadcast_to(t + cast(params.horizon_s), (n_a,))
+    fills = ((obs.fill_bid_size, obs.fill_bid_price), (obs.fill_ask_size, obs.fill_ask_price))
+    olds = ((state.weight_bid, state.realized_bid), (state.weight_ask, state.realized_ask))
 
-    # 1. Measure the due slots.
-    due = state.slot_live & (state.slot_due <= t) & mid_ok[:, None, None]
-    ref = jnp.where(due, state.slot_price, 1.0)
-    move = (mid[:, None, None] - ref) / ref                      # (A, 2, S) fraction of mid
-    sign = jnp.asarray([-1.0, 1.0], dtype)[None, :, None]        # bid: the mid falling is adverse
-    meas = jnp.where(due, sign * move, 0.0)
-    due, meas = dist.materialise((due, meas))    # several consumers each: computed once
-    k = _small.sum_last(due.astype(dtype))                       # (A, 2) measurements
-    ssum = _small.sum_last(meas)                                 # (A, 2)
-    d = jnp.exp2(-dt / cast(params.as_half_life_s))
-    d = jnp.broadcast_to(d, (n_a,))
-    w_old = jnp.stack([state.weight_bid, state.weight_ask], axis=1) * d[:, None]
-    r_old = jnp.stack([state.realized_bid, state.realized_ask], axis=1)
-    w_new = w_old + k
-    r_new = jnp.where(k > 0, (w_old * r_old + ssum) / jnp.where(w_new > 0, w_new, 1.0), r_old)
-    live = state.slot_live & ~due
+    # 1. Measure the due slots (a falling mid is adverse after a bid fill: sign -1).
+    lives, counts, sums = [], [], []
+    for side, sign in ((0, -1.0), (1, 1.0)):
+        price_s, due_s, live_s = state.pending_price[side], state.pending_due[side], state.pending_live[side]
+        k = jnp.zeros((n_a,), dtype)
+        ssum = jnp.zeros((n_a,), dtype)
+        live = []
+        for j in range(n_s):
+            due_j = live_s[j] & (due_s[j] <= t) & mid_ok
+            ref = jnp.where(due_j, price_s[j], 1.0)
+            k = k + due_j.astype(dtype)
+            ssum = ssum + jnp.where(due_j, sign * ((mid - ref) / ref), 0.0)
+            live.append(live_s[j] & ~due_j)
+        lives.append(tuple(live))
+        counts.append(k)
+        sums.append(ssum)
+    # Each slot's update below reads every slot's liveness: computed once, not once per consumer.
+    lives = dist.materialise(tuple(lives))
 
-    # 2. Record this observation's fills (one event per side), oldest slot if none is free.
-    sizes = jnp.stack([cast(obs.fill_bid_size), cast(obs.fill_ask_size)], axis=1)      # (A, 2)
-    fprice = jnp.stack([cast(obs.fill_bid_price), cast(obs.fill_ask_price)], axis=1)
-    at = jnp.where(mid_ok[:, None], mid[:, None], fprice)
-    new_fill = obs.fills_valid[:, None] & (sizes > 0.0) & (at > 0.0) & jnp.isfinite(at)
-    score = jnp.where(live, state.slot_due, -jnp.inf)
-    slot = _small.argmin_last(score)                             # (A, 2): free first, else oldest
-    # Computed once: broadcast back over the slots below, XLA would redo the search per slot.
-    slot = dist.materialise(slot)
-    full = _small.all_last(live)
-    pick = (jnp.arange(n_s)[None, None, :] == slot[:, :, None]) & new_fill[:, :, None]
-    h = cast(params.horizon_s)
-    due_at = jnp.broadcast_to(t + h, (n_a,))[:, None, None]
-    slot_price = jnp.where(pick, at[:, :, None], state.slot_price)
-    slot_due = jnp.where(pick, due_at, state.slot_due)
-    live = live | pick
-    dropped = state.dropped + _small.sum_last((new_fill & full).astype(jnp.int32))
+    # 2. Record this observation's fill event per side into the first free slot, else the oldest
+    # pending one (the first of the earliest due times).
+    slots, fulls, new_fills, ats = [], [], [], []
+    for side, (size, fprice) in enumerate(fills):
+        live, due_s = lives[side], state.pending_due[side]
+        size, fprice = cast(size), cast(fprice)
+        at = jnp.where(mid_ok, mid, fprice)
+        new_fills.append(obs.fills_valid & (size > 0.0) & (at > 0.0) & jnp.isfinite(at))
+        ats.append(at)
+        best = jnp.where(live[0], due_s[0], -jnp.inf)
+        slot = jnp.zeros((n_a,), jnp.int32)
+        full = live[0]
+        for j in range(1, n_s):
+            score = jnp.where(live[j], due_s[j], -jnp.inf)
+            better = score < best
+            slot = jnp.where(better, j, slot)
+            best = jnp.where(better, score, best)
+            full = full & live[j]
+        slots.append(slot)
+        fulls.append(full)
+    slots = dist.materialise(tuple(slots))
+
+    prices, dues, new_lives, weights, realized = [], [], [], [], []
+    dropped = state.dropped
+    for side in range(2):
+        price_s, due_s, live = state.pending_price[side], state.pending_due[side], lives[side]
+        pick = [(slots[side] == j) & new_fills[side] for j in range(n_s)]
+        prices.append(tuple(jnp.where(pick[j], ats[side], price_s[j]).astype(dtype) for j in range(n_s)))
+        dues.append(tuple(jnp.where(pick[j], due_at, due_s[j]).astype(dtype) for j in range(n_s)))
+        new_lives.append(tuple(live[j] | pick[j] for j in range(n_s)))
+        dropped = dropped + (new_fills[side] & fulls[side]).astype(jnp.int32)
+        w_old, r_old = olds[side]
+        w_old = w_old * d
+        w_new = w_old + counts[side]
+        k, ssum = counts[side], sums[side]
+        realized.append(jnp.where(k > 0, (w_old * r_old + ssum) / jnp.where(w_new > 0, w_new, 1.0), r_old))
+        weights.append(w_new)
 
     # 3. Alpha.
     alpha = predict_alpha(params, funding_divergence, vol_surprise, flow_imbalance,
                           liq_intensity_ratio, dtype)
     return AdverseSelectionEst(
-        slot_price=slot_price.astype(dtype), slot_due=slot_due.astype(dtype), slot_live=live,
-        realized_bid=r_new[:, 0].astype(dtype), realized_ask=r_new[:, 1].astype(dtype),
-        weight_bid=w_new[:, 0].astype(dtype), weight_ask=w_new[:, 1].astype(dtype),
+        pending_price=tuple(prices), pending_due=tuple(dues), pending_live=tuple(new_lives),
+        realized_bid=realized[0].astype(dtype), realized_ask=realized[1].astype(dtype),
+        weight_bid=weights[0].astype(dtype), weight_ask=weights[1].astype(dtype),
         alpha=jnp.broadcast_to(alpha, (n_a,)).astype(dtype), dropped=dropped)
 
 

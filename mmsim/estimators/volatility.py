@@ -56,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmsim import _small
+from mmsim import distributions as dist
 from mmsim._pytree import Check, pytree_dataclass, static_field
 from mmsim.estimators import _ewma
 
@@ -187,7 +188,7 @@ def update(params: VolEstParams, state: VolEst, obs, log_ret: jax.Array,
 
     # RiskMetrics weight and the realized-variance weights, stacked (4, A).
     lam = jnp.asarray(params.ewma_lambda, dtype)
-    w_rm = -jnp.expm1(dt_safe / jnp.asarray(params.ewma_interval_s, dtype) * jnp.log(lam))
+    w_rm = -dist.expm1(dt_safe / jnp.asarray(params.ewma_interval_s, dtype) * jnp.log(lam))
     w_rv = [_ewma.weight(dt_safe, jnp.asarray(_ewma.window_half_life(win), dtype)) for win in RV_WINDOWS_S]
     w = jnp.stack([w_rm] + w_rv)
     old = jnp.stack([state.var, state.rv_1m, state.rv_5m, state.rv_1h])
@@ -251,7 +252,7 @@ def sigma_for_horizon(params: VolEstParams, state: VolEst, horizon_s: jax.Array 
     h = jnp.maximum(jnp.asarray(horizon_s, dtype), 0.0)
     xk = kappa * h
     pos = xk > 0
-    frac = jnp.where(pos, -jnp.expm1(-xk) / jnp.where(pos, xk, 1.0), 1.0)
+    frac = jnp.where(pos, -dist.expm1(-xk) / jnp.where(pos, xk, 1.0), 1.0)
     v = theta + (state.var - theta) * frac
     return jnp.sqrt(jnp.maximum(v, jnp.asarray(params.min_var, dtype)))
 

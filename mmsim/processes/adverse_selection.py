@@ -146,7 +146,7 @@ def step(key: jax.Array, state: ASState, params: ASParams, dt: float, *,
     shock = jnp.maximum(jnp.asarray(funding_shock).astype(dtype), 0.0)
     # Fraction of the distance to 1 closed by the events: 1 - exp(-x), exactly 0 without events.
     x = _p(params.jump_liq, dtype) * n_liq + _p(params.jump_funding, dtype) * shock
-    a = jnp.minimum(a + (1.0 - a) * -jnp.expm1(-x), 1.0).astype(dtype)
+    a = jnp.minimum(a + (1.0 - a) * -dist.expm1(-x), 1.0).astype(dtype)
     a = dist.materialise(jnp.broadcast_to(a, (n_a,)))   # feeds every order-flow count: computed once
     return ASState(alpha=a), ASInfo(alpha=a)
 

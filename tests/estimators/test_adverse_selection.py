@@ -115,6 +115,28 @@ def test_full_slots_overwrite_the_oldest_and_count():
     assert int(s.slot_live[0, 0].sum()) == 1
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_sized_slots_drop_nothing_at_a_fixed_step(dtype):
+    """Steps of dt with fills on both sides at every step: ceil(horizon / dt) + 1 slots (what the
+    simulator's config gives) measure every fill but the last few, and drop none; one slot fewer
+    than the pending count would drop."""
+    for horizon, dt in ((1.0, 1.0), (1.0, 0.25), (0.7, 0.3)):
+        n = int(np.ceil(horizon / dt - 1e-9)) + 1
+        for slots, drops in ((n, False), (n - 2, True)):
+            if slots < 1:
+                continue
+            p = asel.AdverseSelectionEstParams(horizon_s=horizon, as_half_life_s=1e12, n_slots=slots)
+            s = asel.init(p, 1, dtype)
+            for i in range(1, 41):
+                s = step(p, s, dtype, t=np.float32(i * dt), dt=dt, mid=100.0 + i, fill_bid_size=1.0,
+                         fill_bid_price=100.0 + i, fill_ask_size=1.0, fill_ask_price=100.0 + i)
+            assert (int(s.dropped[0]) > 0) == drops, (horizon, dt, slots)
+            if not drops:   # every fill older than the horizon was measured on both sides
+                measured = sum(1 for i in range(1, 41) if (i * dt) + horizon <= 40 * dt + 1e-6)
+                assert float(s.weight_bid[0]) == pytest.approx(measured, rel=1e-6)
+                assert float(s.weight_ask[0]) == pytest.approx(measured, rel=1e-6)
+
+
 def test_measurement_waits_for_a_valid_book_and_masks():
     s = asel.init(P, 2, jnp.float64)
     o = obs_of(jnp.float64, 2, t=0.0, dt=1.0, mid=100.0, book_valid=True, fill_bid_size=1.0,
@@ -158,7 +180,7 @@ def test_no_nan_without_fills_and_on_edge_cases(dtype):
                dict(t=3.0, dt=1e-30, book_valid=True, mid=100.0, fills_valid=True, fill_ask_size=1.0),
                dict(t=1e6, dt=1e6, book_valid=True, mid=1e5)):
         s = UPDATE(P, s, obs_of(dtype, 2, **kw), *zeros(2, dtype))
-        for leaf in s:
+        for leaf in jax.tree_util.tree_leaves(s):
             assert bool(jnp.all(jnp.isfinite(leaf))), kw
             if jnp.issubdtype(leaf.dtype, jnp.floating):
                 assert leaf.dtype == dtype
@@ -204,7 +226,7 @@ def test_jit_vmap_equal_eager_and_dtype(dtype):
         for o in obs:
             s = asel.update(p, s, o, *drv)
         s_j, adj_j = jscan(_stack(obs))
-        for a, b, c in zip(s, s_j, s_v):
+        for a, b, c in zip(*(jax.tree_util.tree_leaves(x) for x in (s, s_j, s_v))):
             if jnp.issubdtype(a.dtype, jnp.floating):
                 assert a.dtype == b.dtype == c.dtype == dtype
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=tol, atol=1e-9)
