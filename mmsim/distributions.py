@@ -123,22 +123,27 @@ _EXPM1_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(9, 1, -1))
 _EXPM1_SERIES = 0.5
 
 
-def expm1(x: jax.Array) -> jax.Array:
+def expm1(x: jax.Array, exp_x: jax.Array | None = None) -> jax.Array:
     """``exp(x) - 1`` without cancellation near 0, as ``jnp.expm1`` but in float32 from operations
     that vectorise on a CPU: XLA's CPU backend computes ``expm1`` element by element, several times
     slower than ``exp``, and a per-path expm1 cost the composed model step a few percent
     (experiments/PERFORMANCE.md). For ``|x| < 1/2`` the Taylor series to ``x^9 / 9!`` (truncation
     below 1e-8 relative), else ``exp(x) - 1`` (no cancellation: |result| > 0.39); relative error
-    below 3e-7 over float32 (tests/test_distributions.py). float64 uses ``jnp.expm1``."""
+    below 3e-7 over float32 (tests/test_distributions.py). float64 uses ``jnp.expm1``.
+
+    ``exp_x``: ``exp(x)`` when the caller needs it too and has computed it (float32 only).
+    """
     x = jnp.asarray(x)
     if x.dtype != jnp.float32:
         return jnp.expm1(x)
+    if exp_x is None:
+        exp_x = jnp.exp(x)
     f = jnp.float32
     p = jnp.full_like(x, _EXPM1_TAYLOR[0])
     for c in _EXPM1_TAYLOR[1:]:
         p = f(c) + p * x
     series = x + (x * x) * p
-    return jnp.where(jnp.abs(x) < f(_EXPM1_SERIES), series, jnp.exp(x) - f(1.0))
+    return jnp.where(jnp.abs(x) < f(_EXPM1_SERIES), series, exp_x - f(1.0))
 
 
 def exponential(u: jax.Array, rate: jax.Array) -> jax.Array:
@@ -165,8 +170,10 @@ def pareto_sum(u: jax.Array, n: jax.Array, scale: jax.Array, tail: jax.Array,
     has = n > 0
     nn = jnp.where(has, n, 1.0)
     a = jnp.log(u) / nn
-    tail_prob = -expm1(a)                # 1 - u^{1/n}, computed without cancellation
-    below = jnp.exp(a)                   # u^{1/n} = F(M / scale) = 1 - tail_prob, accurately
+    # u^{1/n} = F(M / scale), and 1 - u^{1/n} without cancellation. exp(a) feeds both: stored
+    # once (XLA's CPU backend compiles a shared exp as a kernel of its own, element by element).
+    below = materialise_small(jnp.exp(a)) if a.dtype == jnp.float32 else jnp.exp(a)
+    tail_prob = -expm1(a, below)
     if cap is not None:
         # F(M) = F(cap) u^{1/n}: P(X > M) = p_c + F(cap) (1 - u^{1/n}), p_c = (scale / cap)^tail
         # (exactly the uncapped values when cap = inf).

@@ -153,7 +153,7 @@ def init(params: MarketParams, dtype=jnp.float32) -> WorldState:
 
 def initial_book(world: WorldState, params: MarketParams) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(mid, best bid, best ask) of the initial state, before any step."""
-    mid = px.mid(world.price, params.price).astype(world.price.x.dtype)
+    mid = dist.materialise_small(px.mid(world.price, params.price).astype(world.price.x.dtype))
     sp = spr.book_spread(world.spread.s, mid, params.spread.tick)
     bid, ask = spr.best_bid_ask(mid, sp, params.spread.tick)
     return mid, bid.astype(mid.dtype), ask.astype(mid.dtype)
@@ -175,6 +175,9 @@ def step(key: jax.Array, world: WorldState, params: MarketParams, dt: float,
     started = world.t_index > 0
     bid0 = jnp.where(started, world.best_bid, bid0_init)
     ask0 = jnp.where(started, world.best_ask, ask0_init)
+    # The book feeds the fills, the observation and, through it, every estimator: each array is
+    # computed once (XLA would recompute exp(x) in every consumer).
+    bid0, ask0 = dist.materialise_small((bid0, ask0))
 
     corr_s, corr_i = corr.step(k["correlation"], world.correlation, params.correlation, dt, regime=regime)
     z_price, z_var = corr_i.z[0], corr_i.z[1]
@@ -202,13 +205,13 @@ def step(key: jax.Array, world: WorldState, params: MarketParams, dt: float,
     price_s, price_i = px.step(k["price"], world.price, params.price, dt, vol_i.int_var,
                                lev_shock=vol_i.lev_shock, resid_var=vol_i.resid_var, z=z_price,
                                funding_rate_per_s=fund_i.rate_per_s, impact=impact.astype(dtype))
-    mid = px.mid(price_s, params.price).astype(dtype)
+    mid = dist.materialise_small(px.mid(price_s, params.price).astype(dtype))
 
     spr_s, spr_i = spr.step(k["spread"], world.spread, params.spread, dt, sigma=jnp.sqrt(vol_i.v),
                             regime=regime, mid=mid, liq_volume=liq_i.vol_long + liq_i.vol_short)
     bid, ask = spr.best_bid_ask(mid, spr_i.spread, params.spread.tick)
 
-    bid, ask = bid.astype(dtype), ask.astype(dtype)
+    bid, ask = dist.materialise_small((bid.astype(dtype), ask.astype(dtype)))
 
     # Aggressive flow of the step: market orders plus forced liquidations.
     sell_vol = flow_i.vol_sell + liq_i.vol_long

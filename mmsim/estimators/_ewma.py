@@ -7,13 +7,15 @@ import math
 import jax
 import jax.numpy as jnp
 
-from mmsim.distributions import expm1
+from mmsim.distributions import expm1, materialise_small
 
 
 def weight(dt: jax.Array, half_life: jax.Array | float) -> jax.Array:
     """Weight of a new observation after ``dt`` seconds for an EWMA of half-life ``half_life`` seconds:
-    ``1 - 2^(-dt / half_life)`` (irregular feed intervals are handled exactly)."""
-    return -expm1(-math.log(2.0) * dt / half_life)
+    ``1 - 2^(-dt / half_life)`` (irregular feed intervals are handled exactly). Stored once: a
+    weight feeds several updates, and XLA's CPU backend would otherwise split its exp into a
+    kernel of its own, computed element by element."""
+    return materialise_small(-expm1(-math.log(2.0) * dt / half_life))
 
 
 def update(old: jax.Array, new: jax.Array, dt: jax.Array, half_life: jax.Array | float,
