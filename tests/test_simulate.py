@@ -122,6 +122,26 @@ def test_chunked_single_device_equals_unchunked_sharded():
     assert res["fills"] > 0
 
 
+USE_CORES_SCRIPT = textwrap.dedent("""
+    import json, jax
+    from mmsim.simulate import use_cpu_cores
+    n = use_cpu_cores(3)              # before the backend starts: three CPU devices
+    again = use_cpu_cores(1)          # afterwards the count is fixed: unchanged
+    print(json.dumps({"n": n, "again": again, "devices": len(jax.devices("cpu"))}))
+""")
+
+
+def test_use_cpu_cores_splits_the_host_before_the_backend_starts():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", USE_CORES_SCRIPT], env=env, cwd=root, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"n": 3, "again": 3, "devices": 3}
+    with pytest.raises(ValueError, match="CPU devices"):
+        sim.use_cpu_cores(0)
+
+
 def test_bad_input_fails_before_compiling():
     ep, mp = as2008_engine(), as2008.AS2008Params()
     for kw, field in ((dict(n_paths=-1), "n_paths"), (dict(n_paths=0), "n_paths"), (dict(n_steps=0), "n_steps"),

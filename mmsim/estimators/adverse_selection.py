@@ -13,7 +13,9 @@ a fixed array of ``n_slots`` slots per asset and side (``slot_price``, ``slot_du
 observation's mid, where the book is valid; a measurement due while the book is invalid waits for
 the next valid mid), then records the observation's fills into a free slot. If every slot is live
 the oldest pending measurement is overwritten and counted in ``dropped``; with the default 8 slots
-and a 1 s horizon that happens only with more than 8 fill events on one side within a second. An
+and a 1 s horizon that happens only with more than 8 fill events on one side within a second (the
+simulator's config sizes the slots from its fixed step instead, ``ceil(horizon_s / dt) + 1``, which
+can never drop: :func:`mmsim.config.build`). An
 observation's fills on one side are one fill event (one measurement), as the spec records one per
 fill message; the mid at the fill is the observation's mid (the spec's ``current_mid``), or the
 fill price where the book is not valid.
