@@ -1,8 +1,8 @@
 """The Monte Carlo simulator: the world and the engine in one ``lax.scan``, vmapped over paths,
 sharded over devices, run in chunks.
 
-One path (``_paths`` is written per path and vmapped): the engine quotes on the world's initial observation (t = 0), then each of
-``n_steps`` steps advances the world by ``dt`` seconds against the engine's resting quote
+One path (``_paths`` is written per path and vmapped): the engine quotes on the world's initial
+observation (t = 0), then each of ``n_steps`` steps advances the world by ``dt`` seconds against the engine's resting quote
 (``world.step(key_t, state, params, dt, quote)``), the engine reads the step's
 :class:`~mmsim.observation.Observation` and quotes again (``engine.step``), and the running risk
 metrics (:mod:`mmsim.risk`) are updated. Step ``t`` of path ``i`` draws from
@@ -251,7 +251,8 @@ def use_cpu_cores(n: int | None = None) -> int:
 
     XLA's CPU backend runs a compiled program mostly on one thread (a few large loops use more);
     paths are independent, so one device per core puts every core to work (2 devices on 2 cores:
-    as2008 +50-70 %, cascade_stress, which already used 1.8 cores, +20 %; experiments/PERFORMANCE.md). Call it before JAX's first computation: afterwards the device
+    as2008 +50-70 %, cascade_stress, which already used 1.8 cores, +20 %;
+    experiments/PERFORMANCE.md). Call it before JAX's first computation: afterwards the device
     count is fixed and this does nothing. It also does nothing when ``XLA_FLAGS`` already sets
     ``--xla_force_host_platform_device_count``. Returns the number of CPU devices in use.
     """

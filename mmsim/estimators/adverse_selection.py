@@ -54,6 +54,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mmsim import _small
 from mmsim import distributions as dist
 from mmsim import observation as _obs
 from mmsim._pytree import Check, pytree_dataclass, static_field
@@ -220,17 +221,8 @@ def update(params: AdverseSelectionEstParams, state: AdverseSelectionEst, obs: _
         at = jnp.where(mid_ok, mid, fprice)
         new_fills.append(obs.fills_valid & (size > 0.0) & (at > 0.0) & jnp.isfinite(at))
         ats.append(at)
-        best = jnp.where(live[0], due_s[0], -jnp.inf)
-        slot = jnp.zeros((n_a,), jnp.int32)
-        full = live[0]
-        for j in range(1, n_s):
-            score = jnp.where(live[j], due_s[j], -jnp.inf)
-            better = score < best
-            slot = jnp.where(better, j, slot)
-            best = jnp.where(better, score, best)
-            full = full & live[j]
-        slots.append(slot)
-        fulls.append(full)
+        slots.append(_small.argmin_of([jnp.where(live[j], due_s[j], -jnp.inf) for j in range(n_s)]))
+        fulls.append(_small.all_of(live))
     slots = dist.materialise(tuple(slots))
 
     prices, dues, new_lives, weights, realized = [], [], [], [], []
@@ -243,9 +235,9 @@ def update(params: AdverseSelectionEstParams, state: AdverseSelectionEst, obs: _
         new_lives.append(tuple(live[j] | pick[j] for j in range(n_s)))
         dropped = dropped + (new_fills[side] & fulls[side]).astype(jnp.int32)
         w_old, r_old = olds[side]
-        w_old = w_old * d
-        w_new = w_old + counts[side]
         k, ssum = counts[side], sums[side]
+        w_old = w_old * d
+        w_new = w_old + k
         realized.append(jnp.where(k > 0, (w_old * r_old + ssum) / jnp.where(w_new > 0, w_new, 1.0), r_old))
         weights.append(w_new)
 
