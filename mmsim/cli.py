@@ -108,15 +108,21 @@ def _live(argv: list[str]) -> int:
         print(f"mmsim live: the {world!r} world is a simulation model, not a venue; choose a market", file=sys.stderr)
         return EXIT_CONFIG
     print(f"mmsim live: {a.params} is valid (feasible: {best.get('feasible')}).")
+    from omegaconf import OmegaConf
+
     bm = best.get("market")
     if isinstance(bm, dict) and bm:
-        from omegaconf import OmegaConf
-
         here = OmegaConf.to_container(cfg.market, resolve=True)
         if bm != here:
             diff = sorted(k for k in set(bm) | set(here) if bm.get(k) != here.get(k))
             print(f"warning: best.yaml was optimised for a different market than the one configured "
                   f"(differs in {diff}); select the same experiment/market overrides", file=sys.stderr)
+    acc = best.get("account")
+    if isinstance(acc, dict) and acc:
+        here = OmegaConf.to_container(cfg.account, resolve=True)
+        replaced = sorted(k for k in acc if k in here and here[k] != acc[k])
+        print("account from best.yaml (the one its validation ran with)"
+              + (f"; it replaces the configured {', '.join(f'{k}={here[k]}' for k in replaced)}" if replaced else ""))
     if best.get("feasible") is False:
         print("warning: the optimiser marked these parameters infeasible (its risk constraints were not met)",
               file=sys.stderr)

@@ -20,10 +20,11 @@ of :class:`mmsim.market.MarketParams`, or ``world: as2008`` with the fields of
 ``sim`` and ``risk``. Units are those of the params classes: seconds, rates per second, prices in
 quote currency, sizes in base units.
 
-``+params=path/to/best.yaml`` (an optimiser's output, top-level keys ``policy``, ``market``,
-``constraints``, ``validation``, ``feasible``): its ``policy`` block is merged over the
-experiment's policy (the keys it gives replace the experiment's, the others stay) before
-building; :func:`load_best` reads and checks such a file.
+``+params=path/to/best.yaml`` (an optimiser's output, top-level keys ``policy``, ``account``,
+``market``, ``constraints``, ``validation``, ``feasible``): its ``policy`` and ``account`` blocks
+are merged over the configured policy and account (the keys it gives replace the configured ones,
+command-line overrides included; the others stay) before building, so that a policy optimised
+at 50x leverage is run at 50x; :func:`load_best` reads and checks such a file.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ TASKS = ("risk", "as2008", "optimize")
 #: A horizon is a whole number of steps when |horizon / dt - round(horizon / dt)| <= this.
 STEP_TOL = 1e-6
 #: The top-level keys of an optimiser's best.yaml.
-BEST_KEYS = ("policy", "market", "constraints", "validation", "feasible")
+BEST_KEYS = ("policy", "account", "market", "constraints", "validation", "feasible")
 
 
 class ConfigError(ValueError):
@@ -317,26 +318,39 @@ def market_params(cfg):
     return world, _make(MarketParams, m, "market", skip=("world", "asset_names") + tuple(blocks), extra=built)
 
 
+def account_config(cfg) -> dict:
+    """The account block as a plain dict, with ``+params=best.yaml``'s account merged over it."""
+    return _with_best(cfg, "account")
+
+
 def account_params(cfg):
     from mmsim.account import AccountParams
 
-    return _make(AccountParams, _section(cfg, "account"), "account")
+    return _make(AccountParams, account_config(cfg), "account" + (" (+params)" if _params_file(cfg) else ""))
 
 
 def policy_config(cfg) -> dict:
     """The policy block as a plain dict, with ``+params=best.yaml``'s policy merged over it."""
-    pol = _section(cfg, "policy")
-    src = cfg.get("params") if isinstance(cfg, (DictConfig, dict)) else None
+    return _with_best(cfg, "policy")
+
+
+def _params_file(cfg):
+    return cfg.get("params") if isinstance(cfg, (DictConfig, dict)) else None
+
+
+def _with_best(cfg, block: str) -> dict:
+    """Config block ``block`` as a plain dict, with the same block of ``+params`` merged over it."""
+    out = _section(cfg, block)
+    src = _params_file(cfg)
     if src:
-        best = load_best(src)
-        pol = {**pol, **best["policy"]}
-    return pol
+        out = {**out, **(load_best(src).get(block) or {})}
+    return out
 
 
 def policy_params(cfg):
     from mmsim.policy import PolicyParams
 
-    return _make(PolicyParams, policy_config(cfg), "policy" + (" (+params)" if cfg.get("params") else ""))
+    return _make(PolicyParams, policy_config(cfg), "policy" + (" (+params)" if _params_file(cfg) else ""))
 
 
 _ESTIMATORS = ("price", "vol", "spread", "flow", "liquidation", "funding", "correlation", "inventory", "adverse",
@@ -514,8 +528,9 @@ def build(cfg):
 
 def load_best(path) -> dict:
     """Read an optimiser's ``best.yaml`` and check its shape: a mapping with a ``policy`` mapping
-    (fields of :class:`~mmsim.policy.PolicyParams`) and optionally ``market``, ``constraints``,
-    ``validation`` and ``feasible``. Returns it as plain Python."""
+    (fields of :class:`~mmsim.policy.PolicyParams`) and optionally an ``account`` mapping (fields
+    of :class:`~mmsim.account.AccountParams`), ``market``, ``constraints``, ``validation`` and
+    ``feasible``. Returns it as plain Python."""
     p = Path(str(path)).expanduser()
     if not p.is_file():
         raise ConfigError(f"params = {str(path)!r}: no such file (give the path of a best.yaml)")
@@ -533,13 +548,23 @@ def load_best(path) -> dict:
     unknown = sorted(set(pol) - set(_fields(PolicyParams)))
     _require(not unknown, f"params ({p}).policy",
              f"unknown key(s) {unknown}; valid keys: {sorted(_fields(PolicyParams))}")
+    acc = best.get("account")
+    if acc is not None:
+        from mmsim.account import AccountParams
+
+        _require(isinstance(acc, dict), f"params ({p}).account", "must be a mapping of account fields")
+        unknown = sorted(set(acc) - set(_fields(AccountParams)))
+        _require(not unknown, f"params ({p}).account",
+                 f"unknown key(s) {unknown}; valid keys: {sorted(_fields(AccountParams))}")
     return best
 
 
-def merged_policy_cfg(cfg) -> DictConfig:
-    """The config with ``+params``'s policy merged in (what was actually run), for saving."""
+def merged_params_cfg(cfg) -> DictConfig:
+    """The config with ``+params``'s policy and account merged in (what was actually run), for
+    saving."""
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    if cfg.get("params"):
+    if _params_file(cfg):
         OmegaConf.set_struct(out, False)
         out.policy = OmegaConf.create(policy_config(cfg))
+        out.account = OmegaConf.create(account_config(cfg))
     return out

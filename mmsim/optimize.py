@@ -97,8 +97,9 @@ smallest bound n paths can certify (``1 - (alpha/2)^(1/n)``, about 3.7 / n at al
 with 0 events) the result says so and how many paths would be needed. A grid over gamma on the
 validation paths (common random numbers across the grid) gives the reference feasible frontier.
 
-Outputs (:func:`run_from_config`): ``best.yaml`` (the policy in the schema of the ``policy``
-config group, the market it was optimised for, the constraints, the validation and ``feasible``),
+Outputs (:func:`run_from_config`): ``best.yaml`` (the policy and the account in the schemas of
+the ``policy`` and ``account`` config groups, the market it was optimised for, the constraints,
+the validation and ``feasible``; ``+params=best.yaml`` applies its policy and account),
 ``optimize.json`` (trace, frontier, validation), ``optimize_frontier.png`` and
 ``optimize_trace.png``.
 """
@@ -1084,29 +1085,35 @@ def policy_dict(policy_params: Any, theta: Mapping[str, float] | None = None) ->
 
 
 def best_document(policy: Mapping[str, Any], market: Mapping[str, Any], constraints: Constraints, validation: dict,
-                  feasible: bool, **extra: Any) -> dict:
-    """The ``best.yaml`` document: policy, market, constraints, validation, feasible (+ extra keys)."""
+                  feasible: bool, *, account: Mapping[str, Any] | None = None, **extra: Any) -> dict:
+    """The ``best.yaml`` document: policy, account (when given: the account the validation ran
+    with, which ``+params`` then applies, so that a policy is never run at another leverage by
+    accident), market, constraints, validation, feasible (+ extra keys)."""
     val = {"seed": validation.get("seed"), "n_paths": int(validation["n_paths"]),
            "p_liquidation": dict(validation["p_liquidation"])}
     if "p_drawdown" in validation:
         val["p_drawdown"] = dict(validation["p_drawdown"])
     val["objective"] = float(validation["objective"])
-    doc = {"policy": _plain(dict(policy)), "market": _plain(dict(market)),
-           "constraints": {"epsilon_liq": float(constraints.epsilon_liq),
-                           "drawdown_threshold": None if constraints.drawdown_threshold is None
-                           else float(constraints.drawdown_threshold),
-                           "epsilon_dd": None if constraints.epsilon_dd is None else float(constraints.epsilon_dd)},
-           "validation": _plain(val), "feasible": bool(feasible)}
+    doc = {"policy": _plain(dict(policy))}
+    if account is not None:
+        doc["account"] = _plain(dict(account))
+    doc.update({"market": _plain(dict(market)),
+                "constraints": {"epsilon_liq": float(constraints.epsilon_liq),
+                                "drawdown_threshold": None if constraints.drawdown_threshold is None
+                                else float(constraints.drawdown_threshold),
+                                "epsilon_dd": None if constraints.epsilon_dd is None else float(constraints.epsilon_dd)},
+                "validation": _plain(val), "feasible": bool(feasible)})
     doc.update(_plain(extra))
     return doc
 
 
 def write_best_yaml(path: str | os.PathLike, policy: Mapping[str, Any], market: Mapping[str, Any],
-                    constraints: Constraints, validation: dict, feasible: bool, **extra: Any) -> Path:
+                    constraints: Constraints, validation: dict, feasible: bool, *,
+                    account: Mapping[str, Any] | None = None, **extra: Any) -> Path:
     """Write ``best.yaml`` (see :func:`best_document`); returns the path."""
     import yaml
 
-    doc = best_document(policy, market, constraints, validation, feasible, **extra)
+    doc = best_document(policy, market, constraints, validation, feasible, account=account, **extra)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with open(p, "w") as fh:
@@ -1516,7 +1523,9 @@ def run_from_config(cfg, out_dir: str | os.PathLike, *, evaluate: Evaluator | No
     account_theta = {k: v for k, v in sel["theta"].items() if k.startswith("account.") or k in ACCOUNT_NAMES}
     if account_theta:
         validation["account"] = {k.split(".", 1)[-1]: v for k, v in account_theta.items()}
-    best_path = write_best_yaml(out / "best.yaml", policy, market, con, validation, r["feasible"])
+    acc = apply_theta(ep, sel["theta"]).account
+    account = {f.name: getattr(acc, f.name) for f in dataclasses.fields(acc)}
+    best_path = write_best_yaml(out / "best.yaml", policy, market, con, validation, r["feasible"], account=account)
     figs = {}
     fr: FrontierResult | None = r["frontier"]
     if fr is not None:

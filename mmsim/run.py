@@ -92,12 +92,13 @@ def _setup_lines(cfg, world: str, mp, ep, sim) -> list[tuple[str, str]]:
         lines.append(("scheduled shock", f"t = {float(mp.shock_time_s):g} s, return "
                                          f"{np.asarray(mp.shock_return).tolist()}, regime {mp.shock_regime}"))
     if cfg.get("params"):
-        lines.append(("policy from", str(cfg.params)))
+        carried = "policy and account" if mcfg.load_best(cfg.params).get("account") else "policy"
+        lines.append((f"{carried} from", str(cfg.params)))
     return lines
 
 
 def _save_config(cfg, out_dir: Path) -> None:
-    resolved = mcfg.merged_policy_cfg(cfg)
+    resolved = mcfg.merged_params_cfg(cfg)
     (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
 
 

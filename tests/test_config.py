@@ -1,9 +1,10 @@
 """Hydra configuration: every experiment composes and builds; bad configs fail with clear messages
-before any compilation; +params=best.yaml replaces the policy; the launcher and CLI plumbing."""
+before any compilation; +params=best.yaml replaces the policy and the account; the launcher and CLI plumbing."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -169,8 +170,25 @@ def test_params_file_replaces_the_policy(tmp_path):
     best2 = write_best(tmp_path / "best2.yaml", {"kind": "glft", "gamma": 0.02, "A": 2.0})
     _, _, ep2, _ = mcfg.build(make_cfg("experiment=baseline", f"+params={best2}"))
     assert ep2.policy.kind == "glft" and float(ep2.policy.A) == 2.0
-    merged = mcfg.merged_policy_cfg(make_cfg("experiment=baseline", f"+params={best}"))
+    merged = mcfg.merged_params_cfg(make_cfg("experiment=baseline", f"+params={best}"))
     assert merged.policy.gamma == pytest.approx(0.0042)
+
+
+def test_params_file_carries_the_account(tmp_path):
+    """best.yaml's account replaces the configured one (command-line overrides included), so that a
+    policy validated at one leverage is not run at another by accident; keys it does not give stay."""
+    best = write_best(tmp_path / "best.yaml", {"gamma": 0.0042}, account={"leverage": 37.0, "initial_equity": 5000.0})
+    base = mcfg.build(make_cfg("experiment=baseline"))[2]
+    assert float(base.account.leverage) == 20.0
+    for extra in ((), ("account.leverage=10",)):
+        _, _, ep, _ = mcfg.build(make_cfg("experiment=baseline", *extra, f"+params={best}"))
+        assert float(ep.account.leverage) == 37.0 and float(ep.account.initial_equity) == 5000.0
+        assert float(ep.account.maker_fee) == float(base.account.maker_fee)
+    merged = mcfg.merged_params_cfg(make_cfg("experiment=baseline", f"+params={best}"))
+    assert merged.account.leverage == 37.0 and merged.policy.gamma == pytest.approx(0.0042)
+    # A best.yaml without an account (older files) keeps the configured account.
+    old = write_best(tmp_path / "old.yaml", {"gamma": 0.0042})
+    assert float(mcfg.build(make_cfg("experiment=baseline", f"+params={old}"))[2].account.leverage) == 20.0
 
 
 @pytest.mark.parametrize("body, msg", [
@@ -178,6 +196,9 @@ def test_params_file_replaces_the_policy(tmp_path):
     ({"policy": {}}, "non-empty mapping"),
     ({"policy": {"gamma": -1.0}}, "PolicyParams.gamma"),
     ({"policy": {"gamma": 0.01}, "extra_stuff": 1}, "unknown top-level key(s) ['extra_stuff']"),
+    ({"policy": {"gamma": 0.01}, "account": {"levrage": 50}}, "unknown key(s) ['levrage']"),
+    ({"policy": {"gamma": 0.01}, "account": [50]}, "account: must be a mapping"),
+    ({"policy": {"gamma": 0.01}, "account": {"leverage": -5.0}}, "AccountParams.leverage"),
 ])
 def test_bad_params_file(tmp_path, body, msg):
     p = tmp_path / "best.yaml"
@@ -205,6 +226,12 @@ def test_live_validates_and_refuses_to_trade(tmp_path, capsys):
     assert rc == cli.EXIT_NO_CONNECTOR
     assert "gamma" in out.out and "0.0042" in out.out
     assert "no exchange connector" in out.err
+    # The account comes from best.yaml, and live says which configured values it replaces.
+    best50 = write_best(tmp_path / "best50.yaml", {"gamma": 0.0042}, account={"leverage": 50.0})
+    assert cli.main(["live", "--params", str(best50), "experiment=baseline"]) == cli.EXIT_NO_CONNECTOR
+    out = capsys.readouterr().out
+    assert "it replaces the configured leverage=20.0" in out
+    assert re.search(r"leverage\s+50\.0", out)
     bad = tmp_path / "bad.yaml"
     bad.write_text("policy: {gamma: -1}\n")
     assert cli.main(["live", "--params", str(bad)]) == cli.EXIT_CONFIG

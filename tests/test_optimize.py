@@ -413,10 +413,11 @@ def test_best_yaml_round_trips(tmp_path):
     toy = ToyMarket()
     v = opt.validate(toy, {"gamma": 0.1}, con, seed=5, n_paths=5000)
     market = {"world": "market", "price": {"s0": 28146.0, "jump_std": 3.87e-3}, "vol": {"theta": [1e-9, 2e-9]}}
-    path = opt.write_best_yaml(tmp_path / "best.yaml", pol, market, con, v, v["feasible"])
+    account = {"leverage": 50.0, "initial_equity": 10000.0}
+    path = opt.write_best_yaml(tmp_path / "best.yaml", pol, market, con, v, v["feasible"], account=account)
     raw = yaml.safe_load(path.read_text())
     assert list(raw) == list(mcfg.BEST_KEYS)
-    assert raw["policy"] == pol and raw["market"] == market
+    assert raw["policy"] == pol and raw["market"] == market and raw["account"] == account
     assert raw["constraints"] == {"epsilon_liq": 1e-3, "drawdown_threshold": 0.5, "epsilon_dd": 0.01}
     assert raw["validation"]["p_liquidation"] == v["p_liquidation"]
     assert raw["validation"]["p_drawdown"] == v["p_drawdown"]
@@ -466,6 +467,8 @@ def test_run_from_config_writes_outputs(tmp_path):
     assert best["validation"]["n_paths"] == 8000 and best["validation"]["seed"] == 2
     assert best["feasible"] == s["feasible"] == s["selected_validation"]["feasible"]
     assert best["policy"]["gamma"] == pytest.approx(s["selected_validation"]["theta"]["gamma"])
+    assert best["account"]["leverage"] == 50.0 == cfg.account.leverage     # the account it was validated with
+    assert set(best["account"]) == {f.name for f in dataclasses.fields(mcfg.account_params(cfg))}
     assert len(s["frontier"]["points"]) == 4
 
 
