@@ -1335,7 +1335,12 @@ CONFIG_DEFAULTS: dict = {
     "select": "best_feasible", "select_tol": 0.5,
     "n_paths_train": 16384, "n_paths_validation": 16384, "seed_train": 1, "seed_validation": 2,
     "frontier": {"param": "gamma", "values": None, "n_points": 13},
+    "start": "config",
 }
+
+#: Where the optimiser starts: "config" (the configured policy and account), or "frontier" (the
+#: best training-feasible point of the frontier grid evaluated on the training paths first).
+STARTS = ("config", "frontier")
 
 
 def _cfg_block(cfg) -> dict:
@@ -1384,9 +1389,14 @@ def settings_from_config(cfg) -> dict:
         n_certify=n_val, target_fraction=float(b["target_fraction"]), select=str(b["select"]),
         select_tol=float(b["select_tol"]))
     specs = param_specs(b["params"])
+    start = str(b["start"])
+    if start not in STARTS:
+        raise ValueError(f"optimize.start = {start!r}: must be one of {STARTS}")
     fr = b["frontier"]
     fr_param = fr.get("param")
     fr_values = fr.get("values")
+    if start == "frontier" and fr_param is None:
+        raise ValueError("optimize.start = 'frontier' needs optimize.frontier.param (the grid it starts from)")
     if fr_param is not None and fr_values is None:
         spec = next((s for s in specs if s.name == fr_param), None)
         if spec is None:
@@ -1396,7 +1406,7 @@ def settings_from_config(cfg) -> dict:
                      else np.linspace(spec.lo, spec.hi, n_pts)).tolist()
     return {"objective": objective, "constraints": constraints, "settings": settings, "specs": specs,
             "frontier": None if fr_param is None else {"param": str(fr_param), "values": [float(v) for v in fr_values]},
-            "seed_validation": int(b["seed_validation"]), "n_paths_validation": n_val}
+            "seed_validation": int(b["seed_validation"]), "n_paths_validation": n_val, "start": start}
 
 
 def theta_from_engine(engine_params: Any, names: Sequence[str]) -> dict:
@@ -1414,8 +1424,11 @@ def theta_from_engine(engine_params: Any, names: Sequence[str]) -> dict:
 
 def run(evaluate: Evaluator, theta0: Mapping[str, float], opts: dict, *, log: Callable[[str], None] = print) -> dict:
     """Optimise, validate on fresh paths, evaluate the frontier grid on the same validation paths
-    and choose what to report. ``opts`` is :func:`settings_from_config`'s dict. Returns
-    ``{result, validation, frontier, selected, selected_validation, feasible, message, comparison}``."""
+    and choose what to report. ``opts`` is :func:`settings_from_config`'s dict (``start``
+    "frontier": start from the best point of the frontier grid on the training paths). Returns
+    ``{result, validation, frontier, selected, selected_validation, feasible, message, comparison,
+    start, start_grid}`` (``start``: the optimiser's starting theta; ``start_grid``: the grid on the
+    training paths it was chosen from, or None)."""
     st: OptSettings = opts["settings"]
     con: Constraints = opts["constraints"]
     obj: Objective = opts["objective"]
@@ -1428,8 +1441,22 @@ def run(evaluate: Evaluator, theta0: Mapping[str, float], opts: dict, *, log: Ca
             cs = ", ".join(f"P({c})={rec[f'p_{c}']:.3g} c={rec[f'c_{c}']:+.2f}" for c in con.names)
             log(f"  iter {rec['iter']:3d}: {th}; {obj.label()}={rec['objective']:.4g}; {cs}")
 
+    start, start_grid = dict(theta0), None
+    if opts.get("start", "config") == "frontier":
+        # A local optimiser on a flat, noisy objective stays near where it starts (E[PnL] of the
+        # cascade-stress hour moves by less than its noise over a decade of gamma): start it from
+        # the best point of the grid, evaluated on the training paths (the validation paths stay
+        # fresh for the validation and the reported frontier).
+        p, values = opts["frontier"]["param"], opts["frontier"]["values"]
+        log(f"start: {len(values)} values of {p} on the training paths")
+        start_grid = frontier(evaluate, {p: values}, con, seed=st.seed, n_paths=st.n_paths, objective=obj,
+                              base=theta0)
+        i = start_grid.best_feasible if start_grid.best_feasible is not None else start_grid.safest
+        start = {**theta0, **start_grid.points[i]["theta"]}
+        log(f"  start at {start} ({'best feasible' if start_grid.best_feasible is not None else 'safest'} "
+            f"on the training paths: {obj.label()}={start_grid.points[i]['objective']:.4g})")
     log(f"optimising {[s.name for s in specs]} on {st.n_paths} training paths (seed {st.seed}), {st.n_iter} iterations")
-    res = optimize(evaluate, theta0, specs, con, objective=obj, settings=st, fixed=fixed, callback=cb)
+    res = optimize(evaluate, start, specs, con, objective=obj, settings=st, fixed=fixed, callback=cb)
     for n in res.notes:
         log("  note: " + n)
     seed_v, n_v = opts["seed_validation"], opts["n_paths_validation"]
@@ -1469,7 +1496,7 @@ def run(evaluate: Evaluator, theta0: Mapping[str, float], opts: dict, *, log: Ca
             msg = "the optimiser's parameters are the safest found but not certified: " + msg
     log(msg)
     return {"result": res, "validation": val, "frontier": fr, "selected": selected, "selected_validation": sel_val,
-            "feasible": feasible, "message": msg, "comparison": comparison}
+            "feasible": feasible, "message": msg, "comparison": comparison, "start": start, "start_grid": start_grid}
 
 
 def _json_default(x: Any) -> Any:
@@ -1535,7 +1562,9 @@ def run_from_config(cfg, out_dir: str | os.PathLike, *, evaluate: Evaluator | No
     summary = {
         "world": world, "n_steps": sim.n_steps, "dt_s": sim.dt, "horizon_s": sim.horizon_s,
         "objective": opts["objective"].label(), "constraints": con.as_dict(),
-        "settings": dataclasses.asdict(opts["settings"]), "theta0": theta0,
+        "settings": dataclasses.asdict(opts["settings"]), "theta0": r["start"], "theta_config": theta0,
+        "start": opts["start"],
+        "start_grid": None if r["start_grid"] is None else r["start_grid"].points,
         "optimum": {"theta": res.theta, "selected_iter": res.selected_iter,
                     "feasible_in_training": res.feasible_in_training, "n_evals": res.n_evals,
                     "wall_s": res.wall_s, "notes": res.notes},
@@ -1563,7 +1592,8 @@ def _markdown(s: dict) -> str:
                 f"{s['constraints']['epsilon_dd']:g}" if s["constraints"]["epsilon_dd"] is not None else "") + ".", "",
              f"**{'Feasible' if s['feasible'] else 'Not feasible'}** — {s['message']}", "",
              "| | value |", "|---|---|",
-             f"| start | {s['theta0']} |",
+             f"| start | {s['theta0']}" + (" (best of the frontier grid on the training paths)"
+                                            if s.get("start") == "frontier" else "") + " |",
              f"| optimiser result | {s['optimum']['theta']} (iteration {s['optimum']['selected_iter']}, "
              f"{s['optimum']['n_evals']} evaluations, {s['optimum']['wall_s']:.1f} s) |",
              f"| reported ({s['selected']}) | {v['theta']} |",

@@ -472,6 +472,35 @@ def test_run_from_config_writes_outputs(tmp_path):
     assert len(s["frontier"]["points"]) == 4
 
 
+def test_start_from_the_frontier_grid():
+    """optimize.start = frontier: the grid is evaluated on the training paths first and the
+    optimiser starts at its best feasible point (here gamma = 1, where the toy's mean peaks, far
+    from the configured 0.01); "config" starts at the configured value; bad values are errors."""
+    from hydra import compose, initialize_config_dir
+
+    ov = ["experiment=optimize_gamma", "optimize.n_iter=2", "optimize.n_paths_train=4000",
+          "optimize.n_paths_validation=8000", "optimize.frontier.values=[0.01,0.1,1.0,3.0]"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        grid = opt.settings_from_config(compose(config_name="config", overrides=[*ov, "optimize.start=frontier"]))
+        conf = opt.settings_from_config(compose(config_name="config", overrides=[*ov, "optimize.start=config"]))
+        bad = compose(config_name="config", overrides=[*ov, "optimize.start=anywhere"])
+        no_grid = compose(config_name="config", overrides=[*ov, "optimize.start=frontier", "optimize.frontier.param=null"])
+    toy = ToyMarket(z_pnl=math.log(1.0))
+    r = opt.run(toy, {"gamma": 0.01}, grid, log=lambda m: None)
+    assert r["start"] == {"gamma": 1.0} and r["result"].trace[0]["theta"]["gamma"] == 1.0
+    sg = r["start_grid"]
+    assert (sg.seed, sg.n_paths) == (grid["settings"].seed, grid["settings"].n_paths)      # training paths
+    assert [p["theta"]["gamma"] for p in sg.points] == [0.01, 0.1, 1.0, 3.0]
+    assert sg.points[sg.best_feasible]["theta"]["gamma"] == 1.0
+    r0 = opt.run(toy, {"gamma": 0.01}, conf, log=lambda m: None)
+    assert r0["start"] == {"gamma": 0.01} and r0["start_grid"] is None
+    assert r0["result"].trace[0]["theta"]["gamma"] == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="optimize.start = 'anywhere'"):
+        opt.settings_from_config(bad)
+    with pytest.raises(ValueError, match="needs optimize.frontier.param"):
+        opt.settings_from_config(no_grid)
+
+
 # ------------------------------------------------------------------------------------------------
 # The real simulator, tiny
 
