@@ -89,9 +89,10 @@ class PolicyParams:
         pull_margin_ratio: below this margin ratio only the side that reduces |position| is quoted.
         band_min_frac, band_max_frac: validate_quote's spread band, fractions of mid (spec: 1 and 500 bps).
         kind: "spec", "as2008", "symmetric" or "glft" (static).
-        cascade_keep_reducing: spec policy on a severe cascade: False (the spec) pulls both sides;
-            True pulls only the side that would add to |position| and keeps quoting the one that
-            reduces it (both pulled when flat) (static).
+        cascade_keep_reducing: spec policy on a severe cascade, in [0, 1]: the side that would add
+            to |position| is pulled, and the side that reduces it is quoted at this fraction of its
+            size (0, the spec: both sides pulled; 1: the reducing side at full size; both pulled
+            when flat). A traced number, so the optimiser can tune it (false/true read as 0/1).
     """
 
     gamma: jax.Array | float = 0.01
@@ -111,8 +112,8 @@ class PolicyParams:
     pull_margin_ratio: jax.Array | float = 1.5
     band_min_frac: jax.Array | float = 0.0
     band_max_frac: jax.Array | float = 0.05
+    cascade_keep_reducing: jax.Array | float = 0.0
     kind: str = static_field(default="spec")
-    cascade_keep_reducing: bool = static_field(default=False)
 
     def validate(self) -> None:
         c = Check(self)
@@ -130,9 +131,10 @@ class PolicyParams:
         c.nonneg("band_min_frac")
         c.require(bool(np.all(c.value("band_max_frac") > c.value("band_min_frac"))), "band_max_frac",
                   "must exceed band_min_frac")
+        c.between("cascade_keep_reducing", 0.0, 1.0, "fraction of the reducing side's size kept in a cascade")
 
 
-TUNABLE = ("gamma", "size_fraction", "max_inventory", "k", "horizon_s")
+TUNABLE = ("gamma", "size_fraction", "max_inventory", "k", "horizon_s", "cascade_keep_reducing")
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,13 +267,14 @@ def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
     active = jnp.broadcast_to(x.ready, x.mid.shape) & (x.mid > 0)
     near_liq = x.margin_ratio < p.pull_margin_ratio
     # Only the side that reduces |position| stays (none when flat): near liquidation, and on a
-    # severe cascade when the spec policy is told to keep reducing.
+    # severe cascade (spec policy), there at cascade_keep_reducing times its size (0: pulled).
     reduce_only = near_liq
     if p.kind == "spec":
-        if p.cascade_keep_reducing:
-            reduce_only = reduce_only | x.pull_cascade
-        else:
-            active = active & ~x.pull_cascade
+        keep = jnp.asarray(p.cascade_keep_reducing, bsz.dtype)
+        reduce_only = reduce_only | x.pull_cascade
+        active = active & ~(x.pull_cascade & (keep <= 0.0))
+        bsz = jnp.where(x.pull_cascade, bsz * keep, bsz)
+        asz = jnp.where(x.pull_cascade, asz * keep, asz)
     bid_on = active & ~(reduce_only & (x.position >= 0))
     ask_on = active & ~(reduce_only & (x.position <= 0))
     qt = Quote(bid, ask, bsz, asz, bid_on, ask_on)

@@ -252,7 +252,7 @@ def test_pull_cascade_not_ready_and_dead_mid_pull_every_quote():
 
 def test_spec_cascade_keep_reducing_quotes_only_the_reducing_side():
     """cascade_keep_reducing: on a severe cascade a long keeps its ask, a short its bid, flat
-    pulls both; without a cascade nothing changes."""
+    pulls both; without a cascade nothing changes; fractions scale the kept side's size."""
     p = params(**SPEC, cascade_keep_reducing=True)
     own = jax.jit(lambda p, x: pol.quote(p, x))   # its own cache (the shared one counts compilations)
 
@@ -270,6 +270,20 @@ def test_spec_cascade_keep_reducing_quotes_only_the_reducing_side():
     spec = quote(params(**SPEC), inputs(position=[2.0, -2.0]))
     for f in calm:
         np.testing.assert_array_equal(calm[f], spec[f])
+    # A fraction in between keeps the reducing side at that fraction of its size (the number is
+    # traced: one compiled quote serves every value), 1 is true, 0 is the spec (both pulled).
+    full = quote(params(**SPEC, cascade_keep_reducing=1.0), inputs(pull_cascade=True, position=[2.0, -2.0]))
+    for f in full:
+        np.testing.assert_array_equal(full[f], quote(p, inputs(pull_cascade=True, position=[2.0, -2.0]))[f])
+    half = quote(params(**SPEC, cascade_keep_reducing=0.25), inputs(pull_cascade=True, position=[2.0, -2.0]))
+    np.testing.assert_array_equal(half["ask_active"], [True, False])
+    np.testing.assert_allclose([half["ask_size"][0], half["bid_size"][1]],
+                               [0.25 * full["ask_size"][0], 0.25 * full["bid_size"][1]], rtol=1e-6)
+    np.testing.assert_array_equal(half["ask_price"], full["ask_price"])
+    off = quote(params(**SPEC, cascade_keep_reducing=0.0), inputs(pull_cascade=True, position=[2.0, -2.0]))
+    assert not off["bid_active"].any() and not off["ask_active"].any()
+    with pytest.raises(ValueError, match="cascade_keep_reducing"):
+        params(**SPEC, cascade_keep_reducing=1.5)
 
 
 @pytest.mark.parametrize("kind", pol.POLICIES)
