@@ -351,6 +351,9 @@ class OptSettings:
             those within ``select_tol`` standard errors of it, the one furthest inside the
             constraints) or "last".
         select_tol: see select, in standard errors of the training objective.
+        patience: stop once the iterate has not moved for this many consecutive iterations (an
+            iterate pinned at a bound of the box by a gradient pointing out of it; with common
+            random numbers it is evaluated on the same paths every time); 0: run all n_iter.
     """
 
     n_iter: int = 60
@@ -377,6 +380,7 @@ class OptSettings:
     target_fraction: float = 1.0
     select: str = "best_feasible"
     select_tol: float = 0.5
+    patience: int = 0
 
     def __post_init__(self) -> None:
         for f in ("n_iter", "n_directions", "n_paths"):
@@ -412,6 +416,8 @@ class OptSettings:
             raise ValueError(f"select = {self.select!r}: must be 'best_feasible' or 'last'")
         if self.n_certify is not None and int(self.n_certify) < 1:
             raise ValueError(f"n_certify = {self.n_certify}: must be a positive integer")
+        if int(self.patience) < 0:
+            raise ValueError(f"patience = {self.patience}: must be >= 0 (0: never stop early)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -824,6 +830,7 @@ def optimize(evaluate: Evaluator, theta0: Mapping[str, float], bounds: Mapping[s
     dir_rng = np.random.default_rng([int(st.seed) & 0xFFFFFFFF, 0x6F7074])
     s_f = None
     trace: list[dict] = []
+    still = 0                    # consecutive iterations without a move
 
     for it in range(st.n_iter + 1):
         v0, s0 = quantities(z, full=True)
@@ -876,7 +883,13 @@ def optimize(evaluate: Evaluator, theta0: Mapping[str, float], bounds: Mapping[s
         gnorm = float(np.linalg.norm(grad))
         step_in = grad / gnorm if (st.normalize and gnorm > 0) else grad
         updates, opt_state = opt.update(step_in, opt_state, z)
-        z = np.clip(z + np.asarray(updates, float), z_lo, z_hi)
+        z_new = np.clip(z + np.asarray(updates, float), z_lo, z_hi)
+        still = still + 1 if np.array_equal(z_new, z) else 0
+        z = z_new
+        if st.patience and still >= st.patience:
+            notes.append(f"stopped after iteration {it}: the iterate has not moved for {still} iterations "
+                         f"({', '.join(f'{sp.name}={sp.from_z(float(zi)):.4g}' for sp, zi in zip(specs, z))})")
+            break
 
     # Selection among the evaluated iterates (all on the same training paths).
     feas = [i for i, r in enumerate(trace) if r["feasible"]]
@@ -1335,7 +1348,7 @@ CONFIG_DEFAULTS: dict = {
     "select": "best_feasible", "select_tol": 0.5,
     "n_paths_train": 16384, "n_paths_validation": 16384, "seed_train": 1, "seed_validation": 2,
     "frontier": {"param": "gamma", "values": None, "n_points": 13},
-    "start": "config",
+    "start": "config", "patience": 5,
 }
 
 #: Where the optimiser starts: "config" (the configured policy and account), or "frontier" (the
@@ -1387,7 +1400,7 @@ def settings_from_config(cfg) -> dict:
         lambda_max=float(b["lambda_max"]), tau_liq=float(b["tau_liq"]), tau_dd=float(b["tau_dd"]),
         surrogate_value=bool(b["surrogate_value"]), bound=str(b["bound"]), certify_power=float(b["certify_power"]),
         n_certify=n_val, target_fraction=float(b["target_fraction"]), select=str(b["select"]),
-        select_tol=float(b["select_tol"]))
+        select_tol=float(b["select_tol"]), patience=int(b["patience"]))
     specs = param_specs(b["params"])
     start = str(b["start"])
     if start not in STARTS:

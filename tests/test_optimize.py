@@ -292,6 +292,24 @@ def test_optimizer_finds_an_interior_optimum():
     assert abs(math.log(exact.theta["gamma"]) - toy.z_pnl) <= 0.02
 
 
+def test_optimizer_stops_when_pinned_at_a_bound():
+    """patience: the toy's mean peaks above the box, so from its upper bound every step points out
+    and the iterate never moves; the run stops after `patience` still iterations (and says so),
+    with the same answer as the full run; patience 0 runs every iteration."""
+    toy = ToyMarket(z_pnl=math.log(100.0))
+    con = opt.Constraints(epsilon_liq=1e-3)
+    st = _fast(n_paths=5_000, n_iter=12)
+    full = opt.optimize(toy, {"gamma": 1.0}, {"gamma": (1e-3, 1.0)}, con, settings=st)
+    early = opt.optimize(toy, {"gamma": 1.0}, {"gamma": (1e-3, 1.0)}, con,
+                         settings=dataclasses.replace(st, patience=3))
+    assert len(full.trace) == st.n_iter + 1 and not full.notes
+    assert len(early.trace) == 3 and early.theta == full.theta == {"gamma": 1.0}
+    assert any("has not moved for 3 iterations" in n for n in early.notes)
+    assert early.n_evals < full.n_evals / 3
+    with pytest.raises(ValueError, match="patience"):
+        dataclasses.replace(st, patience=-1)
+
+
 def test_optimizer_with_cvar_objective_and_two_parameters():
     """E[PnL] - lambda CVaR over (gamma, size_fraction). The PnL gains a separable term
     -(logit s - logit 0.1)^2 in the size fraction s, and CVaR of a shifted normal is -mean + const,
