@@ -1114,7 +1114,8 @@ def best_document(policy: Mapping[str, Any], market: Mapping[str, Any], constrai
                 "constraints": {"epsilon_liq": float(constraints.epsilon_liq),
                                 "drawdown_threshold": None if constraints.drawdown_threshold is None
                                 else float(constraints.drawdown_threshold),
-                                "epsilon_dd": None if constraints.epsilon_dd is None else float(constraints.epsilon_dd)},
+                                "epsilon_dd": None if constraints.epsilon_dd is None
+                                else float(constraints.epsilon_dd)},
                 "validation": _plain(val), "feasible": bool(feasible)})
     doc.update(_plain(extra))
     return doc
@@ -1553,17 +1554,15 @@ def run_from_config(cfg, out_dir: str | os.PathLike, *, evaluate: Evaluator | No
     res: OptResult = r["result"]
     sel = r["selected_validation"]
     con: Constraints = opts["constraints"]
-    policy = policy_dict(ep.policy, sel["theta"])
+    chosen = apply_theta(ep, sel["theta"])          # the engine the validation ran
+    policy = policy_dict(chosen.policy)
     market = plain.get("market", {})
     validation = {**{k: sel[k] for k in ("seed", "n_paths", "p_liquidation", "objective")},
                   **({"p_drawdown": sel["p_drawdown"]} if "p_drawdown" in sel else {}),
                   "objective_se": sel["objective_se"], "objective_kind": opts["objective"].label(),
                   "theta": sel["theta"], "selected": r["selected"], "message": r["message"],
                   "certifiable": sel["certifiable"], "min_certifiable": sel["min_certifiable"]}
-    account_theta = {k: v for k, v in sel["theta"].items() if k.startswith("account.") or k in ACCOUNT_NAMES}
-    if account_theta:
-        validation["account"] = {k.split(".", 1)[-1]: v for k, v in account_theta.items()}
-    acc = apply_theta(ep, sel["theta"]).account
+    acc = chosen.account
     account = {f.name: getattr(acc, f.name) for f in dataclasses.fields(acc)}
     best_path = write_best_yaml(out / "best.yaml", policy, market, con, validation, r["feasible"], account=account)
     figs = {}
