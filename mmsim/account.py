@@ -183,7 +183,14 @@ def update(params: AccountParams, state: AccountState, obs: Observation) -> tupl
         liq_time=jnp.where(breach, obs.t, state.liq_time).astype(dtype),
         pnl_liquidation=state.pnl_liquidation - jnp.where(breach, liq_cost, 0.0),
     )
-    info = margins(params, new, mid)._replace(liquidated_now=breach)
+    # After a liquidation the account is flat: its margins follow without a second pass over the
+    # positions (equity = cash, no maintenance requirement), the same numbers margins() gives.
+    eq_liq = new.cash
+    info = AccountInfo(
+        equity=jnp.where(breach, eq_liq, info.equity), maintenance=jnp.where(breach, 0.0, info.maintenance),
+        margin_ratio=jnp.where(breach, FLAT_MARGIN_RATIO, info.margin_ratio).astype(dtype),
+        notional=jnp.where(breach, 0.0, info.notional),
+        available_margin=jnp.where(breach, jnp.maximum(eq_liq, 0.0), info.available_margin), liquidated_now=breach)
     return new, info
 
 
