@@ -20,6 +20,8 @@ Units, made consistent (the spec mixes annualised sigma and hours):
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import NamedTuple
 
 import jax
@@ -93,6 +95,16 @@ class PolicyParams:
             to |position| is pulled, and the side that reduces it is quoted at this fraction of its
             size (0, the spec: both sides pulled; 1: the reducing side at full size; both pulled
             when flat). A traced number, so the optimiser can tune it (false/true read as 0/1).
+        event_times_s: scheduled events the desk knows in advance (a macro release, a listing, an
+            exchange's maintenance, the crash of a stress scenario), seconds on the engine's clock
+            (``PolicyInputs.t``: from the start of the simulation or session); empty for none. Every
+            policy kind honours it.
+        event_pull_before_s, event_pull_after_s: quotes made at times ``t`` with
+            ``t_e - before <= t <= t_e + after`` for some event ``t_e`` are pulled, seconds (>= 0).
+            A quote rests until the next one, so ``before`` of at least one quote interval keeps
+            the book empty when the event strikes.
+        event_keep_reducing: in an event window, the side that reduces |position| stays quoted at
+            this fraction of its size, in [0, 1] (0: both sides pulled; both pulled when flat).
     """
 
     gamma: jax.Array | float = 0.01
@@ -113,6 +125,10 @@ class PolicyParams:
     band_min_frac: jax.Array | float = 0.0
     band_max_frac: jax.Array | float = 0.05
     cascade_keep_reducing: jax.Array | float = 0.0
+    event_times_s: jax.Array = dataclasses.field(default_factory=lambda: np.zeros(0))
+    event_pull_before_s: jax.Array | float = 0.0
+    event_pull_after_s: jax.Array | float = 0.0
+    event_keep_reducing: jax.Array | float = 0.0
     kind: str = static_field(default="spec")
 
     def validate(self) -> None:
@@ -132,9 +148,15 @@ class PolicyParams:
         c.require(bool(np.all(c.value("band_max_frac") > c.value("band_min_frac"))), "band_max_frac",
                   "must exceed band_min_frac")
         c.between("cascade_keep_reducing", 0.0, 1.0, "fraction of the reducing side's size kept in a cascade")
+        c.require(np.ndim(c.value("event_times_s")) <= 1, "event_times_s", "must be a list of times, seconds")
+        c.finite("event_times_s", "seconds on the engine's clock")
+        c.nonneg("event_pull_before_s", "seconds before an event")
+        c.nonneg("event_pull_after_s", "seconds after an event")
+        c.between("event_keep_reducing", 0.0, 1.0, "fraction of the reducing side's size kept around an event")
 
 
-TUNABLE = ("gamma", "size_fraction", "max_inventory", "k", "horizon_s", "cascade_keep_reducing")
+TUNABLE = ("gamma", "size_fraction", "max_inventory", "k", "horizon_s", "cascade_keep_reducing",
+           "event_pull_before_s", "event_pull_after_s", "event_keep_reducing")
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,9 +270,10 @@ def validate_quote(p: PolicyParams, q: Quote, mid: jax.Array) -> tuple[jax.Array
 
 def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
     """The policy's quote for one path. The spec policy is post-only (bid <= mid - tick/2 <= mid +
-    tick/2 <= ask before rounding); the closed-form policies are left as published. Sides are pulled (inactive) when the estimators are not
-    ready, on a severe cascade (spec policy), and, close to liquidation (margin ratio below
-    ``pull_margin_ratio``), on the side that would add to |position|."""
+    tick/2 <= ask before rounding); the closed-form policies are left as published. Sides are
+    pulled (inactive) when the estimators are not ready; around a scheduled event
+    (``event_times_s``), on a severe cascade (spec policy) and close to liquidation (margin ratio
+    below ``pull_margin_ratio``), only the side that would reduce |position| may stay."""
     fn = {"spec": _spec, "as2008": _as2008, "symmetric": _symmetric, "glft": _glft}[p.kind]
     bid, ask, bsz, asz = fn(p, x)
     if p.kind == "spec":
@@ -275,6 +298,14 @@ def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
         active = active & ~(x.pull_cascade & (keep <= 0.0))
         bsz = jnp.where(x.pull_cascade, bsz * keep, bsz)
         asz = jnp.where(x.pull_cascade, asz * keep, asz)
+    if math.prod(np.shape(p.event_times_s)):   # no events: nothing to compute (shapes are static)
+        t_e = jnp.reshape(jnp.asarray(p.event_times_s, x.mid.dtype), (-1,))
+        in_event = jnp.any((x.t >= t_e - p.event_pull_before_s) & (x.t <= t_e + p.event_pull_after_s))
+        keep_e = jnp.asarray(p.event_keep_reducing, bsz.dtype)
+        reduce_only = reduce_only | in_event
+        active = active & ~(in_event & (keep_e <= 0.0))
+        bsz = jnp.where(in_event, bsz * keep_e, bsz)
+        asz = jnp.where(in_event, asz * keep_e, asz)
     bid_on = active & ~(reduce_only & (x.position >= 0))
     ask_on = active & ~(reduce_only & (x.position <= 0))
     qt = Quote(bid, ask, bsz, asz, bid_on, ask_on)

@@ -286,6 +286,54 @@ def test_spec_cascade_keep_reducing_quotes_only_the_reducing_side():
         params(**SPEC, cascade_keep_reducing=1.5)
 
 
+_quote_events = jax.jit(lambda p, x: pol.quote(p, x))   # its own cache: event lists change the shapes
+
+
+@pytest.mark.parametrize("kind", pol.POLICIES)
+def test_scheduled_event_window_pulls_quotes(kind):
+    """event_times_s: quotes made in [t_e - before, t_e + after] of any event are pulled (only the
+    reducing side may stay, at event_keep_reducing of its size); outside, and without events, the
+    quote is the policy's own."""
+    base = {**SPEC, "kind": kind}
+    ev = params(**base, event_times_s=[100.0, 500.0], event_pull_before_s=10.0, event_pull_after_s=30.0)
+
+    def q(p, **x):
+        x = {"position": [2.0, -2.0], **x}
+        return {f: np.asarray(v) for f, v in _quote_events(p, inputs(**x))._asdict().items()}
+
+    for t in (0.0, 89.0, 131.0, 469.0, 531.0):                 # outside every window
+        out, own = q(ev, t=t), q(params(**base), t=t)
+        for f in out:
+            np.testing.assert_array_equal(out[f], own[f], err_msg=f"t = {t}, {f}")
+        assert out["bid_active"].all() and out["ask_active"].all()
+    for t in (90.0, 100.0, 130.0, 490.0, 530.0):               # inside, edges included
+        out = q(ev, t=t)
+        assert not out["bid_active"].any() and not out["ask_active"].any(), t
+        np.testing.assert_array_equal(out["bid_size"], 0.0)
+    # Keeping the reducing side: a long keeps its ask, a short its bid, at the given fraction.
+    full = q(params(**base), t=100.0)
+    keep = q(params(**base, event_times_s=[100.0], event_pull_after_s=30.0, event_keep_reducing=0.5), t=120.0)
+    np.testing.assert_array_equal(keep["bid_active"], [False, True])
+    np.testing.assert_array_equal(keep["ask_active"], [True, False])
+    np.testing.assert_allclose([keep["ask_size"][0], keep["bid_size"][1]],
+                               [0.5 * full["ask_size"][0], 0.5 * full["bid_size"][1]], rtol=1e-12)
+    # Flat: neither side reduces, nothing is quoted.
+    flat = q(params(**base, event_times_s=[100.0], event_keep_reducing=1.0), t=100.0, position=0.0)
+    assert not flat["bid_active"].any() and not flat["ask_active"].any()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(event_pull_before_s=-1.0), "event_pull_before_s"),
+    (dict(event_pull_after_s=float("nan")), "event_pull_after_s"),
+    (dict(event_keep_reducing=2.0), "event_keep_reducing"),
+    (dict(event_times_s=[float("inf")]), "event_times_s"),
+    (dict(event_times_s=[[1.0, 2.0]]), "event_times_s"),
+])
+def test_bad_event_params_are_rejected(bad, match):
+    with pytest.raises(ValueError, match=match):
+        pol.PolicyParams(**bad)
+
+
 @pytest.mark.parametrize("kind", pol.POLICIES)
 def test_near_liquidation_only_the_reducing_side_is_quoted(kind):
     p = params(**{**SPEC, "kind": kind, "pull_margin_ratio": 1.5})
