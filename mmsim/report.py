@@ -426,7 +426,11 @@ def _job_label(job_dir: Path) -> str:
 def sweep_rows(sweep_dir: Path) -> list[dict]:
     """One flat dict per job directory of ``sweep_dir`` that holds a metrics.json."""
     rows = []
-    for mfile in sorted(Path(sweep_dir).glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+    def order(mfile):   # Hydra's job number first (jobs 2 .. 9 before 10), then the name
+        head = mfile.parent.name.split("_", 1)[0]
+        return (int(head) if head.isdigit() else math.inf, mfile.parent.name)
+
+    for mfile in sorted(Path(sweep_dir).glob("*/metrics.json"), key=order):
         try:
             m = json.loads(mfile.read_text())
         except (OSError, ValueError):
@@ -447,10 +451,25 @@ def sweep_rows(sweep_dir: Path) -> list[dict]:
     return rows
 
 
+def varying_labels(overrides: list[str]) -> list[str]:
+    """Short plot labels for jobs' override strings: only the overrides that differ between
+    jobs, each key by its last component (``policy.event_pull_before_s=300`` ->
+    ``event_pull_before_s=300``), one per line."""
+    toks = [o.split() for o in overrides]
+    common = set.intersection(*map(set, toks)) if len(toks) > 1 else set()
+    out = []
+    for t in toks:
+        parts = [x for x in t if x not in common] or t
+        out.append("\n".join(f"{x.split('=', 1)[0].rsplit('.', 1)[-1]}={x.split('=', 1)[1]}" if "=" in x else x
+                             for x in parts))
+    return out
+
+
 def write_sweep_summary(sweep_dir: Path) -> list[Path]:
     """Aggregate the jobs of a multirun into ``sweep_summary.md``, ``.csv`` and ``.png`` (PnL mean
-    ± 2 se and the P(liquidation) upper bound per job). Returns the files written (none when no
-    job has a metrics.json)."""
+    ± 2 se, P(liquidation) and P(drawdown > x) with their Clopper-Pearson upper bounds, per job,
+    labelled by the overrides that vary). Returns the files written (none when no job has a
+    metrics.json)."""
     sweep_dir = Path(sweep_dir)
     rows = sweep_rows(sweep_dir)
     if not rows:
@@ -467,18 +486,24 @@ def write_sweep_summary(sweep_dir: Path) -> list[Path]:
     risk_rows = [r for r in rows if "pnl_mean" in r]
     if risk_rows:
         x = np.arange(len(risk_rows))
-        fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(6, 0.7 * len(risk_rows) + 3), 6), sharex=True)
+        labels = varying_labels([r["overrides"] for r in risk_rows])
+        n_lines = max(lab.count("\n") + 1 for lab in labels)
+        fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(max(6, 0.8 * len(risk_rows) + 2), 8 + 0.3 * n_lines),
+                                         sharex=True)
         mean = np.array([r["pnl_mean"] for r in risk_rows], float)
         se = np.array([r.get("pnl_se") or 0.0 for r in risk_rows], float)
         a1.errorbar(x, mean, yerr=2 * se, fmt="o", capsize=3)
         a1.set_ylabel("PnL mean ± 2 se")
         a1.grid(alpha=0.3)
-        a2.bar(x, [r["p_liq_ci_high"] for r in risk_rows], color="#c44e52", alpha=0.6, label="CP upper bound")
-        a2.plot(x, [r["p_liq"] for r in risk_rows], "ko", label="estimate")
-        a2.set_ylabel("P(liquidation)")
+        for ax, est, hi, what in ((a2, "p_liq", "p_liq_ci_high", "P(liquidation)"),
+                                  (a3, "p_dd", "p_dd_ci_high", "P(max drawdown > x)")):
+            ax.bar(x, [r[hi] for r in risk_rows], color="#c44e52", alpha=0.6, label="95 % CP upper bound")
+            ax.plot(x, [r[est] for r in risk_rows], "ko", label="estimate")
+            ax.set_ylabel(what)
+            ax.grid(alpha=0.3, axis="y")
         a2.legend(fontsize=8)
-        a2.set_xticks(x)
-        a2.set_xticklabels([r["overrides"] for r in risk_rows], rotation=30, ha="right", fontsize=7)
+        a3.set_xticks(x)
+        a3.set_xticklabels(labels, fontsize=7, rotation=30, ha="right", rotation_mode="anchor")
         fig.tight_layout()
         fig.savefig(sweep_dir / "sweep_summary.png", dpi=DPI)
         plt.close(fig)

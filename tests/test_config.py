@@ -270,6 +270,23 @@ def test_sweep_summary(tmp_path, capsys):
     assert len(report.sweep_rows(tmp_path)) == 2
 
 
+def test_sweep_rows_follow_the_job_numbers_and_labels_show_what_varies(tmp_path):
+    m = {"n_paths": 10, "p_liquidation": {"count": 0, "estimate": 0.0, "ci_low": 0.0, "ci_high": 0.3},
+         "p_drawdown": {"threshold": 0.1, "count": 1, "estimate": 0.1, "ci_low": 0.0, "ci_high": 0.4},
+         "pnl": {"mean": 1.0, "se_mean": 0.5, "std": 2.0, "var_99": 3.0, "cvar_99": 4.0},
+         "max_drawdown": {"q99": 5.0}}
+    for i in (10, 2, 1):   # written out of order; "10_..." sorts before "2_..." as text
+        d = tmp_path / f"{i}_sim.seed={i}"
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps(m))
+    assert [r["job"] for r in report.sweep_rows(tmp_path)] == ["1_sim.seed=1", "2_sim.seed=2", "10_sim.seed=10"]
+    labels = report.varying_labels(["experiment=x policy.gamma=0.1 sim.seed=1",
+                                    "experiment=x policy.gamma=0.2 sim.seed=1"])
+    assert labels == ["gamma=0.1", "gamma=0.2"]
+    assert report.varying_labels(["experiment=x"]) == ["experiment=x"]
+    assert report.varying_labels(["a.b=1 c=2", "a.b=3 c=4"]) == ["b=1\nc=2", "b=3\nc=4"]
+
+
 def test_liquidation_claim_needs_the_upper_bound():
     ok = report.liquidation_claim({"count": 0, "estimate": 0.0, "ci_low": 0.0, "ci_high": 3.7e-4, "n": 10000}, 1e-3)
     assert ok.startswith("P(liquidation) ≈ 0")
