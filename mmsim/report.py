@@ -425,11 +425,11 @@ def _job_label(job_dir: Path) -> str:
 
 def sweep_rows(sweep_dir: Path) -> list[dict]:
     """One flat dict per job directory of ``sweep_dir`` that holds a metrics.json."""
-    rows = []
     def order(mfile):   # Hydra's job number first (jobs 2 .. 9 before 10), then the name
         head = mfile.parent.name.split("_", 1)[0]
         return (int(head) if head.isdigit() else math.inf, mfile.parent.name)
 
+    rows = []
     for mfile in sorted(Path(sweep_dir).glob("*/metrics.json"), key=order):
         try:
             m = json.loads(mfile.read_text())
@@ -497,7 +497,7 @@ def write_sweep_summary(sweep_dir: Path) -> list[Path]:
         a1.grid(alpha=0.3)
         for ax, est, hi, what in ((a2, "p_liq", "p_liq_ci_high", "P(liquidation)"),
                                   (a3, "p_dd", "p_dd_ci_high", "P(max drawdown > x)")):
-            ax.bar(x, [r[hi] for r in risk_rows], color="#c44e52", alpha=0.6, label="95 % CP upper bound")
+            ax.bar(x, [r[hi] for r in risk_rows], color="#c44e52", alpha=0.6, label="CP upper bound")
             ax.plot(x, [r[est] for r in risk_rows], "ko", label="estimate")
             ax.set_ylabel(what)
             ax.grid(alpha=0.3, axis="y")
