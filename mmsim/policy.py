@@ -105,6 +105,10 @@ class PolicyParams:
             the book empty when the event strikes.
         event_keep_reducing: in an event window, the side that reduces |position| stays quoted at
             this fraction of its size, in [0, 1] (0: both sides pulled; both pulled when flat).
+        event_reduce_at_touch: 1 (or true) to quote that kept side at the touch, ``mid -+ tick/2``
+            (the best post-only price: the touch of a one-tick book), instead of the policy's
+            price: the position is worked down faster, giving up the spread; 0 (the default) keeps
+            the policy's price.
     """
 
     gamma: jax.Array | float = 0.01
@@ -129,6 +133,7 @@ class PolicyParams:
     event_pull_before_s: jax.Array | float = 0.0
     event_pull_after_s: jax.Array | float = 0.0
     event_keep_reducing: jax.Array | float = 0.0
+    event_reduce_at_touch: jax.Array | float = 0.0
     kind: str = static_field(default="spec")
 
     def validate(self) -> None:
@@ -153,6 +158,8 @@ class PolicyParams:
         c.nonneg("event_pull_before_s", "seconds before an event")
         c.nonneg("event_pull_after_s", "seconds after an event")
         c.between("event_keep_reducing", 0.0, 1.0, "fraction of the reducing side's size kept around an event")
+        c.require(bool(np.all(np.isin(c.value("event_reduce_at_touch"), (0.0, 1.0)))), "event_reduce_at_touch",
+                  "must be 0 or 1 (false or true)")
 
 
 TUNABLE = ("gamma", "size_fraction", "max_inventory", "k", "horizon_s", "cascade_keep_reducing",
@@ -282,6 +289,14 @@ def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
         # instead of paying through the book.
         bid = jnp.minimum(bid, x.mid - x.tick / 2.0)
         ask = jnp.maximum(ask, x.mid + x.tick / 2.0)
+    events = math.prod(np.shape(p.event_times_s)) > 0   # static: without events nothing is computed
+    if events:
+        t_e = jnp.reshape(jnp.asarray(p.event_times_s, x.mid.dtype), (-1,))
+        in_event = jnp.any((x.t >= t_e - p.event_pull_before_s) & (x.t <= t_e + p.event_pull_after_s))
+        # Flattening into the event: the reducing side at the touch, the best post-only price.
+        touch = in_event & (jnp.asarray(p.event_reduce_at_touch, x.mid.dtype) > 0)
+        ask = jnp.where(touch & (x.position > 0), x.mid + x.tick / 2.0, ask)
+        bid = jnp.where(touch & (x.position < 0), x.mid - x.tick / 2.0, bid)
     bid, ask = round_to_tick(bid, ask, x.tick)
     # One tick apart at least: rounding a sub-tick spread could otherwise cross.
     ask = jnp.maximum(ask, bid + x.tick)
@@ -298,9 +313,7 @@ def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
         active = active & ~(x.pull_cascade & (keep <= 0.0))
         bsz = jnp.where(x.pull_cascade, bsz * keep, bsz)
         asz = jnp.where(x.pull_cascade, asz * keep, asz)
-    if math.prod(np.shape(p.event_times_s)):   # no events: nothing to compute (shapes are static)
-        t_e = jnp.reshape(jnp.asarray(p.event_times_s, x.mid.dtype), (-1,))
-        in_event = jnp.any((x.t >= t_e - p.event_pull_before_s) & (x.t <= t_e + p.event_pull_after_s))
+    if events:
         keep_e = jnp.asarray(p.event_keep_reducing, bsz.dtype)
         reduce_only = reduce_only | in_event
         active = active & ~(in_event & (keep_e <= 0.0))

@@ -317,6 +317,18 @@ def test_scheduled_event_window_pulls_quotes(kind):
     np.testing.assert_array_equal(keep["ask_active"], [True, False])
     np.testing.assert_allclose([keep["ask_size"][0], keep["bid_size"][1]],
                                [0.5 * full["ask_size"][0], 0.5 * full["bid_size"][1]], rtol=1e-12)
+    # At the touch: the kept side rests at mid -+ tick/2 (rounded to the grid), the pulled side
+    # stays pulled; outside the window the prices are the policy's own.
+    touch = params(**base, event_times_s=[100.0], event_pull_after_s=30.0, event_keep_reducing=1.0,
+                   event_reduce_at_touch=1.0)
+    at = q(touch, t=120.0, tick=0.1)
+    np.testing.assert_allclose([at["ask_price"][0], at["bid_price"][1]], [60_000.1, 59_999.9], rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(at["bid_active"], [False, True])
+    np.testing.assert_array_equal(at["ask_active"], [True, False])
+    away = q(touch, t=131.0, tick=0.1)
+    own = q(params(**base), t=131.0, tick=0.1)
+    for f in away:
+        np.testing.assert_array_equal(away[f], own[f], err_msg=f)
     # Flat: neither side reduces, nothing is quoted.
     flat = q(params(**base, event_times_s=[100.0], event_keep_reducing=1.0), t=100.0, position=0.0)
     assert not flat["bid_active"].any() and not flat["ask_active"].any()
@@ -328,6 +340,7 @@ def test_scheduled_event_window_pulls_quotes(kind):
     (dict(event_keep_reducing=2.0), "event_keep_reducing"),
     (dict(event_times_s=[float("inf")]), "event_times_s"),
     (dict(event_times_s=[[1.0, 2.0]]), "event_times_s"),
+    (dict(event_reduce_at_touch=0.5), "event_reduce_at_touch"),
 ])
 def test_bad_event_params_are_rejected(bad, match):
     with pytest.raises(ValueError, match=match):
