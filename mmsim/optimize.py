@@ -16,9 +16,10 @@ on the simulator (:func:`simulator_evaluator`).
 
 **Search space.** Each parameter lives in unconstrained coordinates ``z`` (``log`` for positive
 scales such as gamma, leverage or the inventory normalisation, ``logit`` for fractions, or
-``linear``) and is projected onto its box ``[lo, hi]`` (natural units) after every step. Smoothing
-and learning rates are therefore dimensionless: sigma = 0.1 on log gamma perturbs gamma by about
-10 %.
+``linear``: the position in the box, ``(x - lo) / (hi - lo)``) and is projected onto its box
+``[lo, hi]`` (natural units) after every step. Smoothing and learning rates are therefore
+dimensionless: sigma = 0.1 on log gamma perturbs gamma by about 10 %, on a linear parameter by a
+tenth of its box.
 
 **Gradient estimator: smoothing with antithetic pairs and common random numbers.** Fills,
 liquidations and drawdown breaches are discrete events: on a fixed set of paths the Monte Carlo
@@ -157,7 +158,9 @@ class ParamSpec:
         name: parameter name (``gamma``, ``size_fraction``, ``max_inventory``, ``leverage`` or any
             name the evaluator understands).
         lo, hi: bounds in natural units (gamma in 1 / quote currency, leverage dimensionless, ...).
-        transform: "log" (positive scales), "logit" (fractions in (0, 1)) or "linear".
+        transform: "log" (positive scales), "logit" (fractions in (0, 1)) or "linear" (z is the
+            position in the box, ``(x - lo) / (hi - lo)``, so that smoothing and learning rates
+            are fractions of the box whatever the parameter's units, e.g. seconds).
     """
 
     name: str
@@ -182,7 +185,7 @@ class ParamSpec:
             return math.log(x)
         if self.transform == "logit":
             return float(special.logit(x))
-        return x
+        return (x - float(self.lo)) / (float(self.hi) - float(self.lo))   # linear: the fraction of the box
 
     def from_z(self, z: float) -> float:
         if self.transform == "log":
@@ -190,7 +193,7 @@ class ParamSpec:
         elif self.transform == "logit":
             x = float(special.expit(z))
         else:
-            x = float(z)
+            x = float(self.lo) + float(z) * (float(self.hi) - float(self.lo))
         return min(max(x, self.lo), self.hi)
 
     @property

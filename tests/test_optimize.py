@@ -106,6 +106,10 @@ def test_param_spec_transforms_and_errors():
         assert spec.from_z(spec.to_z(x)) == pytest.approx(x, rel=1e-12)
         lo, hi = spec.z_bounds
         assert spec.from_z(hi + 5.0) == spec.hi and spec.from_z(lo - 5.0) == spec.lo
+    # A linear parameter's z is its position in the box: the same step means the same fraction of
+    # the range whatever the units (seconds here).
+    secs = opt.ParamSpec("event_pull_before_s", 0.0, 1800.0, "linear")
+    assert secs.z_bounds == (0.0, 1.0) and secs.to_z(900.0) == 0.5 and secs.from_z(0.1) == pytest.approx(180.0)
     with pytest.raises(ValueError, match="lo > 0"):
         opt.ParamSpec("gamma", 0.0, 1.0, "log")
     with pytest.raises(ValueError, match="lo < hi"):
