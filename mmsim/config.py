@@ -510,6 +510,12 @@ def build(cfg):
     ep = engine_params(cfg, mp, world)
     _check_assets(mp, ep)
     ep = _sized_adverse_slots(cfg, ep, sim.dt)
+    if not ep.price.returns:
+        needs_sigma = ep.policy.kind in ("as2008", "glft")
+        _require(ep.lite and (ep.policy.kind == "symmetric" or (needs_sigma and bool(
+            np.all(np.asarray(ep.policy.sigma_price) > 0)))), "engine.price.returns",
+                 "= false keeps only the mid: it needs engine.lite and a policy that is given its volatility "
+                 "(kind as2008 or glft with policy.sigma_price > 0, or symmetric)")
     if world == "as2008":
         _require(ep.lite, "engine.lite", "must be true in the as2008 world (it has no flow, spread or "
                                          "liquidation observations for the estimators); use engine=lite")

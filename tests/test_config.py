@@ -253,6 +253,16 @@ def test_cli_dispatches_optimize(monkeypatch):
     assert cli.main(["no-such-command"]) == 1
 
 
+@pytest.mark.parametrize("overrides", [
+    ["experiment=as2008", "policy.sigma_price=0"],                       # the policy needs the estimate
+    ["experiment=cascade_stress", "+engine.price.returns=false"],        # the full engine reads returns
+])
+def test_mid_only_price_estimator_is_refused_where_it_is_read(overrides):
+    with pytest.raises(mcfg.ConfigError, match="engine.price.returns"):
+        mcfg.build(cli.compose(overrides))
+    assert not mcfg.build(cli.compose(["experiment=as2008"]))[2].price.returns
+
+
 def test_sweep_summary(tmp_path, capsys):
     m = {"n_paths": 10, "p_liquidation": {"count": 0, "estimate": 0.0, "ci_low": 0.0, "ci_high": 0.3},
          "p_drawdown": {"threshold": 0.1, "count": 1, "estimate": 0.1, "ci_low": 0.0, "ci_high": 0.4},

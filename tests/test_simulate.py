@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import dataclasses
 import textwrap
 
 import numpy as np
@@ -91,6 +92,20 @@ def test_recompiles_only_for_new_shapes(as_run):
                          n_steps=N_STEPS, dt=DT, seed=7, progress=False)
     assert again.compile_s == 0.0   # same shapes, new gamma: the cached executable
     assert not np.array_equal(again.summary.pnl, as_run.summary.pnl)
+
+
+def test_mid_only_price_estimator_gives_the_same_paths(as_run):
+    """engine.price.returns = False (the as2008 experiment: the policy is given sigma) skips the
+    estimator's returns, variance and jumps, which nothing in that engine reads: the same paths, bit
+    for bit."""
+    from mmsim.estimators import price as e_price
+
+    ep = as2008_engine()
+    lean = dataclasses.replace(ep, price=e_price.PriceEstParams(returns=False))
+    out = sim.simulate("as2008", as2008.AS2008Params(), lean, n_paths=4000, n_steps=N_STEPS, dt=DT, seed=7,
+                       progress=False)
+    for f in sim.PathSummary._fields:
+        np.testing.assert_array_equal(getattr(out.summary, f), getattr(as_run.summary, f), err_msg=f)
 
 
 SHARD_SCRIPT = textwrap.dedent("""

@@ -67,6 +67,10 @@ class PriceEstParams:
         jump_min_obs: returns needed before jumps are tested (static, >= 1).
         winsorize_jumps: add a jump to ``ret_var`` clipped at the threshold instead of
             skipping it (static).
+        returns: track returns, drift, variance and jumps (static). False keeps the mid only
+            (``mid``, ``initialised``; every other field stays at its initial value), for a lite
+            engine whose policy is given its volatility, such as the as2008 experiment with the
+            paper's sigma; :func:`mmsim.config.build` refuses it anywhere else.
     """
 
     drift_half_life_s: jax.Array | float = DEFAULT_DRIFT_HALF_LIFE_S
@@ -75,6 +79,7 @@ class PriceEstParams:
     min_ret_var: jax.Array | float = 1e-12
     jump_min_obs: int = static_field(default=10)
     winsorize_jumps: bool = static_field(default=False)
+    returns: bool = static_field(default=True)
 
     def validate(self) -> None:
         c = Check(self)
@@ -85,6 +90,7 @@ class PriceEstParams:
         c.require(isinstance(self.jump_min_obs, int) and self.jump_min_obs >= 1, "jump_min_obs",
                   "must be an integer >= 1 (returns before jumps are tested)")
         c.require(isinstance(self.winsorize_jumps, bool), "winsorize_jumps", "must be a bool")
+        c.require(isinstance(self.returns, bool), "returns", "must be a bool")
 
 
 class PriceEst(NamedTuple):
@@ -123,6 +129,8 @@ def update(params: PriceEstParams, state: PriceEst, obs) -> PriceEst:
     dtype = state.mid.dtype
     mid = jnp.asarray(obs.mid, dtype)
     ok = jnp.asarray(obs.book_valid) & jnp.isfinite(mid) & (mid > 0)
+    if not params.returns:
+        return state._replace(mid=jnp.where(ok, mid, state.mid), initialised=state.initialised | ok)
     log_mid = jnp.log(jnp.where(ok, mid, 1.0))
     dt = state.since_s + jnp.asarray(obs.dt, dtype)          # seconds spanned by the return
     fresh = ok & state.initialised

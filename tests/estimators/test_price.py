@@ -228,6 +228,21 @@ def test_statistics_gaussian_returns(seed):
     assert abs(n_jumps - expect) < 4 * math.sqrt(expect), (n_jumps, expect)
 
 
+def test_mid_only_tracks_the_last_valid_mid():
+    """returns=False: mid and initialised follow the valid books; nothing else moves."""
+    p = price.PriceEstParams(returns=False)
+    mids = [[100.0, 0.0], [101.0, np.nan], [99.0, 50.0]]
+    final, states = run(p, book_seq(mids, [1.0, 2.0, 1.0], valid=[[True, True], [False, True], [True, True]]), 2)
+    np.testing.assert_array_equal(np.asarray(states.mid), [[100.0, 0.0], [100.0, 0.0], [99.0, 50.0]])
+    np.testing.assert_array_equal(np.asarray(states.initialised), [[True, False], [True, False], [True, True]])
+    empty = price.init(p, 2, jnp.float64)
+    for f in price.PriceEst._fields:
+        if f not in ("mid", "initialised"):
+            np.testing.assert_array_equal(getattr(final, f), getattr(empty, f), err_msg=f)
+    with pytest.raises(ValueError, match="returns"):
+        price.PriceEstParams(returns=0)
+
+
 def test_invalid_params_raise():
     base = price.PriceEstParams()
     for field, bad in (("drift_half_life_s", 0.0), ("ret_var_half_life_s", -1.0), ("jump_threshold", 0.0),
