@@ -29,6 +29,10 @@ from mmsim.observation import Observation
 from mmsim.policy import Quote
 
 STREAM = {"mid": 1, "fills": 9}
+#: The observation fields this world sets (in :func:`observe` and :func:`step`); every other field
+#: is :func:`mmsim.observation.empty`'s, always (no trades, liquidations or funding here).
+OBS_FIELDS = ("t", "dt", "best_bid", "best_ask", "mid", "last_price", "book_valid", "fill_bid_size",
+              "fill_bid_price", "fill_ask_size", "fill_ask_price", "fills_valid")
 
 
 @pytree_dataclass

@@ -3,13 +3,14 @@ against an independent numpy Monte Carlo of the same model, and input validation
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
-import dataclasses
 import textwrap
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -92,6 +93,22 @@ def test_recompiles_only_for_new_shapes(as_run):
                          n_steps=N_STEPS, dt=DT, seed=7, progress=False)
     assert again.compile_s == 0.0   # same shapes, new gamma: the cached executable
     assert not np.array_equal(again.summary.pnl, as_run.summary.pnl)
+
+
+def test_as2008_sets_only_its_declared_observation_fields():
+    """The scan carries only as2008.OBS_FIELDS and rebuilds the rest from observation.empty: the
+    world's observations must hold empty()'s values there, at t = 0 and after a step."""
+    from mmsim import observation, rng
+
+    mp = as2008.AS2008Params()
+    st = as2008.init(mp, jnp.float32)
+    q = policy.Quote(*(jnp.array([99.0, 101.0, 1.0, 1.0], jnp.float32).reshape(4, 1)),
+                     jnp.ones(1, bool), jnp.ones(1, bool))
+    empty = observation.empty(1, jnp.float32)
+    for obs in (as2008.observe(st, mp), as2008.step(rng.key(0), st, mp, DT, q)[1]):
+        for f in observation.Observation._fields:
+            if f not in as2008.OBS_FIELDS:
+                np.testing.assert_array_equal(getattr(obs, f), getattr(empty, f), err_msg=f)
 
 
 def test_mid_only_price_estimator_gives_the_same_paths(as_run):
