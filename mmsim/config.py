@@ -515,7 +515,8 @@ def build(cfg):
         _require(ep.lite and (ep.policy.kind == "symmetric" or (needs_sigma and bool(
             np.all(np.asarray(ep.policy.sigma_price) > 0)))), "engine.price.returns",
                  "= false keeps only the mid: it needs engine.lite and a policy that is given its volatility "
-                 "(kind as2008 or glft with policy.sigma_price > 0, or symmetric)")
+                 "(kind as2008 or glft with policy.sigma_price > 0, or symmetric); set engine.price.returns=true "
+                 "for the estimate")
     if world == "as2008":
         _require(ep.lite, "engine.lite", "must be true in the as2008 world (it has no flow, spread or "
                                          "liquidation observations for the estimators); use engine=lite")
