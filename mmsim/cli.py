@@ -79,10 +79,10 @@ def describe_policy(ep) -> str:
         if f.name == "kind":
             continue
         v = np.asarray(getattr(ep.policy, f.name))
-        lines.append(f"  {f.name:18s} {v.tolist()}")
+        lines.append(f"  {f.name:22s} {v.tolist()}")
     lines.append("account:")
     for f in dataclasses.fields(ep.account):
-        lines.append(f"  {f.name:18s} {np.asarray(getattr(ep.account, f.name)).tolist()}")
+        lines.append(f"  {f.name:22s} {np.asarray(getattr(ep.account, f.name)).tolist()}")
     lines.append(f"engine: n_assets {ep.n_assets}, tick {np.asarray(ep.tick).tolist()}, warmup_s "
                  f"{float(np.asarray(ep.warmup_s)):g}, lite {ep.lite}")
     return "\n".join(lines)
