@@ -28,7 +28,6 @@ from mmsim._pytree import Check, pytree_dataclass, static_field
 from mmsim.observation import Observation
 from mmsim.policy import Quote
 
-STREAM = {"mid": 1, "fills": 9}
 #: The observation fields this world sets (in :func:`observe` and :func:`step`); every other field
 #: is :func:`mmsim.observation.empty`'s, always (no trades, liquidations or funding here).
 OBS_FIELDS = ("t", "dt", "best_bid", "best_ask", "mid", "last_price", "book_valid", "fill_bid_size",
@@ -105,12 +104,17 @@ def step(key: jax.Array, state: AS2008State, params: AS2008Params, dt: float,
     if quote is None:
         quote = Quote(*(jnp.zeros((a,), dtype),) * 4, *(jnp.zeros((a,), bool),) * 2)
     mid0 = state.mid
-    fstate, f = fl.resolve(rng.fold_in(key, STREAM["fills"]), state.fills, params.fills, quote, dt,
+    # One hash per asset feeds the step's three draws: the fills' two uniforms are the high bits
+    # of the step key's words (float32: bits 63-41 and 31-9 of word i; float64: bits 63-12 of
+    # words 2i, 2i + 1) and the mid's fair coin is bit 0 of word i, which no uniform uses. The
+    # bits of one SplitMix64 output are independent for this purpose (a coin and two uniforms; the
+    # test suite checks the model's moments against an independent numpy Monte Carlo).
+    fstate, f = fl.resolve(key, state.fills, params.fills, quote, dt,
                            mid_before=mid0, best_bid_before=mid0, best_ask_before=mid0, best_bid_after=mid0,
                            best_ask_after=mid0, mid_after=mid0, sell_volume=jnp.zeros_like(mid0),
                            buy_volume=jnp.zeros_like(mid0), tick=jnp.zeros_like(mid0))
-    u = rng.uniform(rng.fold_in(key, STREAM["mid"]), (a,), dtype)
-    mid = mid0 + jnp.where(u < 0.5, 1.0, -1.0).astype(dtype) * jnp.asarray(params.sigma * np.sqrt(dt), dtype)
+    up = (rng.bits(key, a) & np.uint64(1)) == np.uint64(1)
+    mid = mid0 + jnp.where(up, 1.0, -1.0).astype(dtype) * jnp.asarray(params.sigma * np.sqrt(dt), dtype)
     t = (state.t_index + 1).astype(dtype) * jnp.asarray(dt, dtype)
     obs = _book_obs(mid, t, dt)._replace(
         fill_bid_size=f.bid_size, fill_bid_price=f.bid_price, fill_ask_size=f.ask_size,
