@@ -539,7 +539,8 @@ def test_end_to_end_with_the_simulator(tmp_path):
     from mmsim import config as mcfg
     from mmsim import simulate as sim
 
-    ov = ["experiment=as2008", "sim.horizon_s=0.1", "account.initial_equity=10.0", "account.maintenance_margin=0.09",
+    ov = ["experiment=as2008", "sim.horizon_s=0.1", "account.initial_equity=10.0", "account.leverage=10.0",
+          "account.maintenance_margin=0.09",
           "+optimize.n_iter=2", "+optimize.n_paths_train=128", "+optimize.n_paths_validation=128",
           "+optimize.seed_train=1", "+optimize.seed_validation=2", "+optimize.epsilon_liq=0.05",
           "+optimize.frontier.values=[0.01,1.0]", "+optimize.params.gamma.lo=0.001", "+optimize.params.gamma.hi=10.0"]
