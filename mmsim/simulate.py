@@ -15,7 +15,7 @@ of paths; a progress bar counts chunks. Across hosts, call ``jax.distributed.ini
 (see :func:`init_distributed`): each process then runs the chunks ``process_index ::
 process_count`` and the caller gathers. Only per-path summaries leave the device; full traces (for
 figures) are recorded for the first ``n_trace`` paths by a second compiled function that replays
-exactly those paths.
+exactly those paths; XLA compiles it on a background thread while it compiles the first.
 
 Compiled functions are cached by (world, static structure, shapes, n_steps, dt, dtype, devices):
 calling :func:`simulate` again with new parameter values (a sweep over gamma, an optimiser)
@@ -24,6 +24,7 @@ does not recompile.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
 import os
@@ -241,13 +242,17 @@ def _signature(tree) -> tuple:
     return treedef, tuple((np.shape(x), str(jnp.asarray(x).dtype)) for x in leaves)
 
 
-def _compiled(world, mp, ep, keys, *, n_steps, dt, dtype, trace, devices):
-    """The compiled (vmapped, sharded) path function for these shapes, and its compile seconds
-    (0 when it came from the cache)."""
+def _compile_start(world, mp, ep, keys, *, n_steps, dt, dtype, trace, devices):
+    """Start compiling the (vmapped, sharded) path function for these shapes: it is traced and
+    lowered here, and XLA compiles it on a background thread (a second program then compiles
+    while the first one does, on a machine with cores to spare). Returns a ``finish()`` that
+    waits and gives ``(compiled, seconds)``; the seconds are those spent in this call and in
+    ``finish()``, 0 when the program came from the cache."""
     key = (world, _signature(mp), _signature(ep), keys.shape, n_steps, float(dt), jnp.dtype(dtype).name, trace,
            tuple(d.id for d in devices))
     if key in _COMPILED:
-        return _COMPILED[key], 0.0
+        return lambda: (_COMPILED[key], 0.0)
+
     def fn(k, m, e):
         return _paths(k, m, e, world=world, n_steps=n_steps, dt=dt, dtype=dtype, trace=trace)
 
@@ -256,10 +261,20 @@ def _compiled(world, mp, ep, keys, *, n_steps, dt, dtype, trace, devices):
         fn = jax.shard_map(fn, mesh=mesh, in_specs=(P("paths"), P(), P()), out_specs=P("paths"), check_vma=False)
     t0 = time.perf_counter()
     options = CPU_COMPILER_OPTIONS if devices[0].platform == "cpu" else None
-    compiled = jax.jit(fn).lower(keys, mp, ep).compile(compiler_options=options)
-    secs = time.perf_counter() - t0
-    _COMPILED[key] = compiled
-    return compiled, secs
+    lowered = jax.jit(fn).lower(keys, mp, ep)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    job = pool.submit(lowered.compile, compiler_options=options)
+    pool.shutdown(wait=False)
+    lower_s = time.perf_counter() - t0
+
+    def finish():
+        t1 = time.perf_counter()
+        compiled = job.result()
+        _COMPILED[key] = compiled
+        return compiled, lower_s + time.perf_counter() - t1
+
+    return finish
+
 
 
 def use_cpu_cores(n: int | None = None) -> int:
@@ -341,8 +356,19 @@ def simulate(world: str, market_params, engine_params, *, n_paths: int, n_steps:
     root = rng.key(seed)
 
     keys0 = rng.path_keys(root, 0, chunk)
-    fn, compile_s = _compiled(world, mp, ep, keys0, n_steps=n_steps, dt=dt, dtype=dtype, trace=False,
-                              devices=devices)
+    fn_done = _compile_start(world, mp, ep, keys0, n_steps=n_steps, dt=dt, dtype=dtype, trace=False,
+                             devices=devices)
+    trace_done = None
+    if n_trace > 0:   # the trace program compiles alongside the simulation's
+        nt = int(math.ceil(min(n_trace, n_paths) / nd) * nd)
+        tkeys = rng.path_keys(root, 0, nt)
+        trace_done = _compile_start(world, mp, ep, tkeys, n_steps=n_steps, dt=dt, dtype=dtype, trace=True,
+                                    devices=devices)
+    fn, compile_s = fn_done()
+    tfn = None
+    if trace_done is not None:   # before the chunks run: the compile must not slow (or time into) them
+        tfn, tc = trace_done()
+        compile_s += tc
     pid, pcount = jax.process_index(), jax.process_count()
     mine = list(range(pid, n_chunks, pcount))
     it = mine
@@ -361,11 +387,7 @@ def simulate(world: str, market_params, engine_params, *, n_paths: int, n_steps:
                             for f in PathSummary._fields))
 
     trace = None
-    if n_trace > 0:
-        nt = int(math.ceil(min(n_trace, n_paths) / nd) * nd)
-        tkeys = rng.path_keys(root, 0, nt)
-        tfn, tc = _compiled(world, mp, ep, tkeys, n_steps=n_steps, dt=dt, dtype=dtype, trace=True, devices=devices)
-        compile_s += tc
+    if tfn is not None:
         _, rows = jax.device_get(tfn(tkeys, mp, ep))
         rows = [np.asarray(x)[:min(n_trace, n_paths)] for x in rows]
         trace = Trace(np.arange(n_steps + 1) * dt, *rows)
