@@ -276,7 +276,6 @@ def _compile_start(world, mp, ep, keys, *, n_steps, dt, dtype, trace, devices):
     return finish
 
 
-
 def use_cpu_cores(n: int | None = None) -> int:
     """Split the host CPU into ``n`` JAX devices (default: one per core this process may use), so
     that :func:`simulate`, which shards paths over all local devices, runs on every core.
