@@ -472,7 +472,7 @@ def _check_assets(mp, ep) -> None:
     a = mp.n_assets
     for path, obj in (("account", ep.account), ("policy", ep.policy)):
         for fld in dataclasses.fields(obj):
-            if fld.metadata.get("static") or (path, fld.name) == ("policy", "event_times_s"):   # a list of times
+            if fld.metadata.get("static") or fld.metadata.get("per_asset") is False:   # e.g. a list of times
                 continue
             shape = np.shape(getattr(obj, fld.name))
             _require(shape in ((), (a,)), f"{path}.{fld.name}",

@@ -129,7 +129,7 @@ class PolicyParams:
     band_min_frac: jax.Array | float = 0.0
     band_max_frac: jax.Array | float = 0.05
     cascade_keep_reducing: jax.Array | float = 0.0
-    event_times_s: jax.Array = dataclasses.field(default_factory=lambda: np.zeros(0))
+    event_times_s: jax.Array = dataclasses.field(default_factory=lambda: np.zeros(0), metadata={"per_asset": False})
     event_pull_before_s: jax.Array | float = 0.0
     event_pull_after_s: jax.Array | float = 0.0
     event_keep_reducing: jax.Array | float = 0.0
@@ -275,6 +275,14 @@ def validate_quote(p: PolicyParams, q: Quote, mid: jax.Array) -> tuple[jax.Array
     return q.bid_active & ok & (q.bid_size > 0), q.ask_active & ok & (q.ask_size > 0)
 
 
+def _keep_reducing(flag, keep, reduce_only, active, bsz, asz):
+    """Where ``flag``: only the side that reduces |position| stays, at ``keep`` times its size
+    (``keep`` <= 0: both sides pulled). Returns the updated ``(reduce_only, active, bsz, asz)``."""
+    keep = jnp.asarray(keep, bsz.dtype)
+    return (reduce_only | flag, active & ~(flag & (keep <= 0.0)), jnp.where(flag, bsz * keep, bsz),
+            jnp.where(flag, asz * keep, asz))
+
+
 def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
     """The policy's quote for one path. The spec policy is post-only (bid <= mid - tick/2 <= mid +
     tick/2 <= ask before rounding); the closed-form policies are left as published. Sides are
@@ -305,20 +313,14 @@ def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
     active = jnp.broadcast_to(x.ready, x.mid.shape) & (x.mid > 0)
     near_liq = x.margin_ratio < p.pull_margin_ratio
     # Only the side that reduces |position| stays (none when flat): near liquidation, and on a
-    # severe cascade (spec policy), there at cascade_keep_reducing times its size (0: pulled).
-    reduce_only = near_liq
+    # severe cascade (spec policy) and in an event window, there at cascade_keep_reducing /
+    # event_keep_reducing times its size (0: pulled).
+    state = (near_liq, active, bsz, asz)
     if p.kind == "spec":
-        keep = jnp.asarray(p.cascade_keep_reducing, bsz.dtype)
-        reduce_only = reduce_only | x.pull_cascade
-        active = active & ~(x.pull_cascade & (keep <= 0.0))
-        bsz = jnp.where(x.pull_cascade, bsz * keep, bsz)
-        asz = jnp.where(x.pull_cascade, asz * keep, asz)
+        state = _keep_reducing(x.pull_cascade, p.cascade_keep_reducing, *state)
     if events:
-        keep_e = jnp.asarray(p.event_keep_reducing, bsz.dtype)
-        reduce_only = reduce_only | in_event
-        active = active & ~(in_event & (keep_e <= 0.0))
-        bsz = jnp.where(in_event, bsz * keep_e, bsz)
-        asz = jnp.where(in_event, asz * keep_e, asz)
+        state = _keep_reducing(in_event, p.event_keep_reducing, *state)
+    reduce_only, active, bsz, asz = state
     bid_on = active & ~(reduce_only & (x.position >= 0))
     ask_on = active & ~(reduce_only & (x.position <= 0))
     qt = Quote(bid, ask, bsz, asz, bid_on, ask_on)

@@ -129,18 +129,16 @@ def _observe(world: str, state, mp) -> observation.Observation:
         best_bid=bid, best_ask=ask, mid=mid, last_price=mid, book_valid=on)
 
 
-def _pack_obs(world: str, obs):
-    """What of an observation the scan carries: the fields the world sets (its ``OBS_FIELDS``), or
-    all of them. The rest are :func:`observation.empty`'s values in every observation of that
-    world; rebuilt inside the step (:func:`_unpack_obs`), they are constants the compiler folds
-    (the as2008 world has no trades, liquidations or funding: the engine's work on them vanishes),
-    where carried they would be loop values it must compute with."""
-    fields = getattr(_world_module(world), "OBS_FIELDS", None)
+def _pack_obs(fields, obs):
+    """What of an observation the scan carries: the ``fields`` a world sets (its ``OBS_FIELDS``), or
+    all of them (None). The rest are :func:`observation.empty`'s values in every observation of
+    that world; rebuilt inside the step (:func:`_unpack_obs`), they are constants the compiler
+    folds (the as2008 world has no trades, liquidations or funding: the engine's work on them
+    vanishes), where carried they would be loop values it must compute with."""
     return obs if fields is None else tuple(getattr(obs, f) for f in fields)
 
 
-def _unpack_obs(world: str, packed, a: int, dtype) -> observation.Observation:
-    fields = getattr(_world_module(world), "OBS_FIELDS", None)
+def _unpack_obs(fields, packed, a: int, dtype) -> observation.Observation:
     return packed if fields is None else observation.empty(a, dtype)._replace(**dict(zip(fields, packed)))
 
 
@@ -171,11 +169,12 @@ def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: b
     batched from the start here (``vmap`` returns batched outputs), so the step is traced once.
     """
     w_mod = _world_module(world)
+    obs_fields = getattr(w_mod, "OBS_FIELDS", None)
     a = ep.n_assets
 
     def start(key):
         w = w_mod.init(mp, dtype)
-        obs = _pack_obs(world, _observe(world, w, mp))
+        obs = _pack_obs(obs_fields, _observe(world, w, mp))
         truth = _truth(world, None, a, dtype) if trace else None
         return w, engine.init(ep, dtype), obs, risk.init(ep.account.initial_equity, a, dtype), truth
 
@@ -186,13 +185,13 @@ def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: b
         # engine step once instead of twice (a separate t = 0 call added 38 of cascade_stress's
         # 367 kernels) at the price of one extra world step per path.
         w, e, obs, r, truth = carry
-        obs = _unpack_obs(world, obs, a, dtype)
+        obs = _unpack_obs(obs_fields, obs, a, dtype)
         e, q, info = engine.step(ep, e, obs)
         r = risk.update(r, info.equity, info.margin_ratio, info.position, info.liquidated_now, obs.t)
         out = _row(world, obs, e, info, truth, a, dtype) if trace else None
         w, obs, winfo = w_mod.step(rng.fold_in(key, t), w, mp, dt, q)
         truth = _truth(world, winfo, a, dtype) if trace else None
-        return (w, e, _pack_obs(world, obs), r, truth), out
+        return (w, e, _pack_obs(obs_fields, obs), r, truth), out
 
     def finish(carry):
         _, e, _, r, _ = carry
