@@ -8,7 +8,9 @@ One update per observation, in this order:
 
 1. **fills** (from the observation, at our quoted prices): cash moves by the fill notional, the
    maker fee is charged on it, and the *spread capture* ``size * |mid_before - price|`` is booked
-   against the mid the quote was made against;
+   against the mid the quote was made against. Our taker orders' executions (when the policy sends
+   any) are booked the same way, with the taker fee: their spread capture is negative, the half
+   spread and the depth they paid through;
 2. **mark to market** of the new position over the observation's mid change. It is split into
    *adverse selection* — the move earned by the inventory of recent fills, an exponentially
    decaying copy ``y`` of the fills with time constant ``as_horizon_s`` — and *inventory* PnL on the
@@ -45,6 +47,7 @@ class AccountParams:
         leverage: exchange leverage L; the initial margin of a position is notional / L.
         maintenance_margin: maintenance margin rate, fraction of notional (liquidation threshold).
         maker_fee: fee on our (maker) fills, fraction of notional; negative = rebate.
+        taker_fee: fee on our taker orders' executions, fraction of notional.
         liquidation_fee: fee charged on the notional closed at liquidation, fraction.
         liquidation_slippage: adverse price of the liquidation close, fraction of mid.
         max_inventory: hard limit on |position| per asset, base units ((A,) or scalar).
@@ -55,6 +58,7 @@ class AccountParams:
     leverage: jax.Array | float = 20.0
     maintenance_margin: jax.Array | float = 0.005
     maker_fee: jax.Array | float = 0.0
+    taker_fee: jax.Array | float = 0.0005
     liquidation_fee: jax.Array | float = 0.005
     liquidation_slippage: jax.Array | float = 0.001
     max_inventory: jax.Array | float = 1.0
@@ -68,6 +72,7 @@ class AccountParams:
         c.require(float(c.value("maintenance_margin")) < 1.0 / float(c.value("leverage")), "maintenance_margin",
                   f"must be below the initial margin rate 1/leverage = {1.0 / float(c.value('leverage')):g}")
         c.between("maker_fee", -0.01, 0.01, "fraction of notional; negative is a rebate")
+        c.between("taker_fee", 0.0, 0.01, "fraction of notional")
         c.between("liquidation_fee", 0.0, 0.5, "fraction of notional")
         c.between("liquidation_slippage", 0.0, 0.5, "fraction of mid")
         c.positive("max_inventory", "base units")
@@ -148,10 +153,20 @@ def update(params: AccountParams, state: AccountState, obs: Observation) -> tupl
     cash = cash - fees
     spread_cap = jnp.sum(fb * (mid_before - pb) + fa * (pa - mid_before))
     q = state.position + fb - fa
+    traded = fb - fa
+    if obs.fill_take_size is not None:   # static: only a policy that sends taker orders reports these
+        tk = jnp.where(take, obs.fill_take_size, 0.0)
+        pk = jnp.where(take, obs.fill_take_price, 0.0)
+        taker_fees = jnp.sum(params.taker_fee * jnp.abs(tk) * pk)
+        cash = cash - jnp.sum(tk * pk) - taker_fees
+        fees = fees + taker_fees
+        spread_cap = spread_cap + jnp.sum(tk * (mid_before - pk))
+        q = q + tk
+        traded = traded + tk
 
     # 2. Mark to market over the mid change, split into adverse selection and inventory.
     decay = jnp.exp(-obs.dt / params.as_horizon_s)
-    y = state.recent_fills * decay + fb - fa
+    y = state.recent_fills * decay + traded
     dmid = mid - mid_before
     mtm_adverse = jnp.sum(y * dmid)
     mtm_total = jnp.sum(q * dmid)

@@ -520,6 +520,8 @@ def build(cfg):
     if world == "as2008":
         _require(ep.lite, "engine.lite", "must be true in the as2008 world (it has no flow, spread or "
                                          "liquidation observations for the estimators); use engine=lite")
+        _require(bool(np.all(np.asarray(ep.policy.event_flatten) == 0)), "policy.event_flatten",
+                 "must be 0 in the as2008 world: the paper's market has no book to take from (post-only)")
     if world == "market":
         _check_market_assets(mp)
         _require(not ep.lite or ep.policy.kind != "spec", "engine.lite",

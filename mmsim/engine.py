@@ -128,7 +128,7 @@ def init(params: EngineParams, dtype=jnp.float32) -> EngineState:
         correlation=e_corr.init(params.correlation, a, dtype), inventory=e_inv.init(params.inventory, a, dtype),
         adverse=e_adv.init(params.adverse, a, dtype), queue=e_queue.init(params.queue, a, dtype),
         account=acct.init(params.account, a, dtype), volume_rate=z, volume_wsum=z,
-        quote=pol.no_quote(a, dtype))
+        quote=pol.no_quote(a, dtype, take=pol.takes(params.policy)))
 
 
 def step(params: EngineParams, state: EngineState, obs: Observation) -> tuple[EngineState, pol.Quote, EngineInfo]:
@@ -208,7 +208,7 @@ def step(params: EngineParams, state: EngineState, obs: Observation) -> tuple[En
     zero = jnp.zeros_like(q.bid_price)
     q = pol.Quote(jnp.where(bid_ok, q.bid_price, zero).astype(dtype), jnp.where(ask_ok, q.ask_price, zero).astype(dtype),
                   jnp.where(bid_ok, bid_sz, zero).astype(dtype), jnp.where(ask_ok, ask_sz, zero).astype(dtype),
-                  bid_ok, ask_ok)
+                  bid_ok, ask_ok, None if q.take is None else jnp.where(account.alive, q.take, zero).astype(dtype))
 
     new = EngineState(price=price, vol=vol, spread=spread, flow=flow, liquidation=liq, funding=fund,
                       correlation=corr, inventory=inv, adverse=adv, queue=queue, account=account,

@@ -18,6 +18,11 @@ Two models, selected by ``FillParams.model`` (static):
 
 Fills are at our quoted price; the maker fee is charged by the account (engine side) when the
 fills come back in the next :class:`~mmsim.observation.Observation`.
+
+A taker order (:func:`take`, a policy flattening into a scheduled event) executes at the start of
+the step against the same book shape: ``touch_depth`` at the touch, ``depth_per_tick`` at every
+further tick. It does not move the world's book or mid (our order is small next to the market's
+flow), and it is executed before the step's flow, ahead of our resting quotes.
 """
 
 from __future__ import annotations
@@ -103,6 +108,33 @@ def _side(queue, qprice, quote_px, size, active, best, new_opposite, mid_after, 
     filled = jnp.where(active, filled, 0.0)
     q_after = jnp.where(filled > 0, 0.0, jnp.maximum(q - reach, 0.0))
     return filled, q_after, jnp.where(active, quote_px, 0.0)
+
+
+def take(size: jax.Array, best_bid: jax.Array, best_ask: jax.Array, tick: jax.Array,
+         params: FillParams) -> tuple[jax.Array, jax.Array]:
+    """A taker order of ``size`` base units ((A,), > 0 buys at the asks, < 0 sells at the bids) walks
+    the book: ``touch_depth`` at the touch, then ``depth_per_tick`` at every tick behind it. With
+    ``depth_per_tick`` 0 the book holds the touch only, and what exceeds it is not executed.
+
+    Returns ``(executed, price)``: signed base units and their average price, quote currency (0
+    where nothing executed). Units needing ``n`` levels behind the touch pay ``n`` ticks more: for
+    ``r = |size| - touch_depth > 0`` spread over ``m = floor(r / depth_per_tick)`` full levels and a
+    part of the next, the extra cost is ``tick (depth_per_tick m (m + 1) / 2 + (r - m depth_per_tick) (m + 1))``.
+    """
+    dtype = best_bid.dtype
+    s = jnp.abs(size).astype(dtype)
+    d0 = jnp.asarray(params.touch_depth, dtype)
+    dpt = jnp.asarray(params.depth_per_tick, dtype)
+    deep = dpt > 0
+    s = jnp.where(deep, s, jnp.minimum(s, d0))
+    r = jnp.maximum(s - d0, 0.0)
+    m = jnp.floor(r / jnp.where(deep, dpt, 1.0))
+    extra = tick * (dpt * m * (m + 1.0) / 2.0 + (r - m * dpt) * (m + 1.0))
+    avg_extra = extra / jnp.where(s > 0, s, 1.0)
+    buy = size > 0
+    price = jnp.where(buy, best_ask + avg_extra, best_bid - avg_extra)
+    executed = jnp.where(buy, s, -s)
+    return executed.astype(dtype), jnp.where(s > 0, price, 0.0).astype(dtype)
 
 
 def resolve(key: jax.Array, state: FillState, params: FillParams, quote: Quote, dt: float, *,

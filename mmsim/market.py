@@ -16,7 +16,9 @@ each other; this module passes each one the drivers it needs, in this order with
    informed orders and liquidations + the scheduled shock + the funding-tied drift;
 8. spread: OU around a volatility- and regime-dependent fair spread, widened by liquidations;
 9. fills: our resting quote (the engine's last one) against the step's aggressive flow
-   (:mod:`mmsim.fills`), reported in the :class:`~mmsim.observation.Observation` of the step.
+   (:mod:`mmsim.fills`), reported in the :class:`~mmsim.observation.Observation` of the step; a
+   taker order of that quote (a policy flattening into an event) against the book of the start of
+   the step (:func:`mmsim.fills.take`).
 
 Each process draws from its own key, ``rng.fold_in(step_key, PROCESS_ID)``: adding a process or
 changing one's draws leaves the others' unchanged.
@@ -218,11 +220,14 @@ def step(key: jax.Array, world: WorldState, params: MarketParams, dt: float,
     buy_vol = flow_i.vol_buy + liq_i.vol_short
     if quote is None:
         quote = Quote(*(jnp.zeros((a,), dtype),) * 4, *(jnp.zeros((a,), bool),) * 2)
+    tick = jnp.broadcast_to(params.spread.tick, (a,)).astype(dtype)
     fill_s, f = fl.resolve(k["fills"], world.fills, params.fills, quote, dt, mid_before=mid0,
                            best_bid_before=bid0, best_ask_before=ask0, best_bid_after=bid, best_ask_after=ask,
-                           mid_after=mid, sell_volume=sell_vol, buy_volume=buy_vol,
-                           tick=jnp.broadcast_to(params.spread.tick, (a,)).astype(dtype))
+                           mid_after=mid, sell_volume=sell_vol, buy_volume=buy_vol, tick=tick)
     f = dist.materialise(f)   # the fills feed the observation and the account: computed once
+    take_size = take_price = None
+    if quote.take is not None:   # a taker order executes against the book of the start of the step
+        take_size, take_price = fl.take(quote.take.astype(dtype), bid0, ask0, tick, params.fills)
 
     new = WorldState(t_index=world.t_index + 1, price=price_s, vol=vol_s, flow=flow_s, spread=spr_s,
                      adverse=adv_s, funding=fund_s, liquidation=liq_s, correlation=corr_s, fills=fill_s,
@@ -243,6 +248,7 @@ def step(key: jax.Array, world: WorldState, params: MarketParams, dt: float,
         settled_rate=fund_i.settled_rate,
         next_funding_s=jnp.broadcast_to(fund_i.time_to_settlement, (a,)).astype(dtype),
         fill_bid_size=f.bid_size, fill_bid_price=f.bid_price, fill_ask_size=f.ask_size, fill_ask_price=f.ask_price,
+        fill_take_size=take_size, fill_take_price=take_price,
         book_valid=ones, trades_valid=ones, liq_valid=ones, funding_valid=ones, fills_valid=ones)
     info = WorldInfo(mid=mid, ret=price_i.ret, variance=vol_i.v, regime=regime, spread=spr_i.spread,
                      best_bid=bid.astype(dtype), best_ask=ask.astype(dtype), informed=adv_s.alpha,

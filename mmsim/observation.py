@@ -49,6 +49,10 @@ class Observation(NamedTuple):
     fill_bid_price: jax.Array  # (A,) average price of those buys (0 where none)
     fill_ask_size: jax.Array   # (A,) base units sold on our ask
     fill_ask_price: jax.Array  # (A,) average price of those sells (0 where none)
+    # Our taker orders' executions since the previous observation; None where we send none (static:
+    # a post-only policy's observations have no such fields).
+    fill_take_size: jax.Array | None  # (A,) base units, > 0 bought, < 0 sold
+    fill_take_price: jax.Array | None  # (A,) average price (0 where none)
     # Validity masks.
     book_valid: jax.Array     # (A,) bool
     trades_valid: jax.Array   # (A,) bool
@@ -57,8 +61,9 @@ class Observation(NamedTuple):
     fills_valid: jax.Array    # (A,) bool
 
 
-def empty(n_assets: int, dtype=jnp.float32) -> Observation:
-    """An all-invalid observation at t = 0 (a template for the live adapter and for tests)."""
+def empty(n_assets: int, dtype=jnp.float32, *, takes: bool = False) -> Observation:
+    """An all-invalid observation at t = 0 (a template for the live adapter and for tests);
+    ``takes``: with (zero) taker-fill fields, for a policy that sends taker orders."""
     z = jnp.zeros((n_assets,), dtype)
     f = jnp.zeros((n_assets,), bool)
     scalar = jnp.zeros((), dtype)
@@ -67,4 +72,5 @@ def empty(n_assets: int, dtype=jnp.float32) -> Observation:
         n_buy=z, n_sell=z, vol_buy=z, vol_sell=z, vwap_buy=z, vwap_sell=z, last_price=z,
         liq_long=z, liq_short=z, funding_rate=z, funding_ref=z, funding_settled=f, settled_rate=z,
         next_funding_s=z, fill_bid_size=z, fill_bid_price=z, fill_ask_size=z, fill_ask_price=z,
+        fill_take_size=z if takes else None, fill_take_price=z if takes else None,
         book_valid=f, trades_valid=f, liq_valid=f, funding_valid=f, fills_valid=f)

@@ -41,12 +41,22 @@ class Quote(NamedTuple):
     ask_size: jax.Array    # (A,)
     bid_active: jax.Array  # (A,) bool
     ask_active: jax.Array  # (A,) bool
+    # (A,) base units to trade at once against the book (a taker order: > 0 buys, < 0 sells), or
+    # None for a post-only policy (static: a policy takes only when it flattens before events).
+    take: jax.Array | None = None
 
 
-def no_quote(n_assets: int, dtype=jnp.float32) -> Quote:
+def no_quote(n_assets: int, dtype=jnp.float32, *, take: bool = False) -> Quote:
+    """No order; ``take``: with a zero taker order (the structure of a policy that :func:`takes`)."""
     z = jnp.zeros((n_assets,), dtype)
     f = jnp.zeros((n_assets,), bool)
-    return Quote(z, z, z, z, f, f)
+    return Quote(z, z, z, z, f, f, z if take else None)
+
+
+def takes(p: PolicyParams) -> bool:
+    """Whether the policy's quotes carry a taker order (static): those with scheduled events, which
+    may flatten into them (``event_flatten``)."""
+    return math.prod(np.shape(p.event_times_s)) > 0
 
 
 class PolicyInputs(NamedTuple):
@@ -109,6 +119,9 @@ class PolicyParams:
             (the best post-only price: the touch of a one-tick book), instead of the policy's
             price: the position is worked down faster, giving up the spread; 0 (the default) keeps
             the policy's price.
+        event_flatten: in an event window, every quote also sends a taker order for this fraction
+            of the position, towards flat, in [0, 1] (1: flat at the window's first quote, paying
+            the book's spread and depth and the taker fee; 0, the default: post-only).
     """
 
     gamma: jax.Array | float = 0.01
@@ -134,6 +147,7 @@ class PolicyParams:
     event_pull_after_s: jax.Array | float = 0.0
     event_keep_reducing: jax.Array | float = 0.0
     event_reduce_at_touch: jax.Array | float = 0.0
+    event_flatten: jax.Array | float = 0.0
     kind: str = static_field(default="spec")
 
     def validate(self) -> None:
@@ -160,10 +174,11 @@ class PolicyParams:
         c.between("event_keep_reducing", 0.0, 1.0, "fraction of the reducing side's size kept around an event")
         c.require(bool(np.all(np.isin(c.value("event_reduce_at_touch"), (0.0, 1.0)))), "event_reduce_at_touch",
                   "must be 0 or 1 (false or true)")
+        c.between("event_flatten", 0.0, 1.0, "fraction of the position closed by a taker order in an event window")
 
 
 TUNABLE = ("gamma", "size_fraction", "max_inventory", "k", "horizon_s", "cascade_keep_reducing",
-           "event_pull_before_s", "event_pull_after_s", "event_keep_reducing")
+           "event_pull_before_s", "event_pull_after_s", "event_keep_reducing", "event_flatten")
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,7 +312,7 @@ def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
         # instead of paying through the book.
         bid = jnp.minimum(bid, x.mid - x.tick / 2.0)
         ask = jnp.maximum(ask, x.mid + x.tick / 2.0)
-    events = math.prod(np.shape(p.event_times_s)) > 0   # static: without events nothing is computed
+    events = takes(p)   # static: without events nothing is computed
     if events:
         t_e = jnp.reshape(jnp.asarray(p.event_times_s, x.mid.dtype), (-1,))
         in_event = jnp.any((x.t >= t_e - p.event_pull_before_s) & (x.t <= t_e + p.event_pull_after_s))
@@ -326,5 +341,10 @@ def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
     qt = Quote(bid, ask, bsz, asz, bid_on, ask_on)
     bid_ok, ask_ok = dist.materialise_small(validate_quote(p, qt, x.mid))   # computed once, not per field
     zero = jnp.zeros_like(bid)
+    # Flattening into an event with a taker order: a fraction of the position, towards flat.
+    take = None
+    if events:
+        ready = jnp.broadcast_to(x.ready, x.mid.shape) & (x.mid > 0)
+        take = jnp.where(in_event & ready, -jnp.asarray(p.event_flatten, bid.dtype) * x.position, zero)
     return Quote(jnp.where(bid_ok, bid, zero), jnp.where(ask_ok, ask, zero), jnp.where(bid_ok, bsz, zero),
-                 jnp.where(ask_ok, asz, zero), bid_ok, ask_ok)
+                 jnp.where(ask_ok, asz, zero), bid_ok, ask_ok, take)

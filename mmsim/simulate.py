@@ -38,6 +38,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from mmsim import account as acct
 from mmsim import as2008, engine, market, observation, risk, rng
+from mmsim import policy as pol
 
 WORLDS = ("market", "as2008")
 #: Paths per device per compiled call when not given. On a CPU every compiled step is a few
@@ -119,13 +120,14 @@ def _world_module(world: str):
     return {"market": market, "as2008": as2008}[world]
 
 
-def _observe(world: str, state, mp) -> observation.Observation:
-    """The observation at t = 0 (book only), on which the engine makes its first quote."""
+def _observe(world: str, state, mp, takes: bool) -> observation.Observation:
+    """The observation at t = 0 (book only), on which the engine makes its first quote; ``takes``:
+    with the taker-fill fields of a policy that sends taker orders."""
     if world == "as2008":
         return as2008.observe(state, mp)
     mid, bid, ask = market.initial_book(state, mp)
     on = jnp.ones(mid.shape, bool)
-    return observation.empty(mid.shape[0], mid.dtype)._replace(
+    return observation.empty(mid.shape[0], mid.dtype, takes=takes)._replace(
         best_bid=bid, best_ask=ask, mid=mid, last_price=mid, book_valid=on)
 
 
@@ -174,7 +176,7 @@ def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: b
 
     def start(key):
         w = w_mod.init(mp, dtype)
-        obs = _pack_obs(obs_fields, _observe(world, w, mp))
+        obs = _pack_obs(obs_fields, _observe(world, w, mp, pol.takes(ep.policy)))
         truth = _truth(world, None, a, dtype) if trace else None
         return w, engine.init(ep, dtype), obs, risk.init(ep.account.initial_equity, a, dtype), truth
 

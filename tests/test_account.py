@@ -107,6 +107,39 @@ def test_maker_fee_and_rebate(fee):
     check_pnl_identity(p, s, i)
 
 
+def test_taker_executions_pay_the_spread_and_the_taker_fee():
+    """A taker order's execution (observation.fill_take_*): cash moves by its notional, the taker
+    fee is charged on it, its spread capture is negative (the price paid through the mid the order
+    was sent against), and it joins the recent fills of the adverse-selection attribution."""
+    p = aparams(**{**P1, "taker_fee": 5e-4})
+    tmpl = jax.tree_util.tree_map(np.asarray, observation.empty(A, jnp.float64, takes=True))
+    o1 = obs(1.0, [100.0, 50.0], fill_bid=[2.0, 0.0], bid_px=[99.5, 0.0])
+    o1 = tmpl._replace(**{f: getattr(o1, f) for f in o1._fields if getattr(o1, f) is not None})
+    # Step 2: sell 1.5 of asset 0 at 100.9 (mid was 101 when the order went out) with a taker order.
+    o2 = obs(2.0, [101.5, 50.0])
+    o2 = tmpl._replace(**{f: getattr(o2, f) for f in o2._fields if getattr(o2, f) is not None})._replace(
+        fill_take_size=np.asarray([-1.5, 0.0]), fill_take_price=np.asarray([100.9, 0.0]))
+    o_mid = obs(1.5, [101.0, 50.0])   # the mid the order was sent against
+    o_mid = tmpl._replace(**{f: getattr(o_mid, f) for f in o_mid._fields if getattr(o_mid, f) is not None})
+    state = acct.init(p, A, jnp.float64)
+    state, _ = _update(p, state, o1)
+    state, _ = _update(p, state, o_mid)
+    s2, i2 = _update(p, state, o2)
+    np.testing.assert_allclose(np.asarray(s2.position), [0.5, 0.0], rtol=0, atol=1e-15)
+    fee = 5e-4 * 1.5 * 100.9
+    np.testing.assert_allclose(float(s2.cash), float(state.cash) + 1.5 * 100.9 - fee, rtol=1e-15)
+    np.testing.assert_allclose(float(s2.pnl_fees - state.pnl_fees), -fee, rtol=1e-12)
+    np.testing.assert_allclose(float(s2.pnl_spread - state.pnl_spread), -1.5 * 0.1, rtol=1e-9)
+    # recent fills: 2 * exp(-2/5) from step 1 (two observations later), minus the 1.5 sold.
+    np.testing.assert_allclose(float(s2.recent_fills[0]), 2.0 * np.exp(-2.0 / 5.0) - 1.5, rtol=1e-12)
+    np.testing.assert_array_equal(np.asarray(s2.n_fills), np.asarray(state.n_fills))   # fills of our quotes only
+    check_pnl_identity(p, s2, i2)
+    # Not counted once the account is dead.
+    dead = state._replace(alive=jnp.asarray(False))
+    s3, _ = _update(p, dead, o2)
+    np.testing.assert_array_equal(np.asarray(s3.position), np.asarray(dead.position))
+
+
 def test_funding_sign_long_pays_positive_rate():
     p = aparams(**P1)
     out = run(p, [
@@ -230,7 +263,7 @@ def test_limit_sizes_hard_inventory_limit_and_margin_cap():
 
 @pytest.mark.parametrize("field, value", [
     ("initial_equity", 0.0), ("leverage", -1.0), ("maintenance_margin", 0.0), ("maintenance_margin", 0.2),
-    ("maker_fee", 0.05), ("liquidation_fee", -0.01), ("liquidation_slippage", 0.9), ("max_inventory", 0.0),
+    ("maker_fee", 0.05), ("taker_fee", -1e-4), ("taker_fee", 0.05), ("liquidation_fee", -0.01), ("liquidation_slippage", 0.9), ("max_inventory", 0.0),
     ("as_horizon_s", 0.0),
 ])
 def test_bad_parameters_name_the_field(field, value):

@@ -139,6 +139,11 @@ def test_as2008_needs_the_lite_engine():
         mcfg.build(make_cfg("experiment=as2008", "engine=default"))
 
 
+def test_as2008_world_has_no_book_to_take_from():
+    with pytest.raises(mcfg.ConfigError, match="policy.event_flatten"):
+        mcfg.build(make_cfg("experiment=as2008", "policy.event_times_s=[0.5]", "policy.event_flatten=1"))
+
+
 def test_adverse_slots_sized_from_the_step():
     """Unless given, the adverse-selection estimator keeps ceil(horizon / dt) + 1 pending slots."""
     ep = mcfg.build(make_cfg("experiment=cascade_stress"))[2]           # horizon 1 s, dt 1 s

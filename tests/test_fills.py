@@ -193,6 +193,39 @@ def test_moving_a_quote_joins_the_back_of_its_level():
     assert f["bid_size"] == 0.0 and float(s4.queue[0, 0]) == pytest.approx(0.5)
 
 
+def _walk(size, touch, d0, dpt, tick):
+    """A taker order's average price, level by level: what is left of the order takes the level's
+    depth (d0 at the touch, dpt behind it) at that level's price."""
+    left, cost, level = abs(size), 0.0, 0
+    while left > 0:
+        got = min(left, d0 if level == 0 else dpt)
+        cost += got * (touch + np.sign(size) * tick * level)
+        left, level = left - got, level + 1
+    return cost / abs(size)
+
+
+_take = jax.jit(fills.take)
+
+
+@pytest.mark.parametrize("size", [0.5, 2.0, 3.2, 7.9, -0.5, -3.2, -7.9])
+def test_taker_order_walks_the_book(size):
+    """fills.take: touch_depth at the touch, depth_per_tick at every further tick; a buy from the
+    best ask up, a sell from the best bid down; the closed form against a brute-force walk."""
+    p = fparams(touch_depth=2.0, depth_per_tick=0.5)
+    bid, ask, tick = 99.95, 100.05, 0.1
+    ex, px = _take(vec(size, 1), vec(bid, 1), vec(ask, 1), vec(tick, 1), p)
+    np.testing.assert_allclose(np.asarray(ex), [size], rtol=1e-15)
+    np.testing.assert_allclose(np.asarray(px), [_walk(size, ask if size > 0 else bid, 2.0, 0.5, tick)],
+                               rtol=0, atol=1e-9)
+
+
+def test_taker_order_without_depth_behind_the_touch_executes_the_touch_only():
+    p = fparams(touch_depth=2.0, depth_per_tick=0.0)
+    ex, px = _take(np.asarray([-3.0, 1.0, 0.0]), vec(99.95, 3), vec(100.05, 3), vec(0.1, 3), p)
+    np.testing.assert_array_equal(np.asarray(ex), [-2.0, 1.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(px), [99.95, 100.05, 0.0])
+
+
 def test_fill_params_validation_names_the_field():
     for field, value in (("model", "lognormal"), ("k", 0.0), ("A", -1.0), ("touch_depth", -1.0),
                          ("depth_per_tick", np.nan), ("cancel_rate", -0.1)):

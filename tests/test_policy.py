@@ -299,12 +299,14 @@ def test_scheduled_event_window_pulls_quotes(kind):
 
     def q(p, **x):
         x = {"position": [2.0, -2.0], **x}
-        return {f: np.asarray(v) for f, v in _quote_events(p, inputs(**x))._asdict().items()}
+        return {f: np.asarray(v) for f, v in _quote_events(p, inputs(**x))._asdict().items() if v is not None}
 
     for t in (0.0, 89.0, 131.0, 469.0, 531.0):                 # outside every window
         out, own = q(ev, t=t), q(params(**base), t=t)
-        for f in out:
+        assert set(out) - set(own) == {"take"}   # an event policy's quotes carry a taker order (0 here)
+        for f in own:
             np.testing.assert_array_equal(out[f], own[f], err_msg=f"t = {t}, {f}")
+        np.testing.assert_array_equal(out["take"], 0.0)
         assert out["bid_active"].all() and out["ask_active"].all()
     for t in (90.0, 100.0, 130.0, 490.0, 530.0):               # inside, edges included
         out = q(ev, t=t)
@@ -327,14 +329,40 @@ def test_scheduled_event_window_pulls_quotes(kind):
     np.testing.assert_array_equal(at["ask_active"], [True, False])
     away = q(touch, t=131.0, tick=0.1)
     own = q(params(**base), t=131.0, tick=0.1)
-    for f in away:
+    for f in own:
         np.testing.assert_array_equal(away[f], own[f], err_msg=f)
     # Flat: neither side reduces, nothing is quoted.
     flat = q(params(**base, event_times_s=[100.0], event_keep_reducing=1.0), t=100.0, position=0.0)
     assert not flat["bid_active"].any() and not flat["ask_active"].any()
 
 
+@pytest.mark.parametrize("kind", pol.POLICIES)
+def test_event_flatten_sends_a_taker_order_for_a_fraction_of_the_position(kind):
+    """event_flatten: in an event window each quote carries a taker order of -event_flatten times the
+    position (towards flat), 0 outside the windows and before the estimators are ready; a policy
+    without events is post-only (no taker order at all, a static None)."""
+    base = {**SPEC, "kind": kind}
+    ev = params(**base, event_times_s=[100.0], event_pull_before_s=10.0, event_pull_after_s=30.0,
+                event_keep_reducing=1.0, event_flatten=0.25)
+
+    def take(p, **x):
+        return np.asarray(_quote_events(p, inputs(**{"position": [2.0, -0.8], **x})).take)
+
+    np.testing.assert_allclose(take(ev, t=95.0), [-0.5, 0.2], rtol=1e-12)
+    np.testing.assert_allclose(take(ev, t=130.0), [-0.5, 0.2], rtol=1e-12)
+    np.testing.assert_array_equal(take(ev, t=89.0), 0.0)
+    np.testing.assert_array_equal(take(ev, t=131.0), 0.0)
+    np.testing.assert_array_equal(take(ev, t=100.0, ready=False), 0.0)
+    np.testing.assert_array_equal(take(ev, t=100.0, position=0.0), 0.0)
+    full = params(**base, event_times_s=[100.0], event_flatten=1.0)
+    np.testing.assert_allclose(take(full, t=100.0), [-2.0, 0.8], rtol=1e-12)
+    assert _quote_events(params(**base), inputs(t=100.0)).take is None
+    assert pol.takes(ev) and not pol.takes(params(**base))
+
+
 @pytest.mark.parametrize("bad, match", [
+    (dict(event_flatten=1.5), "event_flatten"),
+    (dict(event_flatten=-0.1), "event_flatten"),
     (dict(event_pull_before_s=-1.0), "event_pull_before_s"),
     (dict(event_pull_after_s=float("nan")), "event_pull_after_s"),
     (dict(event_keep_reducing=2.0), "event_keep_reducing"),

@@ -193,6 +193,35 @@ def test_use_cpu_cores_splits_the_host_before_the_backend_starts():
         sim.use_cpu_cores(0)
 
 
+def test_event_flatten_takes_the_position_to_flat_without_moving_the_world():
+    """A policy flattening into a scheduled event: the quote made at the window's first step sends
+    a taker order for the whole position, the next observation reports the execution and the
+    position is exactly flat; nothing rests in the window, so it stays flat to the window's end.
+    The world's mid paths are those of the run without the event (our orders do not move it)."""
+    from mmsim import cli, config
+
+    base = ["experiment=baseline", "sim.horizon_s=120", "engine.warmup_s=10", "sim.dtype=float32"]
+    event = ["policy.event_times_s=[80]", "policy.event_pull_before_s=20", "policy.event_pull_after_s=20",
+             "policy.event_flatten=1"]
+    runs = []
+    for ov in (base, base + event):
+        world, mp, ep, s = config.build(cli.compose(ov))
+        runs.append(sim.simulate(world, mp, ep, n_paths=16, n_steps=s.n_steps, dt=s.dt, seed=3, n_trace=16,
+                                 progress=False))
+    plain, flat = runs
+    t = np.asarray(flat.trace.t)
+    pos = np.asarray(flat.trace.position)[..., 0]
+    i0 = int(np.searchsorted(t, 60.0))          # the window's first quote
+    assert t[i0] == 60.0
+    assert np.any(pos[:, i0] != 0.0), "no position to flatten: the test would prove nothing"
+    np.testing.assert_array_equal(pos[:, i0 + 1:int(np.searchsorted(t, 100.0)) + 2], 0.0)
+    np.testing.assert_array_equal(np.asarray(flat.trace.mid), np.asarray(plain.trace.mid))
+    np.testing.assert_array_equal(pos[:, :i0 + 1], np.asarray(plain.trace.position)[:, :i0 + 1, 0])
+    # The PnL identity holds with the taker executions (float32: a cash of 1e4 rounds at ~1e-3).
+    s = flat.summary
+    np.testing.assert_allclose(s.pnl_components.sum(axis=1), s.pnl, rtol=0, atol=1e-3 * (1 + np.abs(s.pnl).max()))
+
+
 def test_bad_input_fails_before_compiling():
     ep, mp = as2008_engine(), as2008.AS2008Params()
     for kw, field in ((dict(n_paths=-1), "n_paths"), (dict(n_paths=0), "n_paths"), (dict(n_steps=0), "n_steps"),
