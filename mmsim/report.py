@@ -238,11 +238,14 @@ def _shade_regimes(ax, t: np.ndarray, regime: np.ndarray) -> None:
 
 
 def fig_sample_paths(trace, path: Path, *, asset_names: Sequence[str] | None = None, max_paths: int = 4,
-                     unit: str = "USDT") -> Path:
+                     unit: str = "USDT", events: Sequence[tuple[float, float, float]] = ()) -> Path:
     """Sample paths: mid, inventory, equity against the maintenance margin, liquidation-cascade
     intensity; the world's volatility regime of the first path shaded (low green, high orange,
-    extreme red; the engine's estimate where the world has none)."""
-    t, xlabel = _time_axis(np.asarray(trace.t, float))
+    extreme red; the engine's estimate where the world has none); the policy's scheduled events
+    ``(t_e, before, after)`` in seconds, as a dashed line at ``t_e`` and its pull window hatched."""
+    t_s = np.asarray(trace.t, float)
+    t, xlabel = _time_axis(t_s)
+    scale = float(t[-1] / t_s[-1]) if t_s.size and t_s[-1] > 0 else 1.0
     n = min(max_paths, np.shape(trace.mid)[0])
     a = np.shape(trace.mid)[2]
     names = list(asset_names or [f"asset {i}" for i in range(a)])
@@ -278,10 +281,16 @@ def fig_sample_paths(trace, path: Path, *, asset_names: Sequence[str] | None = N
     axes[3].set_xlabel(xlabel)
     for ax in axes:
         _shade_regimes(ax, t, regime)
+        for t_e, before, after in events:
+            ax.axvspan(scale * (t_e - before), scale * (t_e + after), facecolor="none", hatch="//",
+                       edgecolor="0.45", lw=0.0)
+            ax.axvline(scale * t_e, color="k", ls="--", lw=0.8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
-    axes[0].set_title("Sample paths" + ("" if np.all(regime < 0) else
-                                        " (regime of path 0: low green, high orange, extreme red)"))
+    title = "Sample paths" + ("" if np.all(regime < 0) else " (regime of path 0: low green, high orange, extreme red)")
+    if len(events):
+        title += "\nscheduled events dashed, the policy's pull windows hatched"
+    axes[0].set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -295,8 +304,10 @@ def fig_sample_paths(trace, path: Path, *, asset_names: Sequence[str] | None = N
 def write_risk_report(out_dir: Path, metrics: dict, result, *, drawdown_threshold: float, epsilon_liq: float,
                       ci_level: float = 0.95, title: str = "mmsim risk report", description: str = "",
                       config_lines: Sequence[tuple[str, str]] = (), asset_names: Sequence[str] | None = None,
-                      curve: dict | None = None, notes: Sequence[str] = ()) -> list[Path]:
-    """Figures and ``report.md`` of one Monte Carlo risk run into ``out_dir``; returns the files."""
+                      curve: dict | None = None, notes: Sequence[str] = (),
+                      events: Sequence[tuple[float, float, float]] = ()) -> list[Path]:
+    """Figures and ``report.md`` of one Monte Carlo risk run into ``out_dir``; returns the files.
+    ``events``: the policy's scheduled events ``(t_e, before, after)``, seconds, marked on the sample paths."""
     out_dir = Path(out_dir)
     s = result.summary
     files = [fig_pnl_hist(s.pnl, metrics["pnl"], out_dir / "pnl_hist.png"),
@@ -306,7 +317,8 @@ def write_risk_report(out_dir: Path, metrics: dict, result, *, drawdown_threshol
         files.append(fig_liquidation_curve(curve, out_dir / "liquidation_curve.png", epsilon_liq, metrics["n_paths"],
                                            ci_level))
     if result.trace is not None:
-        files.append(fig_sample_paths(result.trace, out_dir / "sample_paths.png", asset_names=asset_names))
+        files.append(fig_sample_paths(result.trace, out_dir / "sample_paths.png", asset_names=asset_names,
+                                      events=events))
     claim = liquidation_claim({**metrics["p_liquidation"], "n": metrics["n_paths"]}, epsilon_liq, ci_level)
     lines = [f"# {title}", ""]
     if description:

@@ -85,16 +85,31 @@ def _setup_lines(cfg, world: str, mp, ep, sim) -> list[tuple[str, str]]:
              ("policy", f"{pol.kind} (gamma {f(pol.gamma)}, k {f(pol.k)}, horizon {f(pol.horizon_s)} s)"),
              ("account", f"equity {f(acc.initial_equity)}, leverage {f(acc.leverage)}x, maintenance "
                          f"{report.pct(np.asarray(acc.maintenance_margin))}, "
-                         f"maker fee {report.pct(np.asarray(acc.maker_fee))}"),
+                         f"maker fee {report.pct(np.asarray(acc.maker_fee))}, "
+                         f"taker fee {report.pct(np.asarray(acc.taker_fee))}"),
              ("simulation", f"{sim.n_paths:,} paths, {sim.n_steps:,} steps of {sim.dt:g} s, seed {sim.seed}, "
                             f"{sim.dtype}")]
     if world == "market" and float(mp.shock_time_s) >= 0:
         lines.append(("scheduled shock", f"t = {float(mp.shock_time_s):g} s, return "
                                          f"{np.asarray(mp.shock_return).tolist()}, regime {mp.shock_regime}"))
+    if _events(ep):
+        touch = ", at the touch" if np.any(np.asarray(pol.event_reduce_at_touch) > 0) else ""
+        lines.append(("scheduled events", f"t = {', '.join(f(t) for t in np.reshape(np.asarray(pol.event_times_s), -1))} s; quotes pulled from "
+                                          f"{f(pol.event_pull_before_s)} s before to {f(pol.event_pull_after_s)} s "
+                                          f"after; the reducing side kept at {f(pol.event_keep_reducing)} of its "
+                                          f"size{touch}; a taker order for {f(pol.event_flatten)} of the position"))
     if cfg.get("params"):
         carried = "policy and account" if mcfg.load_best(cfg.params).get("account") else "policy"
         lines.append((f"{carried} from", str(cfg.params)))
     return lines
+
+
+def _events(ep) -> list[tuple[float, float, float]]:
+    """The policy's scheduled events as ``(t_e, before, after)``, seconds (the largest window where
+    the window lengths are per asset)."""
+    pol = ep.policy
+    before, after = float(np.max(pol.event_pull_before_s)), float(np.max(pol.event_pull_after_s))
+    return [(float(t_e), before, after) for t_e in np.reshape(np.asarray(pol.event_times_s, float), -1)]
 
 
 def _save_config(cfg, out_dir: Path) -> None:
@@ -155,7 +170,7 @@ def run_risk(cfg, out_dir: Path, *, simulate_fn=None) -> dict:
         out_dir, m, result, drawdown_threshold=rs.drawdown_threshold, epsilon_liq=rs.epsilon_liq,
         ci_level=rs.ci_level, title=f"mmsim risk report: {cfg.get('name', 'default')}",
         description=str(cfg.get("description", "") or ""), config_lines=_setup_lines(cfg, world, mp, ep, sim),
-        asset_names=_asset_names(cfg, ep.n_assets), curve=curve, notes=notes)
+        asset_names=_asset_names(cfg, ep.n_assets), curve=curve, notes=notes, events=_events(ep))
     _print_table(f"mmsim {cfg.get('name', 'default')}: {m['liquidation_claim']}", report.summary_rows(m))
     print(f"outputs: {out_dir}", flush=True)
     return m

@@ -125,6 +125,21 @@ def test_pipeline_every_experiment(exp, tmp_path):
         check_risk_outputs(tmp_path, m)
 
 
+def test_report_states_the_scheduled_events(tmp_path):
+    """A policy with scheduled events: the report's set-up states them (times, window, what is
+    kept, the taker order) and the taker fee; the sample paths mark them."""
+    ev = ("policy.event_times_s=[20,40]", "policy.event_pull_before_s=5", "policy.event_pull_after_s=3",
+          "policy.event_flatten=0.5")
+    run.run_task(make_cfg(*tiny("cascade_stress"), *ev), tmp_path, simulate_fn=fake_simulate)
+    report = (tmp_path / "report.md").read_text()
+    assert "| scheduled events | t = 20, 40 s; quotes pulled from 5 s before to 3 s after;" in report
+    assert "a taker order for 0.5 of the position" in report
+    assert "taker fee 0.05 %" in report
+    assert (tmp_path / "sample_paths.png").stat().st_size > 1000
+    world, mp, ep, _ = run.mcfg.build(make_cfg(*tiny("cascade_stress"), *ev))
+    assert run._events(ep) == [(20.0, 5.0, 3.0), (40.0, 5.0, 3.0)]
+
+
 def test_certified_claim_only_under_the_bound(tmp_path):
     def safe(*a, **k):
         r = fake_simulate(*a, **k)
