@@ -11,7 +11,8 @@ would quote. Order within a step (one :class:`~mmsim.observation.Observation`):
 2. the account: our fills, mark to market, funding, liquidation (:mod:`mmsim.account`);
 3. adverse selection (needs the other signals) and the queue of our resting quotes;
 4. the policy's quote from :class:`~mmsim.policy.PolicyInputs`, cut by the account's hard
-   inventory limit and available margin, and pulled when the account is dead.
+   inventory limit and available margin, and pulled when the account is dead (with its taker
+   order, for a policy that flattens into scheduled events: it only ever reduces |position|).
 
 ``EngineParams.lite`` (static) skips every estimator but the price (for models such as
 Avellaneda-Stoikov 2008 whose policy uses only the mid, inventory and time): the skipped states are

@@ -93,11 +93,12 @@ def _setup_lines(cfg, world: str, mp, ep, sim) -> list[tuple[str, str]]:
         lines.append(("scheduled shock", f"t = {float(mp.shock_time_s):g} s, return "
                                          f"{np.asarray(mp.shock_return).tolist()}, regime {mp.shock_regime}"))
     if _events(ep):
+        times = ", ".join(f(t) for t in np.reshape(np.asarray(pol.event_times_s), -1))
         touch = ", at the touch" if np.any(np.asarray(pol.event_reduce_at_touch) > 0) else ""
-        lines.append(("scheduled events", f"t = {', '.join(f(t) for t in np.reshape(np.asarray(pol.event_times_s), -1))} s; quotes pulled from "
-                                          f"{f(pol.event_pull_before_s)} s before to {f(pol.event_pull_after_s)} s "
-                                          f"after; the reducing side kept at {f(pol.event_keep_reducing)} of its "
-                                          f"size{touch}; a taker order for {f(pol.event_flatten)} of the position"))
+        lines.append(("scheduled events", f"t = {times} s; quotes pulled from {f(pol.event_pull_before_s)} s before "
+                                          f"to {f(pol.event_pull_after_s)} s after; the reducing side kept at "
+                                          f"{f(pol.event_keep_reducing)} of its size{touch}; a taker order for "
+                                          f"{f(pol.event_flatten)} of the position"))
     if cfg.get("params"):
         carried = "policy and account" if mcfg.load_best(cfg.params).get("account") else "policy"
         lines.append((f"{carried} from", str(cfg.params)))
