@@ -121,7 +121,9 @@ class PolicyParams:
             the policy's price.
         event_flatten: in an event window, every quote also sends a taker order for this fraction
             of the position, towards flat, in [0, 1] (1: flat at the window's first quote, paying
-            the book's spread and depth and the taker fee; 0, the default: post-only).
+            the book's spread and depth and the taker fee; 0, the default: post-only). The kept
+            reducing side is then sized to the rest, ``1 - event_flatten`` of its size, so that
+            the two together do not overshoot flat.
     """
 
     gamma: jax.Array | float = 0.01
@@ -335,6 +337,9 @@ def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
         state = _keep_reducing(x.pull_cascade, p.cascade_keep_reducing, *state)
     if events:
         state = _keep_reducing(in_event, p.event_keep_reducing, *state)
+        # What a taker order closes is not offered again by the kept side: it is sized to the rest.
+        rest = jnp.where(in_event, 1.0 - jnp.asarray(p.event_flatten, bsz.dtype), 1.0)
+        state = (state[0], state[1], state[2] * rest, state[3] * rest)
     reduce_only, active, bsz, asz = state
     bid_on = active & ~(reduce_only & (x.position >= 0))
     ask_on = active & ~(reduce_only & (x.position <= 0))

@@ -358,6 +358,16 @@ def test_event_flatten_sends_a_taker_order_for_a_fraction_of_the_position(kind):
     np.testing.assert_allclose(take(full, t=100.0), [-2.0, 0.8], rtol=1e-12)
     assert _quote_events(params(**base), inputs(t=100.0)).take is None
     assert pol.takes(ev) and not pol.takes(params(**base))
+    # The kept reducing side offers only what the taker order leaves: 0.75 of its size here, and
+    # nothing when the order closes the whole position.
+    kept = {f: np.asarray(v) for f, v in _quote_events(ev, inputs(t=100.0, position=[2.0, -0.8]))._asdict().items()}
+    own = _quote_events(params(**base, event_times_s=[100.0], event_keep_reducing=1.0),
+                        inputs(t=100.0, position=[2.0, -0.8]))
+    np.testing.assert_allclose([kept["ask_size"][0], kept["bid_size"][1]],
+                               [0.75 * float(own.ask_size[0]), 0.75 * float(own.bid_size[1])], rtol=1e-12)
+    none = _quote_events(params(**base, event_times_s=[100.0], event_keep_reducing=1.0, event_flatten=1.0),
+                         inputs(t=100.0, position=[2.0, -0.8]))
+    assert not np.any(np.asarray(none.bid_active)) and not np.any(np.asarray(none.ask_active))
 
 
 @pytest.mark.parametrize("bad, match", [
