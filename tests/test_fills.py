@@ -219,6 +219,22 @@ def test_taker_order_walks_the_book(size):
                                rtol=0, atol=1e-9)
 
 
+def test_taker_order_float32_and_vmap_agree_with_float64():
+    """Per path under vmap and in float32: the same executions, prices within float32 rounding
+    (a few ulps of a 100-unit price)."""
+    p = fparams(touch_depth=2.0, depth_per_tick=0.5)
+    sizes = np.array([[0.5, -3.2], [7.9, 0.0], [-7.9, 2.0]])           # (paths, A)
+    bid, ask, tick = np.full((3, 2), 99.95), np.full((3, 2), 100.05), np.full((3, 2), 0.1)
+    ref = [_take(sizes[i], bid[i], ask[i], tick[i], p) for i in range(3)]
+    p32 = fills.FillParams(touch_depth=np.float32(2.0), depth_per_tick=np.float32(0.5))
+    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    ex, px = jax.jit(jax.vmap(fills.take, in_axes=(0, 0, 0, 0, None)))(f32(sizes), f32(bid), f32(ask), f32(tick), p32)
+    assert ex.dtype == jnp.float32 and px.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(ex), np.stack([np.asarray(r[0]) for r in ref]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(px), np.stack([np.asarray(r[1]) for r in ref]), rtol=0,
+                               atol=8 * np.finfo(np.float32).eps * 100.0)
+
+
 def test_taker_order_without_depth_behind_the_touch_executes_the_touch_only():
     p = fparams(touch_depth=2.0, depth_per_tick=0.0)
     ex, px = _take(np.asarray([-3.0, 1.0, 0.0]), vec(99.95, 3), vec(100.05, 3), vec(0.1, 3), p)
