@@ -5,11 +5,15 @@ Subcommands::
     mmsim run [hydra overrides ...]        # = python -m mmsim.run ...; e.g. experiment=cascade_stress
     mmsim optimize [hydra overrides ...]   # policy optimisation (mmsim.optimize.main), when installed
     mmsim live --params best.yaml [overrides ...]
+    mmsim live [--params best.yaml] --replay CAPTURE [--cadence S] [--out DIR] [overrides ...]
     mmsim sweep-summary DIR                # aggregate a multirun's metrics.json files
 
 ``live`` loads and validates ``best.yaml`` over the configured experiment, builds the very
-:class:`~mmsim.engine.EngineParams` the simulator would run, prints the policy and exits with
-status 3: no exchange connector is configured in this version, and nothing is sent anywhere.
+:class:`~mmsim.engine.EngineParams` the simulator would run and prints the policy. No exchange
+connector is configured in this version: without ``--replay`` it exits with status 3, and nothing
+is sent anywhere. With ``--replay`` it runs that engine on a recorded websocket capture with paper
+fills (:mod:`mmsim.live`), the live loop on recorded messages, and writes its journal, metrics and
+figure.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ commands:
   run [overrides]                 Monte Carlo risk report (Hydra overrides, e.g. experiment=cascade_stress)
   optimize [overrides]            optimise the policy under risk constraints (mmsim.optimize)
   live --params best.yaml [ovr]   validate best.yaml and show the policy the live engine would run
+  live --replay CAPTURE [ovr]     run the engine on a recorded capture with paper fills (--params optional)
   sweep-summary DIR               aggregate the metrics.json files of a multirun directory
 """
 
@@ -89,25 +94,79 @@ def describe_policy(ep) -> str:
 
 
 def _live(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="mmsim live", description="Run the engine on a live feed (validation only: "
-                                "no exchange connector is configured in this version).")
-    p.add_argument("--params", required=True, help="best.yaml written by the optimiser")
+    p = argparse.ArgumentParser(prog="mmsim live", description="Run the engine on a live feed (no exchange "
+                                "connector is configured in this version: validation, or a replay of a recorded "
+                                "capture with paper fills).")
+    p.add_argument("--params", help="best.yaml written by the optimiser (required without --replay)")
+    p.add_argument("--replay", help="a recorded websocket capture (hftbacktest_*.gz) to run the engine on, with "
+                                    "paper fills against its trades")
+    p.add_argument("--cadence", type=float, default=1.0, help="seconds between observations in a replay")
+    p.add_argument("--out", help="output directory of a replay (default outputs/replay/<capture name>)")
     p.add_argument("overrides", nargs="*",
                    help="Hydra overrides selecting the market and account (e.g. experiment=baseline)")
     a = p.parse_args(argv)
+    if a.params is None and a.replay is None:
+        p.error("--params is required (or --replay CAPTURE to run the configured policy on a recording)")
     from mmsim import config as mcfg
 
     try:
-        best = mcfg.load_best(a.params)
-        cfg = compose([*a.overrides, f"+params={Path(a.params).resolve()}"])
-        world, mp, ep, _ = mcfg.build(cfg)
+        best = mcfg.load_best(a.params) if a.params else None
+        cfg = compose([*a.overrides, *([f"+params={Path(a.params).resolve()}"] if a.params else [])])
+        world, mp, ep, sim = mcfg.build(cfg)
     except mcfg.ConfigError as e:
         print(f"mmsim live: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     if world != "market":
         print(f"mmsim live: the {world!r} world is a simulation model, not a venue; choose a market", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"mmsim live: {a.params} is valid (feasible: {best.get('feasible')}).")
+    if best is not None:
+        _check_best(a.params, best, cfg)
+    print(describe_policy(ep))
+    if a.replay:
+        return _replay(a, mp, ep, sim)
+    print("\nmmsim live: no exchange connector is configured (there is no live feed adapter or order gateway in "
+          "this version); nothing was sent. Exiting.", file=sys.stderr)
+    return EXIT_NO_CONNECTOR
+
+
+def _replay(a, mp, ep, sim) -> int:
+    import jax.numpy as jnp
+
+    from mmsim import data, live, report
+
+    path = Path(a.replay)
+    if not path.exists():
+        print(f"mmsim live: no capture at {path}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        feed = live.feed_from_capture(data.read_capture(path), a.cadence)
+        res = live.replay(ep, feed, depth_per_tick=float(mp.fills.depth_per_tick),
+                          dtype=jnp.dtype(sim.dtype))
+    except ValueError as e:
+        print(f"mmsim live: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    name = path.name.split(".")[0]
+    out = Path(a.out) if a.out else Path("outputs") / "replay" / name
+    files = live.write_outputs(res, out, f"replay of {name}: the engine's quotes with paper fills")
+    m = res.metrics
+    rows = [("observations", f"{m['observations']:,} every {m['cadence_s']:g} s ({m['duration_s']:g} s)"),
+            ("trades in the recording", f"{m['trades']:,}"),
+            ("PnL", report.fmt(m["pnl"])),
+            *[(f"  {k}", report.fmt(v)) for k, v in m["pnl_decomposition"].items()],
+            ("max drawdown", report.fmt(m["max_drawdown"])),
+            ("fills bid / ask / taker", f"{m['fills']['bid']} / {m['fills']['ask']} / {m['fills']['taker']}"),
+            ("max |position|, final", f"{report.fmt(m['max_abs_position'])}, {report.fmt(m['final_position'])}"),
+            ("quoting", f"{100 * m['quoting_fraction']:.0f} % of observations"),
+            ("liquidated", report.fmt(m["liquidated"])),
+            ("engine step compile / run (s)", f"{m['compile_s']:.2f} / {m['run_s']:.2f}")]
+    print(f"\nmmsim live --replay {path.name} (paper fills; nothing was sent)\n"
+          + report.text_table(["quantity", "value"], rows))
+    print("written: " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def _check_best(params: str, best: dict, cfg) -> None:
+    print(f"mmsim live: {params} is valid (feasible: {best.get('feasible')}).")
     from omegaconf import OmegaConf
 
     bm = best.get("market")
@@ -128,10 +187,6 @@ def _live(argv: list[str]) -> int:
               file=sys.stderr)
     if best.get("constraints") is not None:
         print(f"constraints: {best['constraints']}")
-    print(describe_policy(ep))
-    print("\nmmsim live: no exchange connector is configured (there is no live feed adapter or order gateway in "
-          "this version); nothing was sent. Exiting.", file=sys.stderr)
-    return EXIT_NO_CONNECTOR
 
 
 def _sweep_summary(argv: list[str]) -> int:
