@@ -52,6 +52,10 @@ def test_feed_cuts_the_recording_into_observations():
     np.testing.assert_array_equal(f.funding_settled, [False, True, False])   # next_funding_time moved on
     np.testing.assert_allclose(f.settled_rate, [0.0, 1e-4, 0.0])
     np.testing.assert_array_equal(f.trade_start, [0, 3, 3, 4])
+    half = live.feed_from_capture(cap, 0.5)                    # a finer cadence: the same trades, split
+    np.testing.assert_array_equal(half.t, 0.5 * np.arange(1, 7))
+    np.testing.assert_array_equal(half.vol_buy, [1.0, 3.0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(half.vol_sell, [0, 2.0, 0, 0, 0.5, 0])   # (2.0, 2.5] holds t = 2.5
     with pytest.raises(ValueError, match="cadence_s"):
         live.feed_from_capture(cap, 0.0)
     with pytest.raises(ValueError, match="top-of-book"):
@@ -136,6 +140,26 @@ def test_replay_outputs(replayed, tmp_path):
     assert [f.name for f in files] == ["journal.csv", "metrics.json", "replay.png"]
     assert json.loads((tmp_path / "metrics.json").read_text())["observations"] == len(res.journal)
     assert (tmp_path / "replay.png").stat().st_size > 1000
+
+
+def test_replay_with_a_taker_order_flattens_at_the_event(replayed):
+    """A policy flattening into a scheduled event on a replay: the taker order goes through the
+    displayed touch at the window's first quote, and the position is flat from then on (both
+    sides pulled in the window)."""
+    feed, _, _ = replayed
+    world, mp, ep, sim = config.build(cli.compose([
+        "experiment=baseline", "engine.warmup_s=20", "account.max_inventory=2", "policy.event_times_s=[200]",
+        "policy.event_pull_before_s=40", "policy.event_pull_after_s=20", "policy.event_flatten=1"]))
+    res = live.replay(ep, feed)
+    j, m = res.journal, res.metrics
+    first = int(np.searchsorted(j["t"], 160.0))                 # the window's first quote (t = 160 s)
+    assert j["position"].iloc[first] != 0.0, "no position to flatten: the test would prove nothing"
+    assert j["take"].iloc[first] == pytest.approx(-j["position"].iloc[first], rel=1e-6)
+    np.testing.assert_allclose(j["fill_take"].iloc[first + 1], j["take"].iloc[first], rtol=1e-6)
+    np.testing.assert_allclose(j["position"].iloc[first + 1:int(np.searchsorted(j["t"], 220.0)) + 1], 0.0,
+                               atol=1e-6)
+    assert m["fills"]["taker"] >= 1
+    assert m["pnl"] == pytest.approx(m["pnl_decomposition_sum"], abs=1e-3 * len(j))
 
 
 def test_replay_refuses_several_assets():
