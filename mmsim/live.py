@@ -20,7 +20,8 @@ the volume that trades at its price beyond the queue ahead of it otherwise; the 
 queue ahead when the quote joins a level is the displayed size at the touch when the quote is at
 the best price, 0 when it improves it, and unknown (fills only when traded through) when it rests
 behind it; a quote left at the same price keeps its place, and its queue shrinks by the volume
-traded at that price and to at most the displayed size while it is at the touch. Our prices go
+traded at that price and to at most the displayed size while it is at the touch; after a
+partial fill the rest is first in line. Our prices go
 out on the venue's tick grid (the engine's own rounding, redone in float64). Fills are at our
 price; the account charges the maker fee. A taker order (a policy flattening into a scheduled
 event) executes at the touch seen when it was sent, through the displayed size and then
@@ -194,8 +195,10 @@ def paper_fills(side: int, price: float, size: float, active: bool, resting: Res
     if through:
         return float(size), Resting()
     filled = float(np.clip(at - queue, 0.0, size)) if np.isfinite(queue) else 0.0
+    if filled >= size:
+        return float(size), Resting()
     if filled > 0:
-        return filled, Resting()
+        return filled, Resting(price, 0.0)   # partly filled: the rest is first in line
     return 0.0, Resting(price, max(queue - at, 0.0))
 
 

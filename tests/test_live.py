@@ -70,10 +70,12 @@ def trades(*rows):
 @pytest.mark.parametrize("case", [
     # (price, resting, touch, touch_qty, trades, filled, queue after)
     ("at the touch: the displayed size is ahead", 100.0, live.Resting(), 100.0, 3.0, [(100.0, 2.0, -1)], 0.0, 1.0),
-    ("... and a larger volume fills the rest", 100.0, live.Resting(), 100.0, 3.0, [(100.0, 3.5, -1)], 0.5, None),
+    ("... a larger volume fills part, the rest first in line", 100.0, live.Resting(), 100.0, 3.0,
+     [(100.0, 3.5, -1)], 0.5, 0.0),
+    ("... and all of it", 100.0, live.Resting(), 100.0, 3.0, [(100.0, 4.5, -1)], 1.0, None),
     ("kept place: the queue carries over", 100.0, live.Resting(100.0, 1.0), 100.0, 3.0, [(100.0, 1.6, -1)], 0.6,
-     None),
-    ("improving the touch: first in line", 100.1, live.Resting(), 100.0, 3.0, [(100.1, 0.4, -1)], 0.4, None),
+     0.0),
+    ("improving the touch: first in line", 100.1, live.Resting(), 100.0, 3.0, [(100.1, 0.4, -1)], 0.4, 0.0),
     ("traded through: filled in full", 100.0, live.Resting(), 100.0, 3.0, [(99.9, 0.1, -1)], 1.0, None),
     ("behind the touch: only through", 99.9, live.Resting(), 100.0, 3.0, [(99.9, 9.0, -1)], 0.0, np.inf),
     ("buys do not fill a bid", 100.0, live.Resting(), 100.0, 0.0, [(99.0, 5.0, 1)], 0.0, 0.0),
