@@ -12,7 +12,8 @@ or before that time (``bookTicker``), the interval's public trades by aggressor 
 volumes, VWAPs, last price), its liquidation fills (Binance trades of type ``INSURANCE_FUND``; the
 liquidation part is invalid for captures without trade types) and the funding rate of the
 ``markPriceUpdate`` stream where the capture has one (a settlement when ``next_funding_time``
-passes). An interval without a book update repeats the last book.
+passes; a capture holds one venue, so the reference venue's rate is the same rate). An interval
+without a book update repeats the last book.
 
 The paper gateway (:func:`paper_fills`): our quote, sent at the end of interval ``i - 1``, rests
 through interval ``i``. A bid fills in full when an aggressive sell trades below its price, and by
@@ -176,8 +177,8 @@ def paper_fills(side: int, price: float, size: float, active: bool, resting: Res
     """
     if not active or size <= 0 or price <= 0:
         return 0.0, Resting()
-    # Ticks never need comparing with slack here: recorded prices and our rounded quote are both
-    # on the venue's grid; a tenth of the smallest price step separates "at" from "through".
+    # Recorded prices and our quote (rounded to the tick in float64) are both on the venue's grid:
+    # a relative 1e-9 separates "at" from "through" without any float doubt.
     eps = 1e-9 * price
     if resting.price > 0 and abs(resting.price - price) <= eps:
         queue = resting.queue                                  # kept our place in the queue
