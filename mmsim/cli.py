@@ -102,6 +102,9 @@ def _live(argv: list[str]) -> int:
                                     "paper fills against its trades")
     p.add_argument("--cadence", type=float, default=1.0, help="seconds between observations in a replay")
     p.add_argument("--out", help="output directory of a replay (default outputs/replay/<capture name>)")
+    p.add_argument("--compare-paths", type=int, default=0,
+                   help="also simulate this many paths of the configured market over the replay's duration "
+                        "and report where the replay falls in that distribution (0: off)")
     p.add_argument("overrides", nargs="*",
                    help="Hydra overrides selecting the market and account (e.g. experiment=baseline)")
     a = p.parse_args(argv)
@@ -123,13 +126,13 @@ def _live(argv: list[str]) -> int:
         _check_best(a.params, best, cfg)
     print(describe_policy(ep))
     if a.replay:
-        return _replay(a, mp, ep, sim)
+        return _replay(a, world, mp, ep, sim)
     print("\nmmsim live: no exchange connector is configured (there is no live feed adapter or order gateway in "
           "this version); nothing was sent. Exiting.", file=sys.stderr)
     return EXIT_NO_CONNECTOR
 
 
-def _replay(a, mp, ep, sim) -> int:
+def _replay(a, world, mp, ep, sim) -> int:
     import jax.numpy as jnp
 
     from mmsim import data, live, report
@@ -142,6 +145,12 @@ def _replay(a, mp, ep, sim) -> int:
         feed = live.feed_from_capture(data.read_capture(path), a.cadence)
         res = live.replay(ep, feed, depth_per_tick=float(mp.fills.depth_per_tick),
                           dtype=jnp.dtype(sim.dtype))
+        if a.compare_paths < 0:
+            raise ValueError(f"--compare-paths = {a.compare_paths}: must be >= 0")
+        if a.compare_paths:
+            res.metrics["simulated"] = live.compare_with_simulation(
+                res.metrics, world, mp, ep, n_paths=a.compare_paths, dt=sim.dt, seed=sim.seed,
+                dtype=jnp.dtype(sim.dtype))
     except ValueError as e:
         print(f"mmsim live: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -159,6 +168,15 @@ def _replay(a, mp, ep, sim) -> int:
             ("quoting", f"{100 * m['quoting_fraction']:.0f} % of observations"),
             ("liquidated", report.fmt(m["liquidated"])),
             ("engine step compile / run (s)", f"{m['compile_s']:.2f} / {m['run_s']:.2f}")]
+    if "simulated" in m:
+        c = m["simulated"]
+        rows += [(f"simulated ({c['n_paths']:,} paths, {c['horizon_s']:g} s): PnL mean (sd)",
+                  f"{report.fmt(c['pnl']['mean'])} ({report.fmt(c['pnl']['std'])})"),
+                 ("  PnL 5 % / 50 % / 95 %", " / ".join(report.fmt(c["pnl"][k]) for k in ("q05", "q50", "q95"))),
+                 ("  the replay's PnL percentile", f"{c['replay_pnl_percentile']:.1f} %"),
+                 ("  fills mean [5 %, 95 %]", f"{report.fmt(c['fills']['mean'])} [{report.fmt(c['fills']['q05'])}, "
+                                              f"{report.fmt(c['fills']['q95'])}]"),
+                 ("  the replay's fills percentile", f"{c['replay_fills_percentile']:.1f} %")]
     print(f"\nmmsim live --replay {path.name} (paper fills; nothing was sent)\n"
           + report.text_table(["quantity", "value"], rows))
     print("written: " + ", ".join(str(f) for f in files))

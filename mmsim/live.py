@@ -312,6 +312,35 @@ def _metrics(ep, feed, journal: pd.DataFrame, state, compile_s: float, run_s: fl
     }
 
 
+def compare_with_simulation(metrics: dict, world: str, mp, ep, *, n_paths: int, dt: float, seed: int,
+                            dtype=jnp.float32) -> dict:
+    """Where the replay falls in the simulator's distribution for the same policy over the same
+    horizon (``floor(duration / dt)`` steps of ``dt`` seconds, ``n_paths`` paths of the configured
+    market): the PnL's and the fill count's quantiles, the replay's percentile, the mean PnL
+    decomposition. Returns a dict for ``metrics["simulated"]``."""
+    from mmsim import simulate
+
+    n_steps = int(np.floor(metrics["duration_s"] / dt))
+    if n_steps < 1:
+        raise ValueError(f"the replay ({metrics['duration_s']} s) is shorter than one simulation step ({dt} s)")
+    r = simulate.simulate(world, mp, ep, n_paths=n_paths, n_steps=n_steps, dt=dt, seed=seed, dtype=dtype,
+                          progress=False)
+    s = r.summary
+    pnl = np.asarray(s.pnl, float)
+    n_fills = np.asarray(s.n_fills, float).sum(axis=(1, 2))
+    real_fills = metrics["fills"]["bid"] + metrics["fills"]["ask"]
+    q = lambda x: {f"q{int(100 * p):02d}": float(np.quantile(x, p)) for p in (0.05, 0.5, 0.95)}  # noqa: E731
+    return {
+        "n_paths": n_paths, "horizon_s": n_steps * dt, "seed": seed,
+        "pnl": {"mean": float(pnl.mean()), "std": float(pnl.std()), **q(pnl)},
+        "replay_pnl_percentile": float(100.0 * np.mean(pnl <= metrics["pnl"])),
+        "fills": {"mean": float(n_fills.mean()), **q(n_fills)},
+        "replay_fills_percentile": float(100.0 * np.mean(n_fills <= real_fills)),
+        "pnl_decomposition": dict(zip(metrics["pnl_decomposition"], np.asarray(s.pnl_components, float).mean(0).tolist())),
+        "compile_s": r.compile_s, "run_s": r.run_s,
+    }
+
+
 def write_outputs(result: ReplayResult, out_dir: Path, title: str) -> list[Path]:
     """The journal (CSV), metrics.json and a figure (mid with our quotes and fills, position,
     equity) into ``out_dir``; returns the files."""

@@ -164,6 +164,21 @@ def test_replay_with_a_taker_order_flattens_at_the_event(replayed):
     assert m["pnl"] == pytest.approx(m["pnl_decomposition_sum"], abs=1e-3 * len(j))
 
 
+def test_replay_against_the_simulator(replayed):
+    """compare_with_simulation: the configured market simulated over the replay's duration, and
+    the replay's percentiles in its distributions."""
+    feed, res, _ = replayed
+    world, mp, ep, sim = config.build(cli.compose(["experiment=baseline", "engine.warmup_s=20",
+                                                   "account.max_inventory=2"]))
+    c = live.compare_with_simulation(res.metrics, world, mp, ep, n_paths=16, dt=2.0, seed=0)
+    assert c["horizon_s"] == 2.0 * np.floor(res.metrics["duration_s"] / 2.0) and c["n_paths"] == 16
+    assert c["pnl"]["q05"] <= c["pnl"]["q50"] <= c["pnl"]["q95"]
+    assert 0.0 <= c["replay_pnl_percentile"] <= 100.0 and 0.0 <= c["replay_fills_percentile"] <= 100.0
+    assert set(c["pnl_decomposition"]) == set(res.metrics["pnl_decomposition"])
+    with pytest.raises(ValueError, match="shorter than one simulation step"):
+        live.compare_with_simulation({**res.metrics, "duration_s": 1.0}, world, mp, ep, n_paths=4, dt=2.0, seed=0)
+
+
 def test_replay_refuses_several_assets():
     world, mp, ep, sim = config.build(cli.compose(["experiment=multi_asset"]))
     with pytest.raises(ValueError, match="one asset"):
