@@ -5,7 +5,7 @@ Subcommands::
     mmsim run [hydra overrides ...]        # = python -m mmsim.run ...; e.g. experiment=cascade_stress
     mmsim optimize [hydra overrides ...]   # policy optimisation (mmsim.optimize.main), when installed
     mmsim live --params best.yaml [overrides ...]
-    mmsim live [--params best.yaml] --replay CAPTURE [--cadence S] [--out DIR] [overrides ...]
+    mmsim live [--params best.yaml] --replay CAPTURE [--cadence S] [--out DIR] [--compare-paths N] [overrides ...]
     mmsim sweep-summary DIR                # aggregate a multirun's metrics.json files
 
 ``live`` loads and validates ``best.yaml`` over the configured experiment, builds the very
@@ -142,11 +142,11 @@ def _replay(a, world, mp, ep, sim) -> int:
         print(f"mmsim live: no capture at {path}", file=sys.stderr)
         return EXIT_CONFIG
     try:
+        if a.compare_paths < 0:
+            raise ValueError(f"--compare-paths = {a.compare_paths}: must be >= 0")
         feed = live.feed_from_capture(data.read_capture(path), a.cadence)
         res = live.replay(ep, feed, depth_per_tick=float(mp.fills.depth_per_tick),
                           dtype=jnp.dtype(sim.dtype))
-        if a.compare_paths < 0:
-            raise ValueError(f"--compare-paths = {a.compare_paths}: must be >= 0")
         if a.compare_paths:
             res.metrics["simulated"] = live.compare_with_simulation(
                 res.metrics, world, mp, ep, n_paths=a.compare_paths, dt=sim.dt, seed=sim.seed,

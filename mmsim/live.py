@@ -336,7 +336,8 @@ def compare_with_simulation(metrics: dict, world: str, mp, ep, *, n_paths: int, 
         "replay_pnl_percentile": float(100.0 * np.mean(pnl <= metrics["pnl"])),
         "fills": {"mean": float(n_fills.mean()), **q(n_fills)},
         "replay_fills_percentile": float(100.0 * np.mean(n_fills <= real_fills)),
-        "pnl_decomposition": dict(zip(metrics["pnl_decomposition"], np.asarray(s.pnl_components, float).mean(0).tolist())),
+        "pnl_decomposition": dict(zip(metrics["pnl_decomposition"],
+                                      np.asarray(s.pnl_components, float).mean(0).tolist())),
         "compile_s": r.compile_s, "run_s": r.run_s,
     }
 
