@@ -155,12 +155,15 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
         * ``crossed`` (int): book updates dropped because bid >= ask.
         * ``messages`` (dict str -> int): lines seen per message kind.
         * ``venue`` (str): "binance", "hyperliquid" or "unknown".
+        * ``symbols`` (list of str): the Binance streams' symbols (``btcusdt``, ``btcusd_perp`` for
+          COIN-M); empty for Hyperliquid.
     """
     trades: list[tuple] = []
     books: list[tuple] = []
     marks: list[tuple] = []
     depth_rows: list[tuple] = []
     messages: dict[str, int] = {}
+    symbols: set[str] = set()
     malformed = 0
     crossed = 0
     venue = "unknown"
@@ -187,6 +190,7 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                 n_msg += 1
                 if "stream" in msg:
                     venue = "binance"
+                    symbols.add(str(msg["stream"]).split("@")[0])
                     d = msg["data"]
                     e = d.get("e")
                     if e == "trade":
@@ -286,6 +290,7 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
         "crossed": crossed,
         "messages": messages,
         "venue": venue,
+        "symbols": sorted(symbols),
     }
     tr = out["trades"]
     if len(tr):

@@ -93,6 +93,10 @@ def feed_from_capture(cap: dict, cadence_s: float = 1.0) -> Feed:
     seconds of exchange time, from the first book update to the last event."""
     if not cadence_s > 0:
         raise ValueError(f"cadence_s = {cadence_s!r}: must be a positive number of seconds")
+    inverse = [s for s in cap.get("symbols", []) if s.endswith("_perp")]
+    if inverse:
+        raise ValueError(f"the capture is of an inverse (COIN-M) contract {inverse}: sizes are 100-USD contracts and "
+                         "PnL is in the coin, while the engine's account is linear (USDT-margined)")
     book, trades = cap["book_ticker"], cap["trades"]
     if len(book) == 0:
         raise ValueError("the capture has no top-of-book stream (bookTicker / l2Book): nothing to quote against")

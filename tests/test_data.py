@@ -93,6 +93,7 @@ def test_read_capture_binance_synthetic(tmp_path):
     ]
     cap = data.read_capture(_write_gz(tmp_path / "cap.gz", lines))
     assert cap["venue"] == "binance"
+    assert "btcusdt" in cap["symbols"]
     assert cap["malformed"] == 10
     assert cap["crossed"] == 1
     assert cap["messages"]["depth"] == 1 and cap["messages"]["snapshot"] == 1

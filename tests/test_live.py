@@ -58,6 +58,8 @@ def test_feed_cuts_the_recording_into_observations():
     np.testing.assert_array_equal(half.vol_sell, [0, 2.0, 0, 0, 0.5, 0])   # (2.0, 2.5] holds t = 2.5
     with pytest.raises(ValueError, match="cadence_s"):
         live.feed_from_capture(cap, 0.0)
+    with pytest.raises(ValueError, match="inverse"):
+        live.feed_from_capture({**cap, "symbols": ["btcusd_perp"]}, 1.0)
     with pytest.raises(ValueError, match="top-of-book"):
         live.feed_from_capture(capture(trades=[], books=[]), 1.0)
 
