@@ -22,16 +22,15 @@ queue ahead when the quote joins a level is the displayed size at the touch when
 the best price, 0 when it improves it, and unknown (fills only when traded through) when it rests
 behind it; a quote left at the same price keeps its place, and its queue shrinks by the volume
 traded at that price and to at most the displayed size while it is at the touch; after a
-partial fill the rest is first in line. Our prices go
-out on the venue's tick grid (the engine's own rounding, redone in float64). Fills are at our
-price; the account charges the maker fee. A taker order (a policy flattening into a scheduled
+partial fill the rest is first in line. Our prices go out on the venue's tick grid (the engine's
+own rounding, redone in float64). Fills are at our price; the account charges the maker fee. A taker order (a policy flattening into a scheduled
 event) executes at the touch seen when it was sent, through the displayed size and then
 ``market.fills.depth_per_tick`` per tick (:func:`mmsim.fills.take`). Our orders do not move the
-recorded market: a paper fill is an optimistic model of a small order's execution, not a
-substitute for a venue's matching.
+recorded market and reach it without latency. A paper fill is a model of a small order's
+execution (cautious about the queue ahead, blind to our own impact), not a venue's matching.
 
-Units: seconds (exchange time, from the first trade or book update of the recording), prices in
-quote currency, sizes in base units.
+Units: seconds (exchange time, from the recording's first book update), prices in quote
+currency, sizes in base units.
 """
 
 from __future__ import annotations
