@@ -209,6 +209,16 @@ def update(params: AccountParams, state: AccountState, obs: Observation) -> tupl
     return new, info
 
 
+#: The cumulative PnL components, in the order of :func:`pnl_components`.
+PNL_COMPONENTS = ("spread_capture", "inventory", "adverse_selection", "fees", "funding", "liquidation")
+
+
+def pnl_components(state: AccountState) -> jax.Array:
+    """The cumulative PnL components stacked in :data:`PNL_COMPONENTS` order, (6,) quote currency."""
+    return jnp.stack([state.pnl_spread, state.pnl_inventory, state.pnl_adverse, state.pnl_fees, state.pnl_funding,
+                      state.pnl_liquidation])
+
+
 def total_pnl(state: AccountState) -> jax.Array:
     """Sum of the PnL components (equals equity - initial equity)."""
     return (state.pnl_spread + state.pnl_inventory + state.pnl_adverse + state.pnl_fees + state.pnl_funding

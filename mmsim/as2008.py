@@ -26,7 +26,7 @@ from mmsim import fills as fl
 from mmsim import observation, rng
 from mmsim._pytree import Check, pytree_dataclass, static_field
 from mmsim.observation import Observation
-from mmsim.policy import Quote
+from mmsim.policy import Quote, no_quote
 
 #: The observation fields this world sets (in :func:`observe` and :func:`step`); every other field
 #: is :func:`mmsim.observation.empty`'s, always (no trades, liquidations or funding here).
@@ -102,7 +102,7 @@ def step(key: jax.Array, state: AS2008State, params: AS2008Params, dt: float,
     dtype = state.mid.dtype
     a = params.n_assets
     if quote is None:
-        quote = Quote(*(jnp.zeros((a,), dtype),) * 4, *(jnp.zeros((a,), bool),) * 2)
+        quote = no_quote(a, dtype)
     mid0 = state.mid
     # One hash per asset feeds the step's three draws: the fills' two uniforms are the high bits
     # of the step key's words (float32: bits 63-41 and 31-9 of word i; float64: bits 63-12 of

@@ -116,7 +116,7 @@ class EngineInfo(NamedTuple):
     pnl: jax.Array             # (6,) cumulative spread, inventory, adverse, fees, funding, liquidation
 
 
-PNL_COMPONENTS = ("spread_capture", "inventory", "adverse_selection", "fees", "funding", "liquidation")
+PNL_COMPONENTS = acct.PNL_COMPONENTS
 
 
 def init(params: EngineParams, dtype=jnp.float32) -> EngineState:
@@ -214,11 +214,10 @@ def step(params: EngineParams, state: EngineState, obs: Observation) -> tuple[En
     new = EngineState(price=price, vol=vol, spread=spread, flow=flow, liquidation=liq, funding=fund,
                       correlation=corr, inventory=inv, adverse=adv, queue=queue, account=account,
                       volume_rate=volume_rate, volume_wsum=volume_wsum, quote=q)
-    s = account
     info = EngineInfo(
         equity=ainfo.equity, margin_ratio=ainfo.margin_ratio, position=account.position,
         spread_quoted=jnp.where(q.bid_active & q.ask_active, q.ask_price - q.bid_price, 0.0).astype(dtype),
         regime=jnp.asarray(regime, jnp.int32), sigma=sigma_est.astype(dtype), cascade_intensity=cascade.astype(dtype),
         alive=account.alive, liquidated_now=ainfo.liquidated_now,
-        pnl=jnp.stack([s.pnl_spread, s.pnl_inventory, s.pnl_adverse, s.pnl_fees, s.pnl_funding, s.pnl_liquidation]))
+        pnl=acct.pnl_components(account))
     return new, q, info

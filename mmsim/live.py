@@ -23,9 +23,9 @@ the best price, 0 when it improves it, and unknown (fills only when traded throu
 behind it; a quote left at the same price keeps its place, and its queue shrinks by the volume
 traded at that price and to at most the displayed size while it is at the touch; after a
 partial fill the rest is first in line. Our prices go out on the venue's tick grid (the engine's
-own rounding, redone in float64). Fills are at our price; the account charges the maker fee. A taker order (a policy flattening into a scheduled
-event) executes at the touch seen when it was sent, through the displayed size and then
-``market.fills.depth_per_tick`` per tick (:func:`mmsim.fills.take`). Our orders do not move the
+own rounding, redone in float64). Fills are at our price; the account charges the maker fee. A
+taker order (a policy flattening into a scheduled event) executes at the touch seen when it was
+sent, through the displayed size and then ``market.fills.depth_per_tick`` per tick (:func:`mmsim.fills.take`). Our orders do not move the
 recorded market and reach it without latency. A paper fill is a model of a small order's
 execution (cautious about the queue ahead, blind to our own impact), not a venue's matching.
 
@@ -294,9 +294,7 @@ def _metrics(ep, feed, journal: pd.DataFrame, state, compile_s: float, run_s: fl
     s = state.account
     eq = journal["equity"].to_numpy(float)
     peak = np.maximum.accumulate(np.concatenate([[float(np.asarray(ep.account.initial_equity))], eq]))[1:]
-    comps = {k: float(np.asarray(getattr(s, f"pnl_{k2}")))
-             for k, k2 in (("spread_capture", "spread"), ("inventory", "inventory"), ("adverse_selection", "adverse"),
-                           ("fees", "fees"), ("funding", "funding"), ("liquidation", "liquidation"))}
+    comps = dict(zip(acct.PNL_COMPONENTS, np.asarray(acct.pnl_components(s), float).tolist()))
     n = len(journal)
     return {
         "observations": n, "cadence_s": float(feed.t[1] - feed.t[0]) if n > 1 else float(feed.t[0]),

@@ -37,7 +37,7 @@ from mmsim import fills as fl
 from mmsim import rng
 from mmsim._pytree import Check, pytree_dataclass, static_field
 from mmsim.observation import Observation
-from mmsim.policy import Quote
+from mmsim.policy import Quote, no_quote
 from mmsim.processes import adverse_selection as adv
 from mmsim.processes import correlation as corr
 from mmsim.processes import funding as fund
@@ -219,7 +219,7 @@ def step(key: jax.Array, world: WorldState, params: MarketParams, dt: float,
     sell_vol = flow_i.vol_sell + liq_i.vol_long
     buy_vol = flow_i.vol_buy + liq_i.vol_short
     if quote is None:
-        quote = Quote(*(jnp.zeros((a,), dtype),) * 4, *(jnp.zeros((a,), bool),) * 2)
+        quote = no_quote(a, dtype)
     tick = jnp.broadcast_to(params.spread.tick, (a,)).astype(dtype)
     fill_s, f = fl.resolve(k["fills"], world.fills, params.fills, quote, dt, mid_before=mid0,
                            best_bid_before=bid0, best_ask_before=ask0, best_bid_after=bid, best_ask_after=ask,

@@ -327,7 +327,8 @@ def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
     ask = jnp.maximum(ask, bid + x.tick)
     bsz = jnp.maximum(bsz, 0.0)
     asz = jnp.maximum(asz, 0.0)
-    active = jnp.broadcast_to(x.ready, x.mid.shape) & (x.mid > 0)
+    ready = jnp.broadcast_to(x.ready, x.mid.shape) & (x.mid > 0)
+    active = ready
     near_liq = x.margin_ratio < p.pull_margin_ratio
     # Only the side that reduces |position| stays (none when flat): near liquidation, and on a
     # severe cascade (spec policy) and in an event window, there at cascade_keep_reducing /
@@ -349,7 +350,6 @@ def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
     # Flattening into an event with a taker order: a fraction of the position, towards flat.
     take = None
     if events:
-        ready = jnp.broadcast_to(x.ready, x.mid.shape) & (x.mid > 0)
         take = jnp.where(in_event & ready, -jnp.asarray(p.event_flatten, bid.dtype) * x.position, zero)
     return Quote(jnp.where(bid_ok, bid, zero), jnp.where(ask_ok, ask, zero), jnp.where(bid_ok, bsz, zero),
                  jnp.where(ask_ok, asz, zero), bid_ok, ask_ok, take)

@@ -198,8 +198,7 @@ def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: b
     def finish(carry):
         _, e, _, r, _ = carry
         s = e.account
-        comps = jnp.stack([s.pnl_spread, s.pnl_inventory, s.pnl_adverse, s.pnl_fees, s.pnl_funding,
-                           s.pnl_liquidation])
+        comps = acct.pnl_components(s)
         pnl = acct.equity(s, s.last_mid) - jnp.asarray(ep.account.initial_equity, dtype)
         return PathSummary(pnl=pnl.astype(dtype), pnl_components=comps.astype(dtype), max_dd=r.max_dd,
                            max_dd_frac=r.max_dd_frac, min_margin_ratio=r.min_margin_ratio,
