@@ -25,8 +25,9 @@ traded at that price and to at most the displayed size while it is at the touch;
 partial fill the rest is first in line. Our prices go out on the venue's tick grid (the engine's
 own rounding, redone in float64). Fills are at our price; the account charges the maker fee. A
 taker order (a policy flattening into a scheduled event) executes at the touch seen when it was
-sent, through the displayed size and then ``market.fills.depth_per_tick`` per tick (:func:`mmsim.fills.take`). Our orders do not move the
-recorded market and reach it without latency. A paper fill is a model of a small order's
+sent, through the displayed size and then ``market.fills.depth_per_tick`` per tick
+(:func:`mmsim.fills.take`). Our orders do not move the recorded market and reach it without
+latency. A paper fill is a model of a small order's
 execution (cautious about the queue ahead, blind to our own impact), not a venue's matching.
 
 Units: seconds (exchange time, from the recording's first book update), prices in quote
