@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,19 +54,48 @@ def _all_concrete(obj: Any) -> bool:
 
 
 def cast_floats(tree: Any, dtype: Any) -> Any:
-    """Convert every floating (or Python float) leaf of ``tree`` to a jnp array of ``dtype``.
+    """Every parameter leaf of ``tree`` as a jnp array: floats (Python numbers and floating arrays,
+    and Python ints) in ``dtype``, booleans as booleans, other arrays as they are.
 
-    Integer and boolean leaves are kept; this is how params reach the dtype of the simulation.
+    The one cast every caller of the engine or a world applies (the simulator and the live side),
+    so that both compile the same program, and new values of the same structure reuse it.
     """
 
     def conv(x: Any) -> Any:
-        if isinstance(x, bool):
-            return x
-        if isinstance(x, float) or (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)):
-            return jnp.asarray(x, dtype=dtype)
-        return x
+        if isinstance(x, bool) or (hasattr(x, "dtype") and x.dtype == bool):
+            return jnp.asarray(x)
+        if isinstance(x, (int, float)) or (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)):
+            return jnp.asarray(x, dtype)
+        return jnp.asarray(x)
 
     return jax.tree_util.tree_map(conv, tree)
+
+
+def to_plain(x: Any, *, nonfinite: str = "keep") -> Any:
+    """``x`` as plain Python for YAML, JSON or a message: mappings to dicts (string keys), sequences
+    and arrays to lists, numpy and jax scalars to bool/int/float, strings and None as they are,
+    anything else to its ``str``. ``nonfinite="none"`` turns NaN and infinities into None (strict
+    JSON has no NaN); ``"keep"`` keeps them."""
+    if isinstance(x, Mapping):
+        return {str(k): to_plain(v, nonfinite=nonfinite) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_plain(v, nonfinite=nonfinite) for v in x]
+    if isinstance(x, str) or x is None:
+        return x
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        f = float(x)
+        return None if nonfinite == "none" and not math.isfinite(f) else f
+    try:
+        a = np.asarray(x)
+    except Exception:  # noqa: BLE001 (an object numpy cannot read: say what it is)
+        return str(x)
+    if a.dtype == bool or np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating):
+        return to_plain(a.tolist(), nonfinite=nonfinite) if a.ndim else to_plain(a.item(), nonfinite=nonfinite)
+    return str(x)
 
 
 class Check:
@@ -83,7 +114,7 @@ class Check:
     def fail(self, field: str, rule: str, value: Any = None) -> None:
         v = getattr(self.obj, field) if value is None else value
         v = np.asarray(v)
-        shown = v.item() if v.ndim == 0 else v.tolist()
+        shown = to_plain(v)
         raise ValueError(f"{self.name}.{field} = {shown}: {rule}")
 
     def finite(self, field: str, what: str = "") -> np.ndarray:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 #: Exit status of ``mmsim live`` when no exchange connector is available.
@@ -38,7 +39,19 @@ commands:
 """
 
 
+def _help(command: str, argv: list[str]) -> bool:
+    """Print the command's help page when asked for it (``-h``/``--help``); True if printed."""
+    if not any(a in ("-h", "--help") for a in argv):
+        return False
+    from mmsim import config, helptext
+
+    print(helptext.command_help(command, config.conf_dir()))
+    return True
+
+
 def _run(argv: list[str]) -> int:
+    if _help("run", argv):
+        return 0
     from mmsim import run
 
     sys.argv = ["mmsim run", *argv]
@@ -47,6 +60,8 @@ def _run(argv: list[str]) -> int:
 
 
 def _optimize(argv: list[str]) -> int:
+    if _help("optimize", argv):
+        return 0
     try:
         from mmsim import optimize
     except ImportError as e:
@@ -61,16 +76,6 @@ def _optimize(argv: list[str]) -> int:
         return 1
     out = fn(list(argv))
     return out if isinstance(out, int) else 0
-
-
-def compose(overrides: list[str]):
-    """Compose ``conf/config.yaml`` with ``overrides`` (outside a Hydra run)."""
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-
-    conf = Path(__file__).resolve().parent.parent / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base=None):
-        return hcompose(config_name="config", overrides=list(overrides))
 
 
 def describe_policy(ep) -> str:
@@ -101,7 +106,7 @@ def _live(argv: list[str]) -> int:
     p.add_argument("--replay", help="a recorded websocket capture (hftbacktest_*.gz) to run the engine on, with "
                                     "paper fills against its trades")
     p.add_argument("--cadence", type=float, default=1.0, help="seconds between observations in a replay")
-    p.add_argument("--out", help="output directory of a replay (default outputs/replay/<capture name>)")
+    p.add_argument("--out", help="output directory of a replay (default outputs/replay/<capture name>/<time>)")
     p.add_argument("--compare-paths", type=int, default=0,
                    help="also simulate this many paths of the configured market over the replay's duration "
                         "and report where the replay falls in that distribution (0: off)")
@@ -114,7 +119,7 @@ def _live(argv: list[str]) -> int:
 
     try:
         best = mcfg.load_best(a.params) if a.params else None
-        cfg = compose([*a.overrides, *([f"+params={Path(a.params).resolve()}"] if a.params else [])])
+        cfg = mcfg.compose([*a.overrides, *([f"+params={Path(a.params).resolve()}"] if a.params else [])])
         world, mp, ep, sim = mcfg.build(cfg)
     except mcfg.ConfigError as e:
         print(f"mmsim live: configuration error: {e}", file=sys.stderr)
@@ -135,7 +140,9 @@ def _live(argv: list[str]) -> int:
 def _replay(a, world, mp, ep, sim) -> int:
     import jax.numpy as jnp
 
-    from mmsim import data, live, report
+    from mmsim import live, report
+    from mmsim.fit import data
+    from mmsim.report import live as live_report
 
     path = Path(a.replay)
     if not path.exists():
@@ -155,8 +162,9 @@ def _replay(a, world, mp, ep, sim) -> int:
         print(f"mmsim live: {e}", file=sys.stderr)
         return EXIT_CONFIG
     name = path.name.split(".")[0]
-    out = Path(a.out) if a.out else Path("outputs") / "replay" / name
-    files = live.write_outputs(res, out, f"replay of {name}: the engine's quotes with paper fills")
+    # A new directory per run (like a simulation's), so that a rerun never overwrites the last one.
+    out = Path(a.out) if a.out else Path("outputs") / "replay" / name / time.strftime("%Y-%m-%d_%H-%M-%S")
+    files = live_report.write_outputs(res, out, f"replay of {name}: the engine's quotes with paper fills")
     m = res.metrics
     rows = [("observations", f"{m['observations']:,} every {m['cadence_s']:g} s ({m['duration_s']:g} s)"),
             ("trades in the recording", f"{m['trades']:,}"),

@@ -14,9 +14,9 @@ here the message is prefixed with the config path, e.g. ``market.flow: FlowParam
 ``ValueError``).
 
 Config layout (see ``conf/config.yaml``): ``market`` (``world: market`` with one block per process
-of :class:`mmsim.market.MarketParams`, or ``world: as2008`` with the fields of
-:class:`mmsim.as2008.AS2008Params`), ``account`` (:class:`mmsim.account.AccountParams`), ``engine``
-(warm-up, lite, tick, estimator overrides), ``policy`` (:class:`mmsim.policy.PolicyParams`),
+of :class:`mmsim.world.market.MarketParams`, or ``world: as2008`` with the fields of
+:class:`mmsim.world.as2008.AS2008Params`), ``account`` (:class:`mmsim.engine.account.AccountParams`), ``engine``
+(warm-up, lite, tick, estimator overrides), ``policy`` (:class:`mmsim.engine.policy.PolicyParams`),
 ``sim`` and ``risk``. Units are those of the params classes: seconds, rates per second, prices in
 quote currency, sizes in base units.
 
@@ -30,7 +30,9 @@ at 50x leverage is run at 50x; :func:`load_best` reads and checks such a file.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-WORLDS = ("market", "as2008")
+from mmsim.world import WORLDS
+
 DTYPES = ("float32", "float64")
 TASKS = ("risk", "as2008", "optimize")
 #: A horizon is a whole number of steps when |horizon / dt - round(horizon / dt)| <= this.
@@ -49,6 +52,28 @@ BEST_KEYS = ("policy", "account", "market", "constraints", "validation", "feasib
 
 class ConfigError(ValueError):
     """A configuration that cannot be run; the message names the config path and the rule."""
+
+
+def conf_dir() -> Path:
+    """The configuration directory every entry point composes from: ``$MMSIM_CONF`` when set (it
+    must hold a ``config.yaml``), else the ``conf/`` shipped inside the package."""
+    env = os.environ.get("MMSIM_CONF")
+    if env:
+        d = Path(env).expanduser().resolve()
+        if not (d / "config.yaml").is_file():
+            raise ConfigError(f"MMSIM_CONF = {env!r}: no config.yaml in that directory")
+        return d
+    return Path(str(importlib.resources.files("mmsim") / "conf")).resolve()
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """``config.yaml`` of :func:`conf_dir` composed with Hydra ``overrides`` (outside a Hydra run),
+    e.g. ``compose(["experiment=cascade_stress", "sim.n_paths=1024"])``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        return hydra_compose(config_name="config", overrides=list(overrides))
 
 
 @dataclass(frozen=True)
@@ -78,7 +103,7 @@ class SimSettings:
     progress: bool = True
 
     def simulate_kwargs(self) -> dict:
-        """Keyword arguments of :func:`mmsim.simulate.simulate`."""
+        """Keyword arguments of :func:`mmsim.sim.simulate.simulate`."""
         import jax.numpy as jnp
 
         return dict(n_paths=self.n_paths, n_steps=self.n_steps, dt=self.dt, seed=self.seed,
@@ -279,24 +304,24 @@ def world_name(cfg) -> str:
 
 
 def market_params(cfg):
-    """``(world, params)``: :class:`~mmsim.market.MarketParams` or :class:`~mmsim.as2008.AS2008Params`."""
+    """``(world, params)``: :class:`~mmsim.world.market.MarketParams` or :class:`~mmsim.world.as2008.AS2008Params`."""
     m = _section(cfg, "market")
     world = world_name(cfg)
     if world == "as2008":
-        from mmsim.as2008 import AS2008Params
+        from mmsim.world.as2008 import AS2008Params
 
         return world, _make(AS2008Params, m, "market", skip=("world", "asset_names"))
 
-    from mmsim import fills as fl
-    from mmsim.market import MarketParams
-    from mmsim.processes import adverse_selection as adv
-    from mmsim.processes import correlation as corr
-    from mmsim.processes import funding as fund
-    from mmsim.processes import liquidation as liq
-    from mmsim.processes import order_flow as flow
-    from mmsim.processes import price as px
-    from mmsim.processes import spread as spr
-    from mmsim.processes import volatility as vol
+    from mmsim.world.market import MarketParams
+    from mmsim.world.processes import adverse_selection as adv
+    from mmsim.world.processes import correlation as corr
+    from mmsim.world.processes import funding as fund
+    from mmsim.world.processes import liquidation as liq
+    from mmsim.world.processes import order_flow as flow
+    from mmsim.world.processes import price as px
+    from mmsim.world.processes import queue as fl
+    from mmsim.world.processes import spread as spr
+    from mmsim.world.processes import volatility as vol
 
     blocks = {"price": px.PriceParams, "vol": vol.VolParams, "flow": flow.FlowParams, "spread": spr.SpreadParams,
               "adverse": adv.ASParams, "funding": fund.FundingParams, "liquidation": liq.LiqParams,
@@ -324,7 +349,7 @@ def account_config(cfg) -> dict:
 
 
 def account_params(cfg):
-    from mmsim.account import AccountParams
+    from mmsim.engine.account import AccountParams
 
     return _make(AccountParams, account_config(cfg), "account" + (" (+params)" if _params_file(cfg) else ""))
 
@@ -348,7 +373,7 @@ def _with_best(cfg, block: str) -> dict:
 
 
 def policy_params(cfg):
-    from mmsim.policy import PolicyParams
+    from mmsim.engine.policy import PolicyParams
 
     return _make(PolicyParams, policy_config(cfg), "policy" + (" (+params)" if _params_file(cfg) else ""))
 
@@ -358,16 +383,16 @@ _ESTIMATORS = ("price", "vol", "spread", "flow", "liquidation", "funding", "corr
 
 
 def _estimator_classes() -> dict:
-    from mmsim.estimators import adverse_selection as e_adv
-    from mmsim.estimators import correlation as e_corr
-    from mmsim.estimators import funding as e_fund
-    from mmsim.estimators import inventory as e_inv
-    from mmsim.estimators import liquidation as e_liq
-    from mmsim.estimators import order_flow as e_flow
-    from mmsim.estimators import price as e_price
-    from mmsim.estimators import queue as e_queue
-    from mmsim.estimators import spread as e_spread
-    from mmsim.estimators import volatility as e_vol
+    from mmsim.engine.estimators import adverse_selection as e_adv
+    from mmsim.engine.estimators import correlation as e_corr
+    from mmsim.engine.estimators import funding as e_fund
+    from mmsim.engine.estimators import inventory as e_inv
+    from mmsim.engine.estimators import liquidation as e_liq
+    from mmsim.engine.estimators import order_flow as e_flow
+    from mmsim.engine.estimators import price as e_price
+    from mmsim.engine.estimators import queue as e_queue
+    from mmsim.engine.estimators import spread as e_spread
+    from mmsim.engine.estimators import volatility as e_vol
 
     return {"price": e_price.PriceEstParams, "vol": e_vol.VolEstParams, "spread": e_spread.SpreadEstParams,
             "flow": e_flow.OrderFlowEstParams, "liquidation": e_liq.LiquidationEstParams,
@@ -380,7 +405,7 @@ def market_priors(mp, account) -> dict:
     """Estimator priors taken from the world's parameters (the calibration the engine would load
     live): ``{estimator: {field: value}}``. Only fields whose shapes the estimators accept are
     given; per-regime arrays are passed through when they are ``(R,)``."""
-    from mmsim.processes import volatility as vol
+    from mmsim.world.processes import volatility as vol
 
     f = lambda x: np.asarray(x, dtype=float)  # noqa: E731
     out: dict = {}
@@ -489,7 +514,7 @@ def _sized_adverse_slots(cfg, ep, dt: float):
     rounding of the step times): no measurement is ever dropped, and no slot is carried that can
     never be used (each slot is state of every path, updated every step). Live trading, whose
     observations are irregular, keeps the estimator's default."""
-    from mmsim.estimators import adverse_selection as e_adv
+    from mmsim.engine.estimators import adverse_selection as e_adv
 
     given = (_section(cfg, "engine").get("adverse") or {}).get("n_slots")
     if given is not None or ep.lite:   # lite: the estimator does not run
@@ -537,8 +562,8 @@ def build(cfg):
 
 def load_best(path) -> dict:
     """Read an optimiser's ``best.yaml`` and check its shape: a mapping with a ``policy`` mapping
-    (fields of :class:`~mmsim.policy.PolicyParams`) and optionally an ``account`` mapping (fields
-    of :class:`~mmsim.account.AccountParams`), ``market``, ``constraints``, ``validation`` and
+    (fields of :class:`~mmsim.engine.policy.PolicyParams`) and optionally an ``account`` mapping (fields
+    of :class:`~mmsim.engine.account.AccountParams`), ``market``, ``constraints``, ``validation`` and
     ``feasible``. Returns it as plain Python."""
     p = Path(str(path)).expanduser()
     if not p.is_file():
@@ -552,14 +577,14 @@ def load_best(path) -> dict:
     _require(not unknown, f"params ({p})", f"unknown top-level key(s) {unknown}; expected {list(BEST_KEYS)}")
     pol = best.get("policy")
     _require(isinstance(pol, dict) and pol, f"params ({p}).policy", "must be a non-empty mapping of policy fields")
-    from mmsim.policy import PolicyParams
+    from mmsim.engine.policy import PolicyParams
 
     unknown = sorted(set(pol) - set(_fields(PolicyParams)))
     _require(not unknown, f"params ({p}).policy",
              f"unknown key(s) {unknown}; valid keys: {sorted(_fields(PolicyParams))}")
     acc = best.get("account")
     if acc is not None:
-        from mmsim.account import AccountParams
+        from mmsim.engine.account import AccountParams
 
         _require(isinstance(acc, dict), f"params ({p}).account", "must be a mapping of account fields")
         unknown = sorted(set(acc) - set(_fields(AccountParams)))

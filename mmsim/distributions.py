@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtri
 
+
 def materialise(tree):
     """``tree`` unchanged, but its arrays computed once and stored before their consumers run.
 
@@ -239,3 +240,11 @@ def std_normal(u: jax.Array) -> jax.Array:
     if u.dtype == jnp.float32:
         return _ndtri_f32(u)
     return ndtri(u)
+
+
+def hawkes_spectral_radius(alpha_buy, alpha_sell, gamma, beta) -> np.ndarray:
+    """Spectral radius of the bivariate Hawkes branching matrix ``[[alpha_buy, gamma], [gamma,
+    alpha_sell]] / beta`` (numpy, host side; rates per second, dimensionless result): the mean
+    number of events one event triggers directly, at the worst mix of sides; < 1 is stationary."""
+    ab, as_, g, b = (np.asarray(x, dtype=float) for x in (alpha_buy, alpha_sell, gamma, beta))
+    return np.asarray(((ab + as_) + np.sqrt((ab - as_) ** 2 + 4.0 * g**2)) / (2.0 * b))

@@ -1,4 +1,5 @@
-"""What a market maker sees in one simulation step or one feed event: the engine's only input.
+"""The two messages between a world and the engine: the :class:`Observation` a world (simulated,
+recorded or live) sends the engine, and the :class:`Quote` the engine sends back.
 
 The simulator fills an :class:`Observation` from the world; the live adapter fills it from
 exchange messages. Nothing in it is simulation-only: every field is something an exchange feed
@@ -74,3 +75,25 @@ def empty(n_assets: int, dtype=jnp.float32, *, takes: bool = False) -> Observati
         next_funding_s=z, fill_bid_size=z, fill_bid_price=z, fill_ask_size=z, fill_ask_price=z,
         fill_take_size=z if takes else None, fill_take_price=z if takes else None,
         book_valid=f, trades_valid=f, liq_valid=f, funding_valid=f, fills_valid=f)
+
+
+class Quote(NamedTuple):
+    """What the engine sends to a world (or an order gateway): one resting quote per asset and side,
+    and optionally a taker order."""
+
+    bid_price: jax.Array   # (A,) quote currency
+    ask_price: jax.Array   # (A,)
+    bid_size: jax.Array    # (A,) base units
+    ask_size: jax.Array    # (A,)
+    bid_active: jax.Array  # (A,) bool
+    ask_active: jax.Array  # (A,) bool
+    # (A,) base units to trade at once against the book (a taker order: > 0 buys, < 0 sells), or
+    # None for a post-only policy (static: a policy takes only when it flattens before events).
+    take: jax.Array | None = None
+
+
+def no_quote(n_assets: int, dtype=jnp.float32, *, take: bool = False) -> Quote:
+    """No order; ``take``: with a zero taker order (the structure of a policy that :func:`mmsim.engine.policy.takes`)."""
+    z = jnp.zeros((n_assets,), dtype)
+    f = jnp.zeros((n_assets,), bool)
+    return Quote(z, z, z, z, f, f, z if take else None)

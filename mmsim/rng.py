@@ -1,27 +1,6 @@
 """Counter-based random numbers: SplitMix64 indexed by (seed, path, step, process, slot).
 
-Why not ``jax.random``: threefry draws about 150 M uniforms/s on a 2-core CPU here, which caps a
-model that needs ~25 uniforms per path-step near 6 M path-steps/s before any model arithmetic.
-SplitMix64 (Steele, Lea & Flood, "Fast splittable pseudorandom number generators", OOPSLA 2014;
-the generator behind Java's ``SplittableRandom``, which passes TestU01 BigCrush) is a Weyl
-sequence ``s_i = seed + i * GOLDEN (mod 2^64)`` passed through a strong 64-bit finaliser
-(Stafford's "Mix13"). Its output ``i`` is a pure function of ``(seed, i)``, so it is a
-*counter-based* generator: any draw can be computed without the ones before it, which is what
-makes results independent of chunking, sharding and the number of paths run side by side.
-Measured here: ~1 G float32 uniforms/s on 2 cores, six times threefry (see experiments/PERFORMANCE.md).
-
-A key is a uint64 scalar (or array of them). Keys are derived, never reused:
-
-* :func:`key` makes one from an integer seed (or from a ``jax.random`` key's data);
-* :func:`fold_in` derives an independent key from a key and an integer (path index, step
-  index, process id), through two applications of the bijective finaliser;
-* :func:`bits`, :func:`uniform`, :func:`normal` draw from a key: word ``i`` is
-  ``mix(key + (i + 1) * GOLDEN)``.
-
-float32 uniforms take 23 bits each (two per 64-bit word), ``(m + 1/2) 2^-23``; float64 uniforms take
-52 bits. One bit fewer than the mantissa keeps the largest value, 1 - 2^-24 (resp. 1 - 2^-53),
-representable: every uniform lies strictly inside (0, 1), so ``log(u)``, ``log1p(-u)`` and
-``ndtri(u)`` are always finite (|ndtri| <= 5.3 in float32, 8.2 in float64).
+Equations, units, the discretisation over a step and the known biases: ``docs/MODEL.md``, section 13.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ apart; the best of ``--repeat`` runs):
   and fills with probability ``min(1, A exp(-k delta) dt)`` on each side; 200 steps of 0.005.
   It is the reference every ratio is taken against (same process, same moment: the ratio is
   what survives a shared or throttled machine).
-* ``mmsim as2008``: the same model through :func:`mmsim.simulate.simulate` (world ``as2008``, the
+* ``mmsim as2008``: the same model through :func:`mmsim.sim.simulate.simulate` (world ``as2008``, the
   ``lite`` engine, the margin account and the running risk metrics), float32, for a few chunk
   sizes.
 * ``mmsim cascade_stress``: ``experiment=cascade_stress`` (every world process on, the full
@@ -99,15 +99,15 @@ def _machine() -> dict:
 
 
 def _configs(quick: bool):
-    from mmsim import cli, config
+    from mmsim import config
 
-    _, mp_as, ep_as, sim_as = config.build(cli.compose(["experiment=as2008"]))
-    _, mp_cs, ep_cs, sim_cs = config.build(cli.compose(["experiment=cascade_stress"]))
+    _, mp_as, ep_as, sim_as = config.build(config.compose(["experiment=as2008"]))
+    _, mp_cs, ep_cs, sim_cs = config.build(config.compose(["experiment=cascade_stress"]))
     return (mp_as, ep_as, sim_as), (mp_cs, ep_cs, sim_cs)
 
 
 def _run(world, mp, ep, *, n_paths, n_steps, dt, chunk, repeat, dtype, devices):
-    from mmsim.simulate import simulate
+    from mmsim.sim.simulate import simulate
 
     first = simulate(world, mp, ep, n_paths=n_paths, n_steps=n_steps, dt=dt, seed=0, chunk_size=chunk,
                      dtype=dtype, progress=False, devices=devices)
@@ -123,7 +123,7 @@ def big_run(n_paths: int, n_steps: int, chunk: int) -> dict:
     """The million-path chunked cascade_stress run (called in a child process), on every core."""
     import jax.numpy as jnp
 
-    from mmsim.simulate import simulate, use_cpu_cores
+    from mmsim.sim.simulate import simulate, use_cpu_cores
 
     use_cpu_cores()
 
@@ -157,7 +157,7 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
 
-    from mmsim.simulate import use_cpu_cores
+    from mmsim.sim.simulate import use_cpu_cores
 
     n_dev = use_cpu_cores(a.cpu_devices)
     device_sets = [("1 core", jax.local_devices()[:1])]

@@ -1,9 +1,9 @@
 """Path-steps per second of each world process, of the composed world step and of world + engine.
 
 Each case runs as ``vmap`` over paths of a ``lax.scan`` over steps, jitted once, with the params
-passed as float32 arguments of the compiled function (as :func:`mmsim.simulate.simulate` does, so
+passed as float32 arguments of the compiled function (as :func:`mmsim.sim.simulate.simulate` does, so
 nothing is folded into constants that the simulator would compute at run time). Processes run
-alone with constant drivers; ``world`` is :func:`mmsim.market.step` of the calm BTCUSDT market
+alone with constant drivers; ``world`` is :func:`mmsim.world.market.step` of the calm BTCUSDT market
 (every process on, our quote resolved against the flow); ``world + engine`` adds
 :func:`mmsim.engine.step` with the spec policy. The first call compiles (timed apart); the figure
 is the best of ``--repeat`` timed calls. Run on CPU by default; on a machine with a GPU, JAX uses
@@ -20,16 +20,18 @@ import time
 import jax
 import jax.numpy as jnp
 
-from mmsim import account, engine, market, policy, rng
-from mmsim.simulate import _as_leaves
-from mmsim.processes import adverse_selection as adv
-from mmsim.processes import correlation as corr
-from mmsim.processes import funding as fund
-from mmsim.processes import liquidation as liq
-from mmsim.processes import order_flow as flow
-from mmsim.processes import price as px
-from mmsim.processes import spread as spr
-from mmsim.processes import volatility as vol
+from mmsim import engine, rng
+from mmsim.engine import account, policy
+from mmsim._pytree import cast_floats
+from mmsim.world import market
+from mmsim.world.processes import adverse_selection as adv
+from mmsim.world.processes import correlation as corr
+from mmsim.world.processes import funding as fund
+from mmsim.world.processes import liquidation as liq
+from mmsim.world.processes import order_flow as flow
+from mmsim.world.processes import price as px
+from mmsim.world.processes import spread as spr
+from mmsim.world.processes import volatility as vol
 
 
 def bench(name, init_fn, step_fn, params, n_paths, n_steps, repeat):
@@ -65,7 +67,7 @@ def main() -> None:
     dt_ = jnp.dtype(a.dtype)
     mp = market.default_params()
     ep = engine.EngineParams(policy=policy.PolicyParams(), account=account.AccountParams())
-    params = _as_leaves((mp, ep), dt_)
+    params = cast_floats((mp, ep), dt_)
     n = mp.n_assets
     dt = 1.0
     z = jnp.zeros((n,), dt_)

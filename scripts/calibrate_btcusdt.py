@@ -1,6 +1,6 @@
 """Calibrate mmsim's processes for a calm BTCUSDT perpetual from the real data files.
 
-Runs the readers of :mod:`mmsim.data` and the estimators of :mod:`mmsim.calibrate` on the files
+Runs the readers of :mod:`mmsim.fit.data` and the estimators of :mod:`mmsim.fit.calibrate` on the files
 of the data directory (``MMSIM_DATA``, else ``../shared/data`` beside the repository) and writes
 a markdown report, by default ``experiments/calibration.md``: the measurements, the method
 behind each, and at the end a proposed "calm BTCUSDT perp" parameter set in the simulator's units.
@@ -24,8 +24,8 @@ from scipy import optimize, stats
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mmsim import calibrate as cal  # noqa: E402
-from mmsim import data  # noqa: E402
+from mmsim.fit import calibrate as cal  # noqa: E402
+from mmsim.fit import data  # noqa: E402
 
 TICK = 0.1  # BTCUSDT perp price tick, USDT
 

@@ -21,7 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mmsim import market, rng  # noqa: E402
+from mmsim import rng  # noqa: E402
+from mmsim.world import market
 
 REGIME_COLOURS = ("#d8ecd8", "#ffffff", "#fde7c8", "#f7c6c6")
 

@@ -27,8 +27,9 @@ import tempfile
 import jax
 import jax.numpy as jnp
 
-from mmsim import cli, config, rng
-from mmsim import simulate as sim
+from mmsim import config, rng
+from mmsim._pytree import cast_floats
+from mmsim.sim import simulate as sim
 
 _SKIP_OPS = ("parameter", "constant", "broadcast", "bitcast", "get-tuple-element", "tuple")
 
@@ -79,8 +80,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=30)
     a = ap.parse_args()
 
-    world, mp, ep, s = config.build(cli.compose([f"experiment={a.experiment}"]))
-    mp, ep = sim._as_leaves(mp, jnp.float32), sim._as_leaves(ep, jnp.float32)
+    world, mp, ep, s = config.build(config.compose([f"experiment={a.experiment}"]))
+    mp, ep = cast_floats(mp, jnp.float32), cast_floats(ep, jnp.float32)
     keys = rng.path_keys(rng.key(0), 0, a.paths)
 
     def fn(k, m, e):

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
@@ -15,11 +16,11 @@ from omegaconf import OmegaConf
 
 from mmsim import cli, report
 from mmsim import config as mcfg
-from mmsim.as2008 import AS2008Params
 from mmsim.engine import EngineParams
-from mmsim.market import MarketParams
+from mmsim.world.as2008 import AS2008Params
+from mmsim.world.market import MarketParams
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "mmsim" / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
@@ -74,7 +75,7 @@ def test_default_config_builds_the_calibrated_market():
 
 def test_experiment_deltas():
     _, mp, ep, _ = mcfg.build(make_cfg("experiment=cascade_stress"))
-    from mmsim.processes import liquidation as liq
+    from mmsim.world.processes import liquidation as liq
 
     n = float(liq.branching_ratio(mp.liquidation))
     assert 0.9 <= n < 1.0                                       # near-critical, still subcritical
@@ -86,7 +87,7 @@ def test_experiment_deltas():
     assert cs[0, 1] > c[0, 1] > 0
     assert np.shape(ep.tick) == (2,)
     _, mp, _, _ = mcfg.build(make_cfg("experiment=high_vol"))
-    from mmsim.processes import volatility as vol
+    from mmsim.world.processes import volatility as vol
 
     pi = vol.stationary_distribution(mp.vol)
     assert pi[2] + pi[3] > 0.8                                  # High and Extreme dominate
@@ -120,11 +121,11 @@ def test_experiment_deltas():
     ("cpu_devices=0", "cpu_devices"),
 ])
 def test_bad_config_fails_before_compiling(override, where, tmp_path):
-    from mmsim import run
+    from mmsim import tasks
 
     cfg = make_cfg("experiment=baseline", override)
     with pytest.raises(mcfg.ConfigError) as e:
-        run.run_task(cfg, tmp_path, simulate_fn=no_simulate)
+        tasks.run_task(cfg, tmp_path, simulate_fn=no_simulate)
     assert where in str(e.value)
     assert not (tmp_path / "metrics.json").exists()
 
@@ -264,8 +265,8 @@ def test_cli_dispatches_optimize(monkeypatch):
 ])
 def test_mid_only_price_estimator_is_refused_where_it_is_read(overrides):
     with pytest.raises(mcfg.ConfigError, match="engine.price.returns"):
-        mcfg.build(cli.compose(overrides))
-    assert not mcfg.build(cli.compose(["experiment=as2008"]))[2].price.returns
+        mcfg.build(mcfg.compose(overrides))
+    assert not mcfg.build(mcfg.compose(["experiment=as2008"]))[2].price.returns
 
 
 def test_sweep_summary(tmp_path, capsys):
@@ -283,6 +284,17 @@ def test_sweep_summary(tmp_path, capsys):
     assert "policy.gamma=0.01" in md and "policy.gamma=0.02" in md
     assert (tmp_path / "sweep_summary.csv").exists() and (tmp_path / "sweep_summary.png").exists()
     assert len(report.sweep_rows(tmp_path)) == 2
+    # The swept parameter is a numeric column of its own.
+    csv = pd.read_csv(tmp_path / "sweep_summary.csv")
+    assert csv["policy.gamma"].tolist() == [0.01, 0.02] and csv["policy.gamma"].dtype == float
+
+
+def test_swept_params_are_numbers_where_they_read_as_numbers():
+    sw = report.swept_params(["experiment=x policy.gamma=0.1 market.liquidation.size_cap=50 policy.kind=spec",
+                              "experiment=x policy.gamma=1e-3 market.liquidation.size_cap=.inf policy.kind=glft"])
+    assert sw == {"policy.gamma": [0.1, 1e-3], "market.liquidation.size_cap": [50.0, float("inf")],
+                  "policy.kind": ["spec", "glft"]}
+    assert report.swept_params(["a=1", "a=1"]) == {}
 
 
 def test_sweep_rows_follow_the_job_numbers_and_labels_show_what_varies(tmp_path):

@@ -1,0 +1,489 @@
+"""Readers of real exchange data (websocket captures, funding, minute bars, liquidations) into pandas.
+
+Every reader returns pandas DataFrames with documented columns and units. Conventions:
+
+* ``time`` columns are seconds since the Unix epoch, UTC, as float64 (1 ms resolution is kept:
+  float64 resolves 0.25 us at 2e9 s); ``date`` columns, where present, are tz-aware UTC
+  ``Timestamp``s of the same instants.
+* Prices are in quote currency per base unit (USDT or USD); sizes in base units (BTC, ETH) unless
+  a docstring says otherwise (COIN-M ``BTCUSD_PERP`` sizes are contracts of 100 USD; FTX bar
+  volumes are USD notional).
+* Trade ``side`` is the aggressor's side: +1 an aggressive buy (lifts the ask), -1 an aggressive
+  sell (hits the bid). Binance's ``m`` ("buyer is the maker") true means the aggressor SOLD.
+* Funding rates are fractions per settlement interval (1e-4 = 0.01 % per interval).
+
+Bad input follows the project rule for feed data: a malformed line or row is counted and skipped,
+never a crash and never a NaN in the output. Only pandas, numpy, json and gzip are used.
+
+The data directory is found by :func:`data_dir`; no reader assumes where it is.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "data_dir",
+    "data_file",
+    "read_capture",
+    "read_funding",
+    "read_bars",
+    "read_hl_liquidations",
+    "read_hl_trades",
+    "TRADE_COLUMNS",
+    "BOOK_COLUMNS",
+    "MARK_COLUMNS",
+    "DEPTH_COLUMNS",
+]
+
+#: Columns of ``read_capture(...)["trades"]``.
+TRADE_COLUMNS = ("time", "local_time", "price", "qty", "side", "type", "trade_id")
+#: Columns of ``read_capture(...)["book_ticker"]``.
+BOOK_COLUMNS = ("time", "local_time", "bid", "bid_qty", "ask", "ask_qty")
+#: Columns of ``read_capture(...)["mark_price"]``.
+MARK_COLUMNS = ("time", "local_time", "mark", "index", "settle_estimate", "funding_rate",
+                "next_funding_time")
+#: Columns of ``read_capture(..., depth=True)["depth"]`` (long format, one row per level update).
+DEPTH_COLUMNS = ("time", "local_time", "msg", "snapshot", "side", "price", "qty")
+
+
+# ----------------------------------------------------------------------------------------------
+# Where the data lives
+
+#: The repository root: the parent of the ``mmsim`` package directory (in a source checkout).
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def data_dir() -> Path | None:
+    """The real-data directory, or None when it is absent.
+
+    Looks at the environment variable ``MMSIM_DATA`` first, then at ``../shared/data`` relative to
+    the repository root (the parent of the ``mmsim`` package directory). Returns the first that
+    is an existing directory; None when neither is (callers then skip, they never fail).
+    """
+    env = os.environ.get("MMSIM_DATA")
+    candidates = []
+    if env:
+        candidates.append(Path(env).expanduser())
+    candidates.append(_REPO_ROOT.parent / "shared" / "data")
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
+
+
+def data_file(name: str) -> Path | None:
+    """``data_dir() / name`` if that file exists, else None (the name is relative to the data dir)."""
+    d = data_dir()
+    if d is None:
+        return None
+    p = d / name
+    return p if p.is_file() else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Websocket captures
+
+
+def _ts_scale(token: str) -> float:
+    """Seconds per unit of an integer epoch timestamp, from its digit count.
+
+    19 digits (ns) -> 1e-9; 16 (us) -> 1e-6; 13 (ms) -> 1e-3; 10 (s) -> 1. Epochs since 2001 have
+    10 digits in seconds, so the ranges below are unambiguous until 2286.
+    """
+    n = len(token.lstrip("-"))
+    if n >= 18:
+        return 1e-9
+    if n >= 15:
+        return 1e-6
+    if n >= 12:
+        return 1e-3
+    return 1.0
+
+
+def _finite_pos(*xs: float) -> bool:
+    return all(math.isfinite(x) and x > 0.0 for x in xs)
+
+
+def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
+    """Read one ``hftbacktest_*.gz`` websocket capture (Binance or Hyperliquid).
+
+    The file is gzip text, one message per line: ``<local_receive_ts> <raw exchange JSON>``. The
+    local timestamp's unit is detected per line from its digit count (ns in the 2024/2025 files,
+    us in the 2023 ``.dat.gz`` files).
+
+    Binance combined-stream messages (``{"stream": ..., "data": ...}``) give ``trade``,
+    ``bookTicker``, ``markPriceUpdate`` and ``depthUpdate``; a line without ``stream`` is a REST
+    depth snapshot. Hyperliquid messages (``{"channel": "trades"|"l2Book", "data": ...}``) give
+    fills (``side`` "B" = aggressive buy, "A" = aggressive sell) and 20-level book snapshots
+    whose first level on each side is the touch. Hyperliquid's first ``trades`` message after
+    subscribing replays recent fills, whose exchange times precede the capture: keep
+    ``time >= local_time.min()`` (minus the clock offset) to study the live window only.
+
+    Args:
+        path: the capture file.
+        depth: also decode depth diffs and REST/L2 snapshots into a long-format ``depth`` table
+            (slower: those are the large messages). Without it they are counted, not parsed.
+
+    Returns:
+        A dict with
+
+        * ``trades`` (DataFrame, sorted by ``time`` then ``trade_id``): ``time`` exchange trade
+          time ``T`` (s, UTC epoch), ``local_time`` receive time (s), ``price`` (quote/base),
+          ``qty`` (base units; contracts for COIN-M), ``side`` (+1 aggressor bought, -1 sold,
+          int8), ``type`` (Binance ``X``: "MARKET", "INSURANCE_FUND" = liquidation fill, "ADL";
+          "" where absent), ``trade_id`` (int64).
+        * ``book_ticker`` (DataFrame, receive order): ``time`` exchange time (``T``, else ``E``,
+          else the receive time for spot, which carries neither; s), ``local_time``, ``bid``,
+          ``bid_qty``, ``ask``, ``ask_qty`` (prices, base units). From Hyperliquid: the l2Book
+          touch. Crossed or locked quotes (bid >= ask) are dropped and counted.
+        * ``mark_price`` (DataFrame): ``time`` (``E``, s), ``local_time``, ``mark``, ``index``,
+          ``settle_estimate`` (prices), ``funding_rate`` (current rate ``r``, fraction per 8 h
+          interval), ``next_funding_time`` (s, UTC epoch). Empty where the capture has no
+          markPrice stream (only the 2023 files have one).
+        * ``depth`` (only with ``depth=True``): ``time`` (s), ``local_time``, ``msg`` (message
+          index), ``snapshot`` (bool: a full snapshot, else a diff), ``side`` (+1 bid, -1 ask),
+          ``price``, ``qty`` (new absolute size; 0 deletes the level).
+        * ``malformed`` (int): lines that could not be parsed or had invalid fields (skipped).
+        * ``crossed`` (int): book updates dropped because bid >= ask.
+        * ``messages`` (dict str -> int): lines seen per message kind.
+        * ``venue`` (str): "binance", "hyperliquid" or "unknown".
+        * ``symbols`` (list of str): the Binance streams' symbols (``btcusdt``, ``btcusd_perp`` for
+          COIN-M); empty for Hyperliquid.
+    """
+    trades: list[tuple] = []
+    books: list[tuple] = []
+    marks: list[tuple] = []
+    depth_rows: list[tuple] = []
+    messages: dict[str, int] = {}
+    symbols: set[str] = set()
+    malformed = 0
+    crossed = 0
+    venue = "unknown"
+    n_msg = 0
+
+    def bump(kind: str) -> None:
+        messages[kind] = messages.get(kind, 0) + 1
+
+    loads = json.loads
+    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                sp = line.index(" ")
+                tok = line[:sp]
+                local = int(tok) * _ts_scale(tok)
+                body = line[sp + 1:]
+                # The large messages are depth: count them without decoding unless asked.
+                if not depth and ('"depthUpdate"' in body or '"lastUpdateId"' in body):
+                    bump("depth" if '"depthUpdate"' in body else "snapshot")
+                    if venue == "unknown" and '"stream"' in body:
+                        venue = "binance"
+                    continue
+                msg = loads(body)
+                n_msg += 1
+                if "stream" in msg:
+                    venue = "binance"
+                    symbols.add(str(msg["stream"]).split("@")[0])
+                    d = msg["data"]
+                    e = d.get("e")
+                    if e == "trade":
+                        m = d["m"]
+                        if not isinstance(m, bool):
+                            raise ValueError("m")
+                        p, q, t = float(d["p"]), float(d["q"]), d["T"] * 1e-3
+                        if not _finite_pos(p, q, t):
+                            raise ValueError("p/q/T")
+                        trades.append((t, local, p, q, -1 if m else 1, d.get("X", ""),
+                                       int(d["t"])))
+                        bump("trade")
+                    elif e == "bookTicker" or msg["stream"].endswith("@bookTicker"):
+                        b, bq, a, aq = float(d["b"]), float(d["B"]), float(d["a"]), float(d["A"])
+                        if not _finite_pos(b, a) or not (bq >= 0.0 and aq >= 0.0
+                                                         and math.isfinite(bq + aq)):
+                            raise ValueError("book")
+                        ts = d.get("T") or d.get("E")
+                        t = ts * 1e-3 if ts else local
+                        if not _finite_pos(t):
+                            raise ValueError("time")
+                        bump("bookTicker")
+                        if b >= a:
+                            crossed += 1
+                            continue
+                        books.append((t, local, b, bq, a, aq))
+                    elif e == "markPriceUpdate":
+                        vals = (float(d["p"]), float(d["i"]), float(d.get("P", "nan")),
+                                float(d["r"]))
+                        t, t_next = d["E"] * 1e-3, d["T"] * 1e-3
+                        if not (_finite_pos(vals[0], vals[1], t, t_next)
+                                and math.isfinite(vals[3])):
+                            raise ValueError("mark")
+                        marks.append((t, local, *vals, t_next))
+                        bump("markPrice")
+                    elif e == "depthUpdate":
+                        ts = d.get("T") or d.get("E")
+                        _depth_rows(depth_rows, ts * 1e-3 if ts else local, local, n_msg,
+                                    False, d["b"], d["a"])
+                        bump("depth")
+                    else:
+                        bump(str(e))
+                elif "channel" in msg:
+                    venue = "hyperliquid"
+                    ch = msg["channel"]
+                    d = msg["data"]
+                    if ch == "trades":
+                        rows = []
+                        for f in d:
+                            s = f["side"]
+                            if s not in ("A", "B"):
+                                raise ValueError("side")
+                            p, q, t = float(f["px"]), float(f["sz"]), f["time"] * 1e-3
+                            if not _finite_pos(p, q, t):
+                                raise ValueError("px/sz/time")
+                            rows.append((t, local, p, q, 1 if s == "B" else -1, "",
+                                         int(f["tid"])))
+                        trades.extend(rows)
+                        bump("trades")
+                    elif ch == "l2Book":
+                        bids, asks = d["levels"][0], d["levels"][1]
+                        t = d["time"] * 1e-3
+                        if not _finite_pos(t):
+                            raise ValueError("time")
+                        if bids and asks:
+                            b, bq = float(bids[0]["px"]), float(bids[0]["sz"])
+                            a, aq = float(asks[0]["px"]), float(asks[0]["sz"])
+                            if not _finite_pos(b, a, bq, aq):
+                                raise ValueError("l2")
+                            if b >= a:
+                                crossed += 1
+                            else:
+                                books.append((t, local, b, bq, a, aq))
+                        if depth:
+                            _depth_rows(depth_rows, t, local, n_msg, True,
+                                        [(x["px"], x["sz"]) for x in bids],
+                                        [(x["px"], x["sz"]) for x in asks])
+                        bump("l2Book")
+                    else:
+                        bump(str(ch))
+                elif "lastUpdateId" in msg:
+                    ts = msg.get("T") or msg.get("E")
+                    _depth_rows(depth_rows, ts * 1e-3 if ts else local, local, n_msg, True,
+                                msg["bids"], msg["asks"])
+                    bump("snapshot")
+                else:
+                    bump("other")
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError):
+                malformed += 1
+
+    out = {
+        "trades": _frame(trades, TRADE_COLUMNS, {"side": np.int8, "trade_id": np.int64,
+                                                 "type": object}),
+        "book_ticker": _frame(books, BOOK_COLUMNS),
+        "mark_price": _frame(marks, MARK_COLUMNS),
+        "malformed": malformed,
+        "crossed": crossed,
+        "messages": messages,
+        "venue": venue,
+        "symbols": sorted(symbols),
+    }
+    tr = out["trades"]
+    if len(tr):
+        out["trades"] = tr.sort_values(["time", "trade_id"], kind="mergesort").reset_index(drop=True)
+    if depth:
+        out["depth"] = _frame(depth_rows, DEPTH_COLUMNS, {"msg": np.int64, "snapshot": bool,
+                                                          "side": np.int8})
+    return out
+
+
+def _depth_rows(rows: list, t: float, local: float, msg: int, snapshot: bool, bids, asks) -> None:
+    """Append one message's level updates; raises ValueError on a bad level (caller counts it)."""
+    new = []
+    for side, levels in ((1, bids), (-1, asks)):
+        for px, sz in levels:
+            p, q = float(px), float(sz)
+            if not (math.isfinite(p) and p > 0 and math.isfinite(q) and q >= 0):
+                raise ValueError("level")
+            new.append((t, local, msg, snapshot, side, p, q))
+    rows.extend(new)
+
+
+def _frame(rows: list, columns: tuple, dtypes: dict | None = None) -> pd.DataFrame:
+    df = pd.DataFrame.from_records(rows, columns=list(columns))
+    dtypes = dtypes or {}
+    for c in columns:
+        df[c] = df[c].astype(dtypes.get(c, np.float64))
+    return df
+
+
+# ----------------------------------------------------------------------------------------------
+# Funding history
+
+
+def read_funding(path: str | os.PathLike, *, utc_offset_hours: float | None = None) -> pd.DataFrame:
+    """Read a ``funding_*.csv`` history (columns ``Symbol,Date,Funding Rate``).
+
+    Args:
+        path: the CSV file.
+        utc_offset_hours: hours to subtract from ``Date`` to get UTC. None (default) detects it:
+            the interval (h hours) is inferred from the median spacing, and when the settlement
+            hours share one non-zero phase modulo h (the Binance and Bybit files were written in
+            UTC+3, so every row falls on 03/11/19 h) that phase is subtracted, putting settlements
+            on 00/08/16 UTC. Files already in UTC (dYdX, hourly) are left as they are.
+
+    Returns:
+        DataFrame with ``date`` (tz-aware UTC settlement time), ``time`` (s, UTC epoch), ``rate``
+        (fraction per interval) and ``symbol``, sorted by time; malformed rows dropped.
+        ``df.attrs`` holds ``interval_hours`` (median spacing, rounded to 1e-3 h),
+        ``utc_offset_hours`` (what was subtracted) and ``malformed`` (rows dropped).
+    """
+    raw = pd.read_csv(path, dtype=str)
+    cols = {c.strip().lower(): c for c in raw.columns}
+    date = pd.to_datetime(raw[cols["date"]], errors="coerce", utc=True, format="mixed")
+    rate = pd.to_numeric(raw[cols["funding rate"]], errors="coerce")
+    sym = raw[cols["symbol"]] if "symbol" in cols else pd.Series([""] * len(raw))
+    ok = date.notna() & rate.notna() & np.isfinite(rate.to_numpy(dtype=float, na_value=np.nan))
+    df = pd.DataFrame({"date": date[ok], "rate": rate[ok].astype(float), "symbol": sym[ok]})
+    df = df.sort_values("date", kind="mergesort").reset_index(drop=True)
+    spacing_h = df["date"].diff().dt.total_seconds().dropna() / 3600.0
+    interval = float(np.round(spacing_h.median(), 3)) if len(spacing_h) else float("nan")
+    if utc_offset_hours is None:
+        utc_offset_hours = 0.0
+        if np.isfinite(interval) and interval >= 1.0:
+            hours = df["date"].dt.round("1min")
+            h = (hours.dt.hour + hours.dt.minute / 60.0).to_numpy()
+            phase = np.round(np.mod(h, interval), 3)
+            vals, counts = np.unique(phase, return_counts=True)
+            top = vals[np.argmax(counts)]
+            if counts.max() >= 0.95 * len(phase) and top != 0.0:
+                utc_offset_hours = float(top)
+    df["date"] = df["date"] - pd.Timedelta(hours=utc_offset_hours)
+    df["time"] = (df["date"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().astype(np.float64)
+    df = df[["date", "time", "rate", "symbol"]]
+    df.attrs.update(interval_hours=interval, utc_offset_hours=float(utc_offset_hours),
+                    malformed=int((~ok).sum()))
+    return df
+
+
+# ----------------------------------------------------------------------------------------------
+# Minute bars
+
+
+def read_bars(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a 1-minute OHLCV CSV (FTX ``timestamp,...`` or Binance.US ``open_time,...``).
+
+    Returns:
+        DataFrame with ``date`` (tz-aware UTC bar time as written in the file), ``time`` (s, UTC
+        epoch), ``open``, ``high``, ``low``, ``close`` (quote currency per base unit) and
+        ``volume`` (as in the file: USD notional for the FTX file, BTC for Binance.US), sorted by
+        time with duplicate times and rows with non-positive or non-finite prices dropped
+        (``df.attrs["malformed"]`` counts them).
+    """
+    raw = pd.read_csv(path)
+    tcol = next(c for c in raw.columns if c.lower() in ("timestamp", "open_time", "time", "date"))
+    date = pd.to_datetime(raw[tcol], errors="coerce", utc=True, format="mixed")
+    out = pd.DataFrame({"date": date})
+    for c in ("open", "high", "low", "close", "volume"):
+        out[c] = pd.to_numeric(raw[c], errors="coerce").astype(np.float64)
+    px = out[["open", "high", "low", "close"]].to_numpy()
+    ok = out["date"].notna().to_numpy() & np.all(np.isfinite(px) & (px > 0), axis=1)
+    ok &= np.isfinite(out["volume"].to_numpy())
+    n_bad = int((~ok).sum())
+    out = out[ok].sort_values("date", kind="mergesort")
+    dup = out["date"].duplicated()
+    n_bad += int(dup.sum())
+    out = out[~dup].reset_index(drop=True)
+    out.insert(1, "time", (out["date"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+               .astype(np.float64))
+    out.attrs["malformed"] = n_bad
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Hyperliquid exports
+
+
+def read_hl_trades(path: str | os.PathLike) -> pd.DataFrame:
+    """Read Hyperliquid's ``non_mm_trades`` export.
+
+    Returns:
+        DataFrame with ``date`` (UTC, 1 s resolution), ``time`` (s, UTC epoch), ``user``,
+        ``coin``, ``side`` (+1 the user bought, -1 sold), ``price`` (USD), ``qty`` (coin units)
+        and ``crossed`` (bool: the user's order took liquidity); malformed rows dropped
+        (``attrs["malformed"]``).
+    """
+    raw = pd.read_csv(path, dtype=str)
+    date = pd.to_datetime(raw["time"], errors="coerce", utc=True, format="mixed")
+    side = raw["side"].map({"Bid": 1, "Ask": -1, "B": 1, "A": -1})
+    px = pd.to_numeric(raw["px"], errors="coerce")
+    sz = pd.to_numeric(raw["sz"], errors="coerce")
+    crossed = raw["crossed"].str.lower().map({"true": True, "false": False})
+    ok = date.notna() & side.notna() & (px > 0) & (sz > 0) & crossed.notna()
+    out = pd.DataFrame({
+        "date": date[ok],
+        "time": (date[ok] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().astype(np.float64),
+        "user": raw["user"][ok], "coin": raw["coin"][ok],
+        "side": side[ok].astype(np.int8), "price": px[ok].astype(float),
+        "qty": sz[ok].astype(float), "crossed": crossed[ok].astype(bool),
+    }).sort_values("time", kind="mergesort").reset_index(drop=True)
+    out.attrs["malformed"] = int((~ok).sum())
+    return out
+
+
+def read_hl_liquidations(path: str | os.PathLike, trades: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Read Hyperliquid's ``liquidations`` export (every liquidation, no coin or side column).
+
+    Args:
+        path: the CSV file.
+        trades: optionally the output of :func:`read_hl_trades`; the liquidated account's fills at
+            the same second are then joined on (``user``, ``time``) to recover the coin and side.
+
+    Returns:
+        DataFrame sorted by time with ``date`` (UTC, 1 s resolution), ``time`` (s, UTC epoch),
+        ``user``, ``notional`` (USD notional of the liquidated position), ``account_value`` (USD)
+        and ``leverage_type`` ("Cross"/"Isolated"). With ``trades``: ``coin`` (the coin with the
+        largest filled notional, "" when no fill matched), ``side`` (+1 the account's fills
+        bought, i.e. a short was liquidated; -1 sold, a long was liquidated; 0 unknown), ``qty``
+        (coin units filled) and ``n_fills``. ``attrs["malformed"]`` counts dropped rows.
+    """
+    raw = pd.read_csv(path, dtype=str)
+    date = pd.to_datetime(raw["time"], errors="coerce", utc=True, format="mixed")
+    ntl = pd.to_numeric(raw["liquidated_ntl_pos"], errors="coerce")
+    acct = pd.to_numeric(raw["liquidated_account_value"], errors="coerce")
+    ok = date.notna() & np.isfinite(ntl.to_numpy(dtype=float, na_value=np.nan)) & (ntl >= 0)
+    out = pd.DataFrame({
+        "date": date[ok],
+        "time": (date[ok] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().astype(np.float64),
+        "user": raw["user"][ok],
+        "notional": ntl[ok].astype(float),
+        "account_value": acct[ok].astype(float),
+        "leverage_type": raw["leverage_type"][ok] if "leverage_type" in raw else "",
+    }).sort_values("time", kind="mergesort").reset_index(drop=True)
+    out.attrs["malformed"] = int((~ok).sum())
+    if trades is not None:
+        f = trades.assign(notional_fill=trades["price"] * trades["qty"],
+                          signed_ntl=trades["price"] * trades["qty"] * trades["side"])
+        keys = out[["user", "time"]].drop_duplicates()
+        m = f.merge(keys, on=["user", "time"], how="inner")
+        if len(m):
+            by_coin = m.groupby(["user", "time", "coin"], as_index=False).agg(
+                ntl=("notional_fill", "sum"), qty=("qty", "sum"), signed=("signed_ntl", "sum"),
+                n_fills=("qty", "size"))
+            top = by_coin.sort_values("ntl", ascending=False, kind="mergesort").drop_duplicates(
+                ["user", "time"])
+            top = top.assign(side=np.sign(top["signed"]).astype(np.int8))
+            out = out.merge(top[["user", "time", "coin", "side", "qty", "n_fills"]],
+                            on=["user", "time"], how="left")
+        else:
+            out = out.assign(coin=np.nan, side=np.nan, qty=np.nan, n_fills=np.nan)
+        out["coin"] = out["coin"].fillna("")
+        out["side"] = out["side"].fillna(0).astype(np.int8)
+        out["qty"] = out["qty"].fillna(0.0).astype(float)
+        out["n_fills"] = out["n_fills"].fillna(0).astype(np.int64)
+        out.attrs["malformed"] = int((~ok).sum())
+    return out

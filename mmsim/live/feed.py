@@ -1,0 +1,116 @@
+"""The feed adapter: exchange messages cut into :class:`~mmsim.observation.Observation` rows at a
+cadence (``cadence_s`` seconds of exchange time): the last top of book, the interval's trades by
+aggressor side, its liquidation fills and the funding stream. A recording is a feed; the rules are in
+``docs/ARCHITECTURE.md``."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Feed(NamedTuple):
+    """A recording cut into intervals; arrays of length ``n`` (one per observation) unless said."""
+
+    t: np.ndarray            # end of each interval, s since the recording's start
+    t0: float                # the recording's start, s since the Unix epoch
+    best_bid: np.ndarray     # top of book at the end of the interval
+    best_ask: np.ndarray
+    bid_size: np.ndarray     # base units displayed at the touch
+    ask_size: np.ndarray
+    n_buy: np.ndarray        # aggressive buys in the interval (count)
+    n_sell: np.ndarray
+    vol_buy: np.ndarray      # base units
+    vol_sell: np.ndarray
+    vwap_buy: np.ndarray     # 0 where none
+    vwap_sell: np.ndarray
+    last_price: np.ndarray   # last trade price (the mid where none)
+    liq_long: np.ndarray     # base units of long positions liquidated (forced sells)
+    liq_short: np.ndarray
+    liq_valid: bool          # the capture marks liquidation fills
+    funding_rate: np.ndarray  # per interval of the venue (0 where the capture has none)
+    funding_settled: np.ndarray  # bool
+    settled_rate: np.ndarray
+    next_funding_s: np.ndarray
+    funding_valid: bool
+    # The trades themselves, sorted by time, for the paper gateway: interval i holds
+    # trades [trade_start[i], trade_start[i + 1]).
+    trade_price: np.ndarray
+    trade_qty: np.ndarray
+    trade_side: np.ndarray   # +1 aggressive buy, -1 aggressive sell
+    trade_start: np.ndarray  # (n + 1,)
+
+    @property
+    def mid(self) -> np.ndarray:
+        return 0.5 * (self.best_bid + self.best_ask)
+
+
+def feed_from_capture(cap: dict, cadence_s: float = 1.0) -> Feed:
+    """Cut a capture (:func:`mmsim.fit.data.read_capture`'s dict) into observations every ``cadence_s``
+    seconds of exchange time, from the first book update to the last event."""
+    if not cadence_s > 0:
+        raise ValueError(f"cadence_s = {cadence_s!r}: must be a positive number of seconds")
+    inverse = [s for s in cap.get("symbols", []) if s.endswith("_perp")]
+    if inverse:
+        raise ValueError(f"the capture is of an inverse (COIN-M) contract {inverse}: sizes are 100-USD contracts and "
+                         "PnL is in the coin, while the engine's account is linear (USDT-margined)")
+    book, trades = cap["book_ticker"], cap["trades"]
+    if len(book) == 0:
+        raise ValueError("the capture has no top-of-book stream (bookTicker / l2Book): nothing to quote against")
+    book = book.sort_values("time", kind="stable")
+    trades = trades.sort_values(["time", "trade_id"], kind="stable") if len(trades) else trades
+    t0 = float(book["time"].iloc[0])
+    t_end = max(float(book["time"].iloc[-1]), float(trades["time"].iloc[-1]) if len(trades) else t0)
+    n = max(int(np.floor((t_end - t0) / cadence_s)), 1)
+    edges = t0 + cadence_s * np.arange(1, n + 1)           # interval ends, epoch s
+    bt = book["time"].to_numpy(float)
+    ib = np.searchsorted(bt, edges, side="right") - 1       # last book update at or before each end
+    bb, ba = book["bid"].to_numpy(float)[ib], book["ask"].to_numpy(float)[ib]
+    bq, aq = book["bid_qty"].to_numpy(float)[ib], book["ask_qty"].to_numpy(float)[ib]
+
+    tt = trades["time"].to_numpy(float) if len(trades) else np.zeros(0)
+    keep = tt > t0                                          # trades before the first book are dropped
+    tt = tt[keep]
+    px = trades["price"].to_numpy(float)[keep] if len(trades) else tt
+    qty = trades["qty"].to_numpy(float)[keep] if len(trades) else tt
+    side = trades["side"].to_numpy(np.int8)[keep] if len(trades) else tt.astype(np.int8)
+    kind = trades["type"].to_numpy(str)[keep] if len(trades) else tt.astype(str)
+    start = np.searchsorted(tt, np.concatenate([[t0], edges]), side="right")
+    start[0] = 0
+    idx = np.repeat(np.arange(n), np.diff(start))          # interval of each kept trade
+    tt, px, qty, side, kind = (a[:start[-1]] for a in (tt, px, qty, side, kind))
+
+    def per_interval(w):
+        return np.bincount(idx, weights=w, minlength=n)[:n]
+
+    buy, sell = side > 0, side < 0
+    vol_buy, vol_sell = per_interval(qty * buy), per_interval(qty * sell)
+    notional_buy, notional_sell = per_interval(px * qty * buy), per_interval(px * qty * sell)
+    last = np.where(np.diff(start) > 0, px[np.maximum(start[1:] - 1, 0)] if len(px) else 0.0, 0.5 * (bb + ba))
+    liq = kind == "INSURANCE_FUND"
+    marks = cap.get("mark_price")
+    funding_valid = marks is not None and len(marks) > 0
+    rate = settled = settled_rate = next_s = np.zeros(n)
+    if funding_valid:
+        marks = marks.sort_values("time", kind="stable")
+        im = np.searchsorted(marks["time"].to_numpy(float), edges, side="right") - 1
+        ok = im >= 0
+        im = np.maximum(im, 0)
+        rate = np.where(ok, marks["funding_rate"].to_numpy(float)[im], 0.0)
+        nxt = np.where(ok, marks["next_funding_time"].to_numpy(float)[im], np.inf)
+        next_s = np.where(np.isfinite(nxt), np.maximum(nxt - edges, 0.0), 0.0)
+        prev_nxt = np.concatenate([[nxt[0]], nxt[:-1]])
+        settled = (nxt > prev_nxt) & ok
+        prev_rate = np.concatenate([[rate[0]], rate[:-1]])
+        settled_rate = np.where(settled, prev_rate, 0.0)
+    return Feed(
+        t=edges - t0, t0=t0, best_bid=bb, best_ask=ba, bid_size=bq, ask_size=aq,
+        n_buy=per_interval(buy.astype(float)), n_sell=per_interval(sell.astype(float)),
+        vol_buy=vol_buy, vol_sell=vol_sell,
+        vwap_buy=np.where(vol_buy > 0, notional_buy / np.where(vol_buy > 0, vol_buy, 1.0), 0.0),
+        vwap_sell=np.where(vol_sell > 0, notional_sell / np.where(vol_sell > 0, vol_sell, 1.0), 0.0),
+        last_price=last, liq_long=per_interval(qty * (liq & sell)), liq_short=per_interval(qty * (liq & buy)),
+        liq_valid=bool(np.any(kind != "")), funding_rate=rate, funding_settled=np.asarray(settled, bool),
+        settled_rate=settled_rate, next_funding_s=next_s, funding_valid=bool(funding_valid),
+        trade_price=px, trade_qty=qty, trade_side=side, trade_start=start)

@@ -1,0 +1,58 @@
+"""The paper gateway: our resting quotes filled against recorded (or live) public trades, with the
+queue ahead of us taken from the displayed book. One quote side at a time, in float64 on the host;
+prices in quote currency, sizes in base units. The rule is written out in ``docs/ARCHITECTURE.md``."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Resting(NamedTuple):
+    """A paper order resting on one side: its price (0: none) and the base units ahead of it."""
+
+    price: float = 0.0
+    queue: float = 0.0
+
+
+def paper_fills(side: int, price: float, size: float, active: bool, resting: Resting, touch: float,
+                touch_qty: float, trade_price: np.ndarray, trade_qty: np.ndarray, trade_side: np.ndarray
+                ) -> tuple[float, Resting]:
+    """One side of the paper gateway over one interval (see the module docstring).
+
+    Args:
+        side: +1 our bid (filled by aggressive sells), -1 our ask (by aggressive buys).
+        price, size, active: our quote on that side, sent at the start of the interval.
+        resting: that side's resting order before the quote (its price and queue ahead).
+        touch, touch_qty: the best price on that side and its displayed size when the quote was sent.
+        trade_price, trade_qty, trade_side: the interval's public trades.
+
+    Returns ``(filled base units, the resting order after the interval)``.
+    """
+    if not active or size <= 0 or price <= 0:
+        return 0.0, Resting()
+    # Recorded prices and our quote (rounded to the tick in float64) are both on the venue's grid:
+    # a relative 1e-9 separates "at" from "through" without any float doubt.
+    eps = 1e-9 * price
+    if resting.price > 0 and abs(resting.price - price) <= eps:
+        queue = resting.queue                                  # kept our place in the queue
+    elif side * (price - touch) > eps:
+        queue = 0.0                                            # improves the touch: first in line
+    elif abs(price - touch) <= eps:
+        queue = touch_qty                                      # joins the back of the touch
+    else:
+        queue = np.inf                                         # behind the touch: depth unknown
+    if abs(price - touch) <= eps:
+        queue = min(queue, touch_qty)
+    hits = trade_side == -side                                  # aggressors on the other side
+    through = np.any(hits & (side * (price - trade_price) > eps))
+    at = float(np.sum(trade_qty[hits & (np.abs(trade_price - price) <= eps)]))
+    if through:
+        return float(size), Resting()
+    filled = float(np.clip(at - queue, 0.0, size)) if np.isfinite(queue) else 0.0
+    if filled >= size:
+        return float(size), Resting()
+    if filled > 0:
+        return filled, Resting(price, 0.0)   # partly filled: the rest is first in line
+    return 0.0, Resting(price, max(queue - at, 0.0))
