@@ -133,8 +133,9 @@ class Check:
         if not np.all(v >= 0):
             self.fail(field, _rule("must be >= 0", what))
 
-    def between(self, field: str, lo: float, hi: float, what: str = "", *, open_lo: bool = False,
-                open_hi: bool = False) -> None:
+    def between(
+        self, field: str, lo: float, hi: float, what: str = "", *, open_lo: bool = False, open_hi: bool = False
+    ) -> None:
         v = self.finite(field, what)
         ok_lo = v > lo if open_lo else v >= lo
         ok_hi = v < hi if open_hi else v <= hi

@@ -67,8 +67,9 @@ def _optimize(argv: list[str]) -> int:
     except ImportError as e:
         if getattr(e, "name", None) not in ("mmsim.optimize", None):
             raise
-        print("mmsim optimize: the optimiser (mmsim/optimize.py) is not available in this installation",
-              file=sys.stderr)
+        print(
+            "mmsim optimize: the optimiser (mmsim/optimize.py) is not available in this installation", file=sys.stderr
+        )
         return 1
     fn = getattr(optimize, "main", None)
     if fn is None:
@@ -93,25 +94,38 @@ def describe_policy(ep) -> str:
     lines.append("account:")
     for f in dataclasses.fields(ep.account):
         lines.append(f"  {f.name:22s} {np.asarray(getattr(ep.account, f.name)).tolist()}")
-    lines.append(f"engine: n_assets {ep.n_assets}, tick {np.asarray(ep.tick).tolist()}, warmup_s "
-                 f"{float(np.asarray(ep.warmup_s)):g}, lite {ep.lite}")
+    lines.append(
+        f"engine: n_assets {ep.n_assets}, tick {np.asarray(ep.tick).tolist()}, warmup_s "
+        f"{float(np.asarray(ep.warmup_s)):g}, lite {ep.lite}"
+    )
     return "\n".join(lines)
 
 
 def _live(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="mmsim live", description="Run the engine on a live feed (no exchange "
-                                "connector is configured in this version: validation, or a replay of a recorded "
-                                "capture with paper fills).")
+    p = argparse.ArgumentParser(
+        prog="mmsim live",
+        description="Run the engine on a live feed (no exchange "
+        "connector is configured in this version: validation, or a replay of a recorded "
+        "capture with paper fills).",
+    )
     p.add_argument("--params", help="best.yaml written by the optimiser (required without --replay)")
-    p.add_argument("--replay", help="a recorded websocket capture (hftbacktest_*.gz) to run the engine on, with "
-                                    "paper fills against its trades")
+    p.add_argument(
+        "--replay",
+        help="a recorded websocket capture (hftbacktest_*.gz) to run the engine on, with "
+        "paper fills against its trades",
+    )
     p.add_argument("--cadence", type=float, default=1.0, help="seconds between observations in a replay")
     p.add_argument("--out", help="output directory of a replay (default outputs/replay/<capture name>/<time>)")
-    p.add_argument("--compare-paths", type=int, default=0,
-                   help="also simulate this many paths of the configured market over the replay's duration "
-                        "and report where the replay falls in that distribution (0: off)")
-    p.add_argument("overrides", nargs="*",
-                   help="Hydra overrides selecting the market and account (e.g. experiment=baseline)")
+    p.add_argument(
+        "--compare-paths",
+        type=int,
+        default=0,
+        help="also simulate this many paths of the configured market over the replay's duration "
+        "and report where the replay falls in that distribution (0: off)",
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="Hydra overrides selecting the market and account (e.g. experiment=baseline)"
+    )
     a = p.parse_args(argv)
     if a.params is None and a.replay is None:
         p.error("--params is required (or --replay CAPTURE to run the configured policy on a recording)")
@@ -132,8 +146,11 @@ def _live(argv: list[str]) -> int:
     print(describe_policy(ep))
     if a.replay:
         return _replay(a, world, mp, ep, sim)
-    print("\nmmsim live: no exchange connector is configured (there is no live feed adapter or order gateway in "
-          "this version); nothing was sent. Exiting.", file=sys.stderr)
+    print(
+        "\nmmsim live: no exchange connector is configured (there is no live feed adapter or order gateway in "
+        "this version); nothing was sent. Exiting.",
+        file=sys.stderr,
+    )
     return EXIT_NO_CONNECTOR
 
 
@@ -152,12 +169,18 @@ def _replay(a, world, mp, ep, sim) -> int:
         if a.compare_paths < 0:
             raise ValueError(f"--compare-paths = {a.compare_paths}: must be >= 0")
         feed = live.feed_from_capture(data.read_capture(path), a.cadence)
-        res = live.replay(ep, feed, depth_per_tick=float(mp.fills.depth_per_tick),
-                          dtype=jnp.dtype(sim.dtype))
+        res = live.replay(ep, feed, depth_per_tick=float(mp.fills.depth_per_tick), dtype=jnp.dtype(sim.dtype))
         if a.compare_paths:
             res.metrics["simulated"] = live.compare_with_simulation(
-                res.metrics, world, mp, ep, n_paths=a.compare_paths, dt=sim.dt, seed=sim.seed,
-                dtype=jnp.dtype(sim.dtype))
+                res.metrics,
+                world,
+                mp,
+                ep,
+                n_paths=a.compare_paths,
+                dt=sim.dt,
+                seed=sim.seed,
+                dtype=jnp.dtype(sim.dtype),
+            )
     except ValueError as e:
         print(f"mmsim live: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -166,27 +189,37 @@ def _replay(a, world, mp, ep, sim) -> int:
     out = Path(a.out) if a.out else Path("outputs") / "replay" / name / time.strftime("%Y-%m-%d_%H-%M-%S")
     files = live_report.write_outputs(res, out, f"replay of {name}: the engine's quotes with paper fills")
     m = res.metrics
-    rows = [("observations", f"{m['observations']:,} every {m['cadence_s']:g} s ({m['duration_s']:g} s)"),
-            ("trades in the recording", f"{m['trades']:,}"),
-            ("PnL", report.fmt(m["pnl"])),
-            *[(f"  {k}", report.fmt(v)) for k, v in m["pnl_decomposition"].items()],
-            ("max drawdown", report.fmt(m["max_drawdown"])),
-            ("fills bid / ask / taker", f"{m['fills']['bid']} / {m['fills']['ask']} / {m['fills']['taker']}"),
-            ("max |position|, final", f"{report.fmt(m['max_abs_position'])}, {report.fmt(m['final_position'])}"),
-            ("quoting", f"{100 * m['quoting_fraction']:.0f} % of observations"),
-            ("liquidated", report.fmt(m["liquidated"])),
-            ("engine step compile / run (s)", f"{m['compile_s']:.2f} / {m['run_s']:.2f}")]
+    rows = [
+        ("observations", f"{m['observations']:,} every {m['cadence_s']:g} s ({m['duration_s']:g} s)"),
+        ("trades in the recording", f"{m['trades']:,}"),
+        ("PnL", report.fmt(m["pnl"])),
+        *[(f"  {k}", report.fmt(v)) for k, v in m["pnl_decomposition"].items()],
+        ("max drawdown", report.fmt(m["max_drawdown"])),
+        ("fills bid / ask / taker", f"{m['fills']['bid']} / {m['fills']['ask']} / {m['fills']['taker']}"),
+        ("max |position|, final", f"{report.fmt(m['max_abs_position'])}, {report.fmt(m['final_position'])}"),
+        ("quoting", f"{100 * m['quoting_fraction']:.0f} % of observations"),
+        ("liquidated", report.fmt(m["liquidated"])),
+        ("engine step compile / run (s)", f"{m['compile_s']:.2f} / {m['run_s']:.2f}"),
+    ]
     if "simulated" in m:
         c = m["simulated"]
-        rows += [(f"simulated ({c['n_paths']:,} paths, {c['horizon_s']:g} s): PnL mean (sd)",
-                  f"{report.fmt(c['pnl']['mean'])} ({report.fmt(c['pnl']['std'])})"),
-                 ("  PnL 5 % / 50 % / 95 %", " / ".join(report.fmt(c["pnl"][k]) for k in ("q05", "q50", "q95"))),
-                 ("  the replay's PnL percentile", f"{c['replay_pnl_percentile']:.1f} %"),
-                 ("  fills mean [5 %, 95 %]", f"{report.fmt(c['fills']['mean'])} [{report.fmt(c['fills']['q05'])}, "
-                                              f"{report.fmt(c['fills']['q95'])}]"),
-                 ("  the replay's fills percentile", f"{c['replay_fills_percentile']:.1f} %")]
-    print(f"\nmmsim live --replay {path.name} (paper fills; nothing was sent)\n"
-          + report.text_table(["quantity", "value"], rows))
+        rows += [
+            (
+                f"simulated ({c['n_paths']:,} paths, {c['horizon_s']:g} s): PnL mean (sd)",
+                f"{report.fmt(c['pnl']['mean'])} ({report.fmt(c['pnl']['std'])})",
+            ),
+            ("  PnL 5 % / 50 % / 95 %", " / ".join(report.fmt(c["pnl"][k]) for k in ("q05", "q50", "q95"))),
+            ("  the replay's PnL percentile", f"{c['replay_pnl_percentile']:.1f} %"),
+            (
+                "  fills mean [5 %, 95 %]",
+                f"{report.fmt(c['fills']['mean'])} [{report.fmt(c['fills']['q05'])}, {report.fmt(c['fills']['q95'])}]",
+            ),
+            ("  the replay's fills percentile", f"{c['replay_fills_percentile']:.1f} %"),
+        ]
+    print(
+        f"\nmmsim live --replay {path.name} (paper fills; nothing was sent)\n"
+        + report.text_table(["quantity", "value"], rows)
+    )
     print("written: " + ", ".join(str(f) for f in files))
     return 0
 
@@ -200,17 +233,24 @@ def _check_best(params: str, best: dict, cfg) -> None:
         here = OmegaConf.to_container(cfg.market, resolve=True)
         if bm != here:
             diff = sorted(k for k in set(bm) | set(here) if bm.get(k) != here.get(k))
-            print(f"warning: best.yaml was optimised for a different market than the one configured "
-                  f"(differs in {diff}); select the same experiment/market overrides", file=sys.stderr)
+            print(
+                f"warning: best.yaml was optimised for a different market than the one configured "
+                f"(differs in {diff}); select the same experiment/market overrides",
+                file=sys.stderr,
+            )
     acc = best.get("account")
     if isinstance(acc, dict) and acc:
         here = OmegaConf.to_container(cfg.account, resolve=True)
         replaced = sorted(k for k in acc if k in here and here[k] != acc[k])
-        print("account from best.yaml (the one its validation ran with)"
-              + (f"; it replaces the configured {', '.join(f'{k}={here[k]}' for k in replaced)}" if replaced else ""))
+        print(
+            "account from best.yaml (the one its validation ran with)"
+            + (f"; it replaces the configured {', '.join(f'{k}={here[k]}' for k in replaced)}" if replaced else "")
+        )
     if best.get("feasible") is False:
-        print("warning: the optimiser marked these parameters infeasible (its risk constraints were not met)",
-              file=sys.stderr)
+        print(
+            "warning: the optimiser marked these parameters infeasible (its risk constraints were not met)",
+            file=sys.stderr,
+        )
     if best.get("constraints") is not None:
         print(f"constraints: {best['constraints']}")
 

@@ -106,9 +106,16 @@ class SimSettings:
         """Keyword arguments of :func:`mmsim.sim.simulate.simulate`."""
         import jax.numpy as jnp
 
-        return dict(n_paths=self.n_paths, n_steps=self.n_steps, dt=self.dt, seed=self.seed,
-                    chunk_size=self.chunk_size, n_trace=self.n_trace, dtype=getattr(jnp, self.dtype),
-                    progress=self.progress)
+        return dict(
+            n_paths=self.n_paths,
+            n_steps=self.n_steps,
+            dt=self.dt,
+            seed=self.seed,
+            chunk_size=self.chunk_size,
+            n_trace=self.n_trace,
+            dtype=getattr(jnp, self.dtype),
+            progress=self.progress,
+        )
 
 
 @dataclass(frozen=True)
@@ -174,21 +181,21 @@ def _make(cls, values: dict | None, path: str, *, skip: tuple = (), extra: dict 
     fields = _fields(cls)
     unknown = sorted(k for k in values if k not in fields and k not in skip)
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown} for {cls.__name__}; valid keys: "
-                          f"{sorted(set(fields) - set(extra or {}))}")
+        raise ConfigError(
+            f"{path}: unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(set(fields) - set(extra or {}))}"
+        )
     kwargs = {}
     for k, v in values.items():
         if k in skip:
             continue
-        if v is None:          # null: the class default
+        if v is None:  # null: the class default
             continue
         if fields[k].metadata.get("static"):
             kwargs[k] = _static(v, cls, k, path)
         else:
             kwargs[k] = _value(v)
             if isinstance(kwargs[k], str):
-                raise ConfigError(f"{path}.{k} = {v!r}: must be a number or a list of numbers "
-                                  "(.inf for infinity)")
+                raise ConfigError(f"{path}.{k} = {v!r}: must be a number or a list of numbers (.inf for infinity)")
     kwargs.update(extra or {})
     try:
         return cls(**kwargs)
@@ -238,38 +245,67 @@ def sim_settings(cfg) -> SimSettings:
     unknown = sorted(set(s) - known)
     _require(not unknown, "sim", f"unknown key(s) {unknown}; valid keys: {sorted(known)}")
     n_paths = s.get("n_paths")
-    _require(isinstance(n_paths, int) and not isinstance(n_paths, bool) and n_paths >= 1,
-             "sim.n_paths", f"= {n_paths!r}: must be a positive integer")
+    _require(
+        isinstance(n_paths, int) and not isinstance(n_paths, bool) and n_paths >= 1,
+        "sim.n_paths",
+        f"= {n_paths!r}: must be a positive integer",
+    )
     horizon = s.get("horizon_s")
     dt = s.get("dt_s")
     for name, v in (("horizon_s", horizon), ("dt_s", dt)):
-        _require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
-                 f"sim.{name}", f"= {v!r}: must be a positive number of seconds")
+        _require(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+            f"sim.{name}",
+            f"= {v!r}: must be a positive number of seconds",
+        )
     ratio = horizon / dt
     n_steps = int(round(ratio))
-    _require(n_steps >= 1 and abs(ratio - n_steps) <= STEP_TOL * max(1.0, ratio), "sim.horizon_s",
-             f"= {horizon!r} is not a whole number of steps of sim.dt_s = {dt!r} (ratio {ratio:.9g})")
+    _require(
+        n_steps >= 1 and abs(ratio - n_steps) <= STEP_TOL * max(1.0, ratio),
+        "sim.horizon_s",
+        f"= {horizon!r} is not a whole number of steps of sim.dt_s = {dt!r} (ratio {ratio:.9g})",
+    )
     seed = s.get("seed", 0)
-    _require(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "sim.seed",
-             f"= {seed!r}: must be a non-negative integer")
+    _require(
+        isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0,
+        "sim.seed",
+        f"= {seed!r}: must be a non-negative integer",
+    )
     chunk = s.get("chunk_size")
-    _require(chunk is None or (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1),
-             "sim.chunk_size", f"= {chunk!r}: must be null or a positive integer")
+    _require(
+        chunk is None or (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1),
+        "sim.chunk_size",
+        f"= {chunk!r}: must be null or a positive integer",
+    )
     n_trace = s.get("n_trace", 0)
-    _require(isinstance(n_trace, int) and not isinstance(n_trace, bool) and n_trace >= 0, "sim.n_trace",
-             f"= {n_trace!r}: must be a non-negative integer")
+    _require(
+        isinstance(n_trace, int) and not isinstance(n_trace, bool) and n_trace >= 0,
+        "sim.n_trace",
+        f"= {n_trace!r}: must be a non-negative integer",
+    )
     dtype = s.get("dtype", "float32")
     _require(dtype in DTYPES, "sim.dtype", f"= {dtype!r}: must be one of {DTYPES}")
-    return SimSettings(n_paths=n_paths, horizon_s=float(horizon), dt=float(dt), n_steps=n_steps, seed=seed,
-                       chunk_size=chunk, n_trace=min(n_trace, n_paths), dtype=dtype,
-                       progress=bool(s.get("progress", True)))
+    return SimSettings(
+        n_paths=n_paths,
+        horizon_s=float(horizon),
+        dt=float(dt),
+        n_steps=n_steps,
+        seed=seed,
+        chunk_size=chunk,
+        n_trace=min(n_trace, n_paths),
+        dtype=dtype,
+        progress=bool(s.get("progress", True)),
+    )
 
 
 def cpu_devices(cfg) -> int | None:
     """The ``cpu_devices`` key: None (one JAX CPU device per core) or a positive integer."""
     n = cfg.get("cpu_devices") if isinstance(cfg, (DictConfig, dict)) else None
-    _require(n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1), "cpu_devices",
-             f"= {n!r}: must be null (one device per core) or a positive integer")
+    _require(
+        n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1),
+        "cpu_devices",
+        f"= {n!r}: must be null (one device per core) or a positive integer",
+    )
     return n
 
 
@@ -280,11 +316,17 @@ def risk_settings(cfg) -> RiskSettings:
     unknown = sorted(set(r) - known)
     _require(not unknown, "risk", f"unknown key(s) {unknown}; valid keys: {sorted(known)}")
     d = r.get("drawdown_threshold")
-    _require(isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) and d > 0,
-             "risk.drawdown_threshold", f"= {d!r}: must be a positive fraction of the initial equity")
+    _require(
+        isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) and d > 0,
+        "risk.drawdown_threshold",
+        f"= {d!r}: must be a positive fraction of the initial equity",
+    )
     e = r.get("epsilon_liq")
-    _require(isinstance(e, (int, float)) and not isinstance(e, bool) and 0 < e < 1, "risk.epsilon_liq",
-             f"= {e!r}: must lie in (0, 1)")
+    _require(
+        isinstance(e, (int, float)) and not isinstance(e, bool) and 0 < e < 1,
+        "risk.epsilon_liq",
+        f"= {e!r}: must lie in (0, 1)",
+    )
     lvl = r.get("ci_level", 0.95)
     _require(isinstance(lvl, (int, float)) and 0 < lvl < 1, "risk.ci_level", f"= {lvl!r}: must lie in (0, 1)")
     return RiskSettings(drawdown_threshold=float(d), epsilon_liq=float(e), ci_level=float(lvl))
@@ -323,12 +365,23 @@ def market_params(cfg):
     from mmsim.world.processes import spread as spr
     from mmsim.world.processes import volatility as vol
 
-    blocks = {"price": px.PriceParams, "vol": vol.VolParams, "flow": flow.FlowParams, "spread": spr.SpreadParams,
-              "adverse": adv.ASParams, "funding": fund.FundingParams, "liquidation": liq.LiqParams,
-              "correlation": corr.CorrParams, "fills": fl.FillParams}
+    blocks = {
+        "price": px.PriceParams,
+        "vol": vol.VolParams,
+        "flow": flow.FlowParams,
+        "spread": spr.SpreadParams,
+        "adverse": adv.ASParams,
+        "funding": fund.FundingParams,
+        "liquidation": liq.LiqParams,
+        "correlation": corr.CorrParams,
+        "fills": fl.FillParams,
+    }
     n_assets = m.get("n_assets", 1)
-    _require(isinstance(n_assets, int) and not isinstance(n_assets, bool) and n_assets >= 1, "market.n_assets",
-             f"= {n_assets!r}: must be a positive integer")
+    _require(
+        isinstance(n_assets, int) and not isinstance(n_assets, bool) and n_assets >= 1,
+        "market.n_assets",
+        f"= {n_assets!r}: must be a positive integer",
+    )
     built = {}
     for name, cls in blocks.items():
         sub = m.get(name)
@@ -338,8 +391,11 @@ def market_params(cfg):
             sub = {"corr": eye, "corr_stress": eye}
         built[name] = _make(cls, sub, f"market.{name}")
     names = m.get("asset_names")
-    _require(names is None or (isinstance(names, list) and len(names) == n_assets), "market.asset_names",
-             f"= {names!r}: must be a list of {n_assets} names (one per asset) or null")
+    _require(
+        names is None or (isinstance(names, list) and len(names) == n_assets),
+        "market.asset_names",
+        f"= {names!r}: must be a list of {n_assets} names (one per asset) or null",
+    )
     return world, _make(MarketParams, m, "market", skip=("world", "asset_names") + tuple(blocks), extra=built)
 
 
@@ -378,8 +434,18 @@ def policy_params(cfg):
     return _make(PolicyParams, policy_config(cfg), "policy" + (" (+params)" if _params_file(cfg) else ""))
 
 
-_ESTIMATORS = ("price", "vol", "spread", "flow", "liquidation", "funding", "correlation", "inventory", "adverse",
-               "queue")
+_ESTIMATORS = (
+    "price",
+    "vol",
+    "spread",
+    "flow",
+    "liquidation",
+    "funding",
+    "correlation",
+    "inventory",
+    "adverse",
+    "queue",
+)
 
 
 def _estimator_classes() -> dict:
@@ -394,11 +460,18 @@ def _estimator_classes() -> dict:
     from mmsim.engine.estimators import spread as e_spread
     from mmsim.engine.estimators import volatility as e_vol
 
-    return {"price": e_price.PriceEstParams, "vol": e_vol.VolEstParams, "spread": e_spread.SpreadEstParams,
-            "flow": e_flow.OrderFlowEstParams, "liquidation": e_liq.LiquidationEstParams,
-            "funding": e_fund.FundingEstParams, "correlation": e_corr.CorrEstParams,
-            "inventory": e_inv.InventoryEstParams, "adverse": e_adv.AdverseSelectionEstParams,
-            "queue": e_queue.QueueEstParams}
+    return {
+        "price": e_price.PriceEstParams,
+        "vol": e_vol.VolEstParams,
+        "spread": e_spread.SpreadEstParams,
+        "flow": e_flow.OrderFlowEstParams,
+        "liquidation": e_liq.LiquidationEstParams,
+        "funding": e_fund.FundingEstParams,
+        "correlation": e_corr.CorrEstParams,
+        "inventory": e_inv.InventoryEstParams,
+        "adverse": e_adv.AdverseSelectionEstParams,
+        "queue": e_queue.QueueEstParams,
+    }
 
 
 def market_priors(mp, account) -> dict:
@@ -413,23 +486,28 @@ def market_priors(mp, account) -> dict:
     kappa = f(mp.vol.kappa)
     normal = vol.NORMAL if theta.shape[0] > vol.NORMAL else 0
     v: dict = {"long_run_var": theta[normal]}
-    if theta.shape[0] == 4 and theta.ndim == 1:     # the estimator classifies four regimes
+    if theta.shape[0] == 4 and theta.ndim == 1:  # the estimator classifies four regimes
         v["regime_theta"] = theta
         v["regime_kappa"] = kappa
     out["vol"] = v
-    out["flow"] = {k: f(getattr(mp.flow, k)) for k in ("mu_buy", "mu_sell", "alpha_buy", "alpha_sell", "gamma",
-                                                        "beta")}
+    out["flow"] = {k: f(getattr(mp.flow, k)) for k in ("mu_buy", "mu_sell", "alpha_buy", "alpha_sell", "gamma", "beta")}
     mu = f(mp.liquidation.mu_long) + f(mp.liquidation.mu_short)
     if np.all(mu > 0):
-        out["liquidation"] = {"mu": mu, "alpha": f(mp.liquidation.alpha) + f(mp.liquidation.alpha_cross),
-                              "beta": f(mp.liquidation.beta)}
+        out["liquidation"] = {
+            "mu": mu,
+            "alpha": f(mp.liquidation.alpha) + f(mp.liquidation.alpha_cross),
+            "beta": f(mp.liquidation.beta),
+        }
     rm = f(mp.spread.regime_mult)
     sp = {"theta0": f(mp.spread.theta0), "beta_vol": f(mp.spread.beta_vol)}
     if rm.ndim == 1 and rm.shape[0] == 4:
         sp["regime_mult"] = rm
     out["spread"] = sp
-    out["queue"] = {"tick": f(mp.spread.tick), "depth_per_tick": f(mp.fills.depth_per_tick),
-                    "cancel_rate": f(mp.fills.cancel_rate)}
+    out["queue"] = {
+        "tick": f(mp.spread.tick),
+        "depth_per_tick": f(mp.fills.depth_per_tick),
+        "cancel_rate": f(mp.fills.cancel_rate),
+    }
     out["funding"] = {"interval_s": float(mp.funding.interval_s), "mean_reversion": f(mp.funding.kappa)}
     out["inventory"] = {"max_position": f(account.max_inventory)}
     return out
@@ -455,21 +533,33 @@ def engine_params(cfg, mp=None, world: str | None = None):
         sub = e.get(name) or {}
         _require(isinstance(sub, dict), f"engine.{name}", "must be a mapping of field: value")
         merged = {**priors.get(name, {}), **{k: v for k, v in sub.items() if v is not None}}
-        extra[name] = _make(classes[name], merged, f"engine.{name}" + (" (with market priors)" if
-                                                                        name in priors else ""))
+        extra[name] = _make(
+            classes[name], merged, f"engine.{name}" + (" (with market priors)" if name in priors else "")
+        )
     tick = e.get("tick")
     if tick is None:
         tick = 0.0 if world == "as2008" else _value(np.asarray(mp.spread.tick, dtype=float))
-    vals = {"warmup_s": e.get("warmup_s"), "tick": tick, "volume_half_life_s": e.get("volume_half_life_s"),
-            "lite": bool(e.get("lite", False)), "n_assets": n_assets}
+    vals = {
+        "warmup_s": e.get("warmup_s"),
+        "tick": tick,
+        "volume_half_life_s": e.get("volume_half_life_s"),
+        "lite": bool(e.get("lite", False)),
+        "n_assets": n_assets,
+    }
     return _make(EngineParams, vals, "engine", extra=extra)
 
 
 #: Market fields whose leading axis is not the asset axis: field -> the shapes allowed, with A the
 #: asset count and R the number of volatility regimes.
-_MARKET_SHAPES = {("vol", "kappa"): ("R", "RA"), ("vol", "theta"): ("R", "RA"), ("vol", "xi"): ("R", "RA"),
-                  ("vol", "generator"): ("RR",), ("spread", "regime_mult"): ("R", "AR"),
-                  ("correlation", "corr"): ("AA",), ("correlation", "corr_stress"): ("AA",)}
+_MARKET_SHAPES = {
+    ("vol", "kappa"): ("R", "RA"),
+    ("vol", "theta"): ("R", "RA"),
+    ("vol", "xi"): ("R", "RA"),
+    ("vol", "generator"): ("RR",),
+    ("spread", "regime_mult"): ("R", "AR"),
+    ("correlation", "corr"): ("AA",),
+    ("correlation", "corr_stress"): ("AA",),
+}
 
 
 def _check_market_assets(mp) -> None:
@@ -485,11 +575,16 @@ def _check_market_assets(mp) -> None:
             allowed = [tuple(dims[c] for c in pat) for pat in _MARKET_SHAPES.get((block, fld.name), ())]
             if (block, fld.name) not in _MARKET_SHAPES:
                 allowed = [(), (a,)]
-            _require(shape in allowed, f"market.{block}.{fld.name}",
-                     f"has shape {shape}; with n_assets = {a} and {r} regimes it must have one of the shapes "
-                     f"{allowed}")
-    _require(np.shape(mp.shock_return) in ((), (a,)), "market.shock_return",
-             f"has shape {np.shape(mp.shock_return)}: must be a scalar or ({a},)")
+            _require(
+                shape in allowed,
+                f"market.{block}.{fld.name}",
+                f"has shape {shape}; with n_assets = {a} and {r} regimes it must have one of the shapes {allowed}",
+            )
+    _require(
+        np.shape(mp.shock_return) in ((), (a,)),
+        "market.shock_return",
+        f"has shape {np.shape(mp.shock_return)}: must be a scalar or ({a},)",
+    )
 
 
 def _check_assets(mp, ep) -> None:
@@ -497,11 +592,14 @@ def _check_assets(mp, ep) -> None:
     a = mp.n_assets
     for path, obj in (("account", ep.account), ("policy", ep.policy)):
         for fld in dataclasses.fields(obj):
-            if fld.metadata.get("static") or fld.metadata.get("per_asset") is False:   # e.g. a list of times
+            if fld.metadata.get("static") or fld.metadata.get("per_asset") is False:  # e.g. a list of times
                 continue
             shape = np.shape(getattr(obj, fld.name))
-            _require(shape in ((), (a,)), f"{path}.{fld.name}",
-                     f"has shape {shape}: must be a scalar or one value per asset ({a},)")
+            _require(
+                shape in ((), (a,)),
+                f"{path}.{fld.name}",
+                f"has shape {shape}: must be a scalar or one value per asset ({a},)",
+            )
     shape = np.shape(ep.tick)
     _require(shape in ((), (a,)), "engine.tick", f"has shape {shape}: must be a scalar or ({a},)")
 
@@ -517,7 +615,7 @@ def _sized_adverse_slots(cfg, ep, dt: float):
     from mmsim.engine.estimators import adverse_selection as e_adv
 
     given = (_section(cfg, "engine").get("adverse") or {}).get("n_slots")
-    if given is not None or ep.lite:   # lite: the estimator does not run
+    if given is not None or ep.lite:  # lite: the estimator does not run
         return ep
     horizon = float(np.max(np.asarray(ep.adverse.horizon_s, dtype=float)))
     need = int(math.ceil(horizon / dt - 1e-9)) + 1
@@ -537,20 +635,35 @@ def build(cfg):
     ep = _sized_adverse_slots(cfg, ep, sim.dt)
     if not ep.price.returns:
         needs_sigma = ep.policy.kind in ("as2008", "glft")
-        _require(ep.lite and (ep.policy.kind == "symmetric" or (needs_sigma and bool(
-            np.all(np.asarray(ep.policy.sigma_price) > 0)))), "engine.price.returns",
-                 "= false keeps only the mid: it needs engine.lite and a policy that is given its volatility "
-                 "(kind as2008 or glft with policy.sigma_price > 0, or symmetric); set engine.price.returns=true "
-                 "for the estimate")
+        _require(
+            ep.lite
+            and (
+                ep.policy.kind == "symmetric" or (needs_sigma and bool(np.all(np.asarray(ep.policy.sigma_price) > 0)))
+            ),
+            "engine.price.returns",
+            "= false keeps only the mid: it needs engine.lite and a policy that is given its volatility "
+            "(kind as2008 or glft with policy.sigma_price > 0, or symmetric); set engine.price.returns=true "
+            "for the estimate",
+        )
     if world == "as2008":
-        _require(ep.lite, "engine.lite", "must be true in the as2008 world (it has no flow, spread or "
-                                         "liquidation observations for the estimators); use engine=lite")
-        _require(bool(np.all(np.asarray(ep.policy.event_flatten) == 0)), "policy.event_flatten",
-                 "must be 0 in the as2008 world: the paper's market has no book to take from (post-only)")
+        _require(
+            ep.lite,
+            "engine.lite",
+            "must be true in the as2008 world (it has no flow, spread or "
+            "liquidation observations for the estimators); use engine=lite",
+        )
+        _require(
+            bool(np.all(np.asarray(ep.policy.event_flatten) == 0)),
+            "policy.event_flatten",
+            "must be 0 in the as2008 world: the paper's market has no book to take from (post-only)",
+        )
     if world == "market":
         _check_market_assets(mp)
-        _require(not ep.lite or ep.policy.kind != "spec", "engine.lite",
-                 "the spec policy needs the full engine (lite skips its estimators)")
+        _require(
+            not ep.lite or ep.policy.kind != "spec",
+            "engine.lite",
+            "the spec policy needs the full engine (lite skips its estimators)",
+        )
         interval = float(mp.funding.interval_s)
         _require(sim.dt <= interval, "sim.dt_s", f"= {sim.dt} must not exceed market.funding.interval_s = {interval}")
     return world, mp, ep, sim
@@ -580,16 +693,20 @@ def load_best(path) -> dict:
     from mmsim.engine.policy import PolicyParams
 
     unknown = sorted(set(pol) - set(_fields(PolicyParams)))
-    _require(not unknown, f"params ({p}).policy",
-             f"unknown key(s) {unknown}; valid keys: {sorted(_fields(PolicyParams))}")
+    _require(
+        not unknown, f"params ({p}).policy", f"unknown key(s) {unknown}; valid keys: {sorted(_fields(PolicyParams))}"
+    )
     acc = best.get("account")
     if acc is not None:
         from mmsim.engine.account import AccountParams
 
         _require(isinstance(acc, dict), f"params ({p}).account", "must be a mapping of account fields")
         unknown = sorted(set(acc) - set(_fields(AccountParams)))
-        _require(not unknown, f"params ({p}).account",
-                 f"unknown key(s) {unknown}; valid keys: {sorted(_fields(AccountParams))}")
+        _require(
+            not unknown,
+            f"params ({p}).account",
+            f"unknown key(s) {unknown}; valid keys: {sorted(_fields(AccountParams))}",
+        )
     return best
 
 

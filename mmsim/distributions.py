@@ -32,8 +32,7 @@ def materialise(tree):
         return tree
     arrs = [jnp.asarray(x) for x in leaves]
     zeros = [jnp.zeros_like(a) for a in arrs]
-    _, out = jax.lax.while_loop(lambda c: c[0], lambda c: (jnp.zeros((), bool), arrs),
-                                (jnp.ones((), bool), zeros))
+    _, out = jax.lax.while_loop(lambda c: c[0], lambda c: (jnp.zeros((), bool), arrs), (jnp.ones((), bool), zeros))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -67,8 +66,7 @@ POISSON_CF_MIN = 10.0
 POISSON_K_MAX = 36
 
 
-def poisson(u: jax.Array, mean: jax.Array, *, k_max: int = POISSON_K_MAX,
-            cf_min: float = POISSON_CF_MIN) -> jax.Array:
+def poisson(u: jax.Array, mean: jax.Array, *, k_max: int = POISSON_K_MAX, cf_min: float = POISSON_CF_MIN) -> jax.Array:
     """Poisson(mean) counts from uniforms ``u`` (same shape), as floats of ``u``'s dtype.
 
     For ``mean < cf_min``: exact inversion, N = #{k < k_max : u > F(k)}; the law is truncated at
@@ -87,8 +85,7 @@ def poisson(u: jax.Array, mean: jax.Array, *, k_max: int = POISSON_K_MAX,
 _SHORT_SEARCH = 4
 
 
-def poisson_many(u: tuple, mean: tuple, *, k_max: int = POISSON_K_MAX,
-                 cf_min: float = POISSON_CF_MIN) -> tuple:
+def poisson_many(u: tuple, mean: tuple, *, k_max: int = POISSON_K_MAX, cf_min: float = POISSON_CF_MIN) -> tuple:
     """:func:`poisson` of several (uniforms, mean) pairs, the same draws, stored together (one
     :func:`materialise` for all rather than one each)."""
     return materialise_small(tuple(_poisson(ui, mi, k_max, cf_min) for ui, mi in zip(u, mean)))
@@ -104,7 +101,7 @@ def _poisson(u, mean, k_max, cf_min):
     n = jnp.zeros_like(u)
     for k in range(k_max):
         n = n + (u > cdf).astype(dt)
-        p = p * (m_s * np.asarray(1.0 / (k + 1), dt))   # a multiplication: cheaper than / (k + 1)
+        p = p * (m_s * np.asarray(1.0 / (k + 1), dt))  # a multiplication: cheaper than / (k + 1)
         cdf = cdf + p
     m_l = jnp.where(small, cf_min, m)
     z = std_normal(u)
@@ -112,8 +109,12 @@ def _poisson(u, mean, k_max, cf_min):
     g2 = g1 * g1
     z2 = z * z
     z3 = z2 * z
-    w = z + (z2 - 1.0) * (g1 * (1.0 / 6.0)) + (z3 - 3.0 * z) * (g2 * (1.0 / 24.0)) \
+    w = (
+        z
+        + (z2 - 1.0) * (g1 * (1.0 / 6.0))
+        + (z3 - 3.0 * z) * (g2 * (1.0 / 24.0))
         - (2.0 * z3 - 5.0 * z) * (g2 * (1.0 / 36.0))
+    )
     x = m_l + jnp.sqrt(m_l - 1.0 / 12.0) * w
     n_cf = jnp.maximum(jnp.ceil(x - 0.5), 0.0)
     return jnp.where(small, n, n_cf)
@@ -157,8 +158,9 @@ def pareto(u: jax.Array, scale: jax.Array, tail: jax.Array) -> jax.Array:
     return scale * jnp.exp(-jnp.log(u) / tail)
 
 
-def pareto_sum(u: jax.Array, n: jax.Array, scale: jax.Array, tail: jax.Array,
-               cap: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def pareto_sum(
+    u: jax.Array, n: jax.Array, scale: jax.Array, tail: jax.Array, cap: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Total and largest of ``n`` i.i.d. Pareto(scale, tail) sizes from one uniform, each size
     truncated at ``cap`` when given (the law conditioned on X <= cap; ``inf``: no cap).
 
@@ -181,7 +183,7 @@ def pareto_sum(u: jax.Array, n: jax.Array, scale: jax.Array, tail: jax.Array,
         p_c = jnp.exp(tail * jnp.log(scale / cap))
         tail_prob = p_c + (1.0 - p_c) * tail_prob
         below = (1.0 - p_c) * below
-    g = jnp.exp(-jnp.log(tail_prob) * (1.0 / tail))   # M / scale = tail_prob^{-1/tail}
+    g = jnp.exp(-jnp.log(tail_prob) * (1.0 / tail))  # M / scale = tail_prob^{-1/tail}
     largest = scale * g
     # E[X | X <= M] = tail scale / (tail - 1) (1 - r^(tail - 1)) / (1 - r^tail) with r = scale / M
     # = 1/g, r^tail = tail_prob and r^(tail - 1) = tail_prob g: no powers and no division by M.
@@ -196,8 +198,8 @@ def double_exponential(u: jax.Array, p_up: jax.Array, eta_up: jax.Array, eta_dow
     """Kou's double exponential by inversion of one uniform: with probability p_up an
     Exp(eta_up) up-move, else minus an Exp(eta_down)."""
     up = u > 1.0 - p_up
-    v_up = (u - (1.0 - p_up)) / jnp.maximum(p_up, 1e-30)       # uniform on (0, 1) given up
-    v_dn = u / jnp.maximum(1.0 - p_up, 1e-30)                    # uniform on (0, 1) given down
+    v_up = (u - (1.0 - p_up)) / jnp.maximum(p_up, 1e-30)  # uniform on (0, 1) given up
+    v_dn = u / jnp.maximum(1.0 - p_up, 1e-30)  # uniform on (0, 1) given down
     x_up = -jnp.log1p(-jnp.clip(v_up, 0.0, 1.0 - 1e-7)) / eta_up
     x_dn = jnp.log(jnp.clip(v_dn, 1e-30, 1.0)) / eta_down
     return jnp.where(up, x_up, x_dn)
@@ -206,10 +208,28 @@ def double_exponential(u: jax.Array, p_up: jax.Array, eta_up: jax.Array, eta_dow
 #: Giles (2010), "Approximating the erfinv function" (GPU Computing Gems, single precision):
 #: erfinv(x) = x p(w), w = -log((1 - x)(1 + x)), with p a polynomial in w - 2.5 (w < 5) or in
 #: sqrt(w) - 3 (w >= 5). Highest degree first.
-_GILES_CENTRAL = (2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
-                  -0.00125372503, -0.00417768164, 0.246640727, 1.50140941)
-_GILES_TAIL = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
-               -0.0076224613, 0.00943887047, 1.00167406, 2.83297682)
+_GILES_CENTRAL = (
+    2.81022636e-08,
+    3.43273939e-07,
+    -3.5233877e-06,
+    -4.39150654e-06,
+    0.00021858087,
+    -0.00125372503,
+    -0.00417768164,
+    0.246640727,
+    1.50140941,
+)
+_GILES_TAIL = (
+    -0.000200214257,
+    0.000100950558,
+    0.00134934322,
+    -0.00367342844,
+    0.00573950773,
+    -0.0076224613,
+    0.00943887047,
+    1.00167406,
+    2.83297682,
+)
 
 
 def _ndtri_f32(u: jax.Array) -> jax.Array:

@@ -10,24 +10,32 @@ from pathlib import Path
 
 #: What each command does (one paragraph) and its usage line.
 COMMANDS = {
-    "run": ("mmsim run [overrides ...]   (= python -m mmsim.run [overrides ...]; -m for a sweep)",
-            "Simulate the configured market and quoting policy over many paths and write the evidence: "
-            "metrics.json, report.md, figures, paths.parquet (one row per path) and the resolved config, in "
-            "outputs/<name>/<time>/. P(liquidation) is reported with its exact Clopper-Pearson interval and is "
-            "only called ~0 from the interval's upper end."),
-    "optimize": ("mmsim optimize [out_dir=DIR] [overrides ...]",
-                 "Optimise the policy's parameters (gamma first) to maximise the PnL objective subject to "
-                 "P(liquidation) <= epsilon_liq and P(max drawdown > x) <= epsilon_dd, validate the result on fresh "
-                 "paths and write best.yaml (run it with `mmsim run +params=best.yaml` or `mmsim live --params "
-                 "best.yaml`). Default experiment: optimize_gamma."),
+    "run": (
+        "mmsim run [overrides ...]   (= python -m mmsim.run [overrides ...]; -m for a sweep)",
+        "Simulate the configured market and quoting policy over many paths and write the evidence: "
+        "metrics.json, report.md, figures, paths.parquet (one row per path) and the resolved config, in "
+        "outputs/<name>/<time>/. P(liquidation) is reported with its exact Clopper-Pearson interval and is "
+        "only called ~0 from the interval's upper end.",
+    ),
+    "optimize": (
+        "mmsim optimize [out_dir=DIR] [overrides ...]",
+        "Optimise the policy's parameters (gamma first) to maximise the PnL objective subject to "
+        "P(liquidation) <= epsilon_liq and P(max drawdown > x) <= epsilon_dd, validate the result on fresh "
+        "paths and write best.yaml (run it with `mmsim run +params=best.yaml` or `mmsim live --params "
+        "best.yaml`). Default experiment: optimize_gamma.",
+    ),
 }
 #: Options worth naming in a help page: config key -> (file under conf/, key in that file).
 MAIN_OPTIONS = (
-    ("sim.n_paths", "sim/default.yaml", "n_paths"), ("sim.horizon_s", "sim/default.yaml", "horizon_s"),
-    ("sim.dt_s", "sim/default.yaml", "dt_s"), ("sim.seed", "sim/default.yaml", "seed"),
-    ("sim.dtype", "sim/default.yaml", "dtype"), ("account.leverage", "account/binance_vip0.yaml", "leverage"),
+    ("sim.n_paths", "sim/default.yaml", "n_paths"),
+    ("sim.horizon_s", "sim/default.yaml", "horizon_s"),
+    ("sim.dt_s", "sim/default.yaml", "dt_s"),
+    ("sim.seed", "sim/default.yaml", "seed"),
+    ("sim.dtype", "sim/default.yaml", "dtype"),
+    ("account.leverage", "account/binance_vip0.yaml", "leverage"),
     ("account.initial_equity", "account/binance_vip0.yaml", "initial_equity"),
-    ("policy.gamma", "policy/spec.yaml", "gamma"), ("policy.horizon_s", "policy/spec.yaml", "horizon_s"),
+    ("policy.gamma", "policy/spec.yaml", "gamma"),
+    ("policy.horizon_s", "policy/spec.yaml", "horizon_s"),
     ("risk.epsilon_liq", "risk/default.yaml", "epsilon_liq"),
     ("risk.drawdown_threshold", "risk/default.yaml", "drawdown_threshold"),
 )
@@ -90,10 +98,12 @@ def command_help(command: str, conf: Path) -> str:
         out.append(f"  {name + '=' + value:34s} {_short(comment, 64)}")
     out += ["", "examples:"]
     if command == "run":
-        out += ["  mmsim run experiment=cascade_stress",
-                "  mmsim run experiment=cascade_stress sim.n_paths=100000 account.leverage=20",
-                "  mmsim run -m experiment=baseline policy.gamma=0.005,0.01,0.02   # a sweep, summarised",
-                "  mmsim run experiment=baseline +params=outputs/optimize_gamma/<time>/best.yaml"]
+        out += [
+            "  mmsim run experiment=cascade_stress",
+            "  mmsim run experiment=cascade_stress sim.n_paths=100000 account.leverage=20",
+            "  mmsim run -m experiment=baseline policy.gamma=0.005,0.01,0.02   # a sweep, summarised",
+            "  mmsim run experiment=baseline +params=outputs/optimize_gamma/<time>/best.yaml",
+        ]
     else:
         out += ["  mmsim optimize", "  mmsim optimize optimize.epsilon_liq=1e-4 out_dir=out/opt"]
     out += ["", f"configuration: {conf} (MMSIM_CONF overrides it); Hydra's own help: --hydra-help"]

@@ -20,46 +20,46 @@ import jax.numpy as jnp
 
 
 class Observation(NamedTuple):
-    t: jax.Array              # () seconds since the start of the run (or session)
-    dt: jax.Array             # () seconds since the previous observation (> 0)
+    t: jax.Array  # () seconds since the start of the run (or session)
+    dt: jax.Array  # () seconds since the previous observation (> 0)
     # Top of book.
-    best_bid: jax.Array       # (A,) price
-    best_ask: jax.Array       # (A,) price
-    bid_size: jax.Array       # (A,) base units resting at the best bid
-    ask_size: jax.Array       # (A,) base units resting at the best ask
-    mid: jax.Array            # (A,) (best_bid + best_ask) / 2
+    best_bid: jax.Array  # (A,) price
+    best_ask: jax.Array  # (A,) price
+    bid_size: jax.Array  # (A,) base units resting at the best bid
+    ask_size: jax.Array  # (A,) base units resting at the best ask
+    mid: jax.Array  # (A,) (best_bid + best_ask) / 2
     # Public trades since the previous observation, by aggressor side.
-    n_buy: jax.Array          # (A,) count of aggressive buys
-    n_sell: jax.Array         # (A,) count of aggressive sells
-    vol_buy: jax.Array        # (A,) base units bought by aggressors
-    vol_sell: jax.Array       # (A,) base units sold by aggressors
-    vwap_buy: jax.Array       # (A,) price (0 where vol_buy == 0)
-    vwap_sell: jax.Array      # (A,) price (0 where vol_sell == 0)
-    last_price: jax.Array     # (A,) price of the last trade (mid where none)
+    n_buy: jax.Array  # (A,) count of aggressive buys
+    n_sell: jax.Array  # (A,) count of aggressive sells
+    vol_buy: jax.Array  # (A,) base units bought by aggressors
+    vol_sell: jax.Array  # (A,) base units sold by aggressors
+    vwap_buy: jax.Array  # (A,) price (0 where vol_buy == 0)
+    vwap_sell: jax.Array  # (A,) price (0 where vol_sell == 0)
+    last_price: jax.Array  # (A,) price of the last trade (mid where none)
     # Forced liquidations since the previous observation (public liquidation stream).
-    liq_long: jax.Array       # (A,) base units of LONG positions liquidated (forced sells)
-    liq_short: jax.Array      # (A,) base units of SHORT positions liquidated (forced buys)
+    liq_long: jax.Array  # (A,) base units of LONG positions liquidated (forced sells)
+    liq_short: jax.Array  # (A,) base units of SHORT positions liquidated (forced buys)
     # Funding.
-    funding_rate: jax.Array   # (A,) current (predicted) rate of this venue, per interval
-    funding_ref: jax.Array    # (A,) the same on a reference venue, per interval
+    funding_rate: jax.Array  # (A,) current (predicted) rate of this venue, per interval
+    funding_ref: jax.Array  # (A,) the same on a reference venue, per interval
     funding_settled: jax.Array  # (A,) bool: a settlement happened since the previous observation
-    settled_rate: jax.Array   # (A,) the rate applied at that settlement (0 where none)
+    settled_rate: jax.Array  # (A,) the rate applied at that settlement (0 where none)
     next_funding_s: jax.Array  # (A,) seconds to the next settlement
     # Our own fills since the previous observation (from the order gateway).
-    fill_bid_size: jax.Array   # (A,) base units bought on our bid
+    fill_bid_size: jax.Array  # (A,) base units bought on our bid
     fill_bid_price: jax.Array  # (A,) average price of those buys (0 where none)
-    fill_ask_size: jax.Array   # (A,) base units sold on our ask
+    fill_ask_size: jax.Array  # (A,) base units sold on our ask
     fill_ask_price: jax.Array  # (A,) average price of those sells (0 where none)
     # Our taker orders' executions since the previous observation; None where we send none (static:
     # a post-only policy's observations have no such fields).
     fill_take_size: jax.Array | None  # (A,) base units, > 0 bought, < 0 sold
     fill_take_price: jax.Array | None  # (A,) average price (0 where none)
     # Validity masks.
-    book_valid: jax.Array     # (A,) bool
-    trades_valid: jax.Array   # (A,) bool
-    liq_valid: jax.Array      # (A,) bool
+    book_valid: jax.Array  # (A,) bool
+    trades_valid: jax.Array  # (A,) bool
+    liq_valid: jax.Array  # (A,) bool
     funding_valid: jax.Array  # (A,) bool
-    fills_valid: jax.Array    # (A,) bool
+    fills_valid: jax.Array  # (A,) bool
 
 
 def empty(n_assets: int, dtype=jnp.float32, *, takes: bool = False) -> Observation:
@@ -69,22 +69,49 @@ def empty(n_assets: int, dtype=jnp.float32, *, takes: bool = False) -> Observati
     f = jnp.zeros((n_assets,), bool)
     scalar = jnp.zeros((), dtype)
     return Observation(
-        t=scalar, dt=jnp.ones((), dtype), best_bid=z, best_ask=z, bid_size=z, ask_size=z, mid=z,
-        n_buy=z, n_sell=z, vol_buy=z, vol_sell=z, vwap_buy=z, vwap_sell=z, last_price=z,
-        liq_long=z, liq_short=z, funding_rate=z, funding_ref=z, funding_settled=f, settled_rate=z,
-        next_funding_s=z, fill_bid_size=z, fill_bid_price=z, fill_ask_size=z, fill_ask_price=z,
-        fill_take_size=z if takes else None, fill_take_price=z if takes else None,
-        book_valid=f, trades_valid=f, liq_valid=f, funding_valid=f, fills_valid=f)
+        t=scalar,
+        dt=jnp.ones((), dtype),
+        best_bid=z,
+        best_ask=z,
+        bid_size=z,
+        ask_size=z,
+        mid=z,
+        n_buy=z,
+        n_sell=z,
+        vol_buy=z,
+        vol_sell=z,
+        vwap_buy=z,
+        vwap_sell=z,
+        last_price=z,
+        liq_long=z,
+        liq_short=z,
+        funding_rate=z,
+        funding_ref=z,
+        funding_settled=f,
+        settled_rate=z,
+        next_funding_s=z,
+        fill_bid_size=z,
+        fill_bid_price=z,
+        fill_ask_size=z,
+        fill_ask_price=z,
+        fill_take_size=z if takes else None,
+        fill_take_price=z if takes else None,
+        book_valid=f,
+        trades_valid=f,
+        liq_valid=f,
+        funding_valid=f,
+        fills_valid=f,
+    )
 
 
 class Quote(NamedTuple):
     """What the engine sends to a world (or an order gateway): one resting quote per asset and side,
     and optionally a taker order."""
 
-    bid_price: jax.Array   # (A,) quote currency
-    ask_price: jax.Array   # (A,)
-    bid_size: jax.Array    # (A,) base units
-    ask_size: jax.Array    # (A,)
+    bid_price: jax.Array  # (A,) quote currency
+    ask_price: jax.Array  # (A,)
+    bid_size: jax.Array  # (A,) base units
+    ask_size: jax.Array  # (A,)
     bid_active: jax.Array  # (A,) bool
     ask_active: jax.Array  # (A,) bool
     # (A,) base units to trade at once against the book (a taker order: > 0 buys, < 0 sells), or
@@ -93,7 +120,8 @@ class Quote(NamedTuple):
 
 
 def no_quote(n_assets: int, dtype=jnp.float32, *, take: bool = False) -> Quote:
-    """No order; ``take``: with a zero taker order (the structure of a policy that :func:`mmsim.engine.policy.takes`)."""
+    """No order; ``take``: with a zero taker order (the structure of a policy that sends taker orders,
+    :func:`mmsim.engine.policy.takes`)."""
     z = jnp.zeros((n_assets,), dtype)
     f = jnp.zeros((n_assets,), bool)
     return Quote(z, z, z, z, f, f, z if take else None)

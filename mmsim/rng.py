@@ -20,8 +20,8 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _FOLD = np.uint64(0xD1B54A32D192ED03)
 _MASK = (1 << 64) - 1
-_F32_BITS = 23   # mantissa bits of a float32 uniform (two per 64-bit word)
-_F64_BITS = 52   # mantissa bits of a float64 uniform (one per word)
+_F32_BITS = 23  # mantissa bits of a float32 uniform (two per 64-bit word)
+_F64_BITS = 52  # mantissa bits of a float64 uniform (one per word)
 _SMALL_DRAW = 16  # draws of at most this many uniforms per key are built entry by entry
 
 
@@ -145,7 +145,7 @@ def _entries(k: jax.Array, n: int, index, dtype) -> tuple[jax.Array, ...]:
             raise ValueError(f"index {idx.tolist()} out of range for {n} uniforms")
         hi = (idx < nw) | (dtype == jnp.float64)
         widx = np.where(hi, idx, idx - nw)
-        if widx.size == 1:   # one word: hashed once per call, shared by both of its halves
+        if widx.size == 1:  # one word: hashed once per call, shared by both of its halves
             key_ = int(widx.reshape(-1)[0])
             if key_ not in cache:
                 cache[key_] = _word(k, np.asarray(key_))
@@ -155,7 +155,7 @@ def _entries(k: jax.Array, n: int, index, dtype) -> tuple[jax.Array, ...]:
         if dtype == jnp.float64:
             out.append(_to_unit(w >> np.uint64(12), _F64_BITS, ft))
             continue
-        m_hi = w >> np.uint64(41)                        # bits 63..41
+        m_hi = w >> np.uint64(41)  # bits 63..41
         m_lo = (w >> np.uint64(9)) & np.uint64(0x7FFFFF)  # bits 31..9
         if np.all(hi):
             m = m_hi

@@ -47,24 +47,39 @@ def _asset_names(cfg, n_assets: int) -> list[str]:
 def _setup_lines(cfg, world: str, mp, ep, sim) -> list[tuple[str, str]]:
     acc, pol = ep.account, ep.policy
     f = lambda x: report.fmt(np.asarray(x))  # noqa: E731
-    lines = [("experiment", str(cfg.get("name", "default"))), ("world", world),
-             ("policy", f"{pol.kind} (gamma {f(pol.gamma)}, k {f(pol.k)}, horizon {f(pol.horizon_s)} s)"),
-             ("account", f"equity {f(acc.initial_equity)}, leverage {f(acc.leverage)}x, maintenance "
-                         f"{report.pct(np.asarray(acc.maintenance_margin))}, "
-                         f"maker fee {report.pct(np.asarray(acc.maker_fee))}, "
-                         f"taker fee {report.pct(np.asarray(acc.taker_fee))}"),
-             ("simulation", f"{sim.n_paths:,} paths, {sim.n_steps:,} steps of {sim.dt:g} s, seed {sim.seed}, "
-                            f"{sim.dtype}")]
+    lines = [
+        ("experiment", str(cfg.get("name", "default"))),
+        ("world", world),
+        ("policy", f"{pol.kind} (gamma {f(pol.gamma)}, k {f(pol.k)}, horizon {f(pol.horizon_s)} s)"),
+        (
+            "account",
+            f"equity {f(acc.initial_equity)}, leverage {f(acc.leverage)}x, maintenance "
+            f"{report.pct(np.asarray(acc.maintenance_margin))}, "
+            f"maker fee {report.pct(np.asarray(acc.maker_fee))}, "
+            f"taker fee {report.pct(np.asarray(acc.taker_fee))}",
+        ),
+        ("simulation", f"{sim.n_paths:,} paths, {sim.n_steps:,} steps of {sim.dt:g} s, seed {sim.seed}, {sim.dtype}"),
+    ]
     if world == "market" and float(mp.shock_time_s) >= 0:
-        lines.append(("scheduled shock", f"t = {float(mp.shock_time_s):g} s, return "
-                                         f"{np.asarray(mp.shock_return).tolist()}, regime {mp.shock_regime}"))
+        lines.append(
+            (
+                "scheduled shock",
+                f"t = {float(mp.shock_time_s):g} s, return "
+                f"{np.asarray(mp.shock_return).tolist()}, regime {mp.shock_regime}",
+            )
+        )
     if _events(ep):
         times = ", ".join(f(t) for t in np.reshape(np.asarray(pol.event_times_s), -1))
         touch = ", at the touch" if np.any(np.asarray(pol.event_reduce_at_touch) > 0) else ""
-        lines.append(("scheduled events", f"t = {times} s; quotes pulled from {f(pol.event_pull_before_s)} s before "
-                                          f"to {f(pol.event_pull_after_s)} s after; the reducing side kept at "
-                                          f"{f(pol.event_keep_reducing)} of its size{touch}; a taker order for "
-                                          f"{f(pol.event_flatten)} of the position"))
+        lines.append(
+            (
+                "scheduled events",
+                f"t = {times} s; quotes pulled from {f(pol.event_pull_before_s)} s before "
+                f"to {f(pol.event_pull_after_s)} s after; the reducing side kept at "
+                f"{f(pol.event_keep_reducing)} of its size{touch}; a taker order for "
+                f"{f(pol.event_flatten)} of the position",
+            )
+        )
     if cfg.get("params"):
         carried = "policy and account" if mcfg.load_best(cfg.params).get("account") else "policy"
         lines.append((f"{carried} from", str(cfg.params)))
@@ -96,8 +111,11 @@ def run_risk(cfg, out_dir: Path, *, simulate_fn=None) -> dict:
     rs = mcfg.risk_settings(cfg)
     best = mcfg.load_best(cfg.params) if cfg.get("params") else None
     if best is not None and best.get("feasible") is False:
-        print(f"warning: {cfg.params} says feasible: false (the optimiser found no policy meeting its "
-              "constraints); running it anyway", file=sys.stderr)
+        print(
+            f"warning: {cfg.params} says feasible: false (the optimiser found no policy meeting its "
+            "constraints); running it anyway",
+            file=sys.stderr,
+        )
     if simulate_fn is None:
         prepare_jax(cfg)
         from mmsim.sim.simulate import simulate as simulate_fn
@@ -105,36 +123,66 @@ def run_risk(cfg, out_dir: Path, *, simulate_fn=None) -> dict:
     m = risk.summarize(result, rs.drawdown_threshold, alpha=rs.alpha)
     curve = risk.liquidation_curve(result.summary.liq_time, result.horizon_s, alpha=rs.alpha)
     certified = risk.certify_below(m["p_liquidation"], rs.epsilon_liq)
-    m.update({
-        "experiment": str(cfg.get("name", "default")), "world": world, "policy_kind": ep.policy.kind,
-        "n_assets": ep.n_assets, "dtype": sim.dtype, "n_devices": result.n_devices, "chunk_size": result.chunk_size,
-        "epsilon_liq": rs.epsilon_liq, "ci_level": rs.ci_level, "p_liquidation_certified_zero": bool(certified),
-        "liquidation_claim": report.liquidation_claim({**m["p_liquidation"], "n": m["n_paths"]}, rs.epsilon_liq,
-                                                      rs.ci_level),
-        "liquidation_curve": {k: np.asarray(v).tolist() for k, v in curve.items()},
-    })
+    m.update(
+        {
+            "experiment": str(cfg.get("name", "default")),
+            "world": world,
+            "policy_kind": ep.policy.kind,
+            "n_assets": ep.n_assets,
+            "dtype": sim.dtype,
+            "n_devices": result.n_devices,
+            "chunk_size": result.chunk_size,
+            "epsilon_liq": rs.epsilon_liq,
+            "ci_level": rs.ci_level,
+            "p_liquidation_certified_zero": bool(certified),
+            "liquidation_claim": report.liquidation_claim(
+                {**m["p_liquidation"], "n": m["n_paths"]}, rs.epsilon_liq, rs.ci_level
+            ),
+            "liquidation_curve": {k: np.asarray(v).tolist() for k, v in curve.items()},
+        }
+    )
     fills = np.asarray(result.summary.n_fills, float)
-    m["fills"].update({"per_asset_bid_mean": fills[..., 0].mean(0).tolist(),
-                       "per_asset_ask_mean": fills[..., 1].mean(0).tolist(),
-                       "paths_with_fills": float(np.mean(fills.sum(axis=(1, 2)) > 0))})
+    m["fills"].update(
+        {
+            "per_asset_bid_mean": fills[..., 0].mean(0).tolist(),
+            "per_asset_ask_mean": fills[..., 1].mean(0).tolist(),
+            "paths_with_fills": float(np.mean(fills.sum(axis=(1, 2)) > 0)),
+        }
+    )
     if best is not None:
-        m["params"] = {"source": str(cfg.params), "feasible": best.get("feasible"),
-                       "constraints": best.get("constraints"), "validation": best.get("validation")}
+        m["params"] = {
+            "source": str(cfg.params),
+            "feasible": best.get("feasible"),
+            "constraints": best.get("constraints"),
+            "validation": best.get("validation"),
+        }
     out_dir.mkdir(parents=True, exist_ok=True)
     report.write_json(out_dir / "metrics.json", m)
     write_paths(out_dir / "paths.parquet", result.summary, _asset_names(cfg, ep.n_assets))
     _save_config(cfg, out_dir)
     notes = []
     if m.get("non_finite_steps"):
-        notes.append(f"{m['non_finite_steps']} path-steps had a non-finite equity; they are flagged per path "
-                     "(n_bad) and excluded from the running drawdown.")
+        notes.append(
+            f"{m['non_finite_steps']} path-steps had a non-finite equity; they are flagged per path "
+            "(n_bad) and excluded from the running drawdown."
+        )
     if best is not None:
         notes.append(f"Policy from {cfg.params} (feasible: {best.get('feasible')}).")
     report.write_risk_report(
-        out_dir, m, result, drawdown_threshold=rs.drawdown_threshold, epsilon_liq=rs.epsilon_liq,
-        ci_level=rs.ci_level, title=f"mmsim risk report: {cfg.get('name', 'default')}",
-        description=str(cfg.get("description", "") or ""), config_lines=_setup_lines(cfg, world, mp, ep, sim),
-        asset_names=_asset_names(cfg, ep.n_assets), curve=curve, notes=notes, events=_events(ep))
+        out_dir,
+        m,
+        result,
+        drawdown_threshold=rs.drawdown_threshold,
+        epsilon_liq=rs.epsilon_liq,
+        ci_level=rs.ci_level,
+        title=f"mmsim risk report: {cfg.get('name', 'default')}",
+        description=str(cfg.get("description", "") or ""),
+        config_lines=_setup_lines(cfg, world, mp, ep, sim),
+        asset_names=_asset_names(cfg, ep.n_assets),
+        curve=curve,
+        notes=notes,
+        events=_events(ep),
+    )
     _print_table(f"mmsim {cfg.get('name', 'default')}: {m['liquidation_claim']}", report.summary_rows(m))
     print(f"outputs: {out_dir}", flush=True)
     return m
@@ -168,8 +216,11 @@ def run_as2008(cfg, out_dir: Path, *, simulate_fn=None) -> dict:
     kw = sim.simulate_kwargs()
     rows, pnls = [], {}
     steps = run_s = compile_s = 0.0
-    sigma = float(np.asarray(ep.policy.sigma_price)) if float(np.asarray(ep.policy.sigma_price)) > 0 else \
-        float(np.asarray(mp.sigma))
+    sigma = (
+        float(np.asarray(ep.policy.sigma_price))
+        if float(np.asarray(ep.policy.sigma_price)) > 0
+        else float(np.asarray(mp.sigma))
+    )
     horizon = float(np.asarray(ep.policy.horizon_s))
     k = float(np.asarray(ep.policy.k))
     notes = []
@@ -194,39 +245,88 @@ def run_as2008(cfg, out_dir: Path, *, simulate_fn=None) -> dict:
                     spread_avg = spread = measured
             pnl = np.asarray(s.pnl, float)
             q = np.asarray(s.final_position, float)[:, 0]
-            rows.append({"gamma": g, "strategy": strat, "spread": spread, "spread_closed_form": spread_cf,
-                         "profit_mean": float(pnl.mean()), "profit_std": float(pnl.std(ddof=1)),
-                         "profit_se": float(pnl.std(ddof=1) / np.sqrt(pnl.size)), "q_mean": float(q.mean()),
-                         "q_std": float(q.std(ddof=1)),
-                         "fills_mean": float(np.asarray(s.n_fills, float).sum(axis=(1, 2)).mean()),
-                         "liquidated": int(np.asarray(s.liquidated).sum())})
+            rows.append(
+                {
+                    "gamma": g,
+                    "strategy": strat,
+                    "spread": spread,
+                    "spread_closed_form": spread_cf,
+                    "profit_mean": float(pnl.mean()),
+                    "profit_std": float(pnl.std(ddof=1)),
+                    "profit_se": float(pnl.std(ddof=1) / np.sqrt(pnl.size)),
+                    "q_mean": float(q.mean()),
+                    "q_std": float(q.std(ddof=1)),
+                    "fills_mean": float(np.asarray(s.n_fills, float).sum(axis=(1, 2)).mean()),
+                    "liquidated": int(np.asarray(s.liquidated).sum()),
+                }
+            )
             pnls[(g, strat)] = pnl
-            print(f"as2008 gamma={g:g} {strat:9s}: spread {spread:.4g}, profit {pnl.mean():.4g} ± "
-                  f"{pnl.std(ddof=1):.4g}, q {q.mean():.3g} ± {q.std(ddof=1):.3g}", flush=True)
-    notes.append("The symmetric strategy's spread is the inventory strategy's quoted spread averaged over the paths "
-                 "recorded in full and the quoting times t = 0 .. T - dt (sim.n_trace > 0), else the closed form "
-                 "(2/γ) ln(1 + γ/k) + γσ²(T - t) averaged over the same times (spread_closed_form in metrics.json).")
-    notes.append("For γ = 0.1 and 0.01 the paper's spread column equals (2/γ) ln(1 + γ/k) (1.29, 1.33), without "
-                 "the time-averaged inventory term γσ²T/2 (0.2, 0.02) that the quoted spread also carries; for γ = 1 "
-                 "it reports 1.15 where the quoted spread averages 3.02 (1.02 + 2). A symmetric strategy quoting 1.15 "
-                 "would fill far more often, which is why the paper's γ = 1 symmetric profit exceeds ours.")
-    m = {"experiment": str(cfg.get("name", "as2008")), "world": world, "n_paths": sim.n_paths,
-         "horizon_s": sim.horizon_s, "dt_s": sim.dt, "n_steps": sim.n_steps, "seed": sim.seed, "dtype": sim.dtype,
-         "as2008": rows, "paper": paper, "throughput_path_steps_per_s": steps / max(run_s, 1e-12),
-         "compile_s": compile_s, "run_s": run_s}
+            print(
+                f"as2008 gamma={g:g} {strat:9s}: spread {spread:.4g}, profit {pnl.mean():.4g} ± "
+                f"{pnl.std(ddof=1):.4g}, q {q.mean():.3g} ± {q.std(ddof=1):.3g}",
+                flush=True,
+            )
+    notes.append(
+        "The symmetric strategy's spread is the inventory strategy's quoted spread averaged over the paths "
+        "recorded in full and the quoting times t = 0 .. T - dt (sim.n_trace > 0), else the closed form "
+        "(2/γ) ln(1 + γ/k) + γσ²(T - t) averaged over the same times (spread_closed_form in metrics.json)."
+    )
+    notes.append(
+        "For γ = 0.1 and 0.01 the paper's spread column equals (2/γ) ln(1 + γ/k) (1.29, 1.33), without "
+        "the time-averaged inventory term γσ²T/2 (0.2, 0.02) that the quoted spread also carries; for γ = 1 "
+        "it reports 1.15 where the quoted spread averages 3.02 (1.02 + 2). A symmetric strategy quoting 1.15 "
+        "would fill far more often, which is why the paper's γ = 1 symmetric profit exceeds ours."
+    )
+    m = {
+        "experiment": str(cfg.get("name", "as2008")),
+        "world": world,
+        "n_paths": sim.n_paths,
+        "horizon_s": sim.horizon_s,
+        "dt_s": sim.dt,
+        "n_steps": sim.n_steps,
+        "seed": sim.seed,
+        "dtype": sim.dtype,
+        "as2008": rows,
+        "paper": paper,
+        "throughput_path_steps_per_s": steps / max(run_s, 1e-12),
+        "compile_s": compile_s,
+        "run_s": run_s,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     report.write_json(out_dir / "metrics.json", m)
     _save_config(cfg, out_dir)
-    report.write_as2008_report(out_dir, m, pnls, config_lines=[
-        ("world", f"s0 {float(mp.s0):g}, σ {float(mp.sigma):g}, A {float(mp.A):g}, k {float(mp.k):g}"),
-        ("simulation", f"{sim.n_paths:,} paths, {sim.n_steps} steps of {sim.dt:g}, seed {sim.seed}, {sim.dtype}")],
-        notes=notes)
+    report.write_as2008_report(
+        out_dir,
+        m,
+        pnls,
+        config_lines=[
+            ("world", f"s0 {float(mp.s0):g}, σ {float(mp.sigma):g}, A {float(mp.A):g}, k {float(mp.k):g}"),
+            ("simulation", f"{sim.n_paths:,} paths, {sim.n_steps} steps of {sim.dt:g}, seed {sim.seed}, {sim.dtype}"),
+        ],
+        notes=notes,
+    )
     headers = ["γ", "strategy", "spread", "profit", "sd(profit)", "q", "sd(q)"]
-    table = [[fmt_row for fmt_row in (report.fmt(r["gamma"]), r["strategy"], report.fmt(r["spread"]),
-                                      report.fmt(r["profit_mean"]), report.fmt(r["profit_std"]),
-                                      report.fmt(r["q_mean"]), report.fmt(r["q_std"]))] for r in rows]
-    print("\nAvellaneda-Stoikov 2008 (ours; the paper's values are in report.md)\n"
-          + report.text_table(headers, table) + "\n", flush=True)
+    table = [
+        [
+            fmt_row
+            for fmt_row in (
+                report.fmt(r["gamma"]),
+                r["strategy"],
+                report.fmt(r["spread"]),
+                report.fmt(r["profit_mean"]),
+                report.fmt(r["profit_std"]),
+                report.fmt(r["q_mean"]),
+                report.fmt(r["q_std"]),
+            )
+        ]
+        for r in rows
+    ]
+    print(
+        "\nAvellaneda-Stoikov 2008 (ours; the paper's values are in report.md)\n"
+        + report.text_table(headers, table)
+        + "\n",
+        flush=True,
+    )
     print(f"outputs: {out_dir}", flush=True)
     return m
 
@@ -237,7 +337,7 @@ def run_task(cfg, out_dir: str | Path, *, simulate_fn=None) -> dict:
     t = mcfg.task(cfg)
     mcfg.cpu_devices(cfg)
     t0 = time.perf_counter()
-    if t == "optimize":         # policy optimisation under risk constraints (mmsim/optimize.py)
+    if t == "optimize":  # policy optimisation under risk constraints (mmsim/optimize.py)
         from mmsim import optimize
 
         prepare_jax(cfg)

@@ -39,8 +39,18 @@ import numpy as np
 AS = dict(s0=100.0, sigma=2.0, A=140.0, k=1.5, gamma=0.1, T=1.0, dt=0.005)
 
 
-def numpy_as2008(n_paths: int, seed: int = 0, *, s0=AS["s0"], sigma=AS["sigma"], A=AS["A"], k=AS["k"],
-                 gamma=AS["gamma"], T=AS["T"], dt=AS["dt"]) -> tuple[np.ndarray, float]:
+def numpy_as2008(
+    n_paths: int,
+    seed: int = 0,
+    *,
+    s0=AS["s0"],
+    sigma=AS["sigma"],
+    A=AS["A"],
+    k=AS["k"],
+    gamma=AS["gamma"],
+    T=AS["T"],
+    dt=AS["dt"],
+) -> tuple[np.ndarray, float]:
     """The AS (2008) inventory strategy, vectorised over paths with numpy (float64).
 
     Returns ``(final PnL per path, run seconds)``. Each step: quote around the reservation price,
@@ -52,7 +62,7 @@ def numpy_as2008(n_paths: int, seed: int = 0, *, s0=AS["s0"], sigma=AS["sigma"],
     s = np.full(n_paths, s0)
     q = np.zeros(n_paths)
     cash = np.zeros(n_paths)
-    half_base = np.log1p(gamma / k) / gamma            # (2/gamma) ln(1 + gamma/k) / 2
+    half_base = np.log1p(gamma / k) / gamma  # (2/gamma) ln(1 + gamma/k) / 2
     step = sigma * np.sqrt(dt)
     u = np.empty((3, n_paths))
     pb = np.empty(n_paths)
@@ -61,8 +71,8 @@ def numpy_as2008(n_paths: int, seed: int = 0, *, s0=AS["s0"], sigma=AS["sigma"],
     for i in range(n_steps):
         tau = T - i * dt
         skew = gamma * sigma**2 * tau
-        r = s - q * skew                               # reservation price
-        half = 0.5 * skew + half_base                  # half the optimal spread
+        r = s - q * skew  # reservation price
+        half = 0.5 * skew + half_base  # half the optimal spread
         bid = r - half
         ask = r + half
         np.multiply(-k, s - bid, out=pb)
@@ -72,7 +82,7 @@ def numpy_as2008(n_paths: int, seed: int = 0, *, s0=AS["s0"], sigma=AS["sigma"],
         np.exp(pa, out=pa)
         pa *= A * dt
         rng.random(out=u)
-        fb = u[0] < pb                                 # p >= 1 fills for sure, as min(1, p)
+        fb = u[0] < pb  # p >= 1 fills for sure, as min(1, p)
         fa = u[1] < pa
         q += fb
         q -= fa
@@ -94,8 +104,14 @@ def _machine() -> dict:
                 cpu = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return dict(cpu=cpu, cores=os.cpu_count(), jax=jax.__version__, backend=jax.default_backend(),
-                device=str(jax.devices()[0].device_kind), python=platform.python_version())
+    return dict(
+        cpu=cpu,
+        cores=os.cpu_count(),
+        jax=jax.__version__,
+        backend=jax.default_backend(),
+        device=str(jax.devices()[0].device_kind),
+        python=platform.python_version(),
+    )
 
 
 def _configs(quick: bool):
@@ -109,12 +125,34 @@ def _configs(quick: bool):
 def _run(world, mp, ep, *, n_paths, n_steps, dt, chunk, repeat, dtype, devices):
     from mmsim.sim.simulate import simulate
 
-    first = simulate(world, mp, ep, n_paths=n_paths, n_steps=n_steps, dt=dt, seed=0, chunk_size=chunk,
-                     dtype=dtype, progress=False, devices=devices)
+    first = simulate(
+        world,
+        mp,
+        ep,
+        n_paths=n_paths,
+        n_steps=n_steps,
+        dt=dt,
+        seed=0,
+        chunk_size=chunk,
+        dtype=dtype,
+        progress=False,
+        devices=devices,
+    )
     best = first.path_steps_per_s
     for _ in range(repeat - 1):
-        r = simulate(world, mp, ep, n_paths=n_paths, n_steps=n_steps, dt=dt, seed=0, chunk_size=chunk,
-                     dtype=dtype, progress=False, devices=devices)
+        r = simulate(
+            world,
+            mp,
+            ep,
+            n_paths=n_paths,
+            n_steps=n_steps,
+            dt=dt,
+            seed=0,
+            chunk_size=chunk,
+            dtype=dtype,
+            progress=False,
+            devices=devices,
+        )
         best = max(best, r.path_steps_per_s)
     return first.compile_s, best, first.chunk_size
 
@@ -129,13 +167,31 @@ def big_run(n_paths: int, n_steps: int, chunk: int) -> dict:
 
     (_, _, _), (mp, ep, sim) = _configs(False)
     t0 = time.perf_counter()
-    r = simulate("market", mp, ep, n_paths=n_paths, n_steps=n_steps, dt=sim.dt, seed=0, chunk_size=chunk or None,
-                 dtype=jnp.float32, progress=False)
+    r = simulate(
+        "market",
+        mp,
+        ep,
+        n_paths=n_paths,
+        n_steps=n_steps,
+        dt=sim.dt,
+        seed=0,
+        chunk_size=chunk or None,
+        dtype=jnp.float32,
+        progress=False,
+    )
     wall = time.perf_counter() - t0
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return dict(n_paths=n_paths, n_steps=n_steps, chunk=r.chunk_size, compile_s=r.compile_s, run_s=r.run_s,
-                wall_s=wall, path_steps_per_s=r.path_steps_per_s, peak_rss_gib=rss_kib / 2**20,
-                liquidated=float(np.mean(r.summary.liquidated)))
+    return dict(
+        n_paths=n_paths,
+        n_steps=n_steps,
+        chunk=r.chunk_size,
+        compile_s=r.compile_s,
+        run_s=r.run_s,
+        wall_s=wall,
+        path_steps_per_s=r.path_steps_per_s,
+        peak_rss_gib=rss_kib / 2**20,
+        liquidated=float(np.mean(r.summary.liquidated)),
+    )
 
 
 def main() -> None:
@@ -145,8 +201,12 @@ def main() -> None:
     ap.add_argument("--big-paths", type=int, default=None, help="paths of the memory run (default 1e6)")
     ap.add_argument("--big-steps", type=int, default=None, help="steps of the memory run")
     ap.add_argument("--json", default=None, help="also write the results to this file")
-    ap.add_argument("--cpu-devices", type=int, default=None,
-                    help="JAX CPU devices (default: one per core); mmsim rows run on one and on all")
+    ap.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=None,
+        help="JAX CPU devices (default: one per core); mmsim rows run on one and on all",
+    )
     ap.add_argument("--child-big", nargs=3, type=int, metavar=("PATHS", "STEPS", "CHUNK"), help=argparse.SUPPRESS)
     a = ap.parse_args()
 
@@ -174,8 +234,9 @@ def main() -> None:
     big_steps = a.big_steps or (5 if quick else 20)
 
     m = _machine()
-    print(f"machine: {m['cpu']}, {m['cores']} cores; jax {m['jax']} ({m['backend']}, {m['device']}); "
-          f"python {m['python']}")
+    print(
+        f"machine: {m['cpu']}, {m['cores']} cores; jax {m['jax']} ({m['backend']}, {m['device']}); python {m['python']}"
+    )
     (mp_as, ep_as, sim_as), (mp_cs, ep_cs, sim_cs) = _configs(quick)
 
     rows = []
@@ -191,22 +252,57 @@ def main() -> None:
     rows.append(dict(name="numpy as2008 (float64)", paths=n_as, steps=200, chunk="-", compile_s=0.0, rate=ref0))
     for label, devs in device_sets:
         for chunk in as_chunks:
-            c, rate, ch = _run("as2008", mp_as, ep_as, n_paths=n_as, n_steps=sim_as.n_steps, dt=sim_as.dt,
-                               chunk=chunk, repeat=repeat, dtype=jnp.float32, devices=devs)
-            rows.append(dict(name=f"mmsim as2008 f32, {label}", paths=n_as, steps=sim_as.n_steps, chunk=ch,
-                             compile_s=c, rate=rate))
+            c, rate, ch = _run(
+                "as2008",
+                mp_as,
+                ep_as,
+                n_paths=n_as,
+                n_steps=sim_as.n_steps,
+                dt=sim_as.dt,
+                chunk=chunk,
+                repeat=repeat,
+                dtype=jnp.float32,
+                devices=devs,
+            )
+            rows.append(
+                dict(
+                    name=f"mmsim as2008 f32, {label}",
+                    paths=n_as,
+                    steps=sim_as.n_steps,
+                    chunk=ch,
+                    compile_s=c,
+                    rate=rate,
+                )
+            )
     for label, devs in device_sets:
         for chunk in cs_chunks:
-            c, rate, ch = _run("market", mp_cs, ep_cs, n_paths=n_cs, n_steps=cs_steps, dt=sim_cs.dt, chunk=chunk,
-                               repeat=repeat, dtype=jnp.float32, devices=devs)
-            rows.append(dict(name=f"mmsim cascade_stress f32, {label}", paths=n_cs, steps=cs_steps, chunk=ch,
-                             compile_s=c, rate=rate))
-    ref1 = ref()      # the reference again: the machine may have changed speed meanwhile
-    rows.append(dict(name="numpy as2008 (float64), again", paths=n_as, steps=200, chunk="-", compile_s=0.0,
-                     rate=ref1))
+            c, rate, ch = _run(
+                "market",
+                mp_cs,
+                ep_cs,
+                n_paths=n_cs,
+                n_steps=cs_steps,
+                dt=sim_cs.dt,
+                chunk=chunk,
+                repeat=repeat,
+                dtype=jnp.float32,
+                devices=devs,
+            )
+            rows.append(
+                dict(
+                    name=f"mmsim cascade_stress f32, {label}",
+                    paths=n_cs,
+                    steps=cs_steps,
+                    chunk=ch,
+                    compile_s=c,
+                    rate=rate,
+                )
+            )
+    ref1 = ref()  # the reference again: the machine may have changed speed meanwhile
+    rows.append(dict(name="numpy as2008 (float64), again", paths=n_as, steps=200, chunk="-", compile_s=0.0, rate=ref1))
     ref_rate = 0.5 * (ref0 + ref1)
 
-    big_chunk = 0   # the simulator's default
+    big_chunk = 0  # the simulator's default
     cmd = [sys.executable, os.path.abspath(__file__), "--child-big", str(big_paths), str(big_steps), str(big_chunk)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     big = None
@@ -217,16 +313,19 @@ def main() -> None:
 
     print()
     print(f"{n_dev} JAX CPU devices; chunk = paths per compiled call (split over the devices)")
-    print(f"{'run':<34} {'paths':>9} {'steps':>6} {'chunk':>7} {'compile s':>10} {'M path-steps/s':>15} "
-          f"{'x numpy':>8}")
+    print(f"{'run':<34} {'paths':>9} {'steps':>6} {'chunk':>7} {'compile s':>10} {'M path-steps/s':>15} {'x numpy':>8}")
     for r in rows:
-        print(f"{r['name']:<34} {r['paths']:>9} {r['steps']:>6} {str(r['chunk']):>7} {r['compile_s']:>10.2f} "
-              f"{r['rate'] / 1e6:>15.2f} {r['rate'] / ref_rate:>8.2f}")
+        print(
+            f"{r['name']:<34} {r['paths']:>9} {r['steps']:>6} {str(r['chunk']):>7} {r['compile_s']:>10.2f} "
+            f"{r['rate'] / 1e6:>15.2f} {r['rate'] / ref_rate:>8.2f}"
+        )
     if big is not None:
-        print(f"\n{big['n_paths']:.0e}-path cascade_stress, chunks of {big['chunk']}, {big['n_steps']} steps "
-              f"(of {sim_cs.n_steps} in the experiment): peak RSS {big['peak_rss_gib']:.2f} GiB, "
-              f"{big['path_steps_per_s'] / 1e6:.2f} M path-steps/s, compile {big['compile_s']:.1f} s, "
-              f"run {big['run_s']:.1f} s")
+        print(
+            f"\n{big['n_paths']:.0e}-path cascade_stress, chunks of {big['chunk']}, {big['n_steps']} steps "
+            f"(of {sim_cs.n_steps} in the experiment): peak RSS {big['peak_rss_gib']:.2f} GiB, "
+            f"{big['path_steps_per_s'] / 1e6:.2f} M path-steps/s, compile {big['compile_s']:.1f} s, "
+            f"run {big['run_s']:.1f} s"
+        )
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(machine=m, rows=rows, reference_rate=ref_rate, big=big), f, indent=2, default=str)

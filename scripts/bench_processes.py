@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from mmsim import engine, rng
-from mmsim.engine import account, policy
 from mmsim._pytree import cast_floats
+from mmsim.engine import account, policy
 from mmsim.world import market
 from mmsim.world.processes import adverse_selection as adv
 from mmsim.world.processes import correlation as corr
@@ -38,6 +38,7 @@ def bench(name, init_fn, step_fn, params, n_paths, n_steps, repeat):
     def path(k, p):
         def body(s, t):
             return step_fn(rng.fold_in(k, t), s, p)[0], None
+
         return jax.lax.scan(body, init_fn(p), jnp.arange(n_steps))[0]
 
     f = jax.jit(jax.vmap(path, in_axes=(0, None)))
@@ -72,8 +73,10 @@ def main() -> None:
     dt = 1.0
     z = jnp.zeros((n,), dt_)
     v = jnp.full((n,), 1e-8, dt_)
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {a.paths} paths x {a.steps} steps, "
-          f"{a.dtype}")
+    print(
+        f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {a.paths} paths x {a.steps} steps, "
+        f"{a.dtype}"
+    )
     print(f"{'case':<20} {'throughput':>10}")
 
     def world_init(p):
@@ -88,20 +91,34 @@ def main() -> None:
         return (w, est, q), None
 
     cases = {
-        "price": (lambda p: px.init(p[0].price, n, dt_),
-                  lambda k, s, p: px.step(k, s, p[0].price, dt, v, lev_shock=z, resid_var=v, z=z)),
+        "price": (
+            lambda p: px.init(p[0].price, n, dt_),
+            lambda k, s, p: px.step(k, s, p[0].price, dt, v, lev_shock=z, resid_var=v, z=z),
+        ),
         "volatility": (lambda p: vol.init(p[0].vol, n, dt_), lambda k, s, p: vol.step(k, s, p[0].vol, dt, z_var=z)),
-        "order_flow": (lambda p: flow.init(p[0].flow, n, dt_),
-                       lambda k, s, p: flow.step(k, s, p[0].flow, dt, informed_frac=jnp.full((n,), 0.15, dt_))),
-        "spread": (lambda p: spr.init(p[0].spread, n, dt_),
-                   lambda k, s, p: spr.step(k, s, p[0].spread, dt, sigma=jnp.sqrt(v), regime=jnp.int32(1),
-                                            mid=jnp.full((n,), 6e4, dt_))),
-        "adverse_selection": (lambda p: adv.init(p[0].adverse, n, dt_), lambda k, s, p: adv.step(k, s, p[0].adverse, dt)),
+        "order_flow": (
+            lambda p: flow.init(p[0].flow, n, dt_),
+            lambda k, s, p: flow.step(k, s, p[0].flow, dt, informed_frac=jnp.full((n,), 0.15, dt_)),
+        ),
+        "spread": (
+            lambda p: spr.init(p[0].spread, n, dt_),
+            lambda k, s, p: spr.step(
+                k, s, p[0].spread, dt, sigma=jnp.sqrt(v), regime=jnp.int32(1), mid=jnp.full((n,), 6e4, dt_)
+            ),
+        ),
+        "adverse_selection": (
+            lambda p: adv.init(p[0].adverse, n, dt_),
+            lambda k, s, p: adv.step(k, s, p[0].adverse, dt),
+        ),
         "funding": (lambda p: fund.init(p[0].funding, n, dt_), lambda k, s, p: fund.step(k, s, p[0].funding, dt)),
-        "liquidation": (lambda p: liq.init(p[0].liquidation, n, dt_),
-                        lambda k, s, p: liq.step(k, s, p[0].liquidation, dt, last_ret=z)),
-        "correlation": (lambda p: corr.init(p[0].correlation, n, dt_),
-                        lambda k, s, p: corr.step(k, s, p[0].correlation, dt, regime=jnp.int32(1))),
+        "liquidation": (
+            lambda p: liq.init(p[0].liquidation, n, dt_),
+            lambda k, s, p: liq.step(k, s, p[0].liquidation, dt, last_ret=z),
+        ),
+        "correlation": (
+            lambda p: corr.init(p[0].correlation, n, dt_),
+            lambda k, s, p: corr.step(k, s, p[0].correlation, dt, regime=jnp.int32(1)),
+        ),
         "world": (lambda p: market.init(p[0], dt_), lambda k, s, p: market.step(k, s, p[0], dt)),
         "world + engine": (world_init, world_step),
     }

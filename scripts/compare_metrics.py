@@ -13,8 +13,7 @@ import json
 import sys
 
 #: Keys that describe how fast or on what a run ran, not what it found.
-IGNORED = ("compile_s", "run_s", "wall_s", "path_steps_per_s", "throughput_path_steps_per_s", "n_devices",
-           "chunk_size")
+IGNORED = ("compile_s", "run_s", "wall_s", "path_steps_per_s", "throughput_path_steps_per_s", "n_devices", "chunk_size")
 
 
 def differences(a, b, path: str = "") -> list[str]:

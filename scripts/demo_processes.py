@@ -31,10 +31,19 @@ def simulate(mp, n_paths, n_steps, dt, seed):
     def path(k):
         def body(w, t):
             w, obs, info = market.step(rng.fold_in(k, t), w, mp, dt)
-            return w, (obs.mid[0], info.regime, info.variance[0], info.flow.lam_buy[0], info.flow.lam_sell[0],
-                       info.liquidation.lam_long[0] + info.liquidation.lam_short[0],
-                       info.liquidation.vol_long[0] + info.liquidation.vol_short[0], info.spread[0],
-                       obs.funding_rate[0], obs.funding_ref[0])
+            return w, (
+                obs.mid[0],
+                info.regime,
+                info.variance[0],
+                info.flow.lam_buy[0],
+                info.flow.lam_sell[0],
+                info.liquidation.lam_long[0] + info.liquidation.lam_short[0],
+                info.liquidation.vol_long[0] + info.liquidation.vol_short[0],
+                info.spread[0],
+                obs.funding_rate[0],
+                obs.funding_ref[0],
+            )
+
         return jax.lax.scan(body, market.init(mp), jnp.arange(n_steps))[1]
 
     f = jax.jit(jax.vmap(path))
@@ -65,7 +74,8 @@ def main() -> None:
     n_steps = int(a.hours * 3600 / dt)
     mp = market.default_params()
     (mid, regime, var, lb, ls, liq_lam, liq_vol, spread, fund, fund_ref), secs = simulate(
-        mp, a.paths, n_steps, dt, a.seed)
+        mp, a.paths, n_steps, dt, a.seed
+    )
     t = np.arange(1, n_steps + 1) * dt / 3600.0
     fig, axes = plt.subplots(6, 1, figsize=(11, 13), sharex=True)
     ax = axes[0]
@@ -73,8 +83,10 @@ def main() -> None:
     for i in range(a.paths):
         ax.plot(t, mid[i], lw=0.7, alpha=1.0 if i == 0 else 0.5)
     ax.set_ylabel("mid (USDT)")
-    ax.set_title("mmsim world: every process on (shading: regime of path 0 — green low, white normal, "
-                 "orange high, red extreme)", fontsize=9)
+    ax.set_title(
+        "mmsim world: every process on (shading: regime of path 0 — green low, white normal, orange high, red extreme)",
+        fontsize=9,
+    )
     axes[1].plot(t, np.sqrt(var[0] * 365.25 * 86400), lw=0.7)
     axes[1].set_ylabel("vol (annualised)")
     axes[2].plot(t, lb[0], lw=0.5, label="buy")
@@ -98,7 +110,11 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(out / "processes.png", dpi=110)
     summary = {
-        "n_paths": a.paths, "n_steps": n_steps, "dt_s": dt, "seed": a.seed, "seconds_incl_compile": secs,
+        "n_paths": a.paths,
+        "n_steps": n_steps,
+        "dt_s": dt,
+        "seed": a.seed,
+        "seconds_incl_compile": secs,
         "regime_occupancy_path0": np.bincount(regime[0], minlength=4).tolist(),
         "final_mid": mid[:, -1].tolist(),
         "liquidations_total_base_units": liq_vol.sum(axis=1).tolist(),

@@ -142,8 +142,10 @@ def main() -> None:
         for w, k in cnt.items():
             by[w] += t * k / n
     total = sum(by.values())
-    print(f"{a.experiment}: {a.paths} paths x {a.steps} steps, {len(per_kernel)} kernels, "
-          f"{total / 1e3:.1f} ms of kernel time ({total / a.steps / 1e3:.2f} ms per step)")
+    print(
+        f"{a.experiment}: {a.paths} paths x {a.steps} steps, {len(per_kernel)} kernels, "
+        f"{total / 1e3:.1f} ms of kernel time ({total / a.steps / 1e3:.2f} ms per step)"
+    )
     for w, t in by.most_common(a.top):
         print(f"{t / 1e3:8.2f} ms {100 * t / total:5.1f} %  {w}")
 

@@ -62,7 +62,7 @@ def test_every_experiment_composes_and_builds(exp):
 def test_default_config_builds_the_calibrated_market():
     world, mp, ep, sim = mcfg.build(make_cfg())
     assert world == "market" and mp.n_assets == 1
-    assert float(mp.price.s0) == 28146.0                       # calibration.md §1
+    assert float(mp.price.s0) == 28146.0  # calibration.md §1
     np.testing.assert_allclose(np.asarray(mp.vol.theta), [2.96e-9, 1.01e-8, 4.79e-8, 1.04e-7])
     assert float(mp.flow.beta) == 22.6 and float(mp.spread.tick) == 0.1
     # The engine's estimator priors come from the world (priors_from_market).
@@ -78,7 +78,7 @@ def test_experiment_deltas():
     from mmsim.world.processes import liquidation as liq
 
     n = float(liq.branching_ratio(mp.liquidation))
-    assert 0.9 <= n < 1.0                                       # near-critical, still subcritical
+    assert 0.9 <= n < 1.0  # near-critical, still subcritical
     assert mp.shock_regime == 3 and float(mp.shock_return) < 0 and float(mp.shock_time_s) > 0
     assert float(ep.account.leverage) == 50.0
     _, mp, ep, _ = mcfg.build(make_cfg("experiment=multi_asset"))
@@ -90,36 +90,39 @@ def test_experiment_deltas():
     from mmsim.world.processes import volatility as vol
 
     pi = vol.stationary_distribution(mp.vol)
-    assert pi[2] + pi[3] > 0.8                                  # High and Extreme dominate
+    assert pi[2] + pi[3] > 0.8  # High and Extreme dominate
     _, mp, _, sim = mcfg.build(make_cfg("experiment=funding_squeeze"))
-    assert sim.horizon_s >= 2 * mp.funding.interval_s           # several settlements in the horizon
+    assert sim.horizon_s >= 2 * mp.funding.interval_s  # several settlements in the horizon
 
 
-@pytest.mark.parametrize("override, where", [
-    ("sim.n_paths=-5", "sim.n_paths"),
-    ("sim.n_paths=0", "sim.n_paths"),
-    ("sim.horizon_s=10.5", "whole number of steps"),
-    ("sim.dt_s=0", "sim.dt_s"),
-    ("sim.dtype=float16", "sim.dtype"),
-    ("sim.chunk_size=0", "sim.chunk_size"),
-    ("risk.epsilon_liq=0", "risk.epsilon_liq"),
-    ("risk.drawdown_threshold=-0.1", "risk.drawdown_threshold"),
-    ("market.flow.alpha_buy=30.0", "market.flow: FlowParams.alpha_buy"),      # explosive Hawkes
-    ("market.liquidation.alpha=5.0", "market.liquidation"),                 # explosive cascade
-    ("market.vol.theta=[1e-8,-1e-8,1e-8,1e-8]", "market.vol: VolParams.theta"),
-    ("+market.flow.alpha_bye=1.0", "unknown key(s) ['alpha_bye']"),          # a typo
-    ("account.leverage=400", "account: AccountParams.maintenance_margin"),   # 0.4 % >= 1/400
-    ("policy.kind=nonsense", "policy: PolicyParams.kind"),
-    ("policy.gamma=0", "policy: PolicyParams.gamma"),
-    ("market.correlation.corr=[[1.0,0.5],[0.5,1.0]]", "market"),            # 2x2 for one asset
-    ("policy.gamma=[0.01,0.02,0.03]", "policy.gamma"),                      # per-asset size != 1
-    ("task=optimise", "task"),
-    ("market.flow.mu_buy=[2.6,1.7]", "market.flow.mu_buy"),                  # two values, one asset
-    ("market.vol.theta=[1e-8,2e-8]", "market.vol"),                          # two regimes, generator has 4
-    ("market.liquidation.size_cap=big", "market.liquidation.size_cap = 'big': must be a number"),
-    ("market.liquidation.size_cap=0.01", "market.liquidation: LiqParams.size_cap"),  # below x_m
-    ("cpu_devices=0", "cpu_devices"),
-])
+@pytest.mark.parametrize(
+    "override, where",
+    [
+        ("sim.n_paths=-5", "sim.n_paths"),
+        ("sim.n_paths=0", "sim.n_paths"),
+        ("sim.horizon_s=10.5", "whole number of steps"),
+        ("sim.dt_s=0", "sim.dt_s"),
+        ("sim.dtype=float16", "sim.dtype"),
+        ("sim.chunk_size=0", "sim.chunk_size"),
+        ("risk.epsilon_liq=0", "risk.epsilon_liq"),
+        ("risk.drawdown_threshold=-0.1", "risk.drawdown_threshold"),
+        ("market.flow.alpha_buy=30.0", "market.flow: FlowParams.alpha_buy"),  # explosive Hawkes
+        ("market.liquidation.alpha=5.0", "market.liquidation"),  # explosive cascade
+        ("market.vol.theta=[1e-8,-1e-8,1e-8,1e-8]", "market.vol: VolParams.theta"),
+        ("+market.flow.alpha_bye=1.0", "unknown key(s) ['alpha_bye']"),  # a typo
+        ("account.leverage=400", "account: AccountParams.maintenance_margin"),  # 0.4 % >= 1/400
+        ("policy.kind=nonsense", "policy: PolicyParams.kind"),
+        ("policy.gamma=0", "policy: PolicyParams.gamma"),
+        ("market.correlation.corr=[[1.0,0.5],[0.5,1.0]]", "market"),  # 2x2 for one asset
+        ("policy.gamma=[0.01,0.02,0.03]", "policy.gamma"),  # per-asset size != 1
+        ("task=optimise", "task"),
+        ("market.flow.mu_buy=[2.6,1.7]", "market.flow.mu_buy"),  # two values, one asset
+        ("market.vol.theta=[1e-8,2e-8]", "market.vol"),  # two regimes, generator has 4
+        ("market.liquidation.size_cap=big", "market.liquidation.size_cap = 'big': must be a number"),
+        ("market.liquidation.size_cap=0.01", "market.liquidation: LiqParams.size_cap"),  # below x_m
+        ("cpu_devices=0", "cpu_devices"),
+    ],
+)
 def test_bad_config_fails_before_compiling(override, where, tmp_path):
     from mmsim import tasks
 
@@ -147,20 +150,26 @@ def test_as2008_world_has_no_book_to_take_from():
 
 def test_adverse_slots_sized_from_the_step():
     """Unless given, the adverse-selection estimator keeps ceil(horizon / dt) + 1 pending slots."""
-    ep = mcfg.build(make_cfg("experiment=cascade_stress"))[2]           # horizon 1 s, dt 1 s
+    ep = mcfg.build(make_cfg("experiment=cascade_stress"))[2]  # horizon 1 s, dt 1 s
     assert ep.adverse.n_slots == 2
     ep = mcfg.build(make_cfg("experiment=cascade_stress", "sim.dt_s=0.25", "sim.horizon_s=100"))[2]
     assert ep.adverse.n_slots == 5
     ep = mcfg.build(make_cfg("experiment=cascade_stress", "sim.dt_s=0.01", "sim.horizon_s=1"))[2]
-    assert ep.adverse.n_slots == 16                                      # capped at MAX_SLOTS
+    assert ep.adverse.n_slots == 16  # capped at MAX_SLOTS
     ep = mcfg.build(make_cfg("experiment=cascade_stress", "+engine.adverse.n_slots=7"))[2]
-    assert ep.adverse.n_slots == 7                                       # an explicit value wins
-    assert mcfg.engine_params(make_cfg("experiment=cascade_stress")).adverse.n_slots == 8   # live: default
+    assert ep.adverse.n_slots == 7  # an explicit value wins
+    assert mcfg.engine_params(make_cfg("experiment=cascade_stress")).adverse.n_slots == 8  # live: default
 
 
 def write_best(path: Path, policy: dict, **extra) -> Path:
-    body = {"policy": policy, "market": "btcusdt", "constraints": {"p_liquidation_max": 1e-3},
-            "validation": {"n_paths": 10000}, "feasible": True, **extra}
+    body = {
+        "policy": policy,
+        "market": "btcusdt",
+        "constraints": {"p_liquidation_max": 1e-3},
+        "validation": {"n_paths": 10000},
+        "feasible": True,
+        **extra,
+    }
     path.write_text(OmegaConf.to_yaml(OmegaConf.create(body)))
     return path
 
@@ -171,7 +180,7 @@ def test_params_file_replaces_the_policy(tmp_path):
     _, _, ep, _ = mcfg.build(make_cfg("experiment=baseline", f"+params={best}"))
     assert float(ep.policy.gamma) == pytest.approx(0.0042)
     assert float(ep.policy.size_fraction) == pytest.approx(0.05)
-    assert float(ep.policy.k) == float(base.policy.k)           # keys best.yaml does not give stay
+    assert float(ep.policy.k) == float(base.policy.k)  # keys best.yaml does not give stay
     # A different kind is taken over as well.
     best2 = write_best(tmp_path / "best2.yaml", {"kind": "glft", "gamma": 0.02, "A": 2.0})
     _, _, ep2, _ = mcfg.build(make_cfg("experiment=baseline", f"+params={best2}"))
@@ -197,15 +206,18 @@ def test_params_file_carries_the_account(tmp_path):
     assert float(mcfg.build(make_cfg("experiment=baseline", f"+params={old}"))[2].account.leverage) == 20.0
 
 
-@pytest.mark.parametrize("body, msg", [
-    ({"policy": {"gama": 0.01}}, "unknown key(s) ['gama']"),
-    ({"policy": {}}, "non-empty mapping"),
-    ({"policy": {"gamma": -1.0}}, "PolicyParams.gamma"),
-    ({"policy": {"gamma": 0.01}, "extra_stuff": 1}, "unknown top-level key(s) ['extra_stuff']"),
-    ({"policy": {"gamma": 0.01}, "account": {"levrage": 50}}, "unknown key(s) ['levrage']"),
-    ({"policy": {"gamma": 0.01}, "account": [50]}, "account: must be a mapping"),
-    ({"policy": {"gamma": 0.01}, "account": {"leverage": -5.0}}, "AccountParams.leverage"),
-])
+@pytest.mark.parametrize(
+    "body, msg",
+    [
+        ({"policy": {"gama": 0.01}}, "unknown key(s) ['gama']"),
+        ({"policy": {}}, "non-empty mapping"),
+        ({"policy": {"gamma": -1.0}}, "PolicyParams.gamma"),
+        ({"policy": {"gamma": 0.01}, "extra_stuff": 1}, "unknown top-level key(s) ['extra_stuff']"),
+        ({"policy": {"gamma": 0.01}, "account": {"levrage": 50}}, "unknown key(s) ['levrage']"),
+        ({"policy": {"gamma": 0.01}, "account": [50]}, "account: must be a mapping"),
+        ({"policy": {"gamma": 0.01}, "account": {"leverage": -5.0}}, "AccountParams.leverage"),
+    ],
+)
 def test_bad_params_file(tmp_path, body, msg):
     p = tmp_path / "best.yaml"
     p.write_text(OmegaConf.to_yaml(OmegaConf.create(body)))
@@ -222,7 +234,7 @@ def test_launcher_configs_name_the_plugins():
     s = OmegaConf.load(CONF / "hydra" / "launcher" / "submitit_slurm.yaml")
     assert s._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     cfg = make_cfg()
-    assert "launcher" not in str(OmegaConf.to_yaml(cfg))        # not the default
+    assert "launcher" not in str(OmegaConf.to_yaml(cfg))  # not the default
 
 
 def test_live_validates_and_refuses_to_trade(tmp_path, capsys):
@@ -253,16 +265,20 @@ def test_cli_dispatches_optimize(monkeypatch):
     monkeypatch.setitem(sys.modules, "mmsim.optimize", fake)
     # `from mmsim import optimize` reads the package attribute once the real module was imported.
     import mmsim
+
     monkeypatch.setattr(mmsim, "optimize", fake, raising=False)
     assert cli.main(["optimize", "experiment=baseline", "optim.steps=3"]) == 0
     assert seen["overrides"] == ["experiment=baseline", "optim.steps=3"]
     assert cli.main(["no-such-command"]) == 1
 
 
-@pytest.mark.parametrize("overrides", [
-    ["experiment=as2008", "policy.sigma_price=0"],                       # the policy needs the estimate
-    ["experiment=cascade_stress", "+engine.price.returns=false"],        # the full engine reads returns
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["experiment=as2008", "policy.sigma_price=0"],  # the policy needs the estimate
+        ["experiment=cascade_stress", "+engine.price.returns=false"],  # the full engine reads returns
+    ],
+)
 def test_mid_only_price_estimator_is_refused_where_it_is_read(overrides):
     with pytest.raises(mcfg.ConfigError, match="engine.price.returns"):
         mcfg.build(mcfg.compose(overrides))
@@ -270,10 +286,13 @@ def test_mid_only_price_estimator_is_refused_where_it_is_read(overrides):
 
 
 def test_sweep_summary(tmp_path, capsys):
-    m = {"n_paths": 10, "p_liquidation": {"count": 0, "estimate": 0.0, "ci_low": 0.0, "ci_high": 0.3},
-         "p_drawdown": {"threshold": 0.1, "count": 1, "estimate": 0.1, "ci_low": 0.0, "ci_high": 0.4},
-         "pnl": {"mean": 1.0, "se_mean": 0.5, "std": 2.0, "var_99": 3.0, "cvar_99": 4.0},
-         "max_drawdown": {"q99": 5.0}}
+    m = {
+        "n_paths": 10,
+        "p_liquidation": {"count": 0, "estimate": 0.0, "ci_low": 0.0, "ci_high": 0.3},
+        "p_drawdown": {"threshold": 0.1, "count": 1, "estimate": 0.1, "ci_low": 0.0, "ci_high": 0.4},
+        "pnl": {"mean": 1.0, "se_mean": 0.5, "std": 2.0, "var_99": 3.0, "cvar_99": 4.0},
+        "max_drawdown": {"q99": 5.0},
+    }
     for i, g in enumerate((0.01, 0.02)):
         d = tmp_path / f"{i}_policy.gamma={g}"
         (d / ".hydra").mkdir(parents=True)
@@ -290,25 +309,36 @@ def test_sweep_summary(tmp_path, capsys):
 
 
 def test_swept_params_are_numbers_where_they_read_as_numbers():
-    sw = report.swept_params(["experiment=x policy.gamma=0.1 market.liquidation.size_cap=50 policy.kind=spec",
-                              "experiment=x policy.gamma=1e-3 market.liquidation.size_cap=.inf policy.kind=glft"])
-    assert sw == {"policy.gamma": [0.1, 1e-3], "market.liquidation.size_cap": [50.0, float("inf")],
-                  "policy.kind": ["spec", "glft"]}
+    sw = report.swept_params(
+        [
+            "experiment=x policy.gamma=0.1 market.liquidation.size_cap=50 policy.kind=spec",
+            "experiment=x policy.gamma=1e-3 market.liquidation.size_cap=.inf policy.kind=glft",
+        ]
+    )
+    assert sw == {
+        "policy.gamma": [0.1, 1e-3],
+        "market.liquidation.size_cap": [50.0, float("inf")],
+        "policy.kind": ["spec", "glft"],
+    }
     assert report.swept_params(["a=1", "a=1"]) == {}
 
 
 def test_sweep_rows_follow_the_job_numbers_and_labels_show_what_varies(tmp_path):
-    m = {"n_paths": 10, "p_liquidation": {"count": 0, "estimate": 0.0, "ci_low": 0.0, "ci_high": 0.3},
-         "p_drawdown": {"threshold": 0.1, "count": 1, "estimate": 0.1, "ci_low": 0.0, "ci_high": 0.4},
-         "pnl": {"mean": 1.0, "se_mean": 0.5, "std": 2.0, "var_99": 3.0, "cvar_99": 4.0},
-         "max_drawdown": {"q99": 5.0}}
-    for i in (10, 2, 1):   # written out of order; "10_..." sorts before "2_..." as text
+    m = {
+        "n_paths": 10,
+        "p_liquidation": {"count": 0, "estimate": 0.0, "ci_low": 0.0, "ci_high": 0.3},
+        "p_drawdown": {"threshold": 0.1, "count": 1, "estimate": 0.1, "ci_low": 0.0, "ci_high": 0.4},
+        "pnl": {"mean": 1.0, "se_mean": 0.5, "std": 2.0, "var_99": 3.0, "cvar_99": 4.0},
+        "max_drawdown": {"q99": 5.0},
+    }
+    for i in (10, 2, 1):  # written out of order; "10_..." sorts before "2_..." as text
         d = tmp_path / f"{i}_sim.seed={i}"
         d.mkdir()
         (d / "metrics.json").write_text(json.dumps(m))
     assert [r["job"] for r in report.sweep_rows(tmp_path)] == ["1_sim.seed=1", "2_sim.seed=2", "10_sim.seed=10"]
-    labels = report.varying_labels(["experiment=x policy.gamma=0.1 sim.seed=1",
-                                    "experiment=x policy.gamma=0.2 sim.seed=1"])
+    labels = report.varying_labels(
+        ["experiment=x policy.gamma=0.1 sim.seed=1", "experiment=x policy.gamma=0.2 sim.seed=1"]
+    )
     assert labels == ["gamma=0.1", "gamma=0.2"]
     assert report.varying_labels(["experiment=x"]) == ["experiment=x"]
     assert report.varying_labels(["a.b=1 c=2", "a.b=3 c=4"]) == ["b=1\nc=2", "b=3\nc=4"]
@@ -324,5 +354,7 @@ def test_liquidation_claim_needs_the_upper_bound():
 def test_infinity_spelled_in_yaml_on_the_command_line():
     """``.inf`` (YAML) and ``inf`` on the command line are numbers, e.g. no liquidation size cap."""
     for spelling in (".inf", "inf"):
-        world, mp, ep, sim = mcfg.build(make_cfg("experiment=cascade_stress", f"market.liquidation.size_cap={spelling}"))
+        world, mp, ep, sim = mcfg.build(
+            make_cfg("experiment=cascade_stress", f"market.liquidation.size_cap={spelling}")
+        )
         assert np.isinf(float(np.asarray(mp.liquidation.size_cap)))

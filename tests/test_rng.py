@@ -55,9 +55,9 @@ def test_streams_independent():
     u = np.asarray(step)
     v = np.asarray(nxt)
     se = 4 / np.sqrt(n)
-    assert abs(np.corrcoef(u[:-1, 0], u[1:, 0])[0, 1]) < se      # adjacent paths
-    assert abs(np.corrcoef(u[:, 0], v[:, 0])[0, 1]) < se          # adjacent steps
-    assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < se          # adjacent slots
+    assert abs(np.corrcoef(u[:-1, 0], u[1:, 0])[0, 1]) < se  # adjacent paths
+    assert abs(np.corrcoef(u[:, 0], v[:, 0])[0, 1]) < se  # adjacent steps
+    assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < se  # adjacent slots
     # Uniform pairs fill the unit square evenly (chi-square over a 10 x 10 grid).
     h, _, _ = np.histogram2d(u[:, 0], v[:, 0], bins=10, range=[[0, 1], [0, 1]])
     assert stats.chisquare(h.ravel()).pvalue > 1e-3

@@ -1,4 +1,5 @@
-"""End to end: the tasks (``mmsim.tasks``, and ``mmsim.run`` for a multirun) writes metrics.json, report.md, figures and the resolved config.
+"""End to end: the tasks (``mmsim.tasks``, and ``mmsim.run`` for a multirun) write metrics.json,
+report.md, paths.parquet, figures and the resolved config.
 
 Compilation dominates these tests (the full market and engine take tens of seconds to compile on a
 2-core CPU), so:
@@ -31,13 +32,27 @@ from mmsim.sim.simulate import PathSummary, SimResult, Trace
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "mmsim" / "conf"
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")
-                     if "task: optimize" not in p.read_text())   # the optimiser has its own tests
+EXPERIMENTS = sorted(
+    p.stem for p in (CONF / "experiment").glob("*.yaml") if "task: optimize" not in p.read_text()
+)  # the optimiser has its own tests
 CACHE = ROOT / ".pytest_cache" / "mmsim-jax"
 
-RISK_KEYS = {"n_paths", "horizon_s", "dt_s", "seed", "p_liquidation", "p_drawdown", "pnl", "max_drawdown",
-             "pnl_decomposition", "fills", "time_to_liquidation", "throughput_path_steps_per_s", "compile_s",
-             "run_s"}
+RISK_KEYS = {
+    "n_paths",
+    "horizon_s",
+    "dt_s",
+    "seed",
+    "p_liquidation",
+    "p_drawdown",
+    "pnl",
+    "max_drawdown",
+    "pnl_decomposition",
+    "fills",
+    "time_to_liquidation",
+    "throughput_path_steps_per_s",
+    "compile_s",
+    "run_s",
+}
 PNL_KEYS = {"mean", "std", "q01", "q05", "q50", "q95", "q99", "var_99", "cvar_99", "var_95", "cvar_95"}
 AS_KEYS = {"gamma", "strategy", "spread", "profit_mean", "profit_std", "q_mean", "q_std"}
 FIGURES = ("pnl_hist.png", "drawdown.png", "liquidation_curve.png", "sample_paths.png")
@@ -56,38 +71,67 @@ def tiny(exp: str) -> tuple[str, ...]:
     if exp == "as2008":
         return ("experiment=as2008", "sim.n_paths=16", "sim.n_trace=2", "sim.progress=false")
     dt = 2.0 if exp == "funding_squeeze" else 1.0
-    extra = ("market.funding.first_settlement_s=20.0", "market.funding.interval_s=40.0") \
-        if exp == "funding_squeeze" else ()
+    extra = (
+        ("market.funding.first_settlement_s=20.0", "market.funding.interval_s=40.0") if exp == "funding_squeeze" else ()
+    )
     shock = ("market.shock_time_s=20.0",) if exp in ("cascade_stress", "multi_asset") else ()
     return (f"experiment={exp}", *TINY, "sim.horizon_s=60.0", f"sim.dt_s={dt}", "engine.warmup_s=5.0", *shock, *extra)
 
 
-def fake_simulate(world, mp, ep, *, n_paths, n_steps, dt, seed, chunk_size=None, n_trace=0, dtype=None,
-                  progress=True):
+def fake_simulate(world, mp, ep, *, n_paths, n_steps, dt, seed, chunk_size=None, n_trace=0, dtype=None, progress=True):
     """A stand-in with the simulator's result types and shapes (random numbers, no JAX)."""
     rng = np.random.default_rng(seed)
     a, n = ep.n_assets, n_paths
     liq = rng.random(n) < 0.2
-    s = PathSummary(pnl=rng.normal(0, 100, n), pnl_components=rng.normal(0, 10, (n, 6)),
-                    max_dd=np.abs(rng.normal(0, 500, n)), max_dd_frac=np.abs(rng.normal(0, 0.05, n)),
-                    min_margin_ratio=np.full(n, 1e6), max_abs_inventory=np.abs(rng.normal(0, 1, (n, a))),
-                    liquidated=liq, liq_time=np.where(liq, rng.random(n) * n_steps * dt, -1.0),
-                    n_fills=rng.integers(0, 10, (n, a, 2)), final_position=rng.normal(0, 1, (n, a)),
-                    n_bad=np.zeros(n, np.int32))
+    s = PathSummary(
+        pnl=rng.normal(0, 100, n),
+        pnl_components=rng.normal(0, 10, (n, 6)),
+        max_dd=np.abs(rng.normal(0, 500, n)),
+        max_dd_frac=np.abs(rng.normal(0, 0.05, n)),
+        min_margin_ratio=np.full(n, 1e6),
+        max_abs_inventory=np.abs(rng.normal(0, 1, (n, a))),
+        liquidated=liq,
+        liq_time=np.where(liq, rng.random(n) * n_steps * dt, -1.0),
+        n_fills=rng.integers(0, 10, (n, a, 2)),
+        final_position=rng.normal(0, 1, (n, a)),
+        n_bad=np.zeros(n, np.int32),
+    )
     tr = None
     if n_trace:
         k, t = min(n_trace, n), n_steps + 1
         mid = 100 * np.exp(np.cumsum(rng.normal(0, 1e-3, (k, t, a)), 1))
         f = lambda: np.abs(rng.normal(0, 1e-3, (k, t, a)))  # noqa: E731
-        tr = Trace(t=np.arange(t) * dt, mid=mid, position=rng.normal(0, 1, (k, t, a)), bid=mid - 1, ask=mid + 1,
-                   spread_quoted=np.full((k, t, a), 2.0), sigma=f(), cascade_intensity=f(),
-                   equity=1e4 + np.cumsum(rng.normal(0, 10, (k, t)), 1), maintenance=np.full((k, t), 100.0),
-                   margin_ratio=np.full((k, t), 100.0), regime=np.ones((k, t), np.int32),
-                   true_regime=np.repeat(np.minimum(np.arange(t) // max(1, t // 4), 3)[None], k, 0),
-                   true_cascade_intensity=f())
-    return SimResult(summary=s, trace=tr, n_paths=n, n_steps=n_steps, dt=dt, seed=seed, chunk_size=n, n_devices=1,
-                     compile_s=0.5, run_s=1.0, path_steps_per_s=n * n_steps, world=world,
-                     initial_equity=float(np.asarray(ep.account.initial_equity)))
+        tr = Trace(
+            t=np.arange(t) * dt,
+            mid=mid,
+            position=rng.normal(0, 1, (k, t, a)),
+            bid=mid - 1,
+            ask=mid + 1,
+            spread_quoted=np.full((k, t, a), 2.0),
+            sigma=f(),
+            cascade_intensity=f(),
+            equity=1e4 + np.cumsum(rng.normal(0, 10, (k, t)), 1),
+            maintenance=np.full((k, t), 100.0),
+            margin_ratio=np.full((k, t), 100.0),
+            regime=np.ones((k, t), np.int32),
+            true_regime=np.repeat(np.minimum(np.arange(t) // max(1, t // 4), 3)[None], k, 0),
+            true_cascade_intensity=f(),
+        )
+    return SimResult(
+        summary=s,
+        trace=tr,
+        n_paths=n,
+        n_steps=n_steps,
+        dt=dt,
+        seed=seed,
+        chunk_size=n,
+        n_devices=1,
+        compile_s=0.5,
+        run_s=1.0,
+        path_steps_per_s=n * n_steps,
+        world=world,
+        initial_equity=float(np.asarray(ep.account.initial_equity)),
+    )
 
 
 def check_risk_outputs(out: Path, m: dict, *, trace: bool = True) -> None:
@@ -96,8 +140,14 @@ def check_risk_outputs(out: Path, m: dict, *, trace: bool = True) -> None:
     assert {"count", "estimate", "ci_low", "ci_high"} <= set(m["p_liquidation"])
     assert {"threshold", "count", "estimate", "ci_low", "ci_high"} <= set(m["p_drawdown"])
     assert {"mean", "q50", "q95", "q99"} <= set(m["max_drawdown"])
-    assert set(m["pnl_decomposition"]) == {"spread_capture", "inventory", "adverse_selection", "fees", "funding",
-                                           "liquidation"}
+    assert set(m["pnl_decomposition"]) == {
+        "spread_capture",
+        "inventory",
+        "adverse_selection",
+        "fees",
+        "funding",
+        "liquidation",
+    }
     assert m["p_liquidation"]["ci_low"] <= m["p_liquidation"]["estimate"] <= m["p_liquidation"]["ci_high"]
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["n_paths"] == m["n_paths"] and RISK_KEYS <= set(on_disk)
@@ -108,7 +158,7 @@ def check_risk_outputs(out: Path, m: dict, *, trace: bool = True) -> None:
     else:
         assert "NOT certified" in report and "P(liquidation) ≈ 0" not in report
     assert (out / "config_resolved.yaml").exists()
-    paths = pd.read_parquet(out / "paths.parquet")     # one row per path, the metrics' sources
+    paths = pd.read_parquet(out / "paths.parquet")  # one row per path, the metrics' sources
     assert len(paths) == m["n_paths"]
     assert paths["pnl"].mean() == pytest.approx(m["pnl"]["mean"], rel=1e-6, abs=1e-9)
     assert int(paths["liquidated"].sum()) == m["p_liquidation"]["count"]
@@ -125,7 +175,8 @@ def test_pipeline_every_experiment(exp, tmp_path):
         assert len(m["as2008"]) == 6
         assert all(AS_KEYS <= set(r) for r in m["as2008"])
         assert {(r["gamma"], r["strategy"]) for r in m["as2008"]} == {
-            (g, s) for g in (0.1, 0.01, 1.0) for s in ("inventory", "symmetric")}
+            (g, s) for g in (0.1, 0.01, 1.0) for s in ("inventory", "symmetric")
+        }
         assert "paper" in (tmp_path / "report.md").read_text()
     else:
         check_risk_outputs(tmp_path, m)
@@ -134,8 +185,12 @@ def test_pipeline_every_experiment(exp, tmp_path):
 def test_report_states_the_scheduled_events(tmp_path):
     """A policy with scheduled events: the report's set-up states them (times, window, what is
     kept, the taker order) and the taker fee; the sample paths mark them."""
-    ev = ("policy.event_times_s=[20,40]", "policy.event_pull_before_s=5", "policy.event_pull_after_s=3",
-          "policy.event_flatten=0.5")
+    ev = (
+        "policy.event_times_s=[20,40]",
+        "policy.event_pull_before_s=5",
+        "policy.event_pull_after_s=3",
+        "policy.event_flatten=0.5",
+    )
     tasks.run_task(make_cfg(*tiny("cascade_stress"), *ev), tmp_path, simulate_fn=fake_simulate)
     report = (tmp_path / "report.md").read_text()
     assert "| scheduled events | t = 20, 40 s; quotes pulled from 5 s before to 3 s after;" in report
@@ -149,16 +204,21 @@ def test_report_states_the_scheduled_events(tmp_path):
 def test_certified_claim_only_under_the_bound(tmp_path):
     def safe(*a, **k):
         r = fake_simulate(*a, **k)
-        s = r.summary._replace(liquidated=np.zeros_like(r.summary.liquidated),
-                               liq_time=-np.ones_like(r.summary.liq_time))
+        s = r.summary._replace(
+            liquidated=np.zeros_like(r.summary.liquidated), liq_time=-np.ones_like(r.summary.liq_time)
+        )
         return SimResult(**{**r.__dict__, "summary": s})
 
-    m = tasks.run_task(make_cfg("experiment=baseline", "sim.n_paths=5000", "sim.n_trace=0", "risk.epsilon_liq=1e-3"),
-                     tmp_path / "a", simulate_fn=safe)
-    assert m["p_liquidation"]["count"] == 0 and m["p_liquidation_certified_zero"]     # CP upper bound 7.4e-4 <= 1e-3
+    m = tasks.run_task(
+        make_cfg("experiment=baseline", "sim.n_paths=5000", "sim.n_trace=0", "risk.epsilon_liq=1e-3"),
+        tmp_path / "a",
+        simulate_fn=safe,
+    )
+    assert m["p_liquidation"]["count"] == 0 and m["p_liquidation_certified_zero"]  # CP upper bound 7.4e-4 <= 1e-3
     assert "P(liquidation) ≈ 0" in (tmp_path / "a" / "report.md").read_text()
-    m = tasks.run_task(make_cfg("experiment=baseline", "sim.n_paths=100", "sim.n_trace=0"), tmp_path / "b",
-                     simulate_fn=safe)
+    m = tasks.run_task(
+        make_cfg("experiment=baseline", "sim.n_paths=100", "sim.n_trace=0"), tmp_path / "b", simulate_fn=safe
+    )
     assert m["p_liquidation"]["count"] == 0 and not m["p_liquidation_certified_zero"]
     assert "NOT certified" in (tmp_path / "b" / "report.md").read_text()
 
@@ -198,8 +258,18 @@ def test_as2008_cli_multirun(tmp_path):
     """``python -m mmsim.run -m experiment=as2008 ...``: two jobs, each with the six-run table, then
     the sweep summary of the callback."""
     env = {**os.environ, "MMSIM_COMPILE_CACHE": str(CACHE)}
-    cmd = [sys.executable, "-m", "mmsim.run", "-m", "experiment=as2008", "sim.n_paths=16", "sim.n_trace=2",
-           "sim.progress=false", "sim.seed=1,2", f"hydra.sweep.dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmsim.run",
+        "-m",
+        "experiment=as2008",
+        "sim.n_paths=16",
+        "sim.n_trace=2",
+        "sim.progress=false",
+        "sim.seed=1,2",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     jobs = sorted(d for d in tmp_path.iterdir() if (d / "metrics.json").exists())

@@ -21,15 +21,15 @@ FLAT_MARGIN_RATIO = 1e6
 @pytree_dataclass
 class AccountParams:
     """Attributes:
-        initial_equity: starting cash, quote currency.
-        leverage: exchange leverage L; the initial margin of a position is notional / L.
-        maintenance_margin: maintenance margin rate, fraction of notional (liquidation threshold).
-        maker_fee: fee on our (maker) fills, fraction of notional; negative = rebate.
-        taker_fee: fee on our taker orders' executions, fraction of notional.
-        liquidation_fee: fee charged on the notional closed at liquidation, fraction.
-        liquidation_slippage: adverse price of the liquidation close, fraction of mid.
-        max_inventory: hard limit on |position| per asset, base units ((A,) or scalar).
-        as_horizon_s: time constant of the recent-fill inventory used to attribute adverse selection.
+    initial_equity: starting cash, quote currency.
+    leverage: exchange leverage L; the initial margin of a position is notional / L.
+    maintenance_margin: maintenance margin rate, fraction of notional (liquidation threshold).
+    maker_fee: fee on our (maker) fills, fraction of notional; negative = rebate.
+    taker_fee: fee on our taker orders' executions, fraction of notional.
+    liquidation_fee: fee charged on the notional closed at liquidation, fraction.
+    liquidation_slippage: adverse price of the liquidation close, fraction of mid.
+    max_inventory: hard limit on |position| per asset, base units ((A,) or scalar).
+    as_horizon_s: time constant of the recent-fill inventory used to attribute adverse selection.
     """
 
     initial_equity: jax.Array | float = 10_000.0
@@ -47,8 +47,11 @@ class AccountParams:
         c.positive("initial_equity", "starting cash, quote currency")
         c.positive("leverage", "exchange leverage")
         c.between("maintenance_margin", 0.0, 1.0, "fraction of notional", open_lo=True)
-        c.require(float(c.value("maintenance_margin")) < 1.0 / float(c.value("leverage")), "maintenance_margin",
-                  f"must be below the initial margin rate 1/leverage = {1.0 / float(c.value('leverage')):g}")
+        c.require(
+            float(c.value("maintenance_margin")) < 1.0 / float(c.value("leverage")),
+            "maintenance_margin",
+            f"must be below the initial margin rate 1/leverage = {1.0 / float(c.value('leverage')):g}",
+        )
         c.between("maker_fee", -0.01, 0.01, "fraction of notional; negative is a rebate")
         c.between("taker_fee", 0.0, 0.01, "fraction of notional")
         c.between("liquidation_fee", 0.0, 0.5, "fraction of notional")
@@ -58,30 +61,30 @@ class AccountParams:
 
 
 class AccountState(NamedTuple):
-    cash: jax.Array            # () quote currency
-    position: jax.Array        # (A,) base units
-    last_mid: jax.Array        # (A,) mid of the previous observation
-    recent_fills: jax.Array    # (A,) base units, decaying copy of fills (adverse-selection attribution)
-    alive: jax.Array           # () bool, False after a liquidation
-    liquidated: jax.Array      # () bool
-    liq_time: jax.Array        # () seconds (-1 if never)
+    cash: jax.Array  # () quote currency
+    position: jax.Array  # (A,) base units
+    last_mid: jax.Array  # (A,) mid of the previous observation
+    recent_fills: jax.Array  # (A,) base units, decaying copy of fills (adverse-selection attribution)
+    alive: jax.Array  # () bool, False after a liquidation
+    liquidated: jax.Array  # () bool
+    liq_time: jax.Array  # () seconds (-1 if never)
     # Cumulative PnL components, quote currency.
-    pnl_spread: jax.Array      # ()
-    pnl_inventory: jax.Array   # ()
-    pnl_adverse: jax.Array     # ()
-    pnl_fees: jax.Array        # ()
-    pnl_funding: jax.Array     # ()
+    pnl_spread: jax.Array  # ()
+    pnl_inventory: jax.Array  # ()
+    pnl_adverse: jax.Array  # ()
+    pnl_fees: jax.Array  # ()
+    pnl_funding: jax.Array  # ()
     pnl_liquidation: jax.Array  # ()
-    volume_bid: jax.Array      # (A,) base units bought on our bid
-    volume_ask: jax.Array      # (A,) base units sold on our ask
-    n_fills: jax.Array         # (A, 2) fills on bid, ask
+    volume_bid: jax.Array  # (A,) base units bought on our bid
+    volume_ask: jax.Array  # (A,) base units sold on our ask
+    n_fills: jax.Array  # (A, 2) fills on bid, ask
 
 
 class AccountInfo(NamedTuple):
-    equity: jax.Array          # () quote currency
-    maintenance: jax.Array     # () quote currency
-    margin_ratio: jax.Array    # () equity / maintenance (liquidation at <= 1; FLAT_MARGIN_RATIO when flat)
-    notional: jax.Array        # () sum |q| mid
+    equity: jax.Array  # () quote currency
+    maintenance: jax.Array  # () quote currency
+    margin_ratio: jax.Array  # () equity / maintenance (liquidation at <= 1; FLAT_MARGIN_RATIO when flat)
+    notional: jax.Array  # () sum |q| mid
     available_margin: jax.Array  # () max(0, equity - notional / L)
     liquidated_now: jax.Array  # () bool
 
@@ -90,10 +93,23 @@ def init(params: AccountParams, n_assets: int, dtype=jnp.float32) -> AccountStat
     z = jnp.zeros((), dtype)
     za = jnp.zeros((n_assets,), dtype)
     return AccountState(
-        cash=jnp.asarray(params.initial_equity, dtype), position=za, last_mid=za, recent_fills=za,
-        alive=jnp.ones((), bool), liquidated=jnp.zeros((), bool), liq_time=-jnp.ones((), dtype),
-        pnl_spread=z, pnl_inventory=z, pnl_adverse=z, pnl_fees=z, pnl_funding=z, pnl_liquidation=z,
-        volume_bid=za, volume_ask=za, n_fills=jnp.zeros((n_assets, 2), dtype))
+        cash=jnp.asarray(params.initial_equity, dtype),
+        position=za,
+        last_mid=za,
+        recent_fills=za,
+        alive=jnp.ones((), bool),
+        liquidated=jnp.zeros((), bool),
+        liq_time=-jnp.ones((), dtype),
+        pnl_spread=z,
+        pnl_inventory=z,
+        pnl_adverse=z,
+        pnl_fees=z,
+        pnl_funding=z,
+        pnl_liquidation=z,
+        volume_bid=za,
+        volume_ask=za,
+        n_fills=jnp.zeros((n_assets, 2), dtype),
+    )
 
 
 def equity(state: AccountState, mid: jax.Array) -> jax.Array:
@@ -107,8 +123,14 @@ def margins(params: AccountParams, state: AccountState, mid: jax.Array) -> Accou
     maint = jnp.sum(params.maintenance_margin * jnp.abs(state.position) * mid)
     ratio = jnp.where(maint > 0, eq / jnp.where(maint > 0, maint, 1.0), FLAT_MARGIN_RATIO)
     avail = jnp.maximum(eq - jnp.sum(jnp.abs(state.position) * mid / params.leverage), 0.0)
-    return AccountInfo(equity=eq, maintenance=maint, margin_ratio=ratio.astype(eq.dtype), notional=notional,
-                       available_margin=avail, liquidated_now=jnp.zeros((), bool))
+    return AccountInfo(
+        equity=eq,
+        maintenance=maint,
+        margin_ratio=ratio.astype(eq.dtype),
+        notional=notional,
+        available_margin=avail,
+        liquidated_now=jnp.zeros((), bool),
+    )
 
 
 def update(params: AccountParams, state: AccountState, obs: Observation) -> tuple[AccountState, AccountInfo]:
@@ -132,7 +154,7 @@ def update(params: AccountParams, state: AccountState, obs: Observation) -> tupl
     spread_cap = jnp.sum(fb * (mid_before - pb) + fa * (pa - mid_before))
     q = state.position + fb - fa
     traded = fb - fa
-    if obs.fill_take_size is not None:   # static: only a policy that sends taker orders reports these
+    if obs.fill_take_size is not None:  # static: only a policy that sends taker orders reports these
         tk = jnp.where(take, obs.fill_take_size, 0.0)
         pk = jnp.where(take, obs.fill_take_price, 0.0)
         taker_fees = jnp.sum(params.taker_fee * jnp.abs(tk) * pk)
@@ -154,18 +176,29 @@ def update(params: AccountParams, state: AccountState, obs: Observation) -> tupl
     cash = cash - pay
 
     new = state._replace(
-        cash=cash, position=q, last_mid=mid, recent_fills=y,
-        pnl_spread=state.pnl_spread + spread_cap, pnl_inventory=state.pnl_inventory + (mtm_total - mtm_adverse),
-        pnl_adverse=state.pnl_adverse + mtm_adverse, pnl_fees=state.pnl_fees - fees,
-        pnl_funding=state.pnl_funding - pay, volume_bid=state.volume_bid + fb, volume_ask=state.volume_ask + fa,
-        n_fills=state.n_fills + jnp.stack([fb > 0, fa > 0], axis=-1).astype(dtype))
+        cash=cash,
+        position=q,
+        last_mid=mid,
+        recent_fills=y,
+        pnl_spread=state.pnl_spread + spread_cap,
+        pnl_inventory=state.pnl_inventory + (mtm_total - mtm_adverse),
+        pnl_adverse=state.pnl_adverse + mtm_adverse,
+        pnl_fees=state.pnl_fees - fees,
+        pnl_funding=state.pnl_funding - pay,
+        volume_bid=state.volume_bid + fb,
+        volume_ask=state.volume_ask + fa,
+        n_fills=state.n_fills + jnp.stack([fb > 0, fa > 0], axis=-1).astype(dtype),
+    )
 
     # 4. Liquidation.
     info = margins(params, new, mid)
-    breach = dist.materialise_small(state.alive & (jnp.sum(jnp.abs(q)) > 0) & (info.equity <= info.maintenance))   # feeds every field: computed once
+    breach = dist.materialise_small(
+        state.alive & (jnp.sum(jnp.abs(q)) > 0) & (info.equity <= info.maintenance)
+    )  # feeds every field: computed once
     close_px = mid * (1.0 - jnp.sign(q) * params.liquidation_slippage)
     liq_cost = jnp.sum(jnp.abs(q) * mid * params.liquidation_slippage) + jnp.sum(
-        params.liquidation_fee * jnp.abs(q) * mid)
+        params.liquidation_fee * jnp.abs(q) * mid
+    )
     cash_liq = cash + jnp.sum(q * close_px) - jnp.sum(params.liquidation_fee * jnp.abs(q) * mid)
     new = new._replace(
         cash=jnp.where(breach, cash_liq, new.cash),
@@ -180,10 +213,13 @@ def update(params: AccountParams, state: AccountState, obs: Observation) -> tupl
     # positions (equity = cash, no maintenance requirement), the same numbers margins() gives.
     eq_liq = new.cash
     info = AccountInfo(
-        equity=jnp.where(breach, eq_liq, info.equity), maintenance=jnp.where(breach, 0.0, info.maintenance),
+        equity=jnp.where(breach, eq_liq, info.equity),
+        maintenance=jnp.where(breach, 0.0, info.maintenance),
         margin_ratio=jnp.where(breach, FLAT_MARGIN_RATIO, info.margin_ratio).astype(dtype),
         notional=jnp.where(breach, 0.0, info.notional),
-        available_margin=jnp.where(breach, jnp.maximum(eq_liq, 0.0), info.available_margin), liquidated_now=breach)
+        available_margin=jnp.where(breach, jnp.maximum(eq_liq, 0.0), info.available_margin),
+        liquidated_now=breach,
+    )
     return new, info
 
 
@@ -193,18 +229,38 @@ PNL_COMPONENTS = ("spread_capture", "inventory", "adverse_selection", "fees", "f
 
 def pnl_components(state: AccountState) -> jax.Array:
     """The cumulative PnL components stacked in :data:`PNL_COMPONENTS` order, (6,) quote currency."""
-    return jnp.stack([state.pnl_spread, state.pnl_inventory, state.pnl_adverse, state.pnl_fees, state.pnl_funding,
-                      state.pnl_liquidation])
+    return jnp.stack(
+        [
+            state.pnl_spread,
+            state.pnl_inventory,
+            state.pnl_adverse,
+            state.pnl_fees,
+            state.pnl_funding,
+            state.pnl_liquidation,
+        ]
+    )
 
 
 def total_pnl(state: AccountState) -> jax.Array:
     """Sum of the PnL components (equals equity - initial equity)."""
-    return (state.pnl_spread + state.pnl_inventory + state.pnl_adverse + state.pnl_fees + state.pnl_funding
-            + state.pnl_liquidation)
+    return (
+        state.pnl_spread
+        + state.pnl_inventory
+        + state.pnl_adverse
+        + state.pnl_fees
+        + state.pnl_funding
+        + state.pnl_liquidation
+    )
 
 
-def limit_sizes(params: AccountParams, state: AccountState, info: AccountInfo, mid: jax.Array,
-                bid_size: jax.Array, ask_size: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+def limit_sizes(
+    params: AccountParams,
+    state: AccountState,
+    info: AccountInfo,
+    mid: jax.Array,
+    bid_size: jax.Array,
+    ask_size: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Sizes the account admits, and whether each side may be quoted at all.
 
     A side whose fill would take |position| beyond ``max_inventory`` is not quoted (the hard limit);
@@ -213,8 +269,8 @@ def limit_sizes(params: AccountParams, state: AccountState, info: AccountInfo, m
     Returns ``(bid_size, ask_size, bid_ok, ask_ok)``, shapes (A,).
     """
     q = state.position
-    room_bid = params.max_inventory - q          # buying raises q
-    room_ask = params.max_inventory + q          # selling lowers q
+    room_bid = params.max_inventory - q  # buying raises q
+    room_ask = params.max_inventory + q  # selling lowers q
     margin_cap = info.available_margin * params.leverage / jnp.maximum(mid, 1e-12)
     cap_bid = jnp.where(q >= 0, jnp.minimum(room_bid, margin_cap), room_bid)
     cap_ask = jnp.where(q <= 0, jnp.minimum(room_ask, margin_cap), room_ask)

@@ -30,22 +30,22 @@ def takes(p: PolicyParams) -> bool:
 class PolicyInputs(NamedTuple):
     """What a policy sees (assembled by the engine from its estimators and account)."""
 
-    t: jax.Array              # () seconds since the start
-    mid: jax.Array            # (A,) quote currency
-    tick: jax.Array           # (A,) price tick
-    sigma: jax.Array          # (A,) log-mid volatility per sqrt second over the policy horizon
-    regime: jax.Array         # () int32 volatility regime (0 low .. 3 extreme)
-    position: jax.Array       # (A,) base units
+    t: jax.Array  # () seconds since the start
+    mid: jax.Array  # (A,) quote currency
+    tick: jax.Array  # (A,) price tick
+    sigma: jax.Array  # (A,) log-mid volatility per sqrt second over the policy horizon
+    regime: jax.Array  # () int32 volatility regime (0 low .. 3 extreme)
+    position: jax.Array  # (A,) base units
     available_margin: jax.Array  # () quote currency
-    margin_ratio: jax.Array   # () equity / maintenance margin
-    leverage: jax.Array       # () exchange leverage
-    as_adjust: jax.Array      # (A,) adverse-selection spread adjustment, fraction of mid
-    informed: jax.Array       # (A,) estimated informed fraction alpha in [0, 1]
-    tail_risk: jax.Array      # (A,) liquidation tail-risk multiplier >= 1
-    pull_cascade: jax.Array   # (A,) bool: severe cascade, pull quotes
+    margin_ratio: jax.Array  # () equity / maintenance margin
+    leverage: jax.Array  # () exchange leverage
+    as_adjust: jax.Array  # (A,) adverse-selection spread adjustment, fraction of mid
+    informed: jax.Array  # (A,) estimated informed fraction alpha in [0, 1]
+    tail_risk: jax.Array  # (A,) liquidation tail-risk multiplier >= 1
+    pull_cascade: jax.Array  # (A,) bool: severe cascade, pull quotes
     flow_imbalance: jax.Array  # (A,) in [-1, 1]
-    daily_volume: jax.Array   # (A,) base units traded per day (estimated)
-    ready: jax.Array          # () bool: estimators warmed up
+    daily_volume: jax.Array  # (A,) base units traded per day (estimated)
+    ready: jax.Array  # () bool: estimators warmed up
 
 
 @pytree_dataclass
@@ -128,22 +128,31 @@ class PolicyParams:
         c.between("size_fraction", 0.0, 1.0, "fraction of available margin per quote", open_lo=True)
         c.positive("volume_fraction", "fraction of daily volume")
         c.nonneg("min_spread_frac", "fraction of mid")
-        c.require(bool(np.all(c.value("max_spread_frac") > c.value("min_spread_frac"))), "max_spread_frac",
-                  "must exceed min_spread_frac")
+        c.require(
+            bool(np.all(c.value("max_spread_frac") > c.value("min_spread_frac"))),
+            "max_spread_frac",
+            "must exceed min_spread_frac",
+        )
         c.finite("flow_skew")
         c.finite("sigma_price")
         c.nonneg("pull_margin_ratio")
         c.nonneg("band_min_frac")
-        c.require(bool(np.all(c.value("band_max_frac") > c.value("band_min_frac"))), "band_max_frac",
-                  "must exceed band_min_frac")
+        c.require(
+            bool(np.all(c.value("band_max_frac") > c.value("band_min_frac"))),
+            "band_max_frac",
+            "must exceed band_min_frac",
+        )
         c.between("cascade_keep_reducing", 0.0, 1.0, "fraction of the reducing side's size kept in a cascade")
         c.require(np.ndim(c.value("event_times_s")) <= 1, "event_times_s", "must be a list of times, seconds")
         c.finite("event_times_s", "seconds on the engine's clock")
         c.nonneg("event_pull_before_s", "seconds before an event")
         c.nonneg("event_pull_after_s", "seconds after an event")
         c.between("event_keep_reducing", 0.0, 1.0, "fraction of the reducing side's size kept around an event")
-        c.require(bool(np.all(np.isin(c.value("event_reduce_at_touch"), (0.0, 1.0)))), "event_reduce_at_touch",
-                  "must be 0 or 1 (false or true)")
+        c.require(
+            bool(np.all(np.isin(c.value("event_reduce_at_touch"), (0.0, 1.0)))),
+            "event_reduce_at_touch",
+            "must be 0 or 1 (false or true)",
+        )
         c.between("event_flatten", 0.0, 1.0, "fraction of the position closed by a taker order in an event window")
 
 
@@ -174,8 +183,6 @@ def glft_offsets(q, gamma, sigma_p, k, A, lot=1.0):
 
 # --------------------------------------------------------------------------------------------
 # Policies
-
-
 
 
 def _spec(p: PolicyParams, x: PolicyInputs) -> tuple[jax.Array, ...]:
@@ -239,19 +246,18 @@ def round_to_tick(bid: jax.Array, ask: jax.Array, tick: jax.Array) -> tuple[jax.
     nearest, which can cross a one-tick quote). A tick <= 0 means a continuous price grid."""
     on = tick > 0
     t = jnp.where(on, tick, 1.0)
-    return (jnp.where(on, jnp.floor(bid / t + 1e-6) * t, bid),
-            jnp.where(on, jnp.ceil(ask / t - 1e-6) * t, ask))
+    return (jnp.where(on, jnp.floor(bid / t + 1e-6) * t, bid), jnp.where(on, jnp.ceil(ask / t - 1e-6) * t, ask))
 
 
 def validate_quote(p: PolicyParams, q: Quote, mid: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Spec's validate_quote as masks: a side stays active only if the quote is finite, not crossed,
     positively priced, with size >= 0 and a spread inside the band (fractions of mid)."""
-    finite = jnp.isfinite(q.bid_price) & jnp.isfinite(q.ask_price) & jnp.isfinite(q.bid_size) \
-        & jnp.isfinite(q.ask_size)
+    finite = jnp.isfinite(q.bid_price) & jnp.isfinite(q.ask_price) & jnp.isfinite(q.bid_size) & jnp.isfinite(q.ask_size)
     spread = q.ask_price - q.bid_price
     frac = spread / jnp.maximum(mid, 1e-12)
-    ok = finite & (q.bid_price < q.ask_price) & (q.bid_price > 0) & (frac >= p.band_min_frac) \
-        & (frac <= p.band_max_frac)
+    ok = (
+        finite & (q.bid_price < q.ask_price) & (q.bid_price > 0) & (frac >= p.band_min_frac) & (frac <= p.band_max_frac)
+    )
     return q.bid_active & ok & (q.bid_size > 0), q.ask_active & ok & (q.ask_size > 0)
 
 
@@ -259,8 +265,12 @@ def _keep_reducing(flag, keep, reduce_only, active, bsz, asz):
     """Where ``flag``: only the side that reduces |position| stays, at ``keep`` times its size
     (``keep`` <= 0: both sides pulled). Returns the updated ``(reduce_only, active, bsz, asz)``."""
     keep = jnp.asarray(keep, bsz.dtype)
-    return (reduce_only | flag, active & ~(flag & (keep <= 0.0)), jnp.where(flag, bsz * keep, bsz),
-            jnp.where(flag, asz * keep, asz))
+    return (
+        reduce_only | flag,
+        active & ~(flag & (keep <= 0.0)),
+        jnp.where(flag, bsz * keep, bsz),
+        jnp.where(flag, asz * keep, asz),
+    )
 
 
 def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
@@ -277,7 +287,7 @@ def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
         # instead of paying through the book.
         bid = jnp.minimum(bid, x.mid - x.tick / 2.0)
         ask = jnp.maximum(ask, x.mid + x.tick / 2.0)
-    events = takes(p)   # static: without events nothing is computed
+    events = takes(p)  # static: without events nothing is computed
     if events:
         t_e = jnp.reshape(jnp.asarray(p.event_times_s, x.mid.dtype), (-1,))
         in_event = jnp.any((x.t >= t_e - p.event_pull_before_s) & (x.t <= t_e + p.event_pull_after_s))
@@ -308,11 +318,18 @@ def quote(p: PolicyParams, x: PolicyInputs) -> Quote:
     bid_on = active & ~(reduce_only & (x.position >= 0))
     ask_on = active & ~(reduce_only & (x.position <= 0))
     qt = Quote(bid, ask, bsz, asz, bid_on, ask_on)
-    bid_ok, ask_ok = dist.materialise_small(validate_quote(p, qt, x.mid))   # computed once, not per field
+    bid_ok, ask_ok = dist.materialise_small(validate_quote(p, qt, x.mid))  # computed once, not per field
     zero = jnp.zeros_like(bid)
     # Flattening into an event with a taker order: a fraction of the position, towards flat.
     take = None
     if events:
         take = jnp.where(in_event & ready, -jnp.asarray(p.event_flatten, bid.dtype) * x.position, zero)
-    return Quote(jnp.where(bid_ok, bid, zero), jnp.where(ask_ok, ask, zero), jnp.where(bid_ok, bsz, zero),
-                 jnp.where(ask_ok, asz, zero), bid_ok, ask_ok, take)
+    return Quote(
+        jnp.where(bid_ok, bid, zero),
+        jnp.where(ask_ok, ask, zero),
+        jnp.where(bid_ok, bsz, zero),
+        jnp.where(ask_ok, asz, zero),
+        bid_ok,
+        ask_ok,
+        take,
+    )

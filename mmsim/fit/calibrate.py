@@ -74,17 +74,22 @@ def _single_thread_blas():
     restore = []
     try:
         with open("/proc/self/maps") as fh:
-            paths = {parts[-1] for parts in (ln.split() for ln in fh)
-                     if len(parts) >= 6 and "openblas" in os.path.basename(parts[-1]).lower()}
+            paths = {
+                parts[-1]
+                for parts in (ln.split() for ln in fh)
+                if len(parts) >= 6 and "openblas" in os.path.basename(parts[-1]).lower()
+            }
         for path in paths:
             try:
                 lib = ctypes.CDLL(path)
             except OSError:
                 continue
-            for get, set_ in (("openblas_get_num_threads", "openblas_set_num_threads"),
-                              ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-                              ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-                              ("openblas_get_num_threads64_", "openblas_set_num_threads64_")):
+            for get, set_ in (
+                ("openblas_get_num_threads", "openblas_set_num_threads"),
+                ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+                ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+                ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+            ):
                 if hasattr(lib, get) and hasattr(lib, set_):
                     n = int(getattr(lib, get)())
                     getattr(lib, set_)(1)
@@ -136,11 +141,15 @@ def aggregate_market_orders(trades: pd.DataFrame) -> pd.DataFrame:
     """
     t = trades.assign(notional=trades["price"] * trades["qty"])
     g = t.groupby(["time", "side"], sort=True)
-    out = g.agg(qty=("qty", "sum"), notional=("notional", "sum"), first_price=("price", "first"),
-                last_price=("price", "last"), n_fills=("qty", "size")).reset_index()
+    out = g.agg(
+        qty=("qty", "sum"),
+        notional=("notional", "sum"),
+        first_price=("price", "first"),
+        last_price=("price", "last"),
+        n_fills=("qty", "size"),
+    ).reset_index()
     out["vwap"] = out["notional"] / out["qty"]
-    return out[["time", "side", "qty", "notional", "vwap", "first_price", "last_price",
-                "n_fills"]]
+    return out[["time", "side", "qty", "notional", "vwap", "first_price", "last_price", "n_fills"]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,13 +218,14 @@ def _mv_loglik(t, k, T, mu, a, beta, grad=True):
     if np.any(lam <= 0) or not np.all(np.isfinite(lam)):
         return -np.inf, None, None, None, lam, A
     E = np.exp(-beta * (T - t))
+
     # Sums by event type via bincount rather than matrix products: tiny BLAS calls wake
     # OpenBLAS's thread pool, whose spinning threads slow everything else on a shared CPU.
     def by_type(v):
         return np.bincount(k, weights=v, minlength=dim)
 
-    G = by_type(1.0 - E)          # (D,) sum over type-d events of (1 - e^{-beta (T - t_j)})
-    colsum = a.sum(axis=0)         # total excitation a type-d event gives all dimensions
+    G = by_type(1.0 - E)  # (D,) sum over type-d events of (1 - e^{-beta (T - t_j)})
+    colsum = a.sum(axis=0)  # total excitation a type-d event gives all dimensions
     ll = float(np.sum(np.log(lam)) - T * mu.sum() - np.dot(colsum, G) / beta)
     if not grad:
         return ll, None, None, None, lam, A
@@ -255,8 +265,7 @@ def hawkes_exp_loglik(times, T: float, mu: float, alpha: float, beta: float, t0:
     """
     t, horizon = _prepare_times(times, T, t0)
     k = np.zeros(len(t), dtype=np.int64)
-    ll, *_ = _mv_loglik(t, k, horizon, np.array([mu], float), np.array([[alpha]], float),
-                        float(beta), grad=False)
+    ll, *_ = _mv_loglik(t, k, horizon, np.array([mu], float), np.array([[alpha]], float), float(beta), grad=False)
     return ll
 
 
@@ -355,16 +364,24 @@ def fit_hawkes_exp(times, T: float, t0: float = 0.0, *, max_branching: float = 0
         return -ll / n, -g / n
 
     lo_b, hi_b = math.log(1e-3 / horizon), math.log(1e4 * max(rate, 1.0 / horizon) + 1e3)
-    bounds = [(math.log(1e-6 * rate), math.log(10 * rate)), (math.log(1e-6), math.log(max_branching)),
-              (lo_b, hi_b)]
+    bounds = [(math.log(1e-6 * rate), math.log(10 * rate)), (math.log(1e-6), math.log(max_branching)), (lo_b, hi_b)]
     best = None
     for b0 in (0.3, 3.0, 30.0):
         for n0 in (0.2, 0.6):
             beta0 = b0 * rate
-            z0 = np.clip([math.log(rate * (1 - n0)), math.log(n0), math.log(beta0)],
-                         [b[0] for b in bounds], [b[1] for b in bounds])
-            res = optimize.minimize(nll, z0, jac=True, method="L-BFGS-B", bounds=bounds,
-                                    options={"maxiter": 1000, "ftol": 1e-13, "gtol": 1e-9})
+            z0 = np.clip(
+                [math.log(rate * (1 - n0)), math.log(n0), math.log(beta0)],
+                [b[0] for b in bounds],
+                [b[1] for b in bounds],
+            )
+            res = optimize.minimize(
+                nll,
+                z0,
+                jac=True,
+                method="L-BFGS-B",
+                bounds=bounds,
+                options={"maxiter": 1000, "ftol": 1e-13, "gtol": 1e-9},
+            )
             if best is None or res.fun < best.fun:
                 best = res
     mu, alpha, beta = unpack(best.x)
@@ -385,21 +402,39 @@ def fit_hawkes_exp(times, T: float, t0: float = 0.0, *, max_branching: float = 0
     ks, ksp = _ks_exp(tau)
     ll0 = n * math.log(rate) - n
     ks0, ksp0 = _ks_exp(np.diff(np.concatenate([[0.0], t])) * rate)
-    at_bound = bool(np.any(np.isclose(best.x, [b[0] for b in bounds], atol=1e-6)
-                           | np.isclose(best.x, [b[1] for b in bounds], atol=1e-6)))
+    at_bound = bool(
+        np.any(
+            np.isclose(best.x, [b[0] for b in bounds], atol=1e-6)
+            | np.isclose(best.x, [b[1] for b in bounds], atol=1e-6)
+        )
+    )
     return {
-        "mu": mu, "mu_se": se[0], "alpha": alpha, "alpha_se": se[1], "beta": beta,
-        "beta_se": se[2], "branching": nb, "branching_se": float(np.sqrt(jb @ cov @ jb)),
-        "stationary_rate": mu / (1 - nb), "mean_rate": rate,
-        "loglik": ll, "loglik_poisson": ll0, "lr_stat": 2 * (ll - ll0),
-        "ks_stat": ks, "ks_pvalue": ksp, "ks_stat_poisson": ks0, "ks_pvalue_poisson": ksp0,
-        "n": n, "window": horizon, "converged": bool(best.success), "at_bound": at_bound,
+        "mu": mu,
+        "mu_se": se[0],
+        "alpha": alpha,
+        "alpha_se": se[1],
+        "beta": beta,
+        "beta_se": se[2],
+        "branching": nb,
+        "branching_se": float(np.sqrt(jb @ cov @ jb)),
+        "stationary_rate": mu / (1 - nb),
+        "mean_rate": rate,
+        "loglik": ll,
+        "loglik_poisson": ll0,
+        "lr_stat": 2 * (ll - ll0),
+        "ks_stat": ks,
+        "ks_pvalue": ksp,
+        "ks_stat_poisson": ks0,
+        "ks_pvalue_poisson": ksp0,
+        "n": n,
+        "window": horizon,
+        "converged": bool(best.success),
+        "at_bound": at_bound,
     }
 
 
 @_blas_one_thread
-def fit_hawkes_bivariate_exp(times_buy, times_sell, T: float, t0: float = 0.0, *,
-                             max_branching: float = 0.999) -> dict:
+def fit_hawkes_bivariate_exp(times_buy, times_sell, T: float, t0: float = 0.0, *, max_branching: float = 0.999) -> dict:
     """MLE of the spec's buy/sell Hawkes pair (Part 5) with one decay rate.
 
     Model (times in seconds, intensities per second)::
@@ -443,34 +478,70 @@ def fit_hawkes_bivariate_exp(times_buy, times_sell, T: float, t0: float = 0.0, *
             return 1e300, np.zeros(6)
         g_ab, g_as, g_c = da[0, 0], da[1, 1], da[0, 1] + da[1, 0]
         ab, as_, c = a[0, 0], a[1, 1], a[0, 1]
-        g = np.array([mu[0] * dmu[0], mu[1] * dmu[1], ab * g_ab, as_ * g_as, c * g_c,
-                      ab * g_ab + as_ * g_as + c * g_c + beta * db])
+        g = np.array(
+            [
+                mu[0] * dmu[0],
+                mu[1] * dmu[1],
+                ab * g_ab,
+                as_ * g_as,
+                c * g_c,
+                ab * g_ab + as_ * g_as + c * g_c + beta * db,
+            ]
+        )
         return -ll / n, -g / n
 
     rb, rs = len(tb) / horizon, len(ts) / horizon
     rate = n / horizon
     lk = (math.log(1e-8), math.log(max_branching))
-    bounds = [(math.log(1e-6 * rb), math.log(10 * rb)), (math.log(1e-6 * rs), math.log(10 * rs)),
-              lk, lk, lk, (math.log(1e-3 / horizon), math.log(1e4 * rate + 1e3))]
+    bounds = [
+        (math.log(1e-6 * rb), math.log(10 * rb)),
+        (math.log(1e-6 * rs), math.log(10 * rs)),
+        lk,
+        lk,
+        lk,
+        (math.log(1e-3 / horizon), math.log(1e4 * rate + 1e3)),
+    ]
     # Starts: the univariate fits (a good beta) and a few generic points.
     starts = []
     for b0 in (0.3, 3.0, 30.0):
         for n0 in (0.2, 0.5):
-            starts.append([math.log(rb * (1 - n0)), math.log(rs * (1 - n0)), math.log(0.8 * n0),
-                           math.log(0.8 * n0), math.log(0.2 * n0), math.log(b0 * rate)])
+            starts.append(
+                [
+                    math.log(rb * (1 - n0)),
+                    math.log(rs * (1 - n0)),
+                    math.log(0.8 * n0),
+                    math.log(0.8 * n0),
+                    math.log(0.2 * n0),
+                    math.log(b0 * rate),
+                ]
+            )
     try:
         ub = fit_hawkes_exp(tb + t0, T, t0)
         us = fit_hawkes_exp(ts + t0, T, t0)
         b_init = math.sqrt(ub["beta"] * us["beta"])
-        starts.append([math.log(ub["mu"]), math.log(us["mu"]), math.log(max(ub["branching"], 1e-3)),
-                       math.log(max(us["branching"], 1e-3)), math.log(0.05), math.log(b_init)])
+        starts.append(
+            [
+                math.log(ub["mu"]),
+                math.log(us["mu"]),
+                math.log(max(ub["branching"], 1e-3)),
+                math.log(max(us["branching"], 1e-3)),
+                math.log(0.05),
+                math.log(b_init),
+            ]
+        )
     except (ValueError, FloatingPointError):
         pass
     lo, hi = np.array([b[0] for b in bounds]), np.array([b[1] for b in bounds])
     best = None
     for z0 in starts:
-        res = optimize.minimize(nll, np.clip(z0, lo, hi), jac=True, method="L-BFGS-B",
-                                bounds=bounds, options={"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-9})
+        res = optimize.minimize(
+            nll,
+            np.clip(z0, lo, hi),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds,
+            options={"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-9},
+        )
         if best is None or res.fun < best.fun:
             best = res
     mu, a, beta = natural(best.x)
@@ -488,7 +559,7 @@ def fit_hawkes_bivariate_exp(times_buy, times_sell, T: float, t0: float = 0.0, *
     se = np.sqrt(np.diag(cov))
     K = a / beta
     radius = float(np.max(np.abs(np.linalg.eigvals(K))))
-    stat = (np.linalg.solve(np.eye(2) - K, mu) if radius < 1 else np.full(2, np.inf))
+    stat = np.linalg.solve(np.eye(2) - K, mu) if radius < 1 else np.full(2, np.inf)
     ll, _, _, _, _, A = _mv_loglik(t, k, horizon, mu, a, beta, grad=False)
     ksb = _ks_exp(_compensator_increments(t, k, mu, a, beta, A, 0))
     kss = _ks_exp(_compensator_increments(t, k, mu, a, beta, A, 1))
@@ -498,11 +569,22 @@ def fit_hawkes_bivariate_exp(times_buy, times_sell, T: float, t0: float = 0.0, *
     for i, name in enumerate(names):
         out[name] = float(p[i])
         out[name + "_se"] = float(se[i])
-    out.update(spectral_radius=radius, stationary_rate_buy=float(stat[0]),
-               stationary_rate_sell=float(stat[1]), loglik=ll, ks_stat_buy=ksb[0],
-               ks_pvalue_buy=ksb[1], ks_stat_sell=kss[0], ks_pvalue_sell=kss[1],
-               n_buy=len(tb), n_sell=len(ts), n=n, window=horizon,
-               converged=bool(best.success), at_bound=at_bound)
+    out.update(
+        spectral_radius=radius,
+        stationary_rate_buy=float(stat[0]),
+        stationary_rate_sell=float(stat[1]),
+        loglik=ll,
+        ks_stat_buy=ksb[0],
+        ks_pvalue_buy=ksb[1],
+        ks_stat_sell=kss[0],
+        ks_pvalue_sell=kss[1],
+        n_buy=len(tb),
+        n_sell=len(ts),
+        n=n,
+        window=horizon,
+        converged=bool(best.success),
+        at_bound=at_bound,
+    )
     return out
 
 
@@ -546,12 +628,20 @@ def fit_ou(x, dt: float) -> dict:
     resid = x1 - X @ coef
     s2 = float(resid @ resid / (n - 2))
     cov_ab = s2 * np.linalg.inv(X.T @ X)
-    out = {"b": float(b), "b_se": float(np.sqrt(cov_ab[1, 1])), "resid_sd": math.sqrt(s2),
-           "n": n, "dt": float(dt)}
+    out = {"b": float(b), "b_se": float(np.sqrt(cov_ab[1, 1])), "resid_sd": math.sqrt(s2), "n": n, "dt": float(dt)}
     nan = float("nan")
     if not (0.0 < b < 1.0):
-        out.update(kappa=nan, kappa_se=nan, theta=nan, theta_se=nan, sigma=nan, sigma_se=nan,
-                   half_life=nan, stationary_sd=nan, mean_reverting=False)
+        out.update(
+            kappa=nan,
+            kappa_se=nan,
+            theta=nan,
+            theta_se=nan,
+            sigma=nan,
+            sigma_se=nan,
+            half_life=nan,
+            stationary_sd=nan,
+            mean_reverting=False,
+        )
         return out
 
     def g(q):
@@ -572,10 +662,17 @@ def fit_ou(x, dt: float) -> dict:
         J[:, j] = (g(q + e) - g(q - e)) / (2 * h)
     val = g(q)
     se = np.sqrt(np.diag(J @ cov @ J.T))
-    out.update(kappa=float(val[0]), kappa_se=float(se[0]), theta=float(val[1]),
-               theta_se=float(se[1]), sigma=float(val[2]), sigma_se=float(se[2]),
-               half_life=math.log(2) / val[0], stationary_sd=float(val[2] / math.sqrt(2 * val[0])),
-               mean_reverting=True)
+    out.update(
+        kappa=float(val[0]),
+        kappa_se=float(se[0]),
+        theta=float(val[1]),
+        theta_se=float(se[1]),
+        sigma=float(val[2]),
+        sigma_se=float(se[2]),
+        half_life=math.log(2) / val[0],
+        stationary_sd=float(val[2] / math.sqrt(2 * val[0])),
+        mean_reverting=True,
+    )
     return out
 
 
@@ -611,8 +708,7 @@ def hill_tail_index(sizes, k: int | None = None) -> dict:
     thr = xs[k]
     s = float(np.sum(np.log(xs[:k] / thr)))
     alpha = k / s if s > 0 else float("inf")
-    return {"value": alpha, "se": alpha / math.sqrt(k), "k": k, "n": n, "x_min": float(thr),
-            "tail_fraction": k / n}
+    return {"value": alpha, "se": alpha / math.sqrt(k), "k": k, "n": n, "x_min": float(thr), "tail_fraction": k / n}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -661,12 +757,19 @@ def realized_variance_per_second(bars: pd.DataFrame, *, block: int = 1440) -> di
     v = float(np.sum(r * r) / np.sum(dt))
     se = _batch_se(r * r, dt, block)
     sig = math.sqrt(v)
-    return {"value": v, "se": se, "sigma": sig, "sigma_se": se / (2 * sig) if sig > 0 else float("nan"),
-            "sigma_annual": math.sqrt(v * 365.25 * 86400), "n": len(r)}
+    return {
+        "value": v,
+        "se": se,
+        "sigma": sig,
+        "sigma_se": se / (2 * sig) if sig > 0 else float("nan"),
+        "sigma_annual": math.sqrt(v * 365.25 * 86400),
+        "n": len(r),
+    }
 
 
-def volatility_regimes(bars: pd.DataFrame, *, window_s: float = 3600.0,
-                       thresholds: tuple[float, float, float] = REGIME_THRESHOLDS) -> dict:
+def volatility_regimes(
+    bars: pd.DataFrame, *, window_s: float = 3600.0, thresholds: tuple[float, float, float] = REGIME_THRESHOLDS
+) -> dict:
     """Classify minutes into the spec's volatility regimes and estimate the regime chain.
 
     The regime at each bar is read from the trailing realized vol over ``window_s`` (1 hour, the
@@ -700,11 +803,11 @@ def volatility_regimes(bars: pd.DataFrame, *, window_s: float = 3600.0,
     v_bar = float(np.sum(r * r) / np.sum(dt))
     c2 = np.concatenate([[0.0], np.cumsum(r * r)])
     cd = np.concatenate([[0.0], np.cumsum(dt)])
-    idx = np.arange(win, n_all + 1)             # window (idx - win, idx]
+    idx = np.arange(win, n_all + 1)  # window (idx - win, idx]
     rv = (c2[idx] - c2[idx - win]) / (cd[idx] - cd[idx - win])
     ratio = np.sqrt(rv / v_bar)
-    reg = np.digitize(ratio, thresholds)         # 0 low, 1 normal, 2 high, 3 extreme
-    rr, dd = r[win - 1:], dt[win - 1:]          # the return classified at each idx
+    reg = np.digitize(ratio, thresholds)  # 0 low, 1 normal, 2 high, 3 extreme
+    rr, dd = r[win - 1 :], dt[win - 1 :]  # the return classified at each idx
     m = len(REGIME_NAMES)
     occ = np.zeros(m)
     var = np.full(m, np.nan)
@@ -735,11 +838,22 @@ def volatility_regimes(bars: pd.DataFrame, *, window_s: float = 3600.0,
     with np.errstate(divide="ignore"):
         hold = np.where(np.diag(Q) < 0, -1.0 / np.diag(Q), np.inf)
     return {
-        "names": REGIME_NAMES, "thresholds": tuple(thresholds), "long_run_variance": v_bar,
-        "occupancy": occ, "variance": var, "variance_se": var_se, "sigma": np.sqrt(var),
-        "n_bars": nbar, "time_in": time_in, "counts": counts, "generator": Q,
-        "generator_se": Qse, "mean_holding_s": hold, "n": len(reg), "regime": reg,
-        "time": tend[win - 1:],
+        "names": REGIME_NAMES,
+        "thresholds": tuple(thresholds),
+        "long_run_variance": v_bar,
+        "occupancy": occ,
+        "variance": var,
+        "variance_se": var_se,
+        "sigma": np.sqrt(var),
+        "n_bars": nbar,
+        "time_in": time_in,
+        "counts": counts,
+        "generator": Q,
+        "generator_se": Qse,
+        "mean_holding_s": hold,
+        "n": len(reg),
+        "regime": reg,
+        "time": tend[win - 1 :],
     }
 
 
@@ -799,20 +913,31 @@ def fit_variance_process(bars: pd.DataFrame, *, block_s: float = 3600.0, groups:
     edges = np.linspace(0, nb, groups + 1).astype(int)
     for g in range(groups):
         keep = all_.copy()
-        keep[edges[g]:edges[g + 1]] = False
+        keep[edges[g] : edges[g + 1]] = False
         jk.append(_variance_moments(rv, keep, blk))
     jk = np.array(jk)
     with np.errstate(invalid="ignore"):
         se = np.sqrt((groups - 1) / groups * np.sum((jk - jk.mean(0)) ** 2, axis=0))
     nan = float("nan")
-    out = {"kappa": kappa, "kappa_se": float(se[0]), "theta": theta, "theta_se": float(se[1]),
-           "xi": xi, "xi_se": float(se[2]), "n": nb, "block_s": blk}
+    out = {
+        "kappa": kappa,
+        "kappa_se": float(se[0]),
+        "theta": theta,
+        "theta_se": float(se[1]),
+        "xi": xi,
+        "xi_se": float(se[2]),
+        "n": nb,
+        "block_s": blk,
+    }
     if kappa == kappa:
         kd = kappa * blk
         var_v = theta * xi**2 / (2 * kappa)
         var_y_model = var_v * 2 * (kd - 1 + math.exp(-kd)) / kd**2
-        out.update(feller=2 * kappa * theta / xi**2, half_life=math.log(2) / kappa,
-                   noise_share=1 - var_y_model / float(np.var(rv, ddof=1)))
+        out.update(
+            feller=2 * kappa * theta / xi**2,
+            half_life=math.log(2) / kappa,
+            noise_share=1 - var_y_model / float(np.var(rv, ddof=1)),
+        )
     else:
         out.update(feller=nan, half_life=nan, noise_share=nan)
     return out
@@ -840,7 +965,7 @@ def detect_jumps(bars: pd.DataFrame, *, k: float = 4.0, window: int = 240) -> di
     bp = np.concatenate([[0.0], a[1:] * a[:-1]])
     cbp = np.concatenate([[0.0], np.cumsum(bp)])
     cd = np.concatenate([[0.0], np.cumsum(dt)])
-    idx = np.arange(window + 1, len(r))          # bipower over returns (i - window, i - 1]
+    idx = np.arange(window + 1, len(r))  # bipower over returns (i - window, i - 1]
     lo = idx - window
     v_loc = (np.pi / 2) * (cbp[idx] - cbp[lo + 1]) / (cd[idx] - cd[lo + 1])
     ri, di = r[idx], dt[idx]
@@ -849,14 +974,18 @@ def detect_jumps(bars: pd.DataFrame, *, k: float = 4.0, window: int = 240) -> di
     T = float(di.sum())
     tot = float(np.sum(ri**2))
     return {
-        "rate": jump.sum() / T, "rate_se": math.sqrt(jump.sum()) / T,
+        "rate": jump.sum() / T,
+        "rate_se": math.sqrt(jump.sum()) / T,
         "jump_mean": float(jr.mean()) if len(jr) else float("nan"),
         "jump_std": float(jr.std(ddof=1)) if len(jr) > 1 else float("nan"),
         "jump_abs_mean": float(np.abs(jr).mean()) if len(jr) else float("nan"),
-        "n_jumps": int(jump.sum()), "n": len(ri),
+        "n_jumps": int(jump.sum()),
+        "n": len(ri),
         "diffusive_variance": (tot - float(np.sum(jr**2))) / T,
         "jump_variance_share": float(np.sum(jr**2)) / tot if tot > 0 else float("nan"),
-        "k": k, "window": window, "times": tend[idx][jump],
+        "k": k,
+        "window": window,
+        "times": tend[idx][jump],
     }
 
 
@@ -934,16 +1063,19 @@ def touch_stats(book: pd.DataFrame, tick: float) -> dict:
     W = w.sum()
     tq = _weighted_quantile(ticks, w, qs)
     bq = _weighted_quantile(bps, w, qs)
-    out = {"n": len(b), "duration": float(t[-1] - t[0]),
-           "spread_ticks_mean": float(np.sum(w * ticks) / W),
-           "frac_one_tick": float(np.sum(w * (np.abs(ticks - 1) < 1e-6)) / W),
-           "spread_bps_mean": float(np.sum(w * bps) / W),
-           "spread_frac_mean": float(np.sum(w * spread / mid) / W),
-           "bid_qty_median": float(_weighted_quantile(b["bid_qty"].to_numpy(), w, [0.5])[0]),
-           "ask_qty_median": float(_weighted_quantile(b["ask_qty"].to_numpy(), w, [0.5])[0]),
-           "bid_qty_mean": float(np.sum(w * b["bid_qty"].to_numpy()) / W),
-           "ask_qty_mean": float(np.sum(w * b["ask_qty"].to_numpy()) / W),
-           "mid_mean": float(np.sum(w * mid) / W)}
+    out = {
+        "n": len(b),
+        "duration": float(t[-1] - t[0]),
+        "spread_ticks_mean": float(np.sum(w * ticks) / W),
+        "frac_one_tick": float(np.sum(w * (np.abs(ticks - 1) < 1e-6)) / W),
+        "spread_bps_mean": float(np.sum(w * bps) / W),
+        "spread_frac_mean": float(np.sum(w * spread / mid) / W),
+        "bid_qty_median": float(_weighted_quantile(b["bid_qty"].to_numpy(), w, [0.5])[0]),
+        "ask_qty_median": float(_weighted_quantile(b["ask_qty"].to_numpy(), w, [0.5])[0]),
+        "bid_qty_mean": float(np.sum(w * b["bid_qty"].to_numpy()) / W),
+        "ask_qty_mean": float(np.sum(w * b["ask_qty"].to_numpy()) / W),
+        "mid_mean": float(np.sum(w * mid) / W),
+    }
     for q, a_, c_ in zip(qs, tq, bq):
         tag = f"q{int(round(q * 100)):02d}"
         out[f"spread_ticks_{tag}"] = float(a_)
@@ -988,12 +1120,15 @@ def spread_widening(book: pd.DataFrame, tick: float) -> dict:
     narrow_time = float(np.sum(w[~wide]))
     n = len(starts)
     nan = float("nan")
-    return {"rate": n / narrow_time if narrow_time > 0 else nan,
-            "rate_se": math.sqrt(n) / narrow_time if narrow_time > 0 else nan,
-            "mean_excess": float(np.mean(avg)) if avg else nan,
-            "mean_peak_excess": float(np.mean(peak)) if peak else nan,
-            "mean_duration": float(np.mean(dur)) if dur else nan,
-            "frac_wide": float(np.sum(w[wide]) / w.sum()), "n": n}
+    return {
+        "rate": n / narrow_time if narrow_time > 0 else nan,
+        "rate_se": math.sqrt(n) / narrow_time if narrow_time > 0 else nan,
+        "mean_excess": float(np.mean(avg)) if avg else nan,
+        "mean_peak_excess": float(np.mean(peak)) if peak else nan,
+        "mean_duration": float(np.mean(dur)) if dur else nan,
+        "frac_wide": float(np.sum(w[wide]) / w.sum()),
+        "n": n,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1010,13 +1145,13 @@ def _num_hessian(f, p, rel=1e-4):
         for j in range(i, m):
             ei, ej = np.zeros(m), np.zeros(m)
             ei[i], ej[j] = h[i], h[j]
-            H[i, j] = H[j, i] = (f(p + ei + ej) - f(p + ei - ej) - f(p - ei + ej)
-                                 + f(p - ei - ej)) / (4 * h[i] * h[j])
+            H[i, j] = H[j, i] = (f(p + ei + ej) - f(p + ei - ej) - f(p - ei + ej) + f(p - ei - ej)) / (4 * h[i] * h[j])
     return H
 
 
-def fit_funding_premium(rates, *, interest: float = 1e-4, clamp: float = 5e-4, cap: float = 3e-3,
-                        dt: float = 28_800.0) -> dict:
+def fit_funding_premium(
+    rates, *, interest: float = 1e-4, clamp: float = 5e-4, cap: float = 3e-3, dt: float = 28_800.0
+) -> dict:
     """Premium-index OU behind a clamped funding series (Binance's formula), per interval.
 
     The exchange pays ``F = clip(P + clip(I - P, -clamp, clamp), -cap, cap)``: F equals the
@@ -1057,8 +1192,9 @@ def fit_funding_premium(rates, *, interest: float = 1e-4, clamp: float = 5e-4, c
         sd = math.exp(logs)
         out = np.sum(stats.norm.logpdf(P, m, sd))
         if n_band:
-            out += n_band * math.log(max(stats.norm.cdf(interest + clamp, m, sd)
-                                         - stats.norm.cdf(interest - clamp, m, sd), 1e-300))
+            out += n_band * math.log(
+                max(stats.norm.cdf(interest + clamp, m, sd) - stats.norm.cdf(interest - clamp, m, sd), 1e-300)
+            )
         if n_lo:
             out += n_lo * stats.norm.logcdf(-cap - clamp, m, sd)
         if n_hi:
@@ -1066,8 +1202,9 @@ def fit_funding_premium(rates, *, interest: float = 1e-4, clamp: float = 5e-4, c
         return float(out)
 
     z0 = [float(np.mean(F)), math.log(max(float(np.std(P)), 1e-8))]
-    res = optimize.minimize(lambda q: -ll(q), z0, method="Nelder-Mead",
-                            options={"xatol": 1e-12, "fatol": 1e-10, "maxiter": 4000})
+    res = optimize.minimize(
+        lambda q: -ll(q), z0, method="Nelder-Mead", options={"xatol": 1e-12, "fatol": 1e-10, "maxiter": 4000}
+    )
     m, logs = res.x
     sd = math.exp(logs)
     cov = _cov_from_info(_num_hessian(ll, res.x))
@@ -1080,9 +1217,19 @@ def fit_funding_premium(rates, *, interest: float = 1e-4, clamp: float = 5e-4, c
     sd_se = sd * math.sqrt(cov[1, 1]) * f_var
     sigma = sd * math.sqrt(2 * kappa)
     sigma_se = sigma * math.sqrt((sd_se / sd) ** 2 + (kappa_se / (2 * kappa)) ** 2)
-    return {"theta": float(m), "theta_se": theta_se, "stationary_sd": sd, "stationary_sd_se": sd_se,
-            "kappa": kappa, "kappa_se": kappa_se, "sigma": sigma, "sigma_se": sigma_se,
-            "frac_in_band": n_band / len(F), "n": len(F), "converged": bool(res.success)}
+    return {
+        "theta": float(m),
+        "theta_se": theta_se,
+        "stationary_sd": sd,
+        "stationary_sd_se": sd_se,
+        "kappa": kappa,
+        "kappa_se": kappa_se,
+        "sigma": sigma,
+        "sigma_se": sigma_se,
+        "frac_in_band": n_band / len(F),
+        "n": len(F),
+        "converged": bool(res.success),
+    }
 
 
 def funding_divergence(a: pd.DataFrame, b: pd.DataFrame, *, tolerance_s: float = 60.0) -> dict:
@@ -1100,8 +1247,7 @@ def funding_divergence(a: pd.DataFrame, b: pd.DataFrame, *, tolerance_s: float =
     """
     x = a[["time", "rate"]].sort_values("time").rename(columns={"rate": "a"})
     y = b[["time", "rate"]].sort_values("time").rename(columns={"rate": "b", "time": "time_b"})
-    m = pd.merge_asof(x, y, left_on="time", right_on="time_b", direction="nearest",
-                      tolerance=tolerance_s).dropna()
+    m = pd.merge_asof(x, y, left_on="time", right_on="time_b", direction="nearest", tolerance=tolerance_s).dropna()
     m = m.drop_duplicates("time_b")
     d = (m["a"] - m["b"]).to_numpy()
     n = len(d)
@@ -1112,7 +1258,12 @@ def funding_divergence(a: pd.DataFrame, b: pd.DataFrame, *, tolerance_s: float =
     rho = float(np.corrcoef(d[:-1], d[1:])[0, 1]) if varying else float("nan")
     n_eff = n * (1 - rho) / (1 + rho) if -1 < rho < 1 else n
     spacing = float(np.median(np.diff(m["time"].to_numpy())))
-    return {"mean": float(d.mean()), "mean_se": sd / math.sqrt(max(n_eff, 1.0)), "sd": sd,
-            "rho1": rho, "n": n, "ou": fit_ou(d, spacing) if varying else None,
-            "diff": pd.DataFrame({"time": m["time"].to_numpy(), "a": m["a"].to_numpy(),
-                                  "b": m["b"].to_numpy(), "diff": d})}
+    return {
+        "mean": float(d.mean()),
+        "mean_se": sd / math.sqrt(max(n_eff, 1.0)),
+        "sd": sd,
+        "rho1": rho,
+        "n": n,
+        "ou": fit_ou(d, spacing) if varying else None,
+        "diff": pd.DataFrame({"time": m["time"].to_numpy(), "a": m["a"].to_numpy(), "b": m["b"].to_numpy(), "diff": d}),
+    }

@@ -48,8 +48,7 @@ TRADE_COLUMNS = ("time", "local_time", "price", "qty", "side", "type", "trade_id
 #: Columns of ``read_capture(...)["book_ticker"]``.
 BOOK_COLUMNS = ("time", "local_time", "bid", "bid_qty", "ask", "ask_qty")
 #: Columns of ``read_capture(...)["mark_price"]``.
-MARK_COLUMNS = ("time", "local_time", "mark", "index", "settle_estimate", "funding_rate",
-                "next_funding_time")
+MARK_COLUMNS = ("time", "local_time", "mark", "index", "settle_estimate", "funding_rate", "next_funding_time")
 #: Columns of ``read_capture(..., depth=True)["depth"]`` (long format, one row per level update).
 DEPTH_COLUMNS = ("time", "local_time", "msg", "snapshot", "side", "price", "qty")
 
@@ -179,7 +178,7 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                 sp = line.index(" ")
                 tok = line[:sp]
                 local = int(tok) * _ts_scale(tok)
-                body = line[sp + 1:]
+                body = line[sp + 1 :]
                 # The large messages are depth: count them without decoding unless asked.
                 if not depth and ('"depthUpdate"' in body or '"lastUpdateId"' in body):
                     bump("depth" if '"depthUpdate"' in body else "snapshot")
@@ -200,13 +199,11 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                         p, q, t = float(d["p"]), float(d["q"]), d["T"] * 1e-3
                         if not _finite_pos(p, q, t):
                             raise ValueError("p/q/T")
-                        trades.append((t, local, p, q, -1 if m else 1, d.get("X", ""),
-                                       int(d["t"])))
+                        trades.append((t, local, p, q, -1 if m else 1, d.get("X", ""), int(d["t"])))
                         bump("trade")
                     elif e == "bookTicker" or msg["stream"].endswith("@bookTicker"):
                         b, bq, a, aq = float(d["b"]), float(d["B"]), float(d["a"]), float(d["A"])
-                        if not _finite_pos(b, a) or not (bq >= 0.0 and aq >= 0.0
-                                                         and math.isfinite(bq + aq)):
+                        if not _finite_pos(b, a) or not (bq >= 0.0 and aq >= 0.0 and math.isfinite(bq + aq)):
                             raise ValueError("book")
                         ts = d.get("T") or d.get("E")
                         t = ts * 1e-3 if ts else local
@@ -218,18 +215,15 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                             continue
                         books.append((t, local, b, bq, a, aq))
                     elif e == "markPriceUpdate":
-                        vals = (float(d["p"]), float(d["i"]), float(d.get("P", "nan")),
-                                float(d["r"]))
+                        vals = (float(d["p"]), float(d["i"]), float(d.get("P", "nan")), float(d["r"]))
                         t, t_next = d["E"] * 1e-3, d["T"] * 1e-3
-                        if not (_finite_pos(vals[0], vals[1], t, t_next)
-                                and math.isfinite(vals[3])):
+                        if not (_finite_pos(vals[0], vals[1], t, t_next) and math.isfinite(vals[3])):
                             raise ValueError("mark")
                         marks.append((t, local, *vals, t_next))
                         bump("markPrice")
                     elif e == "depthUpdate":
                         ts = d.get("T") or d.get("E")
-                        _depth_rows(depth_rows, ts * 1e-3 if ts else local, local, n_msg,
-                                    False, d["b"], d["a"])
+                        _depth_rows(depth_rows, ts * 1e-3 if ts else local, local, n_msg, False, d["b"], d["a"])
                         bump("depth")
                     else:
                         bump(str(e))
@@ -246,8 +240,7 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                             p, q, t = float(f["px"]), float(f["sz"]), f["time"] * 1e-3
                             if not _finite_pos(p, q, t):
                                 raise ValueError("px/sz/time")
-                            rows.append((t, local, p, q, 1 if s == "B" else -1, "",
-                                         int(f["tid"])))
+                            rows.append((t, local, p, q, 1 if s == "B" else -1, "", int(f["tid"])))
                         trades.extend(rows)
                         bump("trades")
                     elif ch == "l2Book":
@@ -265,16 +258,21 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                             else:
                                 books.append((t, local, b, bq, a, aq))
                         if depth:
-                            _depth_rows(depth_rows, t, local, n_msg, True,
-                                        [(x["px"], x["sz"]) for x in bids],
-                                        [(x["px"], x["sz"]) for x in asks])
+                            _depth_rows(
+                                depth_rows,
+                                t,
+                                local,
+                                n_msg,
+                                True,
+                                [(x["px"], x["sz"]) for x in bids],
+                                [(x["px"], x["sz"]) for x in asks],
+                            )
                         bump("l2Book")
                     else:
                         bump(str(ch))
                 elif "lastUpdateId" in msg:
                     ts = msg.get("T") or msg.get("E")
-                    _depth_rows(depth_rows, ts * 1e-3 if ts else local, local, n_msg, True,
-                                msg["bids"], msg["asks"])
+                    _depth_rows(depth_rows, ts * 1e-3 if ts else local, local, n_msg, True, msg["bids"], msg["asks"])
                     bump("snapshot")
                 else:
                     bump("other")
@@ -282,8 +280,7 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                 malformed += 1
 
     out = {
-        "trades": _frame(trades, TRADE_COLUMNS, {"side": np.int8, "trade_id": np.int64,
-                                                 "type": object}),
+        "trades": _frame(trades, TRADE_COLUMNS, {"side": np.int8, "trade_id": np.int64, "type": object}),
         "book_ticker": _frame(books, BOOK_COLUMNS),
         "mark_price": _frame(marks, MARK_COLUMNS),
         "malformed": malformed,
@@ -296,8 +293,7 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
     if len(tr):
         out["trades"] = tr.sort_values(["time", "trade_id"], kind="mergesort").reset_index(drop=True)
     if depth:
-        out["depth"] = _frame(depth_rows, DEPTH_COLUMNS, {"msg": np.int64, "snapshot": bool,
-                                                          "side": np.int8})
+        out["depth"] = _frame(depth_rows, DEPTH_COLUMNS, {"msg": np.int64, "snapshot": bool, "side": np.int8})
     return out
 
 
@@ -365,8 +361,7 @@ def read_funding(path: str | os.PathLike, *, utc_offset_hours: float | None = No
     df["date"] = df["date"] - pd.Timedelta(hours=utc_offset_hours)
     df["time"] = (df["date"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().astype(np.float64)
     df = df[["date", "time", "rate", "symbol"]]
-    df.attrs.update(interval_hours=interval, utc_offset_hours=float(utc_offset_hours),
-                    malformed=int((~ok).sum()))
+    df.attrs.update(interval_hours=interval, utc_offset_hours=float(utc_offset_hours), malformed=int((~ok).sum()))
     return df
 
 
@@ -398,8 +393,7 @@ def read_bars(path: str | os.PathLike) -> pd.DataFrame:
     dup = out["date"].duplicated()
     n_bad += int(dup.sum())
     out = out[~dup].reset_index(drop=True)
-    out.insert(1, "time", (out["date"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
-               .astype(np.float64))
+    out.insert(1, "time", (out["date"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().astype(np.float64))
     out.attrs["malformed"] = n_bad
     return out
 
@@ -424,13 +418,22 @@ def read_hl_trades(path: str | os.PathLike) -> pd.DataFrame:
     sz = pd.to_numeric(raw["sz"], errors="coerce")
     crossed = raw["crossed"].str.lower().map({"true": True, "false": False})
     ok = date.notna() & side.notna() & (px > 0) & (sz > 0) & crossed.notna()
-    out = pd.DataFrame({
-        "date": date[ok],
-        "time": (date[ok] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().astype(np.float64),
-        "user": raw["user"][ok], "coin": raw["coin"][ok],
-        "side": side[ok].astype(np.int8), "price": px[ok].astype(float),
-        "qty": sz[ok].astype(float), "crossed": crossed[ok].astype(bool),
-    }).sort_values("time", kind="mergesort").reset_index(drop=True)
+    out = (
+        pd.DataFrame(
+            {
+                "date": date[ok],
+                "time": (date[ok] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().astype(np.float64),
+                "user": raw["user"][ok],
+                "coin": raw["coin"][ok],
+                "side": side[ok].astype(np.int8),
+                "price": px[ok].astype(float),
+                "qty": sz[ok].astype(float),
+                "crossed": crossed[ok].astype(bool),
+            }
+        )
+        .sort_values("time", kind="mergesort")
+        .reset_index(drop=True)
+    )
     out.attrs["malformed"] = int((~ok).sum())
     return out
 
@@ -456,29 +459,34 @@ def read_hl_liquidations(path: str | os.PathLike, trades: pd.DataFrame | None = 
     ntl = pd.to_numeric(raw["liquidated_ntl_pos"], errors="coerce")
     acct = pd.to_numeric(raw["liquidated_account_value"], errors="coerce")
     ok = date.notna() & np.isfinite(ntl.to_numpy(dtype=float, na_value=np.nan)) & (ntl >= 0)
-    out = pd.DataFrame({
-        "date": date[ok],
-        "time": (date[ok] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().astype(np.float64),
-        "user": raw["user"][ok],
-        "notional": ntl[ok].astype(float),
-        "account_value": acct[ok].astype(float),
-        "leverage_type": raw["leverage_type"][ok] if "leverage_type" in raw else "",
-    }).sort_values("time", kind="mergesort").reset_index(drop=True)
+    out = (
+        pd.DataFrame(
+            {
+                "date": date[ok],
+                "time": (date[ok] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().astype(np.float64),
+                "user": raw["user"][ok],
+                "notional": ntl[ok].astype(float),
+                "account_value": acct[ok].astype(float),
+                "leverage_type": raw["leverage_type"][ok] if "leverage_type" in raw else "",
+            }
+        )
+        .sort_values("time", kind="mergesort")
+        .reset_index(drop=True)
+    )
     out.attrs["malformed"] = int((~ok).sum())
     if trades is not None:
-        f = trades.assign(notional_fill=trades["price"] * trades["qty"],
-                          signed_ntl=trades["price"] * trades["qty"] * trades["side"])
+        f = trades.assign(
+            notional_fill=trades["price"] * trades["qty"], signed_ntl=trades["price"] * trades["qty"] * trades["side"]
+        )
         keys = out[["user", "time"]].drop_duplicates()
         m = f.merge(keys, on=["user", "time"], how="inner")
         if len(m):
             by_coin = m.groupby(["user", "time", "coin"], as_index=False).agg(
-                ntl=("notional_fill", "sum"), qty=("qty", "sum"), signed=("signed_ntl", "sum"),
-                n_fills=("qty", "size"))
-            top = by_coin.sort_values("ntl", ascending=False, kind="mergesort").drop_duplicates(
-                ["user", "time"])
+                ntl=("notional_fill", "sum"), qty=("qty", "sum"), signed=("signed_ntl", "sum"), n_fills=("qty", "size")
+            )
+            top = by_coin.sort_values("ntl", ascending=False, kind="mergesort").drop_duplicates(["user", "time"])
             top = top.assign(side=np.sign(top["signed"]).astype(np.int8))
-            out = out.merge(top[["user", "time", "coin", "side", "qty", "n_fills"]],
-                            on=["user", "time"], how="left")
+            out = out.merge(top[["user", "time", "coin", "side", "qty", "n_fills"]], on=["user", "time"], how="left")
         else:
             out = out.assign(coin=np.nan, side=np.nan, qty=np.nan, n_fills=np.nan)
         out["coin"] = out["coin"].fillna("")

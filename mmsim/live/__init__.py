@@ -7,5 +7,4 @@ from mmsim.live.feed import Feed, feed_from_capture
 from mmsim.live.paper import Resting, paper_fills
 from mmsim.live.replay import ReplayResult, compare_with_simulation, replay
 
-__all__ = ["Feed", "Resting", "ReplayResult", "compare_with_simulation", "feed_from_capture", "paper_fills",
-           "replay"]
+__all__ = ["Feed", "Resting", "ReplayResult", "compare_with_simulation", "feed_from_capture", "paper_fills", "replay"]

@@ -13,22 +13,22 @@ import numpy as np
 class Feed(NamedTuple):
     """A recording cut into intervals; arrays of length ``n`` (one per observation) unless said."""
 
-    t: np.ndarray            # end of each interval, s since the recording's start
-    t0: float                # the recording's start, s since the Unix epoch
-    best_bid: np.ndarray     # top of book at the end of the interval
+    t: np.ndarray  # end of each interval, s since the recording's start
+    t0: float  # the recording's start, s since the Unix epoch
+    best_bid: np.ndarray  # top of book at the end of the interval
     best_ask: np.ndarray
-    bid_size: np.ndarray     # base units displayed at the touch
+    bid_size: np.ndarray  # base units displayed at the touch
     ask_size: np.ndarray
-    n_buy: np.ndarray        # aggressive buys in the interval (count)
+    n_buy: np.ndarray  # aggressive buys in the interval (count)
     n_sell: np.ndarray
-    vol_buy: np.ndarray      # base units
+    vol_buy: np.ndarray  # base units
     vol_sell: np.ndarray
-    vwap_buy: np.ndarray     # 0 where none
+    vwap_buy: np.ndarray  # 0 where none
     vwap_sell: np.ndarray
-    last_price: np.ndarray   # last trade price (the mid where none)
-    liq_long: np.ndarray     # base units of long positions liquidated (forced sells)
+    last_price: np.ndarray  # last trade price (the mid where none)
+    liq_long: np.ndarray  # base units of long positions liquidated (forced sells)
     liq_short: np.ndarray
-    liq_valid: bool          # the capture marks liquidation fills
+    liq_valid: bool  # the capture marks liquidation fills
     funding_rate: np.ndarray  # per interval of the venue (0 where the capture has none)
     funding_settled: np.ndarray  # bool
     settled_rate: np.ndarray
@@ -38,7 +38,7 @@ class Feed(NamedTuple):
     # trades [trade_start[i], trade_start[i + 1]).
     trade_price: np.ndarray
     trade_qty: np.ndarray
-    trade_side: np.ndarray   # +1 aggressive buy, -1 aggressive sell
+    trade_side: np.ndarray  # +1 aggressive buy, -1 aggressive sell
     trade_start: np.ndarray  # (n + 1,)
 
     @property
@@ -53,8 +53,10 @@ def feed_from_capture(cap: dict, cadence_s: float = 1.0) -> Feed:
         raise ValueError(f"cadence_s = {cadence_s!r}: must be a positive number of seconds")
     inverse = [s for s in cap.get("symbols", []) if s.endswith("_perp")]
     if inverse:
-        raise ValueError(f"the capture is of an inverse (COIN-M) contract {inverse}: sizes are 100-USD contracts and "
-                         "PnL is in the coin, while the engine's account is linear (USDT-margined)")
+        raise ValueError(
+            f"the capture is of an inverse (COIN-M) contract {inverse}: sizes are 100-USD contracts and "
+            "PnL is in the coin, while the engine's account is linear (USDT-margined)"
+        )
     book, trades = cap["book_ticker"], cap["trades"]
     if len(book) == 0:
         raise ValueError("the capture has no top-of-book stream (bookTicker / l2Book): nothing to quote against")
@@ -63,14 +65,14 @@ def feed_from_capture(cap: dict, cadence_s: float = 1.0) -> Feed:
     t0 = float(book["time"].iloc[0])
     t_end = max(float(book["time"].iloc[-1]), float(trades["time"].iloc[-1]) if len(trades) else t0)
     n = max(int(np.floor((t_end - t0) / cadence_s)), 1)
-    edges = t0 + cadence_s * np.arange(1, n + 1)           # interval ends, epoch s
+    edges = t0 + cadence_s * np.arange(1, n + 1)  # interval ends, epoch s
     bt = book["time"].to_numpy(float)
-    ib = np.searchsorted(bt, edges, side="right") - 1       # last book update at or before each end
+    ib = np.searchsorted(bt, edges, side="right") - 1  # last book update at or before each end
     bb, ba = book["bid"].to_numpy(float)[ib], book["ask"].to_numpy(float)[ib]
     bq, aq = book["bid_qty"].to_numpy(float)[ib], book["ask_qty"].to_numpy(float)[ib]
 
     tt = trades["time"].to_numpy(float) if len(trades) else np.zeros(0)
-    keep = tt > t0                                          # trades before the first book are dropped
+    keep = tt > t0  # trades before the first book are dropped
     tt = tt[keep]
     px = trades["price"].to_numpy(float)[keep] if len(trades) else tt
     qty = trades["qty"].to_numpy(float)[keep] if len(trades) else tt
@@ -78,8 +80,8 @@ def feed_from_capture(cap: dict, cadence_s: float = 1.0) -> Feed:
     kind = trades["type"].to_numpy(str)[keep] if len(trades) else tt.astype(str)
     start = np.searchsorted(tt, np.concatenate([[t0], edges]), side="right")
     start[0] = 0
-    idx = np.repeat(np.arange(n), np.diff(start))          # interval of each kept trade
-    tt, px, qty, side, kind = (a[:start[-1]] for a in (tt, px, qty, side, kind))
+    idx = np.repeat(np.arange(n), np.diff(start))  # interval of each kept trade
+    tt, px, qty, side, kind = (a[: start[-1]] for a in (tt, px, qty, side, kind))
 
     def per_interval(w):
         return np.bincount(idx, weights=w, minlength=n)[:n]
@@ -105,12 +107,29 @@ def feed_from_capture(cap: dict, cadence_s: float = 1.0) -> Feed:
         prev_rate = np.concatenate([[rate[0]], rate[:-1]])
         settled_rate = np.where(settled, prev_rate, 0.0)
     return Feed(
-        t=edges - t0, t0=t0, best_bid=bb, best_ask=ba, bid_size=bq, ask_size=aq,
-        n_buy=per_interval(buy.astype(float)), n_sell=per_interval(sell.astype(float)),
-        vol_buy=vol_buy, vol_sell=vol_sell,
+        t=edges - t0,
+        t0=t0,
+        best_bid=bb,
+        best_ask=ba,
+        bid_size=bq,
+        ask_size=aq,
+        n_buy=per_interval(buy.astype(float)),
+        n_sell=per_interval(sell.astype(float)),
+        vol_buy=vol_buy,
+        vol_sell=vol_sell,
         vwap_buy=np.where(vol_buy > 0, notional_buy / np.where(vol_buy > 0, vol_buy, 1.0), 0.0),
         vwap_sell=np.where(vol_sell > 0, notional_sell / np.where(vol_sell > 0, vol_sell, 1.0), 0.0),
-        last_price=last, liq_long=per_interval(qty * (liq & sell)), liq_short=per_interval(qty * (liq & buy)),
-        liq_valid=bool(np.any(kind != "")), funding_rate=rate, funding_settled=np.asarray(settled, bool),
-        settled_rate=settled_rate, next_funding_s=next_s, funding_valid=bool(funding_valid),
-        trade_price=px, trade_qty=qty, trade_side=side, trade_start=start)
+        last_price=last,
+        liq_long=per_interval(qty * (liq & sell)),
+        liq_short=per_interval(qty * (liq & buy)),
+        liq_valid=bool(np.any(kind != "")),
+        funding_rate=rate,
+        funding_settled=np.asarray(settled, bool),
+        settled_rate=settled_rate,
+        next_funding_s=next_s,
+        funding_valid=bool(funding_valid),
+        trade_price=px,
+        trade_qty=qty,
+        trade_side=side,
+        trade_start=start,
+    )

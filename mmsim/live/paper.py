@@ -16,9 +16,18 @@ class Resting(NamedTuple):
     queue: float = 0.0
 
 
-def paper_fills(side: int, price: float, size: float, active: bool, resting: Resting, touch: float,
-                touch_qty: float, trade_price: np.ndarray, trade_qty: np.ndarray, trade_side: np.ndarray
-                ) -> tuple[float, Resting]:
+def paper_fills(
+    side: int,
+    price: float,
+    size: float,
+    active: bool,
+    resting: Resting,
+    touch: float,
+    touch_qty: float,
+    trade_price: np.ndarray,
+    trade_qty: np.ndarray,
+    trade_side: np.ndarray,
+) -> tuple[float, Resting]:
     """One side of the paper gateway over one interval (see the module docstring).
 
     Args:
@@ -36,16 +45,16 @@ def paper_fills(side: int, price: float, size: float, active: bool, resting: Res
     # a relative 1e-9 separates "at" from "through" without any float doubt.
     eps = 1e-9 * price
     if resting.price > 0 and abs(resting.price - price) <= eps:
-        queue = resting.queue                                  # kept our place in the queue
+        queue = resting.queue  # kept our place in the queue
     elif side * (price - touch) > eps:
-        queue = 0.0                                            # improves the touch: first in line
+        queue = 0.0  # improves the touch: first in line
     elif abs(price - touch) <= eps:
-        queue = touch_qty                                      # joins the back of the touch
+        queue = touch_qty  # joins the back of the touch
     else:
-        queue = np.inf                                         # behind the touch: depth unknown
+        queue = np.inf  # behind the touch: depth unknown
     if abs(price - touch) <= eps:
         queue = min(queue, touch_qty)
-    hits = trade_side == -side                                  # aggressors on the other side
+    hits = trade_side == -side  # aggressors on the other side
     through = np.any(hits & (side * (price - trade_price) > eps))
     at = float(np.sum(trade_qty[hits & (np.abs(trade_price - price) <= eps)]))
     if through:
@@ -54,5 +63,5 @@ def paper_fills(side: int, price: float, size: float, active: bool, resting: Res
     if filled >= size:
         return float(size), Resting()
     if filled > 0:
-        return filled, Resting(price, 0.0)   # partly filled: the rest is first in line
+        return filled, Resting(price, 0.0)  # partly filled: the rest is first in line
     return 0.0, Resting(price, max(queue - at, 0.0))

@@ -33,33 +33,59 @@ def policy_dict(policy_params: Any, theta: Mapping[str, float] | None = None) ->
     return _plain(d)
 
 
-def best_document(policy: Mapping[str, Any], market: Mapping[str, Any], constraints: Constraints, validation: dict,
-                  feasible: bool, *, account: Mapping[str, Any] | None = None, **extra: Any) -> dict:
+def best_document(
+    policy: Mapping[str, Any],
+    market: Mapping[str, Any],
+    constraints: Constraints,
+    validation: dict,
+    feasible: bool,
+    *,
+    account: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> dict:
     """The ``best.yaml`` document: policy, account (when given: the account the validation ran
     with, which ``+params`` then applies, so that a policy is never run at another leverage by
     accident), market, constraints, validation, feasible (+ extra keys)."""
-    val = {"seed": validation.get("seed"), "n_paths": int(validation["n_paths"]),
-           "p_liquidation": dict(validation["p_liquidation"])}
+    val = {
+        "seed": validation.get("seed"),
+        "n_paths": int(validation["n_paths"]),
+        "p_liquidation": dict(validation["p_liquidation"]),
+    }
     if "p_drawdown" in validation:
         val["p_drawdown"] = dict(validation["p_drawdown"])
     val["objective"] = float(validation["objective"])
     doc = {"policy": _plain(dict(policy))}
     if account is not None:
         doc["account"] = _plain(dict(account))
-    doc.update({"market": _plain(dict(market)),
-                "constraints": {"epsilon_liq": float(constraints.epsilon_liq),
-                                "drawdown_threshold": None if constraints.drawdown_threshold is None
-                                else float(constraints.drawdown_threshold),
-                                "epsilon_dd": None if constraints.epsilon_dd is None
-                                else float(constraints.epsilon_dd)},
-                "validation": _plain(val), "feasible": bool(feasible)})
+    doc.update(
+        {
+            "market": _plain(dict(market)),
+            "constraints": {
+                "epsilon_liq": float(constraints.epsilon_liq),
+                "drawdown_threshold": None
+                if constraints.drawdown_threshold is None
+                else float(constraints.drawdown_threshold),
+                "epsilon_dd": None if constraints.epsilon_dd is None else float(constraints.epsilon_dd),
+            },
+            "validation": _plain(val),
+            "feasible": bool(feasible),
+        }
+    )
     doc.update(_plain(extra))
     return doc
 
 
-def write_best_yaml(path: str | os.PathLike, policy: Mapping[str, Any], market: Mapping[str, Any],
-                    constraints: Constraints, validation: dict, feasible: bool, *,
-                    account: Mapping[str, Any] | None = None, **extra: Any) -> Path:
+def write_best_yaml(
+    path: str | os.PathLike,
+    policy: Mapping[str, Any],
+    market: Mapping[str, Any],
+    constraints: Constraints,
+    validation: dict,
+    feasible: bool,
+    *,
+    account: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> Path:
     """Write ``best.yaml`` (see :func:`best_document`); returns the path."""
     import yaml
 

@@ -11,9 +11,9 @@ import numpy as np
 
 
 class GradientEstimate(NamedTuple):
-    value: np.ndarray    # (Q,) the quantities at the centre z
-    grad: np.ndarray     # (Q, d) gradient of the Gaussian-smoothed quantities with respect to z
-    se: np.ndarray       # (Q, d) standard error over the M directions (0 when M = 1)
+    value: np.ndarray  # (Q,) the quantities at the centre z
+    grad: np.ndarray  # (Q, d) gradient of the Gaussian-smoothed quantities with respect to z
+    se: np.ndarray  # (Q, d) standard error over the M directions (0 when M = 1)
     samples: np.ndarray  # (M, Q, d) per-direction terms [F(z+su) - F(z-su)] / (2s) u
     n_evals: int
 
@@ -32,15 +32,24 @@ def directions(rng: np.random.Generator, n: int, d: int, kind: str = "sphere") -
     out = []
     while len(out) < n:
         q, r = np.linalg.qr(rng.standard_normal((d, d)))
-        q = q * np.sign(np.diag(r))[None, :]          # Haar-distributed rotation
+        q = q * np.sign(np.diag(r))[None, :]  # Haar-distributed rotation
         out.extend(list(q.T * math.sqrt(d)))
     return np.asarray(out[:n])
 
 
-def smoothed_gradient(fn: Callable[[np.ndarray], np.ndarray], z: np.ndarray, *, sigma: float, n_directions: int,
-                      rng: np.random.Generator, z_lo: np.ndarray | None = None, z_hi: np.ndarray | None = None,
-                      antithetic: bool = True, centre: np.ndarray | None = None,
-                      kind: str = "sphere") -> GradientEstimate:
+def smoothed_gradient(
+    fn: Callable[[np.ndarray], np.ndarray],
+    z: np.ndarray,
+    *,
+    sigma: float,
+    n_directions: int,
+    rng: np.random.Generator,
+    z_lo: np.ndarray | None = None,
+    z_hi: np.ndarray | None = None,
+    antithetic: bool = True,
+    centre: np.ndarray | None = None,
+    kind: str = "sphere",
+) -> GradientEstimate:
     """Smoothing gradient of a vector of Monte Carlo quantities ``fn(z) -> (Q,)``.
 
     ``g = 1/M sum_m [fn(z + sigma u_m) - fn(z - sigma u_m)] / (2 sigma) u_m`` (antithetic) or

@@ -162,8 +162,8 @@ def _multipliers(g_f: np.ndarray, g_c: np.ndarray, se_c: np.ndarray, active: np.
     idx = np.flatnonzero(active)
     if idx.size == 0:
         return lam
-    a = g_c[idx].T                                           # (d, k)
-    ridge = np.sqrt(np.sum(se_c[idx] ** 2, axis=1))          # (k,)
+    a = g_c[idx].T  # (d, k)
+    ridge = np.sqrt(np.sum(se_c[idx] ** 2, axis=1))  # (k,)
     a_aug = np.vstack([a, np.diag(ridge)])
     b_aug = np.concatenate([g_f, np.zeros(idx.size)])
     if not (np.all(np.isfinite(a_aug)) and np.all(np.isfinite(b_aug))):
@@ -220,10 +220,17 @@ class OptResult:
         return {k: np.asarray(v) for k, v in out.items()}
 
 
-def optimize(evaluate: Evaluator, theta0: Mapping[str, float], bounds: Mapping[str, Any] | Sequence[ParamSpec],
-             constraints: Constraints = Constraints(), *, objective: Objective = Objective(),
-             settings: OptSettings = OptSettings(), fixed: Mapping[str, float] | None = None,
-             callback: Callable[[dict], None] | None = None) -> OptResult:
+def optimize(
+    evaluate: Evaluator,
+    theta0: Mapping[str, float],
+    bounds: Mapping[str, Any] | Sequence[ParamSpec],
+    constraints: Constraints = Constraints(),
+    *,
+    objective: Objective = Objective(),
+    settings: OptSettings = OptSettings(),
+    fixed: Mapping[str, float] | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> OptResult:
     """Maximise ``objective`` over the parameters in ``bounds`` subject to ``constraints``.
 
     Args:
@@ -255,21 +262,27 @@ def optimize(evaluate: Evaluator, theta0: Mapping[str, float], bounds: Mapping[s
     if bound_mode != "estimate":
         floor = min_certifiable(n_cert, alpha)
         if any(t < floor for t in targets):
-            notes.append(f"epsilon below the smallest bound {n_cert} paths can certify ({floor:.3g}, with 0 events; "
-                         f"certifying epsilon_liq = {constraints.epsilon_liq:g} needs "
-                         f"{paths_to_certify(constraints.epsilon_liq, alpha)} paths): training constrains the "
-                         "surrogate probability itself instead")
+            notes.append(
+                f"epsilon below the smallest bound {n_cert} paths can certify ({floor:.3g}, with 0 events; "
+                f"certifying epsilon_liq = {constraints.epsilon_liq:g} needs "
+                f"{paths_to_certify(constraints.epsilon_liq, alpha)} paths): training constrains the "
+                "surrogate probability itself instead"
+            )
             bound_mode = "estimate"
     maps = [ConstraintMap(bound_mode, t, int(st.n_paths), n_cert, alpha, st.certify_power) for t in targets]
     for m, cname in zip(maps, constraints.names):
         if m.mode == "certify" and m.target <= 0:
-            notes.append(f"P({cname}): even 0 training events do not predict certification with probability "
-                         f"{st.certify_power:g} at {n_cert} validation paths; more paths are needed")
+            notes.append(
+                f"P({cname}): even 0 training events do not predict certification with probability "
+                f"{st.certify_power:g} at {n_cert} validation paths; more paths are needed"
+            )
         elif m.mode != "upper" and m.target * st.n_paths < MIN_TARGET_EVENTS:
-            notes.append(f"P({cname}): the training target {m.target:.3g} is {m.target * st.n_paths:.2g} events on "
-                         f"{st.n_paths} training paths, too few to resolve the constraint (the training count is "
-                         f"mostly luck and validation may fail); use at least "
-                         f"{int(math.ceil(MIN_TARGET_EVENTS / max(m.target, 1e-300)))} training paths")
+            notes.append(
+                f"P({cname}): the training target {m.target:.3g} is {m.target * st.n_paths:.2g} events on "
+                f"{st.n_paths} training paths, too few to resolve the constraint (the training count is "
+                f"mostly luck and validation may fail); use at least "
+                f"{int(math.ceil(MIN_TARGET_EVENTS / max(m.target, 1e-300)))} training paths"
+            )
 
     z_lo = np.array([s.z_bounds[0] for s in specs])
     z_hi = np.array([s.z_bounds[1] for s in specs])
@@ -306,36 +319,50 @@ def optimize(evaluate: Evaluator, theta0: Mapping[str, float], bounds: Mapping[s
     dir_rng = np.random.default_rng([int(st.seed) & 0xFFFFFFFF, 0x6F7074])
     s_f = None
     trace: list[dict] = []
-    still = 0                    # consecutive iterations without a move
+    still = 0  # consecutive iterations without a move
 
     for it in range(st.n_iter + 1):
         v0, s0 = quantities(z, full=True)
         if s_f is None:
             s_f = _objective_scale(s0)
         c, dc = con_values(v0)
-        rec = {"iter": it, "theta": {s.name: s.from_z(float(zi)) for s, zi in zip(specs, z)},
-               "z": [float(x) for x in z], "objective": float(s0["objective"]),
-               "objective_se": float(s0["objective_se"]), "lr": float(schedule(min(it, st.n_iter)))}
+        rec = {
+            "iter": it,
+            "theta": {s.name: s.from_z(float(zi)) for s, zi in zip(specs, z)},
+            "z": [float(x) for x in z],
+            "objective": float(s0["objective"]),
+            "objective_se": float(s0["objective_se"]),
+            "lr": float(schedule(min(it, st.n_iter))),
+        }
         for j, cname in enumerate(names):
             rec[f"p_{cname}"] = float(s0[f"p_{cname}"])
             rec[f"p_{cname}_s"] = float(s0[f"p_{cname}_s"])
             rec[f"c_{cname}"] = float(c[j])
         rec["feasible"] = bool(np.all(c <= 0))
-        if it == st.n_iter:       # the last record only evaluates the final iterate
+        if it == st.n_iter:  # the last record only evaluates the final iterate
             for j, cname in enumerate(names):
                 rec[f"lambda_{cname}"] = float(lam[j])
             trace.append(rec)
             if callback:
                 callback(rec)
             break
-        ge = smoothed_gradient(quantities, z, sigma=st.sigma, n_directions=int(st.n_directions or d), rng=dir_rng,
-                               z_lo=z_lo, z_hi=z_hi, centre=v0, kind=st.directions)
+        ge = smoothed_gradient(
+            quantities,
+            z,
+            sigma=st.sigma,
+            n_directions=int(st.n_directions or d),
+            rng=dir_rng,
+            z_lo=z_lo,
+            z_hi=z_hi,
+            centre=v0,
+            kind=st.directions,
+        )
         g_f = ge.grad[0] / s_f
         # grad c_j = dc/dp grad p, with grad log p taken from the surrogate (grad log p_s): the
         # near misses carry the relative sensitivity of the rare events (equal to it when tau = 0).
         p_val, p_sur = v0[i_val], v0[i_sur]
         scale = dc * (p_val + delta) / (p_sur + delta)
-        g_c = ge.grad[i_sur] * scale[:, None]              # (n_con, d): gradients of c_j
+        g_c = ge.grad[i_sur] * scale[:, None]  # (n_con, d): gradients of c_j
         # Noise of each constraint gradient: the spread over directions, and at least the
         # resolution of the estimate (one path's worth of probability across the window).
         se_c = np.sqrt((ge.se[i_sur] * scale[:, None]) ** 2 + (scale / (st.n_paths * 2.0 * st.sigma))[:, None] ** 2)
@@ -347,9 +374,14 @@ def optimize(evaluate: Evaluator, theta0: Mapping[str, float], bounds: Mapping[s
         lval = -float(v0[0]) / s_f + float(np.sum(act**2 - lam**2) / (2.0 * st.rho))
         for j, cname in enumerate(names):
             rec[f"lambda_{cname}"] = float(lam[j])
-        rec.update({"L": lval, "grad_norm": float(np.linalg.norm(grad)),
-                    "grad_objective": [float(x) for x in ge.grad[0]],
-                    "grad_objective_se": [float(x) for x in ge.se[0]]})
+        rec.update(
+            {
+                "L": lval,
+                "grad_norm": float(np.linalg.norm(grad)),
+                "grad_objective": [float(x) for x in ge.grad[0]],
+                "grad_objective_se": [float(x) for x in ge.se[0]],
+            }
+        )
         trace.append(rec)
         if callback:
             callback(rec)
@@ -363,8 +395,10 @@ def optimize(evaluate: Evaluator, theta0: Mapping[str, float], bounds: Mapping[s
         still = still + 1 if np.array_equal(z_new, z) else 0
         z = z_new
         if st.patience and still >= st.patience:
-            notes.append(f"stopped after iteration {it}: the iterate has not moved for {still} iterations "
-                         f"({', '.join(f'{sp.name}={sp.from_z(float(zi)):.4g}' for sp, zi in zip(specs, z))})")
+            notes.append(
+                f"stopped after iteration {it}: the iterate has not moved for {still} iterations "
+                f"({', '.join(f'{sp.name}={sp.from_z(float(zi)):.4g}' for sp, zi in zip(specs, z))})"
+            )
             break
 
     # Selection among the evaluated iterates (all on the same training paths).
@@ -382,9 +416,19 @@ def optimize(evaluate: Evaluator, theta0: Mapping[str, float], bounds: Mapping[s
         sel = min(range(len(trace)), key=lambda i: max(trace[i][f"c_{c}"] for c in names))
         notes.append("no iterate satisfied the constraints on the training paths: returning the least infeasible")
     z_sel = np.array(trace[sel]["z"], float)
-    return OptResult(theta=_theta(specs, z_sel, fixed), z=z_sel, selected_iter=sel,
-                     feasible_in_training=bool(trace[sel]["feasible"]), trace=trace,
-                     lambdas={c: float(lam[j]) for j, c in enumerate(names)}, n_evals=n_evals,
-                     wall_s=time.perf_counter() - t_start, specs=specs, settings=st, constraints=constraints,
-                     objective=objective, notes=notes,
-                     targets={c: float(m.target if m.mode != "upper" else m.epsilon) for c, m in zip(names, maps)})
+    return OptResult(
+        theta=_theta(specs, z_sel, fixed),
+        z=z_sel,
+        selected_iter=sel,
+        feasible_in_training=bool(trace[sel]["feasible"]),
+        trace=trace,
+        lambdas={c: float(lam[j]) for j, c in enumerate(names)},
+        n_evals=n_evals,
+        wall_s=time.perf_counter() - t_start,
+        specs=specs,
+        settings=st,
+        constraints=constraints,
+        objective=objective,
+        notes=notes,
+        targets={c: float(m.target if m.mode != "upper" else m.epsilon) for c, m in zip(names, maps)},
+    )

@@ -83,10 +83,12 @@ class Constraints:
         return (float(self.epsilon_liq), float(self.epsilon_dd)) if self.has_dd else (float(self.epsilon_liq),)
 
     def as_dict(self) -> dict:
-        return {"epsilon_liq": float(self.epsilon_liq),
-                "drawdown_threshold": None if self.drawdown_threshold is None else float(self.drawdown_threshold),
-                "epsilon_dd": None if self.epsilon_dd is None else float(self.epsilon_dd),
-                "alpha": float(self.alpha)}
+        return {
+            "epsilon_liq": float(self.epsilon_liq),
+            "drawdown_threshold": None if self.drawdown_threshold is None else float(self.drawdown_threshold),
+            "epsilon_dd": None if self.epsilon_dd is None else float(self.epsilon_dd),
+            "alpha": float(self.alpha),
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,14 +230,20 @@ class ConstraintMap:
         return self.value(p), (self.value(hi) - self.value(lo)) / (hi - lo)
 
 
-def batch_stats(out: PathOutcomes, objective: Objective, constraints: Constraints, *, tau_liq: float = 0.0,
-                tau_dd: float = 0.0) -> dict:
+def batch_stats(
+    out: PathOutcomes, objective: Objective, constraints: Constraints, *, tau_liq: float = 0.0, tau_dd: float = 0.0
+) -> dict:
     """Objective and (surrogate) probabilities of one batch of paths."""
     pnl = np.asarray(out.pnl, float)
     ok = np.isfinite(pnl)
-    d = {"objective": objective(pnl[ok]) if ok.any() else -np.inf, "objective_se": objective.se(pnl[ok]),
-         "n": int(pnl.size), "n_nonfinite": int((~ok).sum()),
-         "p_liq": float(np.mean(out.liquidated)), "p_liq_s": float(np.mean(liquidation_surrogate(out, tau_liq)))}
+    d = {
+        "objective": objective(pnl[ok]) if ok.any() else -np.inf,
+        "objective_se": objective.se(pnl[ok]),
+        "n": int(pnl.size),
+        "n_nonfinite": int((~ok).sum()),
+        "p_liq": float(np.mean(out.liquidated)),
+        "p_liq_s": float(np.mean(liquidation_surrogate(out, tau_liq))),
+    }
     if constraints.has_dd:
         x = float(constraints.drawdown_threshold)
         d["p_dd"] = float(np.mean(np.asarray(out.max_dd_frac, float) > x))
@@ -246,6 +254,9 @@ def batch_stats(out: PathOutcomes, objective: Objective, constraints: Constraint
 def outcomes_from_summary(summary: Any, initial_equity: float) -> PathOutcomes:
     """:class:`PathOutcomes` (float64) from a :class:`mmsim.sim.simulate.PathSummary`; the drawdown is
     taken as a fraction of ``initial_equity`` (quote currency), as in :func:`mmsim.sim.risk.summarize`."""
-    return PathOutcomes(pnl=np.asarray(summary.pnl, float), liquidated=np.asarray(summary.liquidated, bool),
-                        max_dd_frac=np.asarray(summary.max_dd, float) / float(initial_equity),
-                        min_margin_ratio=np.asarray(summary.min_margin_ratio, float))
+    return PathOutcomes(
+        pnl=np.asarray(summary.pnl, float),
+        liquidated=np.asarray(summary.liquidated, bool),
+        max_dd_frac=np.asarray(summary.max_dd, float) / float(initial_equity),
+        min_margin_ratio=np.asarray(summary.min_margin_ratio, float),
+    )

@@ -50,7 +50,7 @@ class ParamSpec:
             return math.log(x)
         if self.transform == "logit":
             return float(special.logit(x))
-        return (x - float(self.lo)) / (float(self.hi) - float(self.lo))   # linear: the fraction of the box
+        return (x - float(self.lo)) / (float(self.hi) - float(self.lo))  # linear: the fraction of the box
 
     def from_z(self, z: float) -> float:
         if self.transform == "log":

@@ -29,9 +29,18 @@ from mmsim.optimize.validation import (
 from mmsim.report.optimize import _markdown, plot_frontier, plot_trace
 
 
-def simulator_evaluator(world: str, market_params: Any, engine_params: Any, *, n_steps: int, dt: float,
-                        dtype: Any = None, chunk_size: int | None = None, progress: bool = False,
-                        stats: dict | None = None) -> Evaluator:
+def simulator_evaluator(
+    world: str,
+    market_params: Any,
+    engine_params: Any,
+    *,
+    n_steps: int,
+    dt: float,
+    dtype: Any = None,
+    chunk_size: int | None = None,
+    progress: bool = False,
+    stats: dict | None = None,
+) -> Evaluator:
     """The Monte Carlo simulator as an :data:`Evaluator`: ``theta`` (natural units) is substituted
     into ``engine_params`` (:func:`apply_theta`) and ``n_paths`` paths of ``n_steps`` steps of
     ``dt`` seconds are simulated with ``seed``. The compiled simulation is reused across theta (only
@@ -45,8 +54,18 @@ def simulator_evaluator(world: str, market_params: Any, engine_params: Any, *, n
 
     def evaluate(theta: Mapping[str, float], seed: int, n_paths: int) -> PathOutcomes:
         ep = apply_theta(engine_params, theta)
-        r = sim.simulate(world, market_params, ep, n_paths=int(n_paths), n_steps=int(n_steps), dt=float(dt),
-                         seed=int(seed), chunk_size=chunk_size, dtype=dtype, progress=progress)
+        r = sim.simulate(
+            world,
+            market_params,
+            ep,
+            n_paths=int(n_paths),
+            n_steps=int(n_steps),
+            dt=float(dt),
+            seed=int(seed),
+            chunk_size=chunk_size,
+            dtype=dtype,
+            progress=progress,
+        )
         if stats is not None:
             stats["calls"] = stats.get("calls", 0) + 1
             stats["run_s"] = stats.get("run_s", 0.0) + float(r.run_s)
@@ -59,18 +78,46 @@ def simulator_evaluator(world: str, market_params: Any, engine_params: Any, *, n
 
 #: The optimiser settings a config block may set, with their defaults: those of :class:`OptSettings`
 #: (one source), except that a run stops after 5 iterations pinned at a bound (``patience``).
-_OPT_FIELDS = ("n_iter", "learning_rate", "lr_final_frac", "lr_constant_frac", "b1", "b2", "normalize", "sigma",
-               "n_directions", "directions", "rho", "active_margin", "lambda_max", "tau_liq", "tau_dd",
-               "surrogate_value", "bound", "certify_power", "target_fraction", "select", "select_tol")
+_OPT_FIELDS = (
+    "n_iter",
+    "learning_rate",
+    "lr_final_frac",
+    "lr_constant_frac",
+    "b1",
+    "b2",
+    "normalize",
+    "sigma",
+    "n_directions",
+    "directions",
+    "rho",
+    "active_margin",
+    "lambda_max",
+    "tau_liq",
+    "tau_dd",
+    "surrogate_value",
+    "bound",
+    "certify_power",
+    "target_fraction",
+    "select",
+    "select_tol",
+)
 #: Defaults of the ``optimize`` config block (conf/experiment/optimize_gamma.yaml documents them).
 CONFIG_DEFAULTS: dict = {
-    "objective": "mean", "cvar_weight": 0.0, "cvar_level": 0.99,
-    "epsilon_liq": None, "drawdown_threshold": None, "epsilon_dd": None,
+    "objective": "mean",
+    "cvar_weight": 0.0,
+    "cvar_level": 0.99,
+    "epsilon_liq": None,
+    "drawdown_threshold": None,
+    "epsilon_dd": None,
     "params": {"gamma": {"lo": 1e-4, "hi": 1.0, "transform": "log"}},
     **{f.name: f.default for f in dataclasses.fields(OptSettings) if f.name in _OPT_FIELDS},
-    "n_paths_train": 16384, "n_paths_validation": 16384, "seed_train": 1, "seed_validation": 2,
+    "n_paths_train": 16384,
+    "n_paths_validation": 16384,
+    "seed_train": 1,
+    "seed_validation": 2,
     "frontier": {"param": "gamma", "values": None, "n_points": 13},
-    "start": "config", "patience": 5,
+    "start": "config",
+    "patience": 5,
 }
 
 
@@ -103,27 +150,52 @@ def settings_from_config(cfg) -> dict:
     eps = b["epsilon_liq"] if b["epsilon_liq"] is not None else risk_cfg.get("epsilon_liq", 1e-3)
     alpha = round(1.0 - float(risk_cfg.get("ci_level", 0.95)), 12)
     dd_x, dd_eps = b["drawdown_threshold"], b["epsilon_dd"]
-    constraints = Constraints(epsilon_liq=float(eps), drawdown_threshold=None if dd_x is None else float(dd_x),
-                              epsilon_dd=None if dd_eps is None else float(dd_eps), alpha=alpha)
-    objective = Objective(kind=str(b["objective"]), cvar_weight=float(b["cvar_weight"]),
-                          cvar_level=float(b["cvar_level"]))
+    constraints = Constraints(
+        epsilon_liq=float(eps),
+        drawdown_threshold=None if dd_x is None else float(dd_x),
+        epsilon_dd=None if dd_eps is None else float(dd_eps),
+        alpha=alpha,
+    )
+    objective = Objective(
+        kind=str(b["objective"]), cvar_weight=float(b["cvar_weight"]), cvar_level=float(b["cvar_level"])
+    )
     n_train, n_val = int(b["n_paths_train"]), int(b["n_paths_validation"])
     if n_val < n_train:
-        raise ValueError(f"optimize.n_paths_validation = {n_val} < n_paths_train = {n_train}: validation needs at "
-                         "least as many paths as training")
+        raise ValueError(
+            f"optimize.n_paths_validation = {n_val} < n_paths_train = {n_train}: validation needs at "
+            "least as many paths as training"
+        )
     if int(b["seed_validation"]) == int(b["seed_train"]):
-        raise ValueError(f"optimize.seed_validation = {b['seed_validation']} equals seed_train: validation needs "
-                         "fresh paths")
+        raise ValueError(
+            f"optimize.seed_validation = {b['seed_validation']} equals seed_train: validation needs fresh paths"
+        )
     settings = OptSettings(
-        n_iter=int(b["n_iter"]), learning_rate=float(b["learning_rate"]), lr_final_frac=float(b["lr_final_frac"]),
-        lr_constant_frac=float(b["lr_constant_frac"]), b1=float(b["b1"]), b2=float(b["b2"]),
-        normalize=bool(b["normalize"]), sigma=float(b["sigma"]),
-        n_directions=None if b["n_directions"] is None else int(b["n_directions"]), directions=str(b["directions"]),
-        n_paths=n_train, seed=int(b["seed_train"]), rho=float(b["rho"]), active_margin=float(b["active_margin"]),
-        lambda_max=float(b["lambda_max"]), tau_liq=float(b["tau_liq"]), tau_dd=float(b["tau_dd"]),
-        surrogate_value=bool(b["surrogate_value"]), bound=str(b["bound"]), certify_power=float(b["certify_power"]),
-        n_certify=n_val, target_fraction=float(b["target_fraction"]), select=str(b["select"]),
-        select_tol=float(b["select_tol"]), patience=int(b["patience"]))
+        n_iter=int(b["n_iter"]),
+        learning_rate=float(b["learning_rate"]),
+        lr_final_frac=float(b["lr_final_frac"]),
+        lr_constant_frac=float(b["lr_constant_frac"]),
+        b1=float(b["b1"]),
+        b2=float(b["b2"]),
+        normalize=bool(b["normalize"]),
+        sigma=float(b["sigma"]),
+        n_directions=None if b["n_directions"] is None else int(b["n_directions"]),
+        directions=str(b["directions"]),
+        n_paths=n_train,
+        seed=int(b["seed_train"]),
+        rho=float(b["rho"]),
+        active_margin=float(b["active_margin"]),
+        lambda_max=float(b["lambda_max"]),
+        tau_liq=float(b["tau_liq"]),
+        tau_dd=float(b["tau_dd"]),
+        surrogate_value=bool(b["surrogate_value"]),
+        bound=str(b["bound"]),
+        certify_power=float(b["certify_power"]),
+        n_certify=n_val,
+        target_fraction=float(b["target_fraction"]),
+        select=str(b["select"]),
+        select_tol=float(b["select_tol"]),
+        patience=int(b["patience"]),
+    )
     specs = param_specs(b["params"])
     start = str(b["start"])
     if start not in STARTS:
@@ -138,11 +210,19 @@ def settings_from_config(cfg) -> dict:
         if spec is None:
             raise ValueError(f"optimize.frontier.param = {fr_param!r}: give values, or optimise that parameter")
         n_pts = int(fr.get("n_points", 13))
-        fr_values = (np.geomspace(spec.lo, spec.hi, n_pts) if spec.transform == "log"
-                     else np.linspace(spec.lo, spec.hi, n_pts)).tolist()
-    return {"objective": objective, "constraints": constraints, "settings": settings, "specs": specs,
-            "frontier": None if fr_param is None else {"param": str(fr_param), "values": [float(v) for v in fr_values]},
-            "seed_validation": int(b["seed_validation"]), "n_paths_validation": n_val, "start": start}
+        fr_values = (
+            np.geomspace(spec.lo, spec.hi, n_pts) if spec.transform == "log" else np.linspace(spec.lo, spec.hi, n_pts)
+        ).tolist()
+    return {
+        "objective": objective,
+        "constraints": constraints,
+        "settings": settings,
+        "specs": specs,
+        "frontier": None if fr_param is None else {"param": str(fr_param), "values": [float(v) for v in fr_values]},
+        "seed_validation": int(b["seed_validation"]),
+        "n_paths_validation": n_val,
+        "start": start,
+    }
 
 
 def run(evaluate: Evaluator, theta0: Mapping[str, float], opts: dict, *, log: Callable[[str], None] = print) -> dict:
@@ -172,33 +252,39 @@ def run(evaluate: Evaluator, theta0: Mapping[str, float], opts: dict, *, log: Ca
         # fresh for the validation and the reported frontier).
         p, values = opts["frontier"]["param"], opts["frontier"]["values"]
         log(f"start: {len(values)} values of {p} on the training paths")
-        start_grid = frontier(evaluate, {p: values}, con, seed=st.seed, n_paths=st.n_paths, objective=obj,
-                              base=theta0)
+        start_grid = frontier(evaluate, {p: values}, con, seed=st.seed, n_paths=st.n_paths, objective=obj, base=theta0)
         i = start_grid.best_feasible if start_grid.best_feasible is not None else start_grid.safest
         start = {**theta0, **start_grid.points[i]["theta"]}
-        log(f"  start at {start} ({'best feasible' if start_grid.best_feasible is not None else 'safest'} "
-            f"on the training paths: {obj.label()}={start_grid.points[i]['objective']:.4g})")
+        log(
+            f"  start at {start} ({'best feasible' if start_grid.best_feasible is not None else 'safest'} "
+            f"on the training paths: {obj.label()}={start_grid.points[i]['objective']:.4g})"
+        )
     log(f"optimising {[s.name for s in specs]} on {st.n_paths} training paths (seed {st.seed}), {st.n_iter} iterations")
     res = optimize(evaluate, start, specs, con, objective=obj, settings=st, fixed=fixed, callback=cb)
     for n in res.notes:
         log("  note: " + n)
     seed_v, n_v = opts["seed_validation"], opts["n_paths_validation"]
     log(f"validating {res.theta} on {n_v} fresh paths (seed {seed_v})")
-    val = validate(evaluate, res.theta, con, seed=seed_v, n_paths=n_v, objective=obj, train_seed=st.seed,
-                   train_paths=st.n_paths)
+    val = validate(
+        evaluate, res.theta, con, seed=seed_v, n_paths=n_v, objective=obj, train_seed=st.seed, train_paths=st.n_paths
+    )
     fr = None
     comparison: dict = {}
     if opts.get("frontier"):
         p = opts["frontier"]["param"]
         log(f"frontier: {len(opts['frontier']['values'])} values of {p} on the validation paths")
-        fr = frontier(evaluate, {p: opts["frontier"]["values"]}, con, seed=seed_v, n_paths=n_v, objective=obj,
-                      base=res.theta)
+        fr = frontier(
+            evaluate, {p: opts["frontier"]["values"]}, con, seed=seed_v, n_paths=n_v, objective=obj, base=res.theta
+        )
         if fr.best_feasible is not None:
             best = fr.points[fr.best_feasible]["objective"]
             gap = (best - val["objective"]) / abs(best) if best != 0 else float("nan")
-            comparison = {"best_feasible_grid_objective": best,
-                          "best_feasible_grid_theta": fr.points[fr.best_feasible]["theta"],
-                          "relative_gap": gap, "within_2pct": within_of_best(val["objective"], best, 0.02)}
+            comparison = {
+                "best_feasible_grid_objective": best,
+                "best_feasible_grid_theta": fr.points[fr.best_feasible]["theta"],
+                "relative_gap": gap,
+                "within_2pct": within_of_best(val["objective"], best, 0.02),
+            }
         else:
             comparison = {"best_feasible_grid_objective": None, "relative_gap": None, "within_2pct": None}
     feasible = bool(val["feasible"])
@@ -212,22 +298,36 @@ def run(evaluate: Evaluator, theta0: Mapping[str, float], opts: dict, *, log: Ca
         selected = "safest"
         feasible = bool(sel_val["feasible"])
         if sel_val is not val:
-            msg = (f"the optimiser's parameters {val['theta']} are not certified ({msg}); the safest parameters "
-                   f"found are {sel_val['theta']}: " + certification_message(sel_val, con)
-                   + (" (chosen on the validation paths)" if feasible else ""))
+            msg = (
+                f"the optimiser's parameters {val['theta']} are not certified ({msg}); the safest parameters "
+                f"found are {sel_val['theta']}: "
+                + certification_message(sel_val, con)
+                + (" (chosen on the validation paths)" if feasible else "")
+            )
         else:
             msg = "the optimiser's parameters are the safest found but not certified: " + msg
     log(msg)
-    return {"result": res, "validation": val, "frontier": fr, "selected": selected, "selected_validation": sel_val,
-            "feasible": feasible, "message": msg, "comparison": comparison, "start": start, "start_grid": start_grid}
+    return {
+        "result": res,
+        "validation": val,
+        "frontier": fr,
+        "selected": selected,
+        "selected_validation": sel_val,
+        "feasible": feasible,
+        "message": msg,
+        "comparison": comparison,
+        "start": start,
+        "start_grid": start_grid,
+    }
 
 
 def _json_default(x: Any) -> Any:
     return _plain(x)
 
 
-def run_from_config(cfg, out_dir: str | os.PathLike, *, evaluate: Evaluator | None = None,
-                    log: Callable[[str], None] = print) -> dict:
+def run_from_config(
+    cfg, out_dir: str | os.PathLike, *, evaluate: Evaluator | None = None, log: Callable[[str], None] = print
+) -> dict:
     """The ``optimize`` task: build the world and engine from ``cfg`` (:func:`mmsim.config.build`),
     optimise the parameters of ``cfg.optimize.params``, validate, run the frontier, and write into
     ``out_dir``: ``best.yaml``, ``optimize.json``, ``optimize.md``, ``optimize_frontier.png``,
@@ -241,21 +341,32 @@ def run_from_config(cfg, out_dir: str | os.PathLike, *, evaluate: Evaluator | No
     out.mkdir(parents=True, exist_ok=True)
     opts = settings_from_config(cfg)
     plain = OmegaConf.to_container(cfg, resolve=True)
-    plain["task"] = "risk"          # build() validates the world, engine and sim; the task is ours
+    plain["task"] = "risk"  # build() validates the world, engine and sim; the task is ours
     world, mp, ep, sim = mcfg.build(OmegaConf.create(plain))
     sim_stats: dict = {}
     if evaluate is None:
         import jax.numpy as jnp
 
-        evaluate = simulator_evaluator(world, mp, ep, n_steps=sim.n_steps, dt=sim.dt, dtype=getattr(jnp, sim.dtype),
-                                       chunk_size=sim.chunk_size, progress=False, stats=sim_stats)
+        evaluate = simulator_evaluator(
+            world,
+            mp,
+            ep,
+            n_steps=sim.n_steps,
+            dt=sim.dt,
+            dtype=getattr(jnp, sim.dtype),
+            chunk_size=sim.chunk_size,
+            progress=False,
+            stats=sim_stats,
+        )
     names = [s.name for s in opts["specs"]]
     for spec in opts["specs"]:
         if spec.name in ("leverage", "account.leverage"):
             mm = float(np.max(np.asarray(ep.account.maintenance_margin)))
             if spec.hi >= 1.0 / mm:
-                raise ValueError(f"optimize.params.{spec.name}.hi = {spec.hi:g}: the initial margin 1/leverage must "
-                                 f"stay above the maintenance margin {mm:g}, so hi < {1.0 / mm:g}")
+                raise ValueError(
+                    f"optimize.params.{spec.name}.hi = {spec.hi:g}: the initial margin 1/leverage must "
+                    f"stay above the maintenance margin {mm:g}, so hi < {1.0 / mm:g}"
+                )
     theta0 = theta_from_engine(ep, names)
     t0 = time.perf_counter()
     r = run(evaluate, theta0, opts, log=log)
@@ -263,39 +374,77 @@ def run_from_config(cfg, out_dir: str | os.PathLike, *, evaluate: Evaluator | No
     res: OptResult = r["result"]
     sel = r["selected_validation"]
     con: Constraints = opts["constraints"]
-    chosen = apply_theta(ep, sel["theta"])          # the engine the validation ran
+    chosen = apply_theta(ep, sel["theta"])  # the engine the validation ran
     policy = policy_dict(chosen.policy)
     market = plain.get("market", {})
-    validation = {**{k: sel[k] for k in ("seed", "n_paths", "p_liquidation", "objective")},
-                  **({"p_drawdown": sel["p_drawdown"]} if "p_drawdown" in sel else {}),
-                  "objective_se": sel["objective_se"], "objective_kind": opts["objective"].label(),
-                  "theta": sel["theta"], "selected": r["selected"], "message": r["message"],
-                  "certifiable": sel["certifiable"], "min_certifiable": sel["min_certifiable"]}
+    validation = {
+        **{k: sel[k] for k in ("seed", "n_paths", "p_liquidation", "objective")},
+        **({"p_drawdown": sel["p_drawdown"]} if "p_drawdown" in sel else {}),
+        "objective_se": sel["objective_se"],
+        "objective_kind": opts["objective"].label(),
+        "theta": sel["theta"],
+        "selected": r["selected"],
+        "message": r["message"],
+        "certifiable": sel["certifiable"],
+        "min_certifiable": sel["min_certifiable"],
+    }
     acc = chosen.account
     account = {f.name: getattr(acc, f.name) for f in dataclasses.fields(acc)}
     best_path = write_best_yaml(out / "best.yaml", policy, market, con, validation, r["feasible"], account=account)
     figs = {}
     fr: FrontierResult | None = r["frontier"]
     if fr is not None:
-        figs["frontier"] = str(plot_frontier(fr, opts["frontier"]["param"], con, out / "optimize_frontier.png",
-                                             optimum=r["validation"], objective_label=opts["objective"].label()))
+        figs["frontier"] = str(
+            plot_frontier(
+                fr,
+                opts["frontier"]["param"],
+                con,
+                out / "optimize_frontier.png",
+                optimum=r["validation"],
+                objective_label=opts["objective"].label(),
+            )
+        )
     figs["trace"] = str(plot_trace(res, out / "optimize_trace.png"))
     summary = {
-        "world": world, "n_steps": sim.n_steps, "dt_s": sim.dt, "horizon_s": sim.horizon_s,
-        "objective": opts["objective"].label(), "constraints": con.as_dict(),
-        "settings": dataclasses.asdict(opts["settings"]), "theta0": r["start"], "theta_config": theta0,
+        "world": world,
+        "n_steps": sim.n_steps,
+        "dt_s": sim.dt,
+        "horizon_s": sim.horizon_s,
+        "objective": opts["objective"].label(),
+        "constraints": con.as_dict(),
+        "settings": dataclasses.asdict(opts["settings"]),
+        "theta0": r["start"],
+        "theta_config": theta0,
         "start": opts["start"],
         "start_grid": None if r["start_grid"] is None else r["start_grid"].points,
-        "optimum": {"theta": res.theta, "selected_iter": res.selected_iter,
-                    "feasible_in_training": res.feasible_in_training, "n_evals": res.n_evals,
-                    "wall_s": res.wall_s, "notes": res.notes},
-        "validation": r["validation"], "selected": r["selected"], "selected_validation": sel,
-        "feasible": r["feasible"], "message": r["message"], "comparison": r["comparison"],
-        "frontier": None if fr is None else {"param": opts["frontier"]["param"], "seed": fr.seed,
-                                             "n_paths": fr.n_paths, "best_feasible": fr.best_feasible,
-                                             "safest": fr.safest, "points": fr.points},
-        "simulation": sim_stats, "wall_s": wall, "files": {"best": str(best_path), **figs},
-        "pnl": {"mean": sel["pnl_mean"]},       # the reported parameters' validated E[PnL], quote currency
+        "optimum": {
+            "theta": res.theta,
+            "selected_iter": res.selected_iter,
+            "feasible_in_training": res.feasible_in_training,
+            "n_evals": res.n_evals,
+            "wall_s": res.wall_s,
+            "notes": res.notes,
+        },
+        "validation": r["validation"],
+        "selected": r["selected"],
+        "selected_validation": sel,
+        "feasible": r["feasible"],
+        "message": r["message"],
+        "comparison": r["comparison"],
+        "frontier": None
+        if fr is None
+        else {
+            "param": opts["frontier"]["param"],
+            "seed": fr.seed,
+            "n_paths": fr.n_paths,
+            "best_feasible": fr.best_feasible,
+            "safest": fr.safest,
+            "points": fr.points,
+        },
+        "simulation": sim_stats,
+        "wall_s": wall,
+        "files": {"best": str(best_path), **figs},
+        "pnl": {"mean": sel["pnl_mean"]},  # the reported parameters' validated E[PnL], quote currency
     }
     summary = _plain(summary)
     with open(out / "optimize.json", "w") as fh:
@@ -333,7 +482,7 @@ def main(overrides: Sequence[str] | None = None) -> dict:
     return run_from_config(cfg, out_dir)
 
 
-if __name__ == "__main__":      # python -m mmsim.optimize [overrides]
+if __name__ == "__main__":  # python -m mmsim.optimize [overrides]
     import sys
 
     main(sys.argv[1:])

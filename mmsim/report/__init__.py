@@ -24,11 +24,31 @@ from mmsim.report.risk import (
     fig_sample_paths,
     write_risk_report,
 )
-from mmsim.report.sweep import swept_params, sweep_rows, varying_labels, write_sweep_summary
+from mmsim.report.sweep import sweep_rows, swept_params, varying_labels, write_sweep_summary
 
 __all__ = [
-    "AS2008_COLUMNS", "DPI", "REGIME_COLORS", "REGIME_NAMES", "as2008_rows", "fig_as2008", "fig_drawdown",
-    "fig_liquidation_curve", "fig_pnl_hist", "fig_sample_paths", "fmt", "liquidation_claim", "md_table", "pct",
-    "sanitize", "summary_rows", "swept_params", "sweep_rows", "text_table", "varying_labels", "write_as2008_report", "write_json",
-    "write_risk_report", "write_sweep_summary",
+    "AS2008_COLUMNS",
+    "DPI",
+    "REGIME_COLORS",
+    "REGIME_NAMES",
+    "as2008_rows",
+    "fig_as2008",
+    "fig_drawdown",
+    "fig_liquidation_curve",
+    "fig_pnl_hist",
+    "fig_sample_paths",
+    "fmt",
+    "liquidation_claim",
+    "md_table",
+    "pct",
+    "sanitize",
+    "summary_rows",
+    "swept_params",
+    "sweep_rows",
+    "text_table",
+    "varying_labels",
+    "write_as2008_report",
+    "write_json",
+    "write_risk_report",
+    "write_sweep_summary",
 ]

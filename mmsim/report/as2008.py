@@ -55,29 +55,42 @@ def fig_as2008(ours: Sequence[dict], pnls: dict, path: Path, paper: Sequence[dic
     return path
 
 
-def write_as2008_report(out_dir: Path, metrics: dict, pnls: dict, *, config_lines: Sequence[tuple[str, str]] = (),
-                        notes: Sequence[str] = ()) -> list[Path]:
+def write_as2008_report(
+    out_dir: Path, metrics: dict, pnls: dict, *, config_lines: Sequence[tuple[str, str]] = (), notes: Sequence[str] = ()
+) -> list[Path]:
     out_dir = Path(out_dir)
     ours, paper = metrics["as2008"], metrics.get("paper", [])
     fig = fig_as2008(ours, pnls, out_dir / "as2008_profit.png", paper)
     headers = ["γ", "strategy"]
     for c in AS2008_COLUMNS:
         headers += [f"{c} (ours)", f"{c} (paper)"]
-    lines = ["# Avellaneda & Stoikov (2008): inventory vs symmetric strategy", "",
-             "Avellaneda, M. and Stoikov, S. (2008), High-frequency trading in a limit order book, Quantitative "
-             "Finance 8(3):217-224, section 4, Tables 1-3: s = 100, T = 1, σ = 2, dt = 0.005, A = 140, k = 1.5, "
-             "q0 = 0. The inventory strategy quotes around the reservation price; the symmetric strategy quotes "
-             "the inventory strategy's time-averaged spread around the mid.", ""]
+    lines = [
+        "# Avellaneda & Stoikov (2008): inventory vs symmetric strategy",
+        "",
+        "Avellaneda, M. and Stoikov, S. (2008), High-frequency trading in a limit order book, Quantitative "
+        "Finance 8(3):217-224, section 4, Tables 1-3: s = 100, T = 1, σ = 2, dt = 0.005, A = 140, k = 1.5, "
+        "q0 = 0. The inventory strategy quotes around the reservation price; the symmetric strategy quotes "
+        "the inventory strategy's time-averaged spread around the mid.",
+        "",
+    ]
     if config_lines:
         lines += [md_table(["", ""], config_lines), ""]
-    lines += [md_table(headers, as2008_rows(ours, paper)), "",
-              f"![as2008 profit]({fig.name})", "",
-              "Profit is the final equity change (cash plus inventory at the final mid); q is the final inventory; "
-              "sd over paths. With " + f"{metrics['n_paths']:,}" + " paths the standard error of a mean profit is "
-              "about sd / sqrt(n).", ""]
+    lines += [
+        md_table(headers, as2008_rows(ours, paper)),
+        "",
+        f"![as2008 profit]({fig.name})",
+        "",
+        "Profit is the final equity change (cash plus inventory at the final mid); q is the final inventory; "
+        "sd over paths. With " + f"{metrics['n_paths']:,}" + " paths the standard error of a mean profit is "
+        "about sd / sqrt(n).",
+        "",
+    ]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    lines += [f"Throughput: {fmt(metrics['throughput_path_steps_per_s'])} path-steps/s over all "
-              f"{len(ours)} runs (compile {fmt(metrics['compile_s'])} s, run {fmt(metrics['run_s'])} s).", ""]
+    lines += [
+        f"Throughput: {fmt(metrics['throughput_path_steps_per_s'])} path-steps/s over all "
+        f"{len(ours)} runs (compile {fmt(metrics['compile_s'])} s, run {fmt(metrics['run_s'])} s).",
+        "",
+    ]
     (out_dir / "report.md").write_text("\n".join(lines))
     return [fig, out_dir / "report.md"]

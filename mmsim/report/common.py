@@ -39,7 +39,7 @@ def fmt(x: Any, digits: int = 4) -> str:
         return "-" if math.isnan(v) else ("inf" if v > 0 else "-inf")
     if v == 0:
         return "0"
-    if 10 ** digits <= abs(v) < 1e12:
+    if 10**digits <= abs(v) < 1e12:
         return f"{v:,.0f}"
     if 1e-3 <= abs(v) < 1e6:
         s = f"{v:.{digits}g}"
@@ -85,12 +85,17 @@ def liquidation_claim(p_liq: dict, epsilon: float, ci_level: float = 0.95) -> st
     k, hi = p_liq["count"], p_liq["ci_high"]
     paths = f" of {n:,} paths" if n else ""
     if hi <= epsilon:
-        return (f"P(liquidation) ≈ 0: {k} liquidation(s){paths}; the {ci_level:.0%} Clopper-Pearson upper bound "
-                f"{hi:.3g} is below the target ε = {epsilon:g}.")
-    return (f"P(liquidation) is NOT certified to be approximately 0: {k} liquidation(s){paths}, estimate "
-            f"{p_liq['estimate']:.3g}, {ci_level:.0%} Clopper-Pearson interval [{p_liq['ci_low']:.3g}, {hi:.3g}]; "
-            f"the upper bound {hi:.3g} exceeds the target ε = {epsilon:g}"
-            + (" (more paths would be needed to certify it)" if k == 0 else "") + ".")
+        return (
+            f"P(liquidation) ≈ 0: {k} liquidation(s){paths}; the {ci_level:.0%} Clopper-Pearson upper bound "
+            f"{hi:.3g} is below the target ε = {epsilon:g}."
+        )
+    return (
+        f"P(liquidation) is NOT certified to be approximately 0: {k} liquidation(s){paths}, estimate "
+        f"{p_liq['estimate']:.3g}, {ci_level:.0%} Clopper-Pearson interval [{p_liq['ci_low']:.3g}, {hi:.3g}]; "
+        f"the upper bound {hi:.3g} exceeds the target ε = {epsilon:g}"
+        + (" (more paths would be needed to certify it)" if k == 0 else "")
+        + "."
+    )
 
 
 def summary_rows(m: dict) -> list[tuple[str, str]]:
@@ -101,8 +106,10 @@ def summary_rows(m: dict) -> list[tuple[str, str]]:
         ("paths x steps (dt)", f"{m['n_paths']:,} x {m['n_steps']:,} ({fmt(m['dt_s'])} s)"),
         ("horizon", f"{fmt(m['horizon_s'])} s"),
         ("P(liquidation) [CI]", f"{fmt(pl['estimate'])} [{fmt(pl['ci_low'])}, {fmt(pl['ci_high'])}] ({pl['count']})"),
-        (f"P(max DD > {pct(pd_['threshold'])} equity) [CI]",
-         f"{fmt(pd_['estimate'])} [{fmt(pd_['ci_low'])}, {fmt(pd_['ci_high'])}] ({pd_['count']})"),
+        (
+            f"P(max DD > {pct(pd_['threshold'])} equity) [CI]",
+            f"{fmt(pd_['estimate'])} [{fmt(pd_['ci_low'])}, {fmt(pd_['ci_high'])}] ({pd_['count']})",
+        ),
         ("PnL mean ± se", f"{fmt(p['mean'])} ± {fmt(p.get('se_mean'))}"),
         ("PnL sd", fmt(p["std"])),
         ("PnL q01 / q50 / q99", f"{fmt(p['q01'])} / {fmt(p['q50'])} / {fmt(p['q99'])}"),
@@ -113,8 +120,9 @@ def summary_rows(m: dict) -> list[tuple[str, str]]:
     ]
     ttl = m.get("time_to_liquidation") or {}
     if ttl.get("count"):
-        rows.append(("time to liquidation q05 / q50 / q95 (s)",
-                     f"{fmt(ttl['q05'])} / {fmt(ttl['q50'])} / {fmt(ttl['q95'])}"))
+        rows.append(
+            ("time to liquidation q05 / q50 / q95 (s)", f"{fmt(ttl['q05'])} / {fmt(ttl['q50'])} / {fmt(ttl['q95'])}")
+        )
     rows += [
         ("throughput (path-steps / s)", fmt(m["throughput_path_steps_per_s"])),
         ("compile / run (s)", f"{fmt(m['compile_s'])} / {fmt(m['run_s'])}"),

@@ -13,8 +13,15 @@ from mmsim.optimize.objective import Constraints
 from mmsim.optimize.validation import FrontierResult
 
 
-def plot_frontier(fr: FrontierResult, param: str, constraints: Constraints, path: str | os.PathLike, *,
-                  optimum: dict | None = None, objective_label: str = "E[PnL]") -> Path:
+def plot_frontier(
+    fr: FrontierResult,
+    param: str,
+    constraints: Constraints,
+    path: str | os.PathLike,
+    *,
+    optimum: dict | None = None,
+    objective_label: str = "E[PnL]",
+) -> Path:
     """Objective (with +-2 standard errors) and P(liquidation) with its 95 % Clopper-Pearson band
     against ``param`` (log axis), the epsilon line, the feasible points and the optimum
     (``optimum``: a validation dict with ``theta``) marked."""
@@ -35,8 +42,15 @@ def plot_frontier(fr: FrontierResult, param: str, constraints: Constraints, path
     if fr.best_feasible is not None:
         ax.axhline(obj[fr.best_feasible], color="C2", lw=0.6, ls=":")
     if optimum is not None:
-        ax.errorbar([optimum["theta"][param]], [optimum["objective"]], yerr=[2 * optimum.get("objective_se", 0.0)],
-                    fmt="*", color="C3", ms=12, label="optimiser (validation)")
+        ax.errorbar(
+            [optimum["theta"][param]],
+            [optimum["objective"]],
+            yerr=[2 * optimum.get("objective_se", 0.0)],
+            fmt="*",
+            color="C3",
+            ms=12,
+            label="optimiser (validation)",
+        )
     ax.set_ylabel(f"{objective_label} (quote ccy)")
     ax.legend(fontsize=7)
     ax.set_xscale("log")
@@ -51,18 +65,27 @@ def plot_frontier(fr: FrontierResult, param: str, constraints: Constraints, path
         ax.axhline(eps, color="k", ls="--", lw=1, label=f"epsilon = {eps:g}")
         if optimum is not None and key in optimum:
             o = optimum[key]
-            ax.errorbar([optimum["theta"][param]], [max(o["estimate"], floor)],
-                        yerr=[[max(o["estimate"], floor) - max(o["ci_low"], floor * 0.5)],
-                              [o["ci_high"] - max(o["estimate"], floor)]], fmt="*", color="C3", ms=12,
-                        label="optimiser (validation)")
+            ax.errorbar(
+                [optimum["theta"][param]],
+                [max(o["estimate"], floor)],
+                yerr=[
+                    [max(o["estimate"], floor) - max(o["ci_low"], floor * 0.5)],
+                    [o["ci_high"] - max(o["estimate"], floor)],
+                ],
+                fmt="*",
+                color="C3",
+                ms=12,
+                label="optimiser (validation)",
+            )
         ax.set_yscale("log")
         ax.set_ylabel(f"{label}\n(0 drawn at {floor:.2g})")
         ax.legend(fontsize=7)
 
     prob_panel(axes[1], "p_liquidation", constraints.epsilon_liq, "P(liquidation)")
     if constraints.has_dd:
-        prob_panel(axes[2], "p_drawdown", float(constraints.epsilon_dd),
-                   f"P(max dd > {constraints.drawdown_threshold:g})")
+        prob_panel(
+            axes[2], "p_drawdown", float(constraints.epsilon_dd), f"P(max dd > {constraints.drawdown_threshold:g})"
+        )
     axes[-1].set_xlabel(param)
     fig.suptitle(f"Frontier over {param} (validation paths, seed {fr.seed})", fontsize=10)
     fig.tight_layout()
@@ -94,8 +117,9 @@ def plot_trace(res: OptResult, path: str | os.PathLike) -> Path:
     ax.legend(fontsize=7)
     ax = axes[1]
     ax.plot(it, tr["objective"], color="C0")
-    ax.fill_between(it, tr["objective"] - 2 * tr["objective_se"], tr["objective"] + 2 * tr["objective_se"],
-                    color="C0", alpha=0.2)
+    ax.fill_between(
+        it, tr["objective"] - 2 * tr["objective_se"], tr["objective"] + 2 * tr["objective_se"], color="C0", alpha=0.2
+    )
     ax.axvline(res.selected_iter, color="C3", ls=":", lw=1)
     ax.set_ylabel(f"training {res.objective.label()}")
     ax = axes[2]
@@ -131,29 +155,44 @@ def plot_trace(res: OptResult, path: str | os.PathLike) -> Path:
 
 def _markdown(s: dict) -> str:
     v = s["selected_validation"]
-    lines = [f"# Policy optimisation ({s['world']} world, {s['horizon_s']:g} s horizon)", "",
-             f"Maximise {s['objective']} subject to P(liquidation) <= {s['constraints']['epsilon_liq']:g}"
-             + (f" and P(max drawdown > {s['constraints']['drawdown_threshold']:g}) <= "
-                f"{s['constraints']['epsilon_dd']:g}" if s["constraints"]["epsilon_dd"] is not None else "") + ".", "",
-             f"**{'Feasible' if s['feasible'] else 'Not feasible'}** — {s['message']}", "",
-             "| | value |", "|---|---|",
-             f"| start | {s['theta0']}" + (" (best of the frontier grid on the training paths)"
-                                            if s.get("start") == "frontier" else "") + " |",
-             f"| optimiser result | {s['optimum']['theta']} (iteration {s['optimum']['selected_iter']}, "
-             f"{s['optimum']['n_evals']} evaluations, {s['optimum']['wall_s']:.1f} s) |",
-             f"| reported ({s['selected']}) | {v['theta']} |",
-             f"| validation | seed {v['seed']}, {v['n_paths']} paths |",
-             f"| objective | {v['objective']:.6g} ± {v['objective_se']:.2g} |",
-             f"| P(liquidation) | {v['p_liquidation']['count']}/{v['n_paths']}, 95 % CI "
-             f"[{v['p_liquidation']['ci_low']:.3g}, {v['p_liquidation']['ci_high']:.3g}] |"]
+    lines = [
+        f"# Policy optimisation ({s['world']} world, {s['horizon_s']:g} s horizon)",
+        "",
+        f"Maximise {s['objective']} subject to P(liquidation) <= {s['constraints']['epsilon_liq']:g}"
+        + (
+            f" and P(max drawdown > {s['constraints']['drawdown_threshold']:g}) <= {s['constraints']['epsilon_dd']:g}"
+            if s["constraints"]["epsilon_dd"] is not None
+            else ""
+        )
+        + ".",
+        "",
+        f"**{'Feasible' if s['feasible'] else 'Not feasible'}** — {s['message']}",
+        "",
+        "| | value |",
+        "|---|---|",
+        f"| start | {s['theta0']}"
+        + (" (best of the frontier grid on the training paths)" if s.get("start") == "frontier" else "")
+        + " |",
+        f"| optimiser result | {s['optimum']['theta']} (iteration {s['optimum']['selected_iter']}, "
+        f"{s['optimum']['n_evals']} evaluations, {s['optimum']['wall_s']:.1f} s) |",
+        f"| reported ({s['selected']}) | {v['theta']} |",
+        f"| validation | seed {v['seed']}, {v['n_paths']} paths |",
+        f"| objective | {v['objective']:.6g} ± {v['objective_se']:.2g} |",
+        f"| P(liquidation) | {v['p_liquidation']['count']}/{v['n_paths']}, 95 % CI "
+        f"[{v['p_liquidation']['ci_low']:.3g}, {v['p_liquidation']['ci_high']:.3g}] |",
+    ]
     if "p_drawdown" in v:
-        lines.append(f"| P(drawdown > x) | {v['p_drawdown']['count']}/{v['n_paths']}, 95 % CI "
-                     f"[{v['p_drawdown']['ci_low']:.3g}, {v['p_drawdown']['ci_high']:.3g}] |")
+        lines.append(
+            f"| P(drawdown > x) | {v['p_drawdown']['count']}/{v['n_paths']}, 95 % CI "
+            f"[{v['p_drawdown']['ci_low']:.3g}, {v['p_drawdown']['ci_high']:.3g}] |"
+        )
     c = s.get("comparison") or {}
     if c.get("best_feasible_grid_objective") is not None:
-        lines.append(f"| best feasible grid point | {c['best_feasible_grid_theta']}: "
-                     f"{c['best_feasible_grid_objective']:.6g}"
-                     f" (optimiser {100 * c['relative_gap']:+.2f} % below; within 2 %: {c['within_2pct']}) |")
+        lines.append(
+            f"| best feasible grid point | {c['best_feasible_grid_theta']}: "
+            f"{c['best_feasible_grid_objective']:.6g}"
+            f" (optimiser {100 * c['relative_gap']:+.2f} % below; within 2 %: {c['within_2pct']}) |"
+        )
     elif s.get("frontier") is not None:
         lines.append("| best feasible grid point | none of the grid is certified feasible |")
     lines += [""]

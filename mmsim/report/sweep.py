@@ -29,7 +29,8 @@ def _job_label(job_dir: Path) -> str:
 
 def sweep_rows(sweep_dir: Path) -> list[dict]:
     """One flat dict per job directory of ``sweep_dir`` that holds a metrics.json."""
-    def order(mfile):   # Hydra's job number first (jobs 2 .. 9 before 10), then the name
+
+    def order(mfile):  # Hydra's job number first (jobs 2 .. 9 before 10), then the name
         head = mfile.parent.name.split("_", 1)[0]
         return (int(head) if head.isdigit() else math.inf, mfile.parent.name)
 
@@ -46,10 +47,20 @@ def sweep_rows(sweep_dir: Path) -> list[dict]:
                 row[f"profit_mean[{r['strategy']},γ={r['gamma']:g}]"] = r["profit_mean"]
         else:
             pl, pdd, p = m["p_liquidation"], m["p_drawdown"], m["pnl"]
-            row.update({"pnl_mean": p["mean"], "pnl_se": p.get("se_mean"), "pnl_std": p["std"],
-                        "var_99": p["var_99"], "cvar_99": p["cvar_99"], "p_liq": pl["estimate"],
-                        "p_liq_ci_high": pl["ci_high"], "p_dd": pdd["estimate"], "p_dd_ci_high": pdd["ci_high"],
-                        "max_dd_q99": m["max_drawdown"]["q99"]})
+            row.update(
+                {
+                    "pnl_mean": p["mean"],
+                    "pnl_se": p.get("se_mean"),
+                    "pnl_std": p["std"],
+                    "var_99": p["var_99"],
+                    "cvar_99": p["cvar_99"],
+                    "p_liq": pl["estimate"],
+                    "p_liq_ci_high": pl["ci_high"],
+                    "p_dd": pdd["estimate"],
+                    "p_dd_ci_high": pdd["ci_high"],
+                    "max_dd_q99": m["max_drawdown"]["q99"],
+                }
+            )
         row["n_paths"] = m.get("n_paths")
         rows.append(row)
     return rows
@@ -85,8 +96,9 @@ def varying_labels(overrides: list[str]) -> list[str]:
     out = []
     for t in toks:
         parts = [x for x in t if x not in common] or t
-        out.append("\n".join(f"{x.split('=', 1)[0].rsplit('.', 1)[-1]}={x.split('=', 1)[1]}" if "=" in x else x
-                             for x in parts))
+        out.append(
+            "\n".join(f"{x.split('=', 1)[0].rsplit('.', 1)[-1]}={x.split('=', 1)[1]}" if "=" in x else x for x in parts)
+        )
     return out
 
 
@@ -100,7 +112,7 @@ def write_sweep_summary(sweep_dir: Path) -> list[Path]:
     if not rows:
         return []
     swept = swept_params([r["overrides"] for r in rows])
-    for k, vals in swept.items():   # the swept parameters as columns of their own (numbers where numeric)
+    for k, vals in swept.items():  # the swept parameters as columns of their own (numbers where numeric)
         for r, v in zip(rows, vals, strict=True):
             r[k] = v
     keys = list(dict.fromkeys(k for r in rows for k in r))
@@ -109,8 +121,14 @@ def write_sweep_summary(sweep_dir: Path) -> list[Path]:
         w.writeheader()
         for r in rows:
             w.writerow({k: r.get(k) for k in keys})
-    md = ["# Sweep summary", "", f"{len(rows)} job(s) in `{sweep_dir}`.", "",
-          md_table(keys, [[r.get(k) if not isinstance(r.get(k), str) else r[k] for k in keys] for r in rows]), ""]
+    md = [
+        "# Sweep summary",
+        "",
+        f"{len(rows)} job(s) in `{sweep_dir}`.",
+        "",
+        md_table(keys, [[r.get(k) if not isinstance(r.get(k), str) else r[k] for k in keys] for r in rows]),
+        "",
+    ]
     files = [sweep_dir / "sweep_summary.csv"]
     risk_rows = [r for r in rows if "pnl_mean" in r]
     if risk_rows:
@@ -121,21 +139,24 @@ def write_sweep_summary(sweep_dir: Path) -> list[Path]:
         one = swept_params([r["overrides"] for r in risk_rows])
         numeric_x = None
         if len(one) == 1:
-            (key, vals), = one.items()
+            ((key, vals),) = one.items()
             if all(isinstance(v, float) and math.isfinite(v) for v in vals):
                 numeric_x, x = key, np.asarray(vals, float)
-        fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(max(6, 0.8 * len(risk_rows) + 2), 8 + 0.3 * n_lines),
-                                         sharex=True)
+        fig, (a1, a2, a3) = plt.subplots(
+            3, 1, figsize=(max(6, 0.8 * len(risk_rows) + 2), 8 + 0.3 * n_lines), sharex=True
+        )
         mean = np.array([r["pnl_mean"] for r in risk_rows], float)
         se = np.array([r.get("pnl_se") or 0.0 for r in risk_rows], float)
         a1.errorbar(x, mean, yerr=2 * se, fmt="o", capsize=3)
         a1.set_ylabel("PnL mean ± 2 se")
         a1.grid(alpha=0.3)
-        for ax, est, hi, what in ((a2, "p_liq", "p_liq_ci_high", "P(liquidation)"),
-                                  (a3, "p_dd", "p_dd_ci_high", "P(max drawdown > x)")):
+        for ax, est, hi, what in (
+            (a2, "p_liq", "p_liq_ci_high", "P(liquidation)"),
+            (a3, "p_dd", "p_dd_ci_high", "P(max drawdown > x)"),
+        ):
             if numeric_x is None:
                 ax.bar(x, [r[hi] for r in risk_rows], color="#c44e52", alpha=0.6, label="CP upper bound")
-            else:   # bars have no width on a numeric (possibly log) axis: thick lines from 0
+            else:  # bars have no width on a numeric (possibly log) axis: thick lines from 0
                 ax.vlines(x, 0, [r[hi] for r in risk_rows], colors="#c44e52", lw=8, alpha=0.6, label="CP upper bound")
             ax.plot(x, [r[est] for r in risk_rows], "ko", label="estimate")
             ax.set_ylabel(what)

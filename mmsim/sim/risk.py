@@ -24,21 +24,27 @@ from scipy import stats
 
 
 class PathRisk(NamedTuple):
-    peak_equity: jax.Array     # () quote currency
-    max_dd: jax.Array          # () quote currency
-    max_dd_frac: jax.Array     # () fraction of the running peak
+    peak_equity: jax.Array  # () quote currency
+    max_dd: jax.Array  # () quote currency
+    max_dd_frac: jax.Array  # () fraction of the running peak
     min_margin_ratio: jax.Array  # ()
     max_abs_inventory: jax.Array  # (A,) base units
-    liquidated: jax.Array      # () bool
-    liq_time: jax.Array        # () seconds, -1 if never
-    n_bad: jax.Array           # () int32 steps whose equity was not finite (flagged, not propagated)
+    liquidated: jax.Array  # () bool
+    liq_time: jax.Array  # () seconds, -1 if never
+    n_bad: jax.Array  # () int32 steps whose equity was not finite (flagged, not propagated)
 
 
 def init(initial_equity, n_assets: int, dtype=jnp.float32) -> PathRisk:
-    return PathRisk(peak_equity=jnp.asarray(initial_equity, dtype), max_dd=jnp.zeros((), dtype),
-                    max_dd_frac=jnp.zeros((), dtype), min_margin_ratio=jnp.asarray(np.inf, dtype),
-                    max_abs_inventory=jnp.zeros((n_assets,), dtype), liquidated=jnp.zeros((), bool),
-                    liq_time=-jnp.ones((), dtype), n_bad=jnp.zeros((), jnp.int32))
+    return PathRisk(
+        peak_equity=jnp.asarray(initial_equity, dtype),
+        max_dd=jnp.zeros((), dtype),
+        max_dd_frac=jnp.zeros((), dtype),
+        min_margin_ratio=jnp.asarray(np.inf, dtype),
+        max_abs_inventory=jnp.zeros((n_assets,), dtype),
+        liquidated=jnp.zeros((), bool),
+        liq_time=-jnp.ones((), dtype),
+        n_bad=jnp.zeros((), jnp.int32),
+    )
 
 
 def update(r: PathRisk, equity, margin_ratio, position, liquidated_now, t) -> PathRisk:
@@ -48,13 +54,15 @@ def update(r: PathRisk, equity, margin_ratio, position, liquidated_now, t) -> Pa
     peak = jnp.maximum(r.peak_equity, eq)
     dd = peak - eq
     return PathRisk(
-        peak_equity=peak, max_dd=jnp.maximum(r.max_dd, dd),
+        peak_equity=peak,
+        max_dd=jnp.maximum(r.max_dd, dd),
         max_dd_frac=jnp.maximum(r.max_dd_frac, dd / jnp.maximum(peak, 1e-12)),
         min_margin_ratio=jnp.minimum(r.min_margin_ratio, jnp.where(jnp.isfinite(margin_ratio), margin_ratio, np.inf)),
         max_abs_inventory=jnp.maximum(r.max_abs_inventory, jnp.abs(position)),
         liquidated=r.liquidated | liquidated_now,
         liq_time=jnp.where(liquidated_now & ~r.liquidated, t, r.liq_time).astype(r.liq_time.dtype),
-        n_bad=r.n_bad + (~ok).astype(jnp.int32))
+        n_bad=r.n_bad + (~ok).astype(jnp.int32),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -109,8 +117,8 @@ def certifiable_count(epsilon: float, n: int, alpha: float = 0.05) -> int:
     (-1 when even 0 events cannot certify epsilon)."""
     if cp_upper(0.0, n, alpha) > epsilon:
         return -1
-    lo, hi = 0, max(1, int(epsilon * n))          # the bound exceeds k / n, so k* < epsilon n
-    while lo < hi:                                 # largest k with bound <= epsilon
+    lo, hi = 0, max(1, int(epsilon * n))  # the bound exceeds k / n, so k* < epsilon n
+    while lo < hi:  # largest k with bound <= epsilon
         mid = (lo + hi + 1) // 2
         if cp_upper(mid / n, n, alpha) <= epsilon:
             lo = mid
@@ -135,8 +143,11 @@ def var_cvar(pnl: np.ndarray, level: float) -> tuple[float, float]:
 
 def pnl_summary(pnl: np.ndarray) -> dict:
     pnl = np.asarray(pnl, float)
-    out = {"mean": float(pnl.mean()), "std": float(pnl.std(ddof=1)) if pnl.size > 1 else 0.0,
-           "se_mean": float(pnl.std(ddof=1) / np.sqrt(pnl.size)) if pnl.size > 1 else 0.0}
+    out = {
+        "mean": float(pnl.mean()),
+        "std": float(pnl.std(ddof=1)) if pnl.size > 1 else 0.0,
+        "se_mean": float(pnl.std(ddof=1) / np.sqrt(pnl.size)) if pnl.size > 1 else 0.0,
+    }
     for q in (0.01, 0.05, 0.5, 0.95, 0.99):
         out[f"q{int(round(q * 100)):02d}"] = float(np.quantile(pnl, q))
     for level in (0.95, 0.99):
@@ -161,8 +172,13 @@ def time_to_liquidation(liq_time: np.ndarray) -> dict:
     t = t[t >= 0]
     if t.size == 0:
         return {"count": 0}
-    return {"count": int(t.size), "mean": float(t.mean()), "q05": float(np.quantile(t, 0.05)),
-            "q50": float(np.quantile(t, 0.5)), "q95": float(np.quantile(t, 0.95))}
+    return {
+        "count": int(t.size),
+        "mean": float(t.mean()),
+        "q05": float(np.quantile(t, 0.05)),
+        "q50": float(np.quantile(t, 0.5)),
+        "q95": float(np.quantile(t, 0.95)),
+    }
 
 
 def summarize(result, drawdown_threshold: float, alpha: float = 0.05) -> dict:
@@ -192,18 +208,28 @@ def summarize(result, drawdown_threshold: float, alpha: float = 0.05) -> dict:
         "seed": result.seed,
         "initial_equity": result.initial_equity,
         "p_liquidation": {k: p_liq[k] for k in ("count", "estimate", "ci_low", "ci_high")},
-        "p_drawdown": {"threshold": drawdown_threshold, **{k: p_dd[k] for k in ("count", "estimate", "ci_low",
-                                                                                 "ci_high")}},
+        "p_drawdown": {
+            "threshold": drawdown_threshold,
+            **{k: p_dd[k] for k in ("count", "estimate", "ci_low", "ci_high")},
+        },
         "pnl": pnl_summary(np.asarray(s.pnl, float)),
-        "max_drawdown": {"mean": float(dd_abs.mean()), "q50": float(np.quantile(dd_abs, 0.5)),
-                         "q95": float(np.quantile(dd_abs, 0.95)), "q99": float(np.quantile(dd_abs, 0.99)),
-                         "frac_of_peak_q99": float(np.quantile(np.asarray(s.max_dd_frac, float), 0.99))},
+        "max_drawdown": {
+            "mean": float(dd_abs.mean()),
+            "q50": float(np.quantile(dd_abs, 0.5)),
+            "q95": float(np.quantile(dd_abs, 0.95)),
+            "q99": float(np.quantile(dd_abs, 0.99)),
+            "frac_of_peak_q99": float(np.quantile(np.asarray(s.max_dd_frac, float), 0.99)),
+        },
         "pnl_decomposition": {name: float(comps[:, i].mean()) for i, name in enumerate(PNL_COMPONENTS)},
         "fills": {"bid_mean": float(fills[..., 0].sum(-1).mean()), "ask_mean": float(fills[..., 1].sum(-1).mean())},
-        "min_margin_ratio": {"q01": float(np.quantile(np.asarray(s.min_margin_ratio, float), 0.01)),
-                             "q50": float(np.quantile(np.asarray(s.min_margin_ratio, float), 0.5))},
-        "max_abs_inventory": {"mean": float(np.asarray(s.max_abs_inventory, float).max(-1).mean()),
-                              "q99": float(np.quantile(np.asarray(s.max_abs_inventory, float).max(-1), 0.99))},
+        "min_margin_ratio": {
+            "q01": float(np.quantile(np.asarray(s.min_margin_ratio, float), 0.01)),
+            "q50": float(np.quantile(np.asarray(s.min_margin_ratio, float), 0.5)),
+        },
+        "max_abs_inventory": {
+            "mean": float(np.asarray(s.max_abs_inventory, float).max(-1).mean()),
+            "q99": float(np.quantile(np.asarray(s.max_abs_inventory, float).max(-1), 0.99)),
+        },
         "time_to_liquidation": time_to_liquidation(liq_time),
         "non_finite_steps": int(np.asarray(s.n_bad).sum()),
         "throughput_path_steps_per_s": result.path_steps_per_s,

@@ -12,9 +12,10 @@ never on the chunk size or the number of devices (tests check both).
 Paths are vmapped, split over the local devices with ``jax.shard_map`` (no communication: every
 path is independent) and run ``chunk_size`` at a time so memory stays bounded whatever the number
 of paths; a progress bar counts chunks. Across hosts, call ``jax.distributed.initialize()`` first:
-each process then runs the chunks ``process_index :: process_count`` and the caller gathers. Only per-path summaries leave the device; full traces (for
-figures) are recorded for the first ``n_trace`` paths by a second compiled function that replays
-exactly those paths; XLA compiles it on a background thread while it compiles the first.
+each process then runs the chunks ``process_index :: process_count`` and the caller gathers. Only
+per-path summaries leave the device; full traces (for figures) are recorded for the first
+``n_trace`` paths by a second compiled function that replays exactly those paths; XLA compiles it
+on a background thread while it compiles the first.
 
 Compiled functions are cached by (world, static structure, shapes, n_steps, dt, dtype, devices):
 calling :func:`simulate` again with new parameter values (a sweep over gamma, an optimiser)
@@ -61,35 +62,35 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 class PathSummary(NamedTuple):
     """Per-path results (numpy on the host; one row per path)."""
 
-    pnl: Any               # (n,) final equity - initial equity, quote currency
-    pnl_components: Any    # (n, 6) engine.PNL_COMPONENTS, quote currency
-    max_dd: Any            # (n,) maximum drawdown, quote currency
-    max_dd_frac: Any       # (n,) maximum drawdown, fraction of the running peak equity
+    pnl: Any  # (n,) final equity - initial equity, quote currency
+    pnl_components: Any  # (n, 6) engine.PNL_COMPONENTS, quote currency
+    max_dd: Any  # (n,) maximum drawdown, quote currency
+    max_dd_frac: Any  # (n,) maximum drawdown, fraction of the running peak equity
     min_margin_ratio: Any  # (n,) minimum equity / maintenance margin
     max_abs_inventory: Any  # (n, A) base units
-    liquidated: Any        # (n,) bool
-    liq_time: Any          # (n,) seconds, -1 if never
-    n_fills: Any           # (n, A, 2) fills on the bid, on the ask
-    final_position: Any    # (n, A) base units
-    n_bad: Any             # (n,) steps whose equity was not finite
+    liquidated: Any  # (n,) bool
+    liq_time: Any  # (n,) seconds, -1 if never
+    n_fills: Any  # (n, A, 2) fills on the bid, on the ask
+    final_position: Any  # (n, A) base units
+    n_bad: Any  # (n,) steps whose equity was not finite
 
 
 class Trace(NamedTuple):
     """Full traces of the first paths, shape (n_trace, n_steps + 1, ...); index 0 is t = 0."""
 
-    t: Any                 # (n_steps + 1,) seconds
-    mid: Any               # (n, T+1, A) quote currency
-    position: Any          # (n, T+1, A) base units
-    bid: Any               # (n, T+1, A) our bid (0 when the side is off)
-    ask: Any               # (n, T+1, A) our ask (0 when the side is off)
-    spread_quoted: Any     # (n, T+1, A) quote currency
-    sigma: Any             # (n, T+1, A) estimated log-mid volatility per sqrt second
+    t: Any  # (n_steps + 1,) seconds
+    mid: Any  # (n, T+1, A) quote currency
+    position: Any  # (n, T+1, A) base units
+    bid: Any  # (n, T+1, A) our bid (0 when the side is off)
+    ask: Any  # (n, T+1, A) our ask (0 when the side is off)
+    spread_quoted: Any  # (n, T+1, A) quote currency
+    sigma: Any  # (n, T+1, A) estimated log-mid volatility per sqrt second
     cascade_intensity: Any  # (n, T+1, A) estimated liquidation intensity, per second
-    equity: Any            # (n, T+1) quote currency
-    maintenance: Any       # (n, T+1) maintenance margin, quote currency
-    margin_ratio: Any      # (n, T+1)
-    regime: Any            # (n, T+1) estimated regime (0 low .. 3 extreme)
-    true_regime: Any       # (n, T+1) the world's regime (-1 where the world has none)
+    equity: Any  # (n, T+1) quote currency
+    maintenance: Any  # (n, T+1) maintenance margin, quote currency
+    margin_ratio: Any  # (n, T+1)
+    regime: Any  # (n, T+1) estimated regime (0 low .. 3 extreme)
+    true_regime: Any  # (n, T+1) the world's regime (-1 where the world has none)
     true_cascade_intensity: Any  # (n, T+1, A) the world's liquidation intensity, per second
 
 
@@ -134,10 +135,24 @@ def _unpack_obs(fields, packed, a: int, dtype) -> observation.Observation:
 def _row(obs, est, info, truth, dtype):
     q = est.quote
     true_regime, true_lam = truth
-    maint = jnp.where(info.margin_ratio >= acct.FLAT_MARGIN_RATIO, 0.0,
-                      info.equity / jnp.maximum(info.margin_ratio, 1e-12)).astype(dtype)
-    return (obs.mid, info.position, q.bid_price, q.ask_price, info.spread_quoted, info.sigma,
-            info.cascade_intensity, info.equity, maint, info.margin_ratio, info.regime, true_regime, true_lam)
+    maint = jnp.where(
+        info.margin_ratio >= acct.FLAT_MARGIN_RATIO, 0.0, info.equity / jnp.maximum(info.margin_ratio, 1e-12)
+    ).astype(dtype)
+    return (
+        obs.mid,
+        info.position,
+        q.bid_price,
+        q.ask_price,
+        info.spread_quoted,
+        info.sigma,
+        info.cascade_intensity,
+        info.equity,
+        maint,
+        info.margin_ratio,
+        info.regime,
+        true_regime,
+        true_lam,
+    )
 
 
 def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: bool):
@@ -179,10 +194,19 @@ def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: b
         s = e.account
         comps = acct.pnl_components(s)
         pnl = acct.equity(s, s.last_mid) - jnp.asarray(ep.account.initial_equity, dtype)
-        return PathSummary(pnl=pnl.astype(dtype), pnl_components=comps.astype(dtype), max_dd=r.max_dd,
-                           max_dd_frac=r.max_dd_frac, min_margin_ratio=r.min_margin_ratio,
-                           max_abs_inventory=r.max_abs_inventory, liquidated=r.liquidated, liq_time=r.liq_time,
-                           n_fills=s.n_fills.astype(jnp.int32), final_position=s.position, n_bad=r.n_bad)
+        return PathSummary(
+            pnl=pnl.astype(dtype),
+            pnl_components=comps.astype(dtype),
+            max_dd=r.max_dd,
+            max_dd_frac=r.max_dd_frac,
+            min_margin_ratio=r.min_margin_ratio,
+            max_abs_inventory=r.max_abs_inventory,
+            liquidated=r.liquidated,
+            liq_time=r.liq_time,
+            n_fills=s.n_fills.astype(jnp.int32),
+            final_position=s.position,
+            n_bad=r.n_bad,
+        )
 
     carry = jax.vmap(start)(keys)
     step = jax.vmap(one, in_axes=(0, 0, None))
@@ -213,8 +237,17 @@ def _compile_start(world, mp, ep, keys, *, n_steps, dt, dtype, trace, devices):
     while the first one does, on a machine with cores to spare). Returns a ``finish()`` that
     waits and gives ``(compiled, seconds)``; the seconds are those spent in this call and in
     ``finish()``, 0 when the program came from the cache."""
-    key = (world, _signature(mp), _signature(ep), keys.shape, n_steps, float(dt), jnp.dtype(dtype).name, trace,
-           tuple(d.id for d in devices))
+    key = (
+        world,
+        _signature(mp),
+        _signature(ep),
+        keys.shape,
+        n_steps,
+        float(dt),
+        jnp.dtype(dtype).name,
+        trace,
+        tuple(d.id for d in devices),
+    )
     if key in _COMPILED:
         cached = lambda: (_COMPILED[key], 0.0)  # noqa: E731
         cached.fresh, cached.restructured = False, False
@@ -257,8 +290,11 @@ def _compile_guarded(lowered, options: dict | None):
             if not any(k in str(e) for k in options):
                 raise
             _OPTIONS_REFUSED = True
-            warnings.warn(f"this XLA does not accept the compiler options {sorted(options)}; compiling without "
-                          f"them (same results, possibly slower): {str(e).splitlines()[0]}", stacklevel=2)
+            warnings.warn(
+                f"this XLA does not accept the compiler options {sorted(options)}; compiling without "
+                f"them (same results, possibly slower): {str(e).splitlines()[0]}",
+                stacklevel=2,
+            )
     return lowered.compile()
 
 
@@ -294,7 +330,7 @@ def use_cpu_cores(n: int | None = None) -> int:
     if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         try:
             jax.config.update("jax_num_cpu_devices", int(n))
-        except RuntimeError:   # the backend is already initialised: keep its devices
+        except RuntimeError:  # the backend is already initialised: keep its devices
             pass
     return len(jax.devices("cpu"))
 
@@ -312,9 +348,21 @@ def _validate(n_paths, n_steps, dt, chunk_size, n_trace):
         raise ValueError(f"n_trace = {n_trace!r}: must be a non-negative integer")
 
 
-def simulate(world: str, market_params, engine_params, *, n_paths: int, n_steps: int, dt: float, seed: int,
-             chunk_size: int | None = None, n_trace: int = 0, dtype=jnp.float32, progress: bool = True,
-             devices=None) -> SimResult:
+def simulate(
+    world: str,
+    market_params,
+    engine_params,
+    *,
+    n_paths: int,
+    n_steps: int,
+    dt: float,
+    seed: int,
+    chunk_size: int | None = None,
+    n_trace: int = 0,
+    dtype=jnp.float32,
+    progress: bool = True,
+    devices=None,
+) -> SimResult:
     """Simulate ``n_paths`` paths of ``n_steps`` steps of ``dt`` seconds.
 
     Args:
@@ -334,8 +382,10 @@ def simulate(world: str, market_params, engine_params, *, n_paths: int, n_steps:
     worlds.get(world)
     _validate(n_paths, n_steps, dt, chunk_size, n_trace)
     if engine_params.n_assets != market_params.n_assets:
-        raise ValueError(f"engine n_assets = {engine_params.n_assets} != market n_assets = "
-                         f"{market_params.n_assets}: the engine must quote every asset of the market")
+        raise ValueError(
+            f"engine n_assets = {engine_params.n_assets} != market n_assets = "
+            f"{market_params.n_assets}: the engine must quote every asset of the market"
+        )
     dt = float(dt)
     n_paths, n_steps = int(n_paths), int(n_steps)
     devices = list(devices) if devices is not None else jax.local_devices()
@@ -351,22 +401,25 @@ def simulate(world: str, market_params, engine_params, *, n_paths: int, n_steps:
     root = rng.key(seed)
 
     keys0 = rng.path_keys(root, 0, chunk)
-    fn_done = _compile_start(world, mp, ep, keys0, n_steps=n_steps, dt=dt, dtype=dtype, trace=False,
-                             devices=devices)
+    fn_done = _compile_start(world, mp, ep, keys0, n_steps=n_steps, dt=dt, dtype=dtype, trace=False, devices=devices)
     trace_done = None
-    if n_trace > 0:   # the trace program compiles alongside the simulation's
+    if n_trace > 0:  # the trace program compiles alongside the simulation's
         nt = int(math.ceil(min(n_trace, n_paths) / nd) * nd)
         tkeys = rng.path_keys(root, 0, nt)
-        trace_done = _compile_start(world, mp, ep, tkeys, n_steps=n_steps, dt=dt, dtype=dtype, trace=True,
-                                    devices=devices)
+        trace_done = _compile_start(
+            world, mp, ep, tkeys, n_steps=n_steps, dt=dt, dtype=dtype, trace=True, devices=devices
+        )
     fresh = fn_done.fresh or (trace_done is not None and trace_done.fresh)
     if progress and fresh:
-        why = (" (the structure changed: a static field, the number of assets or scheduled events)"
-               if fn_done.restructured else " (XLA's disk cache, when on, makes the next run faster)")
+        why = (
+            " (the structure changed: a static field, the number of assets or scheduled events)"
+            if fn_done.restructured
+            else " (XLA's disk cache, when on, makes the next run faster)"
+        )
         print(f"compiling the {world} simulation for {chunk} paths x {n_steps} steps{why} ...", end="", flush=True)
     fn, compile_s = fn_done()
     tfn = None
-    if trace_done is not None:   # before the chunks run: the compile must not slow (or time into) them
+    if trace_done is not None:  # before the chunks run: the compile must not slow (or time into) them
         tfn, tc = trace_done()
         compile_s += tc
     if progress and fresh:
@@ -376,26 +429,39 @@ def simulate(world: str, market_params, engine_params, *, n_paths: int, n_steps:
     it = mine
     if progress:
         from tqdm.auto import tqdm
+
         it = tqdm(mine, desc=f"{world}: chunks of {chunk} paths", unit="chunk")
     t0 = time.perf_counter()
     outs = []
     for c in it:
         outs.append(fn(rng.path_keys(root, c * chunk, chunk), mp, ep))
-        if len(outs) >= 2:   # keep at most two chunks in flight
+        if len(outs) >= 2:  # keep at most two chunks in flight
             outs[-2] = jax.device_get(outs[-2])
     outs = [jax.device_get(o) for o in outs]
     run_s = time.perf_counter() - t0
-    summary = PathSummary(*(np.concatenate([np.asarray(getattr(o, f)) for o in outs])[:n_paths]
-                            for f in PathSummary._fields))
+    summary = PathSummary(
+        *(np.concatenate([np.asarray(getattr(o, f)) for o in outs])[:n_paths] for f in PathSummary._fields)
+    )
 
     trace = None
     if tfn is not None:
         _, rows = jax.device_get(tfn(tkeys, mp, ep))
-        rows = [np.asarray(x)[:min(n_trace, n_paths)] for x in rows]
+        rows = [np.asarray(x)[: min(n_trace, n_paths)] for x in rows]
         trace = Trace(np.arange(n_steps + 1) * dt, *rows)
 
     done = len(mine) * chunk if pcount > 1 else n_paths
-    return SimResult(summary=summary, trace=trace, n_paths=n_paths, n_steps=n_steps, dt=dt, seed=int(seed),
-                     chunk_size=chunk, n_devices=nd, compile_s=compile_s, run_s=run_s,
-                     path_steps_per_s=done * n_steps / max(run_s, 1e-12), world=world,
-                     initial_equity=float(np.asarray(engine_params.account.initial_equity)))
+    return SimResult(
+        summary=summary,
+        trace=trace,
+        n_paths=n_paths,
+        n_steps=n_steps,
+        dt=dt,
+        seed=int(seed),
+        chunk_size=chunk,
+        n_devices=nd,
+        compile_s=compile_s,
+        run_s=run_s,
+        path_steps_per_s=done * n_steps / max(run_s, 1e-12),
+        world=world,
+        initial_equity=float(np.asarray(engine_params.account.initial_equity)),
+    )

@@ -29,18 +29,30 @@ from mmsim.world.processes import queue as fl
 
 #: The observation fields this world sets (in :func:`observe` and :func:`step`); every other field
 #: is :func:`mmsim.observation.empty`'s, always (no trades, liquidations or funding here).
-OBS_FIELDS = ("t", "dt", "best_bid", "best_ask", "mid", "last_price", "book_valid", "fill_bid_size",
-              "fill_bid_price", "fill_ask_size", "fill_ask_price", "fills_valid")
+OBS_FIELDS = (
+    "t",
+    "dt",
+    "best_bid",
+    "best_ask",
+    "mid",
+    "last_price",
+    "book_valid",
+    "fill_bid_size",
+    "fill_bid_price",
+    "fill_ask_size",
+    "fill_ask_price",
+    "fills_valid",
+)
 
 
 @pytree_dataclass
 class AS2008Params:
     """Attributes:
-        s0: initial mid, price units.
-        sigma: mid volatility, price units per sqrt(time unit); each step moves +- sigma sqrt(dt).
-        A: fill intensity at zero distance, per time unit.
-        k: decay of the fill intensity with the distance from the mid, per price unit.
-        n_assets: independent copies of the market (static; the paper has one).
+    s0: initial mid, price units.
+    sigma: mid volatility, price units per sqrt(time unit); each step moves +- sigma sqrt(dt).
+    A: fill intensity at zero distance, per time unit.
+    k: decay of the fill intensity with the distance from the mid, per price unit.
+    n_assets: independent copies of the market (static; the paper has one).
     """
 
     s0: jax.Array | float = 100.0
@@ -63,21 +75,20 @@ class AS2008Params:
 
 
 class AS2008State(NamedTuple):
-    t_index: jax.Array   # () int32 steps taken
-    mid: jax.Array       # (A,) price units
+    t_index: jax.Array  # () int32 steps taken
+    mid: jax.Array  # (A,) price units
     fills: fl.FillState
 
 
 class AS2008Info(NamedTuple):
-    mid: jax.Array       # (A,) mid at the end of the step
-    regime: jax.Array    # () always -1 (no regimes in this world)
+    mid: jax.Array  # (A,) mid at the end of the step
+    regime: jax.Array  # () always -1 (no regimes in this world)
     cascade_intensity: jax.Array  # (A,) always 0 (no liquidations in this world)
 
 
 def init(params: AS2008Params, dtype=jnp.float32) -> AS2008State:
     a = params.n_assets
-    return AS2008State(t_index=jnp.zeros((), jnp.int32), mid=jnp.full((a,), params.s0, dtype),
-                       fills=fl.init(a, dtype))
+    return AS2008State(t_index=jnp.zeros((), jnp.int32), mid=jnp.full((a,), params.s0, dtype), fills=fl.init(a, dtype))
 
 
 def _book_obs(mid: jax.Array, t: jax.Array, dt) -> Observation:
@@ -85,8 +96,14 @@ def _book_obs(mid: jax.Array, t: jax.Array, dt) -> Observation:
     a = mid.shape[0]
     on = jnp.ones((a,), bool)
     return observation.empty(a, mid.dtype)._replace(
-        t=jnp.asarray(t, mid.dtype), dt=jnp.asarray(dt, mid.dtype), best_bid=mid, best_ask=mid, mid=mid,
-        last_price=mid, book_valid=on)
+        t=jnp.asarray(t, mid.dtype),
+        dt=jnp.asarray(dt, mid.dtype),
+        best_bid=mid,
+        best_ask=mid,
+        mid=mid,
+        last_price=mid,
+        book_valid=on,
+    )
 
 
 def observe(state: AS2008State, params: AS2008Params, takes: bool = False) -> Observation:
@@ -100,8 +117,9 @@ def truth(info: AS2008Info | None, n_assets: int, dtype) -> tuple[jax.Array, jax
     return jnp.asarray(-1, jnp.int32), jnp.zeros((n_assets,), dtype)
 
 
-def step(key: jax.Array, state: AS2008State, params: AS2008Params, dt: float,
-         quote: Quote | None = None) -> tuple[AS2008State, Observation, AS2008Info]:
+def step(
+    key: jax.Array, state: AS2008State, params: AS2008Params, dt: float, quote: Quote | None = None
+) -> tuple[AS2008State, Observation, AS2008Info]:
     """One step of ``dt`` time units: our resting ``quote`` fills against the mid of the start of the
     step, then the mid flips ``+- sigma sqrt(dt)``."""
     dtype = state.mid.dtype
@@ -114,16 +132,32 @@ def step(key: jax.Array, state: AS2008State, params: AS2008Params, dt: float,
     # words 2i, 2i + 1) and the mid's fair coin is bit 0 of word i, which no uniform uses. The
     # bits of one SplitMix64 output are independent for this purpose (a coin and two uniforms; the
     # test suite checks the model's moments against an independent numpy Monte Carlo).
-    fstate, f = fl.resolve(key, state.fills, params.fills, quote, dt,
-                           mid_before=mid0, best_bid_before=mid0, best_ask_before=mid0, best_bid_after=mid0,
-                           best_ask_after=mid0, mid_after=mid0, sell_volume=jnp.zeros_like(mid0),
-                           buy_volume=jnp.zeros_like(mid0), tick=jnp.zeros_like(mid0))
+    fstate, f = fl.resolve(
+        key,
+        state.fills,
+        params.fills,
+        quote,
+        dt,
+        mid_before=mid0,
+        best_bid_before=mid0,
+        best_ask_before=mid0,
+        best_bid_after=mid0,
+        best_ask_after=mid0,
+        mid_after=mid0,
+        sell_volume=jnp.zeros_like(mid0),
+        buy_volume=jnp.zeros_like(mid0),
+        tick=jnp.zeros_like(mid0),
+    )
     up = (rng.bits(key, a) & np.uint64(1)) == np.uint64(1)
     mid = mid0 + jnp.where(up, 1.0, -1.0).astype(dtype) * jnp.asarray(params.sigma * np.sqrt(dt), dtype)
     t = (state.t_index + 1).astype(dtype) * jnp.asarray(dt, dtype)
     obs = _book_obs(mid, t, dt)._replace(
-        fill_bid_size=f.bid_size, fill_bid_price=f.bid_price, fill_ask_size=f.ask_size,
-        fill_ask_price=f.ask_price, fills_valid=jnp.ones((a,), bool))
+        fill_bid_size=f.bid_size,
+        fill_bid_price=f.bid_price,
+        fill_ask_size=f.ask_size,
+        fill_ask_price=f.ask_price,
+        fills_valid=jnp.ones((a,), bool),
+    )
     info = AS2008Info(mid=mid, regime=jnp.asarray(-1, jnp.int32), cascade_intensity=jnp.zeros_like(mid))
     return AS2008State(t_index=state.t_index + 1, mid=mid, fills=fstate), obs, info
 

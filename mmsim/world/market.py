@@ -26,8 +26,17 @@ from mmsim.world.processes import spread as spr
 from mmsim.world.processes import volatility as vol
 
 # Stable per-process stream ids: never renumber (it would change every path's draws).
-PROCESS_ID = {"price": 1, "volatility": 2, "order_flow": 3, "spread": 4, "adverse_selection": 5,
-              "funding": 6, "liquidation": 7, "correlation": 8, "fills": 9}
+PROCESS_ID = {
+    "price": 1,
+    "volatility": 2,
+    "order_flow": 3,
+    "spread": 4,
+    "adverse_selection": 5,
+    "funding": 6,
+    "liquidation": 7,
+    "correlation": 8,
+    "fills": 9,
+}
 
 
 @pytree_dataclass
@@ -65,19 +74,21 @@ class MarketParams:
         c.finite("shock_return", "log return of the scheduled shock")
         c.require(isinstance(self.n_assets, int) and self.n_assets >= 1, "n_assets", "must be an integer >= 1")
         n_reg = np.asarray(self.vol.generator).shape[0]
-        c.require(np.shape(self.flow_regime_mult) == (n_reg,), "flow_regime_mult",
-                  f"must have one entry per volatility regime ({n_reg})")
+        c.require(
+            np.shape(self.flow_regime_mult) == (n_reg,),
+            "flow_regime_mult",
+            f"must have one entry per volatility regime ({n_reg})",
+        )
         c.require(-1 <= self.shock_regime < n_reg, "shock_regime", f"must be -1 or a regime index < {n_reg}")
         a = self.n_assets
-        c.require(np.shape(self.correlation.corr) == (a, a), "correlation",
-                  f"corr must be {a}x{a} for n_assets = {a}")
+        c.require(np.shape(self.correlation.corr) == (a, a), "correlation", f"corr must be {a}x{a} for n_assets = {a}")
         for name in ("s0",):
             shape = np.shape(getattr(self.price, name))
             c.require(shape in ((), (a,)), "price", f"price.{name} must be a scalar or have shape ({a},)")
 
 
 class WorldState(NamedTuple):
-    t_index: jax.Array               # () int32, steps taken
+    t_index: jax.Array  # () int32, steps taken
     price: px.PriceState
     vol: vol.VolState
     flow: flow.FlowState
@@ -87,29 +98,29 @@ class WorldState(NamedTuple):
     liquidation: liq.LiqState
     correlation: corr.CorrState
     fills: fl.FillState
-    best_bid: jax.Array              # (A,) book at the end of the last step
-    best_ask: jax.Array              # (A,)
-    last_n_liq: jax.Array            # (A,) liquidations in the last step (drive adverse selection)
+    best_bid: jax.Array  # (A,) book at the end of the last step
+    best_ask: jax.Array  # (A,)
+    last_n_liq: jax.Array  # (A,) liquidations in the last step (drive adverse selection)
 
 
 class WorldInfo(NamedTuple):
     """Ground truth of one step (the market maker never sees it; risk reports and plots do)."""
 
-    mid: jax.Array            # (A,) mid at the end of the step, quote currency
-    ret: jax.Array            # (A,) log return of the step
-    variance: jax.Array       # (A,) variance per second at the end of the step
-    regime: jax.Array         # () regime during the step
-    spread: jax.Array         # (A,) book spread, price
-    best_bid: jax.Array       # (A,)
-    best_ask: jax.Array       # (A,)
-    informed: jax.Array       # (A,) informed fraction
-    funding_rate: jax.Array   # (A,) per interval
-    funding_ref: jax.Array    # (A,) reference exchange, per interval
-    settled: jax.Array        # () bool
-    settled_rate: jax.Array   # (A,)
+    mid: jax.Array  # (A,) mid at the end of the step, quote currency
+    ret: jax.Array  # (A,) log return of the step
+    variance: jax.Array  # (A,) variance per second at the end of the step
+    regime: jax.Array  # () regime during the step
+    spread: jax.Array  # (A,) book spread, price
+    best_bid: jax.Array  # (A,)
+    best_ask: jax.Array  # (A,)
+    informed: jax.Array  # (A,) informed fraction
+    funding_rate: jax.Array  # (A,) per interval
+    funding_ref: jax.Array  # (A,) reference exchange, per interval
+    settled: jax.Array  # () bool
+    settled_rate: jax.Array  # (A,)
     flow: flow.FlowInfo
     liquidation: liq.LiqInfo
-    stress: jax.Array         # () correlation stress weight
+    stress: jax.Array  # () correlation stress weight
 
 
 def init(params: MarketParams, dtype=jnp.float32) -> WorldState:
@@ -149,7 +160,8 @@ def observe(world: WorldState, params: MarketParams, takes: bool = False) -> Obs
     mid, bid, ask = initial_book(world, params)
     on = jnp.ones(mid.shape, bool)
     return observation.empty(mid.shape[0], mid.dtype, takes=takes)._replace(
-        best_bid=bid, best_ask=ask, mid=mid, last_price=mid, book_valid=on)
+        best_bid=bid, best_ask=ask, mid=mid, last_price=mid, book_valid=on
+    )
 
 
 def truth(info: WorldInfo | None, n_assets: int, dtype) -> tuple[jax.Array, jax.Array]:
@@ -161,8 +173,9 @@ def truth(info: WorldInfo | None, n_assets: int, dtype) -> tuple[jax.Array, jax.
     return jnp.asarray(info.regime, jnp.int32), lam.astype(dtype)
 
 
-def step(key: jax.Array, world: WorldState, params: MarketParams, dt: float,
-         quote: Quote | None = None) -> tuple[WorldState, Observation, WorldInfo]:
+def step(
+    key: jax.Array, world: WorldState, params: MarketParams, dt: float, quote: Quote | None = None
+) -> tuple[WorldState, Observation, WorldInfo]:
     """Advance the world of one path by ``dt`` seconds (see the module docstring for the order),
     resolving our resting ``quote`` (None: not quoting) against the step's flow.
 
@@ -192,25 +205,48 @@ def step(key: jax.Array, world: WorldState, params: MarketParams, dt: float,
 
     fund_s, fund_i = fund.step(k["funding"], world.funding, params.funding, dt)
 
-    adv_s, adv_i = adv.step(k["adverse_selection"], world.adverse, params.adverse, dt,
-                            n_liq=world.last_n_liq, funding_shock=fund_i.settled.astype(dtype))
+    adv_s, adv_i = adv.step(
+        k["adverse_selection"],
+        world.adverse,
+        params.adverse,
+        dt,
+        n_liq=world.last_n_liq,
+        funding_shock=fund_i.settled.astype(dtype),
+    )
 
     mult = jnp.asarray(params.flow_regime_mult, dtype)[regime]
-    flow_s, flow_i = flow.step(k["order_flow"], world.flow, params.flow, dt,
-                               informed_frac=adv_s.alpha, baseline_mult=mult)
+    flow_s, flow_i = flow.step(
+        k["order_flow"], world.flow, params.flow, dt, informed_frac=adv_s.alpha, baseline_mult=mult
+    )
 
-    liq_s, liq_i = liq.step(k["liquidation"], world.liquidation, params.liquidation, dt,
-                            last_ret=world.price.last_ret)
+    liq_s, liq_i = liq.step(k["liquidation"], world.liquidation, params.liquidation, dt, last_ret=world.price.last_ret)
 
     impact = adv.impact(params.adverse, flow_i.n_buy_informed, flow_i.n_sell_informed) + liq_i.impact
     impact = impact + jnp.where(shock_now, params.shock_return, 0.0)
-    price_s, price_i = px.step(k["price"], world.price, params.price, dt, vol_i.int_var,
-                               lev_shock=vol_i.lev_shock, resid_var=vol_i.resid_var, z=z_price,
-                               funding_rate_per_s=fund_i.rate_per_s, impact=impact.astype(dtype))
+    price_s, price_i = px.step(
+        k["price"],
+        world.price,
+        params.price,
+        dt,
+        vol_i.int_var,
+        lev_shock=vol_i.lev_shock,
+        resid_var=vol_i.resid_var,
+        z=z_price,
+        funding_rate_per_s=fund_i.rate_per_s,
+        impact=impact.astype(dtype),
+    )
     mid = dist.materialise_small(px.mid(price_s, params.price).astype(dtype))
 
-    spr_s, spr_i = spr.step(k["spread"], world.spread, params.spread, dt, sigma=jnp.sqrt(vol_i.v),
-                            regime=regime, mid=mid, liq_volume=liq_i.vol_long + liq_i.vol_short)
+    spr_s, spr_i = spr.step(
+        k["spread"],
+        world.spread,
+        params.spread,
+        dt,
+        sigma=jnp.sqrt(vol_i.v),
+        regime=regime,
+        mid=mid,
+        liq_volume=liq_i.vol_long + liq_i.vol_short,
+    )
     bid, ask = spr.best_bid_ask(mid, spr_i.spread, params.spread.tick)
 
     bid, ask = dist.materialise_small((bid.astype(dtype), ask.astype(dtype)))
@@ -221,17 +257,42 @@ def step(key: jax.Array, world: WorldState, params: MarketParams, dt: float,
     if quote is None:
         quote = no_quote(a, dtype)
     tick = jnp.broadcast_to(params.spread.tick, (a,)).astype(dtype)
-    fill_s, f = fl.resolve(k["fills"], world.fills, params.fills, quote, dt, mid_before=mid0,
-                           best_bid_before=bid0, best_ask_before=ask0, best_bid_after=bid, best_ask_after=ask,
-                           mid_after=mid, sell_volume=sell_vol, buy_volume=buy_vol, tick=tick)
-    f = dist.materialise(f)   # the fills feed the observation and the account: computed once
+    fill_s, f = fl.resolve(
+        k["fills"],
+        world.fills,
+        params.fills,
+        quote,
+        dt,
+        mid_before=mid0,
+        best_bid_before=bid0,
+        best_ask_before=ask0,
+        best_bid_after=bid,
+        best_ask_after=ask,
+        mid_after=mid,
+        sell_volume=sell_vol,
+        buy_volume=buy_vol,
+        tick=tick,
+    )
+    f = dist.materialise(f)  # the fills feed the observation and the account: computed once
     take_size = take_price = None
-    if quote.take is not None:   # a taker order executes against the book of the start of the step
+    if quote.take is not None:  # a taker order executes against the book of the start of the step
         take_size, take_price = fl.take(quote.take.astype(dtype), bid0, ask0, tick, params.fills)
 
-    new = WorldState(t_index=world.t_index + 1, price=price_s, vol=vol_s, flow=flow_s, spread=spr_s,
-                     adverse=adv_s, funding=fund_s, liquidation=liq_s, correlation=corr_s, fills=fill_s,
-                     best_bid=bid, best_ask=ask, last_n_liq=(liq_i.n_long + liq_i.n_short).astype(dtype))
+    new = WorldState(
+        t_index=world.t_index + 1,
+        price=price_s,
+        vol=vol_s,
+        flow=flow_s,
+        spread=spr_s,
+        adverse=adv_s,
+        funding=fund_s,
+        liquidation=liq_s,
+        correlation=corr_s,
+        fills=fill_s,
+        best_bid=bid,
+        best_ask=ask,
+        last_n_liq=(liq_i.n_long + liq_i.n_short).astype(dtype),
+    )
     ones = jnp.ones((a,), bool)
     n_buy = flow_i.n_buy + liq_i.n_short
     n_sell = flow_i.n_sell + liq_i.n_long
@@ -239,21 +300,56 @@ def step(key: jax.Array, world: WorldState, params: MarketParams, dt: float,
     # Aggressive orders execute at the touch they find (the book of the start of the step).
     net = buy_vol - sell_vol
     obs = Observation(
-        t=(t1).astype(dtype), dt=jnp.asarray(dt, dtype), best_bid=bid, best_ask=ask, bid_size=depth,
-        ask_size=depth, mid=mid, n_buy=n_buy, n_sell=n_sell, vol_buy=buy_vol, vol_sell=sell_vol,
-        vwap_buy=jnp.where(buy_vol > 0, ask0, 0.0), vwap_sell=jnp.where(sell_vol > 0, bid0, 0.0),
+        t=(t1).astype(dtype),
+        dt=jnp.asarray(dt, dtype),
+        best_bid=bid,
+        best_ask=ask,
+        bid_size=depth,
+        ask_size=depth,
+        mid=mid,
+        n_buy=n_buy,
+        n_sell=n_sell,
+        vol_buy=buy_vol,
+        vol_sell=sell_vol,
+        vwap_buy=jnp.where(buy_vol > 0, ask0, 0.0),
+        vwap_sell=jnp.where(sell_vol > 0, bid0, 0.0),
         last_price=jnp.where(net > 0, ask0, jnp.where(net < 0, bid0, mid)),
-        liq_long=liq_i.vol_long, liq_short=liq_i.vol_short, funding_rate=fund_i.rate,
-        funding_ref=fund_i.ref_rate, funding_settled=jnp.broadcast_to(fund_i.settled, (a,)),
+        liq_long=liq_i.vol_long,
+        liq_short=liq_i.vol_short,
+        funding_rate=fund_i.rate,
+        funding_ref=fund_i.ref_rate,
+        funding_settled=jnp.broadcast_to(fund_i.settled, (a,)),
         settled_rate=fund_i.settled_rate,
         next_funding_s=jnp.broadcast_to(fund_i.time_to_settlement, (a,)).astype(dtype),
-        fill_bid_size=f.bid_size, fill_bid_price=f.bid_price, fill_ask_size=f.ask_size, fill_ask_price=f.ask_price,
-        fill_take_size=take_size, fill_take_price=take_price,
-        book_valid=ones, trades_valid=ones, liq_valid=ones, funding_valid=ones, fills_valid=ones)
-    info = WorldInfo(mid=mid, ret=price_i.ret, variance=vol_i.v, regime=regime, spread=spr_i.spread,
-                     best_bid=bid.astype(dtype), best_ask=ask.astype(dtype), informed=adv_s.alpha,
-                     funding_rate=fund_i.rate, funding_ref=fund_i.ref_rate, settled=fund_i.settled,
-                     settled_rate=fund_i.settled_rate, flow=flow_i, liquidation=liq_i, stress=corr_i.stress)
+        fill_bid_size=f.bid_size,
+        fill_bid_price=f.bid_price,
+        fill_ask_size=f.ask_size,
+        fill_ask_price=f.ask_price,
+        fill_take_size=take_size,
+        fill_take_price=take_price,
+        book_valid=ones,
+        trades_valid=ones,
+        liq_valid=ones,
+        funding_valid=ones,
+        fills_valid=ones,
+    )
+    info = WorldInfo(
+        mid=mid,
+        ret=price_i.ret,
+        variance=vol_i.v,
+        regime=regime,
+        spread=spr_i.spread,
+        best_bid=bid.astype(dtype),
+        best_ask=ask.astype(dtype),
+        informed=adv_s.alpha,
+        funding_rate=fund_i.rate,
+        funding_ref=fund_i.ref_rate,
+        settled=fund_i.settled,
+        settled_rate=fund_i.settled_rate,
+        flow=flow_i,
+        liquidation=liq_i,
+        stress=corr_i.stress,
+    )
     return new, obs, info
 
 
@@ -267,8 +363,9 @@ def default_params(n_assets: int = 1) -> MarketParams:
         price=px.PriceParams(s0=60_000.0, jump_rate=1.0 / 3600.0, jump_mean=0.0, jump_std=2e-3, martingale=True),
         vol=vol.VolParams(),
         flow=flow.FlowParams(),
-        spread=spr.SpreadParams(theta0=2e-6, beta_vol=0.0, sigma=1e-6, jump_rate=0.01, jump_mean=5e-6, s0=2e-6,
-                                tick=0.1),
+        spread=spr.SpreadParams(
+            theta0=2e-6, beta_vol=0.0, sigma=1e-6, jump_rate=0.01, jump_mean=5e-6, s0=2e-6, tick=0.1
+        ),
         adverse=adv.ASParams(),
         funding=fund.FundingParams(),
         liquidation=liq.LiqParams(),

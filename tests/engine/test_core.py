@@ -29,12 +29,16 @@ WARMUP_S = 20.0
 
 MP = market.default_params()
 # The engine's Hawkes estimator is given the world's order-flow parameters.
-FLOW_EST = e_flow.OrderFlowEstParams(**{f: getattr(MP.flow, f) for f in
-                                        ("mu_buy", "mu_sell", "alpha_buy", "alpha_sell", "gamma", "beta")})
+FLOW_EST = e_flow.OrderFlowEstParams(
+    **{f: getattr(MP.flow, f) for f in ("mu_buy", "mu_sell", "alpha_buy", "alpha_sell", "gamma", "beta")}
+)
 EP = engine.EngineParams(
     policy=pol.PolicyParams(kind="spec", gamma=1e-3, k=1.0, min_spread_frac=1e-5),
     account=acct.AccountParams(initial_equity=10_000.0, leverage=20.0, maintenance_margin=0.005),
-    flow=FLOW_EST, tick=MP.spread.tick, warmup_s=WARMUP_S)
+    flow=FLOW_EST,
+    tick=MP.spread.tick,
+    warmup_s=WARMUP_S,
+)
 
 TRACES = {"f64": 0, "f32": 0}
 
@@ -43,6 +47,7 @@ def _counted(tag):
     def step(p, s, o):
         TRACES[tag] += 1
         return engine.step(p, s, o)
+
     return step
 
 
@@ -68,9 +73,12 @@ def stack(trees):
 
 
 def cast(tree, dtype):
-    return jax.device_put(jax.tree_util.tree_map(
-        lambda x: np.asarray(x).astype(dtype) if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x),
-        tree))
+    return jax.device_put(
+        jax.tree_util.tree_map(
+            lambda x: np.asarray(x).astype(dtype) if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x),
+            tree,
+        )
+    )
 
 
 def all_finite(tree):
@@ -95,11 +103,11 @@ def loop64():
 
 
 def test_compiles_once_and_never_retraces(loop64):
-    assert loop64["traces"] == 1                      # 40 calls with new data: only the first traced
+    assert loop64["traces"] == 1  # 40 calls with new data: only the first traced
     n = TRACES["f64"]
     s, o = loop64["states"][5], loop64["obs"][7]
     ENGINE64(EP, s, o)
-    ENGINE64(dataclasses.replace(EP, warmup_s=3.0), s, o)   # new parameter values are data too
+    ENGINE64(dataclasses.replace(EP, warmup_s=3.0), s, o)  # new parameter values are data too
     assert TRACES["f64"] == n
     assert ENGINE64._cache_size() == 1
 
@@ -107,8 +115,8 @@ def test_compiles_once_and_never_retraces(loop64):
 def test_float64_stream_is_finite_and_quotes_after_warmup(loop64):
     obs, quotes, infos = stack(loop64["obs"]), stack(loop64["quotes"]), stack(loop64["infos"])
     assert all_finite((obs, quotes, infos, loop64["states"][-1]))
-    t = obs.t[:, 0]                                    # (steps,) same clock on every path
-    on = quotes.bid_active | quotes.ask_active         # (steps, paths, A)
+    t = obs.t[:, 0]  # (steps,) same clock on every path
+    on = quotes.bid_active | quotes.ask_active  # (steps, paths, A)
     assert not on[t < WARMUP_S].any(), "quoted before the warm-up"
     assert on[t >= WARMUP_S].any(axis=(0, 2)).all(), "every path quotes after the warm-up"
     assert (quotes.bid_active & quotes.ask_active)[t >= WARMUP_S + 1].mean() > 0.5
@@ -148,8 +156,9 @@ def test_float32_on_the_same_stream(loop64):
         assert not np.issubdtype(leaf.dtype, np.floating) or leaf.dtype == np.float32, leaf.dtype
     assert n_on > 0
     # float32 tracks float64: same account (positions come from the same fills).
-    np.testing.assert_allclose(np.asarray(state.account.position),
-                               np.asarray(loop64["states"][-1].account.position), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(state.account.position), np.asarray(loop64["states"][-1].account.position), atol=1e-6
+    )
 
 
 def test_liquidated_account_stops_quoting(loop64):
@@ -157,13 +166,18 @@ def test_liquidated_account_stops_quoting(loop64):
     o = loop64["obs"][-1]
     # A hand-made, very leveraged long of 30 units bought at the mid (1.8 M notional on 10 k of equity).
     a = s.account
-    s = s._replace(account=a._replace(position=a.position + 30.0,
-                                      cash=a.cash - 30.0 * np.asarray(a.last_mid).sum(-1)))
+    s = s._replace(account=a._replace(position=a.position + 30.0, cash=a.cash - 30.0 * np.asarray(a.last_mid).sum(-1)))
 
     def next_obs(o, move):
         mid = o.mid * (1.0 + move)
-        return o._replace(t=o.t + DT, mid=mid, best_bid=o.best_bid * (1.0 + move), best_ask=o.best_ask * (1.0 + move),
-                          fill_bid_size=jnp.zeros_like(mid), fill_ask_size=jnp.zeros_like(mid))
+        return o._replace(
+            t=o.t + DT,
+            mid=mid,
+            best_bid=o.best_bid * (1.0 + move),
+            best_ask=o.best_ask * (1.0 + move),
+            fill_bid_size=jnp.zeros_like(mid),
+            fill_ask_size=jnp.zeros_like(mid),
+        )
 
     # A flat step: still alive, but close to liquidation only the reducing side (the ask) is quoted.
     calm = next_obs(o, 0.0)
@@ -206,26 +220,37 @@ def test_order_flow_intensity_equals_the_worlds(loop64):
         def body(s, t):
             s, info = p_flow.step(rng.fold_in(k, t), s, MP.flow, DT, informed_frac=0.2)
             return s, (info, p_flow.intensity(s, MP.flow))
+
         return jax.lax.scan(body, s0, jnp.arange(n))[1]
 
     run = jax.jit(jax.vmap(world, in_axes=(0, None)))
-    start0 = p_flow.init(MP.flow, 1, jnp.float64, stationary=False)   # empty history, like the engine
-    start1 = p_flow.init(MP.flow, 1, jnp.float64)                     # stationary start
+    start0 = p_flow.init(MP.flow, 1, jnp.float64, stationary=False)  # empty history, like the engine
+    start1 = p_flow.init(MP.flow, 1, jnp.float64)  # stationary start
     info0, lam0 = jax.tree_util.tree_map(np.asarray, run(keys, start0))
     info1, lam1 = jax.tree_util.tree_map(np.asarray, run(keys, start1))
     assert np.asarray(info0.n_buy).sum() > 0 and np.asarray(info0.n_sell).sum() > 0
     ex0 = np.asarray(start1.ex_buy)
     # Any observation of the stream (same shapes and dtypes: no retrace), without our fills.
     template = loop64["obs"][0]
-    template = template._replace(fill_bid_size=jax.device_put(np.zeros(template.fill_bid_size.shape)),
-                                 fill_ask_size=jax.device_put(np.zeros(template.fill_ask_size.shape)))
+    template = template._replace(
+        fill_bid_size=jax.device_put(np.zeros(template.fill_bid_size.shape)),
+        fill_ask_size=jax.device_put(np.zeros(template.fill_ask_size.shape)),
+    )
 
     for info, lam, stationary in ((info0, lam0, False), (info1, lam1, True)):
         state = batch(engine.init(EP, jnp.float64))
         for t in range(n):
-            o = template._replace(**jax.device_put(dict(
-                t=np.full((N_PATHS,), (t + 1) * DT), n_buy=info.n_buy[:, t], n_sell=info.n_sell[:, t],
-                vol_buy=info.vol_buy[:, t], vol_sell=info.vol_sell[:, t])))
+            o = template._replace(
+                **jax.device_put(
+                    dict(
+                        t=np.full((N_PATHS,), (t + 1) * DT),
+                        n_buy=info.n_buy[:, t],
+                        n_sell=info.n_sell[:, t],
+                        vol_buy=info.vol_buy[:, t],
+                        vol_sell=info.vol_sell[:, t],
+                    )
+                )
+            )
             state, _, _ = ENGINE64(EP, state, o)
             eng_b, eng_s = e_flow.intensity(EP.flow, state.flow)
             w_b, w_s = np.asarray(lam[0][:, t]), np.asarray(lam[1][:, t])
@@ -237,12 +262,13 @@ def test_order_flow_intensity_equals_the_worlds(loop64):
             else:
                 np.testing.assert_allclose(np.asarray(eng_b), w_b, rtol=1e-13)
                 np.testing.assert_allclose(np.asarray(eng_s), w_s, rtol=1e-13)
-                if t + 1 < n:   # ... which is what the world reports at the start of the next step
+                if t + 1 < n:  # ... which is what the world reports at the start of the next step
                     np.testing.assert_allclose(np.asarray(eng_b), np.asarray(info.lam_buy[:, t + 1]), rtol=1e-13)
 
 
-@pytest.mark.parametrize("field, value", [("tick", -0.1), ("warmup_s", -1.0), ("volume_half_life_s", 0.0),
-                                          ("n_assets", 0)])
+@pytest.mark.parametrize(
+    "field, value", [("tick", -0.1), ("warmup_s", -1.0), ("volume_half_life_s", 0.0), ("n_assets", 0)]
+)
 def test_bad_engine_parameters_name_the_field(field, value):
     with pytest.raises(ValueError, match=rf"EngineParams\.{field}\b"):
         dataclasses.replace(EP, **{field: value})

@@ -26,9 +26,23 @@ _round = jax.jit(pol.round_to_tick)
 _validate = jax.jit(pol.validate_quote)
 
 DEFAULT_INPUTS = dict(
-    t=0.0, mid=60_000.0, tick=0.0, sigma=1e-4, regime=1, position=0.0, available_margin=10_000.0,
-    margin_ratio=1e6, leverage=10.0, as_adjust=0.0, informed=0.0, tail_risk=1.0, pull_cascade=False,
-    flow_imbalance=0.0, daily_volume=1e4, ready=True)
+    t=0.0,
+    mid=60_000.0,
+    tick=0.0,
+    sigma=1e-4,
+    regime=1,
+    position=0.0,
+    available_margin=10_000.0,
+    margin_ratio=1e6,
+    leverage=10.0,
+    as_adjust=0.0,
+    informed=0.0,
+    tail_risk=1.0,
+    pull_cascade=False,
+    flow_imbalance=0.0,
+    daily_volume=1e4,
+    ready=True,
+)
 SCALARS = ("t", "regime", "available_margin", "margin_ratio", "leverage", "ready")
 
 
@@ -47,8 +61,11 @@ def inputs(**kw) -> pol.PolicyInputs:
 def params(**kw) -> pol.PolicyParams:
     """PolicyParams with float64 leaves (same pytree types every call: no retrace)."""
     p = pol.PolicyParams(**kw)
-    leaves = {f.name: np.asarray(getattr(p, f.name), np.float64) for f in dataclasses.fields(p)
-              if not f.metadata.get("static")}
+    leaves = {
+        f.name: np.asarray(getattr(p, f.name), np.float64)
+        for f in dataclasses.fields(p)
+        if not f.metadata.get("static")
+    }
     return dataclasses.replace(p, **leaves)
 
 
@@ -90,8 +107,9 @@ def test_as2008_matches_closed_form(q, sigma_price):
     np.testing.assert_array_equal(out["ask_size"], 0.3)
     assert out["bid_active"].all() and out["ask_active"].all()
     # Reservation price r = s - q gamma sigma^2 (T - t) is the midpoint of the quotes.
-    np.testing.assert_allclose((out["bid_price"] + out["ask_price"]) / 2,
-                               mid - q * gamma * sigma_p**2 * (T - t), rtol=1e-13)
+    np.testing.assert_allclose(
+        (out["bid_price"] + out["ask_price"]) / 2, mid - q * gamma * sigma_p**2 * (T - t), rtol=1e-13
+    )
 
 
 def test_as2008_past_terminal_time_keeps_only_the_intensity_spread():
@@ -136,8 +154,9 @@ def test_symmetric_is_a_fixed_spread_centred_on_mid():
 # --------------------------------------------------------------------------------------------
 # The spec policy's adjustments.
 
-SPEC = dict(kind="spec", gamma=0.01, k=0.1, horizon_s=60.0, min_spread_frac=0.0, max_spread_frac=0.05,
-            max_inventory=10.0)
+SPEC = dict(
+    kind="spec", gamma=0.01, k=0.1, horizon_s=60.0, min_spread_frac=0.0, max_spread_frac=0.05, max_inventory=10.0
+)
 
 
 def spread(out):
@@ -164,23 +183,25 @@ def test_spec_is_post_only_when_the_skew_would_cross_the_mid():
     mid, sigma, q = 60_000.0, 1e-4, 2.0
     out = quote(params(**SPEC), inputs(mid=mid, sigma=sigma, position=q, tick=0.1))
     bid, _ = np_as2008(mid, q, 0.01, sigma * mid, 60.0, 0.0, 0.1)
-    np.testing.assert_allclose(out["ask_price"], mid + 0.1, rtol=1e-13)   # mid + tick/2, ceiled to the grid
+    np.testing.assert_allclose(out["ask_price"], mid + 0.1, rtol=1e-13)  # mid + tick/2, ceiled to the grid
     np.testing.assert_allclose(out["bid_price"], np.floor(bid / 0.1 + 1e-6) * 0.1, rtol=1e-13)
     assert np.all(out["ask_active"]) and np.all(out["bid_active"])
     # The closed-form policies are left as published: as2008 quotes through the mid.
-    raw = quote(params(**(SPEC | dict(kind="as2008", horizon_s=60.0))), inputs(mid=mid, sigma=sigma, position=q,
-                                                                             tick=0.0, t=0.0))
+    raw = quote(
+        params(**(SPEC | dict(kind="as2008", horizon_s=60.0))),
+        inputs(mid=mid, sigma=sigma, position=q, tick=0.0, t=0.0),
+    )
     assert np.all(raw["ask_price"] < mid)
 
 
 def test_spec_long_inventory_lowers_both_quotes_and_the_bid_size():
     p = params(**SPEC)
     flat = quote(p, inputs(position=0.0))
-    long = quote(p, inputs(position=0.5))   # skew 10.8 < half spread 20.3: no post-only clamp
+    long = quote(p, inputs(position=0.5))  # skew 10.8 < half spread 20.3: no post-only clamp
     short = quote(p, inputs(position=-0.5))
     assert np.all(long["bid_price"] < flat["bid_price"]) and np.all(long["ask_price"] < flat["ask_price"])
     assert np.all(short["bid_price"] > flat["bid_price"]) and np.all(short["ask_price"] > flat["ask_price"])
-    np.testing.assert_allclose(spread(long), spread(flat), rtol=1e-12)   # a shift, not a widening
+    np.testing.assert_allclose(spread(long), spread(flat), rtol=1e-12)  # a shift, not a widening
     assert np.all(long["bid_size"] < flat["bid_size"]) and np.all(long["ask_size"] >= flat["ask_size"])
     assert np.all(short["ask_size"] < flat["ask_size"]) and np.all(short["bid_size"] >= flat["bid_size"])
 
@@ -254,7 +275,7 @@ def test_spec_cascade_keep_reducing_quotes_only_the_reducing_side():
     """cascade_keep_reducing: on a severe cascade a long keeps its ask, a short its bid, flat
     pulls both; without a cascade nothing changes; fractions scale the kept side's size."""
     p = params(**SPEC, cascade_keep_reducing=True)
-    own = jax.jit(lambda p, x: pol.quote(p, x))   # its own cache (the shared one counts compilations)
+    own = jax.jit(lambda p, x: pol.quote(p, x))  # its own cache (the shared one counts compilations)
 
     def quote(p, x):
         return {f: np.asarray(v) for f, v in own(p, x)._asdict().items()}
@@ -277,8 +298,9 @@ def test_spec_cascade_keep_reducing_quotes_only_the_reducing_side():
         np.testing.assert_array_equal(full[f], quote(p, inputs(pull_cascade=True, position=[2.0, -2.0]))[f])
     half = quote(params(**SPEC, cascade_keep_reducing=0.25), inputs(pull_cascade=True, position=[2.0, -2.0]))
     np.testing.assert_array_equal(half["ask_active"], [True, False])
-    np.testing.assert_allclose([half["ask_size"][0], half["bid_size"][1]],
-                               [0.25 * full["ask_size"][0], 0.25 * full["bid_size"][1]], rtol=1e-6)
+    np.testing.assert_allclose(
+        [half["ask_size"][0], half["bid_size"][1]], [0.25 * full["ask_size"][0], 0.25 * full["bid_size"][1]], rtol=1e-6
+    )
     np.testing.assert_array_equal(half["ask_price"], full["ask_price"])
     off = quote(params(**SPEC, cascade_keep_reducing=0.0), inputs(pull_cascade=True, position=[2.0, -2.0]))
     assert not off["bid_active"].any() and not off["ask_active"].any()
@@ -286,7 +308,7 @@ def test_spec_cascade_keep_reducing_quotes_only_the_reducing_side():
         params(**SPEC, cascade_keep_reducing=1.5)
 
 
-_quote_events = jax.jit(lambda p, x: pol.quote(p, x))   # its own cache: event lists change the shapes
+_quote_events = jax.jit(lambda p, x: pol.quote(p, x))  # its own cache: event lists change the shapes
 
 
 @pytest.mark.parametrize("kind", pol.POLICIES)
@@ -301,14 +323,14 @@ def test_scheduled_event_window_pulls_quotes(kind):
         x = {"position": [2.0, -2.0], **x}
         return {f: np.asarray(v) for f, v in _quote_events(p, inputs(**x))._asdict().items() if v is not None}
 
-    for t in (0.0, 89.0, 131.0, 469.0, 531.0):                 # outside every window
+    for t in (0.0, 89.0, 131.0, 469.0, 531.0):  # outside every window
         out, own = q(ev, t=t), q(params(**base), t=t)
-        assert set(out) - set(own) == {"take"}   # an event policy's quotes carry a taker order (0 here)
+        assert set(out) - set(own) == {"take"}  # an event policy's quotes carry a taker order (0 here)
         for f in own:
             np.testing.assert_array_equal(out[f], own[f], err_msg=f"t = {t}, {f}")
         np.testing.assert_array_equal(out["take"], 0.0)
         assert out["bid_active"].all() and out["ask_active"].all()
-    for t in (90.0, 100.0, 130.0, 490.0, 530.0):               # inside, edges included
+    for t in (90.0, 100.0, 130.0, 490.0, 530.0):  # inside, edges included
         out = q(ev, t=t)
         assert not out["bid_active"].any() and not out["ask_active"].any(), t
         np.testing.assert_array_equal(out["bid_size"], 0.0)
@@ -317,12 +339,14 @@ def test_scheduled_event_window_pulls_quotes(kind):
     keep = q(params(**base, event_times_s=[100.0], event_pull_after_s=30.0, event_keep_reducing=0.5), t=120.0)
     np.testing.assert_array_equal(keep["bid_active"], [False, True])
     np.testing.assert_array_equal(keep["ask_active"], [True, False])
-    np.testing.assert_allclose([keep["ask_size"][0], keep["bid_size"][1]],
-                               [0.5 * full["ask_size"][0], 0.5 * full["bid_size"][1]], rtol=1e-12)
+    np.testing.assert_allclose(
+        [keep["ask_size"][0], keep["bid_size"][1]], [0.5 * full["ask_size"][0], 0.5 * full["bid_size"][1]], rtol=1e-12
+    )
     # At the touch: the kept side rests at mid -+ tick/2 (rounded to the grid), the pulled side
     # stays pulled; outside the window the prices are the policy's own.
-    touch = params(**base, event_times_s=[100.0], event_pull_after_s=30.0, event_keep_reducing=1.0,
-                   event_reduce_at_touch=1.0)
+    touch = params(
+        **base, event_times_s=[100.0], event_pull_after_s=30.0, event_keep_reducing=1.0, event_reduce_at_touch=1.0
+    )
     at = q(touch, t=120.0, tick=0.1)
     np.testing.assert_allclose([at["ask_price"][0], at["bid_price"][1]], [60_000.1, 59_999.9], rtol=0, atol=1e-9)
     np.testing.assert_array_equal(at["bid_active"], [False, True])
@@ -342,8 +366,14 @@ def test_event_flatten_sends_a_taker_order_for_a_fraction_of_the_position(kind):
     position (towards flat), 0 outside the windows and before the estimators are ready; a policy
     without events is post-only (no taker order at all, a static None)."""
     base = {**SPEC, "kind": kind}
-    ev = params(**base, event_times_s=[100.0], event_pull_before_s=10.0, event_pull_after_s=30.0,
-                event_keep_reducing=1.0, event_flatten=0.25)
+    ev = params(
+        **base,
+        event_times_s=[100.0],
+        event_pull_before_s=10.0,
+        event_pull_after_s=30.0,
+        event_keep_reducing=1.0,
+        event_flatten=0.25,
+    )
 
     def take(p, **x):
         return np.asarray(_quote_events(p, inputs(**{"position": [2.0, -0.8], **x})).take)
@@ -361,25 +391,34 @@ def test_event_flatten_sends_a_taker_order_for_a_fraction_of_the_position(kind):
     # The kept reducing side offers only what the taker order leaves: 0.75 of its size here, and
     # nothing when the order closes the whole position.
     kept = {f: np.asarray(v) for f, v in _quote_events(ev, inputs(t=100.0, position=[2.0, -0.8]))._asdict().items()}
-    own = _quote_events(params(**base, event_times_s=[100.0], event_keep_reducing=1.0),
-                        inputs(t=100.0, position=[2.0, -0.8]))
-    np.testing.assert_allclose([kept["ask_size"][0], kept["bid_size"][1]],
-                               [0.75 * float(own.ask_size[0]), 0.75 * float(own.bid_size[1])], rtol=1e-12)
-    none = _quote_events(params(**base, event_times_s=[100.0], event_keep_reducing=1.0, event_flatten=1.0),
-                         inputs(t=100.0, position=[2.0, -0.8]))
+    own = _quote_events(
+        params(**base, event_times_s=[100.0], event_keep_reducing=1.0), inputs(t=100.0, position=[2.0, -0.8])
+    )
+    np.testing.assert_allclose(
+        [kept["ask_size"][0], kept["bid_size"][1]],
+        [0.75 * float(own.ask_size[0]), 0.75 * float(own.bid_size[1])],
+        rtol=1e-12,
+    )
+    none = _quote_events(
+        params(**base, event_times_s=[100.0], event_keep_reducing=1.0, event_flatten=1.0),
+        inputs(t=100.0, position=[2.0, -0.8]),
+    )
     assert not np.any(np.asarray(none.bid_active)) and not np.any(np.asarray(none.ask_active))
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(event_flatten=1.5), "event_flatten"),
-    (dict(event_flatten=-0.1), "event_flatten"),
-    (dict(event_pull_before_s=-1.0), "event_pull_before_s"),
-    (dict(event_pull_after_s=float("nan")), "event_pull_after_s"),
-    (dict(event_keep_reducing=2.0), "event_keep_reducing"),
-    (dict(event_times_s=[float("inf")]), "event_times_s"),
-    (dict(event_times_s=[[1.0, 2.0]]), "event_times_s"),
-    (dict(event_reduce_at_touch=0.5), "event_reduce_at_touch"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(event_flatten=1.5), "event_flatten"),
+        (dict(event_flatten=-0.1), "event_flatten"),
+        (dict(event_pull_before_s=-1.0), "event_pull_before_s"),
+        (dict(event_pull_after_s=float("nan")), "event_pull_after_s"),
+        (dict(event_keep_reducing=2.0), "event_keep_reducing"),
+        (dict(event_times_s=[float("inf")]), "event_times_s"),
+        (dict(event_times_s=[[1.0, 2.0]]), "event_times_s"),
+        (dict(event_reduce_at_touch=0.5), "event_reduce_at_touch"),
+    ],
+)
 def test_bad_event_params_are_rejected(bad, match):
     with pytest.raises(ValueError, match=match):
         pol.PolicyParams(**bad)
@@ -390,7 +429,7 @@ def test_near_liquidation_only_the_reducing_side_is_quoted(kind):
     p = params(**{**SPEC, "kind": kind, "pull_margin_ratio": 1.5})
     x = dict(margin_ratio=1.2, position=[2.0, -2.0])
     out = quote(p, inputs(**x))
-    np.testing.assert_array_equal(out["bid_active"], [False, True])   # long: sell only; short: buy only
+    np.testing.assert_array_equal(out["bid_active"], [False, True])  # long: sell only; short: buy only
     np.testing.assert_array_equal(out["ask_active"], [True, False])
     np.testing.assert_array_equal(out["bid_size"][0], 0.0)
     # Flat and near liquidation: neither side reduces, nothing is quoted.
@@ -426,8 +465,7 @@ def test_round_to_tick_hand_cases():
 
 
 @settings(max_examples=100, deadline=None, database=None, derandomize=True)
-@given(mid=st.floats(1.0, 1e5), lo=st.floats(-0.5, 0.5), width=st.floats(0.0, 30.0),
-       tick_exp=st.integers(-4, 1))
+@given(mid=st.floats(1.0, 1e5), lo=st.floats(-0.5, 0.5), width=st.floats(0.0, 30.0), tick_exp=st.integers(-4, 1))
 def test_round_to_tick_never_tightens(mid, lo, width, tick_exp):
     tick = 10.0**tick_exp
     bid = mid + lo * tick * 7.0
@@ -442,8 +480,7 @@ def test_round_to_tick_never_tightens(mid, lo, width, tick_exp):
 
 
 @settings(max_examples=100, deadline=None, database=None, derandomize=True)
-@given(mid=st.floats(100.0, 1e5), off=st.floats(-0.5, 0.5), tick_exp=st.integers(-2, 1),
-       q=st.floats(-5.0, 5.0))
+@given(mid=st.floats(100.0, 1e5), off=st.floats(-0.5, 0.5), tick_exp=st.integers(-2, 1), q=st.floats(-5.0, 5.0))
 def test_ticked_quotes_are_on_grid_and_never_crossed(mid, off, tick_exp, q):
     """A sub-tick AS spread around a reservation price anywhere on the grid still gives bid < ask."""
     tick = 10.0**tick_exp
@@ -462,12 +499,12 @@ def test_validate_quote_masks():
     good = (99.9, 100.1)
     cases = [  # (bid, ask, bid size, ask size) -> expected (bid_ok, ask_ok)
         ((*good, 1.0, 1.0), (True, True)),
-        ((np.nan, 100.1, 1.0, 1.0), (False, False)),      # not finite
-        ((100.1, 99.9, 1.0, 1.0), (False, False)),        # crossed
-        ((99.999, 100.0, 1.0, 1.0), (False, False)),      # spread below band_min (1e-5 < 1e-4)
-        ((99.0, 101.5, 1.0, 1.0), (False, False)),        # spread above band_max (2.5e-2)
-        ((*good, 0.0, 1.0), (False, True)),               # zero size: that side only
-        ((*good, 1.0, np.inf), (False, False)),           # infinite size
+        ((np.nan, 100.1, 1.0, 1.0), (False, False)),  # not finite
+        ((100.1, 99.9, 1.0, 1.0), (False, False)),  # crossed
+        ((99.999, 100.0, 1.0, 1.0), (False, False)),  # spread below band_min (1e-5 < 1e-4)
+        ((99.0, 101.5, 1.0, 1.0), (False, False)),  # spread above band_max (2.5e-2)
+        ((*good, 0.0, 1.0), (False, True)),  # zero size: that side only
+        ((*good, 1.0, np.inf), (False, False)),  # infinite size
     ]
     cols = list(zip(*[c[0] for c in cases]))
     q = pol.Quote(*(jnp.asarray(c, F64) for c in cols), jnp.ones(7, bool), jnp.ones(7, bool))
@@ -475,19 +512,37 @@ def test_validate_quote_masks():
     np.testing.assert_array_equal(np.asarray(bid_ok), [c[1][0] for c in cases])
     np.testing.assert_array_equal(np.asarray(ask_ok), [c[1][1] for c in cases])
     # A negative bid price is refused; inactive sides stay inactive.
-    q2 = pol.Quote(jnp.full(7, -0.05), jnp.full(7, 0.05), jnp.ones(7), jnp.ones(7), jnp.ones(7, bool),
-                   jnp.zeros(7, bool))
+    q2 = pol.Quote(
+        jnp.full(7, -0.05), jnp.full(7, 0.05), jnp.ones(7), jnp.ones(7), jnp.ones(7, bool), jnp.zeros(7, bool)
+    )
     bid_ok, ask_ok = _validate(params(band_max_frac=1.0), q2, mid)
     assert not np.asarray(bid_ok).any() and not np.asarray(ask_ok).any()
 
 
-@pytest.mark.parametrize("field, value", [
-    ("gamma", -1.0), ("k", 0.0), ("A", -2.0), ("horizon_s", 0.0), ("size_fraction", 0.0),
-    ("size_fraction", 1.5), ("volume_fraction", 0.0), ("max_inventory", -1.0), ("fixed_spread", 0.0),
-    ("order_size", 0.0), ("lot", 0.0), ("flow_skew", np.nan), ("sigma_price", np.inf),
-    ("pull_margin_ratio", -0.1), ("band_min_frac", -1e-3), ("min_spread_frac", -1e-4),
-    ("max_spread_frac", 1e-5), ("band_max_frac", 0.0), ("kind", "optimal"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("gamma", -1.0),
+        ("k", 0.0),
+        ("A", -2.0),
+        ("horizon_s", 0.0),
+        ("size_fraction", 0.0),
+        ("size_fraction", 1.5),
+        ("volume_fraction", 0.0),
+        ("max_inventory", -1.0),
+        ("fixed_spread", 0.0),
+        ("order_size", 0.0),
+        ("lot", 0.0),
+        ("flow_skew", np.nan),
+        ("sigma_price", np.inf),
+        ("pull_margin_ratio", -0.1),
+        ("band_min_frac", -1e-3),
+        ("min_spread_frac", -1e-4),
+        ("max_spread_frac", 1e-5),
+        ("band_max_frac", 0.0),
+        ("kind", "optimal"),
+    ],
+)
 def test_bad_parameters_name_the_field(field, value):
     with pytest.raises(ValueError, match=rf"PolicyParams\.{field}\b"):
         pol.PolicyParams(**{field: value})
@@ -507,28 +562,52 @@ def random_case(draw, kind):
     min_sf = draw(pos(0.0, 1e-3))
     band_min = draw(pos(0.0, 1e-4))
     p = dict(
-        kind=kind, gamma=draw(pos(1e-4, 1.0)), k=draw(pos(1e-3, 10.0)), A=draw(pos(1e-2, 100.0)),
-        horizon_s=draw(pos(1.0, 3600.0)), size_fraction=draw(pos(1e-3, 1.0)),
-        volume_fraction=draw(pos(1e-5, 0.1)), max_inventory=draw(pos(0.1, 10.0)), min_spread_frac=min_sf,
-        max_spread_frac=min_sf + draw(pos(1e-5, 0.1)), flow_skew=draw(pos(-1e-3, 1e-3)),
-        fixed_spread=draw(pos(1e-3, 100.0)), sigma_price=draw(pos(-1.0, 10.0)), order_size=draw(pos(1e-3, 10.0)),
-        lot=draw(pos(0.1, 10.0)), pull_margin_ratio=draw(pos(0.0, 3.0)), band_min_frac=band_min,
-        band_max_frac=band_min + draw(pos(1e-4, 0.2)))
+        kind=kind,
+        gamma=draw(pos(1e-4, 1.0)),
+        k=draw(pos(1e-3, 10.0)),
+        A=draw(pos(1e-2, 100.0)),
+        horizon_s=draw(pos(1.0, 3600.0)),
+        size_fraction=draw(pos(1e-3, 1.0)),
+        volume_fraction=draw(pos(1e-5, 0.1)),
+        max_inventory=draw(pos(0.1, 10.0)),
+        min_spread_frac=min_sf,
+        max_spread_frac=min_sf + draw(pos(1e-5, 0.1)),
+        flow_skew=draw(pos(-1e-3, 1e-3)),
+        fixed_spread=draw(pos(1e-3, 100.0)),
+        sigma_price=draw(pos(-1.0, 10.0)),
+        order_size=draw(pos(1e-3, 10.0)),
+        lot=draw(pos(0.1, 10.0)),
+        pull_margin_ratio=draw(pos(0.0, 3.0)),
+        band_min_frac=band_min,
+        band_max_frac=band_min + draw(pos(1e-4, 0.2)),
+    )
     vec = lambda s: draw(st.lists(s, min_size=A, max_size=A))  # noqa: E731
     x = dict(
-        t=draw(pos(0.0, 7200.0)), mid=mid, tick=[m * tick_frac for m in mid], sigma=vec(pos(0.0, 1e-3)),
-        regime=draw(st.integers(0, 3)), position=vec(pos(-10.0, 10.0)),
-        available_margin=draw(pos(0.0, 1e6)), margin_ratio=draw(pos(0.0, 10.0)), leverage=draw(pos(1.0, 100.0)),
-        as_adjust=vec(pos(0.0, 1e-2)), informed=vec(unit), tail_risk=vec(pos(1.0, 10.0)),
-        pull_cascade=vec(st.booleans()), flow_imbalance=vec(pos(-1.0, 1.0)), daily_volume=vec(pos(0.0, 1e5)),
-        ready=draw(st.booleans()))
+        t=draw(pos(0.0, 7200.0)),
+        mid=mid,
+        tick=[m * tick_frac for m in mid],
+        sigma=vec(pos(0.0, 1e-3)),
+        regime=draw(st.integers(0, 3)),
+        position=vec(pos(-10.0, 10.0)),
+        available_margin=draw(pos(0.0, 1e6)),
+        margin_ratio=draw(pos(0.0, 10.0)),
+        leverage=draw(pos(1.0, 100.0)),
+        as_adjust=vec(pos(0.0, 1e-2)),
+        informed=vec(unit),
+        tail_risk=vec(pos(1.0, 10.0)),
+        pull_cascade=vec(st.booleans()),
+        flow_imbalance=vec(pos(-1.0, 1.0)),
+        daily_volume=vec(pos(0.0, 1e5)),
+        ready=draw(st.booleans()),
+    )
     return params(**p), inputs(**x)
 
 
 @pytest.mark.parametrize("kind", pol.POLICIES)
 def test_quote_properties(kind):
-    @settings(max_examples=60, deadline=None, database=None, derandomize=True,
-              suppress_health_check=[HealthCheck.too_slow])
+    @settings(
+        max_examples=60, deadline=None, database=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+    )
     @given(case=random_case(kind))
     def check(case):
         p, x = case

@@ -74,8 +74,7 @@ def within(est, se, true, z=Z):
 def bars_from_returns(r, step=60.0, p0=30_000.0, t0=1.6e9):
     close = p0 * np.exp(np.concatenate([[0.0], np.cumsum(r)]))
     t = t0 + step * np.arange(len(close))
-    return pd.DataFrame({"time": t, "open": close, "high": close, "low": close, "close": close,
-                         "volume": 1.0})
+    return pd.DataFrame({"time": t, "open": close, "high": close, "low": close, "close": close, "volume": 1.0})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,8 +91,7 @@ def test_exp_sums_match_naive_with_ties_and_large_beta(seed):
             past = t < t[i]
             e = np.exp(-beta * (t[i] - t[past]))
             np.testing.assert_allclose(A[i], w[past].T @ e, rtol=1e-12, atol=1e-300)
-            np.testing.assert_allclose(B[i], w[past].T @ ((t[i] - t[past]) * e), rtol=1e-11,
-                                       atol=1e-300)
+            np.testing.assert_allclose(B[i], w[past].T @ ((t[i] - t[past]) * e), rtol=1e-11, atol=1e-300)
 
 
 def test_hawkes_loglik_matches_definition(seed):
@@ -101,10 +99,12 @@ def test_hawkes_loglik_matches_definition(seed):
     t = ogata_hawkes(rng, 0.5, 0.9, 1.5, 400.0)
     for mu, alpha, beta in ((0.5, 0.9, 1.5), (1.0, 0.2, 30.0)):
         assert cal.hawkes_exp_loglik(t, 400.0, mu, alpha, beta) == pytest.approx(
-            naive_loglik(t, 400.0, mu, alpha, beta), rel=1e-11)
+            naive_loglik(t, 400.0, mu, alpha, beta), rel=1e-11
+        )
     # A shifted window gives the same likelihood.
     assert cal.hawkes_exp_loglik(t + 1e9, 1e9 + 400.0, 0.5, 0.9, 1.5, t0=1e9) == pytest.approx(
-        naive_loglik(t, 400.0, 0.5, 0.9, 1.5), rel=1e-7)  # t + 1e9 rounds to 1.2e-7 s
+        naive_loglik(t, 400.0, 0.5, 0.9, 1.5), rel=1e-7
+    )  # t + 1e9 rounds to 1.2e-7 s
 
 
 def test_fit_hawkes_recovers_parameters(seed):
@@ -157,8 +157,9 @@ def test_fit_hawkes_bivariate_recovers_parameters(seed):
     true = dict(mu_buy=0.5, mu_sell=0.4, alpha_buy=0.8, alpha_sell=0.6, gamma=0.3, beta=2.0)
     a = np.array([[true["alpha_buy"], true["gamma"]], [true["gamma"], true["alpha_sell"]]])
     T = 2500.0
-    tb, ts = ogata_bivariate(np.random.default_rng(seed + 3),
-                             np.array([true["mu_buy"], true["mu_sell"]]), a, true["beta"], T)
+    tb, ts = ogata_bivariate(
+        np.random.default_rng(seed + 3), np.array([true["mu_buy"], true["mu_sell"]]), a, true["beta"], T
+    )
     f = cal.fit_hawkes_bivariate_exp(tb, ts, T)
     assert f["converged"] and not f["at_bound"]
     for name, v in true.items():
@@ -171,8 +172,14 @@ def test_fit_hawkes_bivariate_recovers_parameters(seed):
 
 
 def test_aggregate_market_orders():
-    tr = pd.DataFrame({"time": [1.0, 1.0, 1.0, 1.0, 2.0], "price": [10.0, 10.5, 9.0, 9.5, 11.0],
-                       "qty": [1.0, 3.0, 2.0, 2.0, 1.0], "side": [1, 1, -1, -1, 1]})
+    tr = pd.DataFrame(
+        {
+            "time": [1.0, 1.0, 1.0, 1.0, 2.0],
+            "price": [10.0, 10.5, 9.0, 9.5, 11.0],
+            "qty": [1.0, 3.0, 2.0, 2.0, 1.0],
+            "side": [1, 1, -1, -1, 1],
+        }
+    )
     mo = cal.aggregate_market_orders(tr)
     assert len(mo) == 3
     buy = mo[(mo.time == 1.0) & (mo.side == 1)].iloc[0]
@@ -257,7 +264,7 @@ def test_volatility_regimes_on_piecewise_constant_variance(seed):
     rng = np.random.default_rng(seed)
     v0 = 1e-8
     blocks = [1] * 9 + [8]
-    levels = np.repeat(np.tile(blocks, 4), 720) * v0          # 40 blocks of 12 h
+    levels = np.repeat(np.tile(blocks, 4), 720) * v0  # 40 blocks of 12 h
     r = np.sqrt(levels * 60) * rng.standard_normal(len(levels))
     out = cal.volatility_regimes(bars_from_returns(r))
     occ, var = out["occupancy"], out["variance"]
@@ -295,8 +302,8 @@ def simulate_cir_bars(rng, kappa, theta, xi, n, step=60.0):
 
 
 def test_fit_variance_process_recovers_cir(seed):
-    kappa, theta = 1.0 / 14_400, 1.5e-8          # 4-hour mean reversion, sigma ~ 1.2e-4 / sqrt s
-    xi = math.sqrt(kappa * theta)                  # Feller ratio 2
+    kappa, theta = 1.0 / 14_400, 1.5e-8  # 4-hour mean reversion, sigma ~ 1.2e-4 / sqrt s
+    xi = math.sqrt(kappa * theta)  # Feller ratio 2
     r = simulate_cir_bars(np.random.default_rng(seed), kappa, theta, xi, 60 * 24 * 40)
     f = cal.fit_variance_process(bars_from_returns(r))
     assert f["n"] == 960
@@ -310,15 +317,15 @@ def test_detect_jumps(seed):
     rng = np.random.default_rng(seed)
     n, sig = 30 * 1440, 1e-4 * math.sqrt(60)
     r = sig * rng.standard_normal(n)
-    jumps = rng.random(n) < 1 / 720                 # two a day
+    jumps = rng.random(n) < 1 / 720  # two a day
     r[jumps] += rng.choice([-1, 1], jumps.sum()) * 0.01  # 13 diffusive sds
     bars = bars_from_returns(r)
     j = cal.detect_jumps(bars)
-    tested = np.arange(n) > 241                     # returns with a full trailing window
+    tested = np.arange(n) > 241  # returns with a full trailing window
     true_times = bars["time"].to_numpy()[1:][jumps & tested]
     found = np.isin(true_times, j["times"])
     assert found.mean() >= 0.95
-    assert j["n_jumps"] - found.sum() <= 10          # false alarms: ~3 expected at k = 4
+    assert j["n_jumps"] - found.sum() <= 10  # false alarms: ~3 expected at k = 4
     T = tested.sum() * 60.0
     assert within(j["rate"], j["rate_se"], len(true_times) / T)
     assert j["diffusive_variance"] == pytest.approx(1e-8, rel=0.05)
@@ -365,7 +372,7 @@ def test_funding_divergence():
     a_rate = 1e-4 + 1e-5 * rng.standard_normal(500)
     b_rate = a_rate - 2e-5 + 1e-6 * rng.standard_normal(500)
     a = pd.DataFrame({"time": t, "rate": a_rate})
-    b = pd.DataFrame({"time": t[::-1] + 0.5, "rate": b_rate[::-1]})   # unsorted, 0.5 s jitter
+    b = pd.DataFrame({"time": t[::-1] + 0.5, "rate": b_rate[::-1]})  # unsorted, 0.5 s jitter
     d = cal.funding_divergence(a, b)
     assert d["n"] == 500
     assert within(d["mean"], d["mean_se"], 2e-5)
@@ -379,9 +386,9 @@ def test_fit_funding_premium_inverts_the_clamp(seed):
     kappa, theta, sd, dt = 1.0 / 86_400, 2e-4, 4e-4, 28_800.0
     sigma = sd * math.sqrt(2 * kappa)
     P = simulate_ou(np.random.default_rng(seed), kappa, theta, sigma, dt, 6000)
-    I, c, cap = 1e-4, 5e-4, 3e-3
-    F = np.clip(P + np.clip(I - P, -c, c), -cap, cap)
-    f = cal.fit_funding_premium(F, interest=I, clamp=c, cap=cap, dt=dt)
+    rate, c, cap = 1e-4, 5e-4, 3e-3
+    F = np.clip(P + np.clip(rate - P, -c, c), -cap, cap)
+    f = cal.fit_funding_premium(F, interest=rate, clamp=c, cap=cap, dt=dt)
     assert 0.5 < f["frac_in_band"] < 0.9
     assert within(f["theta"], f["theta_se"], theta)
     assert within(f["stationary_sd"], f["stationary_sd_se"], sd)

@@ -56,40 +56,69 @@ def test_read_capture_binance_synthetic(tmp_path):
     E = 1723161256300
     lines = [
         # REST snapshot and a depth diff: counted, not decoded by default.
-        f"{ns} " + json.dumps({"lastUpdateId": 1, "E": E, "T": E, "bids": [["100.0", "1"]],
-                                "asks": [["100.1", "2"]]}),
-        _binance("btcusdt@depth@0ms", {"e": "depthUpdate", "E": E, "T": E, "U": 2, "u": 3,
-                                        "pu": 1, "b": [["100.0", "0.5"]], "a": []}, ns + 1),
-        _binance("btcusdt@bookTicker", {"e": "bookTicker", "u": 4, "b": "100.0", "B": "1.5",
-                                         "a": "100.1", "A": "2.5", "T": E + 1, "E": E + 2}, ns + 2),
+        f"{ns} " + json.dumps({"lastUpdateId": 1, "E": E, "T": E, "bids": [["100.0", "1"]], "asks": [["100.1", "2"]]}),
+        _binance(
+            "btcusdt@depth@0ms",
+            {"e": "depthUpdate", "E": E, "T": E, "U": 2, "u": 3, "pu": 1, "b": [["100.0", "0.5"]], "a": []},
+            ns + 1,
+        ),
+        _binance(
+            "btcusdt@bookTicker",
+            {"e": "bookTicker", "u": 4, "b": "100.0", "B": "1.5", "a": "100.1", "A": "2.5", "T": E + 1, "E": E + 2},
+            ns + 2,
+        ),
         # The aggressor sold (buyer is maker) ...
-        _binance("btcusdt@trade", {"e": "trade", "E": E + 5, "T": E + 4, "t": 11, "p": "100.0",
-                                    "q": "0.010", "X": "MARKET", "m": True}, ns + 3),
+        _binance(
+            "btcusdt@trade",
+            {"e": "trade", "E": E + 5, "T": E + 4, "t": 11, "p": "100.0", "q": "0.010", "X": "MARKET", "m": True},
+            ns + 3,
+        ),
         # ... and bought; an out-of-order trade time is sorted.
-        _binance("btcusdt@trade", {"e": "trade", "E": E + 5, "T": E + 3, "t": 10, "p": "100.1",
-                                    "q": "0.020", "X": "INSURANCE_FUND", "m": False}, ns + 4),
-        _binance("btcusdt@markPrice@1s", {"e": "markPriceUpdate", "E": E + 9, "p": "100.05",
-                                           "P": "100.04", "i": "100.02", "r": "0.00002760",
-                                           "T": 1723190400000}, ns + 5),
+        _binance(
+            "btcusdt@trade",
+            {
+                "e": "trade",
+                "E": E + 5,
+                "T": E + 3,
+                "t": 10,
+                "p": "100.1",
+                "q": "0.020",
+                "X": "INSURANCE_FUND",
+                "m": False,
+            },
+            ns + 4,
+        ),
+        _binance(
+            "btcusdt@markPrice@1s",
+            {
+                "e": "markPriceUpdate",
+                "E": E + 9,
+                "p": "100.05",
+                "P": "100.04",
+                "i": "100.02",
+                "r": "0.00002760",
+                "T": 1723190400000,
+            },
+            ns + 5,
+        ),
         # A crossed book: dropped and counted.
-        _binance("btcusdt@bookTicker", {"e": "bookTicker", "u": 5, "b": "100.2", "B": "1",
-                                         "a": "100.1", "A": "1", "T": E + 6, "E": E + 6}, ns + 6),
+        _binance(
+            "btcusdt@bookTicker",
+            {"e": "bookTicker", "u": 5, "b": "100.2", "B": "1", "a": "100.1", "A": "1", "T": E + 6, "E": E + 6},
+            ns + 6,
+        ),
         # Malformed: garbage, truncated JSON, bad number, missing field, NaN price, bad m,
         # non-integer timestamp, empty line, absurd timestamp, NaN exchange time.
         "garbage",
-        f"{ns} {{\"stream\": \"btcusdt@trade\", \"data\": {{\"e\": \"trade\"",
-        _binance("btcusdt@trade", {"e": "trade", "T": E, "t": 1, "p": "abc", "q": "1",
-                                    "m": True}, ns),
+        f'{ns} {{"stream": "btcusdt@trade", "data": {{"e": "trade"',
+        _binance("btcusdt@trade", {"e": "trade", "T": E, "t": 1, "p": "abc", "q": "1", "m": True}, ns),
         _binance("btcusdt@trade", {"e": "trade", "T": E, "t": 1, "p": "100", "m": True}, ns),
-        _binance("btcusdt@bookTicker", {"e": "bookTicker", "b": "nan", "B": "1", "a": "100.1",
-                                         "A": "1", "T": E}, ns),
-        _binance("btcusdt@trade", {"e": "trade", "T": E, "t": 1, "p": "100", "q": "1",
-                                    "m": "yes"}, ns),
+        _binance("btcusdt@bookTicker", {"e": "bookTicker", "b": "nan", "B": "1", "a": "100.1", "A": "1", "T": E}, ns),
+        _binance("btcusdt@trade", {"e": "trade", "T": E, "t": 1, "p": "100", "q": "1", "m": "yes"}, ns),
         "12.5x " + json.dumps({"stream": "s", "data": {}}),
         "",
         "9" * 400 + " " + json.dumps({"stream": "s", "data": {}}),
-        _binance("btcusdt@trade", {"e": "trade", "T": float("nan"), "t": 1, "p": "100", "q": "1",
-                                    "m": True}, ns),
+        _binance("btcusdt@trade", {"e": "trade", "T": float("nan"), "t": 1, "p": "100", "q": "1", "m": True}, ns),
     ]
     cap = data.read_capture(_write_gz(tmp_path / "cap.gz", lines))
     assert cap["venue"] == "binance"
@@ -100,7 +129,7 @@ def test_read_capture_binance_synthetic(tmp_path):
     tr = cap["trades"]
     assert list(tr.columns) == list(data.TRADE_COLUMNS)
     assert tr["trade_id"].tolist() == [10, 11]
-    assert tr["side"].tolist() == [1, -1]                 # m=False: aggressive buy
+    assert tr["side"].tolist() == [1, -1]  # m=False: aggressive buy
     assert tr["type"].tolist() == ["INSURANCE_FUND", "MARKET"]
     assert tr["time"].iloc[0] == pytest.approx((E + 3) / 1e3, abs=1e-6)
     assert tr["local_time"].iloc[0] == pytest.approx((ns + 4) / 1e9, abs=1e-6)
@@ -115,19 +144,30 @@ def test_read_capture_binance_synthetic(tmp_path):
 
 
 def test_read_capture_depth_and_microsecond_stamps(tmp_path):
-    us = 1680652800_005_184           # 16 digits: microseconds
+    us = 1680652800_005_184  # 16 digits: microseconds
     E = 1680652800016
     lines = [
-        _binance("btcusdt@depth@0ms", {"e": "depthUpdate", "E": E, "T": E - 7, "U": 2, "u": 3,
-                                        "pu": 1, "b": [["100.0", "0.5"], ["99.9", "0"]],
-                                        "a": [["100.1", "1.25"]]}, us),
-        f"{us + 10} " + json.dumps({"lastUpdateId": 1, "E": E, "T": E,
-                                    "bids": [["100.0", "1"]], "asks": [["100.2", "2"]]}),
+        _binance(
+            "btcusdt@depth@0ms",
+            {
+                "e": "depthUpdate",
+                "E": E,
+                "T": E - 7,
+                "U": 2,
+                "u": 3,
+                "pu": 1,
+                "b": [["100.0", "0.5"], ["99.9", "0"]],
+                "a": [["100.1", "1.25"]],
+            },
+            us,
+        ),
+        f"{us + 10} "
+        + json.dumps({"lastUpdateId": 1, "E": E, "T": E, "bids": [["100.0", "1"]], "asks": [["100.2", "2"]]}),
         # spot bookTicker: no e/E/T, time falls back to the receive time
-        _binance("btcusdt@bookTicker", {"u": 4, "s": "BTCUSDT", "b": "100.0", "B": "1",
-                                         "a": "100.1", "A": "2"}, us + 20),
-        _binance("btcusdt@depth@0ms", {"e": "depthUpdate", "E": E, "T": E, "b": [["x", "1"]],
-                                        "a": []}, us + 30),
+        _binance(
+            "btcusdt@bookTicker", {"u": 4, "s": "BTCUSDT", "b": "100.0", "B": "1", "a": "100.1", "A": "2"}, us + 20
+        ),
+        _binance("btcusdt@depth@0ms", {"e": "depthUpdate", "E": E, "T": E, "b": [["x", "1"]], "a": []}, us + 30),
     ]
     cap = data.read_capture(_write_gz(tmp_path / "cap.dat.gz", lines), depth=True)
     d = cap["depth"]
@@ -143,16 +183,26 @@ def test_read_capture_depth_and_microsecond_stamps(tmp_path):
 
 def test_read_capture_hyperliquid_synthetic(tmp_path):
     ns = 1737918843893903000
-    book = {"channel": "l2Book", "data": {"coin": "BTC", "time": 1737918843542, "levels": [
-        [{"px": "105055.0", "sz": "3.0", "n": 5}, {"px": "105054.0", "sz": "0.1", "n": 1}],
-        [{"px": "105056.0", "sz": "0.5", "n": 2}]]}}
-    trades = {"channel": "trades", "data": [
-        {"coin": "BTC", "px": "105056.0", "side": "B", "sz": "0.002", "tid": 7, "time": 1737918844000},
-        {"coin": "BTC", "px": "105055.0", "side": "A", "sz": "0.010", "tid": 8, "time": 1737918844100}]}
-    bad = {"channel": "trades", "data": [{"coin": "BTC", "px": "1", "side": "X", "sz": "1",
-                                          "tid": 9, "time": 1}]}
-    lines = [f"{ns} {json.dumps(book)}", f"{ns + 1} {json.dumps(trades)}",
-             f"{ns + 2} {json.dumps(bad)}"]
+    book = {
+        "channel": "l2Book",
+        "data": {
+            "coin": "BTC",
+            "time": 1737918843542,
+            "levels": [
+                [{"px": "105055.0", "sz": "3.0", "n": 5}, {"px": "105054.0", "sz": "0.1", "n": 1}],
+                [{"px": "105056.0", "sz": "0.5", "n": 2}],
+            ],
+        },
+    }
+    trades = {
+        "channel": "trades",
+        "data": [
+            {"coin": "BTC", "px": "105056.0", "side": "B", "sz": "0.002", "tid": 7, "time": 1737918844000},
+            {"coin": "BTC", "px": "105055.0", "side": "A", "sz": "0.010", "tid": 8, "time": 1737918844100},
+        ],
+    }
+    bad = {"channel": "trades", "data": [{"coin": "BTC", "px": "1", "side": "X", "sz": "1", "tid": 9, "time": 1}]}
+    lines = [f"{ns} {json.dumps(book)}", f"{ns + 1} {json.dumps(trades)}", f"{ns + 2} {json.dumps(bad)}"]
     cap = data.read_capture(_write_gz(tmp_path / "hl.gz", lines))
     assert cap["venue"] == "hyperliquid" and cap["malformed"] == 1
     tr = cap["trades"]
@@ -170,13 +220,15 @@ def test_read_capture_hyperliquid_synthetic(tmp_path):
 
 def test_read_funding_shifts_utc_plus_3_and_infers_interval(tmp_path):
     p = tmp_path / "f.csv"
-    p.write_text("Symbol,Date,Funding Rate\n"
-                 "BTC-USDT,2021-01-01 03:00:00.000,0.0001\n"
-                 "BTC-USDT,2021-01-01 11:00:00.001,-0.0002\n"
-                 "BTC-USDT,2021-01-01 19:00:00,0.0003\n"
-                 "BTC-USDT,not a date,0.1\n"
-                 "BTC-USDT,2021-01-02 03:00:00,oops\n"
-                 "BTC-USDT,2021-01-02 03:00:00,0.0004\n")
+    p.write_text(
+        "Symbol,Date,Funding Rate\n"
+        "BTC-USDT,2021-01-01 03:00:00.000,0.0001\n"
+        "BTC-USDT,2021-01-01 11:00:00.001,-0.0002\n"
+        "BTC-USDT,2021-01-01 19:00:00,0.0003\n"
+        "BTC-USDT,not a date,0.1\n"
+        "BTC-USDT,2021-01-02 03:00:00,oops\n"
+        "BTC-USDT,2021-01-02 03:00:00,0.0004\n"
+    )
     f = data.read_funding(p)
     assert f.attrs["interval_hours"] == 8.0
     assert f.attrs["utc_offset_hours"] == 3.0
@@ -186,8 +238,7 @@ def test_read_funding_shifts_utc_plus_3_and_infers_interval(tmp_path):
     assert f["time"].iloc[0] == pd.Timestamp("2021-01-01", tz="UTC").timestamp()
     # Hourly settlements on the hour are already UTC; an explicit offset overrides detection.
     q = tmp_path / "h.csv"
-    q.write_text("Symbol,Date,Funding Rate\n" + "".join(
-        f"BTC-USDT,2022-01-01 {h:02d}:00:00,1e-5\n" for h in range(6)))
+    q.write_text("Symbol,Date,Funding Rate\n" + "".join(f"BTC-USDT,2022-01-01 {h:02d}:00:00,1e-5\n" for h in range(6)))
     h = data.read_funding(q)
     assert h.attrs["interval_hours"] == 1.0 and h.attrs["utc_offset_hours"] == 0.0
     assert data.read_funding(p, utc_offset_hours=0.0)["date"].dt.hour.tolist() == [3, 11, 19, 3]
@@ -195,14 +246,18 @@ def test_read_funding_shifts_utc_plus_3_and_infers_interval(tmp_path):
 
 def test_read_bars_both_layouts(tmp_path):
     a = tmp_path / "a.csv"
-    a.write_text("timestamp,open,high,low,close,volume\n"
-                 "2021-12-31 23:02:00.000000,2,3,1,2.5,10\n"
-                 "2021-12-31 23:01:00.000000,1,2,1,2,5\n"
-                 "2021-12-31 23:03:00.000000,2,3,1,-1,5\n")
+    a.write_text(
+        "timestamp,open,high,low,close,volume\n"
+        "2021-12-31 23:02:00.000000,2,3,1,2.5,10\n"
+        "2021-12-31 23:01:00.000000,1,2,1,2,5\n"
+        "2021-12-31 23:03:00.000000,2,3,1,-1,5\n"
+    )
     b = tmp_path / "b.csv"
-    b.write_text("open_time,open,high,low,close,volume\n"
-                 "2023-03-01 00:00:00+00:00,1,2,1,2,0.5\n"
-                 "2023-03-01 00:00:00+00:00,1,2,1,2,0.5\n")
+    b.write_text(
+        "open_time,open,high,low,close,volume\n"
+        "2023-03-01 00:00:00+00:00,1,2,1,2,0.5\n"
+        "2023-03-01 00:00:00+00:00,1,2,1,2,0.5\n"
+    )
     x = data.read_bars(a)
     assert x["close"].tolist() == [2.0, 2.5] and x.attrs["malformed"] == 1
     assert x["time"].diff().iloc[1] == 60.0
@@ -213,17 +268,21 @@ def test_read_bars_both_layouts(tmp_path):
 
 def test_read_hl_liquidations_with_trade_join(tmp_path):
     liq = tmp_path / "l.csv"
-    liq.write_text("time,user,liquidated_ntl_pos,liquidated_account_value,leverage_type\n"
-                   "2023-03-12T11:26:44Z,0xa,361.8,3.5,Cross\n"
-                   "2023-03-13T09:38:06Z,0xb,214.2,1.0,Isolated\n"
-                   "bad,0xc,1,1,Cross\n")
+    liq.write_text(
+        "time,user,liquidated_ntl_pos,liquidated_account_value,leverage_type\n"
+        "2023-03-12T11:26:44Z,0xa,361.8,3.5,Cross\n"
+        "2023-03-13T09:38:06Z,0xb,214.2,1.0,Isolated\n"
+        "bad,0xc,1,1,Cross\n"
+    )
     trd = tmp_path / "t.csv"
-    trd.write_text("time,user,coin,side,px,sz,crossed\n"
-                   "2023-03-12T11:26:44Z,0xa,ETH,Ask,1600,0.1,false\n"
-                   "2023-03-12T11:26:44Z,0xa,ETH,Ask,1600,0.05,false\n"
-                   "2023-03-12T11:26:44Z,0xa,SOL,Ask,20,1,false\n"
-                   "2023-03-12T11:26:45Z,0xb,BTC,Bid,20000,1,true\n"
-                   "2023-03-12T11:26:45Z,0xb,BTC,Sideways,20000,1,true\n")
+    trd.write_text(
+        "time,user,coin,side,px,sz,crossed\n"
+        "2023-03-12T11:26:44Z,0xa,ETH,Ask,1600,0.1,false\n"
+        "2023-03-12T11:26:44Z,0xa,ETH,Ask,1600,0.05,false\n"
+        "2023-03-12T11:26:44Z,0xa,SOL,Ask,20,1,false\n"
+        "2023-03-12T11:26:45Z,0xb,BTC,Bid,20000,1,true\n"
+        "2023-03-12T11:26:45Z,0xb,BTC,Sideways,20000,1,true\n"
+    )
     t = data.read_hl_trades(trd)
     assert len(t) == 4 and t.attrs["malformed"] == 1
     plain = data.read_hl_liquidations(liq)
@@ -231,7 +290,7 @@ def test_read_hl_liquidations_with_trade_join(tmp_path):
     assert plain["notional"].tolist() == [361.8, 214.2]
     j = data.read_hl_liquidations(liq, trades=t)
     assert j["coin"].tolist() == ["ETH", ""]
-    assert j["side"].tolist() == [-1, 0]       # the account sold: a long was liquidated
+    assert j["side"].tolist() == [-1, 0]  # the account sold: a long was liquidated
     assert j["qty"].iloc[0] == pytest.approx(0.15) and j["n_fills"].tolist() == [2, 0]
 
 
@@ -263,7 +322,7 @@ def test_real_usdm_btcusdt_2024(usdm_2024):
     assert (tr["side"] == 1).sum() == 9616 and (tr["side"] == -1).sum() == 11697
     assert (tr["type"] == "MARKET").all()
     assert tr["price"].min() == 61590.3 and tr["price"].max() == 61839.9
-    assert np.all(np.diff(tr["trade_id"]) == 1)           # contiguous ids, no gap
+    assert np.all(np.diff(tr["trade_id"]) == 1)  # contiguous ids, no gap
     start = pd.Timestamp("2024-08-08 23:54:15", tz="UTC").timestamp()
     assert start < tr["time"].min() and tr["time"].max() < start + 346
     # The recorder's clock runs about 1.27 s behind the exchange's.
@@ -293,9 +352,11 @@ def test_real_usdm_btcusdt_2023_pair():
 
 
 def test_real_other_captures_parse_cleanly():
-    for name, n_trades in (("hftbacktest_binance_usdm_ethusdt_20240808.gz", 14076),
-                           ("hftbacktest_binance_coinm_btcusd_perp_20240808.gz", 2286),
-                           ("hftbacktest_binance_spot_btcusdt_20240808.gz", 9757)):
+    for name, n_trades in (
+        ("hftbacktest_binance_usdm_ethusdt_20240808.gz", 14076),
+        ("hftbacktest_binance_coinm_btcusd_perp_20240808.gz", 2286),
+        ("hftbacktest_binance_spot_btcusdt_20240808.gz", 9757),
+    ):
         cap = data.read_capture(_real(name))
         assert cap["malformed"] == 0 and len(cap["trades"]) == n_trades, name
         assert len(cap["book_ticker"]) > 0
@@ -322,7 +383,7 @@ def test_real_funding_files():
 def test_real_bars():
     f = data.read_bars(_real("ftx_btc-perp_1m_20211231-20220201.csv"))
     assert len(f) == 45031 and f.attrs["malformed"] == 0
-    assert (np.diff(f["time"]) == 60).all()                      # no gaps
+    assert (np.diff(f["time"]) == 60).all()  # no gaps
     assert f["low"].min() == pytest.approx(32837, abs=1) and f["high"].max() == pytest.approx(48080, abs=1)
     u = data.read_bars(_real("binanceus_btcusdt_1m_20230301-20230321.csv"))
     assert len(u) == 30240 and (np.diff(u["time"]) == 60).all()

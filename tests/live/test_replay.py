@@ -25,8 +25,9 @@ def capture(trades, books, marks=None) -> dict:
     tr["side"] = tr["side"].astype(np.int8)
     bk = pd.DataFrame(books, columns=["time", "bid", "bid_qty", "ask", "ask_qty"])
     bk["local_time"] = bk["time"]
-    mk = pd.DataFrame(marks or [], columns=["time", "mark", "index", "settle_estimate", "funding_rate",
-                                            "next_funding_time"])
+    mk = pd.DataFrame(
+        marks or [], columns=["time", "mark", "index", "settle_estimate", "funding_rate", "next_funding_time"]
+    )
     return {"trades": tr, "book_ticker": bk, "mark_price": mk, "venue": "binance"}
 
 
@@ -35,29 +36,34 @@ T0 = 1_700_000_000.0
 
 def test_feed_cuts_the_recording_into_observations():
     cap = capture(
-        trades=[(T0 + 0.2, 100.1, 1.0, 1, "MARKET"), (T0 + 0.7, 100.1, 3.0, 1, "MARKET"),
-                (T0 + 0.9, 100.0, 2.0, -1, "INSURANCE_FUND"), (T0 + 2.5, 99.9, 0.5, -1, "MARKET"),
-                (T0 - 1.0, 100.0, 9.0, 1, "MARKET")],                    # before the first book: dropped
+        trades=[
+            (T0 + 0.2, 100.1, 1.0, 1, "MARKET"),
+            (T0 + 0.7, 100.1, 3.0, 1, "MARKET"),
+            (T0 + 0.9, 100.0, 2.0, -1, "INSURANCE_FUND"),
+            (T0 + 2.5, 99.9, 0.5, -1, "MARKET"),
+            (T0 - 1.0, 100.0, 9.0, 1, "MARKET"),
+        ],  # before the first book: dropped
         books=[(T0, 100.0, 5.0, 100.1, 4.0), (T0 + 1.5, 99.9, 2.0, 100.0, 1.0), (T0 + 3.0, 99.8, 1.0, 99.9, 1.0)],
-        marks=[(T0, 0, 0, 0, 1e-4, T0 + 1.2), (T0 + 1.4, 0, 0, 0, 2e-4, T0 + 100.0)])
+        marks=[(T0, 0, 0, 0, 1e-4, T0 + 1.2), (T0 + 1.4, 0, 0, 0, 2e-4, T0 + 100.0)],
+    )
     f = live.feed_from_capture(cap, 1.0)
     np.testing.assert_array_equal(f.t, [1.0, 2.0, 3.0])
-    np.testing.assert_array_equal(f.best_bid, [100.0, 99.9, 99.8])       # the last book at or before each end
+    np.testing.assert_array_equal(f.best_bid, [100.0, 99.9, 99.8])  # the last book at or before each end
     np.testing.assert_array_equal(f.ask_size, [4.0, 1.0, 1.0])
     np.testing.assert_array_equal(f.n_buy, [2, 0, 0])
     np.testing.assert_array_equal(f.vol_buy, [4.0, 0, 0])
     np.testing.assert_array_equal(f.vol_sell, [2.0, 0.0, 0.5])
     np.testing.assert_allclose(f.vwap_buy, [100.1, 0, 0])
-    np.testing.assert_allclose(f.last_price, [100.0, 99.95, 99.9])      # the mid where the interval has no trade
-    np.testing.assert_array_equal(f.liq_long, [2.0, 0, 0])              # a forced sell: a long liquidated
+    np.testing.assert_allclose(f.last_price, [100.0, 99.95, 99.9])  # the mid where the interval has no trade
+    np.testing.assert_array_equal(f.liq_long, [2.0, 0, 0])  # a forced sell: a long liquidated
     assert f.liq_valid and f.funding_valid
-    np.testing.assert_array_equal(f.funding_settled, [False, True, False])   # next_funding_time moved on
+    np.testing.assert_array_equal(f.funding_settled, [False, True, False])  # next_funding_time moved on
     np.testing.assert_allclose(f.settled_rate, [0.0, 1e-4, 0.0])
     np.testing.assert_array_equal(f.trade_start, [0, 3, 3, 4])
-    half = live.feed_from_capture(cap, 0.5)                    # a finer cadence: the same trades, split
+    half = live.feed_from_capture(cap, 0.5)  # a finer cadence: the same trades, split
     np.testing.assert_array_equal(half.t, 0.5 * np.arange(1, 7))
     np.testing.assert_array_equal(half.vol_buy, [1.0, 3.0, 0, 0, 0, 0])
-    np.testing.assert_array_equal(half.vol_sell, [0, 2.0, 0, 0, 0.5, 0])   # (2.0, 2.5] holds t = 2.5
+    np.testing.assert_array_equal(half.vol_sell, [0, 2.0, 0, 0, 0.5, 0])  # (2.0, 2.5] holds t = 2.5
     with pytest.raises(ValueError, match="cadence_s"):
         live.feed_from_capture(cap, 0.0)
     with pytest.raises(ValueError, match="inverse"):
@@ -71,19 +77,38 @@ def trades(*rows):
     return a[:, 0], a[:, 1], a[:, 2].astype(np.int8)
 
 
-@pytest.mark.parametrize("case", [
-    # (price, resting, touch, touch_qty, trades, filled, queue after)
-    ("at the touch: the displayed size is ahead", 100.0, live.Resting(), 100.0, 3.0, [(100.0, 2.0, -1)], 0.0, 1.0),
-    ("... a larger volume fills part, the rest first in line", 100.0, live.Resting(), 100.0, 3.0,
-     [(100.0, 3.5, -1)], 0.5, 0.0),
-    ("... and all of it", 100.0, live.Resting(), 100.0, 3.0, [(100.0, 4.5, -1)], 1.0, None),
-    ("kept place: the queue carries over", 100.0, live.Resting(100.0, 1.0), 100.0, 3.0, [(100.0, 1.6, -1)], 0.6,
-     0.0),
-    ("improving the touch: first in line", 100.1, live.Resting(), 100.0, 3.0, [(100.1, 0.4, -1)], 0.4, 0.0),
-    ("traded through: filled in full", 100.0, live.Resting(), 100.0, 3.0, [(99.9, 0.1, -1)], 1.0, None),
-    ("behind the touch: only through", 99.9, live.Resting(), 100.0, 3.0, [(99.9, 9.0, -1)], 0.0, np.inf),
-    ("buys do not fill a bid", 100.0, live.Resting(), 100.0, 0.0, [(99.0, 5.0, 1)], 0.0, 0.0),
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        # (price, resting, touch, touch_qty, trades, filled, queue after)
+        ("at the touch: the displayed size is ahead", 100.0, live.Resting(), 100.0, 3.0, [(100.0, 2.0, -1)], 0.0, 1.0),
+        (
+            "... a larger volume fills part, the rest first in line",
+            100.0,
+            live.Resting(),
+            100.0,
+            3.0,
+            [(100.0, 3.5, -1)],
+            0.5,
+            0.0,
+        ),
+        ("... and all of it", 100.0, live.Resting(), 100.0, 3.0, [(100.0, 4.5, -1)], 1.0, None),
+        (
+            "kept place: the queue carries over",
+            100.0,
+            live.Resting(100.0, 1.0),
+            100.0,
+            3.0,
+            [(100.0, 1.6, -1)],
+            0.6,
+            0.0,
+        ),
+        ("improving the touch: first in line", 100.1, live.Resting(), 100.0, 3.0, [(100.1, 0.4, -1)], 0.4, 0.0),
+        ("traded through: filled in full", 100.0, live.Resting(), 100.0, 3.0, [(99.9, 0.1, -1)], 1.0, None),
+        ("behind the touch: only through", 99.9, live.Resting(), 100.0, 3.0, [(99.9, 9.0, -1)], 0.0, np.inf),
+        ("buys do not fill a bid", 100.0, live.Resting(), 100.0, 0.0, [(99.0, 5.0, 1)], 0.0, 0.0),
+    ],
+)
 def test_paper_fills_of_a_bid(case):
     _, price, resting, touch, touch_qty, rows, filled, queue = case
     got, after = live.paper_fills(1, price, 1.0, True, resting, touch, touch_qty, *trades(*rows))
@@ -110,7 +135,7 @@ def synthetic_feed(n=240, seed=0):
     books = [(T0 + i, m - 0.05, 2.0, m + 0.05, 2.0) for i, m in enumerate(mid)]
     tr = []
     for i in range(n - 1):
-        for k in range(4):   # trades walk the mid from one book to the next, at the touch on the grid
+        for k in range(4):  # trades walk the mid from one book to the next, at the touch on the grid
             s = 1 if g.random() < 0.5 else -1
             m = mid[i] + np.round((mid[i + 1] - mid[i]) * (k + 1) / 4 / 0.1) * 0.1
             tr.append((T0 + i + 0.1 + 0.2 * k, m + 0.05 * s, g.exponential(1.5), s, "MARKET"))
@@ -119,8 +144,9 @@ def synthetic_feed(n=240, seed=0):
 
 @pytest.fixture(scope="module")
 def replayed():
-    world, mp, ep, sim = config.build(config.compose(["experiment=baseline", "engine.warmup_s=20",
-                                                   "account.max_inventory=2"]))
+    world, mp, ep, sim = config.build(
+        config.compose(["experiment=baseline", "engine.warmup_s=20", "account.max_inventory=2"])
+    )
     step = jax.jit(engine.step)
     feed = synthetic_feed()
     return feed, live.replay(ep, feed, step_fn=step), step
@@ -130,14 +156,14 @@ def test_replay_runs_the_engine_once_compiled_and_keeps_the_pnl_identity(replaye
     feed, res, step = replayed
     j, m = res.journal, res.metrics
     assert len(j) == len(feed.t) and m["observations"] == len(feed.t)
-    assert step._cache_size() == 1                       # one trace for the whole replay
+    assert step._cache_size() == 1  # one trace for the whole replay
     assert m["fills"]["bid"] + m["fills"]["ask"] > 0 and m["quoting_fraction"] > 0.5
-    assert np.all(np.isnan(j["bid"][j["t"] < 20]))       # warm-up: no quotes
+    assert np.all(np.isnan(j["bid"][j["t"] < 20]))  # warm-up: no quotes
     # PnL = the sum of its components (float32: cash of 1e4 rounds at ~1e-3 per step).
     assert m["pnl"] == pytest.approx(m["pnl_decomposition_sum"], abs=1e-3 * len(j))
     # The journal's position is the account's: the running sum of the paper fills.
     np.testing.assert_allclose(j["position"], np.cumsum(j["fill_bid"] - j["fill_ask"]), atol=1e-5)
-    assert np.all(np.abs(j["position"]) <= 2.0 + 1e-6)    # the account's hard limit holds on paper too
+    assert np.all(np.abs(j["position"]) <= 2.0 + 1e-6)  # the account's hard limit holds on paper too
 
 
 def test_replay_outputs(replayed, tmp_path):
@@ -153,17 +179,26 @@ def test_replay_with_a_taker_order_flattens_at_the_event(replayed):
     displayed touch at the window's first quote, and the position is flat from then on (both
     sides pulled in the window)."""
     feed, _, _ = replayed
-    world, mp, ep, sim = config.build(config.compose([
-        "experiment=baseline", "engine.warmup_s=20", "account.max_inventory=2", "policy.event_times_s=[200]",
-        "policy.event_pull_before_s=40", "policy.event_pull_after_s=20", "policy.event_flatten=1"]))
+    world, mp, ep, sim = config.build(
+        config.compose(
+            [
+                "experiment=baseline",
+                "engine.warmup_s=20",
+                "account.max_inventory=2",
+                "policy.event_times_s=[200]",
+                "policy.event_pull_before_s=40",
+                "policy.event_pull_after_s=20",
+                "policy.event_flatten=1",
+            ]
+        )
+    )
     res = live.replay(ep, feed)
     j, m = res.journal, res.metrics
-    first = int(np.searchsorted(j["t"], 160.0))                 # the window's first quote (t = 160 s)
+    first = int(np.searchsorted(j["t"], 160.0))  # the window's first quote (t = 160 s)
     assert j["position"].iloc[first] != 0.0, "no position to flatten: the test would prove nothing"
     assert j["take"].iloc[first] == pytest.approx(-j["position"].iloc[first], rel=1e-6)
     np.testing.assert_allclose(j["fill_take"].iloc[first + 1], j["take"].iloc[first], rtol=1e-6)
-    np.testing.assert_allclose(j["position"].iloc[first + 1:int(np.searchsorted(j["t"], 220.0)) + 1], 0.0,
-                               atol=1e-6)
+    np.testing.assert_allclose(j["position"].iloc[first + 1 : int(np.searchsorted(j["t"], 220.0)) + 1], 0.0, atol=1e-6)
     assert m["fills"]["taker"] >= 1
     assert m["pnl"] == pytest.approx(m["pnl_decomposition_sum"], abs=1e-3 * len(j))
 
@@ -172,8 +207,9 @@ def test_replay_against_the_simulator(replayed):
     """compare_with_simulation: the configured market simulated over the replay's duration, and
     the replay's percentiles in its distributions."""
     feed, res, _ = replayed
-    world, mp, ep, sim = config.build(config.compose(["experiment=baseline", "engine.warmup_s=20",
-                                                   "account.max_inventory=2"]))
+    world, mp, ep, sim = config.build(
+        config.compose(["experiment=baseline", "engine.warmup_s=20", "account.max_inventory=2"])
+    )
     c = live.compare_with_simulation(res.metrics, world, mp, ep, n_paths=16, dt=2.0, seed=0)
     assert c["horizon_s"] == 2.0 * np.floor(res.metrics["duration_s"] / 2.0) and c["n_paths"] == 16
     assert c["pnl"]["q05"] <= c["pnl"]["q50"] <= c["pnl"]["q95"]
@@ -193,8 +229,7 @@ def test_live_replay_on_a_real_capture(tmp_path, capsys):
     path = data.data_file("hftbacktest_binance_usdm_btcusdt_20240808.gz")
     if path is None:
         pytest.skip("no data directory (MMSIM_DATA or ../shared/data): the real-capture replay is not run")
-    rc = cli.main(["live", "--replay", str(path), "--out", str(tmp_path), "experiment=baseline",
-                   "engine.warmup_s=30"])
+    rc = cli.main(["live", "--replay", str(path), "--out", str(tmp_path), "experiment=baseline", "engine.warmup_s=30"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "paper fills; nothing was sent" in out

@@ -31,8 +31,19 @@ CONF = Path(__file__).resolve().parents[2] / "mmsim" / "conf"
 class ToyMarket:
     """Toy evaluator: theta = {"gamma": ...} (1/quote currency); see the module docstring."""
 
-    def __init__(self, a=10.0, b=1.0, sd=5.0, z_pnl=math.log(0.01), z_ref=math.log(0.01), p_ref=0.02, k=1.5,
-                 q_ref=0.2, k_dd=1.0, x=0.2):
+    def __init__(
+        self,
+        a=10.0,
+        b=1.0,
+        sd=5.0,
+        z_pnl=math.log(0.01),
+        z_ref=math.log(0.01),
+        p_ref=0.02,
+        k=1.5,
+        q_ref=0.2,
+        k_dd=1.0,
+        x=0.2,
+    ):
         self.a, self.b, self.sd, self.z_pnl, self.z_ref = a, b, sd, z_pnl, z_ref
         self.p_ref, self.k, self.q_ref, self.k_dd, self.x = p_ref, k, q_ref, k_dd, x
         self.calls = 0
@@ -62,8 +73,12 @@ class ToyMarket:
         z = math.log(theta["gamma"])
         xi, u, v = self.draws(seed, n)
         p, q = self.p_liq(z), self.p_dd(z)
-        return opt.PathOutcomes(pnl=self.mean(z) + self.sd * xi, liquidated=u < p,
-                                max_dd_frac=self.x * q / np.maximum(v, 1e-300), min_margin_ratio=u / p)
+        return opt.PathOutcomes(
+            pnl=self.mean(z) + self.sd * xi,
+            liquidated=u < p,
+            max_dd_frac=self.x * q / np.maximum(v, 1e-300),
+            min_margin_ratio=u / p,
+        )
 
 
 class FillToy:
@@ -85,8 +100,9 @@ class FillToy:
         fills = (u < 0.5 - 0.15 * z1).sum(axis=1)
         pnl = (1.0 + 0.3 * z2) * fills - self.c * fills**2
         zeros = np.zeros(n)
-        return opt.PathOutcomes(pnl=pnl.astype(float), liquidated=zeros.astype(bool), max_dd_frac=zeros,
-                                min_margin_ratio=np.full(n, np.inf))
+        return opt.PathOutcomes(
+            pnl=pnl.astype(float), liquidated=zeros.astype(bool), max_dd_frac=zeros, min_margin_ratio=np.full(n, np.inf)
+        )
 
     def grad(self, z1, z2):
         j, c = self.J, self.c
@@ -101,9 +117,11 @@ class FillToy:
 
 
 def test_param_spec_transforms_and_errors():
-    for spec, x in ((opt.ParamSpec("gamma", 1e-4, 1.0, "log"), 0.02),
-                    (opt.ParamSpec("size_fraction", 0.01, 0.5, "logit"), 0.1),
-                    (opt.ParamSpec("flow_skew", -1.0, 1.0, "linear"), 0.3)):
+    for spec, x in (
+        (opt.ParamSpec("gamma", 1e-4, 1.0, "log"), 0.02),
+        (opt.ParamSpec("size_fraction", 0.01, 0.5, "logit"), 0.1),
+        (opt.ParamSpec("flow_skew", -1.0, 1.0, "linear"), 0.3),
+    ):
         assert spec.from_z(spec.to_z(x)) == pytest.approx(x, rel=1e-12)
         lo, hi = spec.z_bounds
         assert spec.from_z(hi + 5.0) == spec.hi and spec.from_z(lo - 5.0) == spec.lo
@@ -200,8 +218,7 @@ def test_gradient_estimator_agrees_with_finite_differences(seed):
     reps = 16
     ests, dir_se = [], []
     for r in range(reps):
-        ge = opt.smoothed_gradient(fn_for(seed + r), z, sigma=0.2, n_directions=4,
-                                   rng=np.random.default_rng([seed, r]))
+        ge = opt.smoothed_gradient(fn_for(seed + r), z, sigma=0.2, n_directions=4, rng=np.random.default_rng([seed, r]))
         ests.append(ge.grad[0])
         dir_se.append(ge.se[0])
         assert ge.n_evals == 9
@@ -248,8 +265,8 @@ def test_optimizer_finds_the_liquidation_boundary(start):
     res = opt.optimize(toy, {"gamma": start}, {"gamma": (1e-3, 1.0)}, opt.Constraints(epsilon_liq=eps), settings=st)
     assert res.feasible_in_training and not res.notes
     _, u, _ = toy.draws(st.seed, st.n_paths)
-    m = int(round(st.n_paths * eps))                  # feasible iff count <= m - 1 (c uses p + 0.01/n)
-    p_saa = np.sort(u)[m - 1]                         # largest feasible P(liquidation) on these paths
+    m = int(round(st.n_paths * eps))  # feasible iff count <= m - 1 (c uses p + 0.01/n)
+    p_saa = np.sort(u)[m - 1]  # largest feasible P(liquidation) on these paths
     z_saa = toy.z_ref + math.log(toy.p_ref / p_saa) / toy.k
     z = math.log(res.theta["gamma"])
     assert 0.0 <= z - z_saa <= 0.03, (z, z_saa)
@@ -292,8 +309,13 @@ def test_optimizer_finds_an_interior_optimum():
     assert abs(z - toy.z_pnl) <= math.sqrt(st.select_tol * se / toy.b) + 0.02
     assert toy.mean(z) >= toy.a - st.select_tol * se - 1e-3
     assert res.lambdas["liq"] == 0.0
-    exact = opt.optimize(toy, {"gamma": 0.02}, {"gamma": (1e-3, 1.0)}, opt.Constraints(epsilon_liq=eps),
-                         settings=dataclasses.replace(st, select_tol=0.0))
+    exact = opt.optimize(
+        toy,
+        {"gamma": 0.02},
+        {"gamma": (1e-3, 1.0)},
+        opt.Constraints(epsilon_liq=eps),
+        settings=dataclasses.replace(st, select_tol=0.0),
+    )
     assert abs(math.log(exact.theta["gamma"]) - toy.z_pnl) <= 0.02
 
 
@@ -305,8 +327,7 @@ def test_optimizer_stops_when_pinned_at_a_bound():
     con = opt.Constraints(epsilon_liq=1e-3)
     st = _fast(n_paths=5_000, n_iter=12)
     full = opt.optimize(toy, {"gamma": 1.0}, {"gamma": (1e-3, 1.0)}, con, settings=st)
-    early = opt.optimize(toy, {"gamma": 1.0}, {"gamma": (1e-3, 1.0)}, con,
-                         settings=dataclasses.replace(st, patience=3))
+    early = opt.optimize(toy, {"gamma": 1.0}, {"gamma": (1e-3, 1.0)}, con, settings=dataclasses.replace(st, patience=3))
     assert len(full.trace) == st.n_iter + 1 and not full.notes
     assert len(early.trace) == 3 and early.theta == full.theta == {"gamma": 1.0}
     assert any("has not moved for 3 iterations" in n for n in early.notes)
@@ -328,9 +349,14 @@ def test_optimizer_with_cvar_objective_and_two_parameters():
         return out._replace(pnl=out.pnl - (math.log(s / (1 - s)) - lo) ** 2)
 
     st = _fast(n_paths=50_000, n_iter=60)
-    res = opt.optimize(ev, {"gamma": 0.01, "size_fraction": 0.3},
-                       {"gamma": (1e-3, 1.0), "size_fraction": (0.01, 0.5, "logit")},
-                       opt.Constraints(epsilon_liq=1e-3), objective=opt.Objective("mean_cvar", 0.1), settings=st)
+    res = opt.optimize(
+        ev,
+        {"gamma": 0.01, "size_fraction": 0.3},
+        {"gamma": (1e-3, 1.0), "size_fraction": (0.01, 0.5, "logit")},
+        opt.Constraints(epsilon_liq=1e-3),
+        objective=opt.Objective("mean_cvar", 0.1),
+        settings=st,
+    )
     assert res.feasible_in_training
     assert abs(math.log(res.theta["gamma"]) - toy.z_liq(1e-3)) <= 4.0 / (toy.k * math.sqrt(st.n_paths * 1e-3))
     s = res.theta["size_fraction"]
@@ -350,8 +376,9 @@ def test_constraint_holds_on_fresh_validation_paths():
     res = opt.optimize(toy, {"gamma": 0.01}, {"gamma": (1e-3, 1.0)}, con, settings=st)
     v = opt.validate(toy, res.theta, con, seed=12, n_paths=20_000, train_seed=st.seed, train_paths=st.n_paths)
     assert v["feasible"] and v["p_liquidation"]["ci_high"] <= con.epsilon_liq
-    assert v["p_liquidation"] == {k: risk.proportion(toy(res.theta, 12, 20_000).liquidated)[k]
-                                  for k in ("count", "estimate", "ci_low", "ci_high")}
+    assert v["p_liquidation"] == {
+        k: risk.proportion(toy(res.theta, 12, 20_000).liquidated)[k] for k in ("count", "estimate", "ci_low", "ci_high")
+    }
     with pytest.raises(ValueError, match="fresh paths"):
         opt.validate(toy, res.theta, con, seed=st.seed, n_paths=20_000, train_seed=st.seed)
     with pytest.raises(ValueError, match="at least as many"):
@@ -363,10 +390,15 @@ def test_optimum_within_two_percent_of_best_feasible_grid_point():
     validated objective is within 2 % of the best feasible grid objective."""
     toy = ToyMarket(b=0.02)
     con = opt.Constraints(epsilon_liq=1e-3)
-    opts = {"settings": opt.OptSettings(n_iter=40, n_paths=20_000, seed=21, n_certify=20_000),
-            "constraints": con, "objective": opt.Objective(), "specs": opt.param_specs({"gamma": (1e-3, 1.0)}),
-            "seed_validation": 22, "n_paths_validation": 20_000,
-            "frontier": {"param": "gamma", "values": np.geomspace(0.01, 0.5, 41).tolist()}}
+    opts = {
+        "settings": opt.OptSettings(n_iter=40, n_paths=20_000, seed=21, n_certify=20_000),
+        "constraints": con,
+        "objective": opt.Objective(),
+        "specs": opt.param_specs({"gamma": (1e-3, 1.0)}),
+        "seed_validation": 22,
+        "n_paths_validation": 20_000,
+        "frontier": {"param": "gamma", "values": np.geomspace(0.01, 0.5, 41).tolist()},
+    }
     r = opt.run(toy, {"gamma": 0.01}, opts, log=lambda s: None)
     fr = r["frontier"]
     assert fr.best_feasible is not None and fr.n_paths == 20_000 and fr.seed == 22
@@ -391,8 +423,12 @@ def test_feasibility_only_from_the_upper_bound():
     liq[11] = False
     assert opt.assess(out._replace(liquidated=liq), con)["feasible"]
     # 0 events on 1000 paths: the bound 3.7e-3 cannot reach 1e-3 -> "not certifiable", never feasible.
-    small = opt.PathOutcomes(pnl=np.ones(1000), liquidated=np.zeros(1000, bool), max_dd_frac=np.zeros(1000),
-                             min_margin_ratio=np.full(1000, 5.0))
+    small = opt.PathOutcomes(
+        pnl=np.ones(1000),
+        liquidated=np.zeros(1000, bool),
+        max_dd_frac=np.zeros(1000),
+        min_margin_ratio=np.full(1000, 5.0),
+    )
     v = opt.assess(small, con)
     assert not v["feasible"] and not v["certifiable"]
     msg = opt.certification_message(v, con)
@@ -409,10 +445,15 @@ def test_training_too_small_to_certify_is_said_and_safest_reported():
     declared feasible, and the safest parameters evaluated are reported."""
     toy = ToyMarket()
     con = opt.Constraints(epsilon_liq=1e-3)
-    opts = {"settings": opt.OptSettings(n_iter=10, n_paths=1000, seed=31, n_certify=1000),
-            "constraints": con, "objective": opt.Objective(), "specs": opt.param_specs({"gamma": (1e-3, 1.0)}),
-            "seed_validation": 32, "n_paths_validation": 1000,
-            "frontier": {"param": "gamma", "values": [0.01, 0.1, 1.0]}}
+    opts = {
+        "settings": opt.OptSettings(n_iter=10, n_paths=1000, seed=31, n_certify=1000),
+        "constraints": con,
+        "objective": opt.Objective(),
+        "specs": opt.param_specs({"gamma": (1e-3, 1.0)}),
+        "seed_validation": 32,
+        "n_paths_validation": 1000,
+        "frontier": {"param": "gamma", "values": [0.01, 0.1, 1.0]},
+    }
     r = opt.run(toy, {"gamma": 0.01}, opts, log=lambda s: None)
     assert any("certify" in n for n in r["result"].notes)
     assert not r["feasible"] and r["selected"] == "safest"
@@ -460,7 +501,7 @@ def test_settings_from_config_and_errors():
         bad = compose(config_name="config", overrides=["experiment=optimize_gamma", "+optimize.n_pahts=3"])
         same = compose(config_name="config", overrides=["experiment=optimize_gamma", "optimize.seed_validation=1"])
     o = opt.settings_from_config(cfg)
-    assert cfg.account.leverage == 50.0 and cfg.name == "optimize_gamma"     # the cascade-stress market
+    assert cfg.account.leverage == 50.0 and cfg.name == "optimize_gamma"  # the cascade-stress market
     assert o["constraints"].epsilon_liq == 1e-3 and o["constraints"].alpha == pytest.approx(0.05)
     assert o["settings"].n_certify == o["n_paths_validation"] >= o["settings"].n_paths
     assert o["seed_validation"] != o["settings"].seed
@@ -478,8 +519,13 @@ def test_run_from_config_writes_outputs(tmp_path):
 
     from mmsim import config as mcfg
 
-    ov = ["experiment=optimize_gamma", "optimize.n_iter=8", "optimize.n_paths_train=4000",
-          "optimize.n_paths_validation=8000", "optimize.frontier.values=[0.01,0.05,0.1,0.3]"]
+    ov = [
+        "experiment=optimize_gamma",
+        "optimize.n_iter=8",
+        "optimize.n_paths_train=4000",
+        "optimize.n_paths_validation=8000",
+        "optimize.frontier.values=[0.01,0.05,0.1,0.3]",
+    ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=ov)
     s = opt.run_from_config(cfg, tmp_path, evaluate=ToyMarket(), log=lambda m: None)
@@ -490,7 +536,7 @@ def test_run_from_config_writes_outputs(tmp_path):
     assert best["validation"]["n_paths"] == 8000 and best["validation"]["seed"] == 2
     assert best["feasible"] == s["feasible"] == s["selected_validation"]["feasible"]
     assert best["policy"]["gamma"] == pytest.approx(s["selected_validation"]["theta"]["gamma"])
-    assert best["account"]["leverage"] == 50.0 == cfg.account.leverage     # the account it was validated with
+    assert best["account"]["leverage"] == 50.0 == cfg.account.leverage  # the account it was validated with
     assert set(best["account"]) == {f.name for f in dataclasses.fields(mcfg.account_params(cfg))}
     assert len(s["frontier"]["points"]) == 4
 
@@ -501,18 +547,25 @@ def test_start_from_the_frontier_grid():
     from the configured 0.01); "config" starts at the configured value; bad values are errors."""
     from hydra import compose, initialize_config_dir
 
-    ov = ["experiment=optimize_gamma", "optimize.n_iter=2", "optimize.n_paths_train=4000",
-          "optimize.n_paths_validation=8000", "optimize.frontier.values=[0.01,0.1,1.0,3.0]"]
+    ov = [
+        "experiment=optimize_gamma",
+        "optimize.n_iter=2",
+        "optimize.n_paths_train=4000",
+        "optimize.n_paths_validation=8000",
+        "optimize.frontier.values=[0.01,0.1,1.0,3.0]",
+    ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         grid = opt.settings_from_config(compose(config_name="config", overrides=[*ov, "optimize.start=frontier"]))
         conf = opt.settings_from_config(compose(config_name="config", overrides=[*ov, "optimize.start=config"]))
         bad = compose(config_name="config", overrides=[*ov, "optimize.start=anywhere"])
-        no_grid = compose(config_name="config", overrides=[*ov, "optimize.start=frontier", "optimize.frontier.param=null"])
+        no_grid = compose(
+            config_name="config", overrides=[*ov, "optimize.start=frontier", "optimize.frontier.param=null"]
+        )
     toy = ToyMarket(z_pnl=math.log(1.0))
     r = opt.run(toy, {"gamma": 0.01}, grid, log=lambda m: None)
     assert r["start"] == {"gamma": 1.0} and r["result"].trace[0]["theta"]["gamma"] == 1.0
     sg = r["start_grid"]
-    assert (sg.seed, sg.n_paths) == (grid["settings"].seed, grid["settings"].n_paths)      # training paths
+    assert (sg.seed, sg.n_paths) == (grid["settings"].seed, grid["settings"].n_paths)  # training paths
     assert [p["theta"]["gamma"] for p in sg.points] == [0.01, 0.1, 1.0, 3.0]
     assert sg.points[sg.best_feasible]["theta"]["gamma"] == 1.0
     r0 = opt.run(toy, {"gamma": 0.01}, conf, log=lambda m: None)
@@ -540,11 +593,22 @@ def test_end_to_end_with_the_simulator(tmp_path):
     from mmsim import config as mcfg
     from mmsim.sim import simulate as sim
 
-    ov = ["experiment=as2008", "sim.horizon_s=0.1", "account.initial_equity=10.0", "account.leverage=10.0",
-          "account.maintenance_margin=0.09",
-          "+optimize.n_iter=2", "+optimize.n_paths_train=128", "+optimize.n_paths_validation=128",
-          "+optimize.seed_train=1", "+optimize.seed_validation=2", "+optimize.epsilon_liq=0.05",
-          "+optimize.frontier.values=[0.01,1.0]", "+optimize.params.gamma.lo=0.001", "+optimize.params.gamma.hi=10.0"]
+    ov = [
+        "experiment=as2008",
+        "sim.horizon_s=0.1",
+        "account.initial_equity=10.0",
+        "account.leverage=10.0",
+        "account.maintenance_margin=0.09",
+        "+optimize.n_iter=2",
+        "+optimize.n_paths_train=128",
+        "+optimize.n_paths_validation=128",
+        "+optimize.seed_train=1",
+        "+optimize.seed_validation=2",
+        "+optimize.epsilon_liq=0.05",
+        "+optimize.frontier.values=[0.01,1.0]",
+        "+optimize.params.gamma.lo=0.001",
+        "+optimize.params.gamma.hi=10.0",
+    ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=ov)
     with open_dict(cfg):
@@ -556,8 +620,9 @@ def test_end_to_end_with_the_simulator(tmp_path):
     v = s["selected_validation"]
     world, mp, ep, st = mcfg.build(_as_risk_task(cfg))
     ep = dataclasses.replace(ep, policy=dataclasses.replace(ep.policy, gamma=v["theta"]["gamma"]))
-    r = sim.simulate(world, mp, ep, n_paths=128, n_steps=st.n_steps, dt=st.dt, seed=2, dtype=jnp.float64,
-                     progress=False)
+    r = sim.simulate(
+        world, mp, ep, n_paths=128, n_steps=st.n_steps, dt=st.dt, seed=2, dtype=jnp.float64, progress=False
+    )
     assert v["p_liquidation"]["count"] == int(np.sum(r.summary.liquidated))
     assert v["objective"] == pytest.approx(float(np.mean(r.summary.pnl)), rel=1e-12)
 

@@ -48,7 +48,9 @@ def test_var_cvar_normal():
 
 def test_running_metrics():
     r = risk.init(100.0, 1, jnp.float64)
-    for t, (eq, mr, q, liq) in enumerate([(110, 5, 1, False), (90, 2, -3, False), (95, 1.5, 2, True), (80, 9, 0, False)]):
+    for t, (eq, mr, q, liq) in enumerate(
+        [(110, 5, 1, False), (90, 2, -3, False), (95, 1.5, 2, True), (80, 9, 0, False)]
+    ):
         r = risk.update(r, jnp.float64(eq), jnp.float64(mr), jnp.array([q], float), jnp.bool_(liq), jnp.float64(t))
     assert float(r.peak_equity) == 110 and float(r.max_dd) == 30
     np.testing.assert_allclose(float(r.max_dd_frac), 30 / 110)
@@ -77,8 +79,14 @@ def test_ruin_probability_cramer_lundberg(seed):
     lam, mu, theta, u = 1.0, 1.0, 0.25, 4.0
     c = (1 + theta) * lam * mu
     n_claims, n_paths, shift = 1500, 20_000, 1e4
-    params = account.AccountParams(initial_equity=u - shift + shift, leverage=1.0, maintenance_margin=1e-12,
-                                   max_inventory=10.0, liquidation_fee=0.0, liquidation_slippage=0.0)
+    params = account.AccountParams(
+        initial_equity=u - shift + shift,
+        leverage=1.0,
+        maintenance_margin=1e-12,
+        max_inventory=10.0,
+        liquidation_fee=0.0,
+        liquidation_slippage=0.0,
+    )
     psi = np.exp(-theta * u / ((1 + theta) * mu)) / (1 + theta)
 
     def path(k):
@@ -95,8 +103,13 @@ def test_ruin_probability_cramer_lundberg(seed):
             mid = mid + c * wait - claim
             t = t + wait
             obs = observation.empty(1, jnp.float64)._replace(
-                t=t, dt=wait, mid=jnp.full(1, mid), best_bid=jnp.full(1, mid), best_ask=jnp.full(1, mid),
-                book_valid=jnp.ones(1, bool))
+                t=t,
+                dt=wait,
+                mid=jnp.full(1, mid),
+                best_bid=jnp.full(1, mid),
+                best_ask=jnp.full(1, mid),
+                book_valid=jnp.ones(1, bool),
+            )
             st, info = account.update(params, st, obs)
             r = risk.update(r, info.equity, info.margin_ratio, st.position, info.liquidated_now, t)
             return (st, r, mid, t), None
@@ -105,7 +118,7 @@ def test_ruin_probability_cramer_lundberg(seed):
         return r.liquidated
 
     ruined = np.asarray(jax.jit(jax.vmap(path))(rng.path_keys(rng.key(seed), 0, n_paths)))
-    p = risk.proportion(ruined, alpha=1e-4)      # a 4-sigma-wide exact interval
+    p = risk.proportion(ruined, alpha=1e-4)  # a 4-sigma-wide exact interval
     # Ruin after the last claim needs a fall of ~ theta*lam*mu*n_claims = 375 from the mean
     # surplus: probability ~ exp(-R * 375), R = theta/((1+theta) mu) = 0.2, i.e. 1e-33.
     assert p["ci_low"] <= psi <= p["ci_high"], (p, psi)
@@ -118,12 +131,33 @@ def test_summarize_keys_and_counts():
     pnl = np.linspace(-100.0, 99.0, n)
     liq = np.zeros(n, bool)
     liq[:3] = True
-    s = sim.PathSummary(pnl=pnl, pnl_components=np.tile(pnl[:, None] / 6, (1, 6)), max_dd=np.arange(n) * 10.0,
-                        max_dd_frac=np.zeros(n), min_margin_ratio=np.ones(n), max_abs_inventory=np.ones((n, 1)),
-                        liquidated=liq, liq_time=np.where(liq, 5.0, -1.0), n_fills=np.ones((n, 1, 2), int),
-                        final_position=np.zeros((n, 1)), n_bad=np.zeros(n, int))
-    r = sim.SimResult(summary=s, trace=None, n_paths=n, n_steps=10, dt=0.5, seed=1, chunk_size=n, n_devices=1,
-                      compile_s=1.0, run_s=2.0, path_steps_per_s=1000.0, initial_equity=1000.0)
+    s = sim.PathSummary(
+        pnl=pnl,
+        pnl_components=np.tile(pnl[:, None] / 6, (1, 6)),
+        max_dd=np.arange(n) * 10.0,
+        max_dd_frac=np.zeros(n),
+        min_margin_ratio=np.ones(n),
+        max_abs_inventory=np.ones((n, 1)),
+        liquidated=liq,
+        liq_time=np.where(liq, 5.0, -1.0),
+        n_fills=np.ones((n, 1, 2), int),
+        final_position=np.zeros((n, 1)),
+        n_bad=np.zeros(n, int),
+    )
+    r = sim.SimResult(
+        summary=s,
+        trace=None,
+        n_paths=n,
+        n_steps=10,
+        dt=0.5,
+        seed=1,
+        chunk_size=n,
+        n_devices=1,
+        compile_s=1.0,
+        run_s=2.0,
+        path_steps_per_s=1000.0,
+        initial_equity=1000.0,
+    )
     m = risk.summarize(r, drawdown_threshold=0.5)
     assert m["n_paths"] == n and m["horizon_s"] == 5.0 and m["dt_s"] == 0.5 and m["seed"] == 1
     assert m["p_liquidation"]["count"] == 3

@@ -25,18 +25,42 @@ N_STEPS = int(round(T / DT))
 
 def as2008_engine(gamma=GAMMA, kind="as2008"):
     fixed = as2008.average_spread(gamma, SIGMA, K, T, DT)
-    pp = policy.PolicyParams(kind=kind, gamma=gamma, k=K, horizon_s=T, sigma_price=SIGMA, order_size=1.0,
-                             fixed_spread=fixed, band_max_frac=1.0, pull_margin_ratio=0.0)
+    pp = policy.PolicyParams(
+        kind=kind,
+        gamma=gamma,
+        k=K,
+        horizon_s=T,
+        sigma_price=SIGMA,
+        order_size=1.0,
+        fixed_spread=fixed,
+        band_max_frac=1.0,
+        pull_margin_ratio=0.0,
+    )
     # Equity small enough for float32 cash to resolve cents, leverage large enough never to bind.
-    ap = account.AccountParams(initial_equity=1e3, leverage=1e3, maintenance_margin=1e-6, max_inventory=1e6,
-                               liquidation_fee=0.0, liquidation_slippage=0.0)
+    ap = account.AccountParams(
+        initial_equity=1e3,
+        leverage=1e3,
+        maintenance_margin=1e-6,
+        max_inventory=1e6,
+        liquidation_fee=0.0,
+        liquidation_slippage=0.0,
+    )
     return engine.EngineParams(policy=pp, account=ap, tick=0.0, warmup_s=0.0, lite=True)
 
 
 @pytest.fixture(scope="module")
 def as_run():
-    return sim.simulate("as2008", as2008.AS2008Params(), as2008_engine(), n_paths=4000, n_steps=N_STEPS, dt=DT,
-                        seed=7, n_trace=3, progress=False)
+    return sim.simulate(
+        "as2008",
+        as2008.AS2008Params(),
+        as2008_engine(),
+        n_paths=4000,
+        n_steps=N_STEPS,
+        dt=DT,
+        seed=7,
+        n_trace=3,
+        progress=False,
+    )
 
 
 def numpy_as2008(gamma, n_paths, seed):
@@ -66,8 +90,9 @@ def test_as2008_matches_independent_numpy_model(as_run):
         se = np.sqrt(ours.var(ddof=1) / ours.size + ref.var(ddof=1) / ref.size)
         assert abs(ours.mean() - ref.mean()) < 4 * se, (ours.mean(), ref.mean(), se)
         # Standard deviations: the SE of a sample sd is sd * sqrt((kurtosis - 1) / (4 n)).
-        sd_se = np.sqrt(sum(x.var() * (np.mean((x - x.mean())**4) / x.var()**2 - 1) / (4 * x.size)
-                            for x in (ours, ref)))
+        sd_se = np.sqrt(
+            sum(x.var() * (np.mean((x - x.mean()) ** 4) / x.var() ** 2 - 1) / (4 * x.size) for x in (ours, ref))
+        )
         assert abs(ours.std() - ref.std()) < 4 * sd_se, (ours.std(), ref.std(), sd_se)
 
 
@@ -78,8 +103,9 @@ def test_trace_replays_the_first_paths(as_run):
     np.testing.assert_array_equal(tr.position[:, -1], s.final_position[:3])
     np.testing.assert_allclose(tr.equity[:, -1] - 1e3, s.pnl[:3], atol=1e-3)
     # The inventory strategy's quoted spread is deterministic: its time average is the closed form.
-    np.testing.assert_allclose(tr.spread_quoted[:, :-1].mean(1)[:, 0], as2008.average_spread(GAMMA, SIGMA, K, T, DT),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        tr.spread_quoted[:, :-1].mean(1)[:, 0], as2008.average_spread(GAMMA, SIGMA, K, T, DT), rtol=1e-5
+    )
     assert np.all(tr.true_regime == -1)
 
 
@@ -91,9 +117,17 @@ def test_pnl_components_add_up(as_run):
 
 
 def test_recompiles_only_for_new_shapes(as_run):
-    again = sim.simulate("as2008", as2008.AS2008Params(), as2008_engine(gamma=0.5), n_paths=4000,
-                         n_steps=N_STEPS, dt=DT, seed=7, progress=False)
-    assert again.compile_s == 0.0   # same shapes, new gamma: the cached executable
+    again = sim.simulate(
+        "as2008",
+        as2008.AS2008Params(),
+        as2008_engine(gamma=0.5),
+        n_paths=4000,
+        n_steps=N_STEPS,
+        dt=DT,
+        seed=7,
+        progress=False,
+    )
+    assert again.compile_s == 0.0  # same shapes, new gamma: the cached executable
     assert not np.array_equal(again.summary.pnl, as_run.summary.pnl)
 
 
@@ -123,8 +157,9 @@ def test_as2008_sets_only_its_declared_observation_fields():
 
     mp = as2008.AS2008Params()
     st = as2008.init(mp, jnp.float32)
-    q = policy.Quote(*(jnp.array([99.0, 101.0, 1.0, 1.0], jnp.float32).reshape(4, 1)),
-                     jnp.ones(1, bool), jnp.ones(1, bool))
+    q = policy.Quote(
+        *(jnp.array([99.0, 101.0, 1.0, 1.0], jnp.float32).reshape(4, 1)), jnp.ones(1, bool), jnp.ones(1, bool)
+    )
     empty = observation.empty(1, jnp.float32)
     for obs in (as2008.observe(st, mp), as2008.step(rng.key(0), st, mp, DT, q)[1]):
         for f in observation.Observation._fields:
@@ -140,8 +175,9 @@ def test_mid_only_price_estimator_gives_the_same_paths(as_run):
 
     ep = as2008_engine()
     lean = dataclasses.replace(ep, price=e_price.PriceEstParams(returns=False))
-    out = sim.simulate("as2008", as2008.AS2008Params(), lean, n_paths=4000, n_steps=N_STEPS, dt=DT, seed=7,
-                       progress=False)
+    out = sim.simulate(
+        "as2008", as2008.AS2008Params(), lean, n_paths=4000, n_steps=N_STEPS, dt=DT, seed=7, progress=False
+    )
     for f in sim.PathSummary._fields:
         np.testing.assert_array_equal(getattr(out.summary, f), getattr(as_run.summary, f), err_msg=f)
 
@@ -168,8 +204,9 @@ def test_chunked_single_device_equals_unchunked_sharded():
     """Three padded chunks of 8 on one device == one chunk of 20 over 4 (forced host) devices."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", SHARD_SCRIPT], env=env, cwd=root, capture_output=True, text=True,
-                         timeout=900)
+    out = subprocess.run(
+        [sys.executable, "-c", SHARD_SCRIPT], env=env, cwd=root, capture_output=True, text=True, timeout=900
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert all(res["same"].values()), res
@@ -188,8 +225,9 @@ USE_CORES_SCRIPT = textwrap.dedent("""
 def test_use_cpu_cores_splits_the_host_before_the_backend_starts():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", USE_CORES_SCRIPT], env=env, cwd=root, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", USE_CORES_SCRIPT], env=env, cwd=root, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"n": 3, "again": 3, "devices": 3}
     with pytest.raises(ValueError, match="CPU devices"):
@@ -204,22 +242,27 @@ def test_event_flatten_takes_the_position_to_flat_without_moving_the_world():
     from mmsim import config
 
     base = ["experiment=baseline", "sim.horizon_s=120", "engine.warmup_s=10", "sim.dtype=float32"]
-    event = ["policy.event_times_s=[80]", "policy.event_pull_before_s=20", "policy.event_pull_after_s=20",
-             "policy.event_flatten=1"]
+    event = [
+        "policy.event_times_s=[80]",
+        "policy.event_pull_before_s=20",
+        "policy.event_pull_after_s=20",
+        "policy.event_flatten=1",
+    ]
     runs = []
     for ov in (base, base + event):
         world, mp, ep, s = config.build(config.compose(ov))
-        runs.append(sim.simulate(world, mp, ep, n_paths=16, n_steps=s.n_steps, dt=s.dt, seed=3, n_trace=16,
-                                 progress=False))
+        runs.append(
+            sim.simulate(world, mp, ep, n_paths=16, n_steps=s.n_steps, dt=s.dt, seed=3, n_trace=16, progress=False)
+        )
     plain, flat = runs
     t = np.asarray(flat.trace.t)
     pos = np.asarray(flat.trace.position)[..., 0]
-    i0 = int(np.searchsorted(t, 60.0))          # the window's first quote
+    i0 = int(np.searchsorted(t, 60.0))  # the window's first quote
     assert t[i0] == 60.0
     assert np.any(pos[:, i0] != 0.0), "no position to flatten: the test would prove nothing"
-    np.testing.assert_array_equal(pos[:, i0 + 1:int(np.searchsorted(t, 100.0)) + 2], 0.0)
+    np.testing.assert_array_equal(pos[:, i0 + 1 : int(np.searchsorted(t, 100.0)) + 2], 0.0)
     np.testing.assert_array_equal(np.asarray(flat.trace.mid), np.asarray(plain.trace.mid))
-    np.testing.assert_array_equal(pos[:, :i0 + 1], np.asarray(plain.trace.position)[:, :i0 + 1, 0])
+    np.testing.assert_array_equal(pos[:, : i0 + 1], np.asarray(plain.trace.position)[:, : i0 + 1, 0])
     # The PnL identity holds with the taker executions (float32: a cash of 1e4 rounds at ~1e-3).
     s = flat.summary
     np.testing.assert_allclose(s.pnl_components.sum(axis=1), s.pnl, rtol=0, atol=1e-3 * (1 + np.abs(s.pnl).max()))
@@ -227,8 +270,14 @@ def test_event_flatten_takes_the_position_to_flat_without_moving_the_world():
 
 def test_bad_input_fails_before_compiling():
     ep, mp = as2008_engine(), as2008.AS2008Params()
-    for kw, field in ((dict(n_paths=-1), "n_paths"), (dict(n_paths=0), "n_paths"), (dict(n_steps=0), "n_steps"),
-                      (dict(dt=-0.1), "dt"), (dict(chunk_size=0), "chunk_size"), (dict(n_trace=-2), "n_trace")):
+    for kw, field in (
+        (dict(n_paths=-1), "n_paths"),
+        (dict(n_paths=0), "n_paths"),
+        (dict(n_steps=0), "n_steps"),
+        (dict(dt=-0.1), "dt"),
+        (dict(chunk_size=0), "chunk_size"),
+        (dict(n_trace=-2), "n_trace"),
+    ):
         args = dict(n_paths=4, n_steps=5, dt=DT, seed=0) | kw
         with pytest.raises(ValueError, match=field):
             sim.simulate("as2008", mp, ep, **args)

@@ -17,10 +17,10 @@ from mmsim import rng
 from mmsim.observation import Quote
 from mmsim.world import market
 
-N_STEPS = 30       # steps of 1 s of the plain world
-QUOTE_PATHS = 8    # paths of the quoting world
+N_STEPS = 30  # steps of 1 s of the plain world
+QUOTE_PATHS = 8  # paths of the quoting world
 QUOTE_STEPS = 200  # steps of 1 s of the quoting world
-MID = 60_000.0     # initial mid of default_params, quote currency
+MID = 60_000.0  # initial mid of default_params, quote currency
 
 
 def keys(n_paths=4, start=0, seed=0):
@@ -30,8 +30,14 @@ def keys(n_paths=4, start=0, seed=0):
 
 def quote(bid, ask, size, active):
     """The same (A = 2) quote on both assets; prices in quote currency, sizes in base units."""
-    return Quote(jnp.full(2, bid), jnp.full(2, ask), jnp.full(2, size), jnp.full(2, size),
-                 jnp.full(2, active), jnp.full(2, active))
+    return Quote(
+        jnp.full(2, bid),
+        jnp.full(2, ask),
+        jnp.full(2, size),
+        jnp.full(2, size),
+        jnp.full(2, active),
+        jnp.full(2, active),
+    )
 
 
 #: Not quoting, as an argument of the quoting world: what ``market.step`` builds for ``quote=None``.
@@ -52,10 +58,12 @@ def compile_world(mp, dtype=jnp.float32, n_paths=4, n_steps=N_STEPS, quoting=Fal
     XLA drop what feeds nothing else, which compiles faster. Compiled for these shapes only: a call
     with others fails instead of compiling again.
     """
+
     def path(k, q):
         def body(w, t):
             w, obs, info = market.step(rng.fold_in(k, t), w, mp, 1.0, q)
             return w, (obs, info)
+
         w, (obs, info) = jax.lax.scan(body, market.init(mp, dtype), jnp.arange(n_steps))
         return report(w, obs, info)
 
@@ -87,8 +95,14 @@ def world(two_assets):
 def quoting_world(two_assets):
     """The two-asset float32 world, ``QUOTE_PATHS`` paths of ``QUOTE_STEPS`` steps, the quote an
     argument; reports (mid, bid fill size, bid fill price)."""
-    return compile_world(two_assets, jnp.float32, QUOTE_PATHS, QUOTE_STEPS, quoting=True,
-                         report=lambda w, obs, info: (obs.mid, obs.fill_bid_size, obs.fill_bid_price))
+    return compile_world(
+        two_assets,
+        jnp.float32,
+        QUOTE_PATHS,
+        QUOTE_STEPS,
+        quoting=True,
+        report=lambda w, obs, info: (obs.mid, obs.fill_bid_size, obs.fill_bid_price),
+    )
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])

@@ -18,8 +18,9 @@ def weight(dt: jax.Array, half_life: jax.Array | float) -> jax.Array:
     return materialise_small(-expm1(-math.log(2.0) * dt / half_life))
 
 
-def update(old: jax.Array, new: jax.Array, dt: jax.Array, half_life: jax.Array | float,
-           valid: jax.Array | bool = True) -> jax.Array:
+def update(
+    old: jax.Array, new: jax.Array, dt: jax.Array, half_life: jax.Array | float, valid: jax.Array | bool = True
+) -> jax.Array:
     """EWMA step ``old + w (new - old)``; unchanged where ``valid`` is False."""
     w = weight(dt, half_life)
     return jnp.where(valid, old + w * (new - old), old)

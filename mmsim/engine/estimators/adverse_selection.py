@@ -52,8 +52,11 @@ class AdverseSelectionEstParams:
         for f in ("beta_0", "beta_funding", "beta_vol", "beta_flow", "beta_liq"):
             c.finite(f, "logistic coefficient")
         c.nonneg("safety", "spread-adjustment multiplier")
-        c.require(isinstance(self.n_slots, int) and 1 <= self.n_slots <= MAX_SLOTS, "n_slots",
-                  f"must be an integer in [1, {MAX_SLOTS}] (pending measurements per asset and side)")
+        c.require(
+            isinstance(self.n_slots, int) and 1 <= self.n_slots <= MAX_SLOTS,
+            "n_slots",
+            f"must be an integer in [1, {MAX_SLOTS}] (pending measurements per asset and side)",
+        )
 
 
 class AdverseSelectionEst(NamedTuple):
@@ -64,15 +67,15 @@ class AdverseSelectionEst(NamedTuple):
     experiments/PERFORMANCE.md). ``slot_price``, ``slot_due`` and ``slot_live`` give the
     stacked (A, 2, S) view."""
 
-    pending_price: tuple     # [side][slot] (A,) mid at the fill, price
-    pending_due: tuple       # [side][slot] (A,) time at which to measure, seconds
-    pending_live: tuple      # [side][slot] (A,) bool: the slot holds a pending measurement
+    pending_price: tuple  # [side][slot] (A,) mid at the fill, price
+    pending_due: tuple  # [side][slot] (A,) time at which to measure, seconds
+    pending_live: tuple  # [side][slot] (A,) bool: the slot holds a pending measurement
     realized_bid: jax.Array  # (A,) mean adverse move after bid fills, fraction of mid
     realized_ask: jax.Array  # (A,) mean adverse move after ask fills, fraction of mid
-    weight_bid: jax.Array    # (A,) decayed number of bid measurements behind realized_bid
-    weight_ask: jax.Array    # (A,) decayed number of ask measurements behind realized_ask
-    alpha: jax.Array         # (A,) probability that the next trade is informed
-    dropped: jax.Array       # (A,) int32: fills whose measurement overwrote a pending one
+    weight_bid: jax.Array  # (A,) decayed number of bid measurements behind realized_bid
+    weight_ask: jax.Array  # (A,) decayed number of ask measurements behind realized_ask
+    alpha: jax.Array  # (A,) probability that the next trade is informed
+    dropped: jax.Array  # (A,) int32: fills whose measurement overwrote a pending one
 
     @property
     def slot_price(self) -> jax.Array:
@@ -101,9 +104,16 @@ def init(params: AdverseSelectionEstParams, n_assets: int, dtype=jnp.float32) ->
     per_slot = lambda x: tuple(tuple(x for _ in range(params.n_slots)) for _ in range(2))  # noqa: E731
     a0 = jnp.broadcast_to(jax.nn.sigmoid(jnp.asarray(params.beta_0).astype(dtype)), (n_assets,))
     return AdverseSelectionEst(
-        pending_price=per_slot(z), pending_due=per_slot(z), pending_live=per_slot(never),
-        realized_bid=z, realized_ask=z, weight_bid=z, weight_ask=z, alpha=a0.astype(dtype),
-        dropped=jnp.zeros((n_assets,), jnp.int32))
+        pending_price=per_slot(z),
+        pending_due=per_slot(z),
+        pending_live=per_slot(never),
+        realized_bid=z,
+        realized_ask=z,
+        weight_bid=z,
+        weight_ask=z,
+        alpha=a0.astype(dtype),
+        dropped=jnp.zeros((n_assets,), jnp.int32),
+    )
 
 
 def _clean(x, dtype):
@@ -111,21 +121,35 @@ def _clean(x, dtype):
     return jnp.where(jnp.isfinite(x), x, 0.0)
 
 
-def predict_alpha(params: AdverseSelectionEstParams, funding_divergence, vol_surprise, flow_imbalance,
-                  liq_intensity_ratio, dtype=jnp.float32) -> jax.Array:
+def predict_alpha(
+    params: AdverseSelectionEstParams,
+    funding_divergence,
+    vol_surprise,
+    flow_imbalance,
+    liq_intensity_ratio,
+    dtype=jnp.float32,
+) -> jax.Array:
     """The logistic model (see the module docstring); (A,) probability in (0, 1)."""
     c = lambda x: jnp.asarray(x).astype(dtype)  # noqa: E731
-    z = (c(params.beta_0)
-         + c(params.beta_funding) * jnp.abs(_clean(funding_divergence, dtype))
-         + c(params.beta_vol) * _clean(vol_surprise, dtype)
-         + c(params.beta_flow) * jnp.abs(_clean(flow_imbalance, dtype))
-         + c(params.beta_liq) * jnp.maximum(_clean(liq_intensity_ratio, dtype) - 1.0, 0.0))
+    z = (
+        c(params.beta_0)
+        + c(params.beta_funding) * jnp.abs(_clean(funding_divergence, dtype))
+        + c(params.beta_vol) * _clean(vol_surprise, dtype)
+        + c(params.beta_flow) * jnp.abs(_clean(flow_imbalance, dtype))
+        + c(params.beta_liq) * jnp.maximum(_clean(liq_intensity_ratio, dtype) - 1.0, 0.0)
+    )
     return jax.nn.sigmoid(z)
 
 
-def update(params: AdverseSelectionEstParams, state: AdverseSelectionEst, obs: _obs.Observation,
-           funding_divergence: jax.Array, vol_surprise: jax.Array, flow_imbalance: jax.Array,
-           liq_intensity_ratio: jax.Array) -> AdverseSelectionEst:
+def update(
+    params: AdverseSelectionEstParams,
+    state: AdverseSelectionEst,
+    obs: _obs.Observation,
+    funding_divergence: jax.Array,
+    vol_surprise: jax.Array,
+    flow_imbalance: jax.Array,
+    liq_intensity_ratio: jax.Array,
+) -> AdverseSelectionEst:
     """Measure due slots, record this observation's fills, update alpha.
 
     Args:
@@ -199,13 +223,18 @@ def update(params: AdverseSelectionEstParams, state: AdverseSelectionEst, obs: _
         weights.append(w_new)
 
     # 3. Alpha.
-    alpha = predict_alpha(params, funding_divergence, vol_surprise, flow_imbalance,
-                          liq_intensity_ratio, dtype)
+    alpha = predict_alpha(params, funding_divergence, vol_surprise, flow_imbalance, liq_intensity_ratio, dtype)
     return AdverseSelectionEst(
-        pending_price=tuple(prices), pending_due=tuple(dues), pending_live=tuple(new_lives),
-        realized_bid=realized[0].astype(dtype), realized_ask=realized[1].astype(dtype),
-        weight_bid=weights[0].astype(dtype), weight_ask=weights[1].astype(dtype),
-        alpha=jnp.broadcast_to(alpha, (n_a,)).astype(dtype), dropped=dropped)
+        pending_price=tuple(prices),
+        pending_due=tuple(dues),
+        pending_live=tuple(new_lives),
+        realized_bid=realized[0].astype(dtype),
+        realized_ask=realized[1].astype(dtype),
+        weight_bid=weights[0].astype(dtype),
+        weight_ask=weights[1].astype(dtype),
+        alpha=jnp.broadcast_to(alpha, (n_a,)).astype(dtype),
+        dropped=dropped,
+    )
 
 
 def realized_adverse_selection(state: AdverseSelectionEst) -> jax.Array:
@@ -216,5 +245,4 @@ def realized_adverse_selection(state: AdverseSelectionEst) -> jax.Array:
 def spread_adjustment(params: AdverseSelectionEstParams, state: AdverseSelectionEst) -> jax.Array:
     """(A,) extra spread to cover adverse selection, fraction of mid:
     ``alpha * realized_adverse_selection * safety``."""
-    return state.alpha * realized_adverse_selection(state) * jnp.asarray(params.safety).astype(
-        state.alpha.dtype)
+    return state.alpha * realized_adverse_selection(state) * jnp.asarray(params.safety).astype(state.alpha.dtype)

@@ -54,12 +54,12 @@ class CorrEstParams:
 
 
 class CorrEst(NamedTuple):
-    cov: jax.Array          # (3, A, A) fast / medium / slow covariances, log-price^2 per second
-    wsum: jax.Array         # (3,) total EWMA weights (0 -> 1)
+    cov: jax.Array  # (3, A, A) fast / medium / slow covariances, log-price^2 per second
+    wsum: jax.Array  # (3,) total EWMA weights (0 -> 1)
     corr_stress: jax.Array  # (A, A) stress correlation
-    acc_ret: jax.Array      # (A,) log returns summed since the last covariance update
-    pending: jax.Array      # (A,) bool: the asset has a return since the last update
-    acc_t: jax.Array        # () seconds since the last covariance update
+    acc_ret: jax.Array  # (A,) log returns summed since the last covariance update
+    pending: jax.Array  # (A,) bool: the asset has a return since the last update
+    acc_t: jax.Array  # () seconds since the last covariance update
     initialised: jax.Array  # () bool: the covariances have had a sample
 
 
@@ -70,11 +70,15 @@ def _blend_toward_one(c: jax.Array, b: jax.Array) -> jax.Array:
 def init(params: CorrEstParams, n_assets: int, dtype=jnp.float32) -> CorrEst:
     """Covariances ``min_var * I`` (identity correlation), stress matrix blended from I."""
     eye = jnp.eye(n_assets, dtype=dtype)
-    return CorrEst(cov=jnp.broadcast_to(jnp.asarray(params.min_var, dtype) * eye, (3, n_assets, n_assets)),
-                   wsum=jnp.zeros((3,), dtype),
-                   corr_stress=_blend_toward_one(eye, jnp.asarray(params.stress_blend, dtype)),
-                   acc_ret=jnp.zeros((n_assets,), dtype), pending=jnp.zeros((n_assets,), bool),
-                   acc_t=jnp.zeros((), dtype), initialised=jnp.zeros((), bool))
+    return CorrEst(
+        cov=jnp.broadcast_to(jnp.asarray(params.min_var, dtype) * eye, (3, n_assets, n_assets)),
+        wsum=jnp.zeros((3,), dtype),
+        corr_stress=_blend_toward_one(eye, jnp.asarray(params.stress_blend, dtype)),
+        acc_ret=jnp.zeros((n_assets,), dtype),
+        pending=jnp.zeros((n_assets,), bool),
+        acc_t=jnp.zeros((), dtype),
+        initialised=jnp.zeros((), bool),
+    )
 
 
 def update(params: CorrEstParams, state: CorrEst, obs, log_ret: jax.Array, valid: jax.Array) -> CorrEst:
@@ -96,7 +100,7 @@ def update(params: CorrEstParams, state: CorrEst, obs, log_ret: jax.Array, valid
 
     dt = jnp.maximum(acc_t, MIN_DT_S)
     lam = jnp.asarray(params.lambdas, dtype)
-    w = -jnp.expm1(dt / jnp.asarray(params.interval_s, dtype) * jnp.log(lam))   # (3,)
+    w = -jnp.expm1(dt / jnp.asarray(params.interval_s, dtype) * jnp.log(lam))  # (3,)
     wsum, g = _ewma.normalised(state.wsum, w)
     g = g[:, None, None]
     sample = jnp.outer(acc, acc) / dt
@@ -115,10 +119,15 @@ def update(params: CorrEstParams, state: CorrEst, obs, log_ret: jax.Array, valid
     corr_stress = jnp.where(renew, stress, state.corr_stress)
 
     zero = jnp.zeros_like(acc)
-    return CorrEst(cov=cov, wsum=wsum, corr_stress=corr_stress,
-                   acc_ret=jnp.where(ready, zero, acc), pending=jnp.where(ready, False, pending),
-                   acc_t=jnp.where(ready, jnp.zeros_like(acc_t), acc_t),
-                   initialised=state.initialised | ready)
+    return CorrEst(
+        cov=cov,
+        wsum=wsum,
+        corr_stress=corr_stress,
+        acc_ret=jnp.where(ready, zero, acc),
+        pending=jnp.where(ready, False, pending),
+        acc_t=jnp.where(ready, jnp.zeros_like(acc_t), acc_t),
+        initialised=state.initialised | ready,
+    )
 
 
 def _cov_to_corr(cov: jax.Array) -> jax.Array:

@@ -46,22 +46,29 @@ class FundingEstParams:
 
 
 class FundingEst(NamedTuple):
-    rate: jax.Array               # (A,) current (predicted) rate of this venue, per interval
-    ref_rate: jax.Array           # (A,) reference venue's rate, per interval
-    long_term_mean: jax.Array     # (A,) normalised EWMA of rate, per interval
+    rate: jax.Array  # (A,) current (predicted) rate of this venue, per interval
+    ref_rate: jax.Array  # (A,) reference venue's rate, per interval
+    long_term_mean: jax.Array  # (A,) normalised EWMA of rate, per interval
     next_settlement_s: jax.Array  # (A,) seconds to the next settlement
     last_settled_rate: jax.Array  # (A,) rate applied at the last settlement, per interval
-    wsum: jax.Array               # (A,) total EWMA weight of long_term_mean (0 -> 1)
-    since_s: jax.Array            # (A,) seconds since the last valid funding update
-    initialised: jax.Array        # (A,) bool: a valid funding update has been seen
+    wsum: jax.Array  # (A,) total EWMA weight of long_term_mean (0 -> 1)
+    since_s: jax.Array  # (A,) seconds since the last valid funding update
+    initialised: jax.Array  # (A,) bool: a valid funding update has been seen
 
 
 def init(params: FundingEstParams, n_assets: int, dtype=jnp.float32) -> FundingEst:
     """Rates 0, next settlement one interval away, nothing seen."""
     z = jnp.zeros((n_assets,), dtype)
-    return FundingEst(rate=z, ref_rate=z, long_term_mean=z,
-                      next_settlement_s=jnp.broadcast_to(jnp.asarray(params.interval_s, dtype), (n_assets,)),
-                      last_settled_rate=z, wsum=z, since_s=z, initialised=jnp.zeros((n_assets,), bool))
+    return FundingEst(
+        rate=z,
+        ref_rate=z,
+        long_term_mean=z,
+        next_settlement_s=jnp.broadcast_to(jnp.asarray(params.interval_s, dtype), (n_assets,)),
+        last_settled_rate=z,
+        wsum=z,
+        since_s=z,
+        initialised=jnp.zeros((n_assets,), bool),
+    )
 
 
 def update(params: FundingEstParams, state: FundingEst, obs) -> FundingEst:
@@ -126,8 +133,9 @@ def arbitrage_signal(params: FundingEstParams, state: FundingEst) -> jax.Array:
     return jnp.where(jnp.abs(d) > jnp.asarray(params.arb_threshold, d.dtype), d, 0.0)
 
 
-def expected_funding_cost(params: FundingEstParams, state: FundingEst, position: jax.Array,
-                          mid: jax.Array, holding_s: jax.Array | float) -> jax.Array:
+def expected_funding_cost(
+    params: FundingEstParams, state: FundingEst, position: jax.Array, mid: jax.Array, holding_s: jax.Array | float
+) -> jax.Array:
     """(A,) funding paid over ``holding_s`` seconds at the current rate, quote currency:
     ``rate * |position| * mid * (holding_s / interval_s) * sign(position)`` (positive = we pay:
     a long pays a positive rate, a short receives it). ``position`` (A,) base units (signed),

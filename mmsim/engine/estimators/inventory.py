@@ -39,23 +39,30 @@ class InventoryEstParams:
 
 
 class InventoryEst(NamedTuple):
-    position: jax.Array       # (A,) base units, long > 0
-    avg_entry: jax.Array      # (A,) average entry price of the open position (0 when flat)
-    realized_pnl: jax.Array   # (A,) quote currency, cumulative, before fees
+    position: jax.Array  # (A,) base units, long > 0
+    avg_entry: jax.Array  # (A,) average entry price of the open position (0 when flat)
+    realized_pnl: jax.Array  # (A,) quote currency, cumulative, before fees
     fill_rate_bid: jax.Array  # (A,) base units bought per second (EWMA)
     fill_rate_ask: jax.Array  # (A,) base units sold per second (EWMA)
-    n_fills: jax.Array        # (A, 2) int32: observations with a bid [0] / ask [1] fill
+    n_fills: jax.Array  # (A, 2) int32: observations with a bid [0] / ask [1] fill
 
 
 def init(params: InventoryEstParams, n_assets: int, dtype=jnp.float32) -> InventoryEst:
     """Flat, no PnL, no fills."""
     z = jnp.zeros((n_assets,), dtype)
-    return InventoryEst(position=z, avg_entry=z, realized_pnl=z, fill_rate_bid=z, fill_rate_ask=z,
-                        n_fills=jnp.zeros((n_assets, 2), jnp.int32))
+    return InventoryEst(
+        position=z,
+        avg_entry=z,
+        realized_pnl=z,
+        fill_rate_bid=z,
+        fill_rate_ask=z,
+        n_fills=jnp.zeros((n_assets, 2), jnp.int32),
+    )
 
 
-def apply_fill(position: jax.Array, avg_entry: jax.Array, realized: jax.Array, signed_size: jax.Array,
-               price: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def apply_fill(
+    position: jax.Array, avg_entry: jax.Array, realized: jax.Array, signed_size: jax.Array, price: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One fill of ``signed_size`` base units (> 0 buy, < 0 sell) at ``price``; returns the new
     ``(position, avg_entry, realized_pnl)`` (see the module docstring). A zero size is a no-op."""
     q, e, d, p = position, avg_entry, signed_size, price
@@ -108,16 +115,18 @@ def update(params: InventoryEstParams, state: InventoryEst, obs: _obs.Observatio
         return jnp.where(jnp.isfinite(x) & (x > 0.0), x, jnp.where(mid_ok, mid, entry))
 
     sb, sa = size(obs.fill_bid_size), size(obs.fill_ask_size)
-    q, e, r = apply_fill(state.position, state.avg_entry, state.realized_pnl, sb,
-                         price(obs.fill_bid_price, state.avg_entry))
+    q, e, r = apply_fill(
+        state.position, state.avg_entry, state.realized_pnl, sb, price(obs.fill_bid_price, state.avg_entry)
+    )
     q, e, r = apply_fill(q, e, r, -sa, price(obs.fill_ask_price, e))
     hl = cast(params.fill_rate_half_life_s)
     fb = _rate_update(state.fill_rate_bid, sb, dt, hl, valid)
     fa = _rate_update(state.fill_rate_ask, sa, dt, hl, valid)
     n = state.n_fills + jnp.stack([sb > 0.0, sa > 0.0], axis=-1).astype(jnp.int32)
     b = lambda x: jnp.broadcast_to(x, (n_a,)).astype(dtype)  # noqa: E731
-    return InventoryEst(position=b(q), avg_entry=b(e), realized_pnl=b(r), fill_rate_bid=b(fb),
-                        fill_rate_ask=b(fa), n_fills=n)
+    return InventoryEst(
+        position=b(q), avg_entry=b(e), realized_pnl=b(r), fill_rate_bid=b(fb), fill_rate_ask=b(fa), n_fills=n
+    )
 
 
 def unrealized_pnl(state: InventoryEst, mid: jax.Array) -> jax.Array:
@@ -133,8 +142,7 @@ def inventory_skew(params: InventoryEstParams, state: InventoryEst) -> jax.Array
     return jnp.clip((state.position - t) / m, -1.0, 1.0)
 
 
-def inventory_risk(state: InventoryEst, mid: jax.Array, sigma: jax.Array, horizon_s: jax.Array | float
-                   ) -> jax.Array:
+def inventory_risk(state: InventoryEst, mid: jax.Array, sigma: jax.Array, horizon_s: jax.Array | float) -> jax.Array:
     """(A,) one-sigma move of the position's value over ``horizon_s`` seconds, quote currency:
     ``|q| mid sigma sqrt(h)`` with ``sigma`` the volatility of the log mid per sqrt(second).
 

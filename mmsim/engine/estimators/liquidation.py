@@ -53,8 +53,11 @@ class LiquidationEstParams:
         c.positive("enter_mult", "cascade start threshold, multiple of mu")
         ex = c.finite("exit_mult", "cascade end threshold, multiple of mu")
         en = c.value("enter_mult")
-        c.require(bool(np.all(ex > 1.0)), "exit_mult",
-                  "must be > 1 (the intensity is never below mu, so a cascade would never end)")
+        c.require(
+            bool(np.all(ex > 1.0)),
+            "exit_mult",
+            "must be > 1 (the intensity is never below mu, so a cascade would never end)",
+        )
         c.require(bool(np.all(ex <= en)), "exit_mult", "must be <= enter_mult (hysteresis)")
         c.positive("pull_mult", "quote-pulling threshold, multiple of mu")
         c.positive("direction_half_life_s", "EWMA half-life, seconds")
@@ -63,9 +66,9 @@ class LiquidationEstParams:
 
 
 class LiquidationEst(NamedTuple):
-    ex: jax.Array         # (A,) intensity minus mu, per second
-    active: jax.Array     # (A,) bool: a cascade is on
-    vol_long: jax.Array   # (A,) EWMA of long volume liquidated, base units per second
+    ex: jax.Array  # (A,) intensity minus mu, per second
+    active: jax.Array  # (A,) bool: a cascade is on
+    vol_long: jax.Array  # (A,) EWMA of long volume liquidated, base units per second
     vol_short: jax.Array  # (A,) EWMA of short volume liquidated, base units per second
 
 
@@ -104,8 +107,9 @@ def update(params: LiquidationEstParams, state: LiquidationEst, obs: _obs.Observ
     vl = _rate_update(state.vol_long, ll, dt, hl, valid)
     vs = _rate_update(state.vol_short, ls, dt, hl, valid)
     b = lambda x: jnp.broadcast_to(x, shape)  # noqa: E731
-    return LiquidationEst(ex=b(ex).astype(dtype), active=b(active),
-                          vol_long=b(vl).astype(dtype), vol_short=b(vs).astype(dtype))
+    return LiquidationEst(
+        ex=b(ex).astype(dtype), active=b(active), vol_long=b(vl).astype(dtype), vol_short=b(vs).astype(dtype)
+    )
 
 
 def intensity(params: LiquidationEstParams, state: LiquidationEst) -> jax.Array:

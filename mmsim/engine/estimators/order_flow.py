@@ -57,16 +57,19 @@ class OrderFlowEstParams:
         rho = spectral_radius(self)
         if not np.all(rho < 1.0):
             shown = to_plain(rho)
-            c.fail("alpha_buy", "spectral radius of the branching matrix [[alpha_buy, gamma], "
-                                f"[gamma, alpha_sell]] / beta must be < 1 (it is {shown}; the flow "
-                                "is explosive otherwise)")
+            c.fail(
+                "alpha_buy",
+                "spectral radius of the branching matrix [[alpha_buy, gamma], "
+                f"[gamma, alpha_sell]] / beta must be < 1 (it is {shown}; the flow "
+                "is explosive otherwise)",
+            )
 
 
 class OrderFlowEst(NamedTuple):
-    ex_buy: jax.Array     # (A,) buy intensity minus mu_buy, per second
-    ex_sell: jax.Array    # (A,) sell intensity minus mu_sell, per second
+    ex_buy: jax.Array  # (A,) buy intensity minus mu_buy, per second
+    ex_sell: jax.Array  # (A,) sell intensity minus mu_sell, per second
     imbalance: jax.Array  # (A,) EWMA of (vol_buy - vol_sell) / (vol_buy + vol_sell), in [-1, 1]
-    imb_gap: jax.Array    # (A,) seconds since the last observation with volume (merged into the next)
+    imb_gap: jax.Array  # (A,) seconds since the last observation with volume (merged into the next)
 
 
 def spectral_radius(params: OrderFlowEstParams) -> np.ndarray:
@@ -106,29 +109,33 @@ def update(params: OrderFlowEstParams, state: OrderFlowEst, obs: _obs.Observatio
     imb = _ewma.update(state.imbalance, ratio, span, cast(params.imbalance_half_life_s), has)
     gap = jnp.where(has, 0.0, span)
     shape = state.ex_buy.shape
-    return OrderFlowEst(ex_buy=jnp.broadcast_to(ex_b, shape).astype(dtype),
-                        ex_sell=jnp.broadcast_to(ex_s, shape).astype(dtype),
-                        imbalance=jnp.broadcast_to(imb, shape).astype(dtype),
-                        imb_gap=jnp.broadcast_to(gap, shape).astype(dtype))
+    return OrderFlowEst(
+        ex_buy=jnp.broadcast_to(ex_b, shape).astype(dtype),
+        ex_sell=jnp.broadcast_to(ex_s, shape).astype(dtype),
+        imbalance=jnp.broadcast_to(imb, shape).astype(dtype),
+        imb_gap=jnp.broadcast_to(gap, shape).astype(dtype),
+    )
 
 
-def traded_volume(rate: jax.Array, wsum: jax.Array, obs: _obs.Observation,
-                  half_life_s: jax.Array | float) -> tuple[jax.Array, jax.Array]:
+def traded_volume(
+    rate: jax.Array, wsum: jax.Array, obs: _obs.Observation, half_life_s: jax.Array | float
+) -> tuple[jax.Array, jax.Array]:
     """Traded volume per second (base units per second, ``(A,)``) as a normalised EWMA of
     half-life ``half_life_s`` seconds over the observations' public trades, and its total weight;
     unchanged where the trades part is not valid."""
     traded = jnp.where(obs.trades_valid, (obs.vol_buy + obs.vol_sell) / jnp.maximum(obs.dt, 1e-9), 0.0)
     w = _ewma.weight(obs.dt, half_life_s)
     new_wsum, g = _ewma.normalised(wsum, w)
-    return (jnp.where(obs.trades_valid, rate + g * (traded - rate), rate),
-            jnp.where(obs.trades_valid, new_wsum, wsum))
+    return (jnp.where(obs.trades_valid, rate + g * (traded - rate), rate), jnp.where(obs.trades_valid, new_wsum, wsum))
 
 
 def intensity(params: OrderFlowEstParams, state: OrderFlowEst) -> tuple[jax.Array, jax.Array]:
     """``(lambda_buy, lambda_sell)``, (A,) each, trades per second: ``mu + ex``."""
     dtype = state.ex_buy.dtype
-    return ((jnp.asarray(params.mu_buy).astype(dtype) + state.ex_buy),
-            (jnp.asarray(params.mu_sell).astype(dtype) + state.ex_sell))
+    return (
+        (jnp.asarray(params.mu_buy).astype(dtype) + state.ex_buy),
+        (jnp.asarray(params.mu_sell).astype(dtype) + state.ex_sell),
+    )
 
 
 def flow_imbalance(state: OrderFlowEst) -> jax.Array:
@@ -136,8 +143,9 @@ def flow_imbalance(state: OrderFlowEst) -> jax.Array:
     return jnp.clip(state.imbalance, -1.0, 1.0)
 
 
-def expected_trades(params: OrderFlowEstParams, state: OrderFlowEst,
-                    horizon_s: jax.Array | float) -> tuple[jax.Array, jax.Array]:
+def expected_trades(
+    params: OrderFlowEstParams, state: OrderFlowEst, horizon_s: jax.Array | float
+) -> tuple[jax.Array, jax.Array]:
     """Exact expected numbers of buys and sells over the next ``horizon_s`` seconds.
 
     With ``m(s) = E[(lambda_buy, lambda_sell)(t + s)]``, taking expectations of the Hawkes dynamics
@@ -170,8 +178,8 @@ def expected_trades(params: OrderFlowEstParams, state: OrderFlowEst,
         [one, z, z, z, z],
         [z, one, z, z, z],
     ]
-    b = jnp.stack([jnp.stack(r, axis=-1) for r in rows], axis=-2)        # (A, 5, 5)
+    b = jnp.stack([jnp.stack(r, axis=-1) for r in rows], axis=-2)  # (A, 5, 5)
     e = expm(b * h[:, None, None], max_squarings=32)
-    y0 = jnp.stack([lam_b, lam_s, one, z, z], axis=-1)                   # (A, 5)
+    y0 = jnp.stack([lam_b, lam_s, one, z, z], axis=-1)  # (A, 5)
     y = jnp.einsum("aij,aj->ai", e, y0)
     return y[:, 3].astype(dtype), y[:, 4].astype(dtype)

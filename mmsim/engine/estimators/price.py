@@ -56,24 +56,27 @@ class PriceEstParams:
         c.positive("ret_var_half_life_s", "half-life of the return-variance EWMA, seconds")
         c.positive("jump_threshold", "standard deviations")
         c.nonneg("min_ret_var", "variance floor, log-price^2 per second")
-        c.require(isinstance(self.jump_min_obs, int) and self.jump_min_obs >= 1, "jump_min_obs",
-                  "must be an integer >= 1 (returns before jumps are tested)")
+        c.require(
+            isinstance(self.jump_min_obs, int) and self.jump_min_obs >= 1,
+            "jump_min_obs",
+            "must be an integer >= 1 (returns before jumps are tested)",
+        )
         c.require(isinstance(self.winsorize_jumps, bool), "winsorize_jumps", "must be a bool")
         c.require(isinstance(self.returns, bool), "returns", "must be a bool")
 
 
 class PriceEst(NamedTuple):
-    mid: jax.Array          # (A,) last valid mid, quote currency per base unit (0 before any)
-    log_mid: jax.Array      # (A,) log(mid)
-    last_ret: jax.Array     # (A,) log return of the last valid book update (0 before any)
-    ret_dt: jax.Array       # (A,) seconds spanned by last_ret
-    fresh: jax.Array        # (A,) bool: this observation produced last_ret
-    drift: jax.Array        # (A,) EWMA of r / dt, log-price per second
-    ret_var: jax.Array      # (A,) normalised EWMA of r^2 / dt, log-price^2 per second
+    mid: jax.Array  # (A,) last valid mid, quote currency per base unit (0 before any)
+    log_mid: jax.Array  # (A,) log(mid)
+    last_ret: jax.Array  # (A,) log return of the last valid book update (0 before any)
+    ret_dt: jax.Array  # (A,) seconds spanned by last_ret
+    fresh: jax.Array  # (A,) bool: this observation produced last_ret
+    drift: jax.Array  # (A,) EWMA of r / dt, log-price per second
+    ret_var: jax.Array  # (A,) normalised EWMA of r^2 / dt, log-price^2 per second
     ret_var_wsum: jax.Array  # (A,) total EWMA weight of ret_var (0 before any return, -> 1)
-    is_jump: jax.Array      # (A,) bool: last_ret was flagged as a jump
-    n_obs: jax.Array        # (A,) int32 valid mids seen (returns = n_obs - 1), saturating
-    since_s: jax.Array      # (A,) seconds since the last valid book update
+    is_jump: jax.Array  # (A,) bool: last_ret was flagged as a jump
+    n_obs: jax.Array  # (A,) int32 valid mids seen (returns = n_obs - 1), saturating
+    since_s: jax.Array  # (A,) seconds since the last valid book update
     initialised: jax.Array  # (A,) bool: a valid mid has been seen
 
 
@@ -81,9 +84,20 @@ def init(params: PriceEstParams, n_assets: int, dtype=jnp.float32) -> PriceEst:
     """Empty state: no mid yet."""
     z = jnp.zeros((n_assets,), dtype)
     f = jnp.zeros((n_assets,), bool)
-    return PriceEst(mid=z, log_mid=z, last_ret=z, ret_dt=z, fresh=f, drift=z, ret_var=z,
-                    ret_var_wsum=z, is_jump=f, n_obs=jnp.zeros((n_assets,), jnp.int32), since_s=z,
-                    initialised=f)
+    return PriceEst(
+        mid=z,
+        log_mid=z,
+        last_ret=z,
+        ret_dt=z,
+        fresh=f,
+        drift=z,
+        ret_var=z,
+        ret_var_wsum=z,
+        is_jump=f,
+        n_obs=jnp.zeros((n_assets,), jnp.int32),
+        since_s=z,
+        initialised=f,
+    )
 
 
 def update(params: PriceEstParams, state: PriceEst, obs) -> PriceEst:
@@ -101,7 +115,7 @@ def update(params: PriceEstParams, state: PriceEst, obs) -> PriceEst:
     if not params.returns:
         return state._replace(mid=jnp.where(ok, mid, state.mid), initialised=state.initialised | ok)
     log_mid = jnp.log(jnp.where(ok, mid, 1.0))
-    dt = state.since_s + jnp.asarray(obs.dt, dtype)          # seconds spanned by the return
+    dt = state.since_s + jnp.asarray(obs.dt, dtype)  # seconds spanned by the return
     fresh = ok & state.initialised
     r = jnp.where(fresh, log_mid - state.log_mid, 0.0)
     dt_safe = jnp.maximum(dt, MIN_DT_S)
@@ -150,8 +164,9 @@ def winsorised_return(params: PriceEstParams, before: PriceEst, after: PriceEst)
     ``jump_threshold * sqrt(ret_var_before * dt)``: what the volatility estimators are fed, so that
     one jump does not read as a volatility regime while a sustained rise still passes, clipped.
     ``before`` and ``after`` are the states before and after :func:`update`."""
-    cap = params.jump_threshold * jnp.sqrt(jnp.maximum(before.ret_var, params.min_ret_var)
-                                           * jnp.maximum(after.ret_dt, 1e-9))
+    cap = params.jump_threshold * jnp.sqrt(
+        jnp.maximum(before.ret_var, params.min_ret_var) * jnp.maximum(after.ret_dt, 1e-9)
+    )
     return jnp.where(after.is_jump, jnp.clip(after.last_ret, -cap, cap), after.last_ret)
 
 

@@ -50,15 +50,16 @@ def init(params: QueueEstParams, n_assets: int, dtype=jnp.float32) -> QueueEst:
     return QueueEst(queue_ahead=z, quote_price=z)
 
 
-def join_queue(params: QueueEstParams, obs: _obs.Observation, quote_bid: jax.Array,
-               quote_ask: jax.Array, dtype=jnp.float32) -> jax.Array:
+def join_queue(
+    params: QueueEstParams, obs: _obs.Observation, quote_bid: jax.Array, quote_ask: jax.Array, dtype=jnp.float32
+) -> jax.Array:
     """(A, 2) base units ahead of new quotes at ``quote_bid``/``quote_ask`` given the book of
     ``obs`` (see the module docstring)."""
     cast = lambda x: jnp.asarray(x).astype(dtype)  # noqa: E731
     tick = cast(params.tick)
     dpt = cast(params.depth_per_tick)
-    behind_b = jnp.round((cast(obs.best_bid) - cast(quote_bid)) / tick)     # ticks behind the best bid
-    behind_a = jnp.round((cast(quote_ask) - cast(obs.best_ask)) / tick)     # ticks behind the best ask
+    behind_b = jnp.round((cast(obs.best_bid) - cast(quote_bid)) / tick)  # ticks behind the best bid
+    behind_a = jnp.round((cast(quote_ask) - cast(obs.best_ask)) / tick)  # ticks behind the best ask
 
     def one(behind, size):
         q = jnp.where(behind < 0.0, 0.0, jnp.maximum(cast(size), 0.0) + dpt * jnp.maximum(behind, 0.0))
@@ -68,8 +69,14 @@ def join_queue(params: QueueEstParams, obs: _obs.Observation, quote_bid: jax.Arr
     return jnp.where(jnp.isfinite(q), q, dpt).astype(dtype)
 
 
-def update(params: QueueEstParams, state: QueueEst, obs: _obs.Observation, quote_bid: jax.Array,
-           quote_ask: jax.Array, active: jax.Array) -> QueueEst:
+def update(
+    params: QueueEstParams,
+    state: QueueEst,
+    obs: _obs.Observation,
+    quote_bid: jax.Array,
+    quote_ask: jax.Array,
+    active: jax.Array,
+) -> QueueEst:
     """Age the resting quotes with the observation, then join the queue for new or moved quotes.
 
     Args:
@@ -95,12 +102,10 @@ def update(params: QueueEstParams, state: QueueEst, obs: _obs.Observation, quote
     traded = jnp.stack([jnp.where(at_touch_b, vol_s, 0.0), jnp.where(at_touch_a, vol_b, 0.0)], axis=-1)
     decay = jnp.broadcast_to(jnp.exp(-cast(params.cancel_rate) * dt), (n_a,))[:, None]
     aged = jnp.maximum(state.queue_ahead - traded, 0.0) * decay
-    filled = obs.fills_valid[:, None] & (
-        jnp.stack([cast(obs.fill_bid_size), cast(obs.fill_ask_size)], axis=-1) > 0.0)
+    filled = obs.fills_valid[:, None] & (jnp.stack([cast(obs.fill_bid_size), cast(obs.fill_ask_size)], axis=-1) > 0.0)
     aged = jnp.where(filled, 0.0, aged)
 
-    new_p = jnp.stack([jnp.broadcast_to(cast(quote_bid), (n_a,)),
-                       jnp.broadcast_to(cast(quote_ask), (n_a,))], axis=-1)
+    new_p = jnp.stack([jnp.broadcast_to(cast(quote_bid), (n_a,)), jnp.broadcast_to(cast(quote_ask), (n_a,))], axis=-1)
     act = jnp.broadcast_to(active, (n_a, 2)) & (new_p > 0.0) & jnp.isfinite(new_p)
     same = act & (old_p > 0.0) & (jnp.abs(new_p - old_p) < jnp.broadcast_to(half, (n_a,))[:, None])
     joined = join_queue(params, obs, quote_bid, quote_ask, dtype)
@@ -109,8 +114,14 @@ def update(params: QueueEstParams, state: QueueEst, obs: _obs.Observation, quote
     return QueueEst(queue_ahead=q.astype(dtype), quote_price=p.astype(dtype))
 
 
-def fill_probability(params: QueueEstParams, state: QueueEst, mid: jax.Array, sigma: jax.Array,
-                     horizon_s: jax.Array | float | None, expected_volume: jax.Array) -> jax.Array:
+def fill_probability(
+    params: QueueEstParams,
+    state: QueueEst,
+    mid: jax.Array,
+    sigma: jax.Array,
+    horizon_s: jax.Array | float | None,
+    expected_volume: jax.Array,
+) -> jax.Array:
     """(A, 2) probability that our bid [0] / ask [1] fills within ``horizon_s`` seconds.
 
     ``P(touch) * P(execute | touch)`` with ``P(touch) = min(1, 2 Phi(-delta / (sigma sqrt h)))``,
@@ -137,7 +148,7 @@ def fill_probability(params: QueueEstParams, state: QueueEst, mid: jax.Array, si
     scale = jnp.broadcast_to(jnp.maximum(cast(sigma), 0.0) * jnp.sqrt(jnp.maximum(h, 0.0)), (n_a,))
     has = state.quote_price > 0.0
     safe_mid = jnp.where(mid > 0.0, mid, 1.0)[:, None]
-    side = jnp.asarray([1.0, -1.0], dtype)                  # the bid waits for a fall, the ask for a rise
+    side = jnp.asarray([1.0, -1.0], dtype)  # the bid waits for a fall, the ask for a rise
     delta = jnp.maximum(side * (safe_mid - state.quote_price), 0.0) / safe_mid
     delta = jnp.where(has, delta, 0.0)
     tiny = jnp.finfo(dtype).tiny

@@ -40,8 +40,7 @@ class SpreadEstParams:
 
     theta0: jax.Array | float = 1e-4
     beta_vol: jax.Array | float = 1.0
-    regime_mult: jax.Array | np.ndarray = dataclasses.field(
-        default_factory=lambda: np.asarray(DEFAULT_REGIME_MULT))
+    regime_mult: jax.Array | np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(DEFAULT_REGIME_MULT))
     hist_half_life_s: jax.Array | float = _ewma.window_half_life(3600.0)
     tight_factor: jax.Array | float = 0.8
     wide_factor: jax.Array | float = 1.5
@@ -54,30 +53,40 @@ class SpreadEstParams:
         c.nonneg("theta0", "base fair spread, fraction of mid")
         c.nonneg("beta_vol", "sqrt(second)")
         rm = c.value("regime_mult")
-        c.require(rm.ndim in (1, 2) and rm.shape[-1] >= 1, "regime_mult",
-                  "must be an (R,) or (A, R) array of regime multipliers")
+        c.require(
+            rm.ndim in (1, 2) and rm.shape[-1] >= 1,
+            "regime_mult",
+            "must be an (R,) or (A, R) array of regime multipliers",
+        )
         c.positive("regime_mult", "fair-spread multiplier per volatility regime")
         c.positive("hist_half_life_s", "half-life, seconds")
         c.positive("tight_factor", "multiple of the fair spread")
         c.positive("wide_factor", "multiple of the fair spread")
-        c.require(bool(np.all(c.value("wide_factor") >= c.value("tight_factor"))), "wide_factor",
-                  "must be >= tight_factor")
+        c.require(
+            bool(np.all(c.value("wide_factor") >= c.value("tight_factor"))), "wide_factor", "must be >= tight_factor"
+        )
         c.require(isinstance(self.n_bins, int) and self.n_bins >= 2, "n_bins", "must be an integer >= 2")
-        c.require(isinstance(self.bin_lo, (int, float)) and 0 < self.bin_lo < np.inf, "bin_lo",
-                  "must be a finite float > 0 (fraction of mid)")
-        c.require(isinstance(self.bin_hi, (int, float)) and self.bin_lo < self.bin_hi < np.inf,
-                  "bin_hi", "must be a finite float > bin_lo (fraction of mid)")
+        c.require(
+            isinstance(self.bin_lo, (int, float)) and 0 < self.bin_lo < np.inf,
+            "bin_lo",
+            "must be a finite float > 0 (fraction of mid)",
+        )
+        c.require(
+            isinstance(self.bin_hi, (int, float)) and self.bin_lo < self.bin_hi < np.inf,
+            "bin_hi",
+            "must be a finite float > bin_lo (fraction of mid)",
+        )
 
 
 class SpreadEst(NamedTuple):
-    spread: jax.Array       # (A,) last valid book spread, quote currency
+    spread: jax.Array  # (A,) last valid book spread, quote currency
     spread_frac: jax.Array  # (A,) spread / mid, fraction
-    fair: jax.Array         # (A,) fair spread, fraction of mid
-    hist: jax.Array         # (A, n_bins) decayed histogram mass of spread_frac (sum <= 1)
-    percentile: jax.Array   # (A,) decayed fraction of the history <= the current spread, [0, 1]
-    tight: jax.Array        # (A,) bool
-    wide: jax.Array         # (A,) bool
-    since_s: jax.Array      # (A,) seconds since the last valid book
+    fair: jax.Array  # (A,) fair spread, fraction of mid
+    hist: jax.Array  # (A, n_bins) decayed histogram mass of spread_frac (sum <= 1)
+    percentile: jax.Array  # (A,) decayed fraction of the history <= the current spread, [0, 1]
+    tight: jax.Array  # (A,) bool
+    wide: jax.Array  # (A,) bool
+    since_s: jax.Array  # (A,) seconds since the last valid book
     initialised: jax.Array  # (A,) bool: a valid book has been seen
 
 
@@ -90,9 +99,17 @@ def init(params: SpreadEstParams, n_assets: int, dtype=jnp.float32) -> SpreadEst
     """Empty history; percentile 0.5 and no flags before the first valid book."""
     z = jnp.zeros((n_assets,), dtype)
     f = jnp.zeros((n_assets,), bool)
-    return SpreadEst(spread=z, spread_frac=z, fair=z, hist=jnp.zeros((n_assets, params.n_bins), dtype),
-                     percentile=jnp.full((n_assets,), 0.5, dtype), tight=f, wide=f, since_s=z,
-                     initialised=f)
+    return SpreadEst(
+        spread=z,
+        spread_frac=z,
+        fair=z,
+        hist=jnp.zeros((n_assets, params.n_bins), dtype),
+        percentile=jnp.full((n_assets,), 0.5, dtype),
+        tight=f,
+        wide=f,
+        since_s=z,
+        initialised=f,
+    )
 
 
 def fair_spread(params: SpreadEstParams, sigma: jax.Array, regime: jax.Array, dtype) -> jax.Array:
@@ -101,12 +118,10 @@ def fair_spread(params: SpreadEstParams, sigma: jax.Array, regime: jax.Array, dt
     rm = jnp.asarray(params.regime_mult, dtype)
     idx = jnp.clip(jnp.asarray(regime, jnp.int32), 0, rm.shape[-1] - 1)
     mult = _small.take_last(rm, idx)
-    return (jnp.asarray(params.theta0, dtype) + jnp.asarray(params.beta_vol, dtype)
-            * jnp.asarray(sigma, dtype)) * mult
+    return (jnp.asarray(params.theta0, dtype) + jnp.asarray(params.beta_vol, dtype) * jnp.asarray(sigma, dtype)) * mult
 
 
-def update(params: SpreadEstParams, state: SpreadEst, obs, sigma: jax.Array,
-           regime: jax.Array) -> SpreadEst:
+def update(params: SpreadEstParams, state: SpreadEst, obs, sigma: jax.Array, regime: jax.Array) -> SpreadEst:
     """Fold one observation into the state.
 
     Args:
@@ -123,8 +138,7 @@ def update(params: SpreadEstParams, state: SpreadEst, obs, sigma: jax.Array,
     ask = jnp.asarray(obs.best_ask, dtype)
     mid = jnp.asarray(obs.mid, dtype)
     spread = ask - bid
-    ok = (jnp.asarray(obs.book_valid) & jnp.isfinite(spread) & jnp.isfinite(mid) & (mid > 0)
-          & (spread >= 0))
+    ok = jnp.asarray(obs.book_valid) & jnp.isfinite(spread) & jnp.isfinite(mid) & (mid > 0) & (spread >= 0)
     spread = jnp.where(ok, spread, state.spread)
     frac = jnp.where(ok, spread / jnp.where(ok, mid, 1.0), state.spread_frac)
     dt = state.since_s + jnp.asarray(obs.dt, dtype)
@@ -136,10 +150,10 @@ def update(params: SpreadEstParams, state: SpreadEst, obs, sigma: jax.Array,
     # Everything per bin on (A,) arrays, bin by bin (the bin axis is short and trailing: a
     # reduction, gather or vector op over it is slow on CPU, see _small): the bin k of the
     # current spread, its edges, then the decayed histogram and its three sums in one pass.
-    k = jnp.zeros(lf.shape, jnp.int32)                                         # (A,) in [0, n_bins - 1]
+    k = jnp.zeros(lf.shape, jnp.int32)  # (A,) in [0, n_bins - 1]
     for e in log_edges[1:-1]:
         k = k + (lf >= e).astype(jnp.int32)
-    k = dist.materialise(k)            # used by every bin: computed once (XLA would copy it into each)
+    k = dist.materialise(k)  # used by every bin: computed once (XLA would copy it into each)
     lo = _small.take_last(jnp.asarray(log_edges[:-1]), k)
     hi = _small.take_last(jnp.asarray(log_edges[1:]), k)
     pos = jnp.clip((lf - lo) / (hi - lo), 0.0, 1.0)
@@ -161,9 +175,17 @@ def update(params: SpreadEstParams, state: SpreadEst, obs, sigma: jax.Array,
     fair = fair_spread(params, sigma, regime, dtype)
     tight = initialised & (frac < jnp.asarray(params.tight_factor, dtype) * fair)
     wide = initialised & (frac > jnp.asarray(params.wide_factor, dtype) * fair)
-    return SpreadEst(spread=spread, spread_frac=frac, fair=fair, hist=hist, percentile=pct,
-                     tight=tight, wide=wide, since_s=jnp.where(ok, jnp.zeros_like(dt), dt),
-                     initialised=initialised)
+    return SpreadEst(
+        spread=spread,
+        spread_frac=frac,
+        fair=fair,
+        hist=hist,
+        percentile=pct,
+        tight=tight,
+        wide=wide,
+        since_s=jnp.where(ok, jnp.zeros_like(dt), dt),
+        initialised=initialised,
+    )
 
 
 def percentile_error_bound(params: SpreadEstParams, state: SpreadEst) -> jax.Array:

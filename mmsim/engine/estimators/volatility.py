@@ -56,12 +56,13 @@ class VolEstParams:
     ewma_lambda: jax.Array | float = 0.94
     ewma_interval_s: jax.Array | float = 1.0
     long_run_var: jax.Array | float = DEFAULT_LONG_RUN_VAR
-    regime_thresholds: jax.Array | np.ndarray = dataclasses.field(
-        default_factory=lambda: np.asarray(REGIME_THRESHOLDS))
+    regime_thresholds: jax.Array | np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(REGIME_THRESHOLDS))
     regime_kappa: jax.Array | np.ndarray = dataclasses.field(
-        default_factory=lambda: np.asarray([1 / 3600, 1 / 3600, 1 / 1800, 1 / 600]))
+        default_factory=lambda: np.asarray([1 / 3600, 1 / 3600, 1 / 1800, 1 / 600])
+    )
     regime_theta: jax.Array | np.ndarray = dataclasses.field(
-        default_factory=lambda: DEFAULT_LONG_RUN_VAR * np.asarray([0.16, 1.0, 4.0, 16.0]))
+        default_factory=lambda: DEFAULT_LONG_RUN_VAR * np.asarray([0.16, 1.0, 4.0, 16.0])
+    )
     min_var: jax.Array | float = 1e-16
     leverage_half_life_s: jax.Array | float = _ewma.window_half_life(3600.0)
     regime_source: str = static_field(default="rv_1h")
@@ -73,15 +74,20 @@ class VolEstParams:
         c.positive("long_run_var", "Normal-regime variance, log-price^2 per second")
         thr = c.finite("regime_thresholds", "volatility ratios")
         c.require(thr.ndim == 1 and thr.size >= 1, "regime_thresholds", "must be a 1-d array of >= 1 ratios")
-        c.require(bool(np.all(thr > 0)) and bool(np.all(np.diff(thr) > 0)), "regime_thresholds",
-                  "must be positive and strictly increasing")
+        c.require(
+            bool(np.all(thr > 0)) and bool(np.all(np.diff(thr) > 0)),
+            "regime_thresholds",
+            "must be positive and strictly increasing",
+        )
         n_reg = thr.size + 1
         for field, rule in (("regime_kappa", "nonneg"), ("regime_theta", "positive")):
             v = c.finite(field)
-            c.require(v.ndim in (1, 2) and v.shape[-1] == n_reg, field,
-                      f"must be (R,) or (A, R) with R = len(regime_thresholds) + 1 = {n_reg}")
-            getattr(c, rule)(field, "per second" if field == "regime_kappa" else
-                             "variance per second")
+            c.require(
+                v.ndim in (1, 2) and v.shape[-1] == n_reg,
+                field,
+                f"must be (R,) or (A, R) with R = len(regime_thresholds) + 1 = {n_reg}",
+            )
+            getattr(c, rule)(field, "per second" if field == "regime_kappa" else "variance per second")
         c.positive("min_var", "variance floor, log-price^2 per second")
         c.positive("leverage_half_life_s", "half-life, seconds")
         c.require(self.regime_source in REGIME_SOURCES, "regime_source", f"must be one of {REGIME_SOURCES}")
@@ -92,19 +98,19 @@ class VolEstParams:
 
 
 class VolEst(NamedTuple):
-    var: jax.Array            # (A,) RiskMetrics EWMA of r^2/dt, log-price^2 per second
-    rv_1m: jax.Array          # (A,) realized variance, 1-minute-window EWMA, per second
-    rv_5m: jax.Array          # (A,) 5-minute-window EWMA, per second
-    rv_1h: jax.Array          # (A,) 1-hour-window EWMA, per second
-    wsum: jax.Array           # (4, A) total weights of var, rv_1m, rv_5m, rv_1h (0 -> 1)
-    regime: jax.Array         # () int32 market-wide regime
+    var: jax.Array  # (A,) RiskMetrics EWMA of r^2/dt, log-price^2 per second
+    rv_1m: jax.Array  # (A,) realized variance, 1-minute-window EWMA, per second
+    rv_5m: jax.Array  # (A,) 5-minute-window EWMA, per second
+    rv_1h: jax.Array  # (A,) 1-hour-window EWMA, per second
+    wsum: jax.Array  # (4, A) total weights of var, rv_1m, rv_5m, rv_1h (0 -> 1)
+    regime: jax.Array  # () int32 market-wide regime
     regime_duration: jax.Array  # () seconds since the regime last changed
-    lev_cov: jax.Array        # (A,) EWMA of x y (leverage pairs)
-    lev_var_r: jax.Array      # (A,) EWMA of x^2
-    lev_var_dv: jax.Array     # (A,) EWMA of y^2
-    prev_x: jax.Array         # (A,) last return / sqrt(its dt), per sqrt(second)
-    since_s: jax.Array        # (A,) seconds since the asset's last return
-    initialised: jax.Array    # (A,) bool: a return has been seen
+    lev_cov: jax.Array  # (A,) EWMA of x y (leverage pairs)
+    lev_var_r: jax.Array  # (A,) EWMA of x^2
+    lev_var_dv: jax.Array  # (A,) EWMA of y^2
+    prev_x: jax.Array  # (A,) last return / sqrt(its dt), per sqrt(second)
+    since_s: jax.Array  # (A,) seconds since the asset's last return
+    initialised: jax.Array  # (A,) bool: a return has been seen
 
 
 def _normal_regime(params: VolEstParams) -> jax.Array:
@@ -116,14 +122,24 @@ def init(params: VolEstParams, n_assets: int, dtype=jnp.float32) -> VolEst:
     """Variances at the prior ``long_run_var``, Normal regime, no returns."""
     prior = jnp.broadcast_to(jnp.asarray(params.long_run_var, dtype), (n_assets,))
     z = jnp.zeros((n_assets,), dtype)
-    return VolEst(var=prior, rv_1m=prior, rv_5m=prior, rv_1h=prior,
-                  wsum=jnp.zeros((4, n_assets), dtype), regime=_normal_regime(params),
-                  regime_duration=jnp.zeros((), dtype), lev_cov=z, lev_var_r=z, lev_var_dv=z,
-                  prev_x=z, since_s=z, initialised=jnp.zeros((n_assets,), bool))
+    return VolEst(
+        var=prior,
+        rv_1m=prior,
+        rv_5m=prior,
+        rv_1h=prior,
+        wsum=jnp.zeros((4, n_assets), dtype),
+        regime=_normal_regime(params),
+        regime_duration=jnp.zeros((), dtype),
+        lev_cov=z,
+        lev_var_r=z,
+        lev_var_dv=z,
+        prev_x=z,
+        since_s=z,
+        initialised=jnp.zeros((n_assets,), bool),
+    )
 
 
-def update(params: VolEstParams, state: VolEst, obs, log_ret: jax.Array,
-           ret_valid: jax.Array) -> VolEst:
+def update(params: VolEstParams, state: VolEst, obs, log_ret: jax.Array, ret_valid: jax.Array) -> VolEst:
     """Fold one observation's returns into the state.
 
     Args:
@@ -141,7 +157,7 @@ def update(params: VolEstParams, state: VolEst, obs, log_ret: jax.Array,
     obs_dt = jnp.asarray(obs.dt, dtype)
     dt = state.since_s + obs_dt
     dt_safe = jnp.maximum(dt, MIN_DT_S)
-    x = r * r / dt_safe                                     # sample of the variance per second
+    x = r * r / dt_safe  # sample of the variance per second
     min_var = jnp.asarray(params.min_var, dtype)
 
     # RiskMetrics weight and the realized-variance weights, stacked (4, A).
@@ -177,10 +193,21 @@ def update(params: VolEstParams, state: VolEst, obs, log_ret: jax.Array,
     changed = regime != state.regime
     duration = jnp.where(changed, jnp.zeros((), dtype), state.regime_duration + obs_dt)
 
-    return VolEst(var=var, rv_1m=rv_1m, rv_5m=rv_5m, rv_1h=rv_1h, wsum=wsum, regime=regime,
-                  regime_duration=duration, lev_cov=lev_cov, lev_var_r=lev_var_r,
-                  lev_var_dv=lev_var_dv, prev_x=prev_x,
-                  since_s=jnp.where(valid, jnp.zeros_like(dt), dt), initialised=initialised)
+    return VolEst(
+        var=var,
+        rv_1m=rv_1m,
+        rv_5m=rv_5m,
+        rv_1h=rv_1h,
+        wsum=wsum,
+        regime=regime,
+        regime_duration=duration,
+        lev_cov=lev_cov,
+        lev_var_r=lev_var_r,
+        lev_var_dv=lev_var_dv,
+        prev_x=prev_x,
+        since_s=jnp.where(valid, jnp.zeros_like(dt), dt),
+        initialised=initialised,
+    )
 
 
 def sigma(state: VolEst) -> jax.Array:

@@ -67,9 +67,15 @@ def n_uniforms(params: ASParams) -> int:
     return 1
 
 
-def step(key: jax.Array, state: ASState, params: ASParams, dt: float, *,
-         n_liq: jax.Array | float = 0.0,
-         funding_shock: jax.Array | float = 0.0) -> tuple[ASState, ASInfo]:
+def step(
+    key: jax.Array,
+    state: ASState,
+    params: ASParams,
+    dt: float,
+    *,
+    n_liq: jax.Array | float = 0.0,
+    funding_shock: jax.Array | float = 0.0,
+) -> tuple[ASState, ASInfo]:
     """Advance alpha by one step of ``dt`` seconds (exact OU, clip to [0, 1], event jumps).
 
     Args:
@@ -100,12 +106,11 @@ def step(key: jax.Array, state: ASState, params: ASParams, dt: float, *,
     # Fraction of the distance to 1 closed by the events: 1 - exp(-x), exactly 0 without events.
     x = _p(params.jump_liq, dtype) * n_liq + _p(params.jump_funding, dtype) * shock
     a = jnp.minimum(a + (1.0 - a) * -dist.expm1(-x), 1.0).astype(dtype)
-    a = dist.materialise(jnp.broadcast_to(a, (n_a,)))   # feeds every order-flow count: computed once
+    a = dist.materialise(jnp.broadcast_to(a, (n_a,)))  # feeds every order-flow count: computed once
     return ASState(alpha=a), ASInfo(alpha=a)
 
 
-def impact(params: ASParams, n_buy_informed: jax.Array | float,
-           n_sell_informed: jax.Array | float) -> jax.Array:
+def impact(params: ASParams, n_buy_informed: jax.Array | float, n_sell_informed: jax.Array | float) -> jax.Array:
     """Permanent log-mid impact of a step's informed orders: ``impact * (n_buy - n_sell)``.
 
     Args:

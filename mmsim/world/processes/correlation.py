@@ -57,14 +57,21 @@ class CorrParams:
         c = Check(self)
         for field in ("corr", "corr_stress"):
             _check_corr(c, field)
-        c.require(np.shape(self.corr) == np.shape(self.corr_stress), "corr_stress",
-                  f"must have the shape of corr {np.shape(self.corr)}, got {np.shape(self.corr_stress)}")
+        c.require(
+            np.shape(self.corr) == np.shape(self.corr_stress),
+            "corr_stress",
+            f"must have the shape of corr {np.shape(self.corr)}, got {np.shape(self.corr_stress)}",
+        )
         c.nonneg("stress_speed", "speed of the stress weight, per second")
         c.require(np.ndim(self.stress_speed) == 0, "stress_speed", "must be a scalar")
-        c.require(isinstance(self.stress_regime, (int, np.integer)) and self.stress_regime >= 0,
-                  "stress_regime", "must be an integer >= 0 (a volatility-regime index)")
-        c.require(isinstance(self.n_shocks, (int, np.integer)) and self.n_shocks >= 1, "n_shocks",
-                  "must be an integer >= 1")
+        c.require(
+            isinstance(self.stress_regime, (int, np.integer)) and self.stress_regime >= 0,
+            "stress_regime",
+            "must be an integer >= 0 (a volatility-regime index)",
+        )
+        c.require(
+            isinstance(self.n_shocks, (int, np.integer)) and self.n_shocks >= 1, "n_shocks", "must be an integer >= 1"
+        )
 
     @property
     def n_assets(self) -> int:
@@ -73,15 +80,23 @@ class CorrParams:
 
 def _check_corr(c: Check, field: str) -> None:
     m = c.finite(field, "correlation matrix")
-    c.require(m.ndim == 2 and m.shape[0] == m.shape[1] and m.shape[0] >= 1, field,
-              f"must be a square (A, A) matrix, got shape {m.shape}")
-    c.require(bool(np.all(np.abs(m - m.T) <= MATRIX_TOL)), field,
-              f"must be symmetric (largest |C - C^T| = {np.max(np.abs(m - m.T)):.3g})")
-    c.require(bool(np.all(np.abs(np.diag(m) - 1.0) <= MATRIX_TOL)), field,
-              "must have a unit diagonal (a correlation matrix)")
+    c.require(
+        m.ndim == 2 and m.shape[0] == m.shape[1] and m.shape[0] >= 1,
+        field,
+        f"must be a square (A, A) matrix, got shape {m.shape}",
+    )
+    c.require(
+        bool(np.all(np.abs(m - m.T) <= MATRIX_TOL)),
+        field,
+        f"must be symmetric (largest |C - C^T| = {np.max(np.abs(m - m.T)):.3g})",
+    )
+    c.require(
+        bool(np.all(np.abs(np.diag(m) - 1.0) <= MATRIX_TOL)), field, "must have a unit diagonal (a correlation matrix)"
+    )
     lam = float(np.linalg.eigvalsh(m).min())
-    c.require(lam >= MIN_EIGENVALUE, field,
-              f"must be positive definite (smallest eigenvalue {lam:.6g} < {MIN_EIGENVALUE:g})")
+    c.require(
+        lam >= MIN_EIGENVALUE, field, f"must be positive definite (smallest eigenvalue {lam:.6g} < {MIN_EIGENVALUE:g})"
+    )
 
 
 class CorrState(NamedTuple):
@@ -90,15 +105,17 @@ class CorrState(NamedTuple):
 
 
 class CorrInfo(NamedTuple):
-    z: jax.Array       # (n_shocks, A) correlated standard normals of the step
+    z: jax.Array  # (n_shocks, A) correlated standard normals of the step
     stress: jax.Array  # () stress weight used for the step's correlation
 
 
 def init(params: CorrParams, n_assets: int, dtype=jnp.float32) -> CorrState:
     """Stress weight 0 (calm correlation), no shocks yet."""
     if params.n_assets != n_assets:
-        raise ValueError(f"CorrParams.corr has shape {np.shape(params.corr)}: must be "
-                         f"({n_assets}, {n_assets}) for n_assets = {n_assets}")
+        raise ValueError(
+            f"CorrParams.corr has shape {np.shape(params.corr)}: must be "
+            f"({n_assets}, {n_assets}) for n_assets = {n_assets}"
+        )
     return CorrState(stress=jnp.zeros((), dtype), last_z=jnp.zeros((n_assets, params.n_shocks), dtype))
 
 
@@ -117,8 +134,9 @@ def current_corr(state: CorrState, params: CorrParams) -> jax.Array:
     return c0 + s * (c1 - c0)
 
 
-def step(key: jax.Array, state: CorrState, params: CorrParams, dt: float, *,
-         regime: jax.Array | int) -> tuple[CorrState, CorrInfo]:
+def step(
+    key: jax.Array, state: CorrState, params: CorrParams, dt: float, *, regime: jax.Array | int
+) -> tuple[CorrState, CorrInfo]:
     """Move the stress weight over ``dt`` seconds and draw this step's correlated shocks.
 
     Args:

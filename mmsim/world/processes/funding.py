@@ -66,17 +66,17 @@ class FundingParams:
 
 
 class FundingState(NamedTuple):
-    premium: jax.Array     # (A,) premium index P, per interval
+    premium: jax.Array  # (A,) premium index P, per interval
     divergence: jax.Array  # (A,) reference exchange's rate minus ours, per interval
-    n_steps: jax.Array     # () int32 steps since the start
+    n_steps: jax.Array  # () int32 steps since the start
 
 
 class FundingInfo(NamedTuple):
-    rate: jax.Array                # (A,) funding rate at the end of the step, per interval
-    ref_rate: jax.Array            # (A,) reference exchange's rate, per interval
-    rate_per_s: jax.Array          # (A,) rate / interval_s, per second
-    settled: jax.Array             # () bool, a settlement fell in this step
-    settled_rate: jax.Array        # (A,) rate charged at the settlement (0 when not settled)
+    rate: jax.Array  # (A,) funding rate at the end of the step, per interval
+    ref_rate: jax.Array  # (A,) reference exchange's rate, per interval
+    rate_per_s: jax.Array  # (A,) rate / interval_s, per second
+    settled: jax.Array  # () bool, a settlement fell in this step
+    settled_rate: jax.Array  # (A,) rate charged at the settlement (0 when not settled)
     time_to_settlement: jax.Array  # () seconds from the end of the step to the next settlement
 
 
@@ -106,8 +106,7 @@ def funding_rate(premium: jax.Array, params: FundingParams) -> jax.Array:
 
 def init(params: FundingParams, n_assets: int, dtype=jnp.float32) -> FundingState:
     p = jnp.array(jnp.broadcast_to(jnp.asarray(params.theta, dtype), (n_assets,)), dtype)
-    return FundingState(premium=p, divergence=jnp.zeros((n_assets,), dtype),
-                        n_steps=jnp.zeros((), jnp.int32))
+    return FundingState(premium=p, divergence=jnp.zeros((n_assets,), dtype), n_steps=jnp.zeros((), jnp.int32))
 
 
 def n_uniforms(params: FundingParams) -> int:
@@ -120,17 +119,16 @@ def _n_settled(t: jax.Array, t0: float, iv: float, tol: float) -> jax.Array:
     return jnp.maximum(jnp.floor((t + tol - t0) / iv) + 1.0, 0.0)
 
 
-def step(key: jax.Array, state: FundingState, params: FundingParams,
-         dt: float) -> tuple[FundingState, FundingInfo]:
+def step(key: jax.Array, state: FundingState, params: FundingParams, dt: float) -> tuple[FundingState, FundingInfo]:
     """Advance the premium index and the divergence by ``dt`` seconds and settle if due."""
     dtype = state.premium.dtype
     n_a = state.premium.shape[0]
-    u_p, u_d = rng.uniform_columns(key, (n_a, n_uniforms(params)), dtype)   # (A,) each
+    u_p, u_d = rng.uniform_columns(key, (n_a, n_uniforms(params)), dtype)  # (A,) each
     c = lambda x: jnp.asarray(x).astype(dtype)  # noqa: E731
 
     p = _ou(state.premium, c(params.theta), c(params.kappa), c(params.sigma), dt, dist.std_normal(u_p))
     d = _ou(state.divergence, 0.0, c(params.ref_kappa), c(params.ref_sigma), dt, dist.std_normal(u_d))
-    p, d = dist.materialise((p, d))   # many consumers (rates, observation, account): computed once
+    p, d = dist.materialise((p, d))  # many consumers (rates, observation, account): computed once
     rate = funding_rate(p, params)
 
     # Settlement schedule in float64 from the integer step count.
@@ -148,9 +146,14 @@ def step(key: jax.Array, state: FundingState, params: FundingParams,
     reset = jnp.where(settled, c(params.settle_reset), 0.0)
     p_new = (p - reset * (p - theta)).astype(dtype)
     settled_rate = jnp.where(settled, rate, 0.0).astype(dtype)
-    info = FundingInfo(rate=rate, ref_rate=(rate + d).astype(dtype),
-                       rate_per_s=(rate / iv).astype(dtype), settled=settled,
-                       settled_rate=settled_rate, time_to_settlement=tts.astype(dtype))
+    info = FundingInfo(
+        rate=rate,
+        ref_rate=(rate + d).astype(dtype),
+        rate_per_s=(rate / iv).astype(dtype),
+        settled=settled,
+        settled_rate=settled_rate,
+        time_to_settlement=tts.astype(dtype),
+    )
     return FundingState(premium=p_new, divergence=d, n_steps=n_new), info
 
 

@@ -62,11 +62,17 @@ class LiqParams:
         c.positive("beta", "excitation decay rate, per second")
         c.positive("size_scale", "Pareto minimum size x_m, base units")
         a = c.finite("size_tail", "Pareto tail index")
-        c.require(bool(np.all(a > 1.0)), "size_tail",
-                  "must be > 1 (Pareto tail index; the mean size a x_m / (a - 1) is infinite otherwise)")
+        c.require(
+            bool(np.all(a > 1.0)),
+            "size_tail",
+            "must be > 1 (Pareto tail index; the mean size a x_m / (a - 1) is infinite otherwise)",
+        )
         cap = np.asarray(self.size_cap, dtype=float)
-        c.require(bool(np.all(cap > np.asarray(self.size_scale, dtype=float))) and not np.any(np.isnan(cap)),
-                  "size_cap", "must be > size_scale (base units; inf: no cap)")
+        c.require(
+            bool(np.all(cap > np.asarray(self.size_scale, dtype=float))) and not np.any(np.isnan(cap)),
+            "size_cap",
+            "must be > size_scale (base units; inf: no cap)",
+        )
         c.nonneg("trigger", "liquidations per second per unit leveraged loss")
         c.positive("leverage", "aggregate market leverage, dimensionless")
         c.nonneg("impact", "log-price per base unit of liquidated volume")
@@ -74,26 +80,29 @@ class LiqParams:
         if not np.all(n < 1.0):
             shown = np.vectorize(lambda x: float(f"{x:.6g}"))(n)
             shown = to_plain(shown)
-            c.fail("alpha", f"branching ratio n = (alpha + alpha_cross) * E[size] / beta = {shown} "
-                            "must be < 1 (E[size] = size_tail * size_scale / (size_tail - 1) without a "
-                            "size_cap); n >= 1 is an explosive cascade")
+            c.fail(
+                "alpha",
+                f"branching ratio n = (alpha + alpha_cross) * E[size] / beta = {shown} "
+                "must be < 1 (E[size] = size_tail * size_scale / (size_tail - 1) without a "
+                "size_cap); n >= 1 is an explosive cascade",
+            )
 
 
 class LiqState(NamedTuple):
-    ex_long: jax.Array   # (A,) long-side intensity minus its baseline, per second
+    ex_long: jax.Array  # (A,) long-side intensity minus its baseline, per second
     ex_short: jax.Array  # (A,) short-side intensity minus its baseline, per second
 
 
 class LiqInfo(NamedTuple):
-    n_long: jax.Array     # (A,) long liquidations in the step (count, as floats)
-    n_short: jax.Array    # (A,) short liquidations in the step
-    vol_long: jax.Array   # (A,) long volume liquidated (sold) in the step, base units
+    n_long: jax.Array  # (A,) long liquidations in the step (count, as floats)
+    n_short: jax.Array  # (A,) short liquidations in the step
+    vol_long: jax.Array  # (A,) long volume liquidated (sold) in the step, base units
     vol_short: jax.Array  # (A,) short volume liquidated (bought) in the step, base units
-    max_long: jax.Array   # (A,) largest long liquidation in the step, base units (0 if none)
+    max_long: jax.Array  # (A,) largest long liquidation in the step, base units (0 if none)
     max_short: jax.Array  # (A,) largest short liquidation in the step, base units (0 if none)
-    lam_long: jax.Array   # (A,) long intensity at the start of the step, per second
+    lam_long: jax.Array  # (A,) long intensity at the start of the step, per second
     lam_short: jax.Array  # (A,) short intensity at the start of the step, per second
-    impact: jax.Array     # (A,) log-price impact of the step's liquidations
+    impact: jax.Array  # (A,) log-price impact of the step's liquidations
 
 
 def init(params: LiqParams, n_assets: int, dtype=jnp.float32) -> LiqState:
@@ -130,8 +139,7 @@ def branching_ratio(params: LiqParams, *, price_feedback: bool = False) -> np.nd
 def intensity(state: LiqState, params: LiqParams) -> tuple[jax.Array, jax.Array]:
     """``(lambda_long, lambda_short)``, (A,) each, liquidations per second."""
     dtype = state.ex_long.dtype
-    return ((params.mu_long + state.ex_long).astype(dtype),
-            (params.mu_short + state.ex_short).astype(dtype))
+    return ((params.mu_long + state.ex_long).astype(dtype), (params.mu_short + state.ex_short).astype(dtype))
 
 
 def n_uniforms(params: LiqParams) -> int:
@@ -139,8 +147,9 @@ def n_uniforms(params: LiqParams) -> int:
     return N_UNIFORMS
 
 
-def step(key: jax.Array, state: LiqState, params: LiqParams, dt: float, *,
-         last_ret: jax.Array | float = 0.0) -> tuple[LiqState, LiqInfo]:
+def step(
+    key: jax.Array, state: LiqState, params: LiqParams, dt: float, *, last_ret: jax.Array | float = 0.0
+) -> tuple[LiqState, LiqInfo]:
     """Advance both sides' cascades by one step of ``dt`` seconds.
 
     Args:
@@ -166,24 +175,28 @@ def step(key: jax.Array, state: LiqState, params: LiqParams, dt: float, *,
     r = jnp.broadcast_to(jnp.asarray(last_ret, dtype), (n_a,))
     dt = jnp.asarray(dt, dtype)
 
-    u_nl, u_ns, u_vl, u_vs = rng.uniform_columns(key, (n_a, N_UNIFORMS), dtype)   # (A,) each
+    u_nl, u_ns, u_vl, u_vs = rng.uniform_columns(key, (n_a, N_UNIFORMS), dtype)  # (A,) each
     decay = jnp.exp(-beta * dt)
-    frac = -jnp.expm1(-beta * dt) / beta          # integral of e^{-beta s} over the step, seconds
+    frac = -jnp.expm1(-beta * dt) / beta  # integral of e^{-beta s} over the step, seconds
     ex_l, ex_s = state.ex_long, state.ex_short
     comp_l = mu_l * dt + ex_l * frac
     comp_s = mu_s * dt + ex_s * frac
     n_l, n_s = dist.poisson_many((u_nl, u_ns), (comp_l, comp_s))
     v_l, m_l = dist.pareto_sum(u_vl, n_l, x_m, a, cap)
     v_s, m_s = dist.pareto_sum(u_vs, n_s, x_m, a, cap)
-    loss = lev * r          # leveraged return: an average long loses -loss, an average short +loss
+    loss = lev * r  # leveraged return: an average long loses -loss, an average short +loss
     new_l = ex_l * decay + alpha * v_l + alpha_x * v_s + trig * jnp.maximum(-loss, 0.0)
     new_s = ex_s * decay + alpha * v_s + alpha_x * v_l + trig * jnp.maximum(loss, 0.0)
     new = LiqState(ex_long=new_l.astype(dtype), ex_short=new_s.astype(dtype))
     info = LiqInfo(
-        n_long=n_l.astype(dtype), n_short=n_s.astype(dtype),
-        vol_long=v_l.astype(dtype), vol_short=v_s.astype(dtype),
-        max_long=m_l.astype(dtype), max_short=m_s.astype(dtype),
-        lam_long=(mu_l + ex_l).astype(dtype), lam_short=(mu_s + ex_s).astype(dtype),
+        n_long=n_l.astype(dtype),
+        n_short=n_s.astype(dtype),
+        vol_long=v_l.astype(dtype),
+        vol_short=v_s.astype(dtype),
+        max_long=m_l.astype(dtype),
+        max_short=m_s.astype(dtype),
+        lam_long=(mu_l + ex_l).astype(dtype),
+        lam_short=(mu_s + ex_s).astype(dtype),
         impact=(imp * (v_s - v_l)).astype(dtype),
     )
     return new, info

@@ -57,46 +57,57 @@ class FlowParams:
         c.positive("beta", "excitation decay rate, per second")
         c.positive("size_scale", "Pareto minimum order size x_m, base units")
         a = c.finite("size_tail", "Pareto tail index")
-        c.require(bool(np.all(a > 1.0)), "size_tail",
-                  "must be > 1 (Pareto tail index; the mean size a x_m / (a - 1) is infinite otherwise)")
+        c.require(
+            bool(np.all(a > 1.0)),
+            "size_tail",
+            "must be > 1 (Pareto tail index; the mean size a x_m / (a - 1) is infinite otherwise)",
+        )
         n_a = {}
         for f in _FIELDS:
             shape = np.shape(getattr(self, f))
             c.require(len(shape) <= 1, f, "must be a scalar or a per-asset (A,) array")
             if shape:
                 n_a.setdefault(shape[0], f)
-                c.require(len(n_a) == 1, f, f"has {shape[0]} assets but {next(iter(n_a.values()))} "
-                                            f"has {next(iter(n_a))}: per-asset fields must have one length")
+                c.require(
+                    len(n_a) == 1,
+                    f,
+                    f"has {shape[0]} assets but {next(iter(n_a.values()))} "
+                    f"has {next(iter(n_a))}: per-asset fields must have one length",
+                )
         rho = spectral_radius(self)
         bad = ~(rho < 1.0)
         if np.any(bad):
             # Name the excitation with the largest value among the explosive assets.
             vals = np.broadcast_arrays(*(c.value(f) for f in _EXCITATION_FIELDS), rho)
             idx = np.flatnonzero(np.broadcast_to(bad, vals[0].shape))
-            worst = max(_EXCITATION_FIELDS, key=lambda f: float(np.max(
-                vals[_EXCITATION_FIELDS.index(f)].reshape(-1)[idx])))
+            worst = max(
+                _EXCITATION_FIELDS, key=lambda f: float(np.max(vals[_EXCITATION_FIELDS.index(f)].reshape(-1)[idx]))
+            )
             shown = to_plain(rho)
-            c.fail(worst, "spectral radius of the branching matrix K = [[alpha_buy, gamma], "
-                          f"[gamma, alpha_sell]] / beta must be < 1 (it is {shown}; the flow is "
-                          "explosive otherwise)")
+            c.fail(
+                worst,
+                "spectral radius of the branching matrix K = [[alpha_buy, gamma], "
+                f"[gamma, alpha_sell]] / beta must be < 1 (it is {shown}; the flow is "
+                "explosive otherwise)",
+            )
 
 
 class FlowState(NamedTuple):
-    ex_buy: jax.Array   # (A,) buy intensity minus its baseline, per second
+    ex_buy: jax.Array  # (A,) buy intensity minus its baseline, per second
     ex_sell: jax.Array  # (A,) sell intensity minus its baseline, per second
 
 
 class FlowInfo(NamedTuple):
-    n_buy: jax.Array            # (A,) buy market orders in the step (count, as floats)
-    n_sell: jax.Array           # (A,) sell market orders in the step
-    n_buy_informed: jax.Array   # (A,) of which informed (buys)
+    n_buy: jax.Array  # (A,) buy market orders in the step (count, as floats)
+    n_sell: jax.Array  # (A,) sell market orders in the step
+    n_buy_informed: jax.Array  # (A,) of which informed (buys)
     n_sell_informed: jax.Array  # (A,) of which informed (sells)
-    vol_buy: jax.Array          # (A,) total bought volume in the step, base units
-    vol_sell: jax.Array         # (A,) total sold volume in the step, base units
-    max_buy: jax.Array          # (A,) largest buy order in the step, base units (0 if none)
-    max_sell: jax.Array         # (A,) largest sell order in the step, base units (0 if none)
-    lam_buy: jax.Array          # (A,) buy intensity at the start of the step, per second
-    lam_sell: jax.Array         # (A,) sell intensity at the start of the step, per second
+    vol_buy: jax.Array  # (A,) total bought volume in the step, base units
+    vol_sell: jax.Array  # (A,) total sold volume in the step, base units
+    max_buy: jax.Array  # (A,) largest buy order in the step, base units (0 if none)
+    max_sell: jax.Array  # (A,) largest sell order in the step, base units (0 if none)
+    lam_buy: jax.Array  # (A,) buy intensity at the start of the step, per second
+    lam_sell: jax.Array  # (A,) sell intensity at the start of the step, per second
 
 
 def _host(params: FlowParams, name: str) -> np.ndarray:
@@ -107,8 +118,7 @@ def branching_matrix(params: FlowParams) -> np.ndarray:
     """K = [[alpha_buy, gamma], [gamma, alpha_sell]] / beta (numpy, host side), shape S + (2, 2)
     where S is the broadcast shape of the fields (() or (A,)); dimensionless: K[i, j] is the mean
     number of side-i orders directly triggered by one side-j order (rows/cols: buy, sell)."""
-    ab, as_, g, b = np.broadcast_arrays(*(_host(params, f)
-                                          for f in ("alpha_buy", "alpha_sell", "gamma", "beta")))
+    ab, as_, g, b = np.broadcast_arrays(*(_host(params, f) for f in ("alpha_buy", "alpha_sell", "gamma", "beta")))
     row0 = np.stack([ab, g], axis=-1)
     row1 = np.stack([g, as_], axis=-1)
     return np.stack([row0, row1], axis=-2) / b[..., None, None]
@@ -132,9 +142,17 @@ def stationary_intensity(params: FlowParams, baseline_mult=1.0) -> tuple[np.ndar
     side), orders per second, each of the fields' broadcast shape; ``mu`` is scaled by
     ``baseline_mult``. These are also the exact mean order rates of the discretised flow."""
     m = np.asarray(baseline_mult, dtype=float)
-    return tuple(np.asarray(x) for x in _stationary(
-        m * _host(params, "mu_buy"), m * _host(params, "mu_sell"), _host(params, "alpha_buy"),
-        _host(params, "alpha_sell"), _host(params, "gamma"), _host(params, "beta")))
+    return tuple(
+        np.asarray(x)
+        for x in _stationary(
+            m * _host(params, "mu_buy"),
+            m * _host(params, "mu_sell"),
+            _host(params, "alpha_buy"),
+            _host(params, "alpha_sell"),
+            _host(params, "gamma"),
+            _host(params, "beta"),
+        )
+    )
 
 
 def expected_size(params: FlowParams):
@@ -142,8 +160,9 @@ def expected_size(params: FlowParams):
     return params.size_tail * params.size_scale / (params.size_tail - 1.0)
 
 
-def init(params: FlowParams, n_assets: int, dtype=jnp.float32, *, stationary: bool = True,
-         stationary_dt: float = 0.0) -> FlowState:
+def init(
+    params: FlowParams, n_assets: int, dtype=jnp.float32, *, stationary: bool = True, stationary_dt: float = 0.0
+) -> FlowState:
     """Initial excitations, per second.
 
     ``stationary=True`` (default) starts at the stationary mean excitation ``lambda_bar - mu`` (the
@@ -166,12 +185,15 @@ def init(params: FlowParams, n_assets: int, dtype=jnp.float32, *, stationary: bo
     return FlowState(ex_buy=ex_b, ex_sell=ex_s)
 
 
-def intensity(state: FlowState, params: FlowParams, baseline_mult: jax.Array | float = 1.0
-              ) -> tuple[jax.Array, jax.Array]:
+def intensity(
+    state: FlowState, params: FlowParams, baseline_mult: jax.Array | float = 1.0
+) -> tuple[jax.Array, jax.Array]:
     """``(lambda_buy, lambda_sell)``, (A,) each, orders per second: ``baseline_mult * mu + ex``."""
     dtype = state.ex_buy.dtype
-    return ((baseline_mult * params.mu_buy + state.ex_buy).astype(dtype),
-            (baseline_mult * params.mu_sell + state.ex_sell).astype(dtype))
+    return (
+        (baseline_mult * params.mu_buy + state.ex_buy).astype(dtype),
+        (baseline_mult * params.mu_sell + state.ex_sell).astype(dtype),
+    )
 
 
 def n_uniforms(params: FlowParams) -> int:
@@ -179,9 +201,15 @@ def n_uniforms(params: FlowParams) -> int:
     return N_UNIFORMS
 
 
-def step(key: jax.Array, state: FlowState, params: FlowParams, dt: float, *,
-         informed_frac: jax.Array | float = 0.0,
-         baseline_mult: jax.Array | float = 1.0) -> tuple[FlowState, FlowInfo]:
+def step(
+    key: jax.Array,
+    state: FlowState,
+    params: FlowParams,
+    dt: float,
+    *,
+    informed_frac: jax.Array | float = 0.0,
+    baseline_mult: jax.Array | float = 1.0,
+) -> tuple[FlowState, FlowInfo]:
     """Advance the buy and sell order flow of every asset by one step of ``dt`` seconds.
 
     Args:
@@ -207,15 +235,15 @@ def step(key: jax.Array, state: FlowState, params: FlowParams, dt: float, *,
     f = jnp.clip(cast(informed_frac), 0.0, 1.0)
     mu_b, mu_s = m * cast(params.mu_buy), m * cast(params.mu_sell)
     decay = jnp.exp(-beta * dt)
-    frac = -jnp.expm1(-beta * dt) / beta             # integral of e^{-beta s} over the step, seconds
+    frac = -jnp.expm1(-beta * dt) / beta  # integral of e^{-beta s} over the step, seconds
     scale, tail = cast(params.size_scale), cast(params.size_tail)
     shape = (n_a,)
 
     ex_b0 = jnp.broadcast_to(state.ex_buy, shape)
     ex_s0 = jnp.broadcast_to(state.ex_sell, shape)
-    lam_b = jnp.broadcast_to(mu_b, shape) + ex_b0                 # intensities at the step start
+    lam_b = jnp.broadcast_to(mu_b, shape) + ex_b0  # intensities at the step start
     lam_s = jnp.broadcast_to(mu_s, shape) + ex_s0
-    comp_b = mu_b * dt + ex_b0 * frac                             # compensators of the step
+    comp_b = mu_b * dt + ex_b0 * frac  # compensators of the step
     comp_s = mu_s * dt + ex_s0 * frac
     # informed_frac given as the Python number 0 (the default) means no informed orders: their
     # draws, Poisson(0) = 0 for every uniform, are skipped (same result).
@@ -224,19 +252,27 @@ def step(key: jax.Array, state: FlowState, params: FlowParams, dt: float, *,
         ni_b = ni_s = jnp.zeros(shape, dtype)
     else:
         ni_b, ni_s, nu_b, nu_s = dist.poisson_many(
-            (u_inf_b, u_inf_s, u_un_b, u_un_s), (f * comp_b, f * comp_s, (1.0 - f) * comp_b, (1.0 - f) * comp_s))
+            (u_inf_b, u_inf_s, u_un_b, u_un_s), (f * comp_b, f * comp_s, (1.0 - f) * comp_b, (1.0 - f) * comp_s)
+        )
     nb = ni_b + nu_b
     ns = ni_s + nu_s
     vol_b, big_b = dist.pareto_sum(u_vol_b, nb, scale, tail)
     vol_s, big_s = dist.pareto_sum(u_vol_s, ns, scale, tail)
     ex_b = state.ex_buy * decay + cast(params.alpha_buy) * nb + cast(params.gamma) * ns
     ex_s = state.ex_sell * decay + cast(params.alpha_sell) * ns + cast(params.gamma) * nb
-    new = FlowState(ex_buy=jnp.broadcast_to(ex_b, shape).astype(dtype),
-                    ex_sell=jnp.broadcast_to(ex_s, shape).astype(dtype))
-    info = FlowInfo(n_buy=nb.astype(dtype), n_sell=ns.astype(dtype),
-                    n_buy_informed=jnp.broadcast_to(ni_b, shape).astype(dtype),
-                    n_sell_informed=jnp.broadcast_to(ni_s, shape).astype(dtype),
-                    vol_buy=vol_b.astype(dtype), vol_sell=vol_s.astype(dtype),
-                    max_buy=big_b.astype(dtype), max_sell=big_s.astype(dtype),
-                    lam_buy=lam_b.astype(dtype), lam_sell=lam_s.astype(dtype))
+    new = FlowState(
+        ex_buy=jnp.broadcast_to(ex_b, shape).astype(dtype), ex_sell=jnp.broadcast_to(ex_s, shape).astype(dtype)
+    )
+    info = FlowInfo(
+        n_buy=nb.astype(dtype),
+        n_sell=ns.astype(dtype),
+        n_buy_informed=jnp.broadcast_to(ni_b, shape).astype(dtype),
+        n_sell_informed=jnp.broadcast_to(ni_s, shape).astype(dtype),
+        vol_buy=vol_b.astype(dtype),
+        vol_sell=vol_s.astype(dtype),
+        max_buy=big_b.astype(dtype),
+        max_sell=big_s.astype(dtype),
+        lam_buy=lam_b.astype(dtype),
+        lam_sell=lam_s.astype(dtype),
+    )
     return new, info

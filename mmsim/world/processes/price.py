@@ -62,22 +62,24 @@ class PriceParams:
         c.positive("kou_eta_down", "Kou down-jump rate")
         c.finite("funding_coupling")
         c.require(self.jump_law in JUMP_LAWS, "jump_law", f"must be one of {JUMP_LAWS}")
-        c.require(isinstance(self.max_jumps, int) and self.max_jumps >= 1, "max_jumps",
-                  "must be an integer >= 1")
+        c.require(isinstance(self.max_jumps, int) and self.max_jumps >= 1, "max_jumps", "must be an integer >= 1")
         if self.jump_law == "kou" and self.martingale:
-            c.require(bool(c.value("kou_eta_up").min() > 1.0), "kou_eta_up",
-                      "must be > 1 when martingale=True (E[e^J] is infinite otherwise)")
+            c.require(
+                bool(c.value("kou_eta_up").min() > 1.0),
+                "kou_eta_up",
+                "must be > 1 when martingale=True (E[e^J] is infinite otherwise)",
+            )
 
 
 class PriceState(NamedTuple):
-    x: jax.Array         # (A,) log(mid / s0)
+    x: jax.Array  # (A,) log(mid / s0)
     last_ret: jax.Array  # (A,) log return of the last step
 
 
 class PriceInfo(NamedTuple):
-    ret: jax.Array       # (A,) log return over the step
-    n_jumps: jax.Array   # (A,) number of jumps in the step
-    jump: jax.Array      # (A,) total jump, log-price
+    ret: jax.Array  # (A,) log return over the step
+    n_jumps: jax.Array  # (A,) number of jumps in the step
+    jump: jax.Array  # (A,) total jump, log-price
 
 
 def init(params: PriceParams, n_assets: int, dtype=jnp.float32) -> PriceState:
@@ -103,10 +105,19 @@ def n_uniforms(params: PriceParams) -> int:
     return 2 + (1 if params.jump_law == "merton" else params.max_jumps)
 
 
-def step(key: jax.Array, state: PriceState, params: PriceParams, dt: float, int_var: jax.Array,
-         *, lev_shock: jax.Array | float = 0.0, resid_var: jax.Array | None = None,
-         z: jax.Array | None = None, funding_rate_per_s: jax.Array | float = 0.0,
-         impact: jax.Array | float = 0.0) -> tuple[PriceState, PriceInfo]:
+def step(
+    key: jax.Array,
+    state: PriceState,
+    params: PriceParams,
+    dt: float,
+    int_var: jax.Array,
+    *,
+    lev_shock: jax.Array | float = 0.0,
+    resid_var: jax.Array | None = None,
+    z: jax.Array | None = None,
+    funding_rate_per_s: jax.Array | float = 0.0,
+    impact: jax.Array | float = 0.0,
+) -> tuple[PriceState, PriceInfo]:
     """Advance the log-mid by one step of ``dt`` seconds.
 
     Args:

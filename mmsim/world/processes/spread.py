@@ -49,8 +49,7 @@ class SpreadParams:
     jump_rate: jax.Array | float = 0.01
     jump_mean: jax.Array | float = 1e-4
     liq_sensitivity: jax.Array | float = 1e-5
-    regime_mult: jax.Array | np.ndarray = dataclasses.field(
-        default_factory=lambda: np.asarray(DEFAULT_REGIME_MULT))
+    regime_mult: jax.Array | np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(DEFAULT_REGIME_MULT))
     tick: jax.Array | float = 0.1
     s0: jax.Array | float = 1e-4
     max_jumps: int = static_field(default=2)
@@ -65,24 +64,26 @@ class SpreadParams:
         c.nonneg("jump_mean", "mean spread jump, fraction of mid")
         c.nonneg("liq_sensitivity", "fraction of mid per base unit liquidated")
         rm = c.value("regime_mult")
-        c.require(rm.ndim in (1, 2) and rm.shape[-1] >= 1, "regime_mult",
-                  "must be an (R,) or (A, R) array of regime multipliers")
+        c.require(
+            rm.ndim in (1, 2) and rm.shape[-1] >= 1,
+            "regime_mult",
+            "must be an (R,) or (A, R) array of regime multipliers",
+        )
         c.positive("regime_mult", "fair-spread multiplier per volatility regime")
         c.positive("tick", "price tick, quote currency")
         c.nonneg("s0", "initial spread, fraction of mid")
-        c.require(isinstance(self.max_jumps, int) and self.max_jumps >= 1, "max_jumps",
-                  "must be an integer >= 1")
+        c.require(isinstance(self.max_jumps, int) and self.max_jumps >= 1, "max_jumps", "must be an integer >= 1")
 
 
 class SpreadState(NamedTuple):
-    s: jax.Array            # (A,) latent spread, fraction of mid
+    s: jax.Array  # (A,) latent spread, fraction of mid
 
 
 class SpreadInfo(NamedTuple):
-    spread: jax.Array       # (A,) book spread, quote currency (>= tick, on the tick grid)
+    spread: jax.Array  # (A,) book spread, quote currency (>= tick, on the tick grid)
     spread_frac: jax.Array  # (A,) book spread / mid
-    fair: jax.Array         # (A,) fair spread theta(t), fraction of mid
-    latent: jax.Array       # (A,) latent spread s after the step, fraction of mid
+    fair: jax.Array  # (A,) fair spread theta(t), fraction of mid
+    latent: jax.Array  # (A,) latent spread s after the step, fraction of mid
 
 
 def init(params: SpreadParams, n_assets: int, dtype=jnp.float32) -> SpreadState:
@@ -95,8 +96,9 @@ def n_uniforms(params: SpreadParams) -> int:
     return 2 + params.max_jumps
 
 
-def fair_spread(params: SpreadParams, sigma: jax.Array, regime: jax.Array, n_assets: int,
-                dtype=jnp.float32) -> jax.Array:
+def fair_spread(
+    params: SpreadParams, sigma: jax.Array, regime: jax.Array, n_assets: int, dtype=jnp.float32
+) -> jax.Array:
     """Fair spread ``(theta0 + beta_vol sigma) * regime_mult[regime]``, fraction of mid, ``(A,)``.
 
     ``sigma``: volatility of log-price per sqrt(second); ``regime``: integer regime index
@@ -148,9 +150,17 @@ def best_bid_ask(mid: jax.Array, spread: jax.Array, tick: jax.Array) -> tuple[ja
     return bid, ask
 
 
-def step(key: jax.Array, state: SpreadState, params: SpreadParams, dt: float, *,
-         sigma: jax.Array, regime: jax.Array, mid: jax.Array,
-         liq_volume: jax.Array | float = 0.0) -> tuple[SpreadState, SpreadInfo]:
+def step(
+    key: jax.Array,
+    state: SpreadState,
+    params: SpreadParams,
+    dt: float,
+    *,
+    sigma: jax.Array,
+    regime: jax.Array,
+    mid: jax.Array,
+    liq_volume: jax.Array | float = 0.0,
+) -> tuple[SpreadState, SpreadInfo]:
     """Advance the latent spread by one step of ``dt`` seconds.
 
     Args:
@@ -163,7 +173,7 @@ def step(key: jax.Array, state: SpreadState, params: SpreadParams, dt: float, *,
     """
     dtype = state.s.dtype
     n_a = state.s.shape[0]
-    u = rng.uniform_columns(key, (n_a, n_uniforms(params)), dtype)   # (A,) per column
+    u = rng.uniform_columns(key, (n_a, n_uniforms(params)), dtype)  # (A,) per column
     c = lambda x: jnp.asarray(x).astype(dtype)  # noqa: E731  params to the state dtype
     kappa, sig_s = c(params.kappa), c(params.sigma)
     fair = fair_spread(params, sigma, regime, n_a, dtype)
@@ -199,5 +209,6 @@ def stationary_var(params: SpreadParams) -> float:
     """Stationary variance of the latent spread (continuous time), fraction of mid squared:
     ``sigma^2 / (2 kappa) + jump_rate * 2 jump_mean^2 / (2 kappa)``."""
     k = np.asarray(params.kappa)
-    return (np.asarray(params.sigma) ** 2 + np.asarray(params.jump_rate) * 2.0
-            * np.asarray(params.jump_mean) ** 2) / (2.0 * k)
+    return (np.asarray(params.sigma) ** 2 + np.asarray(params.jump_rate) * 2.0 * np.asarray(params.jump_mean) ** 2) / (
+        2.0 * k
+    )

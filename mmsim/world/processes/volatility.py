@@ -36,12 +36,14 @@ _THETA = _SIGMA_YEAR**2 / _YEAR_S
 _KAPPA = np.log(2.0) / np.array([3600.0, 1800.0, 900.0, 300.0])
 _XI = np.array([0.6, 0.7, 0.8, 1.2]) * np.sqrt(2.0 * _KAPPA * _THETA)
 # Expected stays: low 2 h, normal 4 h, high 1 h, extreme 10 min; exits split as in the rows.
-_GENERATOR = np.array([
-    [-1 / 7200, 1 / 7200, 0.0, 0.0],
-    [0.5 / 14400, -1 / 14400, 0.45 / 14400, 0.05 / 14400],
-    [0.0, 0.8 / 3600, -1 / 3600, 0.2 / 3600],
-    [0.0, 0.3 / 600, 0.7 / 600, -1 / 600],
-])
+_GENERATOR = np.array(
+    [
+        [-1 / 7200, 1 / 7200, 0.0, 0.0],
+        [0.5 / 14400, -1 / 14400, 0.45 / 14400, 0.05 / 14400],
+        [0.0, 0.8 / 3600, -1 / 3600, 0.2 / 3600],
+        [0.0, 0.3 / 600, 0.7 / 600, -1 / 600],
+    ]
+)
 
 
 @pytree_dataclass
@@ -85,24 +87,33 @@ class VolParams:
     def validate(self) -> None:
         c = Check(self)
         g = c.finite("generator", "regime generator, per second")
-        c.require(g.ndim == 2 and g.shape[0] == g.shape[1] and g.shape[0] >= 1, "generator",
-                  f"must be a square (R, R) matrix with R >= 1, got shape {g.shape}")
+        c.require(
+            g.ndim == 2 and g.shape[0] == g.shape[1] and g.shape[0] >= 1,
+            "generator",
+            f"must be a square (R, R) matrix with R >= 1, got shape {g.shape}",
+        )
         n_r = g.shape[0]
         off = g[~np.eye(n_r, dtype=bool)]
-        c.require(bool(np.all(off >= 0)), "generator",
-                  "off-diagonal rates must be >= 0 (transition rates, per second)")
+        c.require(bool(np.all(off >= 0)), "generator", "off-diagonal rates must be >= 0 (transition rates, per second)")
         rows = g.sum(axis=1)
-        c.require(bool(np.all(np.abs(rows) <= ROW_SUM_TOL)), "generator",
-                  f"rows must sum to 0 within {ROW_SUM_TOL} (row sums {rows.tolist()})")
+        c.require(
+            bool(np.all(np.abs(rows) <= ROW_SUM_TOL)),
+            "generator",
+            f"rows must sum to 0 within {ROW_SUM_TOL} (row sums {rows.tolist()})",
+        )
         n_a = set()
-        for name, what, rule in (("kappa", "mean-reversion speed, per second", "nonneg"),
-                                 ("theta", "long-run variance, per second", "positive"),
-                                 ("xi", "vol-of-vol, per second", "nonneg")):
+        for name, what, rule in (
+            ("kappa", "mean-reversion speed, per second", "nonneg"),
+            ("theta", "long-run variance, per second", "positive"),
+            ("xi", "vol-of-vol, per second", "nonneg"),
+        ):
             getattr(c, rule)(name, what)
             v = c.value(name)
-            c.require(v.ndim in (1, 2) and v.shape[0] == n_r, name,
-                      f"must have shape (R,) or (R, A) with R = {n_r} regimes (the generator's), "
-                      f"got shape {v.shape}")
+            c.require(
+                v.ndim in (1, 2) and v.shape[0] == n_r,
+                name,
+                f"must have shape (R,) or (R, A) with R = {n_r} regimes (the generator's), got shape {v.shape}",
+            )
             if v.ndim == 2:
                 n_a.add((name, v.shape[1]))
         c.between("rho", -1.0, 1.0, "correlation of price and variance shocks")
@@ -117,11 +128,17 @@ class VolParams:
             c.fail(name, f"per-asset sizes disagree: {sorted(n_a)}")
         c.between("switch_rescale", 0.0, 1.0, "exponent of the theta ratio applied to v on a switch")
         c.between("psi_c", 1.0, 2.0, "QE branch threshold (Andersen 2008)")
-        c.require(isinstance(self.regime0, (int, np.integer)) and 0 <= int(self.regime0) < n_r,
-                  "regime0", f"must be an integer in [0, {n_r})")
+        c.require(
+            isinstance(self.regime0, (int, np.integer)) and 0 <= int(self.regime0) < n_r,
+            "regime0",
+            f"must be an integer in [0, {n_r})",
+        )
         c.require(self.scheme in SCHEMES, "scheme", f"must be one of {SCHEMES}")
-        c.require(isinstance(self.regime_names, tuple) and len(self.regime_names) == n_r,
-                  "regime_names", f"must be a tuple of {n_r} names, one per regime")
+        c.require(
+            isinstance(self.regime_names, tuple) and len(self.regime_names) == n_r,
+            "regime_names",
+            f"must be a tuple of {n_r} names, one per regime",
+        )
 
     def n_assets(self) -> int | None:
         """The per-asset size the params fix, or None if every field broadcasts."""
@@ -133,20 +150,20 @@ class VolParams:
 
 
 class VolState(NamedTuple):
-    v: jax.Array               # (A,) variance per second, >= 0
-    regime: jax.Array          # () int32, the market-wide regime
+    v: jax.Array  # (A,) variance per second, >= 0
+    regime: jax.Array  # () int32, the market-wide regime
     time_in_regime: jax.Array  # () seconds since the last switch (or since the start)
-    v_aux: jax.Array           # (A,) Euler auxiliary v~ (may be < 0) for scheme="euler"; = v for "qe"
+    v_aux: jax.Array  # (A,) Euler auxiliary v~ (may be < 0) for scheme="euler"; = v for "qe"
 
 
 class VolInfo(NamedTuple):
-    v: jax.Array          # (A,) variance per second at the end of the step (after any switch rescale)
-    int_var: jax.Array    # (A,) integral of v over the step, log-price^2
+    v: jax.Array  # (A,) variance per second at the end of the step (after any switch rescale)
+    int_var: jax.Array  # (A,) integral of v over the step, log-price^2
     lev_shock: jax.Array  # (A,) log-price diffusion correlated with the variance shock, log-price
     resid_var: jax.Array  # (A,) variance of the rest of the diffusion, log-price^2
-    regime: jax.Array     # () int32, regime used during the step (at its start)
+    regime: jax.Array  # () int32, regime used during the step (at its start)
     next_regime: jax.Array  # () int32, regime at the end of the step
-    switched: jax.Array   # () bool, next_regime != regime
+    switched: jax.Array  # () bool, next_regime != regime
 
 
 def init(params: VolParams, n_assets: int, dtype=jnp.float32) -> VolState:
@@ -155,8 +172,7 @@ def init(params: VolParams, n_assets: int, dtype=jnp.float32) -> VolState:
     if a is not None and a != n_assets:
         raise ValueError(f"VolParams has per-asset fields of size {a}, but n_assets = {n_assets}")
     v = jnp.broadcast_to(jnp.asarray(params.v0).astype(dtype), (n_assets,))
-    return VolState(v=v, regime=jnp.asarray(params.regime0, jnp.int32),
-                    time_in_regime=jnp.zeros((), dtype), v_aux=v)
+    return VolState(v=v, regime=jnp.asarray(params.regime0, jnp.int32), time_in_regime=jnp.zeros((), dtype), v_aux=v)
 
 
 def sigma(state: VolState) -> jax.Array:
@@ -228,8 +244,15 @@ def qe_moments(v, kappa, theta, xi, dt):
     return m, s2
 
 
-def step(key: jax.Array, state: VolState, params: VolParams, dt: float, *,
-         z_var: jax.Array | None = None, force_regime: int | jax.Array = -1) -> tuple[VolState, VolInfo]:
+def step(
+    key: jax.Array,
+    state: VolState,
+    params: VolParams,
+    dt: float,
+    *,
+    z_var: jax.Array | None = None,
+    force_regime: int | jax.Array = -1,
+) -> tuple[VolState, VolInfo]:
     """Advance the variance and the regime by one step of ``dt`` seconds.
 
     Args:
@@ -273,7 +296,7 @@ def step(key: jax.Array, state: VolState, params: VolParams, dt: float, *,
     if params.scheme == "qe":
         v = state.v
         e, om, g = at["e"], at["om"], at["g"]
-        m = v * e + theta * om                                  # qe_moments, with the tables
+        m = v * e + theta * om  # qe_moments, with the tables
         s2 = xi * xi * (v * e * g + 0.5 * theta * om * g)
         v1, dev = dist.materialise(_qe_from_moments(m, s2, z, jnp.asarray(params.psi_c).astype(dtype)))
         int_var = 0.5 * (v + v1) * dt
@@ -301,7 +324,7 @@ def step(key: jax.Array, state: VolState, params: VolParams, dt: float, *,
         drawn = drawn + (u_r >= _at(cdf[:, j], r)).astype(jnp.int32)
     drawn = jnp.where(u_r < _at(cdf[:, n_r - 1], r), drawn, r).astype(jnp.int32)
     f = jnp.clip(jnp.asarray(force_regime, jnp.int32), -1, n_r - 1)
-    nxt = dist.materialise_small(jnp.where(f >= 0, f, drawn).astype(jnp.int32))   # many consumers
+    nxt = dist.materialise_small(jnp.where(f >= 0, f, drawn).astype(jnp.int32))  # many consumers
     switched = nxt != r
     log_ratio = _at(tab["log_theta"], nxt) - _at(tab["log_theta"], r)
     scale = jnp.where(switched, jnp.exp(jnp.asarray(params.switch_rescale).astype(dtype) * log_ratio), 1.0)
@@ -309,9 +332,15 @@ def step(key: jax.Array, state: VolState, params: VolParams, dt: float, *,
     v_aux_new = (v_aux1 * scale).astype(dtype)
     tir = jnp.where(switched, 0.0, state.time_in_regime + dt).astype(dtype)
     new = VolState(v=v_new, regime=nxt, time_in_regime=tir, v_aux=v_aux_new)
-    info = VolInfo(v=v_new, int_var=_bc(int_var, n_a, dtype), lev_shock=_bc(lev, n_a, dtype),
-                   resid_var=_bc(resid_var, n_a, dtype), regime=r.astype(jnp.int32), next_regime=nxt,
-                   switched=switched)
+    info = VolInfo(
+        v=v_new,
+        int_var=_bc(int_var, n_a, dtype),
+        lev_shock=_bc(lev, n_a, dtype),
+        resid_var=_bc(resid_var, n_a, dtype),
+        regime=r.astype(jnp.int32),
+        next_regime=nxt,
+        switched=switched,
+    )
     return new, info
 
 
@@ -333,9 +362,19 @@ def _regime_tables(params: VolParams, dt: float, dtype) -> dict[str, jax.Array]:
     has_xi = xi > 0
     xi_safe = jnp.where(has_xi, xi, 1.0)
     if xi_safe.ndim == 1 and rho.ndim == 1:
-        xi_safe = xi_safe[:, None]          # (R,) xi with (A,) rho: an (R, A) table
-    tab = dict(kappa=kappa, theta=theta, xi=xi, e=e, om=om, g=g, incr_a=1.0 + 0.5 * kdt,
-               incr_b=om - kdt + 0.5 * kdt * om, rho_xi=rho / xi_safe, log_theta=jnp.log(theta))
+        xi_safe = xi_safe[:, None]  # (R,) xi with (A,) rho: an (R, A) table
+    tab = dict(
+        kappa=kappa,
+        theta=theta,
+        xi=xi,
+        e=e,
+        om=om,
+        g=g,
+        incr_a=1.0 + 0.5 * kdt,
+        incr_b=om - kdt + 0.5 * kdt * om,
+        rho_xi=rho / xi_safe,
+        log_theta=jnp.log(theta),
+    )
     cdf = _cdf_table(params, dt)
     if jnp.dtype(dtype) == jnp.float32:
         c32 = cdf.astype(jnp.float32)

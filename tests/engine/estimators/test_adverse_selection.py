@@ -29,7 +29,7 @@ def obs_of(dtype, n_assets=1, **kw):
 
 def zeros(n=1, dtype=jnp.float64):
     z = jnp.zeros((n,), dtype)
-    return z, z, z, jnp.ones((n,), dtype)   # quiet market: liquidation ratio 1
+    return z, z, z, jnp.ones((n,), dtype)  # quiet market: liquidation ratio 1
 
 
 def step(p, s, dtype=jnp.float64, n=1, **kw):
@@ -44,14 +44,14 @@ def test_realized_sign_and_magnitude_by_hand(dtype, rtol):
     s = step(P, s, dtype, t=1.0, dt=1.0, mid=100.0, fill_bid_size=0.1, fill_bid_price=99.95)
     assert bool(s.slot_live[0, 0].sum() == 1) and not bool(s.slot_live[0, 1].any())
     np.testing.assert_allclose(float(s.slot_due[0, 0, 0]), 2.0)
-    s = step(P, s, dtype, t=1.5, dt=0.5, mid=99.9)           # not due yet
+    s = step(P, s, dtype, t=1.5, dt=0.5, mid=99.9)  # not due yet
     assert float(s.realized_bid[0]) == 0.0 and float(s.weight_bid[0]) == 0.0
     # t = 2: the bid measurement is due; the mid fell 0.2 %: we were picked off (+0.002).
     # An ask fill in the same observation is recorded after the measurement.
     s = step(P, s, dtype, t=2.0, dt=0.5, mid=99.8, fill_ask_size=0.2, fill_ask_price=99.85)
     np.testing.assert_allclose(float(s.realized_bid[0]), 0.002, rtol=rtol)
     np.testing.assert_allclose(float(s.weight_bid[0]), 1.0)
-    assert not bool(s.slot_live[0, 0].any())                 # the bid slot is freed
+    assert not bool(s.slot_live[0, 0].any())  # the bid slot is freed
     assert int(s.slot_live[0, 1].sum()) == 1
     # t = 3: after our sell the mid fell: favourable, negative adverse selection.
     s = step(P, s, dtype, t=3.0, dt=1.0, mid=99.6, fill_bid_size=0.1, fill_bid_price=99.55)
@@ -82,8 +82,17 @@ def test_matches_plain_mean_on_a_random_sequence():
     fa = (rs.random(n) < 0.4) * 0.1
     s = asel.init(p, 1, jnp.float64)
     for k in range(n):
-        s = step(p, s, t=t[k], dt=dt, mid=mid[k], fill_bid_size=fb[k], fill_ask_size=fa[k],
-                 fill_bid_price=mid[k], fill_ask_price=mid[k])
+        s = step(
+            p,
+            s,
+            t=t[k],
+            dt=dt,
+            mid=mid[k],
+            fill_bid_size=fb[k],
+            fill_ask_size=fa[k],
+            fill_bid_price=mid[k],
+            fill_ask_price=mid[k],
+        )
     exp_b, exp_a = [], []
     for k in range(n):
         js = np.flatnonzero(t >= t[k] + 1.0)
@@ -128,10 +137,20 @@ def test_sized_slots_drop_nothing_at_a_fixed_step(dtype):
             p = asel.AdverseSelectionEstParams(horizon_s=horizon, as_half_life_s=1e12, n_slots=slots)
             s = asel.init(p, 1, dtype)
             for i in range(1, 41):
-                s = step(p, s, dtype, t=np.float32(i * dt), dt=dt, mid=100.0 + i, fill_bid_size=1.0,
-                         fill_bid_price=100.0 + i, fill_ask_size=1.0, fill_ask_price=100.0 + i)
+                s = step(
+                    p,
+                    s,
+                    dtype,
+                    t=np.float32(i * dt),
+                    dt=dt,
+                    mid=100.0 + i,
+                    fill_bid_size=1.0,
+                    fill_bid_price=100.0 + i,
+                    fill_ask_size=1.0,
+                    fill_ask_price=100.0 + i,
+                )
             assert (int(s.dropped[0]) > 0) == drops, (horizon, dt, slots)
-            if not drops:   # every fill older than the horizon was measured on both sides
+            if not drops:  # every fill older than the horizon was measured on both sides
                 measured = sum(1 for i in range(1, 41) if (i * dt) + horizon <= 40 * dt + 1e-6)
                 assert float(s.weight_bid[0]) == pytest.approx(measured, rel=1e-6)
                 assert float(s.weight_ask[0]) == pytest.approx(measured, rel=1e-6)
@@ -139,8 +158,9 @@ def test_sized_slots_drop_nothing_at_a_fixed_step(dtype):
 
 def test_measurement_waits_for_a_valid_book_and_masks():
     s = asel.init(P, 2, jnp.float64)
-    o = obs_of(jnp.float64, 2, t=0.0, dt=1.0, mid=100.0, book_valid=True, fill_bid_size=1.0,
-               fill_bid_price=100.0)._replace(fills_valid=jnp.asarray([True, False]))
+    o = obs_of(
+        jnp.float64, 2, t=0.0, dt=1.0, mid=100.0, book_valid=True, fill_bid_size=1.0, fill_bid_price=100.0
+    )._replace(fills_valid=jnp.asarray([True, False]))
     s = UPDATE(P, s, o, *zeros(2))
     np.testing.assert_array_equal(np.asarray(s.slot_live[:, 0].sum(axis=1)), [1, 0])  # fills mask
     s = UPDATE(P, s, obs_of(jnp.float64, 2, t=1.5, dt=1.5, mid=0.0, book_valid=False), *zeros(2))
@@ -148,8 +168,22 @@ def test_measurement_waits_for_a_valid_book_and_masks():
     s = UPDATE(P, s, obs_of(jnp.float64, 2, t=2.0, dt=0.5, mid=101.0, book_valid=True), *zeros(2))
     np.testing.assert_allclose(float(s.realized_bid[0]), -0.01, rtol=1e-12)
     # A fill while the book is invalid is referenced to its fill price.
-    s = UPDATE(P, s, obs_of(jnp.float64, 2, t=3.0, dt=1.0, mid=0.0, book_valid=False, fills_valid=True,
-                                 fill_ask_size=1.0, fill_ask_price=99.0), *zeros(2))
+    s = UPDATE(
+        P,
+        s,
+        obs_of(
+            jnp.float64,
+            2,
+            t=3.0,
+            dt=1.0,
+            mid=0.0,
+            book_valid=False,
+            fills_valid=True,
+            fill_ask_size=1.0,
+            fill_ask_price=99.0,
+        ),
+        *zeros(2),
+    )
     np.testing.assert_allclose(np.asarray(s.slot_price[:, 1].max(axis=1)), [99.0, 99.0])
 
 
@@ -163,10 +197,14 @@ def test_logistic_alpha():
     lr = jnp.asarray([3.0, 1.0, 0.5, jnp.inf])
     s = UPDATE(p, asel.init(p, n, jnp.float64), obs_of(jnp.float64, n, t=1.0, dt=1.0), fd, vs, fl, lr)
     b0 = math.log(0.15 / 0.85)
-    z = np.array([b0 + 5000 * 2e-4 + 0.5 + 0.4 + 0.5 * 2.0,   # |funding|, |flow|, excess liq ratio
-                  b0 - 1.0,                                   # calm: vol below implied lowers alpha
-                  b0 + 1.0,                                   # liquidation ratio below 1: no effect
-                  b0])                                        # non-finite signals count as 0
+    z = np.array(
+        [
+            b0 + 5000 * 2e-4 + 0.5 + 0.4 + 0.5 * 2.0,  # |funding|, |flow|, excess liq ratio
+            b0 - 1.0,  # calm: vol below implied lowers alpha
+            b0 + 1.0,  # liquidation ratio below 1: no effect
+            b0,
+        ]
+    )  # non-finite signals count as 0
     np.testing.assert_allclose(np.asarray(s.alpha), 1 / (1 + np.exp(-z)), rtol=1e-12)
     s0 = asel.init(p, n, jnp.float32)
     np.testing.assert_allclose(np.asarray(s0.alpha), 0.15, rtol=1e-6)
@@ -175,10 +213,13 @@ def test_logistic_alpha():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_no_nan_without_fills_and_on_edge_cases(dtype):
     s = asel.init(P, 2, dtype)
-    for kw in (dict(t=0.0, dt=1.0), dict(t=1.0, dt=1.0, book_valid=True, mid=100.0),
-               dict(t=2.0, dt=0.0, book_valid=True, mid=0.0, fills_valid=True, fill_bid_size=1.0),
-               dict(t=3.0, dt=1e-30, book_valid=True, mid=100.0, fills_valid=True, fill_ask_size=1.0),
-               dict(t=1e6, dt=1e6, book_valid=True, mid=1e5)):
+    for kw in (
+        dict(t=0.0, dt=1.0),
+        dict(t=1.0, dt=1.0, book_valid=True, mid=100.0),
+        dict(t=2.0, dt=0.0, book_valid=True, mid=0.0, fills_valid=True, fill_bid_size=1.0),
+        dict(t=3.0, dt=1e-30, book_valid=True, mid=100.0, fills_valid=True, fill_ask_size=1.0),
+        dict(t=1e6, dt=1e6, book_valid=True, mid=1e5),
+    ):
         s = UPDATE(P, s, obs_of(dtype, 2, **kw), *zeros(2, dtype))
         for leaf in jax.tree_util.tree_leaves(s):
             assert bool(jnp.all(jnp.isfinite(leaf))), kw
@@ -204,9 +245,21 @@ def test_jit_vmap_equal_eager_and_dtype(dtype):
         mids = 100 * np.exp(np.cumsum(1e-3 * r.standard_normal((n, n_a)), axis=0))
         out = []
         for k in range(n):
-            out.append(obs_of(dtype, n_a, t=0.2 * (k + 1), dt=0.2, mid=mids[k], book_valid=True, fills_valid=True,
-                              fill_bid_size=(r.random(n_a) < 0.7) * 1.0, fill_ask_size=(r.random(n_a) < 0.5) * 1.0,
-                              fill_bid_price=mids[k], fill_ask_price=mids[k]))
+            out.append(
+                obs_of(
+                    dtype,
+                    n_a,
+                    t=0.2 * (k + 1),
+                    dt=0.2,
+                    mid=mids[k],
+                    book_valid=True,
+                    fills_valid=True,
+                    fill_bid_size=(r.random(n_a) < 0.7) * 1.0,
+                    fill_ask_size=(r.random(n_a) < 0.5) * 1.0,
+                    fill_bid_price=mids[k],
+                    fill_ask_price=mids[k],
+                )
+            )
         return out
 
     paths = [path(1), path(2)]
@@ -216,6 +269,7 @@ def test_jit_vmap_equal_eager_and_dtype(dtype):
         def body(s, o):
             s = asel.update(p, s, o, *drv)
             return s, asel.spread_adjustment(p, s)
+
         return jax.lax.scan(body, asel.init(p, n_a, dtype), obs)
 
     s_v, adj_v = jax.jit(jax.vmap(scan))(_stack([_stack(x) for x in paths]))
@@ -236,9 +290,19 @@ def test_jit_vmap_equal_eager_and_dtype(dtype):
     assert adj_v.dtype == dtype
 
 
-@pytest.mark.parametrize("field, bad", [("horizon_s", 0.0), ("as_half_life_s", -1.0), ("beta_0", np.nan),
-                                        ("beta_liq", np.inf), ("safety", -1.0), ("n_slots", 0), ("n_slots", 17),
-                                        ("n_slots", 2.5)])
+@pytest.mark.parametrize(
+    "field, bad",
+    [
+        ("horizon_s", 0.0),
+        ("as_half_life_s", -1.0),
+        ("beta_0", np.nan),
+        ("beta_liq", np.inf),
+        ("safety", -1.0),
+        ("n_slots", 0),
+        ("n_slots", 17),
+        ("n_slots", 2.5),
+    ],
+)
 def test_invalid_params_raise(field, bad):
     with pytest.raises(ValueError, match=rf"AdverseSelectionEstParams\.{field} = "):
         dataclasses.replace(P, **{field: bad})

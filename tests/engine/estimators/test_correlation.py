@@ -27,6 +27,7 @@ def _scan(params, inputs, n_assets, dtype):
     def body(s, x):
         s = corr.update(params, s, *x)
         return s, s
+
     return jax.lax.scan(body, corr.init(params, n_assets, dtype), inputs)
 
 
@@ -44,7 +45,7 @@ def test_hand_computed_two_updates():
     final, st = _run(p, ret_seq([r1, r2], [1.0, 2.0]), 2, jnp.float64)
     c1 = np.outer(r1, r1)
     for k in range(3):
-        np.testing.assert_allclose(st.cov[0, k], c1, rtol=1e-12)          # the first sample sets them
+        np.testing.assert_allclose(st.cov[0, k], c1, rtol=1e-12)  # the first sample sets them
     lam = np.asarray([0.94, 0.97, 0.99])
     w1, w2 = 1 - lam, 1 - lam**2
     g = w2 / (w1 + w2 * (1 - w1))
@@ -64,8 +65,9 @@ def test_hand_computed_two_updates():
     wts = np.asarray([2.0, -1.0])
     np.testing.assert_allclose(corr.portfolio_variance(final, wts), wts @ cov @ wts, rtol=1e-12)
     sig = np.sqrt(np.diag(cov))
-    np.testing.assert_allclose(corr.diversification_ratio(final, wts), np.abs(wts) @ sig / math.sqrt(wts @ cov @ wts),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        corr.diversification_ratio(final, wts), np.abs(wts) @ sig / math.sqrt(wts @ cov @ wts), rtol=1e-12
+    )
     # After the first update the slow correlation is 1 > 0.9: stress = 0.05 C + 0.95 = all ones.
     np.testing.assert_allclose(st.corr_stress[0], np.ones((2, 2)), rtol=1e-12)
     # After the second it is below the threshold: the stress matrix is kept.
@@ -78,8 +80,9 @@ def test_stress_matrix_initial_and_renewed():
     s0 = corr.init(p, 3, jnp.float64)
     np.testing.assert_allclose(s0.corr_stress, 0.5 * np.eye(3) + 0.5, rtol=1e-14)
     c = np.asarray([[1.0, 0.5, 0.4], [0.5, 1.0, 0.3], [0.4, 0.3, 1.0]])
-    s = s0._replace(cov=jnp.broadcast_to(jnp.asarray(c * 1e-8), (3, 3, 3)), wsum=jnp.ones(3),
-                    initialised=jnp.asarray(True))
+    s = s0._replace(
+        cov=jnp.broadcast_to(jnp.asarray(c * 1e-8), (3, 3, 3)), wsum=jnp.ones(3), initialised=jnp.asarray(True)
+    )
     np.testing.assert_allclose(corr.average_correlation(s), 0.4, rtol=1e-12)
     # A zero return on every asset after a very short interval barely moves the covariances.
     obs = observation.empty(3, jnp.float64)._replace(dt=jnp.asarray(1e-9))
@@ -157,8 +160,13 @@ def test_jit_vmap_dtype(seed):
         for name, a, b in zip(s._fields, s, jt):
             assert a.dtype == b.dtype, name
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol * 1e-8, err_msg=name)
-        for q in (corr.correlations(s), corr.average_correlation(s), corr.diversification_ratio(s),
-                  corr.portfolio_variance(s), corr.correlation_for_horizon(s, 100.0)):
+        for q in (
+            corr.correlations(s),
+            corr.average_correlation(s),
+            corr.diversification_ratio(s),
+            corr.portfolio_variance(s),
+            corr.correlation_for_horizon(s, 100.0),
+        ):
             assert q.dtype == dtype
 
 
@@ -166,7 +174,7 @@ def _sum_sq_weights(lam, t_len):
     """sum_i a_i^2 of the normalised EWMA weights after t_len samples at per-step weight 1 - lam
     (1 / effective sample size)."""
     w = 1 - lam
-    a = w * lam ** np.arange(t_len)[::-1]      # w_i prod_{j > i} (1 - w_j), the first one included
+    a = w * lam ** np.arange(t_len)[::-1]  # w_i prod_{j > i} (1 - w_j), the first one included
     a /= a.sum()
     return float(np.sum(a**2))
 
@@ -211,8 +219,13 @@ def test_diversification_ratio_uncorrelated_simulated(seed):
 
 def test_invalid_params_raise():
     base = corr.CorrEstParams()
-    for field, bad in (("lambdas", np.asarray([0.94, 0.97])), ("lambdas", np.asarray([0.94, 1.0, 0.99])),
-                       ("interval_s", 0.0), ("stress_threshold", 1.5), ("stress_blend", -0.1),
-                       ("min_var", 0.0)):
+    for field, bad in (
+        ("lambdas", np.asarray([0.94, 0.97])),
+        ("lambdas", np.asarray([0.94, 1.0, 0.99])),
+        ("interval_s", 0.0),
+        ("stress_threshold", 1.5),
+        ("stress_blend", -0.1),
+        ("min_var", 0.0),
+    ):
         with pytest.raises(ValueError, match=rf"CorrEstParams\.{field} = "):
             dataclasses.replace(base, **{field: bad})

@@ -48,39 +48,77 @@ def test_hand_worked_sequence_with_flip(dtype, atol):
     """float64: to the cent; float32 resolves a 60,000 price to ~0.004, so PnL only to ~0.1."""
     s = inv.init(P, 1, dtype)
     for i, ((bs, bp, ss, sp), (q, e, r)) in enumerate(SEQUENCE):
-        s = UPDATE(P, s, obs_of(dtype, t=i + 1.0, dt=1.0, fills_valid=True, fill_bid_size=bs, fill_bid_price=bp,
-                                fill_ask_size=ss, fill_ask_price=sp))
+        s = UPDATE(
+            P,
+            s,
+            obs_of(
+                dtype,
+                t=i + 1.0,
+                dt=1.0,
+                fills_valid=True,
+                fill_bid_size=bs,
+                fill_bid_price=bp,
+                fill_ask_size=ss,
+                fill_ask_price=sp,
+            ),
+        )
         assert s.position.dtype == dtype
         np.testing.assert_allclose(float(s.position[0]), q, atol=1e-12)
         np.testing.assert_allclose(float(s.avg_entry[0]), e, atol=atol / 10 if dtype == jnp.float64 else 0.01)
         np.testing.assert_allclose(float(s.realized_pnl[0]), r, atol=atol)
         if i == 4:  # short 1.0 from 59850, marked at 60000
-            np.testing.assert_allclose(float(inv.unrealized_pnl(s, jnp.asarray([60000.0], dtype))[0]), -150.0,
-                                       atol=atol)
+            np.testing.assert_allclose(
+                float(inv.unrealized_pnl(s, jnp.asarray([60000.0], dtype))[0]), -150.0, atol=atol
+            )
     np.testing.assert_array_equal(np.asarray(s.n_fills), [[4, 3]])
 
 
 def test_flip_is_a_close_and_an_open_not_an_average():
     """The spec's record_fill averages a short's entry into the long it flips to; here the closed part
     realizes PnL and the new position's entry is the fill price."""
-    q, e, r = inv.apply_fill(jnp.asarray([-1.0]), jnp.asarray([100.0]), jnp.asarray([0.0]),
-                             jnp.asarray([3.0]), jnp.asarray([90.0]))
+    q, e, r = inv.apply_fill(
+        jnp.asarray([-1.0]), jnp.asarray([100.0]), jnp.asarray([0.0]), jnp.asarray([3.0]), jnp.asarray([90.0])
+    )
     np.testing.assert_allclose([q[0], e[0], r[0]], [2.0, 90.0, 10.0])
     # Zero size: nothing; flat start: entry = price.
-    q, e, r = inv.apply_fill(jnp.asarray([0.0, 1.0]), jnp.asarray([0.0, 50.0]), jnp.asarray([0.0, 1.0]),
-                             jnp.asarray([-2.0, 0.0]), jnp.asarray([70.0, 80.0]))
+    q, e, r = inv.apply_fill(
+        jnp.asarray([0.0, 1.0]),
+        jnp.asarray([0.0, 50.0]),
+        jnp.asarray([0.0, 1.0]),
+        jnp.asarray([-2.0, 0.0]),
+        jnp.asarray([70.0, 80.0]),
+    )
     np.testing.assert_allclose(np.asarray([q, e, r]), [[-2.0, 1.0], [70.0, 50.0], [0.0, 1.0]])
 
 
 def test_fill_rate_constant_stream_converges_to_the_true_rate():
     s = inv.init(P, 1, jnp.float64)
-    for k in range(10):   # 0.01 bought and 0.03 sold every 0.5 s
-        s = UPDATE(P, s, obs_of(jnp.float64, t=0.5 * (k + 1), dt=0.5, fills_valid=True, fill_bid_size=0.01,
-                                fill_bid_price=100.0, fill_ask_size=0.03, fill_ask_price=100.0))
-    g = 1 - 2 ** (-5.0 / 30.0)   # EWMA from 0 after 5 s
+    for k in range(10):  # 0.01 bought and 0.03 sold every 0.5 s
+        s = UPDATE(
+            P,
+            s,
+            obs_of(
+                jnp.float64,
+                t=0.5 * (k + 1),
+                dt=0.5,
+                fills_valid=True,
+                fill_bid_size=0.01,
+                fill_bid_price=100.0,
+                fill_ask_size=0.03,
+                fill_ask_price=100.0,
+            ),
+        )
+    g = 1 - 2 ** (-5.0 / 30.0)  # EWMA from 0 after 5 s
     np.testing.assert_allclose([s.fill_rate_bid[0], s.fill_rate_ask[0]], [0.02 * g, 0.06 * g], rtol=1e-12)
-    o = obs_of(jnp.float64, dt=0.5, fills_valid=True, fill_bid_size=0.01, fill_bid_price=100.0,
-               fill_ask_size=0.03, fill_ask_price=100.0)
+    o = obs_of(
+        jnp.float64,
+        dt=0.5,
+        fills_valid=True,
+        fill_bid_size=0.01,
+        fill_bid_price=100.0,
+        fill_ask_size=0.03,
+        fill_ask_price=100.0,
+    )
     run = jax.jit(lambda s: jax.lax.scan(lambda s, _: (inv.update(P, s, o), None), s, None, length=6000))
     s, _ = run(s)  # 100 half-lives
     np.testing.assert_allclose([s.fill_rate_bid[0], s.fill_rate_ask[0]], [0.02, 0.06], rtol=1e-12)
@@ -91,6 +129,7 @@ def _final_rates(params, draws_to_obs, n_paths, n_steps, seed):
         def body(s, t):
             s = inv.update(params, s, draws_to_obs(rng.uniform(rng.fold_in(k, t), (2,), jnp.float64)))
             return s, None
+
         s, _ = jax.lax.scan(body, inv.init(params, 1, jnp.float64), jnp.arange(n_steps))
         return s.fill_rate_bid[0]
 
@@ -105,7 +144,8 @@ def test_fill_rate_random_fills_on_a_fixed_clock_is_unbiased(seed):
 
     def to_obs(u):
         return obs_of(jnp.float64, dt=1.0, fills_valid=True)._replace(
-            fill_bid_size=jnp.where(u[:1] < 0.3, 0.2, 0.0), fill_bid_price=jnp.full((1,), 100.0))
+            fill_bid_size=jnp.where(u[:1] < 0.3, 0.2, 0.0), fill_bid_price=jnp.full((1,), 100.0)
+        )
 
     x = _final_rates(p, to_obs, 2000, 1500, seed)
     se = x.std() / np.sqrt(len(x))
@@ -121,14 +161,15 @@ def test_fill_rate_fill_driven_clock_bias_matches_the_docstring(seed):
     def to_obs(u):
         dt = -jnp.log1p(-u[0]) / lam
         return obs_of(jnp.float64, fills_valid=True)._replace(
-            dt=dt, fill_bid_size=jnp.ones((1,)), fill_bid_price=jnp.full((1,), 100.0))
+            dt=dt, fill_bid_size=jnp.ones((1,)), fill_bid_price=jnp.full((1,), 100.0)
+        )
 
-    x = _final_rates(p, to_obs, 2000, 400, seed)       # 400 fills ~ 4000 s ~ 38 half-lives
+    x = _final_rates(p, to_obs, 2000, 400, seed)  # 400 fills ~ 4000 s ~ 38 half-lives
     eps = math.log(2.0) / (lam * hl)
     expect = lam * (1 + 1 / eps) * math.log1p(eps)
     se = x.std() / np.sqrt(len(x))
     assert abs(x.mean() - expect) < 4 * se, (x.mean(), expect, se)
-    assert abs(x.mean() - lam) > 4 * se                 # the bias is real, not noise
+    assert abs(x.mean() - lam) > 4 * se  # the bias is real, not noise
 
 
 def test_skew_risk_and_masks():
@@ -150,12 +191,15 @@ def test_skew_risk_and_masks():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_bad_prices_and_edge_cases_give_no_nan(dtype):
     s = inv.init(P, 2, dtype)
-    cases = (dict(dt=1.0), dict(dt=0.0, fills_valid=True, fill_bid_size=1.0, fill_bid_price=100.0),
-             dict(dt=1e-30, fills_valid=True, fill_ask_size=3.0, fill_ask_price=101.0),
-             dict(dt=1.0, fills_valid=True, fill_bid_size=1.0, fill_bid_price=np.nan, mid=102.0, book_valid=True),
-             dict(dt=1.0, fills_valid=True, fill_ask_size=1.0, fill_ask_price=0.0),
-             dict(dt=1.0, fills_valid=True, fill_bid_size=np.nan, fill_bid_price=100.0),
-             dict(dt=1.0, fills_valid=True, fill_bid_size=-1.0, fill_bid_price=100.0))
+    cases = (
+        dict(dt=1.0),
+        dict(dt=0.0, fills_valid=True, fill_bid_size=1.0, fill_bid_price=100.0),
+        dict(dt=1e-30, fills_valid=True, fill_ask_size=3.0, fill_ask_price=101.0),
+        dict(dt=1.0, fills_valid=True, fill_bid_size=1.0, fill_bid_price=np.nan, mid=102.0, book_valid=True),
+        dict(dt=1.0, fills_valid=True, fill_ask_size=1.0, fill_ask_price=0.0),
+        dict(dt=1.0, fills_valid=True, fill_bid_size=np.nan, fill_bid_price=100.0),
+        dict(dt=1.0, fills_valid=True, fill_bid_size=-1.0, fill_bid_price=100.0),
+    )
     for kw in cases:
         s = UPDATE(P, s, obs_of(dtype, 2, **kw))
         for leaf in s:
@@ -175,10 +219,20 @@ def test_jit_vmap_equal_eager_and_dtype(dtype):
 
     def path(seed):
         r = np.random.default_rng(seed)
-        return [obs_of(dtype, n_a, t=k + 1.0, dt=1.0, fills_valid=True,
-                       fill_bid_size=(r.random(n_a) < 0.5) * r.random(n_a), fill_bid_price=100 + r.random(n_a),
-                       fill_ask_size=(r.random(n_a) < 0.5) * r.random(n_a), fill_ask_price=100 + r.random(n_a))
-                for k in range(n)]
+        return [
+            obs_of(
+                dtype,
+                n_a,
+                t=k + 1.0,
+                dt=1.0,
+                fills_valid=True,
+                fill_bid_size=(r.random(n_a) < 0.5) * r.random(n_a),
+                fill_bid_price=100 + r.random(n_a),
+                fill_ask_size=(r.random(n_a) < 0.5) * r.random(n_a),
+                fill_ask_price=100 + r.random(n_a),
+            )
+            for k in range(n)
+        ]
 
     paths = [path(1), path(2)]
 
@@ -186,6 +240,7 @@ def test_jit_vmap_equal_eager_and_dtype(dtype):
         def body(s, o):
             s = inv.update(P, s, o)
             return s, (inv.unrealized_pnl(s, o.fill_bid_price), inv.inventory_skew(P, s))
+
         return jax.lax.scan(body, inv.init(P, n_a, dtype), obs)
 
     stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
@@ -206,8 +261,15 @@ def test_jit_vmap_equal_eager_and_dtype(dtype):
         assert leaf.dtype == dtype and bool(jnp.all(jnp.isfinite(leaf)))
 
 
-@pytest.mark.parametrize("field, bad", [("max_position", 0.0), ("max_position", np.array([1.0, -1.0])),
-                                        ("target", np.nan), ("fill_rate_half_life_s", 0.0)])
+@pytest.mark.parametrize(
+    "field, bad",
+    [
+        ("max_position", 0.0),
+        ("max_position", np.array([1.0, -1.0])),
+        ("target", np.nan),
+        ("fill_rate_half_life_s", 0.0),
+    ],
+)
 def test_invalid_params_raise(field, bad):
     with pytest.raises(ValueError, match=rf"InventoryEstParams\.{field} = "):
         dataclasses.replace(P, **{field: bad})

@@ -13,8 +13,9 @@ from scipy.integrate import solve_ivp
 from mmsim import observation
 from mmsim.engine.estimators import order_flow as of
 
-P = of.OrderFlowEstParams(mu_buy=0.4, mu_sell=0.7, alpha_buy=0.5, alpha_sell=0.3, gamma=0.2, beta=1.5,
-                          imbalance_half_life_s=10.0)
+P = of.OrderFlowEstParams(
+    mu_buy=0.4, mu_sell=0.7, alpha_buy=0.5, alpha_sell=0.3, gamma=0.2, beta=1.5, imbalance_half_life_s=10.0
+)
 
 
 def obs_of(dtype, n_assets=1, **kw):
@@ -31,8 +32,7 @@ def seq(dtype, rows, n_assets=1):
     out, t = [], 0.0
     for dt, nb, ns, vb, vs, ok in rows:
         t += dt
-        out.append(obs_of(dtype, n_assets, t=t, dt=dt, n_buy=nb, n_sell=ns, vol_buy=vb, vol_sell=vs,
-                          trades_valid=ok))
+        out.append(obs_of(dtype, n_assets, t=t, dt=dt, n_buy=nb, n_sell=ns, vol_buy=vb, vol_sell=vs, trades_valid=ok))
     return out
 
 
@@ -71,15 +71,24 @@ def test_recursion_equals_direct_sum_over_event_times(dtype, rtol):
 
 
 def test_two_steps_by_hand():
-    p = of.OrderFlowEstParams(mu_buy=1.0, mu_sell=2.0, alpha_buy=0.5, alpha_sell=0.25, gamma=0.125,
-                              beta=np.log(2.0), imbalance_half_life_s=1.0)
+    p = of.OrderFlowEstParams(
+        mu_buy=1.0,
+        mu_sell=2.0,
+        alpha_buy=0.5,
+        alpha_sell=0.25,
+        gamma=0.125,
+        beta=np.log(2.0),
+        imbalance_half_life_s=1.0,
+    )
     s = of.init(p, 1, jnp.float64)
-    s = of.update(p, s, obs_of(jnp.float64, t=1.0, dt=1.0, n_buy=2, n_sell=1, vol_buy=3.0, vol_sell=1.0,
-                               trades_valid=True))
+    s = of.update(
+        p, s, obs_of(jnp.float64, t=1.0, dt=1.0, n_buy=2, n_sell=1, vol_buy=3.0, vol_sell=1.0, trades_valid=True)
+    )
     # ex_buy = 0.5*2 + 0.125*1 = 1.125; ex_sell = 0.25*1 + 0.125*2 = 0.5; imbalance = 0.5 * (2/4) = 0.25.
     np.testing.assert_allclose([s.ex_buy[0], s.ex_sell[0], s.imbalance[0]], [1.125, 0.5, 0.25], rtol=1e-14)
-    s = of.update(p, s, obs_of(jnp.float64, t=2.0, dt=1.0, n_buy=0, n_sell=4, vol_buy=0.0, vol_sell=2.0,
-                               trades_valid=True))
+    s = of.update(
+        p, s, obs_of(jnp.float64, t=2.0, dt=1.0, n_buy=0, n_sell=4, vol_buy=0.0, vol_sell=2.0, trades_valid=True)
+    )
     # half-life 1 s: ex_buy = 1.125/2 + 0.125*4 = 1.0625; ex_sell = 0.25 + 0.25*4 = 1.25; imb = 0.25 + 0.5(-1 - 0.25).
     np.testing.assert_allclose([s.ex_buy[0], s.ex_sell[0], s.imbalance[0]], [1.0625, 1.25, -0.375], rtol=1e-14)
     lb, ls = of.intensity(p, s)
@@ -91,7 +100,7 @@ def test_imbalance_skips_empty_intervals_and_merges_their_time():
     p = dataclasses.replace(P, imbalance_half_life_s=2.0)
     s = of.init(p, 1, jnp.float64)
     s = of.update(p, s, obs_of(jnp.float64, t=1.0, dt=1.0, vol_buy=1.0, vol_sell=0.0, trades_valid=True))
-    w1 = 1 - 2 ** -0.5
+    w1 = 1 - 2**-0.5
     np.testing.assert_allclose(s.imbalance[0], w1, rtol=1e-14)
     # Two intervals without volume: unchanged (not pulled towards 0), their time is kept.
     for t in (2.0, 3.0):
@@ -100,7 +109,7 @@ def test_imbalance_skips_empty_intervals_and_merges_their_time():
     np.testing.assert_allclose(s.imb_gap[0], 2.0)
     # Then a pure-sell interval of 1 s: weight over the merged 3 s span.
     s = of.update(p, s, obs_of(jnp.float64, t=4.0, dt=1.0, vol_buy=0.0, vol_sell=5.0, trades_valid=True))
-    w3 = 1 - 2 ** -1.5
+    w3 = 1 - 2**-1.5
     np.testing.assert_allclose(s.imbalance[0], w1 + w3 * (-1 - w1), rtol=1e-14)
     assert s.imb_gap[0] == 0.0
     # Stays within [-1, 1] under any volumes.
@@ -112,8 +121,9 @@ def test_imbalance_skips_empty_intervals_and_merges_their_time():
 
 def test_mask_off_counts_no_trades_but_time_passes():
     s0 = of.init(P, 2, jnp.float64)
-    s0 = of.update(P, s0, obs_of(jnp.float64, 2, t=1.0, dt=1.0, n_buy=3, n_sell=1, vol_buy=2.0, vol_sell=1.0,
-                                 trades_valid=True))
+    s0 = of.update(
+        P, s0, obs_of(jnp.float64, 2, t=1.0, dt=1.0, n_buy=3, n_sell=1, vol_buy=2.0, vol_sell=1.0, trades_valid=True)
+    )
     o = obs_of(jnp.float64, 2, t=2.0, dt=0.5, n_buy=5, n_sell=5, vol_buy=9.0, vol_sell=0.0)
     o = o._replace(trades_valid=jnp.asarray([False, True]))
     s = of.update(P, s0, o)
@@ -156,8 +166,9 @@ def test_expected_trades_stationary_univariate(dtype, rtol):
     p = of.OrderFlowEstParams(mu_buy=0.3, mu_sell=1.1, alpha_buy=0.6, alpha_sell=0.2, gamma=0.0, beta=0.8)
     n_b, n_s = 0.6 / 0.8, 0.2 / 0.8
     s = of.init(p, 3, dtype)
-    s = s._replace(ex_buy=jnp.full((3,), 0.3 / (1 - n_b) - 0.3, dtype),
-                   ex_sell=jnp.full((3,), 1.1 / (1 - n_s) - 1.1, dtype))
+    s = s._replace(
+        ex_buy=jnp.full((3,), 0.3 / (1 - n_b) - 0.3, dtype), ex_sell=jnp.full((3,), 1.1 / (1 - n_s) - 1.1, dtype)
+    )
     h = jnp.asarray([0.5, 10.0, 300.0], dtype)
     nb, ns = of.expected_trades(p, s, h)
     assert nb.dtype == dtype and ns.dtype == dtype
@@ -171,6 +182,7 @@ def test_expected_trades_stationary_univariate(dtype, rtol):
 def test_engine_intensity_equals_world_on_same_counts():
     from mmsim import rng
     from mmsim.world.processes import order_flow as world
+
     wp = world.FlowParams(mu_buy=0.4, mu_sell=0.7, alpha_buy=0.5, alpha_sell=0.3, gamma=0.2, beta=1.5)
     ep = of.OrderFlowEstParams(mu_buy=0.4, mu_sell=0.7, alpha_buy=0.5, alpha_sell=0.3, gamma=0.2, beta=1.5)
     n_a, dt, n_steps = 2, 0.2, 300
@@ -183,9 +195,14 @@ def test_engine_intensity_equals_world_on_same_counts():
             ws, es = carry
             ws, info = world.step(rng.fold_in(key, t), ws, wp, dt)
             o = observation.empty(n_a, dtype)._replace(
-                t=(t + 1) * jnp.asarray(dt, dtype), dt=jnp.asarray(dt, dtype), n_buy=info.n_buy,
-                n_sell=info.n_sell, vol_buy=info.vol_buy, vol_sell=info.vol_sell,
-                trades_valid=jnp.ones((n_a,), bool))
+                t=(t + 1) * jnp.asarray(dt, dtype),
+                dt=jnp.asarray(dt, dtype),
+                n_buy=info.n_buy,
+                n_sell=info.n_sell,
+                vol_buy=info.vol_buy,
+                vol_sell=info.vol_sell,
+                trades_valid=jnp.ones((n_a,), bool),
+            )
             es = of.update(ep, es, o)
             return (ws, es), (world.intensity(ws, wp), of.intensity(ep, es), info.n_buy + info.n_sell)
 
@@ -202,7 +219,7 @@ def _stack(obs_list):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_jit_vmap_equal_eager_and_dtype(dtype):
-    rows2 = [(dt, ns, nb, vs, vb, ok) for dt, nb, ns, vb, vs, ok in EVENTS]   # a second, mirrored path
+    rows2 = [(dt, ns, nb, vs, vb, ok) for dt, nb, ns, vb, vs, ok in EVENTS]  # a second, mirrored path
     paths = [seq(dtype, EVENTS, 2), seq(dtype, rows2, 2)]
 
     def eager(obs_list):
@@ -215,6 +232,7 @@ def test_jit_vmap_equal_eager_and_dtype(dtype):
         def body(s, o):
             s = of.update(P, s, o)
             return s, of.intensity(P, s)
+
         s, lam = jax.lax.scan(body, of.init(P, 2, dtype), obs_stacked)
         return s, lam, of.expected_trades(P, s, 3.0)
 
@@ -241,9 +259,13 @@ def test_jit_vmap_equal_eager_and_dtype(dtype):
 def test_no_nan_on_edge_cases(dtype):
     s = of.init(P, 1, dtype)
     # First observation, empty, tiny and zero dt, zero volumes, huge counts.
-    for kw in (dict(dt=1.0), dict(dt=1e-30, trades_valid=True), dict(dt=0.0, n_buy=1, trades_valid=True),
-               dict(dt=1.0, vol_buy=0.0, vol_sell=0.0, trades_valid=True),
-               dict(dt=1e6, n_buy=1e6, n_sell=0, vol_buy=1.0, trades_valid=True)):
+    for kw in (
+        dict(dt=1.0),
+        dict(dt=1e-30, trades_valid=True),
+        dict(dt=0.0, n_buy=1, trades_valid=True),
+        dict(dt=1.0, vol_buy=0.0, vol_sell=0.0, trades_valid=True),
+        dict(dt=1e6, n_buy=1e6, n_sell=0, vol_buy=1.0, trades_valid=True),
+    ):
         s = of.update(P, s, obs_of(dtype, **kw))
         for leaf in s:
             assert leaf.dtype == dtype and bool(jnp.all(jnp.isfinite(leaf))), kw
@@ -252,9 +274,18 @@ def test_no_nan_on_edge_cases(dtype):
             assert bool(jnp.all(jnp.isfinite(x))) and bool(jnp.all(x >= 0))
 
 
-@pytest.mark.parametrize("field, bad", [("mu_buy", -1.0), ("mu_sell", np.nan), ("alpha_buy", -0.1),
-                                        ("gamma", -0.1), ("beta", 0.0), ("imbalance_half_life_s", 0.0),
-                                        ("alpha_buy", 1.6)])
+@pytest.mark.parametrize(
+    "field, bad",
+    [
+        ("mu_buy", -1.0),
+        ("mu_sell", np.nan),
+        ("alpha_buy", -0.1),
+        ("gamma", -0.1),
+        ("beta", 0.0),
+        ("imbalance_half_life_s", 0.0),
+        ("alpha_buy", 1.6),
+    ],
+)
 def test_invalid_params_raise(field, bad):
     with pytest.raises(ValueError, match=rf"OrderFlowEstParams\.{field} = "):
         dataclasses.replace(P, **{field: bad})

@@ -21,14 +21,19 @@ def book_seq(mids, dts, valid=None, dtype=jnp.float64):
     valid = np.ones(mids.shape, bool) if valid is None else np.asarray(valid, bool)
     tmpl = observation.empty(n_a, dtype)
     seq = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, lead + x.shape), tmpl)
-    return seq._replace(mid=jnp.asarray(mids, dtype), dt=jnp.asarray(dts, dtype),
-                        t=jnp.asarray(np.cumsum(dts, axis=-1), dtype), book_valid=jnp.asarray(valid))
+    return seq._replace(
+        mid=jnp.asarray(mids, dtype),
+        dt=jnp.asarray(dts, dtype),
+        t=jnp.asarray(np.cumsum(dts, axis=-1), dtype),
+        book_valid=jnp.asarray(valid),
+    )
 
 
 def _scan(params, seq, n_assets, dtype):
     def body(s, o):
         s = price.update(params, s, o)
         return s, s
+
     return jax.lax.scan(body, price.init(params, n_assets, dtype), seq)
 
 
@@ -89,7 +94,7 @@ def test_hand_computed_first_steps():
     w1 = 1 - 2 ** (-1 / 10)
     np.testing.assert_allclose(states.last_ret[1, 0], r1, rtol=1e-12)
     np.testing.assert_allclose(states.drift[1, 0], w1 * r1, rtol=1e-13)
-    np.testing.assert_allclose(states.ret_var[1, 0], r1**2, rtol=1e-13)   # first return sets it
+    np.testing.assert_allclose(states.ret_var[1, 0], r1**2, rtol=1e-13)  # first return sets it
     # Third: r2 = ln(99/101) over 2 s.
     r2 = math.log(99 / 101)
     w2 = 1 - 2 ** (-2 / 10)
@@ -108,26 +113,27 @@ def test_matches_reference_with_masks_and_jumps(winsorize, seed):
     t_len = 300
     dts = rng.uniform(0.2, 2.0, t_len)
     r = 1e-4 * np.sqrt(dts) * rng.standard_normal(t_len)
-    r[[120, 121, 200]] = [5e-3, -4e-3, 6e-3]          # jumps, two in a row
+    r[[120, 121, 200]] = [5e-3, -4e-3, 6e-3]  # jumps, two in a row
     mids = 30_000.0 * np.exp(np.cumsum(r))
     valid = rng.uniform(size=t_len) > 0.2
     valid[[120, 121, 200]] = True
-    mids[~valid & (rng.uniform(size=t_len) < 0.5)] = np.nan   # junk behind an off mask
+    mids[~valid & (rng.uniform(size=t_len) < 0.5)] = np.nan  # junk behind an off mask
     p = price.PriceEstParams(jump_min_obs=20, winsorize_jumps=winsorize)
     final, states = run(p, book_seq(mids[:, None], dts, valid[:, None]), 1)
     ref = reference(p, mids, dts, valid)
     for name, key in (("drift", "drift"), ("ret_var", "var"), ("last_ret", "last"), ("mid", "mid")):
-        np.testing.assert_allclose(np.asarray(getattr(states, name)[:, 0]), [s[key] for s in ref],
-                                   rtol=1e-10, atol=1e-18, err_msg=name)
+        np.testing.assert_allclose(
+            np.asarray(getattr(states, name)[:, 0]), [s[key] for s in ref], rtol=1e-10, atol=1e-18, err_msg=name
+        )
     np.testing.assert_array_equal(np.asarray(states.is_jump[:, 0]), [s["jump"] for s in ref])
     np.testing.assert_array_equal(np.asarray(states.n_obs[:, 0]), [s["n"] for s in ref])
     # The jumps are found; a jump right after a jump too (it was not added to the variance).
     assert bool(states.is_jump[120, 0]) and bool(states.is_jump[121, 0]) and bool(states.is_jump[200, 0])
     # Returns span the invalid observations in between.
     i = np.flatnonzero(valid)
-    j = i[np.argmax(np.diff(i) > 1)]          # a valid index followed by an invalid one
+    j = i[np.argmax(np.diff(i) > 1)]  # a valid index followed by an invalid one
     nxt = i[i > j][0]
-    np.testing.assert_allclose(states.ret_dt[nxt, 0], dts[j + 1:nxt + 1].sum(), rtol=1e-12)
+    np.testing.assert_allclose(states.ret_dt[nxt, 0], dts[j + 1 : nxt + 1].sum(), rtol=1e-12)
     np.testing.assert_allclose(states.last_ret[nxt, 0], np.log(mids[nxt] / mids[j]), rtol=1e-10)
 
 
@@ -145,8 +151,15 @@ def test_masked_observation_leaves_state():
 def test_edge_cases_no_nan():
     """Zero, negative, NaN and infinite mids; a tiny dt; nothing valid at all."""
     for dtype in (jnp.float32, jnp.float64):
-        mids = [[0.0, 100.0], [np.nan, 100.0], [-1.0, 100.0], [np.inf, 100.0], [100.0, 101.0],
-                [100.0, 150.0], [100.0, 100.0]]
+        mids = [
+            [0.0, 100.0],
+            [np.nan, 100.0],
+            [-1.0, 100.0],
+            [np.inf, 100.0],
+            [100.0, 101.0],
+            [100.0, 150.0],
+            [100.0, 100.0],
+        ]
         dts = [1.0, 1.0, 1.0, 1.0, 1e-12, 1e-9, 1.0]
         final, states = run(price.PriceEstParams(), book_seq(mids, dts, dtype=dtype), 2, dtype)
         for leaf in jax.tree_util.tree_leaves(states):
@@ -163,7 +176,7 @@ def test_jit_vmap_dtype(seed):
     p = price.PriceEstParams(jump_min_obs=3)
     t_len = 12
     mids = 100 * np.exp(np.cumsum(1e-3 * rng.standard_normal((3, t_len, 2)), axis=1))
-    mids[:, 8, 0] *= 1.05                                  # a jump
+    mids[:, 8, 0] *= 1.05  # a jump
     valid = rng.uniform(size=(3, t_len, 2)) > 0.1
     dts = rng.uniform(0.5, 1.5, (3, t_len))
     for dtype in (jnp.float32, jnp.float64):
@@ -221,6 +234,7 @@ def test_statistics_gaussian_returns(seed):
     tested = (np.arange(1, t_len) - 1 >= p4.jump_min_obs)[None, :]
     thr = 4.0 * np.sqrt(np.maximum(v_before, p4.min_ret_var))
     from scipy.special import ndtr
+
     prob = ndtr((-thr - mu) / sigma) + ndtr((mu - thr) / sigma)
     expect = float(np.sum(np.where(tested, prob, 0.0)))
     n_jumps = int(np.asarray(states.is_jump[:, 1:, 0] & states.fresh[:, 1:, 0]).sum())
@@ -245,7 +259,13 @@ def test_mid_only_tracks_the_last_valid_mid():
 
 def test_invalid_params_raise():
     base = price.PriceEstParams()
-    for field, bad in (("drift_half_life_s", 0.0), ("ret_var_half_life_s", -1.0), ("jump_threshold", 0.0),
-                       ("min_ret_var", -1e-9), ("jump_min_obs", 0), ("drift_half_life_s", np.nan)):
+    for field, bad in (
+        ("drift_half_life_s", 0.0),
+        ("ret_var_half_life_s", -1.0),
+        ("jump_threshold", 0.0),
+        ("min_ret_var", -1e-9),
+        ("jump_min_obs", 0),
+        ("drift_half_life_s", np.nan),
+    ):
         with pytest.raises(ValueError, match=rf"PriceEstParams\.{field} = "):
             dataclasses.replace(base, **{field: bad})

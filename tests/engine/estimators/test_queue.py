@@ -37,8 +37,9 @@ def test_join_at_the_back(dtype):
     qb, qa, act = quotes(dtype, [100.0, 99.8, 100.2], [100.5, 100.8, 100.3])
     s = UPDATE(P, qu.init(P, 3, dtype), obs_of(dtype, 3, t=1.0, dt=1.0, **BOOK), qb, qa, act)
     assert s.queue_ahead.dtype == dtype
-    np.testing.assert_allclose(np.asarray(s.queue_ahead), [[3.0, 4.0], [3.0 + 2 * 2.0, 4.0 + 3 * 2.0], [0.0, 0.0]],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(s.queue_ahead), [[3.0, 4.0], [3.0 + 2 * 2.0, 4.0 + 3 * 2.0], [0.0, 0.0]], rtol=1e-6
+    )
     np.testing.assert_allclose(np.asarray(s.quote_price), [[100.0, 100.5], [99.8, 100.8], [100.2, 100.3]], rtol=1e-7)
 
 
@@ -48,29 +49,35 @@ def test_move_up_on_trades_decay_and_fills():
     s = UPDATE(P, qu.init(P, 4, d), obs_of(d, 4, t=1.0, dt=1.0, **BOOK), qb, qa, act)
     # 0.5 s later: 1.0 sold and 5.0 bought by aggressors; the bid book has grown (ignored: we stay put).
     o = obs_of(d, 4, t=1.5, dt=0.5, **{**BOOK, "bid_size": 9.0}, vol_sell=1.0, vol_buy=5.0, trades_valid=True)
-    o = o._replace(fill_bid_size=jnp.asarray([0.0, 0.0, 0.3, 0.0]), fills_valid=jnp.ones((4,), bool),
-                   trades_valid=jnp.asarray([True, True, True, False]))
+    o = o._replace(
+        fill_bid_size=jnp.asarray([0.0, 0.0, 0.3, 0.0]),
+        fills_valid=jnp.ones((4,), bool),
+        trades_valid=jnp.asarray([True, True, True, False]),
+    )
     s = UPDATE(P, s, o, qb, qa, act)
     dec = np.exp(-0.1 * 0.5)
-    expect = np.array([
-        [(3.0 - 1.0) * dec, 0.0],     # bid at the touch moves up by the sells; the buys clear the ask queue
-        [7.0 * dec, 0.0],             # bid behind the touch: sells not credited, cancellations only
-        [0.0, 0.0],                   # our bid was filled: nothing ahead
-        [3.0 * dec, 4.0 * dec],       # trades not valid: cancellations only
-    ])
+    expect = np.array(
+        [
+            [(3.0 - 1.0) * dec, 0.0],  # bid at the touch moves up by the sells; the buys clear the ask queue
+            [7.0 * dec, 0.0],  # bid behind the touch: sells not credited, cancellations only
+            [0.0, 0.0],  # our bid was filled: nothing ahead
+            [3.0 * dec, 4.0 * dec],  # trades not valid: cancellations only
+        ]
+    )
     np.testing.assert_allclose(np.asarray(s.queue_ahead), expect, rtol=1e-13)
     # Moving the quote re-joins at the back of the current book; an inactive side is cleared.
     qb2 = jnp.asarray([99.9, 99.8, 100.0, 100.0])
     act2 = jnp.asarray([[True, True], [True, True], [True, False], [False, True]])
     s = UPDATE(P, s, obs_of(d, 4, t=2.0, dt=0.5, **{**BOOK, "bid_size": 9.0}), qb2, qa, act2)
-    np.testing.assert_allclose(np.asarray(s.queue_ahead),
-                               [[9.0 + 2.0, 0.0], [7.0 * dec * dec, 0.0], [0.0, 0.0], [0.0, 4.0 * dec * dec]],
-                               rtol=1e-13)
-    np.testing.assert_allclose(np.asarray(s.quote_price),
-                               [[99.9, 100.5], [99.8, 100.5], [100.0, 0.0], [0.0, 100.5]])
+    np.testing.assert_allclose(
+        np.asarray(s.queue_ahead),
+        [[9.0 + 2.0, 0.0], [7.0 * dec * dec, 0.0], [0.0, 0.0], [0.0, 4.0 * dec * dec]],
+        rtol=1e-13,
+    )
+    np.testing.assert_allclose(np.asarray(s.quote_price), [[99.9, 100.5], [99.8, 100.5], [100.0, 0.0], [0.0, 100.5]])
     # A side that comes back joins afresh.
     s = UPDATE(P, s, obs_of(d, 4, t=2.5, dt=0.5, **BOOK), qb2, qa, jnp.ones((4, 2), bool))
-    np.testing.assert_allclose(np.asarray(s.queue_ahead[2:]), [[0.0, 4.0], [3.0, 4.0 * dec ** 3]], rtol=1e-13)
+    np.testing.assert_allclose(np.asarray(s.queue_ahead[2:]), [[0.0, 4.0], [3.0, 4.0 * dec**3]], rtol=1e-13)
 
 
 def test_exact_decay_over_long_intervals_and_invalid_book_join():
@@ -78,7 +85,7 @@ def test_exact_decay_over_long_intervals_and_invalid_book_join():
     p = dataclasses.replace(P, cancel_rate=2.0)
     qb, qa, act = quotes(d, [100.0], [100.5])
     s = UPDATE(p, qu.init(p, 1, d), obs_of(d, 1, t=0.0, dt=1.0, **BOOK), qb, qa, act)
-    s = UPDATE(p, s, obs_of(d, 1, t=1.0, dt=1.0, **BOOK), qb, qa, act)   # cancel_rate dt = 2: the spec's 1 - 2 < 0
+    s = UPDATE(p, s, obs_of(d, 1, t=1.0, dt=1.0, **BOOK), qb, qa, act)  # cancel_rate dt = 2: the spec's 1 - 2 < 0
     np.testing.assert_allclose(np.asarray(s.queue_ahead[0]), [3.0 * np.exp(-2.0), 4.0 * np.exp(-2.0)], rtol=1e-13)
     assert bool(jnp.all(s.queue_ahead >= 0))
     # Joining without a valid book: one tick's depth.
@@ -88,27 +95,32 @@ def test_exact_decay_over_long_intervals_and_invalid_book_join():
 
 def test_fill_probability_values_and_limits():
     d = jnp.float64
-    s = qu.QueueEst(queue_ahead=jnp.asarray([[3.0, 0.0], [0.0, 1e9], [5.0, 5.0], [1.0, 1.0]]),
-                    quote_price=jnp.asarray([[99.9, 100.0], [150.0, 100.1], [0.0, 100.2], [99.0, 101.0]]))
+    s = qu.QueueEst(
+        queue_ahead=jnp.asarray([[3.0, 0.0], [0.0, 1e9], [5.0, 5.0], [1.0, 1.0]]),
+        quote_price=jnp.asarray([[99.9, 100.0], [150.0, 100.1], [0.0, 100.2], [99.0, 101.0]]),
+    )
     mid = jnp.asarray([100.0, 100.0, 100.0, 100.0])
     sigma = jnp.asarray([1e-3, 1e-3, 1e-3, 0.0])
     ev = jnp.asarray([[6.0, 6.0], [6.0, 6.0], [6.0, 0.0], [0.0, 0.0]])
     pf = qu.fill_probability(P, s, mid, sigma, 1.0, ev)
     assert pf.dtype == d
-    expect = np.array([
-        [2 * norm.cdf(-1.0) * np.exp(-0.5), 1.0],   # 1 sigma away, queue/volume 1/2; at the mid with no queue
-        [1.0, 0.0],                                  # a bid above the mid touches surely; a huge queue never fills
-        [0.0, 0.0],                                  # no bid quote; no expected volume with a queue
-        [0.0, 0.0],                                  # zero volatility away from the mid
-    ])
+    expect = np.array(
+        [
+            [2 * norm.cdf(-1.0) * np.exp(-0.5), 1.0],  # 1 sigma away, queue/volume 1/2; at the mid with no queue
+            [1.0, 0.0],  # a bid above the mid touches surely; a huge queue never fills
+            [0.0, 0.0],  # no bid quote; no expected volume with a queue
+            [0.0, 0.0],  # zero volatility away from the mid
+        ]
+    )
     np.testing.assert_allclose(np.asarray(pf), expect, rtol=1e-12, atol=1e-300)
     # Default horizon: params.fill_horizon_s = 2 s: x = 1 / sqrt(2).
     pf2 = qu.fill_probability(P, s, mid, sigma, None, ev)
     np.testing.assert_allclose(float(pf2[0, 0]), 2 * norm.cdf(-1 / np.sqrt(2)) * np.exp(-0.5), rtol=1e-12)
     # Zero expected volume with an empty queue executes on touch.
     s0 = s._replace(queue_ahead=jnp.zeros((4, 2)))
-    np.testing.assert_allclose(float(qu.fill_probability(P, s0, mid, sigma, 1.0, jnp.zeros((4, 2)))[0, 0]),
-                               2 * norm.cdf(-1.0), rtol=1e-12)
+    np.testing.assert_allclose(
+        float(qu.fill_probability(P, s0, mid, sigma, 1.0, jnp.zeros((4, 2)))[0, 0]), 2 * norm.cdf(-1.0), rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
@@ -116,8 +128,10 @@ def test_fill_probability_bounds_and_monotonicity(dtype):
     rs = np.random.default_rng(4)
     n = 64
     mid = jnp.asarray(100 + rs.random(n), dtype)
-    st = qu.QueueEst(queue_ahead=jnp.asarray(rs.exponential(2.0, (n, 2)), dtype),
-                     quote_price=jnp.asarray(np.asarray(mid)[:, None] * (1 + rs.normal(0, 2e-3, (n, 2))), dtype))
+    st = qu.QueueEst(
+        queue_ahead=jnp.asarray(rs.exponential(2.0, (n, 2)), dtype),
+        quote_price=jnp.asarray(np.asarray(mid)[:, None] * (1 + rs.normal(0, 2e-3, (n, 2))), dtype),
+    )
     sigma = jnp.asarray(rs.uniform(0, 2e-3, n), dtype)
     ev = jnp.asarray(rs.exponential(3.0, (n, 2)), dtype)
     p1 = qu.fill_probability(P, st, mid, sigma, 1.0, ev)
@@ -145,13 +159,28 @@ def test_jit_vmap_equal_eager_and_dtype(dtype):
         out = []
         for k in range(n):
             bb = 100.0 + np.round(r.normal(0, 2, n_a)) * 0.5
-            o = obs_of(dtype, n_a, t=0.5 * (k + 1), dt=0.5, best_bid=bb, best_ask=bb + 0.5,
-                       bid_size=r.exponential(3, n_a),
-                       ask_size=r.exponential(3, n_a), mid=bb + 0.25, book_valid=True, trades_valid=True,
-                       vol_buy=r.exponential(1, n_a), vol_sell=r.exponential(1, n_a), fills_valid=True,
-                       fill_bid_size=(r.random(n_a) < 0.2) * 1.0)
-            q = (jnp.asarray(bb - 0.5 * (k % 3 == 0), dtype), jnp.asarray(bb + 0.5, dtype),
-                 jnp.asarray(r.random((n_a, 2)) < 0.8))
+            o = obs_of(
+                dtype,
+                n_a,
+                t=0.5 * (k + 1),
+                dt=0.5,
+                best_bid=bb,
+                best_ask=bb + 0.5,
+                bid_size=r.exponential(3, n_a),
+                ask_size=r.exponential(3, n_a),
+                mid=bb + 0.25,
+                book_valid=True,
+                trades_valid=True,
+                vol_buy=r.exponential(1, n_a),
+                vol_sell=r.exponential(1, n_a),
+                fills_valid=True,
+                fill_bid_size=(r.random(n_a) < 0.2) * 1.0,
+            )
+            q = (
+                jnp.asarray(bb - 0.5 * (k % 3 == 0), dtype),
+                jnp.asarray(bb + 0.5, dtype),
+                jnp.asarray(r.random((n_a, 2)) < 0.8),
+            )
             out.append((o, q))
         return out
 
@@ -162,6 +191,7 @@ def test_jit_vmap_equal_eager_and_dtype(dtype):
             o, (qb, qa, act) = x
             s = qu.update(p, s, o, qb, qa, act)
             return s, qu.fill_probability(p, s, o.mid, jnp.full((n_a,), 1e-3, dtype), None, jnp.ones((n_a, 2), dtype))
+
         return jax.lax.scan(body, qu.init(p, n_a, dtype), xs)
 
     stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
@@ -186,9 +216,12 @@ def test_jit_vmap_equal_eager_and_dtype(dtype):
 def test_no_nan_on_edge_cases(dtype):
     qb, qa, act = quotes(dtype, [100.0], [100.5])
     s = qu.init(P, 1, dtype)
-    for kw in (dict(t=0.0, dt=1.0), dict(t=0.0, dt=0.0, **BOOK),
-               dict(t=1.0, dt=1e-30, vol_sell=1e30, trades_valid=True),
-               dict(t=2.0, dt=1e9, **BOOK)):
+    for kw in (
+        dict(t=0.0, dt=1.0),
+        dict(t=0.0, dt=0.0, **BOOK),
+        dict(t=1.0, dt=1e-30, vol_sell=1e30, trades_valid=True),
+        dict(t=2.0, dt=1e9, **BOOK),
+    ):
         s = UPDATE(P, s, obs_of(dtype, 1, **kw), qb, qa, act)
         for leaf in s:
             assert leaf.dtype == dtype and bool(jnp.all(jnp.isfinite(leaf))), kw
@@ -196,8 +229,16 @@ def test_no_nan_on_edge_cases(dtype):
     assert bool(jnp.all(jnp.isfinite(s.queue_ahead))) and float(s.quote_price[0, 0]) == 0.0
 
 
-@pytest.mark.parametrize("field, bad", [("cancel_rate", -0.1), ("depth_per_tick", -1.0), ("tick", 0.0),
-                                        ("tick", np.array([0.1, -0.1])), ("fill_horizon_s", 0.0)])
+@pytest.mark.parametrize(
+    "field, bad",
+    [
+        ("cancel_rate", -0.1),
+        ("depth_per_tick", -1.0),
+        ("tick", 0.0),
+        ("tick", np.array([0.1, -0.1])),
+        ("fill_horizon_s", 0.0),
+    ],
+)
 def test_invalid_params_raise(field, bad):
     with pytest.raises(ValueError, match=rf"QueueEstParams\.{field} = "):
         dataclasses.replace(P, **{field: bad})

@@ -20,9 +20,13 @@ def book_seq(frac, dts, mid=100.0, valid=None, sigma=1e-4, regime=1, dtype=jnp.f
     valid = np.ones(frac.shape, bool) if valid is None else np.asarray(valid, bool)
     tmpl = observation.empty(n_a, dtype)
     obs = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, lead + x.shape), tmpl)
-    obs = obs._replace(dt=jnp.asarray(dts, dtype), mid=jnp.asarray(mid, dtype),
-                       best_bid=jnp.asarray(mid * (1 - frac / 2), dtype),
-                       best_ask=jnp.asarray(mid * (1 + frac / 2), dtype), book_valid=jnp.asarray(valid))
+    obs = obs._replace(
+        dt=jnp.asarray(dts, dtype),
+        mid=jnp.asarray(mid, dtype),
+        best_bid=jnp.asarray(mid * (1 - frac / 2), dtype),
+        best_ask=jnp.asarray(mid * (1 + frac / 2), dtype),
+        book_valid=jnp.asarray(valid),
+    )
     sig = jnp.asarray(np.broadcast_to(sigma, frac.shape), dtype)
     reg = jnp.asarray(np.broadcast_to(regime, lead), jnp.int32)
     return obs, sig, reg
@@ -32,6 +36,7 @@ def _scan(params, inputs, n_assets, dtype):
     def body(s, x):
         s = spread.update(params, s, *x)
         return s, s
+
     return jax.lax.scan(body, spread.init(params, n_assets, dtype), inputs)
 
 
@@ -63,8 +68,11 @@ def test_hand_computed_percentile_and_flags():
 
 
 def test_regime_multiplier_per_asset():
-    p = spread.SpreadEstParams(theta0=np.asarray([1e-4, 2e-4]), beta_vol=0.0,
-                               regime_mult=np.asarray([[1.0, 2.0, 3.0, 4.0], [0.5, 1.0, 1.5, 2.0]]))
+    p = spread.SpreadEstParams(
+        theta0=np.asarray([1e-4, 2e-4]),
+        beta_vol=0.0,
+        regime_mult=np.asarray([[1.0, 2.0, 3.0, 4.0], [0.5, 1.0, 1.5, 2.0]]),
+    )
     final, _ = _run(p, book_seq([[1e-4, 1e-4]], [1.0], regime=3), 2, jnp.float64)
     np.testing.assert_allclose(final.fair, [4e-4, 4e-4], rtol=1e-12)
 
@@ -84,15 +92,14 @@ def test_masks_crossed_book_and_interval():
     np.testing.assert_allclose(final.hist[0], [0.125, 0.75, 0, 0], atol=1e-15)
     crossed = obs._replace(best_bid=obs.best_bid.at[2, 0].set(101.0), book_valid=jnp.ones((3, 1), bool))
     f2, _ = _run(p, (crossed, sig, reg), 1, jnp.float64)
-    np.testing.assert_array_equal(f2.hist, s1.hist)        # the crossed book was skipped
+    np.testing.assert_array_equal(f2.hist, s1.hist)  # the crossed book was skipped
 
 
 def test_edge_cases_no_nan():
     p = spread.SpreadEstParams()
     for dtype in (jnp.float32, jnp.float64):
         frac = np.asarray([[0.0, 1e-9], [1e-4, 0.5], [2e-4, 1e-4]])
-        obs, sig, reg = book_seq(frac, [1e-9, 1.0, 1.0], mid=[[100.0, 0.0], [100.0, np.nan], [100.0, 1.0]],
-                                 dtype=dtype)
+        obs, sig, reg = book_seq(frac, [1e-9, 1.0, 1.0], mid=[[100.0, 0.0], [100.0, np.nan], [100.0, 1.0]], dtype=dtype)
         final, st = _run(p, (obs, sig, reg), 2, dtype)
         for leaf in jax.tree_util.tree_leaves(st):
             if jnp.issubdtype(leaf.dtype, jnp.floating):
@@ -139,7 +146,7 @@ def _decayed_percentile(x, dts, half_life):
     """Exact decayed empirical fraction of the history <= the current value, every step (one asset):
     observation i has weight w_i prod_{i < j <= t} (1 - w_j), w = 1 - 2^(-dt / half_life)."""
     w = -np.expm1(-math.log(2) * dts / half_life)
-    log_keep = np.cumsum(np.log1p(-w))                    # sum_{j <= t} log(1 - w_j)
+    log_keep = np.cumsum(np.log1p(-w))  # sum_{j <= t} log(1 - w_j)
     t_idx = np.arange(len(x))
     # weight of i at time t (i <= t): w_i exp(log_keep[t] - log_keep[i])
     lw = np.log(w)[None, :] + log_keep[:, None] - log_keep[None, :]
@@ -173,8 +180,9 @@ def test_percentile_vs_exact_empirical(half_life, seed):
     t = t_len - 1
     w = -np.expm1(-math.log(2) * dts / half_life)
     wt = w * np.exp(np.cumsum(np.log1p(-w))[t] - np.cumsum(np.log1p(-w)))
-    np.testing.assert_allclose(np.asarray(st.hist[t, 0]),
-                               np.bincount(k, weights=wt, minlength=p.n_bins), rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(
+        np.asarray(st.hist[t, 0]), np.bincount(k, weights=wt, minlength=p.n_bins), rtol=1e-9, atol=1e-15
+    )
     err = np.abs(pct - exact)
     assert np.all(err <= bound + 1e-9), (err.max(), bound[np.argmax(err - bound)])
     # The interpolation does much better than the bound on a smooth law (measured, loose check).
@@ -183,8 +191,17 @@ def test_percentile_vs_exact_empirical(half_life, seed):
 
 def test_invalid_params_raise():
     base = spread.SpreadEstParams()
-    for field, bad in (("theta0", -1e-4), ("beta_vol", np.nan), ("regime_mult", np.asarray([1.0, 0.0])),
-                       ("regime_mult", np.ones((2, 2, 2))), ("hist_half_life_s", 0.0), ("tight_factor", 0.0),
-                       ("wide_factor", 0.5), ("n_bins", 1), ("bin_lo", 0.0), ("bin_hi", 1e-7)):
+    for field, bad in (
+        ("theta0", -1e-4),
+        ("beta_vol", np.nan),
+        ("regime_mult", np.asarray([1.0, 0.0])),
+        ("regime_mult", np.ones((2, 2, 2))),
+        ("hist_half_life_s", 0.0),
+        ("tight_factor", 0.0),
+        ("wide_factor", 0.5),
+        ("n_bins", 1),
+        ("bin_lo", 0.0),
+        ("bin_hi", 1e-7),
+    ):
         with pytest.raises(ValueError, match=rf"SpreadEstParams\.{field} = "):
             dataclasses.replace(base, **{field: bad})

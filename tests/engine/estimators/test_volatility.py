@@ -30,6 +30,7 @@ def _scan(params, inputs, n_assets, dtype):
     def body(s, x):
         s = vol.update(params, s, *x)
         return s, s
+
     return jax.lax.scan(body, vol.init(params, n_assets, dtype), inputs)
 
 
@@ -149,7 +150,7 @@ def test_ewma_sigma_converges(irregular, seed):
     tail = np.concatenate([np.cumprod((1 - w)[:, ::-1], axis=1)[:, ::-1][:, 1:], np.ones((n_paths, 1))], axis=1)
     a = w * tail
     a /= a.sum(axis=1, keepdims=True)
-    mse = 2 * sigma**4 * np.sum(a**2, axis=1)                  # per path
+    mse = 2 * sigma**4 * np.sum(a**2, axis=1)  # per path
     if not irregular:
         np.testing.assert_allclose(mse, 2 * sigma**4 * 0.06 / (2 - 0.06), rtol=1e-9)
     d2 = (v - sigma**2) ** 2
@@ -187,7 +188,7 @@ def test_regime_switch_detected_within_computed_delay(seed):
     rng = np.random.default_rng(seed)
     r = np.sqrt(v_t)[None, :, None] * rng.standard_normal((n_paths, t_len, 1))
     _, states = _run_paths(p, ret_seq(r, np.ones((n_paths, t_len))), 1, jnp.float64)
-    regime = np.asarray(states.regime)                                  # (P, T)
+    regime = np.asarray(states.regime)  # (P, T)
     w = 1 - 2 ** (-1 / _ewma.window_half_life(3600.0))
     mean, sd = _band(np.full(t_len, w), v_t)
     lo, hi = mean - 4 * sd, mean + 4 * sd
@@ -214,7 +215,7 @@ def test_regime_switch_detected_within_computed_delay(seed):
 def test_regime_is_market_wide_max():
     """Two assets: the calmer one Normal, the other High: the market regime is High."""
     p = vol.VolEstParams(long_run_var=np.asarray([1e-8, 1e-6]), regime_source="var")
-    r = np.asarray([[1e-4, 2e-3]])       # ratios 1 and 2
+    r = np.asarray([[1e-4, 2e-3]])  # ratios 1 and 2
     final, _ = _run(p, ret_seq(r, [1.0]), 2, jnp.float64)
     assert int(final.regime) == vol.HIGH
     np.testing.assert_allclose(vol.regime_ratio(p, final), [1.0, 2.0], rtol=1e-12)
@@ -242,8 +243,9 @@ def test_sigma_for_horizon_closed_form():
         np.testing.assert_allclose(vol.sigma_for_horizon(p, s, 1e12), np.sqrt(theta[regime]), rtol=1e-6)
     # kappa = 0: no mean reversion.
     p0 = vol.VolEstParams(regime_kappa=np.zeros(4))
-    np.testing.assert_allclose(vol.sigma_for_horizon(p0, st._replace(var=jnp.asarray([2e-8, 3e-8])), 100.0),
-                               np.sqrt([2e-8, 3e-8]), rtol=1e-14)
+    np.testing.assert_allclose(
+        vol.sigma_for_horizon(p0, st._replace(var=jnp.asarray([2e-8, 3e-8])), 100.0), np.sqrt([2e-8, 3e-8]), rtol=1e-14
+    )
 
 
 def test_leverage_effect_sign(seed):
@@ -267,11 +269,18 @@ def test_leverage_effect_sign(seed):
 
 def test_invalid_params_raise():
     base = vol.VolEstParams()
-    for field, bad in (("ewma_lambda", 1.0), ("ewma_lambda", 0.0), ("ewma_interval_s", 0.0),
-                       ("long_run_var", -1e-8), ("regime_thresholds", np.asarray([0.5, 0.4, 3.0])),
-                       ("regime_kappa", np.asarray([1e-3, 1e-3, 1e-3])),
-                       ("regime_kappa", np.asarray([1e-3, -1e-3, 1e-3, 1e-3])),
-                       ("regime_theta", np.asarray([0.0, 1e-8, 2e-8, 3e-8])), ("min_var", 0.0),
-                       ("leverage_half_life_s", -5.0), ("regime_source", "rv_2h")):
+    for field, bad in (
+        ("ewma_lambda", 1.0),
+        ("ewma_lambda", 0.0),
+        ("ewma_interval_s", 0.0),
+        ("long_run_var", -1e-8),
+        ("regime_thresholds", np.asarray([0.5, 0.4, 3.0])),
+        ("regime_kappa", np.asarray([1e-3, 1e-3, 1e-3])),
+        ("regime_kappa", np.asarray([1e-3, -1e-3, 1e-3, 1e-3])),
+        ("regime_theta", np.asarray([0.0, 1e-8, 2e-8, 3e-8])),
+        ("min_var", 0.0),
+        ("leverage_half_life_s", -5.0),
+        ("regime_source", "rv_2h"),
+    ):
         with pytest.raises(ValueError, match=rf"VolEstParams\.{field} = "):
             dataclasses.replace(base, **{field: bad})

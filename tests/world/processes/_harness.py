@@ -19,8 +19,9 @@ from mmsim import rng
 Drivers = Callable[[Any, int], tuple[tuple, dict]]
 
 
-def run_paths(module, params, drivers: Drivers, *, n_assets: int, n_paths: int, n_steps: int,
-              dt: float, dtype, seed: int = 0):
+def run_paths(
+    module, params, drivers: Drivers, *, n_assets: int, n_paths: int, n_steps: int, dt: float, dtype, seed: int = 0
+):
     """Scan ``n_steps`` steps of ``module.step`` for ``n_paths`` vmapped paths; returns
     (final states, stacked infos) and the number of times the step function was traced."""
     traces = {"n": 0}
@@ -41,11 +42,13 @@ def run_paths(module, params, drivers: Drivers, *, n_assets: int, n_paths: int, 
     return out, f, keys, traces
 
 
-def check_contract(module, params, drivers: Drivers, *, n_assets: int = 2, dt: float = 0.5,
-                   invalid: list[tuple[str, Any]] = ()) -> None:
+def check_contract(
+    module, params, drivers: Drivers, *, n_assets: int = 2, dt: float = 0.5, invalid: list[tuple[str, Any]] = ()
+) -> None:
     for dtype in (jnp.float32, jnp.float64):
-        (state, info), f, keys, traces = run_paths(module, params, drivers, n_assets=n_assets,
-                                                   n_paths=3, n_steps=6, dt=dt, dtype=dtype)
+        (state, info), f, keys, traces = run_paths(
+            module, params, drivers, n_assets=n_assets, n_paths=3, n_steps=6, dt=dt, dtype=dtype
+        )
         for leaf in jax.tree_util.tree_leaves((state, info)):
             assert leaf.shape[0] == 3, "vmapped leading axis"
             if jnp.issubdtype(leaf.dtype, jnp.floating):

@@ -32,22 +32,23 @@ def test_ou_transition_and_stationary_law(kappa, seed):
     """The OU step is exact, so at any horizon T the law is N(m_T, v_T) with
     m_T = a_bar + (a0 - a_bar) e^{-k T}, v_T = sigma^2 (1 - e^{-2 k T}) / (2 k) (sigma^2 T at k = 0);
     as kT -> oo, the stationary N(a_bar, sigma^2 / (2 k)). No discretisation bias to budget for."""
-    a_bar, dt, n_steps = 0.5, 2.0, 100                   # horizon 200 s, kT = 10 for kappa = 0.05
+    a_bar, dt, n_steps = 0.5, 2.0, 100  # horizon 200 s, kT = 10 for kappa = 0.05
     if kappa > 0:
-        a0, sigma = 0.2, 0.05 * np.sqrt(2 * kappa)        # stationary sd 0.05: 10 sd from 0 and from 1
+        a0, sigma = 0.2, 0.05 * np.sqrt(2 * kappa)  # stationary sd 0.05: 10 sd from 0 and from 1
     else:
-        a0, sigma = 0.5, 3e-3                             # random walk: sd 0.042 at T = 200 s
+        a0, sigma = 0.5, 3e-3  # random walk: sd 0.042 at T = 200 s
     p = asel.ASParams(alpha_bar=a_bar, kappa=kappa, sigma=sigma, alpha0=a0)
-    (state, info), *_ = run_paths(asel, p, no_events, n_assets=1, n_paths=N_PATHS, n_steps=n_steps,
-                                  dt=dt, dtype=jnp.float64, seed=seed)
-    alpha = np.asarray(info.alpha[:, :, 0])              # (paths, steps)
+    (state, info), *_ = run_paths(
+        asel, p, no_events, n_assets=1, n_paths=N_PATHS, n_steps=n_steps, dt=dt, dtype=jnp.float64, seed=seed
+    )
+    alpha = np.asarray(info.alpha[:, :, 0])  # (paths, steps)
     # The clip is negligible by the choice of parameters, so the clipped OU has the OU's law here:
     # kappa = 0.05: the stationary law is 10 sd from 0 and from 1, and the transient from a0 = 0.2
     # stays > 8 sd from 0 (at T = 2 s: mean 0.228, sd 0.021; at T = 10 s: mean 0.318, sd 0.040);
     # kappa = 0: from 0.5 with sd 0.042 at T = 200 s, 11.8 sd from both ends. The Gaussian mass
     # beyond [0, 1] is below 2 P(Z > 8) = 1.2e-15 per step, and indeed no step was clipped.
     assert alpha.min() > 0.0 and alpha.max() < 1.0
-    for k in (4, n_steps - 1):                            # T = 10 s (transient) and T = 200 s
+    for k in (4, n_steps - 1):  # T = 10 s (transient) and T = 200 s
         t = (k + 1) * dt
         if kappa > 0:
             m = a_bar + (a0 - a_bar) * np.exp(-kappa * t)
@@ -106,18 +107,20 @@ def test_stays_in_unit_interval_with_large_sigma(seed):
     p = asel.ASParams(alpha_bar=0.3, kappa=0.1, sigma=1.5, jump_liq=2.0, alpha0=0.3)
 
     for n_liq in (0.0, 0.5):
+
         def events(dtype, n_assets):
             return (), {"n_liq": jnp.full((n_assets,), n_liq, dtype)}
 
         for dtype in (jnp.float32, jnp.float64):
-            (_, info), *_ = run_paths(asel, p, events, n_assets=2, n_paths=2_000, n_steps=50,
-                                      dt=1.0, dtype=dtype, seed=seed)
+            (_, info), *_ = run_paths(
+                asel, p, events, n_assets=2, n_paths=2_000, n_steps=50, dt=1.0, dtype=dtype, seed=seed
+            )
             a = np.asarray(info.alpha)
             assert a.dtype == dtype
             assert a.min() >= 0.0 and a.max() <= 1.0
-            assert (a == 1.0).mean() > 0.2                # clipped at 1
+            assert (a == 1.0).mean() > 0.2  # clipped at 1
             if n_liq == 0.0:
-                assert (a == 0.0).mean() > 0.2            # clipped at 0
+                assert (a == 0.0).mean() > 0.2  # clipped at 0
             else:
                 # after a clip at 0 the jump lifts alpha to 1 - e^{-1}: it never ends a step at 0
                 assert a.min() >= -np.expm1(-1.0) * (1 - 1e-6)
@@ -130,7 +133,7 @@ def test_impact_sign_and_size():
     d = asel.impact(p, nb, ns)
     assert d.dtype == jnp.float32 and d.shape == (2,)
     np.testing.assert_allclose(np.asarray(d), [2e-4, -2e-4], rtol=1e-6)
-    assert float(d[0]) > 0 > float(d[1])                 # informed buying lifts the mid, selling lowers it
+    assert float(d[0]) > 0 > float(d[1])  # informed buying lifts the mid, selling lowers it
     np.testing.assert_array_equal(np.asarray(asel.impact(p, nb, nb)), [0.0, 0.0])
     d64 = asel.impact(p, jnp.asarray([2, 0]), jnp.asarray([0, 1]))
     assert d64.dtype == jnp.float64
@@ -138,16 +141,34 @@ def test_impact_sign_and_size():
 
 
 def test_contract():
-    p = asel.ASParams(alpha_bar=np.array([0.15, 0.3]), kappa=np.array([0.01, 0.05]), sigma=0.01,
-                      jump_liq=0.1, jump_funding=0.2, impact=1e-5, alpha0=0.2)
+    p = asel.ASParams(
+        alpha_bar=np.array([0.15, 0.3]),
+        kappa=np.array([0.01, 0.05]),
+        sigma=0.01,
+        jump_liq=0.1,
+        jump_funding=0.2,
+        impact=1e-5,
+        alpha0=0.2,
+    )
 
     def drivers(dtype, n_assets):
-        return (), {"n_liq": jnp.full((n_assets,), 1.0, dtype),
-                    "funding_shock": jnp.asarray(0.5, dtype)}
+        return (), {"n_liq": jnp.full((n_assets,), 1.0, dtype), "funding_shock": jnp.asarray(0.5, dtype)}
 
-    check_contract(asel, p, drivers, invalid=[
-        ("alpha_bar", 1.5), ("alpha_bar", -0.1), ("kappa", -1.0), ("sigma", -0.1),
-        ("jump_liq", -1.0), ("jump_funding", float("nan")), ("impact", -1e-5), ("alpha0", 1.01),
-        ("sigma", float("inf"))])
+    check_contract(
+        asel,
+        p,
+        drivers,
+        invalid=[
+            ("alpha_bar", 1.5),
+            ("alpha_bar", -0.1),
+            ("kappa", -1.0),
+            ("sigma", -0.1),
+            ("jump_liq", -1.0),
+            ("jump_funding", float("nan")),
+            ("impact", -1e-5),
+            ("alpha0", 1.01),
+            ("sigma", float("inf")),
+        ],
+    )
     with pytest.raises(ValueError, match=r"ASParams\.alpha0 = \[0\.5, 2\.0\]: must lie in \[0\.0, 1\.0\]"):
         asel.ASParams(alpha0=np.array([0.5, 2.0]))

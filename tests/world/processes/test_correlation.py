@@ -11,18 +11,15 @@ from mmsim import rng
 from mmsim.world.processes import correlation as corr
 from tests.world.processes._harness import check_contract, run_paths
 
-C_CALM = np.array([[1.0, 0.6, 0.3],
-                   [0.6, 1.0, -0.2],
-                   [0.3, -0.2, 1.0]])
-C_STRESS = np.array([[1.0, 0.9, 0.85],
-                     [0.9, 1.0, 0.8],
-                     [0.85, 0.8, 1.0]])
+C_CALM = np.array([[1.0, 0.6, 0.3], [0.6, 1.0, -0.2], [0.3, -0.2, 1.0]])
+C_STRESS = np.array([[1.0, 0.9, 0.85], [0.9, 1.0, 0.8], [0.85, 0.8, 1.0]])
 NORMAL, EXTREME = 1, 3
 
 
 def regime(r):
     def drivers(dtype, n_assets):
         return (), {"regime": jnp.asarray(r, jnp.int32)}
+
     return drivers
 
 
@@ -51,8 +48,9 @@ def check_shocks(z, target):
 def test_calm_regime_matches_corr(dtype, seed):
     """Outside the stress regime, from s = 0, the weight stays 0 and z ~ N(0, corr) exactly."""
     p = corr.CorrParams(corr=C_CALM, corr_stress=C_STRESS, stress_speed=0.5)
-    (state, info), *_ = run_paths(corr, p, regime(NORMAL), n_assets=3, n_paths=50_000, n_steps=4,
-                                  dt=1.0, dtype=dtype, seed=seed)
+    (state, info), *_ = run_paths(
+        corr, p, regime(NORMAL), n_assets=3, n_paths=50_000, n_steps=4, dt=1.0, dtype=dtype, seed=seed
+    )
     assert info.z.dtype == dtype and info.z.shape == (50_000, 4, 2, 3)
     np.testing.assert_array_equal(np.asarray(info.stress), 0.0)
     # Steps and paths are independent draws: pool them, n = 200,000 per shock set.
@@ -63,8 +61,9 @@ def test_extreme_regime_matches_corr_stress(seed):
     """In the Extreme regime with a huge stress_speed the weight is 1 from the first step on,
     so z ~ N(0, corr_stress)."""
     p = corr.CorrParams(corr=C_CALM, corr_stress=C_STRESS, stress_speed=1e9)
-    (state, info), *_ = run_paths(corr, p, regime(EXTREME), n_assets=3, n_paths=50_000, n_steps=4,
-                                  dt=1.0, dtype=jnp.float64, seed=seed)
+    (state, info), *_ = run_paths(
+        corr, p, regime(EXTREME), n_assets=3, n_paths=50_000, n_steps=4, dt=1.0, dtype=jnp.float64, seed=seed
+    )
     np.testing.assert_array_equal(np.asarray(info.stress), 1.0)
     check_shocks(np.asarray(info.z).reshape(-1, 2, 3), C_STRESS)
 
@@ -87,7 +86,8 @@ def test_blended_correlation_per_path_weight(seed):
         target = (1 - w) * C_CALM + w * C_STRESS
         check_shocks(z[sel], target)
         np.testing.assert_allclose(
-            np.asarray(corr.current_corr(corr.CorrState(jnp.float32(w), None), p)), target, rtol=1e-6)
+            np.asarray(corr.current_corr(corr.CorrState(jnp.float32(w), None), p)), target, rtol=1e-6
+        )
     # Per path, the vmapped step equals the step of that path alone.
     single = jax.jit(lambda k, st: corr.step(k, st, p, 1.0, regime=jnp.int32(NORMAL)))
     one, info1 = single(keys[1], corr.CorrState(s[1], states.last_z[1]))
@@ -120,17 +120,16 @@ def test_stress_weight_follows_exponential(dtype):
     f2 = jax.jit(lambda st, r: corr.step(rng.key(1), st, p2, dt, regime=r)[0].stress)
     for r, target, target2 in ((0, 0.0, 0.0), (2, 0.0, 1.0), (3, 1.0, 0.0)):
         r = jnp.int32(r)
-        np.testing.assert_allclose(float(f(s1, r)), target + (0.5 - target) * np.exp(-speed * dt),
-                                   rtol=rtol)
-        np.testing.assert_allclose(float(f2(s1, r)), target2 + (0.5 - target2) * np.exp(-speed * dt),
-                                   rtol=rtol)
+        np.testing.assert_allclose(float(f(s1, r)), target + (0.5 - target) * np.exp(-speed * dt), rtol=rtol)
+        np.testing.assert_allclose(float(f2(s1, r)), target2 + (0.5 - target2) * np.exp(-speed * dt), rtol=rtol)
 
 
 def test_single_asset(seed):
     """A = 1: L = [[1]], z = w: standard normal, two independent sets."""
     p = corr.CorrParams()
-    (state, info), *_ = run_paths(corr, p, regime(EXTREME), n_assets=1, n_paths=50_000, n_steps=2,
-                                  dt=1.0, dtype=jnp.float64, seed=seed)
+    (state, info), *_ = run_paths(
+        corr, p, regime(EXTREME), n_assets=1, n_paths=50_000, n_steps=2, dt=1.0, dtype=jnp.float64, seed=seed
+    )
     assert info.z.shape == (50_000, 2, 2, 1)
     check_shocks(np.asarray(info.z).reshape(-1, 2, 1), np.eye(1))
     check_contract(corr, p, regime(EXTREME), n_assets=1)
@@ -139,12 +138,12 @@ def test_single_asset(seed):
 def test_invalid_matrices():
     with pytest.raises(ValueError, match=r"CorrParams\.corr = .*positive definite \(smallest eigenvalue -0\.2 <"):
         corr.CorrParams(corr=np.array([[1.0, 1.2], [1.2, 1.0]]), corr_stress=np.eye(2))
-    bad3 = np.array([[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]])   # each entry valid, not PD
+    bad3 = np.array([[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]])  # each entry valid, not PD
     lam = np.linalg.eigvalsh(bad3).min()
     with pytest.raises(ValueError, match=rf"CorrParams\.corr_stress = .*smallest eigenvalue {lam:.6g}"):
         corr.CorrParams(corr=np.eye(3), corr_stress=bad3)
     with pytest.raises(ValueError, match=r"CorrParams\.corr_stress = .*positive definite"):
-        corr.CorrParams(corr=np.eye(2), corr_stress=np.ones((2, 2)))          # PSD, singular
+        corr.CorrParams(corr=np.eye(2), corr_stress=np.ones((2, 2)))  # PSD, singular
     with pytest.raises(ValueError, match=r"CorrParams\.corr = .*must be symmetric"):
         corr.CorrParams(corr=np.array([[1.0, 0.5], [0.4, 1.0]]), corr_stress=np.eye(2))
     with pytest.raises(ValueError, match=r"CorrParams\.corr = .*unit diagonal"):
@@ -161,19 +160,25 @@ def test_invalid_matrices():
     for s in np.linspace(0, 1, 11):
         lam_s = np.linalg.eigvalsh((1 - s) * C_CALM + s * C_STRESS).min()
         assert lam_s >= min(np.linalg.eigvalsh(C_CALM).min(), np.linalg.eigvalsh(C_STRESS).min()) - 1e-12
-    np.testing.assert_array_equal(corr.equicorrelation(3, 0.4), [[1, .4, .4], [.4, 1, .4], [.4, .4, 1]])
+    np.testing.assert_array_equal(corr.equicorrelation(3, 0.4), [[1, 0.4, 0.4], [0.4, 1, 0.4], [0.4, 0.4, 1]])
 
 
 def test_contract():
-    p = corr.CorrParams(corr=corr.equicorrelation(2, 0.3), corr_stress=corr.equicorrelation(2, 0.9),
-                        stress_speed=0.2)
-    check_contract(corr, p, regime(EXTREME), n_assets=2, invalid=[
-        ("corr", np.array([[1.0, 1.2], [1.2, 1.0]])),
-        ("corr", np.array([[1.0, 0.5], [0.3, 1.0]])),
-        ("corr", np.array([[0.9, 0.5], [0.5, 1.0]])),
-        ("corr_stress", np.ones((2, 2))),
-        ("corr_stress", np.eye(3)),
-        ("stress_speed", -1.0),
-        ("stress_speed", float("nan")),
-        ("stress_regime", -1),
-        ("n_shocks", 0)])
+    p = corr.CorrParams(corr=corr.equicorrelation(2, 0.3), corr_stress=corr.equicorrelation(2, 0.9), stress_speed=0.2)
+    check_contract(
+        corr,
+        p,
+        regime(EXTREME),
+        n_assets=2,
+        invalid=[
+            ("corr", np.array([[1.0, 1.2], [1.2, 1.0]])),
+            ("corr", np.array([[1.0, 0.5], [0.3, 1.0]])),
+            ("corr", np.array([[0.9, 0.5], [0.5, 1.0]])),
+            ("corr_stress", np.ones((2, 2))),
+            ("corr_stress", np.eye(3)),
+            ("stress_speed", -1.0),
+            ("stress_speed", float("nan")),
+            ("stress_regime", -1),
+            ("n_shocks", 0),
+        ],
+    )

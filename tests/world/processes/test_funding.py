@@ -33,11 +33,18 @@ def test_stationary_premium_and_divergence(seed):
     # e^{-2 kappa t} <= e^{-12} makes the transient negligible against 4 SE (checked below).
     kappa = np.array([0.1, 0.3])
     ref_kappa = np.array([0.2, 0.15])
-    p = funding.FundingParams(kappa=kappa, theta=np.array([2e-4, -1e-4]), sigma=np.array([1e-4, 3e-4]),
-                              ref_kappa=ref_kappa, ref_sigma=5e-5, interval_s=3600.0)
+    p = funding.FundingParams(
+        kappa=kappa,
+        theta=np.array([2e-4, -1e-4]),
+        sigma=np.array([1e-4, 3e-4]),
+        ref_kappa=ref_kappa,
+        ref_sigma=5e-5,
+        interval_s=3600.0,
+    )
     n_paths, n_steps, dt = 100_000, 60, 1.0
-    (state, info), *_ = run_paths(funding, p, no_drivers, n_assets=2, n_paths=n_paths, n_steps=n_steps,
-                                  dt=dt, dtype=jnp.float64, seed=seed)
+    (state, info), *_ = run_paths(
+        funding, p, no_drivers, n_assets=2, n_paths=n_paths, n_steps=n_steps, dt=dt, dtype=jnp.float64, seed=seed
+    )
     t = n_steps * dt
     prem = np.asarray(state.premium)
     div = np.asarray(state.divergence)
@@ -58,23 +65,29 @@ def test_stationary_premium_and_divergence(seed):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_clamp_formula(dtype):
-    p = funding.FundingParams()          # interest 1e-4, clamp 5e-4, cap 3e-3 per interval
+    p = funding.FundingParams()  # interest 1e-4, clamp 5e-4, cap 3e-3 per interval
     prem = np.array([0.0, 3e-4, 1e-3, -2e-3, 5e-3, -6e-3, 6e-4, -4e-4, 1e-4])
-    expect = np.array([
-        1e-4,        # |I - P| <= clamp: the rate is the interest rate
-        1e-4,
-        5e-4,        # P - clamp
-        -1.5e-3,     # P + clamp
-        3e-3,        # 4.5e-3 capped
-        -3e-3,       # -5.5e-3 capped
-        1e-4,        # 6e-4 + clip(-5e-4) = 1e-4: at the edge of the dead band
-        1e-4,        # -4e-4 + clip(5e-4) = 1e-4: at the other edge
-        1e-4,
-    ])
+    expect = np.array(
+        [
+            1e-4,  # |I - P| <= clamp: the rate is the interest rate
+            1e-4,
+            5e-4,  # P - clamp
+            -1.5e-3,  # P + clamp
+            3e-3,  # 4.5e-3 capped
+            -3e-3,  # -5.5e-3 capped
+            1e-4,  # 6e-4 + clip(-5e-4) = 1e-4: at the edge of the dead band
+            1e-4,  # -4e-4 + clip(5e-4) = 1e-4: at the other edge
+            1e-4,
+        ]
+    )
     out = funding.funding_rate(jnp.asarray(prem, dtype), p)
     assert out.dtype == dtype
-    np.testing.assert_allclose(np.asarray(out), expect, rtol=1e-6 if dtype == jnp.float32 else 1e-12,
-                               atol=1e-10 if dtype == jnp.float32 else 1e-18)
+    np.testing.assert_allclose(
+        np.asarray(out),
+        expect,
+        rtol=1e-6 if dtype == jnp.float32 else 1e-12,
+        atol=1e-10 if dtype == jnp.float32 else 1e-18,
+    )
     # Through step, one premium per asset: sigma = 0 keeps P at theta, and the rate is the formula's.
     q = funding.FundingParams(theta=prem, sigma=0.0, ref_sigma=0.0)
     s = funding.init(q, prem.size, dtype)
@@ -85,21 +98,24 @@ def test_clamp_formula(dtype):
 
 
 def _scan(p, dt, n_steps, dtype=jnp.float64, seed=0):
-    (state, info), *_ = run_paths(funding, p, no_drivers, n_assets=2, n_paths=2, n_steps=n_steps, dt=dt,
-                                  dtype=dtype, seed=seed)
+    (state, info), *_ = run_paths(
+        funding, p, no_drivers, n_assets=2, n_paths=2, n_steps=n_steps, dt=dt, dtype=dtype, seed=seed
+    )
     return state, jax.tree_util.tree_map(np.asarray, info)
 
 
-@pytest.mark.parametrize("dt, n_steps, interval, first, dtype", [
-    (60.0, 2 * 24 * 60, 28_800.0, None, jnp.float32),     # two days of minutes, 8 h settlements
-    (60.0, 2 * 24 * 60, 28_800.0, 3_600.0, jnp.float64),  # first settlement 1 h after the start
-    (0.5, 400, 10.0, 3.0, jnp.float32),                    # short interval, half-second steps
-    (0.1, 1000, 1.0, 0.7, jnp.float32),                    # dt not exact in binary floating point
-    (7.0, 100, 10.0, None, jnp.float64),                   # dt does not divide: the first step ending after
-])
+@pytest.mark.parametrize(
+    "dt, n_steps, interval, first, dtype",
+    [
+        (60.0, 2 * 24 * 60, 28_800.0, None, jnp.float32),  # two days of minutes, 8 h settlements
+        (60.0, 2 * 24 * 60, 28_800.0, 3_600.0, jnp.float64),  # first settlement 1 h after the start
+        (0.5, 400, 10.0, 3.0, jnp.float32),  # short interval, half-second steps
+        (0.1, 1000, 1.0, 0.7, jnp.float32),  # dt not exact in binary floating point
+        (7.0, 100, 10.0, None, jnp.float64),  # dt does not divide: the first step ending after
+    ],
+)
 def test_settlement_times(dt, n_steps, interval, first, dtype, seed):
-    p = funding.FundingParams(interval_s=interval, first_settlement_s=first, sigma=1e-3, kappa=1e-3,
-                              clamp=0.0, cap=1.0)
+    p = funding.FundingParams(interval_s=interval, first_settlement_s=first, sigma=1e-3, kappa=1e-3, clamp=0.0, cap=1.0)
     state, info = _scan(p, dt, n_steps, dtype, seed)
     horizon = n_steps * dt
     times = funding.settlement_times(p, horizon)
@@ -146,8 +162,24 @@ def test_settle_reset():
 
 def test_contract():
     p = funding.FundingParams(kappa=np.array([1e-3, 2e-3]), sigma=1e-5, interval_s=1.0, settle_reset=0.5)
-    check_contract(funding, p, no_drivers, invalid=[
-        ("kappa", 0.0), ("theta", float("inf")), ("sigma", -1e-6), ("interest", float("nan")),
-        ("clamp", -1e-4), ("cap", -1e-3), ("ref_kappa", -1.0), ("ref_sigma", -1e-7),
-        ("settle_reset", 1.5), ("settle_reset", -0.1), ("interval_s", 0.0), ("interval_s", -8.0),
-        ("first_settlement_s", 0.0), ("first_settlement_s", -1.0)])
+    check_contract(
+        funding,
+        p,
+        no_drivers,
+        invalid=[
+            ("kappa", 0.0),
+            ("theta", float("inf")),
+            ("sigma", -1e-6),
+            ("interest", float("nan")),
+            ("clamp", -1e-4),
+            ("cap", -1e-3),
+            ("ref_kappa", -1.0),
+            ("ref_sigma", -1e-7),
+            ("settle_reset", 1.5),
+            ("settle_reset", -0.1),
+            ("interval_s", 0.0),
+            ("interval_s", -8.0),
+            ("first_settlement_s", 0.0),
+            ("first_settlement_s", -1.0),
+        ],
+    )

@@ -12,7 +12,7 @@ from mmsim.world.processes import liquidation as liq
 from tests.world.processes._harness import check_contract
 
 # Pareto(x_m = 0.5 BTC, a = 3): E[size] = 0.75 BTC, finite variance (so the sample SE means something).
-X_M, TAIL, BETA = 0.5, 3.0, 0.5      # base units, -, per second
+X_M, TAIL, BETA = 0.5, 3.0, 0.5  # base units, -, per second
 E_SIZE = TAIL * X_M / (TAIL - 1.0)
 
 
@@ -55,8 +55,9 @@ def mean_counted(params, ex0, dt, n_steps):
     E[ex_{k+1}] = E[ex_k] e^{-beta dt} + E[size] [[alpha, alpha_x], [alpha_x, alpha]] E[N_k] (linear)."""
     d = np.exp(-params.beta * dt)
     frac = -np.expm1(-params.beta * dt) / params.beta
-    kmat = liq.expected_size(params) * np.array([[params.alpha, params.alpha_cross],
-                                                 [params.alpha_cross, params.alpha]])
+    kmat = liq.expected_size(params) * np.array(
+        [[params.alpha, params.alpha_cross], [params.alpha_cross, params.alpha]]
+    )
     m, total = np.asarray(ex0, float), 0.0
     for _ in range(n_steps):
         en = m * frac
@@ -70,8 +71,17 @@ def test_cluster_size(alpha, alpha_cross, seed):
     """One liquidation at t = 0, no baseline, no triggering: the whole cascade has 1 / (1 - n)
     events on average when the first size is drawn from the size law, and
     1 + (alpha + alpha_cross) s0 / (beta (1 - n)) for a fixed first size s0."""
-    p = liq.LiqParams(mu_long=0.0, mu_short=0.0, alpha=alpha, alpha_cross=alpha_cross, beta=BETA,
-                      size_scale=X_M, size_tail=TAIL, trigger=0.0, leverage=5.0)
+    p = liq.LiqParams(
+        mu_long=0.0,
+        mu_short=0.0,
+        alpha=alpha,
+        alpha_cross=alpha_cross,
+        beta=BETA,
+        size_scale=X_M,
+        size_tail=TAIL,
+        trigger=0.0,
+        leverage=5.0,
+    )
     n = float(liq.branching_ratio(p))
     assert n == pytest.approx(0.6)
     dt, n_steps, n_paths = 2.0, 50, 50_000
@@ -90,15 +100,16 @@ def test_cluster_size(alpha, alpha_cross, seed):
     total = 1.0 + nl[:, 0] + ns[:, 0]
     m_drawn, se_drawn = assert_mean(total, 1.0 / (1.0 - n), "cluster size, drawn first size")
 
-    s0 = 4.0      # base units, 5.3 times the mean size
+    s0 = 4.0  # base units, 5.3 times the mean size
+
     def first_fixed(k, dtype):
-        return liq.LiqState(ex_long=jnp.full((1,), alpha * s0, dtype),
-                            ex_short=jnp.full((1,), alpha_cross * s0, dtype))
+        return liq.LiqState(ex_long=jnp.full((1,), alpha * s0, dtype), ex_short=jnp.full((1,), alpha_cross * s0, dtype))
 
     nl, ns, *_ = run_sum(p, first_fixed, n_paths=n_paths, n_steps=n_steps, dt=dt, n_assets=1, seed=seed + 1)
     total = 1.0 + nl[:, 0] + ns[:, 0]
-    m_fixed, se_fixed = assert_mean(total, 1.0 + (alpha + alpha_cross) * s0 / BETA / (1.0 - n),
-                                    "cluster size, fixed first size")
+    m_fixed, se_fixed = assert_mean(
+        total, 1.0 + (alpha + alpha_cross) * s0 / BETA / (1.0 - n), "cluster size, fixed first size"
+    )
     # A large first liquidation starts a bigger cascade: the gap is many standard errors.
     assert m_fixed - m_drawn > 10 * np.hypot(se_fixed, se_drawn)
     if alpha_cross > 0:
@@ -115,13 +126,22 @@ def test_stationary_rates(alpha_cross, seed):
     every step (no burn-in, no bias). ex* is the start-of-step intensity, which sits just after
     the step-end jumps and so exceeds the time average Lambda - mu by beta dt / (1 - e^{-beta dt}).
     """
-    mu_l, mu_s = np.array([0.5, 0.1]), np.array([0.2, 0.3])      # per second, two assets
+    mu_l, mu_s = np.array([0.5, 0.1]), np.array([0.2, 0.3])  # per second, two assets
     alpha = np.array([0.4, 0.3])
-    p = liq.LiqParams(mu_long=mu_l, mu_short=mu_s, alpha=alpha, alpha_cross=alpha_cross, beta=BETA,
-                      size_scale=X_M, size_tail=TAIL, trigger=0.0, leverage=5.0)
+    p = liq.LiqParams(
+        mu_long=mu_l,
+        mu_short=mu_s,
+        alpha=alpha,
+        alpha_cross=alpha_cross,
+        beta=BETA,
+        size_scale=X_M,
+        size_tail=TAIL,
+        trigger=0.0,
+        leverage=5.0,
+    )
     n = liq.branching_ratio(p)
     dt, n_steps, n_paths = 1.0, 40, 20_000
-    lam = np.empty((2, 2))                     # (side, asset): stationary rates, per second
+    lam = np.empty((2, 2))  # (side, asset): stationary rates, per second
     for i in range(2):
         k = E_SIZE / BETA * np.array([[alpha[i], alpha_cross], [alpha_cross, alpha[i]]])
         lam[:, i] = np.linalg.solve(np.eye(2) - k, [mu_l[i], mu_s[i]])
@@ -144,8 +164,17 @@ def test_stationary_rates(alpha_cross, seed):
 def test_triggering():
     """A fall raises the long side's excitation by trigger * leverage * |r|, a rise the short
     side's, and nothing else changes (same key: same events)."""
-    p = liq.LiqParams(mu_long=0.3, mu_short=0.2, alpha=0.2, alpha_cross=0.05, beta=BETA,
-                      size_scale=X_M, size_tail=TAIL, trigger=40.0, leverage=8.0)
+    p = liq.LiqParams(
+        mu_long=0.3,
+        mu_short=0.2,
+        alpha=0.2,
+        alpha_cross=0.05,
+        beta=BETA,
+        size_scale=X_M,
+        size_tail=TAIL,
+        trigger=40.0,
+        leverage=8.0,
+    )
     s = liq.LiqState(ex_long=jnp.array([0.1, 0.2]), ex_short=jnp.array([0.3, 0.0]))
     k = rng.fold_in(rng.key(3), 0)
     r = jnp.array([-0.01, 0.02])
@@ -167,20 +196,20 @@ def test_triggering():
 def test_triggered_cascade_size(seed):
     """A single fall r at t = 0 (no baseline) triggers trigger * leverage * |r| / beta long
     liquidations directly, and each of them a cluster of 1 / (1 - n) on average."""
-    p = liq.LiqParams(mu_long=0.0, mu_short=0.0, alpha=0.4, beta=BETA, size_scale=X_M, size_tail=TAIL,
-                      trigger=20.0, leverage=10.0)
+    p = liq.LiqParams(
+        mu_long=0.0, mu_short=0.0, alpha=0.4, beta=BETA, size_scale=X_M, size_tail=TAIL, trigger=20.0, leverage=10.0
+    )
     r0, dt, n_steps = -0.005, 2.0, 50
     n = float(liq.branching_ratio(p))
-    expect = p.trigger * p.leverage * abs(r0) / BETA / (1.0 - n)       # 1 / 0.5 / 0.4 = 5
-    zero = lambda k, dtype: liq.init(p, 1, dtype)                        # noqa: E731
+    expect = p.trigger * p.leverage * abs(r0) / BETA / (1.0 - n)  # 1 / 0.5 / 0.4 = 5
+    zero = lambda k, dtype: liq.init(p, 1, dtype)  # noqa: E731
     shock = lambda t, dtype: jnp.where(t == 0, r0, 0.0).astype(dtype)[None]  # noqa: E731
-    nl, ns, *_ = run_sum(p, zero, n_paths=20_000, n_steps=n_steps + 1, dt=dt, n_assets=1, seed=seed,
-                         last_ret=shock)
+    nl, ns, *_ = run_sum(p, zero, n_paths=20_000, n_steps=n_steps + 1, dt=dt, n_assets=1, seed=seed, last_ret=shock)
     # The shock enters at the end of step 0; the horizon's truncation (0.75^50 ~ 5e-7 of the
     # mean, exact by the mean recursion) is far below the standard error (~0.1).
     assert abs(mean_counted(p, [p.trigger * p.leverage * abs(r0), 0.0], dt, n_steps) - expect) < 1e-4
     assert_mean(nl[:, 0], expect, "triggered cascade size")
-    assert ns.max() == 0.0                 # a fall does not liquidate shorts (no cross excitation)
+    assert ns.max() == 0.0  # a fall does not liquidate shorts (no cross excitation)
 
 
 @pytest.mark.parametrize("side", ["long", "short"])
@@ -198,7 +227,7 @@ def test_impact_sign_and_sizes(side, seed):
     imp = np.asarray(info.impact)
     sign = -1.0 if side == "long" else 1.0
     np.testing.assert_allclose(imp, sign * 1e-4 * v_own, rtol=1e-12)
-    assert (n_own > 0).mean() > 0.8                         # P(N > 0) = 1 - e^{-2} = 0.86
+    assert (n_own > 0).mean() > 0.8  # P(N > 0) = 1 - e^{-2} = 0.86
     assert np.all(sign * imp[n_own > 0] > 0) and np.all(imp[n_own == 0] == 0)
     has = n_own > 0
     assert np.all(m_own[has] >= X_M) and np.all(v_own[has] >= m_own[has])
@@ -210,8 +239,7 @@ def test_params_rules():
     p = liq.LiqParams(alpha=0.3, alpha_cross=0.1, beta=BETA, size_scale=X_M, size_tail=TAIL)
     assert float(liq.branching_ratio(p)) == pytest.approx(0.6)
     assert float(liq.expected_size(p)) == pytest.approx(0.75)
-    fb = liq.LiqParams(alpha=0.3, beta=BETA, size_scale=X_M, size_tail=TAIL, trigger=10.0, leverage=5.0,
-                       impact=1e-3)
+    fb = liq.LiqParams(alpha=0.3, beta=BETA, size_scale=X_M, size_tail=TAIL, trigger=10.0, leverage=5.0, impact=1e-3)
     assert float(liq.branching_ratio(fb, price_feedback=True)) == pytest.approx((0.3 + 0.05) * 0.75 / BETA)
     with pytest.raises(ValueError, match=r"LiqParams\.alpha = 1\.0: branching ratio n = .* = 1\.5 must be < 1"):
         liq.LiqParams(alpha=1.0, beta=BETA, size_scale=X_M, size_tail=TAIL)
@@ -219,7 +247,9 @@ def test_params_rules():
     with pytest.raises(ValueError, match=r"LiqParams\.alpha = 0\.4: branching ratio n = .* = 1\.05 must be < 1"):
         liq.LiqParams(alpha=0.4, alpha_cross=0.3, beta=BETA, size_scale=X_M, size_tail=TAIL)
     # Per-asset: the message lists n for every asset.
-    with pytest.raises(ValueError, match=r"LiqParams\.alpha = \[0\.1, 1\.0\]: branching ratio n = .* = \[0\.15, 1\.5\]"):
+    with pytest.raises(
+        ValueError, match=r"LiqParams\.alpha = \[0\.1, 1\.0\]: branching ratio n = .* = \[0\.15, 1\.5\]"
+    ):
         liq.LiqParams(alpha=np.array([0.1, 1.0]), beta=BETA, size_scale=X_M, size_tail=TAIL)
     with pytest.raises(ValueError, match=r"LiqParams\.size_tail = 1\.0: must be > 1"):
         liq.LiqParams(size_tail=1.0)
@@ -273,12 +303,38 @@ def test_size_cap_lowers_the_branching_ratio_and_is_validated():
 
 
 def test_contract():
-    p = liq.LiqParams(mu_long=np.array([0.5, 0.2]), mu_short=np.array([0.3, 0.4]), alpha=np.array([0.3, 0.01]),
-                      alpha_cross=np.array([0.1, 0.005]), beta=BETA, size_scale=np.array([X_M, 10.0]), size_tail=TAIL,
-                      trigger=20.0, leverage=np.array([5.0, 3.0]), impact=np.array([1e-4, 1e-6]))
+    p = liq.LiqParams(
+        mu_long=np.array([0.5, 0.2]),
+        mu_short=np.array([0.3, 0.4]),
+        alpha=np.array([0.3, 0.01]),
+        alpha_cross=np.array([0.1, 0.005]),
+        beta=BETA,
+        size_scale=np.array([X_M, 10.0]),
+        size_tail=TAIL,
+        trigger=20.0,
+        leverage=np.array([5.0, 3.0]),
+        impact=np.array([1e-4, 1e-6]),
+    )
     assert np.all(liq.branching_ratio(p) < 1)
-    check_contract(liq, p, drivers, n_assets=2, invalid=[
-        ("mu_long", -0.1), ("mu_short", -1.0), ("alpha", -0.1), ("alpha_cross", -0.1), ("beta", 0.0),
-        ("size_scale", 0.0), ("size_tail", 1.0), ("size_tail", 0.5), ("trigger", -1.0),
-        ("leverage", 0.0), ("leverage", -2.0), ("impact", -1e-4), ("alpha", 10.0),
-        ("mu_long", float("nan"))])
+    check_contract(
+        liq,
+        p,
+        drivers,
+        n_assets=2,
+        invalid=[
+            ("mu_long", -0.1),
+            ("mu_short", -1.0),
+            ("alpha", -0.1),
+            ("alpha_cross", -0.1),
+            ("beta", 0.0),
+            ("size_scale", 0.0),
+            ("size_tail", 1.0),
+            ("size_tail", 0.5),
+            ("trigger", -1.0),
+            ("leverage", 0.0),
+            ("leverage", -2.0),
+            ("impact", -1e-4),
+            ("alpha", 10.0),
+            ("mu_long", float("nan")),
+        ],
+    )

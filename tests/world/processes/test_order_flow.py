@@ -18,16 +18,16 @@ from mmsim.world.processes import order_flow as flow
 from tests.world.processes._harness import check_contract, run_paths
 
 
-def window_sums(params, *, n_paths, n_burn, n_win, dt, seed, n_assets=1, informed_frac=None,
-                baseline_mult=1.0, state0=None):
+def window_sums(
+    params, *, n_paths, n_burn, n_win, dt, seed, n_assets=1, informed_frac=None, baseline_mult=1.0, state0=None
+):
     """Per-path sums over steps ``n_burn .. n_burn + n_win - 1`` of every FlowInfo field,
     (n_paths, A) each, float64. The state starts at ``state0``, (A,) or per path (n_paths, A)
     (default: the stationary mean on the step grid, which makes the mean exactly stationary
     from the first step). ``informed_frac=None`` leaves the step's default (no informed orders)."""
     if state0 is None:
         state0 = flow.init(params, n_assets, jnp.float64, stationary_dt=dt)
-    state0 = flow.FlowState(*(jnp.broadcast_to(jnp.asarray(x, jnp.float64), (n_paths, n_assets))
-                              for x in state0))
+    state0 = flow.FlowState(*(jnp.broadcast_to(jnp.asarray(x, jnp.float64), (n_paths, n_assets)) for x in state0))
     kw = {"baseline_mult": jnp.broadcast_to(jnp.asarray(baseline_mult, jnp.float64), (n_assets,))}
     if informed_frac is not None:
         kw["informed_frac"] = jnp.broadcast_to(jnp.asarray(informed_frac, jnp.float64), (n_assets,))
@@ -50,8 +50,7 @@ def window_sums(params, *, n_paths, n_burn, n_win, dt, seed, n_assets=1, informe
 
 def scaled(params, m):
     """The params with both baselines multiplied by ``m`` (same flow as baseline_mult = m)."""
-    return dataclasses.replace(params, mu_buy=m * np.asarray(params.mu_buy),
-                               mu_sell=m * np.asarray(params.mu_sell))
+    return dataclasses.replace(params, mu_buy=m * np.asarray(params.mu_buy), mu_sell=m * np.asarray(params.mu_sell))
 
 
 def mean_within(x, expect, k=4.0):
@@ -68,9 +67,16 @@ def var_and_se(x):
 
 # --- stationary mean rates -----------------------------------------------------------------
 
-BIV = flow.FlowParams(mu_buy=np.array([1.0, 0.3]), mu_sell=np.array([0.5, 0.6]),
-                      alpha_buy=np.array([0.8, 1.2]), alpha_sell=np.array([0.6, 0.4]),
-                      gamma=np.array([0.3, 0.5]), beta=2.0, size_scale=0.01, size_tail=2.5)
+BIV = flow.FlowParams(
+    mu_buy=np.array([1.0, 0.3]),
+    mu_sell=np.array([0.5, 0.6]),
+    alpha_buy=np.array([0.8, 1.2]),
+    alpha_sell=np.array([0.6, 0.4]),
+    gamma=np.array([0.3, 0.5]),
+    beta=2.0,
+    size_scale=0.01,
+    size_tail=2.5,
+)
 
 
 def test_bivariate_stationary_mean(seed):
@@ -84,8 +90,9 @@ def test_bivariate_stationary_mean(seed):
     lam_b, lam_s = flow.stationary_intensity(BIV, mult)
     np.testing.assert_allclose(flow.spectral_radius(BIV), [0.5081, 0.7202], atol=1e-4)
     state0 = flow.init(scaled(BIV, mult), 2, jnp.float64, stationary_dt=dt)
-    acc = window_sums(BIV, n_paths=20_000, n_burn=0, n_win=n_win, dt=dt, seed=seed, n_assets=2,
-                      baseline_mult=mult, state0=state0)
+    acc = window_sums(
+        BIV, n_paths=20_000, n_burn=0, n_win=n_win, dt=dt, seed=seed, n_assets=2, baseline_mult=mult, state0=state0
+    )
     t = n_win * dt
     mean_within(acc.n_buy / t, lam_b)
     mean_within(acc.n_sell / t, lam_s)
@@ -112,6 +119,7 @@ def test_mean_from_empty_history_converges(seed):
 
 
 # --- count variance over a window (univariate) -----------------------------------------------
+
 
 def var_closed_form(mu, alpha, beta, tau):
     """Var N(tau) of a stationary univariate Hawkes (Da Fonseca & Zaatour 2014, REFERENCES):
@@ -147,8 +155,7 @@ def test_scheme_variance_converges_to_closed_form():
     as dt -> 0 the scheme's variance tends to the closed form."""
     for mu, alpha, beta, tau in [(1.0, 1.0, 2.0, 20.0), (1.0, 1.5, 2.0, 20.0)]:
         exact = var_closed_form(mu, alpha, beta, tau)
-        bias = [var_scheme(mu, alpha, beta, dt, round(tau / dt)) / exact - 1
-                for dt in (0.05, 0.025, 0.0125)]
+        bias = [var_scheme(mu, alpha, beta, dt, round(tau / dt)) / exact - 1 for dt in (0.05, 0.025, 0.0125)]
         assert abs(bias[1] / bias[0] - 0.5) < 0.01 and abs(bias[2] / bias[1] - 0.5) < 0.01, bias
         assert abs(var_scheme(mu, alpha, beta, 1e-4, round(tau / 1e-4)) / exact - 1) < 1e-5
     assert abs(var_scheme(1.0, 1.0, 2.0, 0.025, 800) / var_closed_form(1.0, 1.0, 2.0, 20.0) - 1) < 1e-3
@@ -203,7 +210,7 @@ def test_univariate_count_variance(seed):
     bias = var_scheme(1.0, 1.0, 2.0, dt, n_win) - target
     assert abs(bias) < 0.25 * se, (bias, se)
     assert abs(v - target) < 4 * se, (v, target, se)
-    assert 4 * se < 0.1 * target    # resolving power: well below the gap to Poisson (20)
+    assert 4 * se < 0.1 * target  # resolving power: well below the gap to Poisson (20)
 
 
 def test_coarse_step_variance_matches_scheme(seed):
@@ -221,6 +228,7 @@ def test_coarse_step_variance_matches_scheme(seed):
 
 # --- informed / uninformed split ------------------------------------------------------------
 
+
 def test_poisson_thinning(seed):
     """Poisson thinning: independent Poisson(f Lambda) informed and Poisson((1 - f) Lambda)
     uninformed counts are the law of Binomial(N, f) informed orders among N ~ Poisson(Lambda), so
@@ -232,10 +240,20 @@ def test_poisson_thinning(seed):
     mult = np.array([1.0, 20.0])
     dt, n_win = 1.0, 20
     state0 = flow.init(scaled(p, mult), 2, jnp.float64, stationary_dt=dt)
-    acc = window_sums(p, n_paths=20_000, n_burn=0, n_win=n_win, dt=dt, seed=seed, n_assets=2,
-                      informed_frac=frac, baseline_mult=mult, state0=state0)
+    acc = window_sums(
+        p,
+        n_paths=20_000,
+        n_burn=0,
+        n_win=n_win,
+        dt=dt,
+        seed=seed,
+        n_assets=2,
+        informed_frac=frac,
+        baseline_mult=mult,
+        state0=state0,
+    )
     lam_b, lam_s = flow.stationary_intensity(p, mult)
-    assert lam_b[1] * dt > 10 / 0.8    # the informed count of asset 1 is in the Cornish-Fisher range
+    assert lam_b[1] * dt > 10 / 0.8  # the informed count of asset 1 is in the Cornish-Fisher range
     sides = ((acc.n_buy, acc.n_buy_informed, lam_b), (acc.n_sell, acc.n_sell_informed, lam_s))
     for n, n_inf, lam in sides:
         assert np.all(n_inf <= n)
@@ -250,15 +268,26 @@ def test_poisson_thinning(seed):
 
 # --- sizes ----------------------------------------------------------------------------------
 
+
 def test_size_law(seed):
     """Mean order size vs a x_m / (a - 1) (a = 3 > 2: the variance is finite, so the SE is
     meaningful), the largest order's law P(max <= x | n) = (1 - (x_m / x)^a)^n, and max >= x_m."""
     xm, a = 0.01, 3.0
-    p = flow.FlowParams(mu_buy=1.0, mu_sell=0.7, alpha_buy=0.6, alpha_sell=0.5, gamma=0.2,
-                        beta=1.0, size_scale=xm, size_tail=a)
+    p = flow.FlowParams(
+        mu_buy=1.0, mu_sell=0.7, alpha_buy=0.6, alpha_sell=0.5, gamma=0.2, beta=1.0, size_scale=xm, size_tail=a
+    )
     np.testing.assert_allclose(flow.expected_size(p), 0.015)
-    (_, info), *_ = run_paths(flow, p, lambda dtype, n_a: ((), {}), n_assets=1, n_paths=20_000,
-                              n_steps=10, dt=1.0, dtype=jnp.float64, seed=seed)
+    (_, info), *_ = run_paths(
+        flow,
+        p,
+        lambda dtype, n_a: ((), {}),
+        n_assets=1,
+        n_paths=20_000,
+        n_steps=10,
+        dt=1.0,
+        dtype=jnp.float64,
+        seed=seed,
+    )
     sides = ((info.n_buy, info.vol_buy, info.max_buy), (info.n_sell, info.vol_sell, info.max_sell))
     for n, vol, big in sides:
         n, vol, big = (np.asarray(x).ravel() for x in (n, vol, big))
@@ -277,12 +306,15 @@ def test_size_law(seed):
 
 # --- validation and contract ----------------------------------------------------------------
 
+
 def test_explosive_params_rejected():
-    with pytest.raises(ValueError, match=r"FlowParams\.alpha_buy = 1\.5: spectral radius of the "
-                                         r"branching matrix .* must be < 1 \(it is 1\.0"):
+    with pytest.raises(
+        ValueError,
+        match=r"FlowParams\.alpha_buy = 1\.5: spectral radius of the "
+        r"branching matrix .* must be < 1 \(it is 1\.0",
+    ):
         flow.FlowParams(alpha_buy=1.5, alpha_sell=0.5, gamma=0.0, beta=1.5)
-    with pytest.raises(ValueError,
-                       match=r"FlowParams\.gamma = 0\.9: spectral radius .* must be < 1 \(it is 1\.5"):
+    with pytest.raises(ValueError, match=r"FlowParams\.gamma = 0\.9: spectral radius .* must be < 1 \(it is 1\.5"):
         flow.FlowParams(alpha_buy=0.6, alpha_sell=0.6, gamma=0.9, beta=1.0)
     # Per asset: only asset 1 is explosive (rho = 1.2162), named by its largest excitation.
     with pytest.raises(ValueError, match=r"alpha_sell = \[0\.3, 1\.2\]: spectral radius .*1\.216"):
@@ -300,20 +332,39 @@ def test_explosive_params_rejected():
 
 
 def drivers(dtype, n_assets):
-    return (), {"informed_frac": jnp.linspace(0.1, 0.6, n_assets, dtype=dtype),
-                "baseline_mult": jnp.full((n_assets,), 1.5, dtype)}
+    return (), {
+        "informed_frac": jnp.linspace(0.1, 0.6, n_assets, dtype=dtype),
+        "baseline_mult": jnp.full((n_assets,), 1.5, dtype),
+    }
 
 
 def test_contract():
-    check_contract(flow, BIV, drivers, n_assets=2, invalid=[
-        ("mu_buy", -1.0), ("mu_sell", float("nan")), ("alpha_buy", -0.1), ("alpha_sell", -0.1),
-        ("gamma", -0.1), ("beta", 0.0), ("size_scale", 0.0), ("size_tail", 1.0),
-        ("alpha_buy", 5.0), ("gamma", 2.0), ("beta", np.ones(3)), ("size_tail", np.ones((2, 2)) * 2)])
+    check_contract(
+        flow,
+        BIV,
+        drivers,
+        n_assets=2,
+        invalid=[
+            ("mu_buy", -1.0),
+            ("mu_sell", float("nan")),
+            ("alpha_buy", -0.1),
+            ("alpha_sell", -0.1),
+            ("gamma", -0.1),
+            ("beta", 0.0),
+            ("size_scale", 0.0),
+            ("size_tail", 1.0),
+            ("alpha_buy", 5.0),
+            ("gamma", 2.0),
+            ("beta", np.ones(3)),
+            ("size_tail", np.ones((2, 2)) * 2),
+        ],
+    )
     assert flow.n_uniforms(BIV) == 6
 
 
 # Eager single steps last: they reuse the per-operation compilations of check_contract's eager
 # step (same shapes and dtype), which is most of their cost.
+
 
 def test_no_informed_by_default():
     """The default (no informed orders) skips the informed draws; it equals informed_frac = 0."""

@@ -8,9 +8,9 @@ from mmsim import rng
 from mmsim.world.processes import price
 from tests.world.processes._harness import check_contract, run_paths
 
-SIGMA = 2e-4          # per sqrt(second)
-DT = 1.0              # seconds
-N_STEPS = 20          # horizon h = 20 s
+SIGMA = 2e-4  # per sqrt(second)
+DT = 1.0  # seconds
+N_STEPS = 20  # horizon h = 20 s
 N_PATHS = 200_000
 
 
@@ -39,15 +39,17 @@ def test_jump_diffusion_moments(law, seed):
         ey3 = p.jump_mean**3 + 3 * p.jump_mean * p.jump_std**2
         ey4 = p.jump_mean**4 + 6 * p.jump_mean**2 * p.jump_std**2 + 3 * p.jump_std**4
     else:
-        p = price.PriceParams(jump_rate=0.02, jump_law="kou", kou_p_up=0.4, kou_eta_up=800.0,
-                              kou_eta_down=500.0, drift=1e-5)
+        p = price.PriceParams(
+            jump_rate=0.02, jump_law="kou", kou_p_up=0.4, kou_eta_up=800.0, kou_eta_down=500.0, drift=1e-5
+        )
         q = 1 - p.kou_p_up
         ey = p.kou_p_up / p.kou_eta_up - q / p.kou_eta_down
         ey2 = 2 * p.kou_p_up / p.kou_eta_up**2 + 2 * q / p.kou_eta_down**2
         ey3 = 6 * p.kou_p_up / p.kou_eta_up**3 - 6 * q / p.kou_eta_down**3
         ey4 = 24 * p.kou_p_up / p.kou_eta_up**4 + 24 * q / p.kou_eta_down**4
-    (state, info), *_ = run_paths(price, p, const_var, n_assets=1, n_paths=N_PATHS,
-                                  n_steps=N_STEPS, dt=DT, dtype=jnp.float64, seed=seed)
+    (state, info), *_ = run_paths(
+        price, p, const_var, n_assets=1, n_paths=N_PATHS, n_steps=N_STEPS, dt=DT, dtype=jnp.float64, seed=seed
+    )
     x = np.asarray(state.x[:, 0])
     h = N_STEPS * DT
     lam_h = p.jump_rate * h
@@ -64,8 +66,9 @@ def test_jump_diffusion_moments(law, seed):
 
 def test_martingale_mid(seed):
     p = price.PriceParams(jump_rate=0.05, jump_mean=-5e-3, jump_std=5e-3, martingale=True)
-    (state, _), *_ = run_paths(price, p, const_var, n_assets=1, n_paths=N_PATHS, n_steps=N_STEPS,
-                               dt=DT, dtype=jnp.float64, seed=seed)
+    (state, _), *_ = run_paths(
+        price, p, const_var, n_assets=1, n_paths=N_PATHS, n_steps=N_STEPS, dt=DT, dtype=jnp.float64, seed=seed
+    )
     s = np.exp(np.asarray(state.x[:, 0]))
     assert abs(s.mean() - 1.0) < 4 * s.std() / np.sqrt(s.size)
     # The compensated mean log return: -sigma^2 h/2 - lam h (E[e^J] - 1) + lam h E[J].
@@ -77,8 +80,9 @@ def test_martingale_mid(seed):
 def test_jump_count_law(seed):
     """Jumps per step are Poisson(lambda dt), truncated at max_jumps."""
     p = price.PriceParams(jump_rate=0.3, jump_mean=0.0, jump_std=1e-3, max_jumps=6)
-    (_, info), *_ = run_paths(price, p, const_var, n_assets=1, n_paths=20_000, n_steps=10,
-                              dt=DT, dtype=jnp.float64, seed=seed)
+    (_, info), *_ = run_paths(
+        price, p, const_var, n_assets=1, n_paths=20_000, n_steps=10, dt=DT, dtype=jnp.float64, seed=seed
+    )
     n = np.asarray(info.n_jumps).ravel()
     assert abs(n.mean() - 0.3) < 4 * np.sqrt(0.3 / n.size)
     assert abs(n.var() - 0.3) < 4 * np.sqrt(np.var((n - n.mean()) ** 2) / n.size)
@@ -89,8 +93,16 @@ def test_leverage_and_funding_drivers():
     s = price.init(p, 1, jnp.float64)
     k = rng.key(1)
     a, _ = price.step(k, s, p, 1.0, jnp.zeros(1), funding_rate_per_s=jnp.array([2e-6]))
-    b, _ = price.step(k, s, p, 1.0, jnp.zeros(1), funding_rate_per_s=jnp.array([0.0]),
-                      lev_shock=jnp.array([3e-4]), impact=jnp.array([-1e-4]))
+    b, _ = price.step(
+        k,
+        s,
+        p,
+        1.0,
+        jnp.zeros(1),
+        funding_rate_per_s=jnp.array([0.0]),
+        lev_shock=jnp.array([3e-4]),
+        impact=jnp.array([-1e-4]),
+    )
     # zero variance, no jumps: the return is the drift alone, then the shocks alone.
     np.testing.assert_allclose(a.x, [-2e-6], atol=1e-15)
     np.testing.assert_allclose(b.x, [2e-4], atol=1e-15)
@@ -100,8 +112,20 @@ def test_leverage_and_funding_drivers():
 @pytest.mark.parametrize("law", ["merton", "kou"])
 def test_contract(law):
     p = price.PriceParams(jump_rate=0.1, jump_std=1e-3, jump_law=law, s0=np.array([60000.0, 3000.0]))
-    check_contract(price, p, const_var, invalid=[
-        ("s0", -1.0), ("jump_rate", -0.1), ("jump_std", -1.0), ("kou_p_up", 1.5),
-        ("kou_eta_up", 0.0), ("jump_law", "levy"), ("max_jumps", 0), ("drift", float("nan"))])
+    check_contract(
+        price,
+        p,
+        const_var,
+        invalid=[
+            ("s0", -1.0),
+            ("jump_rate", -0.1),
+            ("jump_std", -1.0),
+            ("kou_p_up", 1.5),
+            ("kou_eta_up", 0.0),
+            ("jump_law", "levy"),
+            ("max_jumps", 0),
+            ("drift", float("nan")),
+        ],
+    )
     with pytest.raises(ValueError, match=r"kou_eta_up = 0.5: must be > 1 when martingale"):
         price.PriceParams(jump_law="kou", kou_eta_up=0.5, martingale=True)

@@ -19,8 +19,10 @@ F64 = np.float64
 
 def fparams(**kw) -> fills.FillParams:
     p = fills.FillParams(**kw)
-    return fills.FillParams(**{f: np.asarray(getattr(p, f), F64) for f in
-                               ("A", "k", "touch_depth", "depth_per_tick", "cancel_rate")}, model=p.model)
+    return fills.FillParams(
+        **{f: np.asarray(getattr(p, f), F64) for f in ("A", "k", "touch_depth", "depth_per_tick", "cancel_rate")},
+        model=p.model,
+    )
 
 
 def vec(x, n):
@@ -42,11 +44,25 @@ D_ASK = np.array([0.2, 2.0, 4.0, 0.8])
 def test_poisson_exp_fill_frequency_matches_closed_form(seed):
     params = fparams(model="poisson_exp", A=140.0, k=1.5)
     n = D_BID.size
-    quote = Quote(vec(MID, n) - D_BID, vec(MID, n) + D_ASK, vec(0.3, n), vec(0.7, n),
-                  np.ones(n, bool), np.array([True, True, True, False]))
-    book = dict(mid_before=vec(MID, n), best_bid_before=vec(MID - 0.05, n), best_ask_before=vec(MID + 0.05, n),
-                best_bid_after=vec(MID - 0.05, n), best_ask_after=vec(MID + 0.05, n), mid_after=vec(MID, n),
-                sell_volume=vec(0.0, n), buy_volume=vec(0.0, n), tick=vec(0.1, n))
+    quote = Quote(
+        vec(MID, n) - D_BID,
+        vec(MID, n) + D_ASK,
+        vec(0.3, n),
+        vec(0.7, n),
+        np.ones(n, bool),
+        np.array([True, True, True, False]),
+    )
+    book = dict(
+        mid_before=vec(MID, n),
+        best_bid_before=vec(MID - 0.05, n),
+        best_ask_before=vec(MID + 0.05, n),
+        best_bid_after=vec(MID - 0.05, n),
+        best_ask_after=vec(MID + 0.05, n),
+        mid_after=vec(MID, n),
+        sell_volume=vec(0.0, n),
+        buy_volume=vec(0.0, n),
+        tick=vec(0.1, n),
+    )
     state = fills.init(n, jnp.float64)
 
     def one(k):
@@ -64,28 +80,49 @@ def test_poisson_exp_fill_frequency_matches_closed_form(seed):
         p = np.where(active, np.minimum(1.0, 140.0 * np.exp(-1.5 * d) * DT), 0.0)
         se = np.sqrt(p * (1 - p) / N_KEYS)
         assert np.all(np.abs(freq - p) <= 4 * se + 1e-12), (freq, p, se)
-    assert np.mean(fb[:, 0] > 0) == 1.0          # A dt = 1.4 >= 1: always filled
-    assert np.all(fa[:, 3] == 0)                  # inactive side never fills
+    assert np.mean(fb[:, 0] > 0) == 1.0  # A dt = 1.4 >= 1: always filled
+    assert np.all(fa[:, 3] == 0)  # inactive side never fills
 
 
 # --------------------------------------------------------------------------------------------
 # queue: one asset, tick 0.5, book 99.5 / 100.5 around mid 100.
 
 TICK = 0.5
-BOOK = dict(mid_before=100.0, best_bid_before=99.5, best_ask_before=100.5, best_bid_after=99.5,
-            best_ask_after=100.5, mid_after=100.0)
+BOOK = dict(
+    mid_before=100.0,
+    best_bid_before=99.5,
+    best_ask_before=100.5,
+    best_bid_after=99.5,
+    best_ask_after=100.5,
+    mid_after=100.0,
+)
 
 
 @jax.jit
 def _resolve(state, params, quote, dt, book, sell, buy):
-    return fills.resolve(rng.key(0), state, params, quote, dt, **book, sell_volume=sell, buy_volume=buy,
-                         tick=jnp.full((1,), TICK, jnp.float64))
+    return fills.resolve(
+        rng.key(0),
+        state,
+        params,
+        quote,
+        dt,
+        **book,
+        sell_volume=sell,
+        buy_volume=buy,
+        tick=jnp.full((1,), TICK, jnp.float64),
+    )
 
 
 def step(state, params, *, bid=None, ask=None, bid_size=1.0, ask_size=1.0, sell=0.0, buy=0.0, dt=1.0, **book):
     """One queue-model step for a single asset; ``bid``/``ask`` None means that side is not quoted."""
-    q = Quote(vec(bid or 0.0, 1), vec(ask or 0.0, 1), vec(bid_size, 1), vec(ask_size, 1),
-              np.array([bid is not None]), np.array([ask is not None]))
+    q = Quote(
+        vec(bid or 0.0, 1),
+        vec(ask or 0.0, 1),
+        vec(bid_size, 1),
+        vec(ask_size, 1),
+        np.array([bid is not None]),
+        np.array([ask is not None]),
+    )
     b = {k: vec(v, 1) for k, v in {**BOOK, **book}.items()}
     new, f = _resolve(state, params, q, F64(dt), b, vec(sell, 1), vec(buy, 1))
     return new, {k: float(v[0]) for k, v in f._asdict().items()}
@@ -117,9 +154,9 @@ def test_queue_depleted_by_volume_then_partial_then_full_fill():
 def test_cancellations_decay_the_queue_ahead():
     p = fparams(**{**QP, "cancel_rate": 0.1})
     s = fills.init(1, jnp.float64)
-    s, _ = step(s, p, bid=99.5, dt=2.0)                       # joined: 2 e^{-0.2}
+    s, _ = step(s, p, bid=99.5, dt=2.0)  # joined: 2 e^{-0.2}
     np.testing.assert_allclose(float(s.queue[0, 0]), 2.0 * np.exp(-0.2), rtol=1e-14)
-    s, _ = step(s, p, bid=99.5, dt=2.0)                       # 2 e^{-0.4}
+    s, _ = step(s, p, bid=99.5, dt=2.0)  # 2 e^{-0.4}
     np.testing.assert_allclose(float(s.queue[0, 0]), 2.0 * np.exp(-0.4), rtol=1e-14)
     s, f = step(s, p, bid=99.5, dt=2.0, sell=2.0 * np.exp(-0.6) + 0.3)
     assert f["bid_size"] == pytest.approx(0.3, rel=1e-12)
@@ -152,13 +189,25 @@ def test_exact_tie_with_the_book_crosses_whatever_the_rounding():
         # Only the new best ask comes from k * tick; the rest of the book is given (lo = a tick below).
         q = Quote(bid, bid + 1.0, jnp.ones(3, f32), jnp.ones(3, f32), jnp.ones(3, bool), jnp.zeros(3, bool))
         z = jnp.zeros(3, f32)
-        _, f = fills.resolve(rng.key(0), fills.init(3, f32), p, q, f32(1.0), mid_before=lo + 1.0,
-                             best_bid_before=lo + 0.9, best_ask_before=lo + 1.1, best_bid_after=lo,
-                             best_ask_after=ks * tick, mid_after=lo + 0.05, sell_volume=z, buy_volume=z,
-                             tick=jnp.full(3, tick))
+        _, f = fills.resolve(
+            rng.key(0),
+            fills.init(3, f32),
+            p,
+            q,
+            f32(1.0),
+            mid_before=lo + 1.0,
+            best_bid_before=lo + 0.9,
+            best_ask_before=lo + 1.1,
+            best_bid_after=lo,
+            best_ask_after=ks * tick,
+            mid_after=lo + 0.05,
+            sell_volume=z,
+            buy_volume=z,
+            tick=jnp.full(3, tick),
+        )
         return f.bid_size
 
-    bid = np.asarray(ks) * np.float32(0.1)          # the rounded book price, as a runtime quote
+    bid = np.asarray(ks) * np.float32(0.1)  # the rounded book price, as a runtime quote
     lo = jnp.asarray(bid - np.float32(0.1), f32)
     np.testing.assert_array_equal(np.asarray(jax.jit(lambda k: k * tick)(ks)), bid)
     size = run(ks, jnp.asarray(bid, f32), lo)
@@ -171,7 +220,7 @@ def test_exact_tie_with_the_book_crosses_whatever_the_rounding():
 def test_moving_a_quote_joins_the_back_of_its_level():
     p = fparams(**QP)
     s = fills.init(1, jnp.float64)
-    s, _ = step(s, p, bid=99.5, sell=1.5)                     # 0.5 left ahead at 99.5
+    s, _ = step(s, p, bid=99.5, sell=1.5)  # 0.5 left ahead at 99.5
     # One tick behind the touch: 2.0 at the touch in front, then 0.5 of our level ahead of us.
     s1, f = step(s, p, bid=99.0, sell=2.3)
     assert f["bid_size"] == 0.0
@@ -216,15 +265,16 @@ def test_taker_order_walks_the_book(size):
     bid, ask, tick = 99.95, 100.05, 0.1
     ex, px = _take(vec(size, 1), vec(bid, 1), vec(ask, 1), vec(tick, 1), p)
     np.testing.assert_allclose(np.asarray(ex), [size], rtol=1e-15)
-    np.testing.assert_allclose(np.asarray(px), [_walk(size, ask if size > 0 else bid, 2.0, 0.5, tick)],
-                               rtol=0, atol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(px), [_walk(size, ask if size > 0 else bid, 2.0, 0.5, tick)], rtol=0, atol=1e-9
+    )
 
 
 def test_taker_order_float32_and_vmap_agree_with_float64():
     """Per path under vmap and in float32: the same executions, prices within float32 rounding
     (a few ulps of a 100-unit price)."""
     p = fparams(touch_depth=2.0, depth_per_tick=0.5)
-    sizes = np.array([[0.5, -3.2], [7.9, 0.0], [-7.9, 2.0]])           # (paths, A)
+    sizes = np.array([[0.5, -3.2], [7.9, 0.0], [-7.9, 2.0]])  # (paths, A)
     bid, ask, tick = np.full((3, 2), 99.95), np.full((3, 2), 100.05), np.full((3, 2), 0.1)
     ref = [_take(sizes[i], bid[i], ask[i], tick[i], p) for i in range(3)]
     p32 = fills.FillParams(touch_depth=np.float32(2.0), depth_per_tick=np.float32(0.5))
@@ -232,8 +282,9 @@ def test_taker_order_float32_and_vmap_agree_with_float64():
     ex, px = jax.jit(jax.vmap(fills.take, in_axes=(0, 0, 0, 0, None)))(f32(sizes), f32(bid), f32(ask), f32(tick), p32)
     assert ex.dtype == jnp.float32 and px.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(ex), np.stack([np.asarray(r[0]) for r in ref]), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(px), np.stack([np.asarray(r[1]) for r in ref]), rtol=0,
-                               atol=8 * np.finfo(np.float32).eps * 100.0)
+    np.testing.assert_allclose(
+        np.asarray(px), np.stack([np.asarray(r[1]) for r in ref]), rtol=0, atol=8 * np.finfo(np.float32).eps * 100.0
+    )
 
 
 def test_taker_order_without_depth_behind_the_touch_executes_the_touch_only():
@@ -244,7 +295,13 @@ def test_taker_order_without_depth_behind_the_touch_executes_the_touch_only():
 
 
 def test_fill_params_validation_names_the_field():
-    for field, value in (("model", "lognormal"), ("k", 0.0), ("A", -1.0), ("touch_depth", -1.0),
-                         ("depth_per_tick", np.nan), ("cancel_rate", -0.1)):
+    for field, value in (
+        ("model", "lognormal"),
+        ("k", 0.0),
+        ("A", -1.0),
+        ("touch_depth", -1.0),
+        ("depth_per_tick", np.nan),
+        ("cancel_rate", -0.1),
+    ):
         with pytest.raises(ValueError, match=rf"FillParams\.{field}\b"):
             fills.FillParams(**{field: value})

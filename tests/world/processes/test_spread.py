@@ -11,9 +11,9 @@ from mmsim import rng
 from mmsim.world.processes import spread
 from tests.world.processes._harness import check_contract, run_paths
 
-MID = 60_000.0        # quote currency per base unit
-VOL = 1e-4            # volatility of log-price, per sqrt(second)
-DT = 0.5              # seconds
+MID = 60_000.0  # quote currency per base unit
+VOL = 1e-4  # volatility of log-price, per sqrt(second)
+DT = 0.5  # seconds
 
 
 #: One compiled step for the hand-checked cases (eager dispatch compiles every primitive apart).
@@ -24,17 +24,23 @@ best_bid_ask = jax.jit(spread.best_bid_ask)
 
 def drivers(regime=1, sigma=VOL, mid=MID, liq=0.0):
     def f(dtype, n_assets):
-        return (), dict(sigma=jnp.full((n_assets,), sigma, dtype), regime=jnp.asarray(regime, jnp.int32),
-                        mid=jnp.full((n_assets,), mid, dtype), liq_volume=jnp.full((n_assets,), liq, dtype))
+        return (), dict(
+            sigma=jnp.full((n_assets,), sigma, dtype),
+            regime=jnp.asarray(regime, jnp.int32),
+            mid=jnp.full((n_assets,), mid, dtype),
+            liq_volume=jnp.full((n_assets,), liq, dtype),
+        )
+
     return f
 
 
 def test_stationary_moments(seed):
     # Two assets with different kappa: each must reach its own stationary law.
     kappa = np.array([0.2, 0.5])
-    fair = (1.5e-4 + 0.5 * VOL) * 1.0                      # regime 1 (normal)
-    p = spread.SpreadParams(kappa=kappa, theta0=1.5e-4, beta_vol=0.5, sigma=1e-5, jump_rate=0.05,
-                            jump_mean=5e-5, tick=0.01)
+    fair = (1.5e-4 + 0.5 * VOL) * 1.0  # regime 1 (normal)
+    p = spread.SpreadParams(
+        kappa=kappa, theta0=1.5e-4, beta_vol=0.5, sigma=1e-5, jump_rate=0.05, jump_mean=5e-5, tick=0.01
+    )
     mean = spread.stationary_mean(p, fair)
     var = spread.stationary_var(p)
     # Start at the stationary mean; 60 steps of 0.5 s: the start's variance deficit decays as
@@ -42,8 +48,9 @@ def test_stationary_moments(seed):
     s0 = mean
     p = dataclasses.replace(p, s0=s0)
     n_paths = 100_000
-    (state, info), *_ = run_paths(spread, p, drivers(), n_assets=2, n_paths=n_paths, n_steps=60, dt=DT,
-                                  dtype=jnp.float64, seed=seed)
+    (state, info), *_ = run_paths(
+        spread, p, drivers(), n_assets=2, n_paths=n_paths, n_steps=60, dt=DT, dtype=jnp.float64, seed=seed
+    )
     s = np.asarray(state.s)
     for a in range(2):
         x = s[:, a]
@@ -89,9 +96,8 @@ def test_fair_spread_rises_with_vol_and_regime():
     # The step pulls towards the fair spread: with no noise and no jumps, one step of the OU.
     p3 = spread.SpreadParams(sigma=0.0, jump_rate=0.0, theta0=1e-4, beta_vol=2.0, kappa=0.1, s0=1e-4)
     s = spread.init(p3, 1, jnp.float64)
-    for r, expect_up in ((0, False), (3, True)):
-        new, info = step(rng.key(3), s, p3, 1.0, sigma=jnp.array([1e-4]), regime=jnp.array(r),
-                                mid=jnp.array([MID]))
+    for r in (0, 3):
+        new, info = step(rng.key(3), s, p3, 1.0, sigma=jnp.array([1e-4]), regime=jnp.array(r), mid=jnp.array([MID]))
         fair = 3e-4 * (0.8, 1.0, 1.5, 3.0)[r]
         np.testing.assert_allclose(info.fair, [fair], rtol=1e-12)
         np.testing.assert_allclose(new.s, [fair + (1e-4 - fair) * np.exp(-0.1)], rtol=1e-12)
@@ -103,15 +109,12 @@ def test_book_spread_on_tick_grid(dtype, seed):
     # the floor bites often, and the book spread must stay >= tick and on the grid.
     tick = np.array([0.1, 0.01])
     mids = np.array([MID, 100.0])
-    p = spread.SpreadParams(theta0=2e-6, beta_vol=0.0, sigma=2e-6, jump_rate=0.2, jump_mean=5e-6,
-                            tick=tick, s0=2e-6)
+    p = spread.SpreadParams(theta0=2e-6, beta_vol=0.0, sigma=2e-6, jump_rate=0.2, jump_mean=5e-6, tick=tick, s0=2e-6)
 
     def drv(dt_, n):
-        return (), dict(sigma=jnp.zeros((n,), dt_), regime=jnp.array(1, jnp.int32),
-                        mid=jnp.asarray(mids, dt_))
+        return (), dict(sigma=jnp.zeros((n,), dt_), regime=jnp.array(1, jnp.int32), mid=jnp.asarray(mids, dt_))
 
-    (state, info), *_ = run_paths(spread, p, drv, n_assets=2, n_paths=2_000, n_steps=20, dt=DT,
-                                  dtype=dtype, seed=seed)
+    (state, info), *_ = run_paths(spread, p, drv, n_assets=2, n_paths=2_000, n_steps=20, dt=DT, dtype=dtype, seed=seed)
     sp = np.asarray(info.spread, np.float64)
     ticks = sp / tick
     assert np.all(ticks >= 1 - 1e-5)
@@ -164,8 +167,23 @@ def test_liquidation_widens(seed):
 
 def test_contract():
     p = spread.SpreadParams(tick=np.array([0.1, 0.01]), jump_rate=0.3)
-    check_contract(spread, p, drivers(regime=2), invalid=[
-        ("kappa", 0.0), ("theta0", -1e-4), ("beta_vol", -1.0), ("sigma", -1e-5), ("jump_rate", -0.1),
-        ("jump_mean", -1e-4), ("liq_sensitivity", -1.0), ("regime_mult", np.array([1.0, 0.0])),
-        ("regime_mult", np.array(1.0)), ("tick", 0.0), ("tick", np.array([0.1, -0.1])),
-        ("s0", float("nan")), ("max_jumps", 0)])
+    check_contract(
+        spread,
+        p,
+        drivers(regime=2),
+        invalid=[
+            ("kappa", 0.0),
+            ("theta0", -1e-4),
+            ("beta_vol", -1.0),
+            ("sigma", -1e-5),
+            ("jump_rate", -0.1),
+            ("jump_mean", -1e-4),
+            ("liq_sensitivity", -1.0),
+            ("regime_mult", np.array([1.0, 0.0])),
+            ("regime_mult", np.array(1.0)),
+            ("tick", 0.0),
+            ("tick", np.array([0.1, -0.1])),
+            ("s0", float("nan")),
+            ("max_jumps", 0),
+        ],
+    )

@@ -15,7 +15,7 @@ from mmsim import rng
 from mmsim.world.processes import volatility as vol
 from tests.world.processes._harness import check_contract, run_paths
 
-THETA = 1e-8          # variance per second (sigma = 1e-4 per sqrt(second))
+THETA = 1e-8  # variance per second (sigma = 1e-4 per sqrt(second))
 
 
 def no_drivers(dtype, n_assets):
@@ -40,8 +40,12 @@ def simulate(params, *, n_assets, n_paths, n_steps, dt, dtype=jnp.float64, seed=
         def body(carry, t):
             s, (vmin, amin, nzero, nsw) = carry
             s, info = vol.step(rng.fold_in(k, t), s, params, dt)
-            acc = (jnp.minimum(vmin, s.v), jnp.minimum(amin, s.v_aux),
-                   nzero + (s.v == 0).astype(jnp.int32), nsw + info.switched.astype(jnp.int32))
+            acc = (
+                jnp.minimum(vmin, s.v),
+                jnp.minimum(amin, s.v_aux),
+                nzero + (s.v == 0).astype(jnp.int32),
+                nsw + info.switched.astype(jnp.int32),
+            )
             return (s, acc), None
 
         (s, acc), _ = jax.lax.scan(body, (s0, acc0), jnp.arange(n_steps))
@@ -78,9 +82,17 @@ V0 = np.array([2 * THETA, 0.5 * THETA])
 
 
 def one_regime(scheme, xi=XI):
-    return vol.VolParams(kappa=np.full((2, 2), KAPPA), theta=np.full((2, 2), THETA),
-                         xi=np.array([xi, xi]), rho=-0.5, generator=np.zeros((2, 2)), v0=V0,
-                         regime0=1, regime_names=("calm", "only"), scheme=scheme)
+    return vol.VolParams(
+        kappa=np.full((2, 2), KAPPA),
+        theta=np.full((2, 2), THETA),
+        xi=np.array([xi, xi]),
+        rho=-0.5,
+        generator=np.zeros((2, 2)),
+        v0=V0,
+        regime0=1,
+        regime_names=("calm", "only"),
+        scheme=scheme,
+    )
 
 
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
@@ -91,8 +103,7 @@ def test_qe_moments_exact_over_several_steps(dtype, seed):
     bias at any dt. So a 20-step horizon (kappa t = 1.2) is compared with the closed form as is."""
     dt, n_steps, n_paths = 2.0, 20, 100_000
     p = one_regime("qe")
-    s, (vmin, _, nzero, nsw) = simulate(p, n_assets=2, n_paths=n_paths, n_steps=n_steps, dt=dt,
-                                        dtype=dtype, seed=seed)
+    s, (vmin, _, nzero, nsw) = simulate(p, n_assets=2, n_paths=n_paths, n_steps=n_steps, dt=dt, dtype=dtype, seed=seed)
     assert s.v.dtype == dtype
     for a in range(2):
         mean, var = cir_mean_var(V0[a], KAPPA, THETA, XI[a], n_steps * dt)
@@ -130,18 +141,25 @@ def test_euler_full_truncation(seed):
 
 
 # A fast four-regime chain (rates per second) for the occupancy test.
-FAST_G = np.array([
-    [-0.2, 0.2, 0.0, 0.0],
-    [0.1, -0.25, 0.12, 0.03],
-    [0.0, 0.3, -0.4, 0.1],
-    [0.0, 0.5, 0.5, -1.0],
-])
+FAST_G = np.array(
+    [
+        [-0.2, 0.2, 0.0, 0.0],
+        [0.1, -0.25, 0.12, 0.03],
+        [0.0, 0.3, -0.4, 0.1],
+        [0.0, 0.5, 0.5, -1.0],
+    ]
+)
 
 
 def regime_params(**kw):
-    return vol.VolParams(kappa=np.array([0.01, 0.02, 0.04, 0.1]),
-                         theta=THETA * np.array([0.25, 1.0, 4.0, 25.0]),
-                         xi=np.array([1e-6, 4e-6, 1.5e-5, 1e-4]), generator=FAST_G, v0=THETA, **kw)
+    return vol.VolParams(
+        kappa=np.array([0.01, 0.02, 0.04, 0.1]),
+        theta=THETA * np.array([0.25, 1.0, 4.0, 25.0]),
+        xi=np.array([1e-6, 4e-6, 1.5e-5, 1e-4]),
+        generator=FAST_G,
+        v0=THETA,
+        **kw,
+    )
 
 
 def test_transition_matrix_and_stationary_law():
@@ -162,8 +180,9 @@ def test_regime_occupancy_and_switch_count(seed):
     24-bit uniform with float64 probabilities, a bias below 6e-8 per step)."""
     dt, n_steps, n_paths = 1.0, 60, 100_000
     p = regime_params()
-    s, (vmin, _, _, nsw) = simulate(p, n_assets=1, n_paths=n_paths, n_steps=n_steps, dt=dt,
-                                    dtype=jnp.float32, seed=seed)
+    s, (vmin, _, _, nsw) = simulate(
+        p, n_assets=1, n_paths=n_paths, n_steps=n_steps, dt=dt, dtype=jnp.float32, seed=seed
+    )
     pi = vol.stationary_distribution(p)
     pm = scipy.linalg.expm(FAST_G * dt)
     law = np.linalg.matrix_power(pm, n_steps)[p.regime0]
@@ -202,10 +221,10 @@ def test_leverage_effect(scheme, rho, seed):
     euler: dx = rho sqrt(v0 dt) z + ..., Cov(dx, v' - v0) = rho xi v0 dt, Var(dx) = v0 dt exactly."""
     dt, n_paths = 1.0, 200_000
     c = LEV_CASES[scheme]
-    p = vol.VolParams(rho=rho, generator=np.zeros((1, 1)), regime0=0, regime_names=("one",),
-                      scheme=scheme, **c)
-    (state, info), *_ = run_paths(vol, p, no_drivers, n_assets=1, n_paths=n_paths, n_steps=1,
-                                  dt=dt, dtype=jnp.float64, seed=seed)
+    p = vol.VolParams(rho=rho, generator=np.zeros((1, 1)), regime0=0, regime_names=("one",), scheme=scheme, **c)
+    (state, info), *_ = run_paths(
+        vol, p, no_drivers, n_assets=1, n_paths=n_paths, n_steps=1, dt=dt, dtype=jnp.float64, seed=seed
+    )
     z = np.asarray(rng.normal(rng.key(seed + 1), (n_paths,), jnp.float64))
     dx = np.asarray(info.lev_shock[:, 0, 0]) + np.sqrt(np.asarray(info.resid_var[:, 0, 0])) * z
     dv = np.asarray(state.v[:, 0]) - c["v0"]
@@ -297,8 +316,13 @@ def test_invalid_params_messages():
     with pytest.raises(ValueError, match=r"VolParams\.generator = .*rows must sum to 0"):
         vol.VolParams(generator=g)
     with pytest.raises(ValueError, match=r"VolParams\.generator = .*off-diagonal rates must be >= 0"):
-        vol.VolParams(generator=np.array([[1.0, -1.0], [1.0, -1.0]]), kappa=np.ones(2), theta=np.ones(2),
-                      xi=np.ones(2), regime_names=("a", "b"))
+        vol.VolParams(
+            generator=np.array([[1.0, -1.0], [1.0, -1.0]]),
+            kappa=np.ones(2),
+            theta=np.ones(2),
+            xi=np.ones(2),
+            regime_names=("a", "b"),
+        )
     with pytest.raises(ValueError, match=r"VolParams\.theta = .*shape \(R,\) or \(R, A\) with R = 4"):
         vol.VolParams(theta=np.ones(3))
     with pytest.raises(ValueError, match=r"VolParams\.regime0 = 4: must be an integer in \[0, 4\)"):
@@ -313,17 +337,42 @@ def test_contract():
     # The harness tells paths apart with np.allclose (atol 1e-8), which cannot see variances per
     # second (~1e-8): the contract runs with the variances scaled by 1e6 (xi by 1e3, the same
     # coefficients of variation); the contract itself is unit-free.
-    p = vol.VolParams(theta=np.outer(vol._THETA, [1.0, 4.0]) * 1e6, xi=vol._XI * 1e3,
-                      rho=np.array([-0.3, -0.5]), v0=np.array([1e-2, 4e-2]))
+    p = vol.VolParams(
+        theta=np.outer(vol._THETA, [1.0, 4.0]) * 1e6,
+        xi=vol._XI * 1e3,
+        rho=np.array([-0.3, -0.5]),
+        v0=np.array([1e-2, 4e-2]),
+    )
     bad_rows = vol._GENERATOR.copy()
     bad_rows[0, 1] *= 1.01
     neg_off = vol._GENERATOR.copy()
     neg_off[0, 1], neg_off[0, 0] = -1e-4, 1e-4
-    check_contract(vol, p, no_drivers, n_assets=2, dt=0.5, invalid=[
-        ("theta", -vol._THETA), ("kappa", -vol._KAPPA), ("xi", -vol._XI), ("theta", np.zeros(4)),
-        ("rho", 1.5), ("rho", np.array([-1.2, 0.0])), ("generator", bad_rows), ("generator", neg_off),
-        ("generator", vol._GENERATOR[:3]), ("scheme", "milstein"),
-        ("regime0", 4), ("regime0", -1), ("v0", -1e-8), ("switch_rescale", 1.5), ("psi_c", 3.0),
-        ("kappa", np.full(4, np.nan)), ("regime_names", ("a", "b"))])
-    check_contract(vol, vol.VolParams(scheme="euler", theta=vol._THETA * 1e6, xi=vol._XI * 1e3, v0=1e-2),
-                   no_drivers, n_assets=2)
+    check_contract(
+        vol,
+        p,
+        no_drivers,
+        n_assets=2,
+        dt=0.5,
+        invalid=[
+            ("theta", -vol._THETA),
+            ("kappa", -vol._KAPPA),
+            ("xi", -vol._XI),
+            ("theta", np.zeros(4)),
+            ("rho", 1.5),
+            ("rho", np.array([-1.2, 0.0])),
+            ("generator", bad_rows),
+            ("generator", neg_off),
+            ("generator", vol._GENERATOR[:3]),
+            ("scheme", "milstein"),
+            ("regime0", 4),
+            ("regime0", -1),
+            ("v0", -1e-8),
+            ("switch_rescale", 1.5),
+            ("psi_c", 3.0),
+            ("kappa", np.full(4, np.nan)),
+            ("regime_names", ("a", "b")),
+        ],
+    )
+    check_contract(
+        vol, vol.VolParams(scheme="euler", theta=vol._THETA * 1e6, xi=vol._XI * 1e3, v0=1e-2), no_drivers, n_assets=2
+    )
