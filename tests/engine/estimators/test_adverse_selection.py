@@ -10,21 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmsim import observation
 from mmsim.engine.estimators import adverse_selection as asel
+from tests.engine.estimators._harness import check_eager_jit_vmap, obs_of
 
 UPDATE = jax.jit(asel.update)  # compiled once per shape: fast hand-made sequences (eager is tested below)
 
 P = asel.AdverseSelectionEstParams(horizon_s=1.0, as_half_life_s=2.0)
-
-
-def obs_of(dtype, n_assets=1, **kw):
-    o = observation.empty(n_assets, dtype)
-    rep = {}
-    for k, v in kw.items():
-        ref = getattr(o, k)
-        rep[k] = jnp.broadcast_to(jnp.asarray(v, ref.dtype), ref.shape)
-    return o._replace(**rep)
 
 
 def zeros(n=1, dtype=jnp.float64):
@@ -230,10 +221,6 @@ def test_no_nan_without_fills_and_on_edge_cases(dtype):
     assert float(jnp.max(asel.spread_adjustment(P, s))) == 0.0
 
 
-def _stack(xs):
-    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
-
-
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_jit_vmap_equal_eager_and_dtype(dtype):
     p = asel.AdverseSelectionEstParams(horizon_s=0.5, n_slots=2)
@@ -264,28 +251,16 @@ def test_jit_vmap_equal_eager_and_dtype(dtype):
 
     paths = [path(1), path(2)]
     drv = tuple(jnp.asarray(rs.standard_normal(n_a) * 0.1, dtype) for _ in range(4))
-
-    def scan(obs):
-        def body(s, o):
-            s = asel.update(p, s, o, *drv)
-            return s, asel.spread_adjustment(p, s)
-
-        return jax.lax.scan(body, asel.init(p, n_a, dtype), obs)
-
-    s_v, adj_v = jax.jit(jax.vmap(scan))(_stack([_stack(x) for x in paths]))
-    jscan = jax.jit(scan)
     tol = 1e-5 if dtype == jnp.float32 else 1e-12
-    for i, obs in enumerate(paths):
-        s = asel.init(p, n_a, dtype)
-        for o in obs:
-            s = asel.update(p, s, o, *drv)
-        s_j, adj_j = jscan(_stack(obs))
-        for a, b, c in zip(*(jax.tree_util.tree_leaves(x) for x in (s, s_j, s_v))):
-            if jnp.issubdtype(a.dtype, jnp.floating):
-                assert a.dtype == b.dtype == c.dtype == dtype
-            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=tol, atol=1e-9)
-            np.testing.assert_allclose(np.asarray(c[i]), np.asarray(a), rtol=tol, atol=1e-9)
-        np.testing.assert_allclose(np.asarray(adj_v[i]), np.asarray(adj_j), rtol=tol, atol=1e-12)
+    s_v, adj_v = check_eager_jit_vmap(
+        lambda: asel.init(p, n_a, dtype),
+        lambda s, o: asel.update(p, s, o, *drv),
+        paths,
+        dtype=dtype,
+        rtol=tol,
+        atol=1e-9,
+        query=lambda s, o: asel.spread_adjustment(p, s),
+    )
     assert int(jnp.sum(s_v.dropped)) > 0 and float(jnp.min(s_v.weight_bid)) > 0  # slots recycled and full
     assert adj_v.dtype == dtype
 

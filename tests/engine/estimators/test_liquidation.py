@@ -11,17 +11,9 @@ import pytest
 
 from mmsim import observation
 from mmsim.engine.estimators import liquidation as lq
+from tests.engine.estimators._harness import check_eager_jit_vmap, obs_of
 
 P = lq.LiquidationEstParams(mu=0.01, alpha=0.3, beta=0.2)
-
-
-def obs_of(dtype, n_assets=1, **kw):
-    o = observation.empty(n_assets, dtype)
-    rep = {}
-    for k, v in kw.items():
-        ref = getattr(o, k)
-        rep[k] = jnp.broadcast_to(jnp.asarray(v, ref.dtype), ref.shape)
-    return o._replace(**rep)
 
 
 MARKS = [  # dt, liq_long, liq_short
@@ -148,10 +140,6 @@ def test_engine_total_intensity_equals_world():
         np.testing.assert_allclose(np.asarray(le), np.asarray(lw), rtol=rtol)
 
 
-def _stack(xs):
-    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
-
-
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_jit_vmap_equal_eager_and_dtype(dtype):
     def path(marks):
@@ -164,33 +152,15 @@ def test_jit_vmap_equal_eager_and_dtype(dtype):
     p = dataclasses.replace(P, mu=np.array([0.01, 0.5]))
     paths = [path(MARKS), path([(dt, b, a) for dt, a, b in MARKS])]
 
-    def scan(obs):
-        def body(s, o):
-            s = lq.update(p, s, o)
-            return s, (lq.tail_risk_multiplier(p, s), lq.should_pull_quotes(p, s), lq.cascade_direction(p, s))
-
-        return jax.lax.scan(body, lq.init(p, 2, dtype), obs)
-
-    s_v, q_v = jax.jit(jax.vmap(scan))(_stack([_stack(x) for x in paths]))
-    jscan = jax.jit(scan)
     tol = 2e-6 if dtype == jnp.float32 else 1e-13
-    for i, obs in enumerate(paths):
-        s = lq.init(p, 2, dtype)
-        qs = []
-        for o in obs:
-            s = lq.update(p, s, o)
-            qs.append((lq.tail_risk_multiplier(p, s), lq.should_pull_quotes(p, s), lq.cascade_direction(p, s)))
-        s_j, q_j = jscan(_stack(obs))
-        for a, b, c in zip(s, s_j, s_v):
-            assert a.dtype == b.dtype == c.dtype
-            if jnp.issubdtype(a.dtype, jnp.floating):
-                assert a.dtype == dtype
-            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=tol)
-            np.testing.assert_allclose(np.asarray(c[i]), np.asarray(a), rtol=tol)
-        for k in range(3):
-            e = np.stack([np.asarray(q[k]) for q in qs])
-            np.testing.assert_allclose(np.asarray(q_j[k]), e, rtol=tol)
-            np.testing.assert_allclose(np.asarray(q_v[k][i]), e, rtol=tol)
+    _, q_v = check_eager_jit_vmap(
+        lambda: lq.init(p, 2, dtype),
+        lambda s, o: lq.update(p, s, o),
+        paths,
+        dtype=dtype,
+        rtol=tol,
+        query=lambda s, o: (lq.tail_risk_multiplier(p, s), lq.should_pull_quotes(p, s), lq.cascade_direction(p, s)),
+    )
     assert bool(jnp.any(q_v[1])) and bool(jnp.any(q_v[2] != 0))  # the sequence exercises the queries
 
 

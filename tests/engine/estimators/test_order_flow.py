@@ -12,19 +12,11 @@ from scipy.integrate import solve_ivp
 
 from mmsim import observation
 from mmsim.engine.estimators import order_flow as of
+from tests.engine.estimators._harness import check_eager_jit_vmap, obs_of
 
 P = of.OrderFlowEstParams(
     mu_buy=0.4, mu_sell=0.7, alpha_buy=0.5, alpha_sell=0.3, gamma=0.2, beta=1.5, imbalance_half_life_s=10.0
 )
-
-
-def obs_of(dtype, n_assets=1, **kw):
-    o = observation.empty(n_assets, dtype)
-    rep = {}
-    for k, v in kw.items():
-        ref = getattr(o, k)
-        rep[k] = jnp.broadcast_to(jnp.asarray(v, ref.dtype), ref.shape)
-    return o._replace(**rep)
 
 
 def seq(dtype, rows, n_assets=1):
@@ -213,46 +205,23 @@ def test_engine_intensity_equals_world_on_same_counts():
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=rtol)
 
 
-def _stack(obs_list):
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *obs_list)
-
-
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_jit_vmap_equal_eager_and_dtype(dtype):
     rows2 = [(dt, ns, nb, vs, vb, ok) for dt, nb, ns, vb, vs, ok in EVENTS]  # a second, mirrored path
     paths = [seq(dtype, EVENTS, 2), seq(dtype, rows2, 2)]
 
-    def eager(obs_list):
-        s = of.init(P, 2, dtype)
-        for o in obs_list:
-            s = of.update(P, s, o)
-        return s
-
-    def scan(obs_stacked):
-        def body(s, o):
-            s = of.update(P, s, o)
-            return s, of.intensity(P, s)
-
-        s, lam = jax.lax.scan(body, of.init(P, 2, dtype), obs_stacked)
-        return s, lam, of.expected_trades(P, s, 3.0)
-
-    batched = _stack([_stack(p) for p in paths])
-    s_v, lam_v, et_v = jax.jit(jax.vmap(scan))(batched)
-    jscan = jax.jit(scan)
     tol = 2e-6 if dtype == jnp.float32 else 1e-13
-    for i, p in enumerate(paths):
-        s_e = eager(p)
-        s_j, _, _ = jscan(_stack(p))
-        for a, b, c in zip(s_e, s_j, s_v):
-            assert a.dtype == dtype and b.dtype == dtype and c.dtype == dtype
-            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=tol, atol=tol)
-            np.testing.assert_allclose(np.asarray(c[i]), np.asarray(a), rtol=tol, atol=tol)
-        et = of.expected_trades(P, s_e, 3.0)
-        np.testing.assert_allclose(np.asarray(et_v[0][i]), np.asarray(et[0]), rtol=1e-5)
-        np.testing.assert_allclose(np.asarray(et_v[1][i]), np.asarray(et[1]), rtol=1e-5)
-    for leaf in jax.tree_util.tree_leaves((s_v, lam_v, et_v)):
+    s_v, (lam_v, et_v) = check_eager_jit_vmap(
+        lambda: of.init(P, 2, dtype),
+        lambda s, o: of.update(P, s, o),
+        paths,
+        dtype=dtype,
+        rtol=tol,
+        atol=tol,
+        query=lambda s, o: (of.intensity(P, s), of.expected_trades(P, s, 3.0)),
+    )
+    for leaf in jax.tree_util.tree_leaves(s_v):
         assert leaf.dtype == dtype
-        assert bool(jnp.all(jnp.isfinite(leaf)))
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])

@@ -10,21 +10,12 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from mmsim import observation
 from mmsim.engine.estimators import queue as qu
+from tests.engine.estimators._harness import check_eager_jit_vmap, obs_of
 
 P = qu.QueueEstParams(cancel_rate=0.1, depth_per_tick=2.0, tick=0.1, fill_horizon_s=2.0)
 UPDATE = jax.jit(qu.update)  # compiled once per shape: fast hand-made sequences (eager is tested below)
 BOOK = dict(best_bid=100.0, best_ask=100.5, bid_size=3.0, ask_size=4.0, mid=100.25, book_valid=True)
-
-
-def obs_of(dtype, n_assets, **kw):
-    o = observation.empty(n_assets, dtype)
-    rep = {}
-    for k, v in kw.items():
-        ref = getattr(o, k)
-        rep[k] = jnp.broadcast_to(jnp.asarray(v, ref.dtype), ref.shape)
-    return o._replace(**rep)
 
 
 def quotes(dtype, bids, asks):
@@ -185,30 +176,17 @@ def test_jit_vmap_equal_eager_and_dtype(dtype):
         return out
 
     paths = [path(1), path(2)]
-
-    def scan(xs):
-        def body(s, x):
-            o, (qb, qa, act) = x
-            s = qu.update(p, s, o, qb, qa, act)
-            return s, qu.fill_probability(p, s, o.mid, jnp.full((n_a,), 1e-3, dtype), None, jnp.ones((n_a, 2), dtype))
-
-        return jax.lax.scan(body, qu.init(p, n_a, dtype), xs)
-
-    stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
-    s_v, pf_v = jax.jit(jax.vmap(scan))(stack([stack(x) for x in paths]))
-    jscan = jax.jit(scan)
     tol = 1e-5 if dtype == jnp.float32 else 1e-12
-    for i, xs in enumerate(paths):
-        s = qu.init(p, n_a, dtype)
-        for o, (qb, qa, act) in xs:
-            s = qu.update(p, s, o, qb, qa, act)
-        s_j, pf_j = jscan(stack(xs))
-        for a, b, c in zip(s, s_j, s_v):
-            assert a.dtype == b.dtype == c.dtype == dtype
-            assert bool(jnp.all(jnp.isfinite(a)))
-            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=tol, atol=tol)
-            np.testing.assert_allclose(np.asarray(c[i]), np.asarray(a), rtol=tol, atol=tol)
-        np.testing.assert_allclose(np.asarray(pf_v[i]), np.asarray(pf_j), rtol=tol, atol=tol)
+    ones, small = jnp.ones((n_a, 2), dtype), jnp.full((n_a,), 1e-3, dtype)
+    s_v, pf_v = check_eager_jit_vmap(
+        lambda: qu.init(p, n_a, dtype),
+        lambda s, x: qu.update(p, s, x[0], *x[1]),
+        paths,
+        dtype=dtype,
+        rtol=tol,
+        atol=tol,
+        query=lambda s, x: qu.fill_probability(p, s, x[0].mid, small, None, ones),
+    )
     assert pf_v.dtype == dtype
 
 
