@@ -29,6 +29,7 @@ def pytree_dataclass(cls: type) -> type:
     validate: Callable[[Any], None] | None = getattr(cls, "validate", None)
 
     def __post_init__(self: Any) -> None:
+        _refuse_words(self)
         if validate is not None and _all_concrete(self):
             validate(self)
 
@@ -39,6 +40,17 @@ def pytree_dataclass(cls: type) -> type:
         (meta if f.metadata.get("static") else data).append(f.name)
     jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=meta)
     return cls
+
+
+def _refuse_words(obj: Any) -> None:
+    """A parameter leaf that is a string (``gamma: abc``, ``event_times_s: [abc]``) is an error naming
+    the field: left alone it would make the object look traced and skip its validation."""
+    for f in dataclasses.fields(obj):
+        if f.metadata.get("static"):
+            continue
+        v = getattr(obj, f.name)
+        if any(isinstance(leaf, str) for leaf in jax.tree_util.tree_leaves(v)):
+            raise ValueError(f"{type(obj).__name__}.{f.name} = {v!r}: must be a number or an array of numbers")
 
 
 def _all_concrete(obj: Any) -> bool:

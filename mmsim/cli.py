@@ -3,7 +3,7 @@
 Subcommands::
 
     mmsim run [hydra overrides ...]        # = python -m mmsim.run ...; e.g. experiment=cascade_stress
-    mmsim optimize [hydra overrides ...]   # policy optimisation (mmsim.optimize.main), when installed
+    mmsim optimize [hydra overrides ...]   # policy optimisation (mmsim.optimize.main)
     mmsim live --params best.yaml [overrides ...]
     mmsim live [--params best.yaml] --replay CAPTURE [--cadence S] [--out DIR] [--compare-paths N] [overrides ...]
     mmsim sweep-summary DIR                # aggregate a multirun's metrics.json files
@@ -62,20 +62,9 @@ def _run(argv: list[str]) -> int:
 def _optimize(argv: list[str]) -> int:
     if _help("optimize", argv):
         return 0
-    try:
-        from mmsim import optimize
-    except ImportError as e:
-        if getattr(e, "name", None) not in ("mmsim.optimize", None):
-            raise
-        print(
-            "mmsim optimize: the optimiser (mmsim/optimize.py) is not available in this installation", file=sys.stderr
-        )
-        return 1
-    fn = getattr(optimize, "main", None)
-    if fn is None:
-        print("mmsim optimize: mmsim.optimize has no main(overrides) entry point", file=sys.stderr)
-        return 1
-    out = fn(list(argv))
+    from mmsim import optimize
+
+    out = optimize.main(list(argv))
     return out if isinstance(out, int) else 0
 
 

@@ -194,7 +194,7 @@ def _make(cls, values: dict | None, path: str, *, skip: tuple = (), extra: dict 
             kwargs[k] = _static(v, cls, k, path)
         else:
             kwargs[k] = _value(v)
-            if isinstance(kwargs[k], str):
+            if isinstance(kwargs[k], (str, tuple)):  # a word, or a list holding one
                 raise ConfigError(f"{path}.{k} = {v!r}: must be a number or a list of numbers (.inf for infinity)")
     kwargs.update(extra or {})
     try:
@@ -238,7 +238,7 @@ def _section(cfg, name: str) -> dict:
 # Sections
 
 
-def sim_settings(cfg) -> SimSettings:
+def sim_settings(cfg: DictConfig) -> SimSettings:
     """Validate the ``sim`` group."""
     s = _section(cfg, "sim")
     known = {"n_paths", "horizon_s", "dt_s", "seed", "chunk_size", "n_trace", "dtype", "progress"}
@@ -298,7 +298,7 @@ def sim_settings(cfg) -> SimSettings:
     )
 
 
-def cpu_devices(cfg) -> int | None:
+def cpu_devices(cfg: DictConfig) -> int | None:
     """The ``cpu_devices`` key: None (one JAX CPU device per core) or a positive integer."""
     n = cfg.get("cpu_devices") if isinstance(cfg, (DictConfig, dict)) else None
     _require(
@@ -309,7 +309,7 @@ def cpu_devices(cfg) -> int | None:
     return n
 
 
-def risk_settings(cfg) -> RiskSettings:
+def risk_settings(cfg: DictConfig) -> RiskSettings:
     """Validate the ``risk`` group."""
     r = _section(cfg, "risk")
     known = {"drawdown_threshold", "epsilon_liq", "ci_level"}
@@ -332,20 +332,20 @@ def risk_settings(cfg) -> RiskSettings:
     return RiskSettings(drawdown_threshold=float(d), epsilon_liq=float(e), ci_level=float(lvl))
 
 
-def task(cfg) -> str:
+def task(cfg: DictConfig) -> str:
     t = cfg.get("task", "risk")
     _require(t in TASKS, "task", f"= {t!r}: must be one of {TASKS}")
     return t
 
 
-def world_name(cfg) -> str:
+def world_name(cfg: DictConfig) -> str:
     m = _section(cfg, "market")
     w = m.get("world", "market")
     _require(w in WORLDS, "market.world", f"= {w!r}: must be one of {WORLDS}")
     return w
 
 
-def market_params(cfg):
+def market_params(cfg: DictConfig) -> tuple[str, Any]:
     """``(world, params)``: :class:`~mmsim.world.market.MarketParams` or :class:`~mmsim.world.as2008.AS2008Params`."""
     m = _section(cfg, "market")
     world = world_name(cfg)
@@ -399,18 +399,18 @@ def market_params(cfg):
     return world, _make(MarketParams, m, "market", skip=("world", "asset_names") + tuple(blocks), extra=built)
 
 
-def account_config(cfg) -> dict:
+def account_config(cfg: DictConfig) -> dict:
     """The account block as a plain dict, with ``+params=best.yaml``'s account merged over it."""
     return _with_best(cfg, "account")
 
 
-def account_params(cfg):
+def account_params(cfg: DictConfig) -> Any:
     from mmsim.engine.account import AccountParams
 
     return _make(AccountParams, account_config(cfg), "account" + (" (+params)" if _params_file(cfg) else ""))
 
 
-def policy_config(cfg) -> dict:
+def policy_config(cfg: DictConfig) -> dict:
     """The policy block as a plain dict, with ``+params=best.yaml``'s policy merged over it."""
     return _with_best(cfg, "policy")
 
@@ -428,7 +428,7 @@ def _with_best(cfg, block: str) -> dict:
     return out
 
 
-def policy_params(cfg):
+def policy_params(cfg: DictConfig) -> Any:
     from mmsim.engine.policy import PolicyParams
 
     return _make(PolicyParams, policy_config(cfg), "policy" + (" (+params)" if _params_file(cfg) else ""))
@@ -474,7 +474,7 @@ def _estimator_classes() -> dict:
     }
 
 
-def market_priors(mp, account) -> dict:
+def market_priors(mp: Any, account: Any) -> dict:
     """Estimator priors taken from the world's parameters (the calibration the engine would load
     live): ``{estimator: {field: value}}``. Only fields whose shapes the estimators accept are
     given; per-regime arrays are passed through when they are ``(R,)``."""
@@ -513,7 +513,7 @@ def market_priors(mp, account) -> dict:
     return out
 
 
-def engine_params(cfg, mp=None, world: str | None = None):
+def engine_params(cfg: DictConfig, mp: Any = None, world: str | None = None) -> Any:
     """:class:`~mmsim.engine.EngineParams` from the ``engine``, ``account`` and ``policy`` groups."""
     from mmsim.engine import EngineParams
 
@@ -623,7 +623,7 @@ def _sized_adverse_slots(cfg, ep, dt: float):
     return dataclasses.replace(ep, adverse=dataclasses.replace(ep.adverse, n_slots=slots))
 
 
-def build(cfg):
+def build(cfg: DictConfig) -> tuple[str, Any, Any, SimSettings]:
     """Config > ``(world, market_params, engine_params, sim_settings)``, everything validated on
     the host (see the module docstring). Raises :class:`ConfigError`."""
     task(cfg)
@@ -673,7 +673,7 @@ def build(cfg):
 # best.yaml
 
 
-def load_best(path) -> dict:
+def load_best(path: str | os.PathLike) -> dict:
     """Read an optimiser's ``best.yaml`` and check its shape: a mapping with a ``policy`` mapping
     (fields of :class:`~mmsim.engine.policy.PolicyParams`) and optionally an ``account`` mapping (fields
     of :class:`~mmsim.engine.account.AccountParams`), ``market``, ``constraints``, ``validation`` and
@@ -710,7 +710,7 @@ def load_best(path) -> dict:
     return best
 
 
-def merged_params_cfg(cfg) -> DictConfig:
+def merged_params_cfg(cfg: DictConfig) -> DictConfig:
     """The config with ``+params``'s policy and account merged in (what was actually run), for
     saving."""
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))

@@ -9,6 +9,7 @@ import dataclasses
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from mmsim import report
 from mmsim.report.paths import write_paths
 
 
-def prepare_jax(cfg) -> str | None:
+def prepare_jax(cfg: DictConfig) -> str | None:
     """Before the first computation: one JAX CPU device per core (``cfg.cpu_devices``, null: every
     core; see :func:`mmsim.sim.simulate.use_cpu_cores`), and the persistent compilation cache at
     ``cfg.compile_cache_dir`` (None: off). Returns the cache directory."""
@@ -103,7 +104,7 @@ def _print_table(title: str, rows) -> None:
     print(f"\n{title}\n" + report.text_table(["quantity", "value"], rows) + "\n", flush=True)
 
 
-def run_risk(cfg, out_dir: Path, *, simulate_fn=None) -> dict:
+def run_risk(cfg: DictConfig, out_dir: Path, *, simulate_fn: Callable | None = None) -> dict:
     """One Monte Carlo risk run; writes the outputs into ``out_dir`` and returns the metrics."""
     from mmsim.sim import risk
 
@@ -197,7 +198,7 @@ def _mean_quoted_spread(trace, n_quote_steps: int) -> float | None:
     return float(sq[on].mean()) if on.any() else None
 
 
-def run_as2008(cfg, out_dir: Path, *, simulate_fn=None) -> dict:
+def run_as2008(cfg: DictConfig, out_dir: Path, *, simulate_fn: Callable | None = None) -> dict:
     """The Avellaneda-Stoikov (2008) study (see the module docstring); returns the metrics."""
     from mmsim.world import as2008
 
@@ -331,7 +332,7 @@ def run_as2008(cfg, out_dir: Path, *, simulate_fn=None) -> dict:
     return m
 
 
-def run_task(cfg, out_dir: str | Path, *, simulate_fn=None) -> dict:
+def run_task(cfg: DictConfig, out_dir: str | Path, *, simulate_fn: Callable | None = None) -> dict:
     """Run the config's task into ``out_dir`` (``simulate_fn`` replaces the simulator in tests)."""
     out_dir = Path(out_dir)
     t = mcfg.task(cfg)

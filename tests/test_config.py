@@ -358,3 +358,33 @@ def test_infinity_spelled_in_yaml_on_the_command_line():
             make_cfg("experiment=cascade_stress", f"market.liquidation.size_cap={spelling}")
         )
         assert np.isinf(float(np.asarray(mp.liquidation.size_cap)))
+
+
+@pytest.mark.parametrize("command", ["run", "optimize"])
+def test_help_says_what_the_command_does_from_the_config(command, capsys):
+    """``mmsim run --help`` and ``mmsim optimize --help``: what the command does, every config group
+    with its options, every experiment with its description, the main options with units."""
+    assert cli.main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: mmsim {command}")
+    conf = mcfg.conf_dir()
+    for exp in (conf / "experiment").glob("*.yaml"):
+        assert f"\n  {exp.stem}\n" in out, exp.stem
+    for group in ("account/", "market/", "policy/", "sim/"):
+        assert f"\n  {group}\n" in out
+    assert "sim.n_paths=4096" in out and "sim.dt_s=1.0" in out and "s per step" in out
+    assert "Calm BTCUSDT perpetual" in out  # an experiment's description
+    assert len(out.splitlines()) < 120  # a page, not the raw config
+
+
+def test_a_word_in_a_list_field_is_refused_and_never_skips_validation():
+    """A non-numeric list entry used to turn the list into a tuple of strings, which made the whole
+    params class look traced and skip its validation (so ``gamma: -1`` beside it passed)."""
+    with pytest.raises(mcfg.ConfigError, match=r"policy.event_times_s = \['abc'\]: must be a number or a list"):
+        mcfg.build(mcfg.compose(["experiment=baseline", "policy.event_times_s=[abc]", "policy.gamma=-1"]))
+    from mmsim.engine.policy import PolicyParams
+
+    with pytest.raises(ValueError, match=r"PolicyParams.event_times_s = \('abc',\): must be a number"):
+        PolicyParams(event_times_s=("abc",), gamma=-1.0)
+    with pytest.raises(ValueError, match=r"PolicyParams.gamma"):
+        PolicyParams(gamma=-1.0)

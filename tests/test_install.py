@@ -51,6 +51,7 @@ def _run(target: Path, cwd: Path, args: list[str], **env_extra) -> subprocess.Co
     return subprocess.run([sys.executable, "-S", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_the_wheel_runs_an_experiment_from_anywhere(installed, tmp_path):
     where = _run(
         installed, tmp_path, ["-c", "import mmsim, mmsim.config as c; print(mmsim.__file__); print(c.conf_dir())"]
@@ -78,6 +79,7 @@ def test_the_wheel_runs_an_experiment_from_anywhere(installed, tmp_path):
     assert (tmp_path / "out" / "paths.parquet").exists()
 
 
+@pytest.mark.slow
 def test_mmsim_conf_replaces_the_packaged_configuration(installed, tmp_path):
     conf = tmp_path / "myconf"
     shutil.copytree(installed / "mmsim" / "conf", conf)

@@ -254,6 +254,7 @@ def test_cascade_stress_end_to_end(tmp_path):
     np.testing.assert_allclose(comps, paths["pnl"], rtol=0, atol=0.05)
 
 
+@pytest.mark.slow
 def test_as2008_cli_multirun(tmp_path):
     """``python -m mmsim.run -m experiment=as2008 ...``: two jobs, each with the six-run table, then
     the sweep summary of the callback."""

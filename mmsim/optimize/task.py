@@ -26,6 +26,7 @@ from mmsim.optimize.validation import (
     validate,
     within_of_best,
 )
+from mmsim.report.common import sanitize
 from mmsim.report.optimize import _markdown, plot_frontier, plot_trace
 
 
@@ -321,10 +322,6 @@ def run(evaluate: Evaluator, theta0: Mapping[str, float], opts: dict, *, log: Ca
     }
 
 
-def _json_default(x: Any) -> Any:
-    return _plain(x)
-
-
 def run_from_config(
     cfg, out_dir: str | os.PathLike, *, evaluate: Evaluator | None = None, log: Callable[[str], None] = print
 ) -> dict:
@@ -448,7 +445,8 @@ def run_from_config(
     }
     summary = _plain(summary)
     with open(out / "optimize.json", "w") as fh:
-        json.dump({**summary, "trace": res.trace}, fh, indent=1, default=_json_default)
+        # Strict JSON: a non-finite number is written as null (report.sanitize), never as NaN.
+        json.dump(sanitize({**summary, "trace": res.trace}), fh, indent=1, allow_nan=False)
     (out / "optimize.md").write_text(_markdown(summary))
     log(f"wrote {best_path} and optimize.json, optimize.md, figures in {out}")
     return summary

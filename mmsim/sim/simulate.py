@@ -30,6 +30,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -350,8 +351,8 @@ def _validate(n_paths, n_steps, dt, chunk_size, n_trace):
 
 def simulate(
     world: str,
-    market_params,
-    engine_params,
+    market_params: Any,
+    engine_params: engine.EngineParams,
     *,
     n_paths: int,
     n_steps: int,
@@ -359,9 +360,9 @@ def simulate(
     seed: int,
     chunk_size: int | None = None,
     n_trace: int = 0,
-    dtype=jnp.float32,
+    dtype: Any = jnp.float32,
     progress: bool = True,
-    devices=None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> SimResult:
     """Simulate ``n_paths`` paths of ``n_steps`` steps of ``dt`` seconds.
 

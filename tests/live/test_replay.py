@@ -203,6 +203,7 @@ def test_replay_with_a_taker_order_flattens_at_the_event(replayed):
     assert m["pnl"] == pytest.approx(m["pnl_decomposition_sum"], abs=1e-3 * len(j))
 
 
+@pytest.mark.slow
 def test_replay_against_the_simulator(replayed):
     """compare_with_simulation: the configured market simulated over the replay's duration, and
     the replay's percentiles in its distributions."""

@@ -200,6 +200,7 @@ SHARD_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_chunked_single_device_equals_unchunked_sharded():
     """Three padded chunks of 8 on one device == one chunk of 20 over 4 (forced host) devices."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
@@ -234,6 +235,7 @@ def test_use_cpu_cores_splits_the_host_before_the_backend_starts():
         sim.use_cpu_cores(0)
 
 
+@pytest.mark.slow
 def test_event_flatten_takes_the_position_to_flat_without_moving_the_world():
     """A policy flattening into a scheduled event: the quote made at the window's first step sends
     a taker order for the whole position, the next observation reports the execution and the

@@ -133,6 +133,7 @@ def test_single_asset_and_edge_cases():
         assert bool(jnp.isfinite(corr.diversification_ratio(zz)))
 
 
+@pytest.mark.slow
 def test_jit_vmap_dtype(seed):
     rng = np.random.default_rng(seed)
     p = corr.CorrEstParams()
