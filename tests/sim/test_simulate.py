@@ -131,6 +131,53 @@ def test_recompiles_only_for_new_shapes(as_run):
     assert not np.array_equal(again.summary.pnl, as_run.summary.pnl)
 
 
+def test_a_new_path_count_in_the_same_bucket_does_not_recompile(as_run):
+    """4,000 paths compile a 4,096-path chunk (see chunk_bucket): 3,900 reuse it, and the first
+    3,900 paths are the first 3,900 of the 4,000-path run (a path depends only on its index)."""
+    assert as_run.chunk_size == sim.chunk_bucket(4000) == 4096
+    fewer = sim.simulate(
+        "as2008", as2008.AS2008Params(), as2008_engine(), n_paths=3900, n_steps=N_STEPS, dt=DT, seed=7, progress=False
+    )
+    assert fewer.compile_s == 0.0 and fewer.chunk_size == 4096
+    np.testing.assert_array_equal(fewer.summary.pnl, as_run.summary.pnl[:3900])
+
+
+def test_chunk_buckets_pad_at_most_a_quarter_and_respect_the_devices():
+    for n in (1, 2, 3, 7, 100, 1000, 4097, 10_000, 65_537):
+        b = sim.chunk_bucket(n)
+        assert n <= b <= max(n * 1.25, n + 1), (n, b)
+    assert len({sim.chunk_bucket(n) for n in range(1025, 2049)}) == 4  # four shapes per octave
+    assert sim.chunk_bucket(1000, 3) % 3 == 0 and sim.chunk_bucket(1000, 3) >= 1000
+
+
+def test_an_xla_that_refuses_our_compiler_options_compiles_without_them(monkeypatch):
+    """A jaxlib that does not know one of the CPU options must not fail every compile."""
+
+    class Lowered:
+        calls = []
+
+        def compile(self, compiler_options=None):
+            self.calls.append(compiler_options)
+            if compiler_options:
+                raise RuntimeError(f"INVALID_ARGUMENT: No such compile option: '{next(iter(compiler_options))}'")
+            return "compiled"
+
+    monkeypatch.setattr(sim, "_OPTIONS_REFUSED", False)
+    with pytest.warns(UserWarning, match="does not accept the compiler options"):
+        assert sim._compile_guarded(Lowered(), {"xla_no_such_flag": True}) == "compiled"
+    assert Lowered.calls == [{"xla_no_such_flag": True}, None]
+    assert sim._compile_guarded(Lowered(), {"xla_no_such_flag": True}) == "compiled"  # not tried again
+    assert Lowered.calls[-1] is None
+
+    class Broken(Lowered):
+        def compile(self, compiler_options=None):
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+
+    monkeypatch.setattr(sim, "_OPTIONS_REFUSED", False)
+    with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):  # any other failure is not swallowed
+        sim._compile_guarded(Broken(), {"xla_no_such_flag": True})
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_as2008_coin_and_fill_uniforms_from_one_word_are_independent(dtype):
     """The as2008 step takes its mid's coin from bit 0 of the word whose high bits are the fills'
