@@ -1,17 +1,111 @@
 """A replay's outputs: ``journal.csv`` (one row per observation), ``metrics.json`` and ``replay.png``
-(the market's touch with our quotes, the position and the PnL over the recording)."""
+(the market's touch with our quotes, the position and the PnL over the recording). Prices and
+equity in quote currency, positions in base units, times in seconds since the recording's start."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
 
 from mmsim.live.replay import ReplayResult
+from mmsim.report.common import write_json
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+#: Colours: the market's touch dashed and dark, our quotes solid, one hue per side.
+MARKET_BID, MARKET_ASK, OUR_BID, OUR_ASK = "#1b5e20", "#7f0000", "tab:green", "tab:red"
 
 
-def write_outputs(result: ReplayResult, out_dir: Path, title: str) -> list[Path]:
-    """The journal (CSV), metrics.json and a figure (mid with our quotes and fills, position,
-    equity) into ``out_dir``; returns the files."""
+def warmup_end(journal: pd.DataFrame) -> float | None:
+    """The end of the engine's warm-up, in seconds: the time of the first observation at which it
+    quotes a side (None when it never quotes)."""
+    quoting = (journal["bid"].notna() | journal["ask"].notna()).to_numpy()
+    return float(journal["t"].to_numpy(float)[np.argmax(quoting)]) if quoting.any() else None
+
+
+def replay_figure(
+    journal: pd.DataFrame,
+    title: str,
+    *,
+    warmup_s: float | None = None,
+    initial_equity: float | None = None,
+) -> Figure:
+    """The replay figure of a journal (:func:`mmsim.live.replay`): (1) the mid, the market's best bid
+    and best ask and our quotes with the fills, (2) the same prices as distances from the mid
+    (quote currency; the touch's half-spread against ours), (3) the position (base units) and (4)
+    the equity minus the initial equity (quote currency; ``initial_equity``, default the first
+    row's). The engine's warm-up (no quotes) is shaded up to ``warmup_s`` seconds (default
+    :func:`warmup_end`, the first quote) and its end marked by a vertical line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    j = journal
+    t = j["t"].to_numpy(float)
+    mid = j["mid"].to_numpy(float)
+    fig, ax = plt.subplots(4, 1, figsize=(9, 10), sharex=True, height_ratios=(3, 2, 1.5, 1.5))
+    ax[0].plot(t, mid, color="k", lw=0.6, label="mid")
+    ax[0].step(t, j["best_bid"], where="post", color=MARKET_BID, lw=0.8, ls="--", label="market best bid")
+    ax[0].step(t, j["best_ask"], where="post", color=MARKET_ASK, lw=0.8, ls="--", label="market best ask")
+    ax[0].plot(t, j["bid"], color=OUR_BID, lw=0.9, label="our bid")
+    ax[0].plot(t, j["ask"], color=OUR_ASK, lw=0.9, label="our ask")
+    fb, fa = (j["fill_bid"] > 0).to_numpy(), (j["fill_ask"] > 0).to_numpy()
+    # A fill in row i is of the quote sent in row i - 1.
+    ax[0].scatter(t[fb], j["bid"].shift(1)[fb], marker="^", color=OUR_BID, s=14, zorder=4, label="bid filled")
+    ax[0].scatter(t[fa], j["ask"].shift(1)[fa], marker="v", color=OUR_ASK, s=14, zorder=4, label="ask filled")
+    ax[0].set_ylabel("price (quote ccy)")
+    ax[1].axhline(0.0, color="k", lw=0.6)
+    ax[1].step(t, j["best_bid"] - mid, where="post", color=MARKET_BID, lw=0.8, ls="--", label="market best bid")
+    ax[1].step(t, j["best_ask"] - mid, where="post", color=MARKET_ASK, lw=0.8, ls="--", label="market best ask")
+    ax[1].plot(t, j["bid"] - mid, color=OUR_BID, lw=0.9, label="our bid")
+    ax[1].plot(t, j["ask"] - mid, color=OUR_ASK, lw=0.9, label="our ask")
+    ax[1].set_ylabel("distance from the mid\n(quote ccy; lines as above)")
+    ax[2].step(t, j["position"], where="post", color="tab:blue", lw=0.9)
+    ax[2].axhline(0.0, color="k", lw=0.6)
+    ax[2].set_ylabel("position (base units)")
+    eq = j["equity"].to_numpy(float)
+    eq0 = float(initial_equity) if initial_equity is not None else (float(eq[0]) if eq.size else 0.0)
+    ax[3].plot(t, eq - eq0, color="tab:purple", lw=0.9)
+    ax[3].axhline(0.0, color="k", lw=0.6)
+    ax[3].set_ylabel("equity − initial\nequity (quote ccy)")
+    ax[3].text(
+        0.01,
+        0.95,
+        f"initial equity {eq0:,.2f}",
+        transform=ax[3].transAxes,
+        va="top",
+        fontsize=7,
+        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8},
+    )
+    ax[3].set_xlabel("time since the recording's start (s)")
+    w = warmup_end(j) if warmup_s is None else float(warmup_s)
+    if w is None and t.size:  # never quoted: the whole recording is warm-up
+        w = float(t[-1])
+    for k, a in enumerate(ax):
+        if w is not None and t.size and w > t[0]:
+            a.axvspan(t[0], w, color="0.5", alpha=0.15, lw=0, zorder=0, label="warm-up (no quotes)" if k == 0 else None)
+            a.axvline(w, color="0.3", ls="-.", lw=0.9, label="end of warm-up" if k == 0 else None)
+        a.grid(alpha=0.3)
+    if w is not None and t.size and w > t[0]:
+        ax[0].text(
+            0.5 * (t[0] + w), 0.97, "warm-up", transform=ax[0].get_xaxis_transform(), ha="center", va="top", fontsize=8
+        )
+    ax[0].legend(fontsize=7, ncol=5, loc="lower left", bbox_to_anchor=(0.0, 1.0), frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def write_outputs(result: ReplayResult, out_dir: Path, title: str, *, warmup_s: float | None = None) -> list[Path]:
+    """The journal (CSV), metrics.json and a figure (:func:`replay_figure`: the mid, the market's
+    best bid and ask and our quotes with the fills, the quotes' distances from the mid, position,
+    equity minus the initial equity, the warm-up marked; ``warmup_s``, seconds, default the first
+    quote) into ``out_dir``; returns the files."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,27 +116,11 @@ def write_outputs(result: ReplayResult, out_dir: Path, title: str) -> list[Path]
     j = result.journal
     files = [out_dir / "journal.csv", out_dir / "metrics.json", out_dir / "replay.png"]
     j.to_csv(files[0], index=False)
-    files[1].write_text(json.dumps(result.metrics, indent=2))
-    fig, ax = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
-    t = j["t"].to_numpy(float)
-    ax[0].plot(t, j["mid"], color="k", lw=0.8, label="mid")
-    ax[0].plot(t, j["bid"], color="tab:green", lw=0.7, label="our bid")
-    ax[0].plot(t, j["ask"], color="tab:red", lw=0.7, label="our ask")
-    fb, fa = j["fill_bid"] > 0, j["fill_ask"] > 0
-    # A fill in row i is of the quote sent in row i - 1.
-    ax[0].scatter(t[fb.to_numpy()], j["bid"].shift(1)[fb], marker="^", color="tab:green", s=14, label="bid filled")
-    ax[0].scatter(t[fa.to_numpy()], j["ask"].shift(1)[fa], marker="v", color="tab:red", s=14, label="ask filled")
-    ax[0].set_ylabel("price")
-    ax[0].legend(fontsize=7, ncol=3)
-    ax[1].step(t, j["position"], where="post", color="tab:blue", lw=0.9)
-    ax[1].set_ylabel("position (base units)")
-    ax[2].plot(t, j["equity"], color="tab:purple", lw=0.9)
-    ax[2].set_ylabel("equity")
-    ax[2].set_xlabel("time since the recording's start (s)")
-    for a in ax:
-        a.grid(alpha=0.3)
-    ax[0].set_title(title, fontsize=10)
-    fig.tight_layout()
+    write_json(files[1], result.metrics)  # strict JSON: a non-finite number is null, never NaN
+    eq0 = None
+    if "pnl" in result.metrics and len(j):  # pnl = final equity - initial equity
+        eq0 = float(j["equity"].iloc[-1]) - float(result.metrics["pnl"])
+    fig = replay_figure(j, title, warmup_s=warmup_s, initial_equity=eq0)
     fig.savefig(files[2], dpi=110)
     plt.close(fig)
     return files
