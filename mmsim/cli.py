@@ -103,7 +103,12 @@ def _live(argv: list[str]) -> int:
         help="a recorded websocket capture (hftbacktest_*.gz) to run the engine on, with "
         "paper fills against its trades",
     )
-    p.add_argument("--cadence", type=float, default=1.0, help="seconds between observations in a replay")
+    p.add_argument("--cadence", type=float, default=1.0, help="seconds between observations in a replay (1e-3 to 3600)")
+    p.add_argument(
+        "--symbol",
+        help="the symbol to replay (default: the market's asset, which the capture must hold; a capture of "
+        "another symbol is refused unless it is named here)",
+    )
     p.add_argument("--out", help="output directory of a replay (default outputs/replay/<capture name>/<time>)")
     p.add_argument(
         "--compare-paths",
@@ -134,7 +139,7 @@ def _live(argv: list[str]) -> int:
         _check_best(a.params, best, cfg)
     print(describe_policy(ep))
     if a.replay:
-        return _replay(a, world, mp, ep, sim)
+        return _replay(a, world, mp, ep, sim, list(cfg.market.get("asset_names") or []))
     print(
         "\nmmsim live: no exchange connector is configured (there is no live feed adapter or order gateway in "
         "this version); nothing was sent. Exiting.",
@@ -143,7 +148,12 @@ def _live(argv: list[str]) -> int:
     return EXIT_NO_CONNECTOR
 
 
-def _replay(a, world, mp, ep, sim) -> int:
+def _replay_symbol(a, assets: list[str]) -> str | None:
+    """The symbol a replay must find in its capture: ``--symbol``, else the market's asset."""
+    return a.symbol or (str(assets[0]) if assets else None)
+
+
+def _replay(a, world, mp, ep, sim, cfg_assets: list[str]) -> int:
     import jax.numpy as jnp
 
     from mmsim import live, report
@@ -154,10 +164,21 @@ def _replay(a, world, mp, ep, sim) -> int:
     if not path.exists():
         print(f"mmsim live: no capture at {path}", file=sys.stderr)
         return EXIT_CONFIG
+    if a.out and Path(a.out).exists() and not Path(a.out).is_dir():
+        print(f"mmsim live: --out {a.out} is a file, not a directory", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         if a.compare_paths < 0:
             raise ValueError(f"--compare-paths = {a.compare_paths}: must be >= 0")
-        feed = live.feed_from_capture(data.read_capture(path), a.cadence)
+        cap = data.read_capture(path)
+        if cap.get("truncated"):
+            t = cap["truncated"]
+            print(
+                f"warning: {path.name} is damaged after {t['after_lines']:,} lines (compressed byte "
+                f"{t['compressed_byte']:,}: {t['reason']}); replaying what it holds",
+                file=sys.stderr,
+            )
+        feed = live.feed_from_capture(cap, a.cadence, symbol=_replay_symbol(a, cfg_assets))
         res = live.replay(ep, feed, depth_per_tick=float(mp.fills.depth_per_tick), dtype=jnp.dtype(sim.dtype))
         if a.compare_paths:
             res.metrics["simulated"] = live.compare_with_simulation(
@@ -189,6 +210,10 @@ def _replay(a, world, mp, ep, sim) -> int:
         ("quoting", f"{100 * m['quoting_fraction']:.0f} % of observations"),
         ("liquidated", report.fmt(m["liquidated"])),
         ("engine step compile / run (s)", f"{m['compile_s']:.2f} / {m['run_s']:.2f}"),
+        (
+            "feed quality: refused / stale",
+            ", ".join(f"{k} {v:,}" for k, v in m["feed_quality"].items() if v) or "nothing refused, never stale",
+        ),
     ]
     if "simulated" in m:
         c = m["simulated"]

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "CaptureError",
     "data_dir",
     "data_file",
     "read_capture",
@@ -44,9 +45,9 @@ __all__ = [
 ]
 
 #: Columns of ``read_capture(...)["trades"]``.
-TRADE_COLUMNS = ("time", "local_time", "price", "qty", "side", "type", "trade_id")
+TRADE_COLUMNS = ("time", "local_time", "price", "qty", "side", "type", "trade_id", "symbol")
 #: Columns of ``read_capture(...)["book_ticker"]``.
-BOOK_COLUMNS = ("time", "local_time", "bid", "bid_qty", "ask", "ask_qty")
+BOOK_COLUMNS = ("time", "local_time", "bid", "bid_qty", "ask", "ask_qty", "symbol")
 #: Columns of ``read_capture(...)["mark_price"]``.
 MARK_COLUMNS = ("time", "local_time", "mark", "index", "settle_estimate", "funding_rate", "next_funding_time")
 #: Columns of ``read_capture(..., depth=True)["depth"]`` (long format, one row per level update).
@@ -91,6 +92,11 @@ def data_file(name: str) -> Path | None:
 # Websocket captures
 
 
+class CaptureError(ValueError):
+    """A capture that cannot be read at all (not gzip, a directory, no line before the damage);
+    the message names the file and, where known, the byte offset."""
+
+
 def _ts_scale(token: str) -> float:
     """Seconds per unit of an integer epoch timestamp, from its digit count.
 
@@ -105,6 +111,22 @@ def _ts_scale(token: str) -> float:
     if n >= 12:
         return 1e-3
     return 1.0
+
+
+class _Damaged(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _lines_until_damage(fh):
+    """The text lines of a gzip stream, up to the first damage (bad gzip data, a truncated stream,
+    binary garbage after the last member), which raises :class:`_Damaged`."""
+    import zlib
+
+    try:
+        yield from fh
+    except (gzip.BadGzipFile, EOFError, zlib.error, OSError, UnicodeDecodeError) as e:
+        raise _Damaged(f"{type(e).__name__}: {e}") from None
 
 
 def _finite_pos(*xs: float) -> bool:
@@ -167,13 +189,28 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
     crossed = 0
     venue = "unknown"
     n_msg = 0
+    rejected: dict[str, int] = {}
+    agg: list[tuple] = []  # aggTrade rows: used only when the capture has no trade stream
+
+    def reject(kind: str) -> None:
+        rejected[kind] = rejected.get(kind, 0) + 1
 
     def bump(kind: str) -> None:
         messages[kind] = messages.get(kind, 0) + 1
 
     loads = json.loads
-    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as fh:
-        for line in fh:
+    path = Path(path)
+    if path.is_dir():
+        raise CaptureError(f"{path}: a directory, not a capture file")
+    if not path.is_file():
+        raise CaptureError(f"{path}: no such capture file")
+    truncated = None
+    raw = open(path, "rb")  # noqa: SIM115 (closed below; its offset says where damage starts)
+    fh = gzip.open(raw, "rt", encoding="utf-8", errors="replace")
+    lines = 0
+    try:
+        for line in _lines_until_damage(fh):
+            lines += 1
             try:
                 sp = line.index(" ")
                 tok = line[:sp]
@@ -187,20 +224,28 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                     continue
                 msg = loads(body)
                 n_msg += 1
+                kind = "binance" if "stream" in msg else "hyperliquid" if "channel" in msg else None
+                if kind is not None and venue not in ("unknown", kind):
+                    reject("other_venue")  # one capture, one venue: the other's lines are not mixed in
+                    continue
                 if "stream" in msg:
                     venue = "binance"
-                    symbols.add(str(msg["stream"]).split("@")[0])
+                    sym = str(msg["stream"]).split("@")[0]
+                    symbols.add(sym)
                     d = msg["data"]
                     e = d.get("e")
-                    if e == "trade":
+                    if e in ("trade", "aggTrade"):
                         m = d["m"]
                         if not isinstance(m, bool):
                             raise ValueError("m")
                         p, q, t = float(d["p"]), float(d["q"]), d["T"] * 1e-3
                         if not _finite_pos(p, q, t):
                             raise ValueError("p/q/T")
-                        trades.append((t, local, p, q, -1 if m else 1, d.get("X", ""), int(d["t"])))
-                        bump("trade")
+                        if e == "trade":
+                            trades.append((t, local, p, q, -1 if m else 1, d.get("X", ""), int(d["t"]), sym))
+                        else:
+                            agg.append((t, local, p, q, -1 if m else 1, "", int(d["a"]), sym))
+                        bump(e)
                     elif e == "bookTicker" or msg["stream"].endswith("@bookTicker"):
                         b, bq, a, aq = float(d["b"]), float(d["B"]), float(d["a"]), float(d["A"])
                         if not _finite_pos(b, a) or not (bq >= 0.0 and aq >= 0.0 and math.isfinite(bq + aq)):
@@ -213,7 +258,7 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                         if b >= a:
                             crossed += 1
                             continue
-                        books.append((t, local, b, bq, a, aq))
+                        books.append((t, local, b, bq, a, aq, sym))
                     elif e == "markPriceUpdate":
                         vals = (float(d["p"]), float(d["i"]), float(d.get("P", "nan")), float(d["r"]))
                         t, t_next = d["E"] * 1e-3, d["T"] * 1e-3
@@ -240,7 +285,8 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                             p, q, t = float(f["px"]), float(f["sz"]), f["time"] * 1e-3
                             if not _finite_pos(p, q, t):
                                 raise ValueError("px/sz/time")
-                            rows.append((t, local, p, q, 1 if s == "B" else -1, "", int(f["tid"])))
+                            coin = str(f.get("coin", "")).lower()
+                            rows.append((t, local, p, q, 1 if s == "B" else -1, "", int(f["tid"]), coin))
                         trades.extend(rows)
                         bump("trades")
                     elif ch == "l2Book":
@@ -256,7 +302,7 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                             if b >= a:
                                 crossed += 1
                             else:
-                                books.append((t, local, b, bq, a, aq))
+                                books.append((t, local, b, bq, a, aq, str(d.get("coin", "")).lower()))
                         if depth:
                             _depth_rows(
                                 depth_rows,
@@ -278,19 +324,40 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                     bump("other")
             except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError):
                 malformed += 1
+    except _Damaged as e:
+        offset = raw.tell()
+        if lines == 0:
+            raise CaptureError(f"{path}: not a readable gzip capture ({e.reason}) at byte {offset}") from None
+        truncated = {"after_lines": lines, "compressed_byte": offset, "reason": e.reason}
+    finally:
+        fh.close()
+        raw.close()
 
+    if not trades and agg:  # Binance's aggregated trade stream, when it is the only one
+        trades = agg
+    elif agg:
+        rejected["aggTrade_beside_trade_stream"] = len(agg)  # the same volume twice otherwise
     out = {
-        "trades": _frame(trades, TRADE_COLUMNS, {"side": np.int8, "trade_id": np.int64, "type": object}),
-        "book_ticker": _frame(books, BOOK_COLUMNS),
+        "trades": _frame(
+            trades, TRADE_COLUMNS, {"side": np.int8, "trade_id": np.int64, "type": object, "symbol": object}
+        ),
+        "book_ticker": _frame(books, BOOK_COLUMNS, {"symbol": object}),
         "mark_price": _frame(marks, MARK_COLUMNS),
         "malformed": malformed,
         "crossed": crossed,
         "messages": messages,
         "venue": venue,
         "symbols": sorted(symbols),
+        "rejected": rejected,
+        "truncated": truncated,
     }
     tr = out["trades"]
     if len(tr):
+        # A trade id seen twice (a resent message, a reconnect) is one trade.
+        dup = tr.duplicated(["symbol", "trade_id"], keep="first").to_numpy()
+        if dup.any():
+            rejected["duplicate_trade_id"] = int(dup.sum())
+            tr = tr[~dup]
         out["trades"] = tr.sort_values(["time", "trade_id"], kind="mergesort").reset_index(drop=True)
     if depth:
         out["depth"] = _frame(depth_rows, DEPTH_COLUMNS, {"msg": np.int64, "snapshot": bool, "side": np.int8})

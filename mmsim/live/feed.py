@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mmsim.live.guard import GuardParams, check
+
 
 class Feed(NamedTuple):
     """A recording cut into intervals; arrays of length ``n`` (one per observation) unless said."""
@@ -40,17 +42,39 @@ class Feed(NamedTuple):
     trade_qty: np.ndarray
     trade_side: np.ndarray  # +1 aggressive buy, -1 aggressive sell
     trade_start: np.ndarray  # (n + 1,)
+    # Seconds since the last valid book update at each interval's end (the quotes are pulled past
+    # the guard's stale_s), the messages the guard refused by class, and the symbol replayed.
+    book_age: np.ndarray | None = None
+    quality: dict | None = None
+    symbol: str | None = None
 
     @property
     def mid(self) -> np.ndarray:
         return 0.5 * (self.best_bid + self.best_ask)
 
 
-def feed_from_capture(cap: dict, cadence_s: float = 1.0) -> Feed:
+#: Bounds of the cadence, seconds: finer than a millisecond is below the venues' time stamps.
+MIN_CADENCE_S, MAX_CADENCE_S = 1e-3, 3600.0
+#: The most observations one feed may hold (memory never depends on a bad time stamp).
+MAX_OBSERVATIONS = 20_000_000
+
+
+def feed_from_capture(
+    cap: dict, cadence_s: float = 1.0, *, guard: GuardParams | None = GuardParams(), symbol: str | None = None
+) -> Feed:
     """Cut a capture (:func:`mmsim.fit.data.read_capture`'s dict) into observations every ``cadence_s``
-    seconds of exchange time, from the first book update to the last event."""
-    if not cadence_s > 0:
-        raise ValueError(f"cadence_s = {cadence_s!r}: must be a positive number of seconds")
+    seconds of exchange time, from the first book update to the last event, after the guard
+    (:func:`mmsim.live.guard.check`; None: none) has refused the implausible messages. ``symbol``:
+    the symbol to replay (``ValueError`` if the capture lacks it); default the capture's main one."""
+    if not (isinstance(cadence_s, (int, float)) and MIN_CADENCE_S <= cadence_s <= MAX_CADENCE_S):
+        raise ValueError(
+            f"cadence_s = {cadence_s!r}: must be a number of seconds in [{MIN_CADENCE_S:g}, {MAX_CADENCE_S:g}]"
+        )
+    quality: dict = {}
+    if guard is not None:
+        cap, quality = check(cap, guard, symbol=symbol)
+    elif symbol is not None:
+        raise ValueError("symbol selection needs the guard")
     inverse = [s for s in cap.get("symbols", []) if s.endswith("_perp")]
     if inverse:
         raise ValueError(
@@ -64,7 +88,16 @@ def feed_from_capture(cap: dict, cadence_s: float = 1.0) -> Feed:
     trades = trades.sort_values(["time", "trade_id"], kind="stable") if len(trades) else trades
     t0 = float(book["time"].iloc[0])
     t_end = max(float(book["time"].iloc[-1]), float(trades["time"].iloc[-1]) if len(trades) else t0)
-    n = max(int(np.floor((t_end - t0) / cadence_s)), 1)
+    if cadence_s > t_end - t0:
+        raise ValueError(
+            f"cadence_s = {cadence_s:g} s is longer than the capture ({t_end - t0:.3g} s of books and trades)"
+        )
+    n = int(np.floor((t_end - t0) / cadence_s))
+    if n > MAX_OBSERVATIONS:
+        raise ValueError(
+            f"the capture spans {t_end - t0:.4g} s: a cadence of {cadence_s:g} s gives {n:,} observations "
+            f"(at most {MAX_OBSERVATIONS:,}); choose a coarser cadence"
+        )
     edges = t0 + cadence_s * np.arange(1, n + 1)  # interval ends, epoch s
     bt = book["time"].to_numpy(float)
     ib = np.searchsorted(bt, edges, side="right") - 1  # last book update at or before each end
@@ -132,4 +165,7 @@ def feed_from_capture(cap: dict, cadence_s: float = 1.0) -> Feed:
         trade_qty=qty,
         trade_side=side,
         trade_start=start,
+        book_age=edges - bt[ib],
+        quality=quality,
+        symbol=cap.get("symbol"),
     )

@@ -19,6 +19,7 @@ from mmsim._pytree import cast_floats
 from mmsim.engine import account as acct
 from mmsim.engine import policy as pol
 from mmsim.live.feed import Feed
+from mmsim.live.guard import GuardParams
 from mmsim.live.paper import Resting, paper_fills
 from mmsim.world.processes import queue as fills
 
@@ -30,7 +31,13 @@ class ReplayResult(NamedTuple):
 
 
 def replay(
-    ep: engine.EngineParams, feed: Feed, *, depth_per_tick: float = 0.5, dtype=jnp.float32, step_fn=None
+    ep: engine.EngineParams,
+    feed: Feed,
+    *,
+    depth_per_tick: float = 0.5,
+    dtype=jnp.float32,
+    step_fn=None,
+    stale_s: float = GuardParams().stale_s,
 ) -> ReplayResult:
     """Run the engine on ``feed`` with paper fills (the live loop, one compiled ``engine.step`` per
     observation). ``step_fn``: a compiled or jitted step to reuse; by default the step is compiled
@@ -49,6 +56,7 @@ def replay(
     tick = float(np.max(np.asarray(ep.tick)))
     fp = fills.FillParams(depth_per_tick=depth_per_tick)
     n = len(feed.t)
+    stale = (feed.book_age > stale_s) if feed.book_age is not None else np.zeros(n, bool)
     bid_rest, ask_rest = Resting(), Resting()
     quote = None
     rows = []
@@ -125,7 +133,7 @@ def replay(
             fill_bid_price=v(quote["bid_price"] if fb > 0 else 0.0),
             fill_ask_size=v(fa),
             fill_ask_price=v(quote["ask_price"] if fa > 0 else 0.0),
-            book_valid=np.ones(1, bool),
+            book_valid=np.full(1, not stale[i]),
             trades_valid=np.ones(1, bool),
             liq_valid=np.full(1, feed.liq_valid),
             funding_valid=np.full(1, feed.funding_valid),
@@ -141,7 +149,10 @@ def replay(
                 bid_price=round(quote["bid_price"] / tick) * tick, ask_price=round(quote["ask_price"] / tick) * tick
             )
         quote.update(
-            bid_active=bool(q.bid_active[0]), ask_active=bool(q.ask_active[0]), take=float(q.take[0]) if takes else 0.0
+            # A stale feed (no valid book for stale_s) pulls the quotes until a book arrives.
+            bid_active=bool(q.bid_active[0]) and not stale[i],
+            ask_active=bool(q.ask_active[0]) and not stale[i],
+            take=float(q.take[0]) if takes and not stale[i] else 0.0,
         )
         rows.append(
             (
@@ -187,10 +198,10 @@ def replay(
             "sigma",
         ],
     )
-    return ReplayResult(journal, _metrics(ep, feed, journal, state, compile_s, run_s), state)
+    return ReplayResult(journal, _metrics(ep, feed, journal, state, compile_s, run_s, int(stale.sum())), state)
 
 
-def _metrics(ep, feed, journal: pd.DataFrame, state, compile_s: float, run_s: float) -> dict:
+def _metrics(ep, feed, journal: pd.DataFrame, state, compile_s: float, run_s: float, n_stale: int = 0) -> dict:
     s = state.account
     eq = journal["equity"].to_numpy(float)
     peak = np.maximum.accumulate(np.concatenate([[float(np.asarray(ep.account.initial_equity))], eq]))[1:]
@@ -218,6 +229,12 @@ def _metrics(ep, feed, journal: pd.DataFrame, state, compile_s: float, run_s: fl
             "volume_ask": float(journal["fill_ask"].sum()),
         },
         "quoting_fraction": float(np.mean(journal["bid"].notna() | journal["ask"].notna())),
+        # What the guard refused, by class, and the observations whose book was stale (quotes pulled).
+        "feed_quality": {
+            **(feed.quality or {}),
+            "stale_observations": n_stale,
+        },
+        "symbol": feed.symbol,
         "compile_s": compile_s,
         "run_s": run_s,
         "observations_per_s": n / run_s if run_s > 0 else None,
