@@ -105,6 +105,11 @@ def _live(argv: list[str]) -> int:
     )
     p.add_argument("--cadence", type=float, default=1.0, help="seconds between observations in a replay (1e-3 to 3600)")
     p.add_argument(
+        "--force",
+        action="store_true",
+        help="run a best.yaml made for another market than the configured one (refused by default)",
+    )
+    p.add_argument(
         "--symbol",
         help="the symbol to replay (default: the market's asset, which the capture must hold; a capture of "
         "another symbol is refused unless it is named here)",
@@ -135,8 +140,8 @@ def _live(argv: list[str]) -> int:
     if world != "market":
         print(f"mmsim live: the {world!r} world is a simulation model, not a venue; choose a market", file=sys.stderr)
         return EXIT_CONFIG
-    if best is not None:
-        _check_best(a.params, best, cfg)
+    if best is not None and not _check_best(a.params, best, cfg, a.force):
+        return EXIT_CONFIG
     print(describe_policy(ep))
     if a.replay:
         return _replay(a, world, mp, ep, sim, list(cfg.market.get("asset_names") or []))
@@ -238,7 +243,9 @@ def _replay(a, world, mp, ep, sim, cfg_assets: list[str]) -> int:
     return 0
 
 
-def _check_best(params: str, best: dict, cfg) -> None:
+def _check_best(params: str, best: dict, cfg, force: bool = False) -> bool:
+    """Say what ``best.yaml`` brings; False (refused) when it was optimised for another market than
+    the configured one, unless ``force``: its certificate holds only for the market it was made in."""
     print(f"mmsim live: {params} is valid (feasible: {best.get('feasible')}).")
     from omegaconf import OmegaConf
 
@@ -247,11 +254,15 @@ def _check_best(params: str, best: dict, cfg) -> None:
         here = OmegaConf.to_container(cfg.market, resolve=True)
         if bm != here:
             diff = sorted(k for k in set(bm) | set(here) if bm.get(k) != here.get(k))
+            what = "warning" if force else "mmsim live: refused"
             print(
-                f"warning: best.yaml was optimised for a different market than the one configured "
-                f"(differs in {diff}); select the same experiment/market overrides",
+                f"{what}: best.yaml was optimised and certified for a different market than the one configured "
+                f"(differs in {diff}); select the same experiment/market overrides"
+                + ("" if force else ", or pass --force to run it here anyway"),
                 file=sys.stderr,
             )
+            if not force:
+                return False
     acc = best.get("account")
     if isinstance(acc, dict) and acc:
         here = OmegaConf.to_container(cfg.account, resolve=True)
@@ -267,6 +278,7 @@ def _check_best(params: str, best: dict, cfg) -> None:
         )
     if best.get("constraints") is not None:
         print(f"constraints: {best['constraints']}")
+    return True
 
 
 def _sweep_summary(argv: list[str]) -> int:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mmsim.world import WORLDS
@@ -46,6 +47,9 @@ DTYPES = ("float32", "float64")
 TASKS = ("risk", "as2008", "optimize")
 #: A horizon is a whole number of steps when |horizon / dt - round(horizon / dt)| <= this.
 STEP_TOL = 1e-6
+#: Limits of a params file (best.yaml): its size, and YAML aliases (an alias bomb expands exponentially).
+MAX_PARAMS_BYTES = 1_000_000
+MAX_PARAMS_ALIASES = 50
 #: The top-level keys of an optimiser's best.yaml.
 BEST_KEYS = ("policy", "account", "market", "constraints", "validation", "feasible")
 
@@ -623,6 +627,27 @@ def _sized_adverse_slots(cfg, ep, dt: float):
     return dataclasses.replace(ep, adverse=dataclasses.replace(ep.adverse, n_slots=slots))
 
 
+def _check_memory(sim: SimSettings, n_assets: int) -> None:
+    """Refuse, before anything compiles, a run whose horizon alone needs more memory than the
+    machine has (a horizon of 1e9 s, or a step of 1e-9 s)."""
+    from mmsim.sim.simulate import MAX_STEPS, machine_memory, memory_estimate
+
+    _require(
+        sim.n_steps <= MAX_STEPS,
+        "sim.horizon_s / sim.dt_s",
+        f"= {sim.n_steps:,} steps: at most {MAX_STEPS:,} (raise sim.dt_s or shorten the horizon)",
+    )
+    need = memory_estimate(sim.n_steps, sim.n_trace, n_assets, 8 if sim.dtype == "float64" else 4)
+    have = machine_memory()
+    _require(
+        have is None or need <= 0.5 * have,
+        "sim",
+        f"{sim.n_steps:,} steps with {sim.n_trace} traced paths need about {need / 2**30:,.1f} GiB, more than "
+        f"half of this machine's {(have or 0) / 2**30:,.1f} GiB: shorten sim.horizon_s, raise sim.dt_s or "
+        "lower sim.n_trace",
+    )
+
+
 def build(cfg: DictConfig) -> tuple[str, Any, Any, SimSettings]:
     """Config > ``(world, market_params, engine_params, sim_settings)``, everything validated on
     the host (see the module docstring). Raises :class:`ConfigError`."""
@@ -645,6 +670,7 @@ def build(cfg: DictConfig) -> tuple[str, Any, Any, SimSettings]:
             "(kind as2008 or glft with policy.sigma_price > 0, or symmetric); set engine.price.returns=true "
             "for the estimate",
         )
+    _check_memory(sim, ep.n_assets)
     if world == "as2008":
         _require(
             ep.lite,
@@ -681,11 +707,26 @@ def load_best(path: str | os.PathLike) -> dict:
     p = Path(str(path)).expanduser()
     if not p.is_file():
         raise ConfigError(f"params = {str(path)!r}: no such file (give the path of a best.yaml)")
+    _require(p.stat().st_size <= MAX_PARAMS_BYTES, f"params ({p})", f"is larger than {MAX_PARAMS_BYTES:,} bytes")
     try:
-        best = _plain(OmegaConf.load(p))
-    except Exception as e:  # noqa: BLE001 (any YAML error is a config error)
+        text = p.read_text(encoding="utf-8")
+        n_alias = sum(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=yaml.SafeLoader))
+    except Exception as e:  # noqa: BLE001 (any YAML or encoding error is a config error)
+        raise ConfigError(f"params = {str(p)!r}: not readable as YAML: {e}") from None
+    _require(
+        n_alias <= MAX_PARAMS_ALIASES, f"params ({p})", f"has {n_alias} YAML aliases (at most {MAX_PARAMS_ALIASES})"
+    )
+    try:
+        best = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001
         raise ConfigError(f"params = {str(p)!r}: not readable as YAML: {e}") from None
     _require(isinstance(best, dict), f"params ({p})", "must be a mapping with a 'policy' key")
+    feasible = best.get("feasible")
+    _require(
+        feasible is None or isinstance(feasible, bool),
+        f"params ({p}).feasible",
+        f"= {feasible!r}: must be true or false",
+    )
     unknown = sorted(set(best) - set(BEST_KEYS))
     _require(not unknown, f"params ({p})", f"unknown top-level key(s) {unknown}; expected {list(BEST_KEYS)}")
     pol = best.get("policy")

@@ -39,6 +39,15 @@ class SweepSummaryCallback(_HydraCallback):
             print(f"warning: sweep summary not written: {e}", file=sys.stderr)
 
 
+def mark_failed(out_dir: Path, why: str) -> None:
+    """Leave a ``FAILED`` file (the reason) in a run directory whose run did not finish."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "FAILED").write_text(why.rstrip() + "\n")
+    except OSError:
+        pass
+
+
 def _hydra_main():
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -53,8 +62,12 @@ def _hydra_main():
         try:
             m = run_task(cfg, out_dir)
         except mcfg.ConfigError as e:
+            mark_failed(out_dir, f"configuration error: {e}")
             print(f"mmsim: configuration error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        except BaseException as e:  # the outputs of a run that did not finish must not look current
+            mark_failed(out_dir, f"{type(e).__name__}: {e}")
+            raise
         pnl = m.get("pnl", {}).get("mean") if isinstance(m.get("pnl"), dict) else None
         return None if pnl is None else float(pnl)
 

@@ -9,6 +9,7 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +34,18 @@ def prepare_jax(cfg: DictConfig) -> str | None:
     import jax
 
     path = os.path.expanduser(str(d))
-    os.makedirs(path, exist_ok=True)
+    try:  # a cache we cannot write is no reason to stop: the run goes on, compiling afresh
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".mmsim-write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        warnings.warn(
+            f"compile_cache_dir = {path!r} is not writable ({e.strerror}); running without the compilation cache",
+            stacklevel=2,
+        )
+        return None
     jax.config.update("jax_compilation_cache_dir", path)
     return path
 

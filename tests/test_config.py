@@ -388,3 +388,55 @@ def test_a_word_in_a_list_field_is_refused_and_never_skips_validation():
         PolicyParams(event_times_s=("abc",), gamma=-1.0)
     with pytest.raises(ValueError, match=r"PolicyParams.gamma"):
         PolicyParams(gamma=-1.0)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["sim.horizon_s=1e9"], r"sim: 1,000,000,000 steps with 8 traced paths need about"),
+        (["sim.dt_s=1e-9", "sim.horizon_s=3600"], r"sim.horizon_s / sim.dt_s = 3,600,000,000,000 steps: at most"),
+    ],
+)
+def test_a_horizon_the_machine_cannot_hold_is_refused_before_compiling(overrides, match):
+    with pytest.raises(mcfg.ConfigError, match=match):
+        mcfg.build(mcfg.compose(["experiment=baseline", *overrides]))
+
+
+def test_params_files_are_read_safely(tmp_path):
+    best = write_best(tmp_path / "best.yaml", {"gamma": 0.01}, feasible="no")
+    with pytest.raises(mcfg.ConfigError, match=r"feasible = 'no': must be true or false"):
+        mcfg.load_best(best)
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(
+        "a: &a [x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+        + "policy: {gamma: 0.01}\n"
+    )
+    with pytest.raises(mcfg.ConfigError, match=r"has 72 YAML aliases \(at most 50\)"):
+        mcfg.load_best(bomb)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(mcfg.ConfigError, match="not readable as YAML"):
+        mcfg.load_best(binary)
+
+
+def test_an_unwritable_compile_cache_is_a_warning_not_a_failure(tmp_path):
+    from mmsim import tasks
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cfg = mcfg.compose(["experiment=baseline", f"compile_cache_dir={blocker}/cache", "cpu_devices=1"])
+    with pytest.warns(UserWarning, match="is not writable"):
+        assert tasks.prepare_jax(cfg) is None
+
+
+def test_live_refuses_a_best_yaml_made_for_another_market_unless_forced(tmp_path, capsys):
+    here = OmegaConf.to_container(mcfg.compose(["experiment=baseline"]).market, resolve=True)
+    other = {**here, "price": {**here["price"], "s0": 2 * here["price"]["s0"]}}
+    best = write_best(tmp_path / "best.yaml", {"gamma": 0.0042}, market=other)
+    assert cli.main(["live", "--params", str(best), "experiment=baseline"]) == cli.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "refused" in err and "differs in ['price']" in err and "--force" in err
+    assert cli.main(["live", "--params", str(best), "--force", "experiment=baseline"]) == cli.EXIT_NO_CONNECTOR
+    same = write_best(tmp_path / "same.yaml", {"gamma": 0.0042}, market=here)
+    assert cli.main(["live", "--params", str(same), "experiment=baseline"]) == cli.EXIT_NO_CONNECTOR

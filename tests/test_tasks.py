@@ -296,3 +296,12 @@ def test_every_experiment_end_to_end(exp, tmp_path):
     m = tasks.run_task(make_cfg(*tiny(exp), "sim.n_trace=0", "sim.dt_s=1.0"), tmp_path)
     check_risk_outputs(tmp_path, m, trace=False)
     assert m["non_finite_steps"] == 0 and m["n_paths"] == 8
+
+
+def test_a_run_that_fails_leaves_a_failed_marker(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mmsim.run", "experiment=baseline", "sim.n_paths=0", f"hydra.run.dir={out}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 2 and "sim.n_paths" in res.stderr
+    assert "configuration error: sim.n_paths" in (out / "FAILED").read_text()
+    assert not (out / "metrics.json").exists()

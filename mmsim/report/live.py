@@ -4,6 +4,9 @@ equity in quote currency, positions in base units, times in seconds since the re
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,14 +116,26 @@ def write_outputs(result: ReplayResult, out_dir: Path, title: str, *, warmup_s: 
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    j = result.journal
-    files = [out_dir / "journal.csv", out_dir / "metrics.json", out_dir / "replay.png"]
-    j.to_csv(files[0], index=False)
-    write_json(files[1], result.metrics)  # strict JSON: a non-finite number is null, never NaN
-    eq0 = None
-    if "pnl" in result.metrics and len(j):  # pnl = final equity - initial equity
-        eq0 = float(j["equity"].iloc[-1]) - float(result.metrics["pnl"])
-    fig = replay_figure(j, title, warmup_s=warmup_s, initial_equity=eq0)
-    fig.savefig(files[2], dpi=110)
-    plt.close(fig)
-    return files
+    # Written beside the directory's files first and moved in only once all three are written, so
+    # that a failure never leaves a mix of this run's and a previous run's files looking current.
+    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=out_dir))
+    names = ("journal.csv", "metrics.json", "replay.png")
+    try:
+        j = result.journal
+        j.to_csv(tmp / names[0], index=False)
+        write_json(tmp / names[1], result.metrics)  # strict JSON: a non-finite number is null, never NaN
+        eq0 = None
+        if "pnl" in result.metrics and len(j):  # pnl = final equity - initial equity
+            eq0 = float(j["equity"].iloc[-1]) - float(result.metrics["pnl"])
+        fig = replay_figure(j, title, warmup_s=warmup_s, initial_equity=eq0)
+        fig.savefig(tmp / names[2], dpi=110)
+        plt.close(fig)
+        for n in names:
+            os.replace(tmp / n, out_dir / n)
+        (out_dir / "FAILED").unlink(missing_ok=True)
+    except BaseException as e:
+        (out_dir / "FAILED").write_text(f"{type(e).__name__}: {e}\n")
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [out_dir / n for n in names]

@@ -336,11 +336,31 @@ def use_cpu_cores(n: int | None = None) -> int:
     return len(jax.devices("cpu"))
 
 
+#: The largest step count a run may have: steps are indexed in int32 (the key of step t).
+MAX_STEPS = 2**31 - 2
+
+
+def memory_estimate(n_steps: int, n_trace: int, n_assets: int, itemsize: int = 4) -> int:
+    """Bytes a run needs that grow with its horizon, whatever the chunk: the step index of the scan
+    (int32 per step) and the traces of ``n_trace`` paths (13 fields, per asset, per step). The
+    per-path state of a chunk is bounded by the chunk size and small beside a long horizon."""
+    per_step = 4 + max(int(n_trace), 0) * (13 * max(int(n_assets), 1) * itemsize + 16)
+    return int(n_steps + 1) * per_step
+
+
+def machine_memory() -> int | None:
+    """Physical memory of this machine, bytes (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _validate(n_paths, n_steps, dt, chunk_size, n_trace):
     if not isinstance(n_paths, (int, np.integer)) or n_paths < 1:
         raise ValueError(f"n_paths = {n_paths!r}: must be a positive integer")
-    if not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
-        raise ValueError(f"n_steps = {n_steps!r}: must be a positive integer")
+    if not isinstance(n_steps, (int, np.integer)) or not 1 <= n_steps <= MAX_STEPS:
+        raise ValueError(f"n_steps = {n_steps!r}: must be a positive integer of at most {MAX_STEPS:,}")
     if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
         raise ValueError(f"dt = {dt!r}: must be a positive number of seconds")
     if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):

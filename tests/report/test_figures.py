@@ -4,6 +4,8 @@ quote currency, times in seconds, positions in base units."""
 
 from __future__ import annotations
 
+import json
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -351,3 +353,25 @@ def test_replay_outputs_keep_their_files(tmp_path):
     files = live_report.write_outputs(res, tmp_path, "synthetic")
     assert [f.name for f in files] == ["journal.csv", "metrics.json", "replay.png"]
     assert (tmp_path / "replay.png").stat().st_size > 1000
+
+
+def test_a_failed_rerun_never_leaves_old_outputs_looking_current(tmp_path, monkeypatch):
+    j = make_journal()
+    res = ReplayResult(j, {"observations": len(j), "pnl": float(j["equity"].iloc[-1] - 10_000.0), "x": np.nan}, None)
+    live_report.write_outputs(res, tmp_path, "first")
+    assert json.loads((tmp_path / "metrics.json").read_text())["x"] is None  # strict JSON: NaN as null
+    before = (tmp_path / "metrics.json").read_text()
+
+    def broken(*a, **k):
+        raise RuntimeError("the figure could not be drawn")
+
+    monkeypatch.setattr(live_report, "replay_figure", broken)
+    res2 = ReplayResult(j, {"observations": 1, "pnl": 0.0}, None)
+    with pytest.raises(RuntimeError):
+        live_report.write_outputs(res2, tmp_path, "second")
+    assert "the figure could not be drawn" in (tmp_path / "FAILED").read_text()
+    assert (tmp_path / "metrics.json").read_text() == before  # the first run's, untouched, beside FAILED
+    assert not list(tmp_path.glob(".partial-*"))
+    monkeypatch.undo()
+    live_report.write_outputs(res2, tmp_path, "third")
+    assert not (tmp_path / "FAILED").exists()
