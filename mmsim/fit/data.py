@@ -92,7 +92,12 @@ def data_file(name: str) -> Path | None:
 # Websocket captures
 
 
-class CaptureError(ValueError):
+class DataError(ValueError):
+    """A data file that cannot be read: the message names the file and what is wrong with it (the
+    column, the byte offset)."""
+
+
+class CaptureError(DataError):
     """A capture that cannot be read at all (not gzip, a directory, no line before the damage);
     the message names the file and, where known, the byte offset."""
 
@@ -385,6 +390,49 @@ def _frame(rows: list, columns: tuple, dtypes: dict | None = None) -> pd.DataFra
 
 
 # ----------------------------------------------------------------------------------------------
+# CSV files
+
+
+def _read_csv(path: str | os.PathLike, columns: dict[str, tuple[str, ...]], **kw) -> tuple[pd.DataFrame, dict]:
+    """Read a CSV whose delimiter may be ``,``, ``;``, tab or ``|``, and map each wanted column
+    (any case, any of its aliases) to its name in the file. Returns the frame and ``{wanted: file
+    column}``; :class:`DataError` (one line: the file and what is wrong) for a missing file, a
+    directory, an empty or binary file or a missing column."""
+    import csv
+
+    p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{p}: a directory, not a CSV file")
+    if not p.is_file():
+        raise DataError(f"{p}: no such file")
+    try:
+        with open(p, encoding="utf-8") as fh:
+            head = fh.readline()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not a text CSV (undecodable byte at offset {e.start})") from None
+    if not head.strip():
+        raise DataError(f"{p}: empty file (no header line)")
+    try:
+        sep = csv.Sniffer().sniff(head, delimiters=",;\t|").delimiter
+    except csv.Error:
+        sep = ","
+    try:
+        raw = pd.read_csv(p, sep=sep, **kw)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not a text CSV (undecodable byte at offset {e.start})") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
+        raise DataError(f"{p}: not a readable CSV ({str(e).splitlines()[0]})") from None
+    lower = {str(c).strip().lower(): c for c in raw.columns}
+    found = {}
+    for want, aliases in columns.items():
+        hit = next((lower[a] for a in aliases if a in lower), None)
+        if hit is None:
+            raise DataError(f"{p}: no column {want!r} (looked for {list(aliases)}; the file has {list(raw.columns)})")
+        found[want] = hit
+    return raw, found
+
+
+# ----------------------------------------------------------------------------------------------
 # Funding history
 
 
@@ -405,11 +453,17 @@ def read_funding(path: str | os.PathLike, *, utc_offset_hours: float | None = No
         ``df.attrs`` holds ``interval_hours`` (median spacing, rounded to 1e-3 h),
         ``utc_offset_hours`` (what was subtracted) and ``malformed`` (rows dropped).
     """
-    raw = pd.read_csv(path, dtype=str)
-    cols = {c.strip().lower(): c for c in raw.columns}
+    raw, cols = _read_csv(
+        path,
+        {"date": ("date", "time", "timestamp"), "funding rate": ("funding rate", "rate", "funding_rate")},
+        dtype=str,
+    )
+    cols["symbol"] = next((c for c in raw.columns if str(c).strip().lower() == "symbol"), None)
     date = pd.to_datetime(raw[cols["date"]], errors="coerce", utc=True, format="mixed")
     rate = pd.to_numeric(raw[cols["funding rate"]], errors="coerce")
-    sym = raw[cols["symbol"]] if "symbol" in cols else pd.Series([""] * len(raw))
+    sym = raw[cols["symbol"]] if cols["symbol"] is not None else pd.Series([""] * len(raw))
+    # A date written with its zone (Z, +00:00) is already UTC: never shift it again.
+    explicit_zone = bool(raw[cols["date"]].astype(str).str.strip().str.contains(r"(?:Z|[+-]\d\d:?\d\d)$").mean() > 0.5)
     ok = date.notna() & rate.notna() & np.isfinite(rate.to_numpy(dtype=float, na_value=np.nan))
     df = pd.DataFrame({"date": date[ok], "rate": rate[ok].astype(float), "symbol": sym[ok]})
     df = df.sort_values("date", kind="mergesort").reset_index(drop=True)
@@ -417,7 +471,7 @@ def read_funding(path: str | os.PathLike, *, utc_offset_hours: float | None = No
     interval = float(np.round(spacing_h.median(), 3)) if len(spacing_h) else float("nan")
     if utc_offset_hours is None:
         utc_offset_hours = 0.0
-        if np.isfinite(interval) and interval >= 1.0:
+        if np.isfinite(interval) and interval >= 1.0 and not explicit_zone:
             hours = df["date"].dt.round("1min")
             h = (hours.dt.hour + hours.dt.minute / 60.0).to_numpy()
             phase = np.round(np.mod(h, interval), 3)
@@ -446,22 +500,41 @@ def read_bars(path: str | os.PathLike) -> pd.DataFrame:
         time with duplicate times and rows with non-positive or non-finite prices dropped
         (``df.attrs["malformed"]`` counts them).
     """
-    raw = pd.read_csv(path)
-    tcol = next(c for c in raw.columns if c.lower() in ("timestamp", "open_time", "time", "date"))
-    date = pd.to_datetime(raw[tcol], errors="coerce", utc=True, format="mixed")
+    want = {"time": ("timestamp", "open_time", "time", "date")} | {
+        c: (c,) for c in ("open", "high", "low", "close", "volume")
+    }
+    raw, cols = _read_csv(path, want)
+    date = pd.to_datetime(raw[cols["time"]], errors="coerce", utc=True, format="mixed")
     out = pd.DataFrame({"date": date})
     for c in ("open", "high", "low", "close", "volume"):
-        out[c] = pd.to_numeric(raw[c], errors="coerce").astype(np.float64)
+        out[c] = pd.to_numeric(raw[cols[c]], errors="coerce").astype(np.float64)
     px = out[["open", "high", "low", "close"]].to_numpy()
-    ok = out["date"].notna().to_numpy() & np.all(np.isfinite(px) & (px > 0), axis=1)
-    ok &= np.isfinite(out["volume"].to_numpy())
-    n_bad = int((~ok).sum())
-    out = out[ok].sort_values("date", kind="mergesort")
-    dup = out["date"].duplicated()
-    n_bad += int(dup.sum())
-    out = out[~dup].reset_index(drop=True)
+    rejected: dict[str, int] = {}
+
+    def drop(frame, bad, what):
+        n = int(np.sum(bad))
+        if n:
+            rejected[what] = n
+        return frame[~bad]
+
+    out = drop(out, ~(out["date"].notna().to_numpy() & np.all(np.isfinite(px) & (px > 0), axis=1)), "bad_price_or_time")
+    v = out["volume"].to_numpy()
+    out = drop(out, ~(np.isfinite(v) & (v >= 0)), "bad_volume")
+    o, h, lo, c = (out[k].to_numpy() for k in ("open", "high", "low", "close"))
+    out = drop(out, (h < lo) | (h < np.maximum(o, c)) | (lo > np.minimum(o, c)), "high_low_inconsistent")
+    out = out.sort_values("date", kind="mergesort")
+    out = drop(out, out["date"].duplicated().to_numpy(), "duplicate_time")
+    # A close far from its neighbours' (a x1000 close) is a typo, not a move: judged against the
+    # median close of the 30 bars around it (at least 11 of them), within a factor 1.5.
+    med = out["close"].rolling(31, center=True, min_periods=11).median().to_numpy()
+    close = out["close"].to_numpy()
+    with np.errstate(invalid="ignore"):
+        off = (close > 1.5 * med) | (close < med / 1.5)
+    out = drop(out, off, "outside_band")
+    out = out.reset_index(drop=True)
     out.insert(1, "time", (out["date"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().astype(np.float64))
-    out.attrs["malformed"] = n_bad
+    out.attrs["malformed"] = int(sum(rejected.values()))
+    out.attrs["rejected"] = rejected
     return out
 
 
@@ -478,7 +551,7 @@ def read_hl_trades(path: str | os.PathLike) -> pd.DataFrame:
         and ``crossed`` (bool: the user's order took liquidity); malformed rows dropped
         (``attrs["malformed"]``).
     """
-    raw = pd.read_csv(path, dtype=str)
+    raw, _ = _read_csv(path, {c: (c,) for c in ("time", "user", "coin", "side", "px", "sz", "crossed")}, dtype=str)
     date = pd.to_datetime(raw["time"], errors="coerce", utc=True, format="mixed")
     side = raw["side"].map({"Bid": 1, "Ask": -1, "B": 1, "A": -1})
     px = pd.to_numeric(raw["px"], errors="coerce")

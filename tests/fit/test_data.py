@@ -399,3 +399,62 @@ def test_real_hyperliquid_liquidations():
     assert liq["notional"].max() == pytest.approx(36_800, rel=0.01)
     assert (liq["leverage_type"] == "Cross").sum() == 54
     assert (liq["coin"] != "").mean() > 0.9
+
+
+def _bars(rows) -> str:
+    return "timestamp,open,high,low,close,volume\n" + "".join(
+        f"2021-12-31 23:{m:02d}:00,{o},{h},{lo},{c},{v}\n" for m, (o, h, lo, c, v) in enumerate(rows)
+    )
+
+
+@pytest.mark.parametrize(
+    "bad, what",
+    [
+        ((100, 99, 101, 100, 1), "high_low_inconsistent"),  # high < low
+        ((100, 100.5, 99.5, 100, -3), "bad_volume"),
+        ((100, 100_500, 99.5, 100_000, 1), "outside_band"),  # a x1000 close
+        ((100, "inf", 99.5, 100, 1), "bad_price_or_time"),
+    ],
+)
+def test_implausible_bars_are_counted_and_dropped(tmp_path, bad, what):
+    good = [(100, 100.5, 99.5, 100 + 0.1 * (k % 3), 1) for k in range(40)]
+    p = tmp_path / "b.csv"
+    p.write_text(_bars(good[:20] + [bad] + good[20:]))
+    b = data.read_bars(p)
+    assert b.attrs["rejected"] == {what: 1} and len(b) == 40
+
+
+def test_unreadable_csvs_are_one_line_errors_naming_the_file(tmp_path):
+    cases = {
+        "empty.csv": b"",
+        "binary.csv": b"\xff\xfe\x00\x81garbage\n\x00\x01",
+        "nocol.csv": b"timestamp,open,high,low,volume\n2021-12-31 23:00:00,1,2,1,3\n",
+    }
+    for name, body in cases.items():
+        (tmp_path / name).write_bytes(body)
+    with pytest.raises(data.DataError, match=r"empty.csv: empty file"):
+        data.read_bars(tmp_path / "empty.csv")
+    with pytest.raises(data.DataError, match=r"binary.csv: not a text CSV \(undecodable byte at offset 0\)"):
+        data.read_bars(tmp_path / "binary.csv")
+    with pytest.raises(data.DataError, match=r"nocol.csv: no column 'close'"):
+        data.read_bars(tmp_path / "nocol.csv")
+    with pytest.raises(data.DataError, match="a directory"):
+        data.read_funding(tmp_path)
+
+
+def test_a_semicolon_csv_reads_like_a_comma_one(tmp_path):
+    rows = [(100, 100.5, 99.5, 100, 1), (100, 100.5, 99.5, 100.2, 2)]
+    comma, semi = tmp_path / "c.csv", tmp_path / "s.csv"
+    comma.write_text(_bars(rows))
+    semi.write_text(_bars(rows).replace(",", ";"))
+    pd.testing.assert_frame_equal(data.read_bars(comma), data.read_bars(semi))
+
+
+def test_a_funding_date_with_its_zone_is_never_shifted_again(tmp_path):
+    p = tmp_path / "z.csv"
+    p.write_text(
+        "Symbol,Date,Funding Rate\n"
+        + "".join(f"BTC-USDT,2021-01-0{d} {h:02d}:00:00+00:00,1e-4\n" for d in (1, 2) for h in (3, 11, 19))
+    )
+    f = data.read_funding(p)
+    assert f.attrs["utc_offset_hours"] == 0.0 and f["date"].dt.hour.tolist() == [3, 11, 19] * 2
