@@ -196,6 +196,7 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
     n_msg = 0
     rejected: dict[str, int] = {}
     agg: list[tuple] = []  # aggTrade rows: used only when the capture has no trade stream
+    book_on_local: list[bool] = []  # Binance books without an exchange time (spot): stamped on receipt
 
     def reject(kind: str) -> None:
         rejected[kind] = rejected.get(kind, 0) + 1
@@ -264,6 +265,7 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                             crossed += 1
                             continue
                         books.append((t, local, b, bq, a, aq, sym))
+                        book_on_local.append(not ts)
                     elif e == "markPriceUpdate":
                         vals = (float(d["p"]), float(d["i"]), float(d.get("P", "nan")), float(d["r"]))
                         t, t_next = d["E"] * 1e-3, d["T"] * 1e-3
@@ -356,6 +358,19 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
         "rejected": rejected,
         "truncated": truncated,
     }
+    # Spot books carry no exchange time and are stamped on receipt, while trades carry the exchange's:
+    # put those books on the exchange clock (receive time minus the trades' median receive delay), or
+    # a replay would see each book about a second before its trades.
+    out["clock_offset_s"] = None
+    on_local = np.zeros(len(out["book_ticker"]), bool)
+    if book_on_local:
+        on_local[: len(book_on_local)] = book_on_local  # Hyperliquid books (not in the list) have their time
+    if on_local.any() and len(out["trades"]):
+        delay = float(np.median(out["trades"]["local_time"].to_numpy() - out["trades"]["time"].to_numpy()))
+        bt = out["book_ticker"]["time"].to_numpy(copy=True)
+        bt[on_local] -= delay
+        out["book_ticker"]["time"] = bt
+        out["clock_offset_s"] = delay
     tr = out["trades"]
     if len(tr):
         # A trade id seen twice (a resent message, a reconnect) is one trade.

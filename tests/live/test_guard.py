@@ -315,3 +315,19 @@ def test_the_replay_command_refuses_bad_input_before_running(tmp_path, capsys):
     for bad in ("inf", "1e-6"):
         assert cli.main(["live", "--replay", str(cap), "--cadence", bad, "experiment=baseline"]) == cli.EXIT_CONFIG
         assert "cadence_s" in capsys.readouterr().err
+
+
+def test_spot_books_stamped_on_receipt_are_put_on_the_exchange_clock(tmp_path):
+    """Binance spot bookTicker has no exchange time: its books are stamped on receipt, the trades on
+    the exchange clock. With the receive clock 1.27 s behind, the books move 1.27 s later."""
+    lines = []
+    for k in range(40):
+        t = T0_MS + 250 * k
+        local = t - 1270
+        d = {"u": t, "s": "BTCUSDT", "b": "60000.0", "B": "2.0", "a": "60000.1", "A": "3.0"}
+        lines.append(f"{local * 1_000_000} " + json.dumps({"stream": "btcusdt@bookTicker", "data": d}))
+        td = {"e": "trade", "E": t, "T": t, "t": k, "p": "60000.1", "q": "0.01", "m": False}
+        lines.append(f"{local * 1_000_000} " + json.dumps({"stream": "btcusdt@trade", "data": td}))
+    cap = data.read_capture(write(tmp_path / "spot.gz", lines))
+    assert cap["clock_offset_s"] == pytest.approx(-1.27, abs=1e-6)
+    np.testing.assert_allclose(cap["book_ticker"]["time"], cap["trades"]["time"], atol=1e-6)
