@@ -627,6 +627,22 @@ def _sized_adverse_slots(cfg, ep, dt: float):
     return dataclasses.replace(ep, adverse=dataclasses.replace(ep.adverse, n_slots=slots))
 
 
+def _check_params_market(cfg: DictConfig) -> None:
+    """A ``+params`` file certified for another market than the configured one is refused (its
+    validation holds only where it was made), unless ``+params_force=true``."""
+    src = _params_file(cfg)
+    if not src or cfg.get("params_force"):
+        return
+    made_for = load_best(src).get("market")
+    here = _section(cfg, "market")
+    if isinstance(made_for, dict) and made_for and made_for != here:
+        diff = sorted(k for k in set(made_for) | set(here) if made_for.get(k) != here.get(k))
+        raise ConfigError(
+            f"params = {src!r} was optimised and validated for another market (differs in {diff}); select the "
+            "same experiment and market overrides, or add +params_force=true to run it here anyway"
+        )
+
+
 def _check_memory(sim: SimSettings, n_assets: int) -> None:
     """Refuse, before anything compiles, a run whose horizon alone needs more memory than the
     machine has (a horizon of 1e9 s, or a step of 1e-9 s)."""
@@ -671,6 +687,7 @@ def build(cfg: DictConfig) -> tuple[str, Any, Any, SimSettings]:
             "for the estimate",
         )
     _check_memory(sim, ep.n_assets)
+    _check_params_market(cfg)
     if world == "as2008":
         _require(
             ep.lite,

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 
 from mmsim import tasks
@@ -305,3 +306,21 @@ def test_a_run_that_fails_leaves_a_failed_marker(tmp_path):
     assert res.returncode == 2 and "sim.n_paths" in res.stderr
     assert "configuration error: sim.n_paths" in (out / "FAILED").read_text()
     assert not (out / "metrics.json").exists()
+
+
+def test_a_params_file_certified_for_another_market_is_refused_unless_forced(tmp_path):
+    from omegaconf import OmegaConf
+
+    from mmsim import config as mcfg
+
+    cascade = OmegaConf.to_container(make_cfg(*tiny("cascade_stress")).market, resolve=True)
+    best = tmp_path / "best.yaml"
+    best.write_text(yaml.safe_dump({"policy": {"gamma": 0.0042}, "market": cascade, "feasible": True}))
+    with pytest.raises(mcfg.ConfigError, match=r"validated for another market .*\+params_force=true"):
+        tasks.run_task(
+            make_cfg("experiment=baseline", *TINY, f"+params={best}"), tmp_path / "a", simulate_fn=fake_simulate
+        )
+    forced = make_cfg("experiment=baseline", *TINY, f"+params={best}", "+params_force=true")
+    assert tasks.run_task(forced, tmp_path / "b", simulate_fn=fake_simulate)["n_paths"] > 0
+    same = make_cfg(*tiny("cascade_stress"), f"+params={best}")
+    assert tasks.run_task(same, tmp_path / "c", simulate_fn=fake_simulate)["n_paths"] > 0

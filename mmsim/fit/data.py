@@ -196,6 +196,7 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
     n_msg = 0
     rejected: dict[str, int] = {}
     agg: list[tuple] = []  # aggTrade rows: used only when the capture has no trade stream
+    sync: dict = {"snapshot": None, "last_u": None, "synced": False}  # depth diffs against the snapshot
     book_on_local: list[bool] = []  # Binance books without an exchange time (spot): stamped on receipt
 
     def reject(kind: str) -> None:
@@ -275,8 +276,12 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                         bump("markPrice")
                     elif e == "depthUpdate":
                         ts = d.get("T") or d.get("E")
-                        _depth_rows(depth_rows, ts * 1e-3 if ts else local, local, n_msg, False, d["b"], d["a"])
                         bump("depth")
+                        verdict = _depth_continuity(sync, int(d["U"]), int(d["u"]), d.get("pu"))
+                        if verdict is not None:
+                            reject(verdict)
+                            continue
+                        _depth_rows(depth_rows, ts * 1e-3 if ts else local, local, n_msg, False, d["b"], d["a"])
                     else:
                         bump(str(e))
                 elif "channel" in msg:
@@ -324,6 +329,7 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                     else:
                         bump(str(ch))
                 elif "lastUpdateId" in msg:
+                    sync.update(snapshot=int(msg["lastUpdateId"]), last_u=None, synced=False)
                     ts = msg.get("T") or msg.get("E")
                     _depth_rows(depth_rows, ts * 1e-3 if ts else local, local, n_msg, True, msg["bids"], msg["asks"])
                     bump("snapshot")
@@ -382,6 +388,28 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
     if depth:
         out["depth"] = _frame(depth_rows, DEPTH_COLUMNS, {"msg": np.int64, "snapshot": bool, "side": np.int8})
     return out
+
+
+def _depth_continuity(sync: dict, first: int, last: int, prev) -> str | None:
+    """Binance's rule for depth diffs against a REST snapshot: none before a snapshot; diffs that
+    end before it are stale; the first kept diff spans the snapshot's update id; each next one's
+    ``pu`` is the previous one's ``u``. A break is a gap: diffs are refused until the next snapshot.
+    Returns the class of a refused diff, None for a diff to apply (``sync`` is updated)."""
+    snap = sync["snapshot"]
+    if snap is None:
+        return "depth_before_snapshot"
+    if not sync["synced"]:
+        if last < snap:
+            return "depth_before_snapshot_id"  # older than the snapshot: already in it
+        if first > snap + 1:
+            return "depth_gap"
+        sync.update(synced=True, last_u=last)
+        return None
+    if prev is not None and int(prev) != sync["last_u"]:
+        sync.update(synced=False, snapshot=None)
+        return "depth_gap"
+    sync["last_u"] = last
+    return None
 
 
 def _depth_rows(rows: list, t: float, local: float, msg: int, snapshot: bool, bids, asks) -> None:
@@ -609,11 +637,18 @@ def read_hl_liquidations(path: str | os.PathLike, trades: pd.DataFrame | None = 
         bought, i.e. a short was liquidated; -1 sold, a long was liquidated; 0 unknown), ``qty``
         (coin units filled) and ``n_fills``. ``attrs["malformed"]`` counts dropped rows.
     """
-    raw = pd.read_csv(path, dtype=str)
+    raw, _ = _read_csv(
+        path, {c: (c,) for c in ("time", "user", "liquidated_ntl_pos", "liquidated_account_value")}, dtype=str
+    )
     date = pd.to_datetime(raw["time"], errors="coerce", utc=True, format="mixed")
     ntl = pd.to_numeric(raw["liquidated_ntl_pos"], errors="coerce")
     acct = pd.to_numeric(raw["liquidated_account_value"], errors="coerce")
-    ok = date.notna() & np.isfinite(ntl.to_numpy(dtype=float, na_value=np.nan)) & (ntl >= 0)
+    ok = (
+        date.notna()
+        & np.isfinite(ntl.to_numpy(dtype=float, na_value=np.nan))
+        & (ntl >= 0)
+        & np.isfinite(acct.to_numpy(dtype=float, na_value=np.nan))  # an account value must be a number too
+    )
     out = (
         pd.DataFrame(
             {

@@ -172,11 +172,12 @@ def test_read_capture_depth_and_microsecond_stamps(tmp_path):
     cap = data.read_capture(_write_gz(tmp_path / "cap.dat.gz", lines), depth=True)
     d = cap["depth"]
     assert list(d.columns) == list(data.DEPTH_COLUMNS)
-    assert len(d) == 5 and cap["malformed"] == 1
-    assert d["snapshot"].tolist() == [False, False, False, True, True]
-    assert d["side"].tolist() == [1, 1, -1, 1, -1]
-    assert d["time"].iloc[0] == pytest.approx((E - 7) / 1e3)
-    assert d["local_time"].iloc[0] == pytest.approx(us / 1e6)
+    # The diff before the snapshot is refused (the book is built from a snapshot first).
+    assert len(d) == 2 and cap["malformed"] == 1 and cap["rejected"] == {"depth_before_snapshot": 1}
+    assert d["snapshot"].tolist() == [True, True]
+    assert d["side"].tolist() == [1, -1]
+    assert d["time"].iloc[0] == pytest.approx(E / 1e3)
+    assert d["local_time"].iloc[0] == pytest.approx((us + 10) / 1e6)
     bt = cap["book_ticker"]
     assert bt["time"].iloc[0] == pytest.approx((us + 20) / 1e6)
 
@@ -458,3 +459,31 @@ def test_a_funding_date_with_its_zone_is_never_shifted_again(tmp_path):
     )
     f = data.read_funding(p)
     assert f.attrs["utc_offset_hours"] == 0.0 and f["date"].dt.hour.tolist() == [3, 11, 19] * 2
+
+
+def test_depth_diffs_follow_the_snapshot_and_a_gap_waits_for_the_next(tmp_path):
+    us = 1680652800_005_184
+    E = 1680652800016
+
+    def diff(U, u, pu, px="100.0"):
+        d = {"e": "depthUpdate", "E": E, "T": E, "U": U, "u": u, "pu": pu, "b": [[px, "1"]], "a": []}
+        return _binance("btcusdt@depth@0ms", d, us)
+
+    snap = f"{us} " + json.dumps(
+        {"lastUpdateId": 10, "E": E, "T": E, "bids": [["100.0", "1"]], "asks": [["100.2", "2"]]}
+    )
+    lines = [
+        snap,
+        diff(5, 8, 4),
+        diff(9, 12, 8),
+        diff(13, 15, 12),
+        diff(17, 18, 16),
+        diff(19, 20, 18),
+        snap.replace('"lastUpdateId": 10', '"lastUpdateId": 20'),
+        diff(20, 22, 20),
+        diff(23, 24, 22),
+    ]
+    cap = data.read_capture(_write_gz(tmp_path / "d.gz", lines), depth=True)
+    assert cap["rejected"] == {"depth_before_snapshot_id": 1, "depth_gap": 1, "depth_before_snapshot": 1}
+    d = cap["depth"]
+    assert (~d["snapshot"]).sum() == 4  # 9-12, 13-15, then 20-22 and 23-24 after the second snapshot

@@ -255,13 +255,12 @@ def test_lines_of_another_venue_are_not_mixed_in(tmp_path, clean):
 
 # -- any damage at all ---------------------------------------------------------------------------
 
-_MUTATIONS = st.sampled_from(["drop", "dup", "cut", "garble", "scale_price", "shift_time", "swap", "empty"])
+MUTATIONS = ("drop", "dup", "cut", "garble", "scale_price", "shift_time", "swap", "empty")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(_MUTATIONS, st.integers(0, 10_000), st.floats(1e-6, 1e6)), min_size=1, max_size=12))
-def test_no_mutation_crashes_the_reader_or_leaves_a_non_finite_feed(tmp_path, muts):
-    lines = clean_lines()
+def mutate(lines: list[str], muts) -> list[str]:
+    """The capture's lines with each ``(kind, index, factor)`` mutation of ``MUTATIONS`` applied."""
+    lines = list(lines)
     for kind, i, x in muts:
         i %= len(lines)
         if kind == "drop":
@@ -283,14 +282,30 @@ def test_no_mutation_crashes_the_reader_or_leaves_a_non_finite_feed(tmp_path, mu
             lines[i] = ""
         if not lines:
             lines = clean_lines()[:4]
+    return lines
+
+
+def outcome(path) -> str:
+    """Read and cut a (mutated) capture file: "error" for a clear ValueError, else "feed" after
+    checking that the feed is finite and bounded; anything else raises."""
     try:
-        cap = data.read_capture(write(tmp_path / "m.gz", lines))
-        f = live.feed_from_capture(cap, 1.0)
+        f = live.feed_from_capture(data.read_capture(path), 1.0)
     except ValueError:
-        return  # a clear error (no book left, a capture shorter than the cadence ...) is an outcome
+        return "error"  # a clear error (no book left, a capture shorter than the cadence ...)
     for name in ("best_bid", "best_ask", "vol_buy", "vol_sell", "vwap_buy", "vwap_sell", "last_price", "book_age"):
         assert np.all(np.isfinite(getattr(f, name))), name
     assert len(f.t) <= N_S * 2
+    return "feed"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(MUTATIONS), st.integers(0, 10_000), st.floats(1e-6, 1e6)), min_size=1, max_size=12
+    )
+)
+def test_no_mutation_crashes_the_reader_or_leaves_a_non_finite_feed(tmp_path, muts):
+    outcome(write(tmp_path / "m.gz", mutate(clean_lines(), muts)))
 
 
 # -- the command line ----------------------------------------------------------------------------
@@ -331,3 +346,38 @@ def test_spot_books_stamped_on_receipt_are_put_on_the_exchange_clock(tmp_path):
     cap = data.read_capture(write(tmp_path / "spot.gz", lines))
     assert cap["clock_offset_s"] == pytest.approx(-1.27, abs=1e-6)
     np.testing.assert_allclose(cap["book_ticker"]["time"], cap["trades"]["time"], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def engine_step():
+    import jax
+
+    from mmsim import config, engine
+
+    _, _, ep, _ = config.build(config.compose(["experiment=baseline", "engine.warmup_s=5"]))
+    return ep, jax.jit(engine.step)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(MUTATIONS), st.integers(0, 10_000), st.floats(1e-3, 1e3)), min_size=1, max_size=8
+    )
+)
+def test_no_mutated_feed_makes_the_engine_quote_nan_or_write_nan(tmp_path, engine_step, muts):
+    """Through the engine too: whatever the damage, every quote sent is a finite price and size,
+    the equity stays finite, and the metrics are strict JSON."""
+    from mmsim.report.common import sanitize
+
+    ep, step = engine_step
+    try:
+        f = live.feed_from_capture(data.read_capture(write(tmp_path / "m.gz", mutate(clean_lines(), muts))), 1.0)
+    except ValueError:
+        return
+    res = live.replay(ep, f, step_fn=step)
+    j = res.journal
+    for side in ("bid", "ask"):
+        sent = j[side].notna()
+        assert np.all(np.isfinite(j[side][sent])) and np.all(np.isfinite(j[f"{side}_size"][sent]))
+    assert np.all(np.isfinite(j["equity"]))
+    json.dumps(sanitize(res.metrics), allow_nan=False)
