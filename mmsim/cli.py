@@ -132,16 +132,18 @@ def _live(argv: list[str]) -> int:
 
     try:
         best = mcfg.load_best(a.params) if a.params else None
-        cfg = mcfg.compose([*a.overrides, *([f"+params={Path(a.params).resolve()}"] if a.params else [])])
+        params = [f"+params={Path(a.params).resolve()}"] if a.params else []
+        cfg = mcfg.compose([*a.overrides, *params, *(["+params_force=true"] if a.force and params else [])])
         world, mp, ep, sim = mcfg.build(cfg)
     except mcfg.ConfigError as e:
-        print(f"mmsim live: configuration error: {e}", file=sys.stderr)
+        hint = " (mmsim live: --force)" if "params_force" in str(e) else ""
+        print(f"mmsim live: configuration error: {e}{hint}", file=sys.stderr)
         return EXIT_CONFIG
     if world != "market":
         print(f"mmsim live: the {world!r} world is a simulation model, not a venue; choose a market", file=sys.stderr)
         return EXIT_CONFIG
-    if best is not None and not _check_best(a.params, best, cfg, a.force):
-        return EXIT_CONFIG
+    if best is not None:
+        _check_best(a.params, best, cfg)
     print(describe_policy(ep))
     if a.replay:
         return _replay(a, world, mp, ep, sim, list(cfg.market.get("asset_names") or []))
@@ -243,9 +245,9 @@ def _replay(a, world, mp, ep, sim, cfg_assets: list[str]) -> int:
     return 0
 
 
-def _check_best(params: str, best: dict, cfg, force: bool = False) -> bool:
-    """Say what ``best.yaml`` brings; False (refused) when it was optimised for another market than
-    the configured one, unless ``force``: its certificate holds only for the market it was made in."""
+def _check_best(params: str, best: dict, cfg) -> None:
+    """Say what ``best.yaml`` brings. (One made for another market never gets here unless forced:
+    the configuration refuses it.)"""
     print(f"mmsim live: {params} is valid (feasible: {best.get('feasible')}).")
     from omegaconf import OmegaConf
 
@@ -254,15 +256,11 @@ def _check_best(params: str, best: dict, cfg, force: bool = False) -> bool:
         here = OmegaConf.to_container(cfg.market, resolve=True)
         if bm != here:
             diff = sorted(k for k in set(bm) | set(here) if bm.get(k) != here.get(k))
-            what = "warning" if force else "mmsim live: refused"
             print(
-                f"{what}: best.yaml was optimised and certified for a different market than the one configured "
-                f"(differs in {diff}); select the same experiment/market overrides"
-                + ("" if force else ", or pass --force to run it here anyway"),
+                f"warning (--force): best.yaml was optimised and certified for a different market than the one "
+                f"configured (differs in {diff}); its certificate does not hold here",
                 file=sys.stderr,
             )
-            if not force:
-                return False
     acc = best.get("account")
     if isinstance(acc, dict) and acc:
         here = OmegaConf.to_container(cfg.account, resolve=True)
@@ -278,7 +276,6 @@ def _check_best(params: str, best: dict, cfg, force: bool = False) -> bool:
         )
     if best.get("constraints") is not None:
         print(f"constraints: {best['constraints']}")
-    return True
 
 
 def _sweep_summary(argv: list[str]) -> int:

@@ -3,18 +3,14 @@ before any compilation; +params=best.yaml replaces the policy and the account; t
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from mmsim import cli, report
 from mmsim import config as mcfg
 from mmsim.engine import EngineParams
 from mmsim.world.as2008 import AS2008Params
@@ -237,41 +233,6 @@ def test_launcher_configs_name_the_plugins():
     assert "launcher" not in str(OmegaConf.to_yaml(cfg))  # not the default
 
 
-def test_live_validates_and_refuses_to_trade(tmp_path, capsys):
-    best = write_best(tmp_path / "best.yaml", {"kind": "spec", "gamma": 0.0042})
-    rc = cli.main(["live", "--params", str(best), "experiment=baseline"])
-    out = capsys.readouterr()
-    assert rc == cli.EXIT_NO_CONNECTOR
-    assert "gamma" in out.out and "0.0042" in out.out
-    assert "no exchange connector" in out.err
-    # The account comes from best.yaml, and live says which configured values it replaces.
-    best50 = write_best(tmp_path / "best50.yaml", {"gamma": 0.0042}, account={"leverage": 50.0})
-    assert cli.main(["live", "--params", str(best50), "experiment=baseline"]) == cli.EXIT_NO_CONNECTOR
-    out = capsys.readouterr().out
-    assert "it replaces the configured leverage=20.0" in out
-    assert re.search(r"leverage\s+50\.0", out)
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("policy: {gamma: -1}\n")
-    assert cli.main(["live", "--params", str(bad)]) == cli.EXIT_CONFIG
-
-
-def test_cli_dispatches_optimize(monkeypatch):
-    import sys
-    import types
-
-    seen = {}
-    fake = types.ModuleType("mmsim.optimize")
-    fake.main = lambda overrides: seen.setdefault("overrides", overrides) and 0
-    monkeypatch.setitem(sys.modules, "mmsim.optimize", fake)
-    # `from mmsim import optimize` reads the package attribute once the real module was imported.
-    import mmsim
-
-    monkeypatch.setattr(mmsim, "optimize", fake, raising=False)
-    assert cli.main(["optimize", "experiment=baseline", "optim.steps=3"]) == 0
-    assert seen["overrides"] == ["experiment=baseline", "optim.steps=3"]
-    assert cli.main(["no-such-command"]) == 1
-
-
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -285,72 +246,6 @@ def test_mid_only_price_estimator_is_refused_where_it_is_read(overrides):
     assert not mcfg.build(mcfg.compose(["experiment=as2008"]))[2].price.returns
 
 
-def test_sweep_summary(tmp_path, capsys):
-    m = {
-        "n_paths": 10,
-        "p_liquidation": {"count": 0, "estimate": 0.0, "ci_low": 0.0, "ci_high": 0.3},
-        "p_drawdown": {"threshold": 0.1, "count": 1, "estimate": 0.1, "ci_low": 0.0, "ci_high": 0.4},
-        "pnl": {"mean": 1.0, "se_mean": 0.5, "std": 2.0, "var_99": 3.0, "cvar_99": 4.0},
-        "max_drawdown": {"q99": 5.0},
-    }
-    for i, g in enumerate((0.01, 0.02)):
-        d = tmp_path / f"{i}_policy.gamma={g}"
-        (d / ".hydra").mkdir(parents=True)
-        (d / ".hydra" / "overrides.yaml").write_text(f"- policy.gamma={g}\n")
-        (d / "metrics.json").write_text(json.dumps({**m, "pnl": {**m["pnl"], "mean": float(i)}}))
-    assert cli.main(["sweep-summary", str(tmp_path)]) == 0
-    md = (tmp_path / "sweep_summary.md").read_text()
-    assert "policy.gamma=0.01" in md and "policy.gamma=0.02" in md
-    assert (tmp_path / "sweep_summary.csv").exists() and (tmp_path / "sweep_summary.png").exists()
-    assert len(report.sweep_rows(tmp_path)) == 2
-    # The swept parameter is a numeric column of its own.
-    csv = pd.read_csv(tmp_path / "sweep_summary.csv")
-    assert csv["policy.gamma"].tolist() == [0.01, 0.02] and csv["policy.gamma"].dtype == float
-
-
-def test_swept_params_are_numbers_where_they_read_as_numbers():
-    sw = report.swept_params(
-        [
-            "experiment=x policy.gamma=0.1 market.liquidation.size_cap=50 policy.kind=spec",
-            "experiment=x policy.gamma=1e-3 market.liquidation.size_cap=.inf policy.kind=glft",
-        ]
-    )
-    assert sw == {
-        "policy.gamma": [0.1, 1e-3],
-        "market.liquidation.size_cap": [50.0, float("inf")],
-        "policy.kind": ["spec", "glft"],
-    }
-    assert report.swept_params(["a=1", "a=1"]) == {}
-
-
-def test_sweep_rows_follow_the_job_numbers_and_labels_show_what_varies(tmp_path):
-    m = {
-        "n_paths": 10,
-        "p_liquidation": {"count": 0, "estimate": 0.0, "ci_low": 0.0, "ci_high": 0.3},
-        "p_drawdown": {"threshold": 0.1, "count": 1, "estimate": 0.1, "ci_low": 0.0, "ci_high": 0.4},
-        "pnl": {"mean": 1.0, "se_mean": 0.5, "std": 2.0, "var_99": 3.0, "cvar_99": 4.0},
-        "max_drawdown": {"q99": 5.0},
-    }
-    for i in (10, 2, 1):  # written out of order; "10_..." sorts before "2_..." as text
-        d = tmp_path / f"{i}_sim.seed={i}"
-        d.mkdir()
-        (d / "metrics.json").write_text(json.dumps(m))
-    assert [r["job"] for r in report.sweep_rows(tmp_path)] == ["1_sim.seed=1", "2_sim.seed=2", "10_sim.seed=10"]
-    labels = report.varying_labels(
-        ["experiment=x policy.gamma=0.1 sim.seed=1", "experiment=x policy.gamma=0.2 sim.seed=1"]
-    )
-    assert labels == ["gamma=0.1", "gamma=0.2"]
-    assert report.varying_labels(["experiment=x"]) == ["experiment=x"]
-    assert report.varying_labels(["a.b=1 c=2", "a.b=3 c=4"]) == ["b=1\nc=2", "b=3\nc=4"]
-
-
-def test_liquidation_claim_needs_the_upper_bound():
-    ok = report.liquidation_claim({"count": 0, "estimate": 0.0, "ci_low": 0.0, "ci_high": 3.7e-4, "n": 10000}, 1e-3)
-    assert ok.startswith("P(liquidation) ≈ 0")
-    no = report.liquidation_claim({"count": 0, "estimate": 0.0, "ci_low": 0.0, "ci_high": 0.3, "n": 10}, 1e-3)
-    assert "NOT certified" in no and "0.3" in no
-
-
 def test_infinity_spelled_in_yaml_on_the_command_line():
     """``.inf`` (YAML) and ``inf`` on the command line are numbers, e.g. no liquidation size cap."""
     for spelling in (".inf", "inf"):
@@ -358,23 +253,6 @@ def test_infinity_spelled_in_yaml_on_the_command_line():
             make_cfg("experiment=cascade_stress", f"market.liquidation.size_cap={spelling}")
         )
         assert np.isinf(float(np.asarray(mp.liquidation.size_cap)))
-
-
-@pytest.mark.parametrize("command", ["run", "optimize"])
-def test_help_says_what_the_command_does_from_the_config(command, capsys):
-    """``mmsim run --help`` and ``mmsim optimize --help``: what the command does, every config group
-    with its options, every experiment with its description, the main options with units."""
-    assert cli.main([command, "--help"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith(f"usage: mmsim {command}")
-    conf = mcfg.conf_dir()
-    for exp in (conf / "experiment").glob("*.yaml"):
-        assert f"\n  {exp.stem}\n" in out, exp.stem
-    for group in ("account/", "market/", "policy/", "sim/"):
-        assert f"\n  {group}\n" in out
-    assert "sim.n_paths=4096" in out and "sim.dt_s=1.0" in out and "s per step" in out
-    assert "Calm BTCUSDT perpetual" in out  # an experiment's description
-    assert len(out.splitlines()) < 120  # a page, not the raw config
 
 
 def test_a_word_in_a_list_field_is_refused_and_never_skips_validation():
@@ -428,15 +306,3 @@ def test_an_unwritable_compile_cache_is_a_warning_not_a_failure(tmp_path):
     cfg = mcfg.compose(["experiment=baseline", f"compile_cache_dir={blocker}/cache", "cpu_devices=1"])
     with pytest.warns(UserWarning, match="is not writable"):
         assert tasks.prepare_jax(cfg) is None
-
-
-def test_live_refuses_a_best_yaml_made_for_another_market_unless_forced(tmp_path, capsys):
-    here = OmegaConf.to_container(mcfg.compose(["experiment=baseline"]).market, resolve=True)
-    other = {**here, "price": {**here["price"], "s0": 2 * here["price"]["s0"]}}
-    best = write_best(tmp_path / "best.yaml", {"gamma": 0.0042}, market=other)
-    assert cli.main(["live", "--params", str(best), "experiment=baseline"]) == cli.EXIT_CONFIG
-    err = capsys.readouterr().err
-    assert "refused" in err and "differs in ['price']" in err and "--force" in err
-    assert cli.main(["live", "--params", str(best), "--force", "experiment=baseline"]) == cli.EXIT_NO_CONNECTOR
-    same = write_best(tmp_path / "same.yaml", {"gamma": 0.0042}, market=here)
-    assert cli.main(["live", "--params", str(same), "experiment=baseline"]) == cli.EXIT_NO_CONNECTOR
