@@ -219,7 +219,14 @@ def step(
         k["order_flow"], world.flow, params.flow, dt, informed_frac=adv_s.alpha, baseline_mult=mult
     )
 
-    liq_s, liq_i = liq.step(k["liquidation"], world.liquidation, params.liquidation, dt, last_ret=world.price.last_ret)
+    liq_s, liq_i = liq.step(
+        k["liquidation"],
+        world.liquidation,
+        params.liquidation,
+        dt,
+        last_ret=world.price.last_ret,
+        log_price=world.price.x,
+    )
 
     impact = adv.impact(params.adverse, flow_i.n_buy_informed, flow_i.n_sell_informed) + liq_i.impact
     impact = impact + jnp.where(shock_now, params.shock_return, 0.0)

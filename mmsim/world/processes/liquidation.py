@@ -5,6 +5,7 @@ Equations, units, the discretisation over a step and the known biases: ``docs/MO
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -13,7 +14,7 @@ import numpy as np
 
 from mmsim import distributions as dist
 from mmsim import rng
-from mmsim._pytree import Check, pytree_dataclass, to_plain
+from mmsim._pytree import Check, pytree_dataclass, static_field, to_plain
 
 #: Uniforms per asset per step: count long, count short, volume long, volume short.
 N_UNIFORMS = 4
@@ -36,6 +37,14 @@ class LiqParams:
             positions that exist (open interest), however heavy the tail.
         trigger: excitation per unit of leveraged fractional loss (leverage * |log return|),
             liquidations per second.
+        trigger_kind: how a price move triggers liquidations (static). ``"step_return"``: each
+            step adds ``trigger * leverage * max(0, -r)`` for the step's return r, so for a
+            diffusion its rate grows as 1 / sqrt(dt) (a known bias, kept as the default so that
+            the published results stand). ``"drawdown"``: a continuous-time input, the leveraged
+            fall of the log price below its exponential average over ``trigger_window_s``,
+            integrated over time (``trigger * leverage * max(0, ybar - x) / window`` per second):
+            the same total for a sudden move, independent of dt for a diffusion.
+        trigger_window_s: the averaging time of ``"drawdown"``, seconds.
         leverage: aggregate market leverage, dimensionless, > 0.
         impact: permanent log-price impact per base unit of liquidated volume (long liquidations
             move the log mid by -impact * volume, short ones by +impact * volume).
@@ -52,6 +61,8 @@ class LiqParams:
     trigger: jax.Array | float = 0.0
     leverage: jax.Array | float = 5.0
     impact: jax.Array | float = 0.0
+    trigger_window_s: jax.Array | float = 30.0
+    trigger_kind: str = static_field(default="step_return")
 
     def validate(self) -> None:
         c = Check(self)
@@ -76,6 +87,8 @@ class LiqParams:
         c.nonneg("trigger", "liquidations per second per unit leveraged loss")
         c.positive("leverage", "aggregate market leverage, dimensionless")
         c.nonneg("impact", "log-price per base unit of liquidated volume")
+        c.require(self.trigger_kind in TRIGGER_KINDS, "trigger_kind", f"must be one of {TRIGGER_KINDS}")
+        c.positive("trigger_window_s", "seconds")
         n = branching_ratio(self)
         if not np.all(n < 1.0):
             shown = np.vectorize(lambda x: float(f"{x:.6g}"))(n)
@@ -88,9 +101,14 @@ class LiqParams:
             )
 
 
+#: How price moves trigger liquidations (see ``LiqParams.trigger_kind``).
+TRIGGER_KINDS = ("step_return", "drawdown")
+
+
 class LiqState(NamedTuple):
     ex_long: jax.Array  # (A,) long-side intensity minus its baseline, per second
     ex_short: jax.Array  # (A,) short-side intensity minus its baseline, per second
+    ref: jax.Array  # (A,) exponential average of the log price (trigger_kind "drawdown"), log(mid / s0)
 
 
 class LiqInfo(NamedTuple):
@@ -108,7 +126,7 @@ class LiqInfo(NamedTuple):
 def init(params: LiqParams, n_assets: int, dtype=jnp.float32) -> LiqState:
     """No excitation: both intensities at their baselines."""
     z = jnp.zeros((n_assets,), dtype)
-    return LiqState(ex_long=z, ex_short=z)
+    return LiqState(ex_long=z, ex_short=z, ref=z)
 
 
 def expected_size(params: LiqParams) -> np.ndarray:
@@ -136,6 +154,35 @@ def branching_ratio(params: LiqParams, *, price_feedback: bool = False) -> np.nd
     return k * es / f("beta")
 
 
+def stationary_rate_on_a_diffusion(params: LiqParams, sigma: float, dt: float | None) -> float:
+    """Mean liquidations per second (both sides) of the process stepped every ``dt`` seconds on a
+    Brownian log price of volatility ``sigma`` per sqrt(second), without self-excitation
+    (``alpha = alpha_cross = 0``; numpy, host side); ``dt`` None: the continuous-time limit, which
+    exists only for ``trigger_kind = "drawdown"``.
+
+    A step's count has mean ``mu dt + E[ex] (1 - e^{-beta dt}) / beta`` and ``E[ex] = E[I] /
+    (1 - e^{-beta dt})`` for the input I added per step, so the rate is ``mu + E[I] / (beta dt)``;
+    a fall feeds the long side and a rise the short side alike, ``k = trigger leverage sigma /
+    sqrt(2 pi)``. ``"step_return"``: ``E[I] = k sqrt(dt)`` per side, a rate growing as
+    1 / sqrt(dt). ``"drawdown"``: the scheme's log price minus its average is an AR(1) with
+    coefficient ``a = e^{-dt/W}`` and innovations of variance ``sigma^2 dt``, so ``E[I] = k (1 - a)
+    sqrt(dt / (1 - a^2))``, whose limit is ``k sqrt(W / 2) / W`` per second."""
+    f = lambda name: float(np.max(np.asarray(getattr(params, name), dtype=float)))  # noqa: E731
+    if f("alpha") or f("alpha_cross"):
+        raise ValueError("stationary_rate_on_a_diffusion is the law without self-excitation (alpha = 0)")
+    mu, beta = f("mu_long") + f("mu_short"), f("beta")
+    k = f("trigger") * f("leverage") * sigma / math.sqrt(2 * math.pi)
+    if params.trigger_kind == "step_return":
+        if dt is None:
+            raise ValueError('trigger_kind "step_return" has no continuous-time limit: its rate grows as 1/sqrt(dt)')
+        return mu + 2 * k * math.sqrt(dt) / (beta * dt)
+    w = f("trigger_window_s")
+    if dt is None:
+        return mu + 2 * k * math.sqrt(w / 2) / (w * beta)
+    a = math.exp(-dt / w)
+    return mu + 2 * k * (1 - a) * math.sqrt(dt / (1 - a * a)) / (beta * dt)
+
+
 def intensity(state: LiqState, params: LiqParams) -> tuple[jax.Array, jax.Array]:
     """``(lambda_long, lambda_short)``, (A,) each, liquidations per second."""
     dtype = state.ex_long.dtype
@@ -148,7 +195,13 @@ def n_uniforms(params: LiqParams) -> int:
 
 
 def step(
-    key: jax.Array, state: LiqState, params: LiqParams, dt: float, *, last_ret: jax.Array | float = 0.0
+    key: jax.Array,
+    state: LiqState,
+    params: LiqParams,
+    dt: float,
+    *,
+    last_ret: jax.Array | float = 0.0,
+    log_price: jax.Array | float = 0.0,
 ) -> tuple[LiqState, LiqInfo]:
     """Advance both sides' cascades by one step of ``dt`` seconds.
 
@@ -158,7 +211,8 @@ def step(
         params: :class:`LiqParams`.
         dt: step length, seconds.
         last_ret: (A,) log return of the previous step (dimensionless); a fall triggers long
-            liquidations, a rise short ones, in proportion to ``leverage``.
+            liquidations, a rise short ones, in proportion to ``leverage`` (``"step_return"``).
+        log_price: (A,) log price at the start of the step, ``log(mid / s0)`` (``"drawdown"``).
 
     Returns:
         The state at the end of the step and the step's :class:`LiqInfo`.
@@ -184,10 +238,21 @@ def step(
     n_l, n_s = dist.poisson_many((u_nl, u_ns), (comp_l, comp_s))
     v_l, m_l = dist.pareto_sum(u_vl, n_l, x_m, a, cap)
     v_s, m_s = dist.pareto_sum(u_vs, n_s, x_m, a, cap)
-    loss = lev * r  # leveraged return: an average long loses -loss, an average short +loss
+    ref = state.ref
+    if params.trigger_kind == "step_return":
+        loss = lev * r  # leveraged return: an average long loses -loss, an average short +loss
+    else:
+        # The path is seen at step ends, constant in between: m(s) = (x - ybar) e^{-s/W} over the
+        # step, so the input integral over it is max(0, -m) (1 - e^{-dt/W}), exact for that path.
+        x = jnp.broadcast_to(jnp.asarray(log_price, dtype), (n_a,))
+        w = jnp.asarray(params.trigger_window_s, dtype)
+        m0 = x - state.ref
+        g = -jnp.expm1(-dt / w)
+        loss = lev * m0 * g
+        ref = x - m0 * (1.0 - g)
     new_l = ex_l * decay + alpha * v_l + alpha_x * v_s + trig * jnp.maximum(-loss, 0.0)
     new_s = ex_s * decay + alpha * v_s + alpha_x * v_l + trig * jnp.maximum(loss, 0.0)
-    new = LiqState(ex_long=new_l.astype(dtype), ex_short=new_s.astype(dtype))
+    new = LiqState(ex_long=new_l.astype(dtype), ex_short=new_s.astype(dtype), ref=ref.astype(dtype))
     info = LiqInfo(
         n_long=n_l.astype(dtype),
         n_short=n_s.astype(dtype),

@@ -94,7 +94,7 @@ def test_cluster_size(alpha, alpha_cross, seed):
 
     def first_drawn(k, dtype):
         s0 = dist.pareto(rng.uniform(rng.fold_in(k, 1 << 40), (1,), dtype), X_M, TAIL)
-        return liq.LiqState(ex_long=alpha * s0, ex_short=alpha_cross * s0)
+        return liq.LiqState(ex_long=alpha * s0, ex_short=alpha_cross * s0, ref=jnp.zeros_like(s0))
 
     nl, ns, *_ = run_sum(p, first_drawn, n_paths=n_paths, n_steps=n_steps, dt=dt, n_assets=1, seed=seed)
     total = 1.0 + nl[:, 0] + ns[:, 0]
@@ -103,7 +103,11 @@ def test_cluster_size(alpha, alpha_cross, seed):
     s0 = 4.0  # base units, 5.3 times the mean size
 
     def first_fixed(k, dtype):
-        return liq.LiqState(ex_long=jnp.full((1,), alpha * s0, dtype), ex_short=jnp.full((1,), alpha_cross * s0, dtype))
+        return liq.LiqState(
+            ex_long=jnp.full((1,), alpha * s0, dtype),
+            ex_short=jnp.full((1,), alpha_cross * s0, dtype),
+            ref=jnp.zeros((1,), dtype),
+        )
 
     nl, ns, *_ = run_sum(p, first_fixed, n_paths=n_paths, n_steps=n_steps, dt=dt, n_assets=1, seed=seed + 1)
     total = 1.0 + nl[:, 0] + ns[:, 0]
@@ -150,7 +154,11 @@ def test_stationary_rates(alpha_cross, seed):
     ex_star = BETA * dt / -np.expm1(-BETA * dt) * (lam - np.stack([mu_l, mu_s]))
 
     def stationary(k, dtype):
-        return liq.LiqState(ex_long=jnp.asarray(ex_star[0], dtype), ex_short=jnp.asarray(ex_star[1], dtype))
+        return liq.LiqState(
+            ex_long=jnp.asarray(ex_star[0], dtype),
+            ex_short=jnp.asarray(ex_star[1], dtype),
+            ref=jnp.zeros_like(ex_star[0], dtype),
+        )
 
     nl, ns, ll, ls = run_sum(p, stationary, n_paths=n_paths, n_steps=n_steps, dt=dt, n_assets=2, seed=seed)
     h = n_steps * dt
@@ -175,7 +183,7 @@ def test_triggering():
         trigger=40.0,
         leverage=8.0,
     )
-    s = liq.LiqState(ex_long=jnp.array([0.1, 0.2]), ex_short=jnp.array([0.3, 0.0]))
+    s = liq.LiqState(ex_long=jnp.array([0.1, 0.2]), ex_short=jnp.array([0.3, 0.0]), ref=jnp.zeros(2))
     k = rng.fold_in(rng.key(3), 0)
     r = jnp.array([-0.01, 0.02])
     f = jax.jit(lambda r: liq.step(k, s, p, 0.5, last_ret=r))
@@ -338,3 +346,82 @@ def test_contract():
             ("mu_long", float("nan")),
         ],
     )
+
+
+def diffusion_rate(
+    p: liq.LiqParams, sigma: float, dt: float, horizon_s: float, n_paths: int, seed: int = 0, burn_in_s: float = 200.0
+):
+    """Mean liquidations per second (both sides) and its standard error over ``n_paths`` paths of
+    ``horizon_s`` seconds of the process stepped every ``dt`` s on a Brownian log price, counted
+    after ``burn_in_s`` seconds (the excitation and the price average start at 0, below their
+    stationary means)."""
+    n_burn = int(round(burn_in_s / dt))
+    n_steps = n_burn + int(round(horizon_s / dt))
+
+    def path(key):
+        def body(carry, t):
+            s, x, r = carry
+            k = rng.fold_in(key, t)
+            s, info = liq.step(rng.fold_in(k, 1), s, p, dt, last_ret=r, log_price=x)
+            r_new = sigma * np.sqrt(dt) * rng.normal(rng.fold_in(k, 2), (1,), jnp.float64)
+            return (s, x + r_new, r_new), jnp.where(t >= n_burn, info.n_long + info.n_short, 0.0)
+
+        init = (liq.init(p, 1, jnp.float64), jnp.zeros(1), jnp.zeros(1))
+        return jnp.sum(jax.lax.scan(body, init, jnp.arange(n_steps))[1]) / horizon_s
+
+    rates = np.asarray(jax.jit(jax.vmap(path))(rng.path_keys(rng.key(seed), 0, n_paths)))
+    return float(rates.mean()), float(rates.std(ddof=1) / np.sqrt(n_paths))
+
+
+DIFFUSION = dict(mu_long=1e-3, mu_short=1e-3, alpha=0.0, beta=0.1, trigger=5.0, leverage=10.0, trigger_window_s=30.0)
+
+
+@pytest.mark.parametrize("kind", liq.TRIGGER_KINDS)
+def test_triggering_by_a_diffusion_follows_its_exact_law_and_only_drawdown_is_free_of_dt(kind):
+    """Each trigger scheme's liquidation rate on a Brownian price against its exact stationary law;
+    ``"step_return"`` grows as 1/sqrt(dt) (the documented bias), ``"drawdown"`` converges to its
+    continuous-time limit (within 1 % at dt = 1 s for a 30-s window)."""
+    p = liq.LiqParams(**DIFFUSION, trigger_kind=kind)
+    rates = {}
+    for dt in (1.0, 0.25):
+        m, se = diffusion_rate(p, 1e-4, dt, 600.0, 256, seed=3)
+        expect = liq.stationary_rate_on_a_diffusion(p, 1e-4, dt)
+        assert abs(m - expect) < 4 * se + 2e-3 * expect, (kind, dt, m, expect, se)
+        rates[dt] = expect
+    if kind == "step_return":
+        base = DIFFUSION["mu_long"] + DIFFUSION["mu_short"]
+        assert (rates[0.25] - base) / (rates[1.0] - base) == pytest.approx(2.0)  # 1 / sqrt(1/4)
+        with pytest.raises(ValueError, match="no continuous-time limit"):
+            liq.stationary_rate_on_a_diffusion(p, 1e-4, None)
+    else:
+        limit = liq.stationary_rate_on_a_diffusion(p, 1e-4, None)
+        assert rates[1.0] == pytest.approx(limit, rel=1e-2) and rates[0.25] == pytest.approx(limit, rel=1e-3)
+
+
+def test_a_sudden_fall_triggers_the_same_total_under_both_kinds():
+    """A crash far faster than the window adds trigger x leverage x the fall to the long side's
+    excitation in total, whichever the kind (drawdown spreads it over about a window)."""
+    totals = {}
+    for kind in liq.TRIGGER_KINDS:
+        p = liq.LiqParams(
+            mu_long=0.0,
+            mu_short=0.0,
+            alpha=0.0,
+            beta=1e-9,
+            trigger=2.0,
+            leverage=10.0,
+            trigger_window_s=5.0,
+            trigger_kind=kind,
+        )
+        s = liq.init(p, 1, jnp.float64)
+        x, r = jnp.zeros(1), jnp.zeros(1)
+        for t in range(400):
+            if t == 1:
+                x, r = x - 0.02, jnp.full(1, -0.02)  # a 2 % fall in one step, then a flat price
+            elif t > 1:
+                r = jnp.zeros(1)
+            s, _ = liq.step(rng.key(t), s, p, 0.5, last_ret=r, log_price=x)
+        totals[kind] = float(s.ex_long[0])
+        assert float(s.ex_short[0]) == 0.0
+    assert totals["step_return"] == pytest.approx(2.0 * 10.0 * 0.02, rel=1e-6)
+    assert totals["drawdown"] == pytest.approx(totals["step_return"], rel=1e-6)
