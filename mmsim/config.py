@@ -627,6 +627,34 @@ def _sized_adverse_slots(cfg, ep, dt: float):
     return dataclasses.replace(ep, adverse=dataclasses.replace(ep.adverse, n_slots=slots))
 
 
+#: A per-step jump count may be truncated with at most this probability before a run says so.
+JUMP_TRUNCATION_TOL = 1e-6
+
+
+def jump_truncation_warnings(mp: Any, dt: float) -> list[str]:
+    """What the per-step jump caps of the price and spread processes cut at step ``dt`` seconds:
+    a sentence for each process where ``P(N > max_jumps)`` for ``N ~ Poisson(jump_rate dt)``
+    exceeds :data:`JUMP_TRUNCATION_TOL`, naming the field and the cap that would keep it below."""
+    from scipy import stats
+
+    out = []
+    for block in ("price", "spread"):
+        p = getattr(mp, block)
+        lam_dt = float(np.max(np.asarray(p.jump_rate, dtype=float))) * dt
+        if lam_dt <= 0:
+            continue
+        cut = float(stats.poisson.sf(p.max_jumps, lam_dt))
+        if cut > JUMP_TRUNCATION_TOL:
+            need = int(stats.poisson.isf(JUMP_TRUNCATION_TOL, lam_dt)) + 1
+            kept = sum(float(stats.poisson.sf(j, lam_dt)) for j in range(p.max_jumps))  # E[min(N, cap)]
+            out.append(
+                f"market.{block}.max_jumps = {p.max_jumps} truncates the jump count per step with probability "
+                f"{cut:.2g} (Poisson mean {lam_dt:.3g} at dt = {dt:g} s: the mean number of jumps is "
+                f"{1 - kept / lam_dt:.2%} low); market.{block}.max_jumps={need} keeps it below {JUMP_TRUNCATION_TOL:g}"
+            )
+    return out
+
+
 def _check_params_market(cfg: DictConfig) -> None:
     """A ``+params`` file certified for another market than the configured one is refused (its
     validation holds only where it was made), unless ``+params_force=true``."""

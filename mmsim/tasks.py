@@ -174,6 +174,12 @@ def run_risk(cfg: DictConfig, out_dir: Path, *, simulate_fn: Callable | None = N
     write_paths(out_dir / "paths.parquet", result.summary, _asset_names(cfg, ep.n_assets))
     _save_config(cfg, out_dir)
     notes = []
+    if world == "market":  # a per-step cap on the jump counts that cuts more than a trace of them
+        cuts = mcfg.jump_truncation_warnings(mp, sim.dt)
+        for c in cuts:
+            print(f"note: {c}", file=sys.stderr)
+        notes += cuts
+        m["notes"] = cuts
     if m.get("non_finite_steps"):
         notes.append(
             f"{m['non_finite_steps']} path-steps had a non-finite equity; they are flagged per path "
