@@ -182,7 +182,20 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
         * ``messages`` (dict str -> int): lines seen per message kind.
         * ``venue`` (str): "binance", "hyperliquid" or "unknown".
         * ``symbols`` (list of str): the Binance streams' symbols (``btcusdt``, ``btcusd_perp`` for
-          COIN-M); empty for Hyperliquid.
+          COIN-M); empty for Hyperliquid. Every trade and book row also has its ``symbol``
+          (the stream's, or Hyperliquid's coin, lower case).
+        * ``rejected`` (dict str -> int): messages refused by class: ``other_venue`` (a line of
+          another venue than the file's first), ``duplicate_trade_id``,
+          ``aggTrade_beside_trade_stream`` (aggregated trades are read only where there is no
+          trade stream), and, with ``depth=True``, ``depth_before_snapshot``,
+          ``depth_before_snapshot_id`` and ``depth_gap`` (Binance's ``U``/``u``/``pu`` rule).
+        * ``truncated`` (dict or None): where a damaged file stopped being readable
+          (``after_lines``, ``compressed_byte``, ``reason``); what came before is returned.
+        * ``clock_offset_s`` (float or None): for books without an exchange time (spot), the
+          trades' median receive delay subtracted from their receive times.
+
+    Raises :class:`CaptureError` (naming the file and the byte offset) for a file that cannot be
+    read at all.
     """
     trades: list[tuple] = []
     books: list[tuple] = []

@@ -402,6 +402,7 @@ def test_a_sudden_fall_triggers_the_same_total_under_both_kinds():
     """A crash far faster than the window adds trigger x leverage x the fall to the long side's
     excitation in total, whichever the kind (drawdown spreads it over about a window)."""
     totals = {}
+    step = jax.jit(liq.step)
     for kind in liq.TRIGGER_KINDS:
         p = liq.LiqParams(
             mu_long=0.0,
@@ -420,7 +421,7 @@ def test_a_sudden_fall_triggers_the_same_total_under_both_kinds():
                 x, r = x - 0.02, jnp.full(1, -0.02)  # a 2 % fall in one step, then a flat price
             elif t > 1:
                 r = jnp.zeros(1)
-            s, _ = liq.step(rng.key(t), s, p, 0.5, last_ret=r, log_price=x)
+            s, _ = step(rng.key(t), s, p, 0.5, last_ret=r, log_price=x)
         totals[kind] = float(s.ex_long[0])
         assert float(s.ex_short[0]) == 0.0
     assert totals["step_return"] == pytest.approx(2.0 * 10.0 * 0.02, rel=1e-6)
