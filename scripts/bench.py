@@ -19,8 +19,15 @@ apart; the best of ``--repeat`` runs):
   peak resident memory (``getrusage``) is reported; ``--big-steps`` steps only (the memory does
   not grow with the steps: only per-path summaries leave a chunk).
 
+* ``as2008 experiment``: ``experiment=as2008`` as a user runs it (the task of
+  ``python -m mmsim.run``: six runs of 1,000 paths, float64 and float32, compiled once in the
+  process), its reported throughput against the numpy reference at the same size.
+* ``--gpu``: on an accelerator, as2008 and cascade_stress at 1e6 and 1e7 paths (the accelerator's
+  default chunk), against the same numpy reference on the host; refused where there is none.
+
     python scripts/bench.py            # full (a few minutes on 2 cores)
     python scripts/bench.py --quick    # small sizes (about a minute)
+    python scripts/bench.py --gpu      # on a machine with an accelerator
 """
 
 from __future__ import annotations
@@ -157,6 +164,79 @@ def _run(world, mp, ep, *, n_paths, n_steps, dt, chunk, repeat, dtype, devices):
     return first.compile_s, best, first.chunk_size
 
 
+def experiment_rows(repeat: int) -> list[dict]:
+    """``experiment=as2008`` through the task a run performs, in float64 and float32: the best
+    reported throughput of ``repeat`` runs (the first compiles; later ones reuse the programs)."""
+    import tempfile
+
+    from mmsim import config, tasks
+
+    rows = []
+    for dtype in ("float64", "float32"):
+        best, first_compile = 0.0, None
+        for _ in range(repeat):
+            with tempfile.TemporaryDirectory() as d:
+                cfg = config.compose(
+                    ["experiment=as2008", f"sim.dtype={dtype}", "sim.progress=false", "compile_cache_dir=null"]
+                )
+                t0 = time.perf_counter()
+                m = tasks.run_task(cfg, d)
+                if first_compile is None:
+                    first_compile = time.perf_counter() - t0
+            best = max(best, float(m["throughput_path_steps_per_s"]))
+        n_paths = int(config.compose(["experiment=as2008"]).sim.n_paths)
+        rows.append(
+            dict(
+                name=f"as2008 experiment {dtype}",
+                paths=n_paths,
+                steps=200,
+                chunk="-",
+                compile_s=first_compile,
+                rate=best,
+            )
+        )
+    return rows
+
+
+def gpu_rows(repeat: int) -> list[dict]:
+    """as2008 and cascade_stress at 1e6 and 1e7 paths on the accelerator."""
+    import jax
+    import jax.numpy as jnp
+
+    (mp_as, ep_as, sim_as), (mp_cs, ep_cs, sim_cs) = _configs(False)
+    devs = jax.local_devices()
+    rows = []
+    for n in (1_000_000, 10_000_000):
+        for world, mp, ep, steps, dt in (
+            ("as2008", mp_as, ep_as, sim_as.n_steps, sim_as.dt),
+            ("market", mp_cs, ep_cs, 200, sim_cs.dt),
+        ):
+            c, rate, ch = _run(
+                world,
+                mp,
+                ep,
+                n_paths=n,
+                n_steps=steps,
+                dt=dt,
+                chunk=None,
+                repeat=repeat,
+                dtype=jnp.float32,
+                devices=devs,
+            )
+            name = "as2008" if world == "as2008" else "cascade_stress"
+            rows.append(
+                dict(
+                    name=f"{name} f32, {len(devs)} {devs[0].platform}",
+                    paths=n,
+                    steps=steps,
+                    chunk=ch,
+                    compile_s=c,
+                    rate=rate,
+                )
+            )
+    return rows
+
+
 def big_run(n_paths: int, n_steps: int, chunk: int) -> dict:
     """The million-path chunked cascade_stress run (called in a child process), on every core."""
     import jax.numpy as jnp
@@ -207,6 +287,7 @@ def main() -> None:
         default=None,
         help="JAX CPU devices (default: one per core); mmsim rows run on one and on all",
     )
+    ap.add_argument("--gpu", action="store_true", help="measure on the accelerator (1e6 and 1e7 paths)")
     ap.add_argument("--child-big", nargs=3, type=int, metavar=("PATHS", "STEPS", "CHUNK"), help=argparse.SUPPRESS)
     a = ap.parse_args()
 
@@ -219,7 +300,10 @@ def main() -> None:
 
     from mmsim.sim.simulate import use_cpu_cores
 
-    n_dev = use_cpu_cores(a.cpu_devices)
+    if a.gpu and jax.default_backend() == "cpu":
+        print("bench.py --gpu: no accelerator on this machine (JAX runs on the CPU); nothing measured", file=sys.stderr)
+        raise SystemExit(2)
+    n_dev = use_cpu_cores(a.cpu_devices) if not a.gpu else len(jax.local_devices())
     device_sets = [("1 core", jax.local_devices()[:1])]
     if len(jax.local_devices()) > 1:
         device_sets.append((f"{len(jax.local_devices())} cores", jax.local_devices()))
@@ -250,6 +334,18 @@ def main() -> None:
 
     ref0 = ref()
     rows.append(dict(name="numpy as2008 (float64)", paths=n_as, steps=200, chunk="-", compile_s=0.0, rate=ref0))
+    if a.gpu:
+        device_sets = []  # the CPU rows are skipped: the accelerator's rows follow
+        rows += gpu_rows(repeat)
+    # The experiment as a user runs it, against the numpy reference at its own size.
+    exp = experiment_rows(repeat)
+    ref_small = max(1000 * 200 / numpy_as2008(1000, seed=i)[1] for i in range(max(repeat, 5)))
+    for r in exp:
+        r["vs_same_size_numpy"] = r["rate"] / ref_small
+    rows += exp
+    rows.append(
+        dict(name="numpy as2008 (float64), 1000 paths", paths=1000, steps=200, chunk="-", compile_s=0.0, rate=ref_small)
+    )
     for label, devs in device_sets:
         for chunk in as_chunks:
             c, rate, ch = _run(
@@ -326,6 +422,9 @@ def main() -> None:
             f"{big['path_steps_per_s'] / 1e6:.2f} M path-steps/s, compile {big['compile_s']:.1f} s, "
             f"run {big['run_s']:.1f} s"
         )
+    for r in rows:
+        if "vs_same_size_numpy" in r:
+            print(f"{r['name']}: {r['vs_same_size_numpy']:.2f} x numpy at the experiment's size (1,000 paths)")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(machine=m, rows=rows, reference_rate=ref_rate, big=big), f, indent=2, default=str)
