@@ -188,7 +188,9 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
           another venue than the file's first), ``duplicate_trade_id``,
           ``aggTrade_beside_trade_stream`` (aggregated trades are read only where there is no
           trade stream), and, with ``depth=True``, ``depth_before_snapshot``,
-          ``depth_before_snapshot_id`` and ``depth_gap`` (Binance's ``U``/``u``/``pu`` rule).
+          ``depth_before_snapshot_id`` (both refused) and ``depth_gap`` (counted; the chain goes on:
+          Binance's ``U``/``u``/``pu`` rule), and ``depth_crossed`` (the levels built from the
+          snapshot and its diffs cross: the diffs wait for the next snapshot).
         * ``truncated`` (dict or None): where a damaged file stopped being readable
           (``after_lines``, ``compressed_byte``, ``reason``); what came before is returned.
         * ``clock_offset_s`` (float or None): for books without an exchange time (spot), the
@@ -210,6 +212,7 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
     rejected: dict[str, int] = {}
     agg: list[tuple] = []  # aggTrade rows: used only when the capture has no trade stream
     sync: dict = {"snapshot": None, "last_u": None, "synced": False}  # depth diffs against the snapshot
+    dbook = _DepthBook()  # the levels the diffs build, to see a crossed book
     book_on_local: list[bool] = []  # Binance books without an exchange time (spot): stamped on receipt
 
     def reject(kind: str) -> None:
@@ -290,13 +293,16 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                     elif e == "depthUpdate":
                         ts = d.get("T") or d.get("E")
                         bump("depth")
-                        verdict = _depth_continuity(sync, int(d["U"]), int(d["u"]), d.get("pu"))
+                        verdict, apply = _depth_continuity(sync, int(d["U"]), int(d["u"]), d.get("pu"))
                         if verdict is not None:
                             reject(verdict)
+                        if not apply:
+                            continue
+                        if dbook.apply(d["b"], d["a"]):  # crossed levels: the book is wrong until resynced
+                            reject("depth_crossed")
+                            sync.update(synced=False, snapshot=None)
                             continue
                         _depth_rows(depth_rows, ts * 1e-3 if ts else local, local, n_msg, False, d["b"], d["a"])
-                    else:
-                        bump(str(e))
                 elif "channel" in msg:
                     venue = "hyperliquid"
                     ch = msg["channel"]
@@ -344,8 +350,13 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
                 elif "lastUpdateId" in msg:
                     sync.update(snapshot=int(msg["lastUpdateId"]), last_u=None, synced=False)
                     ts = msg.get("T") or msg.get("E")
-                    _depth_rows(depth_rows, ts * 1e-3 if ts else local, local, n_msg, True, msg["bids"], msg["asks"])
                     bump("snapshot")
+                    dbook.reset()
+                    if dbook.apply(msg["bids"], msg["asks"]):
+                        reject("depth_crossed")
+                        sync.update(synced=False, snapshot=None)
+                        continue
+                    _depth_rows(depth_rows, ts * 1e-3 if ts else local, local, n_msg, True, msg["bids"], msg["asks"])
                 else:
                     bump("other")
             except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError):
@@ -403,26 +414,53 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
     return out
 
 
-def _depth_continuity(sync: dict, first: int, last: int, prev) -> str | None:
-    """Binance's rule for depth diffs against a REST snapshot: none before a snapshot; diffs that
-    end before it are stale; the first kept diff spans the snapshot's update id; each next one's
-    ``pu`` is the previous one's ``u``. A break is a gap: diffs are refused until the next snapshot.
-    Returns the class of a refused diff, None for a diff to apply (``sync`` is updated)."""
+class _DepthBook:
+    """Price levels built from a snapshot and its diffs, with the best bid and ask kept current
+    (a level's new size replaces the old; 0 deletes it)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.levels: dict[int, dict[float, float]] = {1: {}, -1: {}}
+        self.best = {1: -math.inf, -1: math.inf}
+
+    def apply(self, bids, asks) -> bool:
+        """Apply levels ``[[price, size], ...]`` per side; True when the book is then crossed."""
+        for side, levels in ((1, bids), (-1, asks)):
+            book, better = self.levels[side], (max if side > 0 else min)
+            for px, sz in levels:
+                p, q = float(px), float(sz)
+                if q > 0:
+                    book[p] = q
+                    self.best[side] = better(self.best[side], p)
+                else:
+                    book.pop(p, None)
+                    if p == self.best[side]:
+                        self.best[side] = better(book, default=-math.inf if side > 0 else math.inf)
+        return self.best[1] >= self.best[-1]
+
+
+def _depth_continuity(sync: dict, first: int, last: int, prev) -> tuple[str | None, bool]:
+    """Binance's rule for depth diffs against a REST snapshot: none before a snapshot, and diffs
+    that end before it are already in it (both refused); then each diff's ``pu`` is the previous
+    one's ``u``, and the first spans the snapshot's update id. A break (the first diff starting
+    after the snapshot, or a ``pu`` that is not the last ``u``) is a gap: the levels that changed
+    inside it are unknown. It is counted, and the chain goes on from the diff after it (the
+    recordings have gaps right after their snapshot, and refusing every later diff would leave no
+    book at all). Returns ``(class to count or None, whether to apply the diff)``."""
     snap = sync["snapshot"]
     if snap is None:
-        return "depth_before_snapshot"
+        return "depth_before_snapshot", False
     if not sync["synced"]:
         if last < snap:
-            return "depth_before_snapshot_id"  # older than the snapshot: already in it
-        if first > snap + 1:
-            return "depth_gap"
+            return "depth_before_snapshot_id", False
         sync.update(synced=True, last_u=last)
-        return None
-    if prev is not None and int(prev) != sync["last_u"]:
-        sync.update(synced=False, snapshot=None)
-        return "depth_gap"
+        return ("depth_gap" if first > snap + 1 else None), True
+    # USD-M diffs name the previous one's last id (pu); spot diffs have none and follow on by one.
+    gap = int(prev) != sync["last_u"] if prev is not None else first != sync["last_u"] + 1
     sync["last_u"] = last
-    return None
+    return ("depth_gap" if gap else None), True
 
 
 def _depth_rows(rows: list, t: float, local: float, msg: int, snapshot: bool, bids, asks) -> None:

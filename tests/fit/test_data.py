@@ -461,7 +461,7 @@ def test_a_funding_date_with_its_zone_is_never_shifted_again(tmp_path):
     assert f.attrs["utc_offset_hours"] == 0.0 and f["date"].dt.hour.tolist() == [3, 11, 19] * 2
 
 
-def test_depth_diffs_follow_the_snapshot_and_a_gap_waits_for_the_next(tmp_path):
+def test_depth_diffs_follow_the_snapshot_and_a_gap_is_counted(tmp_path):
     us = 1680652800_005_184
     E = 1680652800016
 
@@ -484,6 +484,31 @@ def test_depth_diffs_follow_the_snapshot_and_a_gap_waits_for_the_next(tmp_path):
         diff(23, 24, 22),
     ]
     cap = data.read_capture(_write_gz(tmp_path / "d.gz", lines), depth=True)
-    assert cap["rejected"] == {"depth_before_snapshot_id": 1, "depth_gap": 1, "depth_before_snapshot": 1}
+    # 5-8 ends before the snapshot (in it already); 17-18 after 13-15 is a gap, counted, and the
+    # chain goes on from it (19-20); the second snapshot restarts the chain (20-22, 23-24).
+    assert cap["rejected"] == {"depth_before_snapshot_id": 1, "depth_gap": 1}
     d = cap["depth"]
-    assert (~d["snapshot"]).sum() == 4  # 9-12, 13-15, then 20-22 and 23-24 after the second snapshot
+    assert (~d["snapshot"]).sum() == 6
+
+
+def test_a_depth_diff_that_crosses_the_book_waits_for_the_next_snapshot(tmp_path):
+    us = 1680652800_005_184
+    E = 1680652800016
+
+    def diff(U, u, pu, bids=(), asks=()):
+        d = {"e": "depthUpdate", "E": E, "T": E, "U": U, "u": u, "pu": pu, "b": list(bids), "a": list(asks)}
+        return _binance("btcusdt@depth@0ms", d, us)
+
+    snap = f"{us} " + json.dumps(
+        {"lastUpdateId": 10, "E": E, "T": E, "bids": [["100.0", "1"]], "asks": [["100.2", "2"]]}
+    )
+    lines = [
+        snap,
+        diff(9, 12, 8, bids=[["100.1", "1"]]),  # 100.1 < 100.2: fine
+        diff(13, 14, 12, bids=[["100.3", "1"]]),  # a bid above the ask: crossed
+        diff(15, 16, 14, asks=[["100.4", "1"]]),  # refused: waiting for a snapshot
+        diff(17, 18, 16, asks=[["100.2", "0"]]),
+    ]
+    cap = data.read_capture(_write_gz(tmp_path / "x.gz", lines), depth=True)
+    assert cap["rejected"] == {"depth_crossed": 1, "depth_before_snapshot": 2}
+    assert cap["depth"]["price"].tolist() == [100.0, 100.2, 100.1]  # the snapshot and the one good diff
