@@ -356,7 +356,7 @@ def run_task(cfg: DictConfig, out_dir: str | Path, *, simulate_fn: Callable | No
     t = mcfg.task(cfg)
     mcfg.cpu_devices(cfg)
     t0 = time.perf_counter()
-    if t == "optimize":  # policy optimisation under risk constraints (mmsim/optimize.py)
+    if t == "optimize":  # policy optimisation under risk constraints (mmsim/optimize/)
         from mmsim import optimize
 
         prepare_jax(cfg)

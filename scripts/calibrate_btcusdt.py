@@ -545,8 +545,8 @@ def main(argv=None) -> int:
     rep.add("# Calibration of a calm BTCUSDT perpetual from real data")
     rep.add()
     rep.add(
-        "Written by `python scripts/calibrate_btcusdt.py` (readers: `mmsim/data.py`; estimators: "
-        "`mmsim/calibrate.py`, spec Part 13). Every number below is recomputed from the files "
+        "Written by `python scripts/calibrate_btcusdt.py` (readers: `mmsim/fit/data.py`; estimators: "
+        "`mmsim/fit/calibrate.py`, spec Part 13). Every number below is recomputed from the files "
         "of the data directory, named relative to it. Units: time in seconds, rates per second, "
         "variances of log price per second, sigma per sqrt(second), sizes in BTC, funding rates "
         "as fractions per 8-hour settlement interval. `±` is one standard error."
@@ -848,7 +848,7 @@ def proposal(res: dict) -> str:
     L = [
         '## 5. Proposed "calm BTCUSDT perp" parameter set',
         "",
-        "Units are those of the simulator's process modules (`mmsim/processes/*.py`). *Assumption* "
+        "Units are those of the simulator's process modules (`mmsim/world/processes/*.py`). *Assumption* "
         "marks a value the data here cannot identify; it is a choice, not a measurement.",
         "",
     ]

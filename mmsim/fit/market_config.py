@@ -66,7 +66,7 @@ def _known(m: dict, key: str) -> bool:
 def write(
     path: str | Path, market: Mapping[str, Any], notes: Mapping[str, str] | None = None, header: Sequence[str] = ()
 ) -> Path:
-    """Write :func:`render` to ``path`` (a ``conf/market/NAME.yaml``); returns the path."""
+    """Write :func:`render` to ``path`` (a ``mmsim/conf/market/NAME.yaml``); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(market, notes, header))

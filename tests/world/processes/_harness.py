@@ -1,4 +1,4 @@
-"""The contract every process module keeps (see mmsim/processes/__init__.py), checked once per
+"""The contract every process module keeps (see mmsim/world/processes/__init__.py), checked once per
 process: jit and vmap, float32 and float64, finite output, dtype kept, shapes, determinism,
 compile-once, and a ValueError that names the field for each invalid parameter.
 """
