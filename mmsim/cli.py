@@ -251,16 +251,15 @@ def _check_best(params: str, best: dict, cfg) -> None:
     print(f"mmsim live: {params} is valid (feasible: {best.get('feasible')}).")
     from omegaconf import OmegaConf
 
-    bm = best.get("market")
-    if isinstance(bm, dict) and bm:
-        here = OmegaConf.to_container(cfg.market, resolve=True)
-        if bm != here:
-            diff = sorted(k for k in set(bm) | set(here) if bm.get(k) != here.get(k))
-            print(
-                f"warning (--force): best.yaml was optimised and certified for a different market than the one "
-                f"configured (differs in {diff}); its certificate does not hold here",
-                file=sys.stderr,
-            )
+    from mmsim import config as mcfg
+
+    diff = mcfg.market_differences(best, cfg)
+    if diff:
+        print(
+            f"warning (--force): best.yaml was optimised and certified for a different market than the one "
+            f"configured (differs in {diff}); its certificate does not hold here",
+            file=sys.stderr,
+        )
     acc = best.get("account")
     if isinstance(acc, dict) and acc:
         here = OmegaConf.to_container(cfg.account, resolve=True)

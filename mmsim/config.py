@@ -655,16 +655,24 @@ def jump_truncation_warnings(mp: Any, dt: float) -> list[str]:
     return out
 
 
+def market_differences(best: dict, cfg: DictConfig) -> list[str]:
+    """The ``market`` blocks in which a ``best.yaml`` (its ``market`` mapping) differs from the
+    configured market; empty when it records none or the same one."""
+    made_for = best.get("market")
+    if not (isinstance(made_for, dict) and made_for):
+        return []
+    here = _section(cfg, "market")
+    return sorted(k for k in set(made_for) | set(here) if made_for.get(k) != here.get(k))
+
+
 def _check_params_market(cfg: DictConfig) -> None:
     """A ``+params`` file certified for another market than the configured one is refused (its
     validation holds only where it was made), unless ``+params_force=true``."""
     src = _params_file(cfg)
     if not src or cfg.get("params_force"):
         return
-    made_for = load_best(src).get("market")
-    here = _section(cfg, "market")
-    if isinstance(made_for, dict) and made_for and made_for != here:
-        diff = sorted(k for k in set(made_for) | set(here) if made_for.get(k) != here.get(k))
+    diff = market_differences(load_best(src), cfg)
+    if diff:
         raise ConfigError(
             f"params = {src!r} was optimised and validated for another market (differs in {diff}); select the "
             "same experiment and market overrides, or add +params_force=true to run it here anyway"

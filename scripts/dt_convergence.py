@@ -33,7 +33,8 @@ def main() -> int:
         p = liq.LiqParams(**DIFFUSION, trigger_kind=kind)
         lim = liq.stationary_rate_on_a_diffusion(p, a.sigma, None) if kind == "drawdown" else math.inf
         for dt in (1.0, 0.5, 0.25, 0.1):
-            m, se = diffusion_rate(p, a.sigma, dt, a.horizon, a.paths)
+            rates = diffusion_rate(p, a.sigma, dt, a.horizon, a.paths)
+            m, se = rates.mean(), rates.std(ddof=1) / math.sqrt(a.paths)
             exact = liq.stationary_rate_on_a_diffusion(p, a.sigma, dt)
             print(f"| {kind} | {dt:g} | {m:.5f} | {se:.5f} | {exact:.5f} | {lim:.5f} |")
     return 0

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from mmsim.regimes import REGIME_NAMES
+from mmsim import regimes
 from mmsim.report.common import DPI, REGIME_COLORS, _time_axis, fmt, liquidation_claim, md_table, summary_rows
 from mmsim.sim.risk import clopper_pearson, paths_to_certify
 
@@ -166,11 +166,11 @@ def _shade_regimes(ax, t: np.ndarray, regime: np.ndarray) -> None:
 
 
 def _regime_handles(regime: np.ndarray) -> list[Patch]:
-    """One legend entry per regime present in ``regime`` (indices into REGIME_NAMES): its shading,
+    """One legend entry per regime present in ``regime`` (indices into regimes.REGIME_NAMES): its shading,
     or "<name>: unshaded" for a regime drawn without colour."""
     handles = []
     for r in sorted({int(x) for x in np.unique(np.asarray(regime)) if x >= 0}):
-        name = REGIME_NAMES[r] if r < len(REGIME_NAMES) else f"regime {r}"
+        name = regimes.name(r)
         color = REGIME_COLORS[r] if r < len(REGIME_COLORS) else None
         if color:
             handles.append(Patch(facecolor=color, edgecolor="none", label=name))

@@ -232,12 +232,18 @@ def _signature(tree) -> tuple:
     return treedef, tuple((np.shape(x), str(jnp.asarray(x).dtype)) for x in leaves)
 
 
+class _Compiling(NamedTuple):
+    finish: Any  # () -> (compiled program, compile seconds)
+    fresh: bool  # not in this process's cache: it compiles now
+    restructured: bool  # a program of the same run but another structure was compiled before
+
+
 def _compile_start(world, mp, ep, keys, *, n_steps, dt, dtype, trace, devices):
     """Start compiling the (vmapped, sharded) path function for these shapes: it is traced and
     lowered here, and XLA compiles it on a background thread (a second program then compiles
-    while the first one does, on a machine with cores to spare). Returns a ``finish()`` that
-    waits and gives ``(compiled, seconds)``; the seconds are those spent in this call and in
-    ``finish()``, 0 when the program came from the cache."""
+    while the first one does, on a machine with cores to spare). Returns a :class:`_Compiling`
+    whose ``finish()`` waits and gives ``(compiled, seconds)``; the seconds are those spent in this
+    call and in ``finish()``, 0 when the program came from the cache."""
     key = (
         world,
         _signature(mp),
@@ -250,9 +256,7 @@ def _compile_start(world, mp, ep, keys, *, n_steps, dt, dtype, trace, devices):
         tuple(d.id for d in devices),
     )
     if key in _COMPILED:
-        cached = lambda: (_COMPILED[key], 0.0)  # noqa: E731
-        cached.fresh, cached.restructured = False, False
-        return cached
+        return _Compiling(lambda: (_COMPILED[key], 0.0), fresh=False, restructured=False)
     # The same run but another structure (a static field changed): worth saying, it costs a compile.
     restructured = any(k[0] == key[0] and k[3:] == key[3:] for k in _COMPILED)
 
@@ -276,8 +280,7 @@ def _compile_start(world, mp, ep, keys, *, n_steps, dt, dtype, trace, devices):
         _COMPILED[key] = compiled
         return compiled, lower_s + time.perf_counter() - t1
 
-    finish.fresh, finish.restructured = True, restructured
-    return finish
+    return _Compiling(finish, fresh=True, restructured=restructured)
 
 
 def _compile_guarded(lowered, options: dict | None):
@@ -438,10 +441,10 @@ def simulate(
             else " (XLA's disk cache, when on, makes the next run faster)"
         )
         print(f"compiling the {world} simulation for {chunk} paths x {n_steps} steps{why} ...", end="", flush=True)
-    fn, compile_s = fn_done()
+    fn, compile_s = fn_done.finish()
     tfn = None
     if trace_done is not None:  # before the chunks run: the compile must not slow (or time into) them
-        tfn, tc = trace_done()
+        tfn, tc = trace_done.finish()
         compile_s += tc
     if progress and fresh:
         print(f" done in {compile_s:.1f} s", flush=True)

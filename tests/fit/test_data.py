@@ -461,25 +461,29 @@ def test_a_funding_date_with_its_zone_is_never_shifted_again(tmp_path):
     assert f.attrs["utc_offset_hours"] == 0.0 and f["date"].dt.hour.tolist() == [3, 11, 19] * 2
 
 
+_DEPTH_US, _DEPTH_E = 1680652800_005_184, 1680652800016  # receive time (us) and exchange time (ms)
+
+
+def _depth_diff(U, u, pu, bids=(("100.0", "1"),), asks=()):
+    d = {"e": "depthUpdate", "E": _DEPTH_E, "T": _DEPTH_E, "U": U, "u": u, "pu": pu, "b": list(bids), "a": list(asks)}
+    return _binance("btcusdt@depth@0ms", d, _DEPTH_US)
+
+
+def _depth_snapshot(last_id: int) -> str:
+    body = {"lastUpdateId": last_id, "E": _DEPTH_E, "T": _DEPTH_E, "bids": [["100.0", "1"]], "asks": [["100.2", "2"]]}
+    return f"{_DEPTH_US} " + json.dumps(body)
+
+
 def test_depth_diffs_follow_the_snapshot_and_a_gap_is_counted(tmp_path):
-    us = 1680652800_005_184
-    E = 1680652800016
-
-    def diff(U, u, pu, px="100.0"):
-        d = {"e": "depthUpdate", "E": E, "T": E, "U": U, "u": u, "pu": pu, "b": [[px, "1"]], "a": []}
-        return _binance("btcusdt@depth@0ms", d, us)
-
-    snap = f"{us} " + json.dumps(
-        {"lastUpdateId": 10, "E": E, "T": E, "bids": [["100.0", "1"]], "asks": [["100.2", "2"]]}
-    )
+    diff = _depth_diff
     lines = [
-        snap,
+        _depth_snapshot(10),
         diff(5, 8, 4),
         diff(9, 12, 8),
         diff(13, 15, 12),
         diff(17, 18, 16),
         diff(19, 20, 18),
-        snap.replace('"lastUpdateId": 10', '"lastUpdateId": 20'),
+        _depth_snapshot(20),
         diff(20, 22, 20),
         diff(23, 24, 22),
     ]
@@ -492,22 +496,13 @@ def test_depth_diffs_follow_the_snapshot_and_a_gap_is_counted(tmp_path):
 
 
 def test_a_depth_diff_that_crosses_the_book_waits_for_the_next_snapshot(tmp_path):
-    us = 1680652800_005_184
-    E = 1680652800016
-
-    def diff(U, u, pu, bids=(), asks=()):
-        d = {"e": "depthUpdate", "E": E, "T": E, "U": U, "u": u, "pu": pu, "b": list(bids), "a": list(asks)}
-        return _binance("btcusdt@depth@0ms", d, us)
-
-    snap = f"{us} " + json.dumps(
-        {"lastUpdateId": 10, "E": E, "T": E, "bids": [["100.0", "1"]], "asks": [["100.2", "2"]]}
-    )
+    diff = _depth_diff
     lines = [
-        snap,
+        _depth_snapshot(10),
         diff(9, 12, 8, bids=[["100.1", "1"]]),  # 100.1 < 100.2: fine
         diff(13, 14, 12, bids=[["100.3", "1"]]),  # a bid above the ask: crossed
-        diff(15, 16, 14, asks=[["100.4", "1"]]),  # refused: waiting for a snapshot
-        diff(17, 18, 16, asks=[["100.2", "0"]]),
+        diff(15, 16, 14, bids=(), asks=[["100.4", "1"]]),  # refused: waiting for a snapshot
+        diff(17, 18, 16, bids=(), asks=[["100.2", "0"]]),
     ]
     cap = data.read_capture(_write_gz(tmp_path / "x.gz", lines), depth=True)
     assert cap["rejected"] == {"depth_crossed": 1, "depth_before_snapshot": 2}

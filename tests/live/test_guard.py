@@ -4,7 +4,6 @@ without it; a property test mutates lines at random and asserts no crash and no 
 
 from __future__ import annotations
 
-import gzip
 import json
 
 import numpy as np
@@ -15,13 +14,14 @@ from hypothesis import strategies as st
 from mmsim import live
 from mmsim.fit import data
 from mmsim.live import guard
+from tests.fit.test_data import _binance, _write_gz
 
 T0_MS = 1_723_161_255_000  # exchange time of the first message, ms
 N_S = 40  # seconds of clean capture
 
 
 def _line(local_ms: int, stream: str, d: dict) -> str:
-    return f"{local_ms * 1_000_000} " + json.dumps({"stream": stream, "data": d})
+    return _binance(stream, d, local_ms * 1_000_000)
 
 
 def book(t_ms: int, bid: float, sym: str = "btcusdt", local_ms: int | None = None) -> str:
@@ -70,10 +70,7 @@ def clean_lines() -> list[str]:
     return out
 
 
-def write(path, lines: list[str]):
-    with gzip.open(path, "wt") as fh:
-        fh.write("\n".join(lines) + "\n")
-    return path
+write = _write_gz  # (also the long fuzz script's)
 
 
 @pytest.fixture(scope="module")
@@ -340,9 +337,9 @@ def test_spot_books_stamped_on_receipt_are_put_on_the_exchange_clock(tmp_path):
         t = T0_MS + 250 * k
         local = t - 1270
         d = {"u": t, "s": "BTCUSDT", "b": "60000.0", "B": "2.0", "a": "60000.1", "A": "3.0"}
-        lines.append(f"{local * 1_000_000} " + json.dumps({"stream": "btcusdt@bookTicker", "data": d}))
+        lines.append(_line(local, "btcusdt@bookTicker", d))
         td = {"e": "trade", "E": t, "T": t, "t": k, "p": "60000.1", "q": "0.01", "m": False}
-        lines.append(f"{local * 1_000_000} " + json.dumps({"stream": "btcusdt@trade", "data": td}))
+        lines.append(_line(local, "btcusdt@trade", td))
     cap = data.read_capture(write(tmp_path / "spot.gz", lines))
     assert cap["clock_offset_s"] == pytest.approx(-1.27, abs=1e-6)
     np.testing.assert_allclose(cap["book_ticker"]["time"], cap["trades"]["time"], atol=1e-6)
