@@ -360,6 +360,7 @@ def market_params(cfg: DictConfig) -> tuple[str, Any]:
 
     from mmsim.world.market import MarketParams
     from mmsim.world.processes import adverse_selection as adv
+    from mmsim.world.processes import book as bk
     from mmsim.world.processes import correlation as corr
     from mmsim.world.processes import funding as fund
     from mmsim.world.processes import liquidation as liq
@@ -379,6 +380,7 @@ def market_params(cfg: DictConfig) -> tuple[str, Any]:
         "liquidation": liq.LiqParams,
         "correlation": corr.CorrParams,
         "fills": fl.FillParams,
+        "book": bk.BookParams,
     }
     n_assets = m.get("n_assets", 1)
     _require(
@@ -570,7 +572,18 @@ def _check_market_assets(mp) -> None:
     """Every per-asset field of the market is a scalar or has the market's asset count."""
     a, r = mp.n_assets, int(np.shape(mp.vol.generator)[0])
     dims = {"A": a, "R": r}
-    for block in ("price", "vol", "flow", "spread", "adverse", "funding", "liquidation", "correlation", "fills"):
+    for block in (
+        "price",
+        "vol",
+        "flow",
+        "spread",
+        "adverse",
+        "funding",
+        "liquidation",
+        "correlation",
+        "fills",
+        "book",
+    ):
         obj = getattr(mp, block)
         for fld in dataclasses.fields(obj):
             if fld.metadata.get("static"):

@@ -1,15 +1,29 @@
 """Stylised facts of the recorded BTCUSDT windows and of the simulated market, by the same code
 (:func:`mmsim.fit.stylised.facts`): the share of 1-s intervals with an unchanged mid, how often the
 bid falls while sells trade, the kurtosis and scale of 1-s returns, the touch depth and the traded
-volume. Simulated: the configured market alone (nothing quoting), each path a window of the
-recording's length; mean over paths with its standard error.
+volume.
 
-    python scripts/stylised_facts.py [--paths 64] [experiment=baseline ...]
+Each recorded window gets a 95 % moving-block bootstrap interval (:func:`mmsim.fit.stylised.interval`).
+Each is simulated (nothing quoting, ``--paths`` windows of the recording's length) at the window's
+own levels: its mean mid as the start price, the variance of its 1-s mid returns as the efficient
+price's variance in every regime (no price jumps), and the order-flow baselines scaled so the
+simulated traded volume matches its volume (a first run at the configured baselines measures the
+ratio). The levels are the window's; the book's microstructure parameters (the configured
+``market.book``) are not: ``--fit`` chooses ``pull_band``, ``pull_rate``, ``refill_rate`` and
+``new_level_depth``
+on the fit window alone (2023-04-05), the others check them. Both book models are shown: the
+continuous book (the spread process) and the tick book. Columns: the recorded value [95 % interval],
+and for a model the mean over simulated windows with the percentile of the recorded value among
+them (a recorded value outside the 2.5-97.5 % range of the simulated windows is marked ``!``).
+
+    python scripts/stylised_facts.py [--paths 64] [--fit] [experiment=baseline ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import sys
 from pathlib import Path
 
@@ -20,48 +34,125 @@ from mmsim import config, live  # noqa: E402
 from mmsim.fit import data, stylised  # noqa: E402
 from mmsim.sim import world_only  # noqa: E402
 
-CAPTURES = ("hftbacktest_binance_usdm_btcusdt_20230405.dat.gz", "hftbacktest_binance_usdm_btcusdt_20240808.gz")
-KEYS = (
-    "unchanged_mid",
-    "bid_falls_with_sells",
-    "return_kurtosis",
-    "sigma_per_sqrt_s",
-    "touch_depth_median",
-    "volume_per_s",
+#: (capture, role): the book is fitted on "fit" windows only.
+CAPTURES = (
+    ("hftbacktest_binance_usdm_btcusdt_20230405.dat.gz", "fit"),
+    ("hftbacktest_binance_usdm_btcusdt_20230404.dat.gz", "check"),
+    ("hftbacktest_binance_usdm_btcusdt_20240808.gz", "check"),
 )
+SHOWN = ("unchanged_mid", "bid_falls_with_sells", "return_kurtosis", "sigma_per_sqrt_s", "touch_depth_median")
+#: Facts the fit matches, each in units of its recorded interval's half-width.
+FITTED = ("unchanged_mid", "bid_falls_with_sells", "return_kurtosis", "touch_depth_median")
+GRID = {
+    "pull_band": (1.0, 2.0, 3.0),
+    "pull_rate": (0.2, 0.3, 0.5),
+    "refill_rate": (1.0, 3.0, 10.0),
+    "new_level_depth": (1.0, 3.0),
+}
+
+
+def at_levels(mp, real: stylised.Window, model: str, flow_mult: float = 1.0):
+    """The configured market at a recorded window's levels (see the module docstring)."""
+    mid = 0.5 * (real.bid + real.ask)
+    var = float(np.var(np.diff(np.log(mid)))) / real.dt
+    r = np.shape(mp.vol.theta)[-1]
+    vol = dataclasses.replace(mp.vol, theta=np.full(r, var), v0=var, xi=np.full(r, 1e-12))
+    price = dataclasses.replace(mp.price, s0=float(mid.mean()), jump_rate=0.0)
+    flow = dataclasses.replace(
+        mp.flow, mu_buy=np.asarray(mp.flow.mu_buy) * flow_mult, mu_sell=np.asarray(mp.flow.mu_sell) * flow_mult
+    )
+    book = dataclasses.replace(mp.book, model=model)
+    return dataclasses.replace(mp, vol=vol, price=price, flow=flow, book=book)
+
+
+def simulate(world, mp, n: int, paths: int, tick: float) -> list[dict]:
+    obs = world_only.observations(world, mp, n_paths=paths, n_steps=n + 1, dt=1.0, seed=0)
+    return [stylised.facts(stylised.window_from_observations(obs, 1.0, tick, path=i)) for i in range(paths)]
+
+
+def matched(world, mp, real, model, paths, tick):
+    """Per-window facts of ``model`` at the window's levels, the flow scaled to its volume."""
+    n = len(real.bid) - 1
+    first = simulate(world, at_levels(mp, real, model), n, paths, tick)
+    ratio = stylised.facts(real)["volume_per_s"] / np.mean([f["volume_per_s"] for f in first])
+    return simulate(world, at_levels(mp, real, model, ratio), n, paths, tick), ratio
+
+
+def cell(sim: list[dict], key: str, real_value: float) -> str:
+    x = np.array([f[key] for f in sim])
+    pct = 100.0 * np.mean(x < real_value)
+    mark = "!" if pct < 2.5 or pct > 97.5 else ""
+    return f"{x.mean():.3g} ({pct:.0f}%{mark})"
+
+
+def fit(world, mp, real, paths, tick) -> dict:
+    """The grid point of the book whose simulated windows best match ``real`` (see FITTED)."""
+    f_real, ci = stylised.facts(real), stylised.interval(real)
+    best, rows = None, []
+    for values in itertools.product(*GRID.values()):
+        trial = dataclasses.replace(mp, book=dataclasses.replace(mp.book, **dict(zip(GRID, values))))
+        sim, _ = matched(world, trial, real, "tick", paths, tick)
+        score = 0.0
+        for k in FITTED:
+            half = 0.5 * (ci[k][1] - ci[k][0])
+            score += ((np.mean([f[k] for f in sim]) - f_real[k]) / half) ** 2
+        rows.append((score, values, {k: float(np.mean([f[k] for f in sim])) for k in FITTED}))
+        if best is None or score < best[0]:
+            best = (score, values)
+    print("| " + " | ".join(GRID) + " | " + " | ".join(FITTED) + " | score |")
+    print("|" + "---|" * (len(GRID) + len(FITTED) + 1))
+    for score, values, means in sorted(rows, key=lambda r: r[0]):
+        print(
+            "| "
+            + " | ".join(f"{v:g}" for v in values)
+            + " | "
+            + " | ".join(f"{means[k]:.3g}" for k in FITTED)
+            + f" | {score:.2f} |"
+        )
+    return dict(zip(GRID, best[1]))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--paths", type=int, default=64)
+    ap.add_argument("--fit", action="store_true", help="choose the book's parameters on the fit window first")
     ap.add_argument("overrides", nargs="*", default=["experiment=baseline"])
     a = ap.parse_args()
     world, mp, _, _ = config.build(config.compose(a.overrides))
     tick = float(np.max(np.asarray(mp.spread.tick)))
-    print("| window | " + " | ".join(KEYS) + " | intervals |")
-    print("|---|" + "---|" * (len(KEYS) + 1))
-    for name in CAPTURES:
+    windows = {}
+    for name, role in CAPTURES:
         path = data.data_file(name)
         if path is None:
-            print(f"| {name} | (not in the data directory) |")
+            print(f"{name}: not in the data directory (set MMSIM_DATA); skipped")
             continue
-        f = stylised.facts(stylised.window_from_feed(live.feed_from_capture(data.read_capture(path), 1.0), tick))
+        windows[name] = (role, stylised.window_from_feed(live.feed_from_capture(data.read_capture(path), 1.0), tick))
+    if not windows:
+        return 0
+    if a.fit:
+        fit_name = next(n for n, (role, _) in windows.items() if role == "fit")
+        chosen = fit(world, mp, windows[fit_name][1], a.paths, tick)
+        print(f"\nchosen on {fit_name}: {chosen}\n")
+        mp = dataclasses.replace(mp, book=dataclasses.replace(mp.book, **chosen))
+    b = mp.book
+    print(
+        f"tick book: pull_band {b.pull_band:g} ticks, pull_rate {b.pull_rate:g}/s, pull_rate_per_tick "
+        f"{b.pull_rate_per_tick:g}/s, new_level_depth {b.new_level_depth:g}, refill_rate {b.refill_rate:g}/s, "
+        f"depth_touch {b.depth_touch:g}, depth_level {b.depth_level:g}, lot {b.lot:g}\n"
+    )
+    print("| window | source | " + " | ".join(SHOWN) + " | flow x |")
+    print("|---|---|" + "---|" * (len(SHOWN) + 1))
+    for name, (role, real) in windows.items():
+        day = name.split("_")[-1].split(".")[0]
+        f, ci = stylised.facts(real), stylised.interval(real)
         print(
-            f"| {name.split('_')[-1].split('.')[0]} (recorded) | "
-            + " | ".join(f"{f[k]:.4g}" for k in KEYS)
-            + f" | {f['n']} |"
+            f"| {day} ({role}, {f['n']} s) | recorded | "
+            + " | ".join(f"{f[k]:.3g} [{ci[k][0]:.3g}, {ci[k][1]:.3g}]" for k in SHOWN)
+            + " | |"
         )
-        obs = world_only.observations(world, mp, n_paths=a.paths, n_steps=f["n"] + 1, dt=1.0, seed=0)
-        per = [stylised.facts(stylised.window_from_observations(obs, 1.0, tick, path=i)) for i in range(a.paths)]
-        cells = []
-        for k in KEYS:
-            x = np.array([p[k] for p in per])
-            cells.append(f"{x.mean():.4g} ± {x.std(ddof=1) / np.sqrt(len(x)):.2g}")
-        print(
-            f"| simulated ({' '.join(a.overrides)}), {a.paths} windows of {f['n']} s | "
-            + " | ".join(cells)
-            + f" | {f['n']} |"
-        )
+        for model in ("continuous", "tick"):
+            sim, ratio = matched(world, mp, real, model, a.paths, tick)
+            print(f"| | {model} book | " + " | ".join(cell(sim, k, f[k]) for k in SHOWN) + f" | {ratio:.2f} |")
     return 0
 
 

@@ -51,6 +51,46 @@ def window_from_observations(obs, dt: float, tick: float, path: int = 0, asset: 
     )
 
 
+def _series(w: Window) -> dict:
+    """Per-interval values whose means (or moments) are the facts, one per interval t -> t + 1."""
+    mid = 0.5 * (w.bid + w.ask)
+    tol = 0.5 * w.tick if w.tick > 0 else 1e-12 * float(np.median(mid))
+    return {
+        "unchanged": np.abs(np.diff(mid)) <= tol,
+        "bid_falls": (w.vol_sell[1:] > 0) & (np.diff(w.bid) < -tol),
+        "ret": np.diff(np.log(mid)),
+        # One per observation (the intervals' ends and the first): the bootstrap takes the ends.
+        "depth": np.asarray(w.bid_size, float),
+        "volume": np.asarray(w.vol_buy + w.vol_sell, float),
+    }
+
+
+def _aggregate(x: dict, dt: float) -> dict:
+    r = x["ret"]
+    sd = float(np.std(r))
+    kurt = float(np.mean((r - r.mean()) ** 4) / sd**4) if sd > 0 else float("nan")
+    return {
+        "unchanged_mid": float(np.mean(x["unchanged"])),
+        "bid_falls_with_sells": float(np.mean(x["bid_falls"])),
+        "return_kurtosis": kurt,
+        "sigma_per_sqrt_s": sd / np.sqrt(dt),
+        "touch_depth_median": float(np.median(x["depth"])),
+        "volume_per_s": float(np.mean(x["volume"]) / dt),
+        "n": int(len(r)),
+    }
+
+
+#: The facts :func:`facts` returns (besides the interval count ``n``).
+KEYS = (
+    "unchanged_mid",
+    "bid_falls_with_sells",
+    "return_kurtosis",
+    "sigma_per_sqrt_s",
+    "touch_depth_median",
+    "volume_per_s",
+)
+
+
 def facts(w: Window) -> dict:
     """The window's stylised facts, each over consecutive intervals t -> t + 1:
 
@@ -63,19 +103,24 @@ def facts(w: Window) -> dict:
     * ``volume_per_s``: traded volume (both sides), base units per second;
     * ``n``: intervals used.
     """
-    mid = 0.5 * (w.bid + w.ask)
-    tol = 0.5 * w.tick if w.tick > 0 else 1e-12 * float(np.median(mid))
-    dm = np.diff(mid)
-    r = np.diff(np.log(mid))
-    sd = float(np.std(r))
-    kurt = float(np.mean((r - r.mean()) ** 4) / sd**4) if sd > 0 else float("nan")
-    sells = w.vol_sell[1:] > 0
-    return {
-        "unchanged_mid": float(np.mean(np.abs(dm) <= tol)),
-        "bid_falls_with_sells": float(np.mean(sells & (np.diff(w.bid) < -tol))),
-        "return_kurtosis": kurt,
-        "sigma_per_sqrt_s": sd / np.sqrt(w.dt),
-        "touch_depth_median": float(np.median(w.bid_size)),
-        "volume_per_s": float(np.sum(w.vol_buy + w.vol_sell) / (len(w.bid) * w.dt)),
-        "n": int(len(dm)),
-    }
+    return _aggregate(_series(w), w.dt)
+
+
+def interval(w: Window, *, block_s: float = 20.0, n_boot: int = 500, level: float = 0.95, seed: int = 0) -> dict:
+    """A ``level`` interval of each fact of one window by the moving-block bootstrap: the window's
+    per-interval values resampled in blocks of ``block_s`` seconds (keeping the clustering within
+    a block), the facts recomputed on each resample; returns ``{fact: (lo, hi)}``."""
+    x = _series(w)
+    n = len(x["ret"])
+    b = max(1, min(n, int(round(block_s / w.dt))))
+    rs = np.random.default_rng(seed)
+    n_blocks = -(-n // b)
+    out = {k: [] for k in KEYS}
+    for _ in range(n_boot):
+        starts = rs.integers(0, n - b + 1, n_blocks)
+        idx = (starts[:, None] + np.arange(b)[None, :]).ravel()[:n]
+        f = _aggregate({k: v[idx + 1] if k in ("depth", "volume") else v[idx] for k, v in x.items()}, w.dt)
+        for k in KEYS:
+            out[k].append(f[k])
+    q = (1.0 - level) / 2.0
+    return {k: (float(np.nanquantile(v, q)), float(np.nanquantile(v, 1.0 - q))) for k, v in out.items()}

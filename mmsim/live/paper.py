@@ -1,12 +1,15 @@
 """The paper gateway: our resting quotes filled against recorded (or live) public trades, with the
 queue ahead of us taken from the displayed book. One quote side at a time, in float64 on the host;
-prices in quote currency, sizes in base units. The rule is written out in ``docs/ARCHITECTURE.md``."""
+prices in quote currency, sizes in base units. The fill arithmetic is :mod:`mmsim.exchange`'s, the
+same that fills quotes in the simulated tick book; the rule is written out in ``docs/ARCHITECTURE.md``."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import numpy as np
+
+from mmsim import exchange
 
 
 class Resting(NamedTuple):
@@ -44,24 +47,20 @@ def paper_fills(
     # Recorded prices and our quote (rounded to the tick in float64) are both on the venue's grid:
     # a relative 1e-9 separates "at" from "through" without any float doubt.
     eps = 1e-9 * price
-    if resting.price > 0 and abs(resting.price - price) <= eps:
-        queue = resting.queue  # kept our place in the queue
-    elif side * (price - touch) > eps:
-        queue = 0.0  # improves the touch: first in line
+    same = resting.price > 0 and abs(resting.price - price) <= eps
+    if side * (price - touch) > eps:
+        level_qty = 0.0  # improves the touch: first in line
     elif abs(price - touch) <= eps:
-        queue = touch_qty  # joins the back of the touch
+        level_qty = touch_qty  # joins the back of the touch
     else:
-        queue = np.inf  # behind the touch: depth unknown
+        level_qty = np.inf  # behind the touch: depth unknown
+    queue = float(exchange.queue_on_arrival(resting.queue, same, level_qty))
     if abs(price - touch) <= eps:
-        queue = min(queue, touch_qty)
+        queue = min(queue, touch_qty)  # the displayed touch bounds what can still be ahead
     hits = trade_side == -side  # aggressors on the other side
-    through = np.any(hits & (side * (price - trade_price) > eps))
+    through = bool(np.any(hits & (side * (price - trade_price) > eps)))
     at = float(np.sum(trade_qty[hits & (np.abs(trade_price - price) <= eps)]))
-    if through:
-        return float(size), Resting()
-    filled = float(np.clip(at - queue, 0.0, size)) if np.isfinite(queue) else 0.0
+    filled, ahead = (float(x) for x in exchange.fill(float(size), queue, at, through))
     if filled >= size:
         return float(size), Resting()
-    if filled > 0:
-        return filled, Resting(price, 0.0)  # partly filled: the rest is first in line
-    return 0.0, Resting(price, max(queue - at, 0.0))
+    return filled, Resting(price, ahead)

@@ -5,6 +5,7 @@ Equations, units, the discretisation over a step and the known biases: ``docs/MO
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -16,6 +17,7 @@ from mmsim import observation, rng
 from mmsim._pytree import Check, pytree_dataclass, static_field
 from mmsim.observation import Observation, Quote, no_quote
 from mmsim.world.processes import adverse_selection as adv
+from mmsim.world.processes import book as bk
 from mmsim.world.processes import correlation as corr
 from mmsim.world.processes import funding as fund
 from mmsim.world.processes import liquidation as liq
@@ -36,6 +38,7 @@ PROCESS_ID = {
     "liquidation": 7,
     "correlation": 8,
     "fills": 9,
+    "book": 10,
 }
 
 
@@ -45,6 +48,9 @@ class MarketParams:
 
     Attributes:
         price, vol, flow, spread, adverse, funding, liquidation, correlation: the processes' params.
+        fills: how our quotes fill in the continuous book (``book.model = "continuous"``).
+        book: the tick-level book (``book.model = "tick"``) or, by default, none: the continuous
+            book of the spread process around the mid (the world of earlier releases).
         flow_regime_mult: (R,) multiplier of the order-flow baselines in each volatility regime.
         shock_time_s: time of a scheduled shock, seconds from the start (< 0: none).
         shock_return: (A,) or scalar log return applied to the mid at the shock.
@@ -61,6 +67,7 @@ class MarketParams:
     liquidation: liq.LiqParams
     correlation: corr.CorrParams
     fills: fl.FillParams
+    book: bk.BookParams = dataclasses.field(default_factory=bk.BookParams)
     flow_regime_mult: jax.Array | tuple = (0.7, 1.0, 1.6, 3.0)
     shock_time_s: float = -1.0
     shock_return: jax.Array | float = 0.0
@@ -97,7 +104,8 @@ class WorldState(NamedTuple):
     funding: fund.FundingState
     liquidation: liq.LiqState
     correlation: corr.CorrState
-    fills: fl.FillState
+    fills: fl.FillState  # our resting orders: queue ahead and price (both book models)
+    book: bk.BookState  # the tick book (carried unchanged by the continuous model)
     best_bid: jax.Array  # (A,) book at the end of the last step
     best_ask: jax.Array  # (A,)
     last_n_liq: jax.Array  # (A,) liquidations in the last step (drive adverse selection)
@@ -106,7 +114,7 @@ class WorldState(NamedTuple):
 class WorldInfo(NamedTuple):
     """Ground truth of one step (the market maker never sees it; risk reports and plots do)."""
 
-    mid: jax.Array  # (A,) mid at the end of the step, quote currency
+    mid: jax.Array  # (A,) mid at the end of the step, quote currency (the tick book's: (bid + ask) / 2)
     ret: jax.Array  # (A,) log return of the step
     variance: jax.Array  # (A,) variance per second at the end of the step
     regime: jax.Array  # () regime during the step
@@ -125,9 +133,11 @@ class WorldInfo(NamedTuple):
 
 def init(params: MarketParams, dtype=jnp.float32) -> WorldState:
     a = params.n_assets
+    price = px.init(params.price, a, dtype)
+    latent = px.mid(price, params.price).astype(dtype)
     return WorldState(
         t_index=jnp.zeros((), jnp.int32),
-        price=px.init(params.price, a, dtype),
+        price=price,
         vol=vol.init(params.vol, a, dtype),
         flow=flow.init(params.flow, a, dtype),
         spread=spr.init(params.spread, a, dtype),
@@ -136,15 +146,28 @@ def init(params: MarketParams, dtype=jnp.float32) -> WorldState:
         liquidation=liq.init(params.liquidation, a, dtype),
         correlation=corr.init(params.correlation, a, dtype),
         fills=fl.init(a, dtype),
+        book=bk.init(params.book, latent, _tick(params, a), dtype),
         best_bid=jnp.zeros((a,), dtype),
         best_ask=jnp.zeros((a,), dtype),
         last_n_liq=jnp.zeros((a,), dtype),
     )
 
 
+def _tick(params: MarketParams, a: int) -> jax.Array:
+    return jnp.broadcast_to(jnp.asarray(params.spread.tick), (a,))
+
+
+def _ticked(params: MarketParams) -> bool:
+    return params.book.model == "tick"
+
+
 def initial_book(world: WorldState, params: MarketParams) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(mid, best bid, best ask) of the initial state, before any step."""
-    mid = dist.materialise_small(px.mid(world.price, params.price).astype(world.price.x.dtype))
+    dtype = world.price.x.dtype
+    if _ticked(params):
+        bid, ask = bk.prices(world.book, _tick(params, params.n_assets), dtype)
+        return 0.5 * (bid + ask), bid, ask
+    mid = dist.materialise_small(px.mid(world.price, params.price).astype(dtype))
     sp = spr.book_spread(world.spread.s, mid, params.spread.tick)
     bid, ask = spr.best_bid_ask(mid, sp, params.spread.tick)
     return mid, bid.astype(mid.dtype), ask.astype(mid.dtype)
@@ -159,9 +182,12 @@ def observe(world: WorldState, params: MarketParams, takes: bool = False) -> Obs
     with the taker-fill fields of a policy that sends taker orders."""
     mid, bid, ask = initial_book(world, params)
     on = jnp.ones(mid.shape, bool)
-    return observation.empty(mid.shape[0], mid.dtype, takes=takes)._replace(
+    obs = observation.empty(mid.shape[0], mid.dtype, takes=takes)._replace(
         best_bid=bid, best_ask=ask, mid=mid, last_price=mid, book_valid=on
     )
+    if _ticked(params):
+        obs = obs._replace(bid_size=world.book.q_bid[:, 0], ask_size=world.book.q_ask[:, 0])
+    return obs
 
 
 def truth(info: WorldInfo | None, n_assets: int, dtype) -> tuple[jax.Array, jax.Array]:
@@ -244,46 +270,87 @@ def step(
     )
     mid = dist.materialise_small(px.mid(price_s, params.price).astype(dtype))
 
-    spr_s, spr_i = spr.step(
-        k["spread"],
-        world.spread,
-        params.spread,
-        dt,
-        sigma=jnp.sqrt(vol_i.v),
-        regime=regime,
-        mid=mid,
-        liq_volume=liq_i.vol_long + liq_i.vol_short,
-    )
-    bid, ask = spr.best_bid_ask(mid, spr_i.spread, params.spread.tick)
-
-    bid, ask = dist.materialise_small((bid.astype(dtype), ask.astype(dtype)))
-
     # Aggressive flow of the step: market orders plus forced liquidations.
     sell_vol = flow_i.vol_sell + liq_i.vol_long
     buy_vol = flow_i.vol_buy + liq_i.vol_short
     if quote is None:
         quote = no_quote(a, dtype)
     tick = jnp.broadcast_to(params.spread.tick, (a,)).astype(dtype)
-    fill_s, f = fl.resolve(
-        k["fills"],
-        world.fills,
-        params.fills,
-        quote,
-        dt,
-        mid_before=mid0,
-        best_bid_before=bid0,
-        best_ask_before=ask0,
-        best_bid_after=bid,
-        best_ask_after=ask,
-        mid_after=mid,
-        sell_volume=sell_vol,
-        buy_volume=buy_vol,
-        tick=tick,
-    )
+    if _ticked(params):
+        # The tick book trades; the price process is the efficient price it follows.
+        spr_s = world.spread
+        book_s, b_i, r_price, r_ahead = bk.step(
+            k["book"],
+            world.book,
+            params.book,
+            dt,
+            latent_mid=mid,
+            sell_volume=sell_vol,
+            buy_volume=buy_vol,
+            tick=tick,
+            quote=quote,
+            resting_price=world.fills.price,
+            resting_ahead=world.fills.queue,
+        )
+        bid, ask = dist.materialise_small(bk.prices(book_s, tick, dtype))
+        fill_s = fl.FillState(queue=r_ahead, price=r_price)
+        f = fl.Fills(
+            bid_size=b_i.bid_fill,
+            bid_price=jnp.where(b_i.bid_fill > 0, quote.bid_price.astype(dtype), 0.0),
+            ask_size=b_i.ask_fill,
+            ask_price=jnp.where(b_i.ask_fill > 0, quote.ask_price.astype(dtype), 0.0),
+        )
+        # Repricing takes our stale order: a public trade at our price.
+        sell_vol = sell_vol + b_i.sniped_sell
+        buy_vol = buy_vol + b_i.sniped_buy
+        vwap_sell = bid0 - tick * b_i.vwap_ticks_sell
+        vwap_buy = ask0 + tick * b_i.vwap_ticks_buy
+        bid_size, ask_size = book_s.q_bid[:, 0], book_s.q_ask[:, 0]
+        book_spread = ask - bid
+        take_params = fl.FillParams(touch_depth=0.0, depth_per_tick=params.book.depth_level)
+    else:
+        book_s = world.book
+        spr_s, spr_i = spr.step(
+            k["spread"],
+            world.spread,
+            params.spread,
+            dt,
+            sigma=jnp.sqrt(vol_i.v),
+            regime=regime,
+            mid=mid,
+            liq_volume=liq_i.vol_long + liq_i.vol_short,
+        )
+        bid, ask = spr.best_bid_ask(mid, spr_i.spread, params.spread.tick)
+        bid, ask = dist.materialise_small((bid.astype(dtype), ask.astype(dtype)))
+        fill_s, f = fl.resolve(
+            k["fills"],
+            world.fills,
+            params.fills,
+            quote,
+            dt,
+            mid_before=mid0,
+            best_bid_before=bid0,
+            best_ask_before=ask0,
+            best_bid_after=bid,
+            best_ask_after=ask,
+            mid_after=mid,
+            sell_volume=sell_vol,
+            buy_volume=buy_vol,
+            tick=tick,
+        )
+        # Aggressive orders execute at the touch they find (the book of the start of the step).
+        vwap_sell, vwap_buy = bid0, ask0
+        bid_size = ask_size = jnp.broadcast_to(params.fills.touch_depth, (a,)).astype(dtype)
+        book_spread = spr_i.spread
+        take_params = params.fills
     f = dist.materialise(f)  # the fills feed the observation and the account: computed once
     take_size = take_price = None
     if quote.take is not None:  # a taker order executes against the book of the start of the step
-        take_size, take_price = fl.take(quote.take.astype(dtype), bid0, ask0, tick, params.fills)
+        take = quote.take.astype(dtype)
+        if _ticked(params):
+            touch = jnp.where(take > 0, world.book.q_ask[:, 0], world.book.q_bid[:, 0])
+            take_params = dataclasses.replace(take_params, touch_depth=touch)
+        take_size, take_price = fl.take(take, bid0, ask0, tick, take_params)
 
     new = WorldState(
         t_index=world.t_index + 1,
@@ -296,6 +363,7 @@ def step(
         liquidation=liq_s,
         correlation=corr_s,
         fills=fill_s,
+        book=book_s,
         best_bid=bid,
         best_ask=ask,
         last_n_liq=(liq_i.n_long + liq_i.n_short).astype(dtype),
@@ -303,24 +371,25 @@ def step(
     ones = jnp.ones((a,), bool)
     n_buy = flow_i.n_buy + liq_i.n_short
     n_sell = flow_i.n_sell + liq_i.n_long
-    depth = jnp.broadcast_to(params.fills.touch_depth, (a,)).astype(dtype)
-    # Aggressive orders execute at the touch they find (the book of the start of the step).
     net = buy_vol - sell_vol
+    vwap_buy = jnp.where(buy_vol > 0, vwap_buy, 0.0)
+    vwap_sell = jnp.where(sell_vol > 0, vwap_sell, 0.0)
+    seen_mid = 0.5 * (bid + ask) if _ticked(params) else mid
     obs = Observation(
         t=(t1).astype(dtype),
         dt=jnp.asarray(dt, dtype),
         best_bid=bid,
         best_ask=ask,
-        bid_size=depth,
-        ask_size=depth,
-        mid=mid,
+        bid_size=bid_size,
+        ask_size=ask_size,
+        mid=seen_mid,
         n_buy=n_buy,
         n_sell=n_sell,
         vol_buy=buy_vol,
         vol_sell=sell_vol,
-        vwap_buy=jnp.where(buy_vol > 0, ask0, 0.0),
-        vwap_sell=jnp.where(sell_vol > 0, bid0, 0.0),
-        last_price=jnp.where(net > 0, ask0, jnp.where(net < 0, bid0, mid)),
+        vwap_buy=vwap_buy,
+        vwap_sell=vwap_sell,
+        last_price=jnp.where(net > 0, vwap_buy, jnp.where(net < 0, vwap_sell, seen_mid)),
         liq_long=liq_i.vol_long,
         liq_short=liq_i.vol_short,
         funding_rate=fund_i.rate,
@@ -341,11 +410,11 @@ def step(
         fills_valid=ones,
     )
     info = WorldInfo(
-        mid=mid,
+        mid=seen_mid,
         ret=price_i.ret,
         variance=vol_i.v,
         regime=regime,
-        spread=spr_i.spread,
+        spread=book_spread,
         best_bid=bid.astype(dtype),
         best_ask=ask.astype(dtype),
         informed=adv_s.alpha,

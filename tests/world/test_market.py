@@ -16,6 +16,7 @@ import pytest
 from mmsim import rng
 from mmsim.observation import Quote
 from mmsim.world import market
+from mmsim.world.processes import price as px
 
 N_STEPS = 30  # steps of 1 s of the plain world
 QUOTE_PATHS = 8  # paths of the quoting world
@@ -160,3 +161,51 @@ def test_bad_market_config_is_refused():
         dataclasses.replace(mp, shock_regime=7)
     with pytest.raises(ValueError, match=r"MarketParams.correlation"):
         dataclasses.replace(mp, n_assets=3)
+
+
+@pytest.fixture(scope="module")
+def tick_market(two_assets):
+    book = dataclasses.replace(
+        two_assets.book, model="tick", refill_rate=3.0, pull_band=3.0, pull_rate=0.3, pull_rate_per_tick=0.2
+    )
+    return dataclasses.replace(two_assets, book=book)
+
+
+def test_tick_book_world_trades_on_the_grid(tick_market):
+    """The tick book: prices on the grid, never crossed, the displayed touch is the book's queue,
+    the mid stands still in some seconds and follows the efficient price over the run."""
+    f = compile_world(
+        tick_market,
+        jnp.float64,
+        n_paths=4,
+        n_steps=120,
+        report=lambda w, obs, info: (
+            obs.best_bid, obs.best_ask, obs.bid_size, w.book.q_bid[..., 0], px.mid(w.price, tick_market.price)
+        ),
+    )
+    bid, ask, bid_size, q_touch, x = (np.asarray(a) for a in f(keys()))
+    tick = float(np.asarray(tick_market.spread.tick))
+    np.testing.assert_allclose(bid / tick, np.round(bid / tick), atol=1e-6)
+    np.testing.assert_allclose(ask / tick, np.round(ask / tick), atol=1e-6)
+    assert np.all(ask - bid > 0.5 * tick)
+    np.testing.assert_array_equal(bid_size[:, -1], q_touch)
+    still = np.mean(np.diff(0.5 * (bid + ask), axis=1) == 0)
+    assert 0.0 < still < 1.0
+    # Near the efficient price at the end (the default's sigma moves it ~60 ticks per sqrt(s); the
+    # repricing rate grows with the excess, 0.2 per s per tick, so the lag stays a few seconds' move).
+    gap_ticks = np.abs(0.5 * (bid[:, -1] + ask[:, -1]) - x) / tick
+    assert np.all(gap_ticks < 30), gap_ticks
+
+
+def test_tick_book_fills_a_quote_at_the_touch_within_its_size(tick_market):
+    """A small quote at the initial touch: it fills (from flow beyond the queue ahead, or taken
+    when stale), never beyond its size."""
+    rep = lambda w, obs, info: (obs.fill_bid_size, obs.best_bid)  # noqa: E731
+    f = compile_world(tick_market, jnp.float32, QUOTE_PATHS, 60, quoting=True, report=rep)
+    tick = float(np.asarray(tick_market.spread.tick))
+    w0 = market.init(tick_market, jnp.float32)
+    b0 = float(np.asarray(w0.book.bid)[0]) * tick
+    q = quote(b0, b0 + tick, 0.01, True)
+    fb, bid = (np.asarray(a) for a in f(keys(QUOTE_PATHS), q))
+    assert np.all(fb <= 0.01 + 1e-7) and np.all(fb >= 0)
+    assert fb.sum() > 0
