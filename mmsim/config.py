@@ -94,6 +94,8 @@ class SimSettings:
         n_trace: paths recorded in full for figures.
         dtype: "float32" or "float64".
         progress: show a progress bar.
+        world_substeps: world steps per engine step (the world moves in steps of
+            ``dt / world_substeps`` seconds; the engine keeps its cadence ``dt``).
     """
 
     n_paths: int
@@ -105,6 +107,7 @@ class SimSettings:
     n_trace: int
     dtype: str
     progress: bool = True
+    world_substeps: int = 1
 
     def simulate_kwargs(self) -> dict:
         """Keyword arguments of :func:`mmsim.sim.simulate.simulate`."""
@@ -119,6 +122,7 @@ class SimSettings:
             n_trace=self.n_trace,
             dtype=getattr(jnp, self.dtype),
             progress=self.progress,
+            world_substeps=self.world_substeps,
         )
 
 
@@ -245,7 +249,7 @@ def _section(cfg, name: str) -> dict:
 def sim_settings(cfg: DictConfig) -> SimSettings:
     """Validate the ``sim`` group."""
     s = _section(cfg, "sim")
-    known = {"n_paths", "horizon_s", "dt_s", "seed", "chunk_size", "n_trace", "dtype", "progress"}
+    known = {"n_paths", "horizon_s", "dt_s", "seed", "chunk_size", "n_trace", "dtype", "progress", "world_substeps"}
     unknown = sorted(set(s) - known)
     _require(not unknown, "sim", f"unknown key(s) {unknown}; valid keys: {sorted(known)}")
     n_paths = s.get("n_paths")
@@ -289,6 +293,12 @@ def sim_settings(cfg: DictConfig) -> SimSettings:
     )
     dtype = s.get("dtype", "float32")
     _require(dtype in DTYPES, "sim.dtype", f"= {dtype!r}: must be one of {DTYPES}")
+    sub = s.get("world_substeps", 1)
+    _require(
+        isinstance(sub, int) and not isinstance(sub, bool) and sub >= 1,
+        "sim.world_substeps",
+        f"= {sub!r}: must be a positive integer (world steps per engine step)",
+    )
     return SimSettings(
         n_paths=n_paths,
         horizon_s=float(horizon),
@@ -299,6 +309,7 @@ def sim_settings(cfg: DictConfig) -> SimSettings:
         n_trace=min(n_trace, n_paths),
         dtype=dtype,
         progress=bool(s.get("progress", True)),
+        world_substeps=sub,
     )
 
 

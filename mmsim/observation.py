@@ -125,3 +125,52 @@ def no_quote(n_assets: int, dtype=jnp.float32, *, take: bool = False) -> Quote:
     z = jnp.zeros((n_assets,), dtype)
     f = jnp.zeros((n_assets,), bool)
     return Quote(z, z, z, z, f, f, z if take else None)
+
+
+#: Fields that count what happened over an interval: summed when consecutive observations merge.
+SUMMED = (
+    "dt",
+    "n_buy",
+    "n_sell",
+    "vol_buy",
+    "vol_sell",
+    "liq_long",
+    "liq_short",
+    "settled_rate",
+    "fill_bid_size",
+    "fill_ask_size",
+    "fill_take_size",
+)
+#: Average prices and the sizes that weight them when consecutive observations merge.
+WEIGHTED = {
+    "vwap_buy": "vol_buy",
+    "vwap_sell": "vol_sell",
+    "fill_bid_price": "fill_bid_size",
+    "fill_ask_price": "fill_ask_size",
+    "fill_take_price": "fill_take_size",
+}
+
+
+def merge(stacked: Observation, axis: int = 0) -> Observation:
+    """Consecutive observations stacked on ``axis`` as the one observation of their whole interval:
+    counts, volumes, fills, ``dt`` and settled funding summed; average prices weighted by their
+    sizes (0 where nothing traded); a settlement flagged if any; every other field (the book, the
+    last trade, rates, masks) the last observation's."""
+    out = {}
+    for name, x in stacked._asdict().items():
+        if x is None:
+            out[name] = None
+        elif name in SUMMED:
+            out[name] = jnp.sum(x, axis=axis)
+        elif name == "funding_settled":
+            out[name] = jnp.any(x, axis=axis)
+        else:
+            out[name] = jnp.take(x, -1, axis=axis)
+    for name, size in WEIGHTED.items():
+        p, w = getattr(stacked, name), getattr(stacked, size)
+        if p is None:
+            continue
+        w = jnp.abs(w)
+        tot = jnp.sum(w, axis=axis)
+        out[name] = jnp.where(tot > 0, jnp.sum(w * p, axis=axis) / jnp.where(tot > 0, tot, 1.0), 0.0).astype(p.dtype)
+    return Observation(**out)

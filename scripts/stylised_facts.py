@@ -10,13 +10,13 @@ price's variance in every regime (no price jumps), and the order-flow baselines 
 simulated traded volume matches its volume (a first run at the configured baselines measures the
 ratio). The levels are the window's; the book's microstructure parameters (the configured
 ``market.book``) are not: ``--fit`` chooses ``pull_band``, ``pull_rate``, ``refill_rate`` and
-``new_level_depth``
+``cancel_ahead_share``
 on the fit window alone (2023-04-05), the others check them. Both book models are shown: the
 continuous book (the spread process) and the tick book. Columns: the recorded value [95 % interval],
 and for a model the mean over simulated windows with the percentile of the recorded value among
 them (a recorded value outside the 2.5-97.5 % range of the simulated windows is marked ``!``).
 
-    python scripts/stylised_facts.py [--paths 64] [--fit] [experiment=baseline ...]
+    python scripts/stylised_facts.py [--paths 64] [--fit | --dt] [experiment=baseline ...]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mmsim import config, live  # noqa: E402
 from mmsim.fit import data, stylised  # noqa: E402
+from mmsim.live import paper  # noqa: E402
 from mmsim.sim import world_only  # noqa: E402
 
 #: (capture, role): the book is fitted on "fit" windows only.
@@ -40,14 +41,22 @@ CAPTURES = (
     ("hftbacktest_binance_usdm_btcusdt_20230404.dat.gz", "check"),
     ("hftbacktest_binance_usdm_btcusdt_20240808.gz", "check"),
 )
-SHOWN = ("unchanged_mid", "bid_falls_with_sells", "return_kurtosis", "sigma_per_sqrt_s", "touch_depth_median")
+SHOWN = (
+    "unchanged_mid",
+    "bid_falls_with_sells",
+    "return_kurtosis",
+    "sigma_per_sqrt_s",
+    "touch_depth_median",
+    "fill_prob_touch",
+    "fill_prob_10_behind",
+)
 #: Facts the fit matches, each in units of its recorded interval's half-width.
-FITTED = ("unchanged_mid", "bid_falls_with_sells", "return_kurtosis", "touch_depth_median")
+FITTED = ("unchanged_mid", "bid_falls_with_sells", "return_kurtosis", "touch_depth_median", "fill_prob_touch")
 GRID = {
     "pull_band": (1.0, 2.0, 3.0),
     "pull_rate": (0.2, 0.3, 0.5),
-    "refill_rate": (1.0, 3.0, 10.0),
-    "new_level_depth": (1.0, 3.0),
+    "refill_rate": (3.0, 10.0),
+    "cancel_ahead_share": (0.0, 0.03, 0.1, 0.3),
 }
 
 
@@ -65,17 +74,21 @@ def at_levels(mp, real: stylised.Window, model: str, flow_mult: float = 1.0):
     return dataclasses.replace(mp, vol=vol, price=price, flow=flow, book=book)
 
 
-def simulate(world, mp, n: int, paths: int, tick: float) -> list[dict]:
-    obs = world_only.observations(world, mp, n_paths=paths, n_steps=n + 1, dt=1.0, seed=0)
-    return [stylised.facts(stylised.window_from_observations(obs, 1.0, tick, path=i)) for i in range(paths)]
+def simulate(world, mp, n: int, paths: int, tick: float, probes: bool = False, every: int = 1) -> list[dict]:
+    run = lambda **kw: world_only.observations(
+        world, mp, n_paths=paths, n_steps=n + 1, dt=1.0, seed=0, every=every, **kw
+    )  # noqa: E731
+    obs = run()
+    pr = (run(probe=0.0), run(probe=10.0)) if probes else None
+    return [stylised.facts(stylised.window_from_observations(obs, 1.0, tick, path=i, probes=pr)) for i in range(paths)]
 
 
-def matched(world, mp, real, model, paths, tick):
+def matched(world, mp, real, model, paths, tick, probes=False, every=1):
     """Per-window facts of ``model`` at the window's levels, the flow scaled to its volume."""
     n = len(real.bid) - 1
-    first = simulate(world, at_levels(mp, real, model), n, paths, tick)
+    first = simulate(world, at_levels(mp, real, model), n, paths, tick, every=every)
     ratio = stylised.facts(real)["volume_per_s"] / np.mean([f["volume_per_s"] for f in first])
-    return simulate(world, at_levels(mp, real, model, ratio), n, paths, tick), ratio
+    return simulate(world, at_levels(mp, real, model, ratio), n, paths, tick, probes, every), ratio
 
 
 def cell(sim: list[dict], key: str, real_value: float) -> str:
@@ -86,22 +99,24 @@ def cell(sim: list[dict], key: str, real_value: float) -> str:
 
 
 def fit(world, mp, real, paths, tick) -> dict:
-    """The grid point of the book whose simulated windows best match ``real`` (see FITTED)."""
+    """The grid point of the book whose simulated windows best match ``real`` (see FITTED): each
+    fact's squared distance in units of its recorded interval's half-width, summed."""
     f_real, ci = stylised.facts(real), stylised.interval(real)
+    n = len(real.bid) - 1
+    first = simulate(world, at_levels(mp, real, "tick"), n, paths, tick)
+    ratio = f_real["volume_per_s"] / np.mean([f["volume_per_s"] for f in first])  # the flow's: one for all
     best, rows = None, []
     for values in itertools.product(*GRID.values()):
         trial = dataclasses.replace(mp, book=dataclasses.replace(mp.book, **dict(zip(GRID, values))))
-        sim, _ = matched(world, trial, real, "tick", paths, tick)
-        score = 0.0
-        for k in FITTED:
-            half = 0.5 * (ci[k][1] - ci[k][0])
-            score += ((np.mean([f[k] for f in sim]) - f_real[k]) / half) ** 2
-        rows.append((score, values, {k: float(np.mean([f[k] for f in sim])) for k in FITTED}))
+        sim = simulate(world, at_levels(trial, real, "tick", ratio), n, paths, tick, probes=True)
+        means = {k: float(np.mean([f[k] for f in sim])) for k in FITTED}
+        score = sum(((means[k] - f_real[k]) / (0.5 * (ci[k][1] - ci[k][0]))) ** 2 for k in FITTED)
+        rows.append((score, values, means))
         if best is None or score < best[0]:
             best = (score, values)
     print("| " + " | ".join(GRID) + " | " + " | ".join(FITTED) + " | score |")
     print("|" + "---|" * (len(GRID) + len(FITTED) + 1))
-    for score, values, means in sorted(rows, key=lambda r: r[0]):
+    for score, values, means in sorted(rows, key=lambda r: r[0])[:12]:
         print(
             "| "
             + " | ".join(f"{v:g}" for v in values)
@@ -116,6 +131,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--paths", type=int, default=64)
     ap.add_argument("--fit", action="store_true", help="choose the book's parameters on the fit window first")
+    ap.add_argument(
+        "--dt",
+        action="store_true",
+        help="the tick book's facts on the fit window at world steps of 1, 0.5, 0.25, 0.1 s",
+    )
     ap.add_argument("overrides", nargs="*", default=["experiment=baseline"])
     a = ap.parse_args()
     world, mp, _, _ = config.build(config.compose(a.overrides))
@@ -126,7 +146,9 @@ def main() -> int:
         if path is None:
             print(f"{name}: not in the data directory (set MMSIM_DATA); skipped")
             continue
-        windows[name] = (role, stylised.window_from_feed(live.feed_from_capture(data.read_capture(path), 1.0), tick))
+        feed = live.feed_from_capture(data.read_capture(path), 1.0)
+        probes = (paper.probe(feed, 0, tick), paper.probe(feed, 10, tick))
+        windows[name] = (role, stylised.window_from_feed(feed, tick, probes))
     if not windows:
         return 0
     if a.fit:
@@ -134,6 +156,20 @@ def main() -> int:
         chosen = fit(world, mp, windows[fit_name][1], a.paths, tick)
         print(f"\nchosen on {fit_name}: {chosen}\n")
         mp = dataclasses.replace(mp, book=dataclasses.replace(mp.book, **chosen))
+    if a.dt:
+        fit_name = next(n for n, (role, _) in windows.items() if role == "fit")
+        real = windows[fit_name][1]
+        print(f"tick book on {fit_name} at world steps of dt (1-s intervals; mean ± standard error over windows)\n")
+        print("| world dt (s) | " + " | ".join(SHOWN) + " |")
+        print("|---|" + "---|" * len(SHOWN))
+        for every in (1, 2, 4, 10):
+            sim, _ = matched(world, mp, real, "tick", a.paths, tick, probes=True, every=every)
+            cells = []
+            for k in SHOWN:
+                x = np.array([f[k] for f in sim])
+                cells.append(f"{x.mean():.4g} ± {x.std(ddof=1) / np.sqrt(len(x)):.2g}")
+            print(f"| {1 / every:g} | " + " | ".join(cells) + " |")
+        return 0
     b = mp.book
     print(
         f"tick book: pull_band {b.pull_band:g} ticks, pull_rate {b.pull_rate:g}/s, pull_rate_per_tick "
@@ -151,7 +187,7 @@ def main() -> int:
             + " | |"
         )
         for model in ("continuous", "tick"):
-            sim, ratio = matched(world, mp, real, model, a.paths, tick)
+            sim, ratio = matched(world, mp, real, model, a.paths, tick, probes=True)
             print(f"| | {model} book | " + " | ".join(cell(sim, k, f[k]) for k in SHOWN) + f" | {ratio:.2f} |")
     return 0
 

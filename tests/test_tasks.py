@@ -79,7 +79,21 @@ def tiny(exp: str) -> tuple[str, ...]:
     return (f"experiment={exp}", *TINY, "sim.horizon_s=60.0", f"sim.dt_s={dt}", "engine.warmup_s=5.0", *shock, *extra)
 
 
-def fake_simulate(world, mp, ep, *, n_paths, n_steps, dt, seed, chunk_size=None, n_trace=0, dtype=None, progress=True):
+def fake_simulate(
+    world,
+    mp,
+    ep,
+    *,
+    n_paths,
+    n_steps,
+    dt,
+    seed,
+    chunk_size=None,
+    n_trace=0,
+    dtype=None,
+    progress=True,
+    world_substeps=1,
+):
     """A stand-in with the simulator's result types and shapes (random numbers, no JAX)."""
     rng = np.random.default_rng(seed)
     a, n = ep.n_assets, n_paths

@@ -21,10 +21,16 @@ class Window(NamedTuple):
     bid_size: np.ndarray  # base units displayed at the best bid
     vol_buy: np.ndarray  # base units bought by aggressors during the interval
     vol_sell: np.ndarray  # base units sold by aggressors
+    # Optional probes, one row per interval t -> t + 1, (bid, ask) bool: was a fresh 0.01 base-unit
+    # quote sent at t at the back of the touch (``probe_touch``) / 10 ticks behind it
+    # (``probe_behind``) filled in the interval.
+    probe_touch: np.ndarray | None = None
+    probe_behind: np.ndarray | None = None
 
 
-def window_from_feed(feed, tick: float) -> Window:
-    """A recorded feed (:func:`mmsim.live.feed.feed_from_capture`) as a :class:`Window`."""
+def window_from_feed(feed, tick: float, probes: tuple | None = None) -> Window:
+    """A recorded feed (:func:`mmsim.live.feed.feed_from_capture`) as a :class:`Window`;
+    ``probes``: its ``(probe_touch, probe_behind)`` (:func:`mmsim.live.paper.probe`)."""
     dt = float(np.median(np.diff(feed.t))) if len(feed.t) > 1 else float(feed.t[0])
     return Window(
         dt,
@@ -34,11 +40,15 @@ def window_from_feed(feed, tick: float) -> Window:
         np.asarray(feed.bid_size, float),
         np.asarray(feed.vol_buy, float),
         np.asarray(feed.vol_sell, float),
+        *(probes or (None, None)),
     )
 
 
-def window_from_observations(obs, dt: float, tick: float, path: int = 0, asset: int = 0) -> Window:
-    """One path of stacked simulated observations (leading axes ``(paths, steps)``, then assets)."""
+def window_from_observations(obs, dt: float, tick: float, path: int = 0, asset: int = 0, probes=None) -> Window:
+    """One path of stacked simulated observations (leading axes ``(paths, steps)``, then assets);
+    ``probes``: the observations of the same paths with a probe at the touch and 10 ticks behind
+    (:func:`mmsim.sim.world_only.observations` with ``probe=0`` and ``probe=10``), whose fills
+    give the window's probe columns."""
     pick = lambda x: np.asarray(x, float)[path, :, asset]  # noqa: E731
     return Window(
         float(dt),
@@ -48,7 +58,15 @@ def window_from_observations(obs, dt: float, tick: float, path: int = 0, asset: 
         pick(obs.bid_size),
         pick(obs.vol_buy),
         pick(obs.vol_sell),
+        *(tuple(_filled(o, path, asset)[1:] for o in probes) if probes else (None, None)),
     )
+
+
+def _filled(obs, path: int, asset: int) -> np.ndarray:
+    """(steps, 2) bool: the probe's bid / ask filled in each step."""
+    b = np.asarray(obs.fill_bid_size, float)[path, :, asset] > 0
+    a = np.asarray(obs.fill_ask_size, float)[path, :, asset] > 0
+    return np.stack([b, a], -1)
 
 
 def _series(w: Window) -> dict:
@@ -62,7 +80,13 @@ def _series(w: Window) -> dict:
         # One per observation (the intervals' ends and the first): the bootstrap takes the ends.
         "depth": np.asarray(w.bid_size, float),
         "volume": np.asarray(w.vol_buy + w.vol_sell, float),
+        "probe_touch": _probe(w.probe_touch, len(w.bid) - 1),
+        "probe_behind": _probe(w.probe_behind, len(w.bid) - 1),
     }
+
+
+def _probe(p, n: int) -> np.ndarray:
+    return np.full(n, np.nan) if p is None else np.asarray(p, float).mean(axis=-1)
 
 
 def _aggregate(x: dict, dt: float) -> dict:
@@ -76,6 +100,8 @@ def _aggregate(x: dict, dt: float) -> dict:
         "sigma_per_sqrt_s": sd / np.sqrt(dt),
         "touch_depth_median": float(np.median(x["depth"])),
         "volume_per_s": float(np.mean(x["volume"]) / dt),
+        "fill_prob_touch": float(np.mean(x["probe_touch"])),
+        "fill_prob_10_behind": float(np.mean(x["probe_behind"])),
         "n": int(len(r)),
     }
 
@@ -88,6 +114,8 @@ KEYS = (
     "sigma_per_sqrt_s",
     "touch_depth_median",
     "volume_per_s",
+    "fill_prob_touch",
+    "fill_prob_10_behind",
 )
 
 
@@ -101,6 +129,9 @@ def facts(w: Window) -> dict:
     * ``sigma_per_sqrt_s``: their standard deviation per sqrt(second);
     * ``touch_depth_median``: median displayed size at the best bid, base units;
     * ``volume_per_s``: traded volume (both sides), base units per second;
+    * ``fill_prob_touch``, ``fill_prob_10_behind``: the share of intervals in which the window's
+      probe quote (at the back of the touch, 10 ticks behind it) filled, both sides averaged
+      (NaN without probes);
     * ``n``: intervals used.
     """
     return _aggregate(_series(w), w.dt)
@@ -123,4 +154,9 @@ def interval(w: Window, *, block_s: float = 20.0, n_boot: int = 500, level: floa
         for k in KEYS:
             out[k].append(f[k])
     q = (1.0 - level) / 2.0
-    return {k: (float(np.nanquantile(v, q)), float(np.nanquantile(v, 1.0 - q))) for k, v in out.items()}
+    res = {}
+    for k, v in out.items():
+        v = np.asarray(v, float)
+        ok = v[np.isfinite(v)]
+        res[k] = (float(np.quantile(ok, q)), float(np.quantile(ok, 1.0 - q))) if ok.size else (np.nan, np.nan)
+    return res

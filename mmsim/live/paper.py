@@ -64,3 +64,25 @@ def paper_fills(
     if filled >= size:
         return float(size), Resting()
     return filled, Resting(price, ahead)
+
+
+def probe(feed, ticks_behind: float, tick: float, size: float = 0.01) -> np.ndarray:
+    """A fresh paper quote of ``size`` base units on each side, ``ticks_behind`` ticks behind the
+    touch, sent at every observation of ``feed`` and resting through the next interval: whether
+    each was filled (at all) by the interval's trades, by :func:`paper_fills`. Returns ``(n - 1,
+    2)`` bool (bid, ask) for the intervals t -> t + 1. Behind the touch the queue ahead is unknown,
+    so such a quote fills only when traded through."""
+    n = len(feed.t)
+    out = np.zeros((max(n - 1, 0), 2), bool)
+    d = ticks_behind * tick
+    for i in range(n - 1):
+        lo, hi = feed.trade_start[i + 1], feed.trade_start[i + 2]
+        tp, tq, ts = feed.trade_price[lo:hi], feed.trade_qty[lo:hi], feed.trade_side[lo:hi]
+        for col, side, touch, qty in (
+            (0, 1, feed.best_bid[i], feed.bid_size[i]),
+            (1, -1, feed.best_ask[i], feed.ask_size[i]),
+        ):
+            price = touch - side * d
+            filled, _ = paper_fills(side, price, size, True, Resting(), touch, qty, tp, tq, ts)
+            out[i, col] = filled > 0
+    return out

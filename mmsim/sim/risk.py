@@ -204,6 +204,8 @@ def summarize(result, drawdown_threshold: float, alpha: float = 0.05) -> dict:
         "n_paths": n,
         "horizon_s": result.n_steps * result.dt,
         "dt_s": result.dt,
+        "world_substeps": result.world_substeps,
+        "world_dt_s": result.dt / result.world_substeps,
         "n_steps": result.n_steps,
         "seed": result.seed,
         "initial_equity": result.initial_equity,

@@ -110,6 +110,7 @@ class SimResult:
     path_steps_per_s: float
     world: str = "market"
     initial_equity: float = 0.0
+    world_substeps: int = 1  # world steps per engine step
 
     @property
     def horizon_s(self) -> float:
@@ -156,7 +157,35 @@ def _row(obs, est, info, truth, dtype):
     )
 
 
-def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: bool):
+def _world_interval(w_mod, key, w, mp, dt: float, q, n: int):
+    """The world over one engine step of ``dt`` seconds in ``n`` steps of ``dt / n``, our quote
+    resting through them (what fills in one sub-step no longer rests in the next; a taker order
+    executes in the first), their observations merged into the interval's
+    (:func:`mmsim.observation.merge`); the ground truth is the last sub-step's."""
+    if n == 1:
+        return w_mod.step(key, w, mp, dt, q)
+    h = dt / n
+
+    def sub(c, j):
+        w, q = c
+        w, o, info = w_mod.step(rng.fold_in(key, j), w, mp, h, q)
+        if q is not None:
+            bid = jnp.maximum(q.bid_size - o.fill_bid_size.astype(q.bid_size.dtype), 0.0)
+            ask = jnp.maximum(q.ask_size - o.fill_ask_size.astype(q.ask_size.dtype), 0.0)
+            q = q._replace(
+                bid_size=bid,
+                ask_size=ask,
+                bid_active=q.bid_active & (bid > 0),
+                ask_active=q.ask_active & (ask > 0),
+                take=None if q.take is None else jnp.zeros_like(q.take),
+            )
+        return (w, q), (o, info)
+
+    (w, _), (obs, infos) = jax.lax.scan(sub, (w, q), jnp.arange(n, dtype=jnp.int32))
+    return w, observation.merge(obs), jax.tree_util.tree_map(lambda x: x[-1], infos)
+
+
+def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: bool, substeps: int = 1):
     """Simulate the paths of ``keys`` (one per path); returns their :class:`PathSummary` (device
     arrays, one row per path), and the trace rows (path, t = 0 first, ...) when ``trace``.
 
@@ -186,7 +215,7 @@ def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: b
         e, q, info = engine.step(ep, e, obs)
         r = risk.update(r, info.equity, info.margin_ratio, info.position, info.liquidated_now, obs.t)
         out = _row(obs, e, info, truth, dtype) if trace else None
-        w, obs, winfo = w_mod.step(rng.fold_in(key, t), w, mp, dt, q)
+        w, obs, winfo = _world_interval(w_mod, rng.fold_in(key, t), w, mp, dt, q, substeps)
         truth = w_mod.truth(winfo, a, dtype) if trace else None
         return (w, e, _pack_obs(obs_fields, obs), r, truth), out
 
@@ -238,7 +267,7 @@ class _Compiling(NamedTuple):
     restructured: bool  # a program of the same run but another structure was compiled before
 
 
-def _compile_start(world, mp, ep, keys, *, n_steps, dt, dtype, trace, devices):
+def _compile_start(world, mp, ep, keys, *, n_steps, dt, dtype, trace, devices, substeps=1):
     """Start compiling the (vmapped, sharded) path function for these shapes: it is traced and
     lowered here, and XLA compiles it on a background thread (a second program then compiles
     while the first one does, on a machine with cores to spare). Returns a :class:`_Compiling`
@@ -254,6 +283,7 @@ def _compile_start(world, mp, ep, keys, *, n_steps, dt, dtype, trace, devices):
         jnp.dtype(dtype).name,
         trace,
         tuple(d.id for d in devices),
+        substeps,
     )
     if key in _COMPILED:
         return _Compiling(lambda: (_COMPILED[key], 0.0), fresh=False, restructured=False)
@@ -261,7 +291,7 @@ def _compile_start(world, mp, ep, keys, *, n_steps, dt, dtype, trace, devices):
     restructured = any(k[0] == key[0] and k[3:] == key[3:] for k in _COMPILED)
 
     def fn(k, m, e):
-        return _paths(k, m, e, world=world, n_steps=n_steps, dt=dt, dtype=dtype, trace=trace)
+        return _paths(k, m, e, world=world, n_steps=n_steps, dt=dt, dtype=dtype, trace=trace, substeps=substeps)
 
     if len(devices) > 1:
         mesh = Mesh(np.asarray(devices), ("paths",))
@@ -386,6 +416,7 @@ def simulate(
     dtype: Any = jnp.float32,
     progress: bool = True,
     devices: Sequence[jax.Device] | None = None,
+    world_substeps: int = 1,
 ) -> SimResult:
     """Simulate ``n_paths`` paths of ``n_steps`` steps of ``dt`` seconds.
 
@@ -399,6 +430,8 @@ def simulate(
             padded and the padding dropped.
         n_trace: record full traces of the first ``n_trace`` paths.
         devices: devices to shard paths over (default: all local devices).
+        world_substeps: world steps per engine step (the world moves in steps of ``dt /
+            world_substeps`` seconds between two engine steps; the engine's cadence stays ``dt``).
 
     Returns a :class:`SimResult`; ``compile_s`` counts compilation only (0 when cached), ``run_s``
     the simulation of every chunk, and ``path_steps_per_s = n_paths * n_steps / run_s``.
@@ -425,13 +458,18 @@ def simulate(
     root = rng.key(seed)
 
     keys0 = rng.path_keys(root, 0, chunk)
-    fn_done = _compile_start(world, mp, ep, keys0, n_steps=n_steps, dt=dt, dtype=dtype, trace=False, devices=devices)
+    if not (isinstance(world_substeps, int) and world_substeps >= 1):
+        raise ValueError(f"world_substeps = {world_substeps!r}: must be an integer >= 1")
+    sub = world_substeps
+    fn_done = _compile_start(
+        world, mp, ep, keys0, n_steps=n_steps, dt=dt, dtype=dtype, trace=False, devices=devices, substeps=sub
+    )
     trace_done = None
     if n_trace > 0:  # the trace program compiles alongside the simulation's
         nt = int(math.ceil(min(n_trace, n_paths) / nd) * nd)
         tkeys = rng.path_keys(root, 0, nt)
         trace_done = _compile_start(
-            world, mp, ep, tkeys, n_steps=n_steps, dt=dt, dtype=dtype, trace=True, devices=devices
+            world, mp, ep, tkeys, n_steps=n_steps, dt=dt, dtype=dtype, trace=True, devices=devices, substeps=sub
         )
     fresh = fn_done.fresh or (trace_done is not None and trace_done.fresh)
     if progress and fresh:
@@ -488,4 +526,5 @@ def simulate(
         path_steps_per_s=done * n_steps / max(run_s, 1e-12),
         world=world,
         initial_equity=float(np.asarray(engine_params.account.initial_equity)),
+        world_substeps=sub,
     )

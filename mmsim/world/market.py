@@ -165,8 +165,9 @@ def initial_book(world: WorldState, params: MarketParams) -> tuple[jax.Array, ja
     """(mid, best bid, best ask) of the initial state, before any step."""
     dtype = world.price.x.dtype
     if _ticked(params):
-        bid, ask = bk.prices(world.book, _tick(params, params.n_assets), dtype)
-        return 0.5 * (bid + ask), bid, ask
+        tick = _tick(params, params.n_assets)
+        bid, ask = bk.prices(world.book, tick, dtype)
+        return bk.mid(world.book, tick, dtype), bid, ask
     mid = dist.materialise_small(px.mid(world.price, params.price).astype(dtype))
     sp = spr.book_spread(world.spread.s, mid, params.spread.tick)
     bid, ask = spr.best_bid_ask(mid, sp, params.spread.tick)
@@ -188,6 +189,12 @@ def observe(world: WorldState, params: MarketParams, takes: bool = False) -> Obs
     if _ticked(params):
         obs = obs._replace(bid_size=world.book.q_bid[:, 0], ask_size=world.book.q_ask[:, 0])
     return obs
+
+
+def forget_orders(world: WorldState) -> WorldState:
+    """The world with no resting order of ours remembered: the next quote is a fresh order at the
+    back of its queue (for probes that send a new quote every step)."""
+    return world._replace(fills=fl.init(world.fills.queue.shape[0], world.fills.queue.dtype))
 
 
 def truth(info: WorldInfo | None, n_assets: int, dtype) -> tuple[jax.Array, jax.Array]:
@@ -374,7 +381,7 @@ def step(
     net = buy_vol - sell_vol
     vwap_buy = jnp.where(buy_vol > 0, vwap_buy, 0.0)
     vwap_sell = jnp.where(sell_vol > 0, vwap_sell, 0.0)
-    seen_mid = 0.5 * (bid + ask) if _ticked(params) else mid
+    seen_mid = bk.mid(book_s, tick, dtype) if _ticked(params) else mid
     obs = Observation(
         t=(t1).astype(dtype),
         dt=jnp.asarray(dt, dtype),

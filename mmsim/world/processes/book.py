@@ -60,6 +60,9 @@ class BookParams:
     pull_rate_per_tick: more repricing events per second per tick the efficient price lies beyond
         the band (a stale price repriced the faster the more it is worth taking).
     gap_rate: per second: the rate at which a spread wider than one tick closes.
+    cancel_ahead_share: the share of a level's cancellation rate that falls on the orders ahead of
+        ours (1: cancellations uniform over the queue; real queues cancel mostly at the back, where
+        the newest orders are: fitted on the recorded back-of-queue fill probability).
     """
 
     model: str = static_field(default="continuous")
@@ -73,6 +76,7 @@ class BookParams:
     pull_rate: jax.Array | float = 0.3
     pull_rate_per_tick: jax.Array | float = 0.0
     gap_rate: jax.Array | float = 20.0
+    cancel_ahead_share: jax.Array | float = 1.0
 
     def validate(self) -> None:
         c = Check(self)
@@ -87,6 +91,7 @@ class BookParams:
         c.nonneg("pull_rate", "per second")
         c.nonneg("pull_rate_per_tick", "per second per tick")
         c.nonneg("gap_rate", "per second")
+        c.between("cancel_ahead_share", 0.0, 1.0, "share of the level's cancellation rate")
 
 
 class BookState(NamedTuple):
@@ -136,6 +141,12 @@ def prices(state: BookState, tick: jax.Array, dtype) -> tuple[jax.Array, jax.Arr
     """(best bid, best ask), quote currency."""
     t = tick.astype(dtype)
     return state.bid.astype(dtype) * t, state.ask.astype(dtype) * t
+
+
+def mid(state: BookState, tick: jax.Array, dtype) -> jax.Array:
+    """(best bid + best ask) / 2, quote currency: the tick sum (an exact integer) times half a
+    tick, one rounding, the same in every compiled program."""
+    return (state.bid + state.ask).astype(dtype) * (0.5 * tick.astype(dtype))
 
 
 def _shift(q: jax.Array, k: jax.Array, back: jax.Array, front: jax.Array) -> jax.Array:
@@ -253,8 +264,11 @@ def step(
     # 1. Arrivals and cancellations over the first half of the step (the second half ends it: the
     # queues' law over dt is exact either way, and the split keeps the events in the middle).
     kb, ka, kb2, ka2 = (rng.fold_in(k_q, i) for i in range(4))
-    q_bid, kept = _relax(kb, q_bid0, params, 0.5 * dt, a)
+    q_bid, _ = _relax(kb, q_bid0, params, 0.5 * dt, a)
     q_ask, _ = _relax(ka, q_ask0, params, 0.5 * dt, a)
+    # The queue ahead of ours keeps what does not cancel over each half step.
+    share = _f(params.cancel_ahead_share, a, dtype)
+    kept = jnp.exp(-share * _f(params.refill_rate, a, dtype) * (0.5 * dt))
 
     # 2. Repricing: levels the efficient price has left behind by more than the band.
     x = latent_mid.astype(dtype) / tick  # efficient price, ticks
@@ -264,9 +278,7 @@ def step(
     stale_b = jnp.maximum(jnp.ceil(excess_b), 0.0).astype(jnp.int32)
     stale_a = jnp.maximum(jnp.ceil(excess_a), 0.0).astype(jnp.int32)
     excess = jnp.maximum(excess_b, excess_a)
-    rate = jnp.where(
-        excess > 0, _f(params.pull_rate, a, dtype) + _f(params.pull_rate_per_tick, a, dtype) * excess, 0.0
-    )
+    rate = jnp.where(excess > 0, _f(params.pull_rate, a, dtype) + _f(params.pull_rate_per_tick, a, dtype) * excess, 0.0)
     u_pull = rng.uniform(k_pull, (a,), dtype)
     event = u_pull < -jnp.expm1(-rate * dt)
     clr_b = jnp.where(event, stale_b, 0)

@@ -178,11 +178,13 @@ def test_our_quote_joins_the_back_and_fills_from_volume_beyond_the_queue():
     np.testing.assert_allclose(float(info.bid_fill[0]), 0.01)
 
 
-def test_cancellations_ahead_move_us_up():
-    p = params(refill_rate=0.5, lot=1e-12, pull_rate=0.0, gap_rate=0.0)
+@pytest.mark.parametrize("share", [1.0, 0.25, 0.0])
+def test_cancellations_ahead_move_us_up(share):
+    """The queue ahead keeps exp(-share refill_rate dt) of itself over a step of dt."""
+    p = params(refill_rate=0.5, lot=1e-12, pull_rate=0.0, gap_rate=0.0, cancel_ahead_share=share)
     q = _quote(ask=100.1)
     _, info, _, ra = _step(p, state(), 2.0, 100.05, quote=q)
-    np.testing.assert_allclose(float(ra[0, 1]), 2.0 * np.exp(-1.0), rtol=1e-9)
+    np.testing.assert_allclose(float(ra[0, 1]), 2.0 * np.exp(-share * 1.0), rtol=1e-9)
 
 
 def test_a_stale_quote_is_taken_when_the_book_reprices():
@@ -205,7 +207,14 @@ def test_inside_the_spread_we_are_hit_first():
 
 @pytest.mark.parametrize(
     ("field", "bad"),
-    [("depth_touch", 0.0), ("refill_rate", -1.0), ("pull_rate", float("nan")), ("model", "lob"), ("levels", 1)],
+    [
+        ("depth_touch", 0.0),
+        ("refill_rate", -1.0),
+        ("pull_rate", float("nan")),
+        ("model", "lob"),
+        ("levels", 1),
+        ("cancel_ahead_share", 1.5),
+    ],
 )
 def test_bad_parameters_name_the_field(field, bad):
     with pytest.raises(ValueError, match=rf"\.{field} = "):
