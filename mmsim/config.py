@@ -662,7 +662,9 @@ def jump_truncation_warnings(mp: Any, dt: float) -> list[str]:
     from scipy import stats
 
     out = []
-    for block in ("price", "spread"):
+    # The tick book does not use the spread process: its caps cut nothing that is used.
+    ticked = getattr(getattr(mp, "book", None), "model", None) == "tick"
+    for block in ("price",) if ticked else ("price", "spread"):
         p = getattr(mp, block)
         lam_dt = float(np.max(np.asarray(p.jump_rate, dtype=float))) * dt
         if lam_dt <= 0:

@@ -175,7 +175,7 @@ def run_risk(cfg: DictConfig, out_dir: Path, *, simulate_fn: Callable | None = N
     _save_config(cfg, out_dir)
     notes = []
     if world == "market":  # a per-step cap on the jump counts that cuts more than a trace of them
-        cuts = mcfg.jump_truncation_warnings(mp, sim.dt)
+        cuts = mcfg.jump_truncation_warnings(mp, sim.dt / sim.world_substeps)  # the world's step
         for c in cuts:
             print(f"note: {c}", file=sys.stderr)
         notes += cuts
