@@ -309,10 +309,14 @@ def test_an_unwritable_compile_cache_is_a_warning_not_a_failure(tmp_path):
 
 
 def test_a_jump_cap_that_cuts_more_than_a_trace_is_noted_with_the_cap_that_would_not():
-    _, mp, _, sim = mcfg.build(mcfg.compose(["experiment=baseline"]))
+    # The continuous book uses the spread process; the tick book does not, so it is not noted there.
+    _, tick_mp, _, _ = mcfg.build(mcfg.compose(["experiment=baseline"]))
+    assert mcfg.jump_truncation_warnings(tick_mp, 1.0) == []
+    cont = ["experiment=baseline", "market.book.model=continuous"]
+    _, mp, _, sim = mcfg.build(mcfg.compose(cont))
     (note,) = mcfg.jump_truncation_warnings(mp, sim.dt)  # spread widenings: 0.243 per second
     assert note.startswith("market.spread.max_jumps = 2 truncates the jump count per step with probability 0.002")
     assert "market.spread.max_jumps=6 keeps it below 1e-06" in note
-    _, mp6, _, _ = mcfg.build(mcfg.compose(["experiment=baseline", "market.spread.max_jumps=6"]))
+    _, mp6, _, _ = mcfg.build(mcfg.compose([*cont, "market.spread.max_jumps=6"]))
     assert mcfg.jump_truncation_warnings(mp6, sim.dt) == []
     assert mcfg.jump_truncation_warnings(mp, 1e-3) == []  # a finer step: the cap cuts nothing worth saying

@@ -187,7 +187,7 @@ def observe(world: WorldState, params: MarketParams, takes: bool = False) -> Obs
         best_bid=bid, best_ask=ask, mid=mid, last_price=mid, book_valid=on
     )
     if _ticked(params):
-        obs = obs._replace(bid_size=world.book.q_bid[:, 0], ask_size=world.book.q_ask[:, 0])
+        obs = obs._replace(bid_size=world.book.q_bid[0], ask_size=world.book.q_ask[0])
     return obs
 
 
@@ -312,7 +312,7 @@ def step(
         buy_vol = buy_vol + b_i.sniped_buy
         vwap_sell = bid0 - tick * b_i.vwap_ticks_sell
         vwap_buy = ask0 + tick * b_i.vwap_ticks_buy
-        bid_size, ask_size = book_s.q_bid[:, 0], book_s.q_ask[:, 0]
+        bid_size, ask_size = book_s.q_bid[0], book_s.q_ask[0]
         book_spread = ask - bid
         take_params = fl.FillParams(touch_depth=0.0, depth_per_tick=params.book.depth_level)
     else:
@@ -355,7 +355,7 @@ def step(
     if quote.take is not None:  # a taker order executes against the book of the start of the step
         take = quote.take.astype(dtype)
         if _ticked(params):
-            touch = jnp.where(take > 0, world.book.q_ask[:, 0], world.book.q_bid[:, 0])
+            touch = jnp.where(take > 0, world.book.q_ask[0], world.book.q_bid[0])
             take_params = dataclasses.replace(take_params, touch_depth=touch)
         take_size, take_price = fl.take(take, bid0, ask0, tick, take_params)
 

@@ -180,7 +180,11 @@ def test_tick_book_world_trades_on_the_grid(tick_market):
         n_paths=4,
         n_steps=120,
         report=lambda w, obs, info: (
-            obs.best_bid, obs.best_ask, obs.bid_size, w.book.q_bid[..., 0], px.mid(w.price, tick_market.price)
+            obs.best_bid,
+            obs.best_ask,
+            obs.bid_size,
+            w.book.q_bid[0],
+            px.mid(w.price, tick_market.price),
         ),
     )
     bid, ask, bid_size, q_touch, x = (np.asarray(a) for a in f(keys()))

@@ -97,15 +97,17 @@ class BookParams:
 class BookState(NamedTuple):
     bid: jax.Array  # (A,) int32 best bid, ticks
     ask: jax.Array  # (A,) int32 best ask, ticks (> bid)
-    q_bid: jax.Array  # (A, L) base units at bid - j ticks, j = 0..L-1
-    q_ask: jax.Array  # (A, L) base units at ask + j ticks
+    # Base units at bid - j ticks / ask + j ticks, j = 0..L-1: one (A,) array per level (arrays
+    # of paths vectorise on a CPU; a short trailing level axis does not).
+    q_bid: tuple
+    q_ask: tuple
 
 
 class Walk(NamedTuple):
     """One side's market orders walking the book, seen from one price (ours)."""
 
     moved: jax.Array  # (A,) int32 levels exhausted (the touch moved this many ticks)
-    queues: jax.Array  # (A, L) the side's queues afterwards (index 0 the new touch)
+    queues: tuple  # the side's L levels afterwards (index 0 the new touch), (A,) each
     traded_at: jax.Array  # (A,) base units executed at the given level
     through: jax.Array  # (A,) bool: executed at a worse price than the given level
     avg_ticks: jax.Array  # (A,) volume-weighted ticks behind the old touch of the executions
@@ -131,9 +133,7 @@ def init(params: BookParams, latent_mid: jax.Array, tick: jax.Array, dtype=jnp.f
     """A one-tick book around ``latent_mid`` ((A,) quote currency) with every queue at its mean."""
     a = latent_mid.shape[0]
     bid = jnp.floor(latent_mid / tick).astype(jnp.int32)
-    lv = params.levels
-    col = jnp.arange(lv)[None, :]
-    q = jnp.where(col == 0, _f(params.depth_touch, a, dtype)[:, None], _f(params.depth_level, a, dtype)[:, None])
+    q = (_f(params.depth_touch, a, dtype),) + tuple(_f(params.depth_level, a, dtype) for _ in range(params.levels - 1))
     return BookState(bid=bid, ask=bid + 1, q_bid=q, q_ask=q)
 
 
@@ -149,38 +149,64 @@ def mid(state: BookState, tick: jax.Array, dtype) -> jax.Array:
     return (state.bid + state.ask).astype(dtype) * (0.5 * tick.astype(dtype))
 
 
-def _shift(q: jax.Array, k: jax.Array, back: jax.Array, front: jax.Array) -> jax.Array:
-    """Queues ``q`` ((A, L)) with the touch moved ``k`` ((A,) int) levels away from the spread
-    (``k > 0``: the first ``k`` levels are gone, new far levels hold ``back``) or towards it
-    (``k < 0``: ``-k`` new levels holding ``front`` in front)."""
-    lv = q.shape[-1]
-    src = jnp.arange(lv)[None, :] + k[:, None]
-    got = jnp.take_along_axis(q, jnp.clip(src, 0, lv - 1), axis=-1)
-    return jnp.where(src < 0, front[:, None], jnp.where(src >= lv, back[:, None], got))
+def _pick(x: tuple, j: jax.Array) -> jax.Array:
+    """``x[j]`` of levels ``x`` (a tuple of (A,) arrays) at ``j`` ((A,) int in [0, L)), by selects."""
+    out = x[-1]
+    for i in range(len(x) - 2, -1, -1):
+        out = jnp.where(j == i, x[i], out)
+    return out
 
 
-def walk(q: jax.Array, volume: jax.Array, beyond: jax.Array, level: jax.Array, ours: jax.Array | float = 0.0) -> Walk:
-    """Market orders of ``volume`` base units ((A,)) walk queues ``q`` ((A, L)) from the touch; past
-    the held levels every level holds ``beyond`` base units. ``level`` ((A,) int, >= 0): the level
-    (ticks behind the touch) whose executions are reported, where an order of ours of ``ours``
-    base units rests besides the public queue: it is counted in that level's executions (what
-    reaches it fills it before the walk goes on) but not in the public book the walk leaves."""
-    lv = q.shape[-1]
-    dtype = q.dtype
-    cum = jnp.cumsum(q, axis=-1)
-    total = cum[:, -1]
-    k_in = jnp.sum(volume[:, None] >= cum, axis=-1).astype(jnp.int32)
+def _shift(q: tuple, k: jax.Array, back: jax.Array, front: jax.Array) -> tuple:
+    """Levels ``q`` (a tuple of L (A,) arrays) with the touch moved ``k`` ((A,) int) levels away
+    from the spread (``k > 0``: the first ``k`` levels are gone, new far levels hold ``back``) or
+    towards it (``k < 0``: ``-k`` new levels holding ``front`` in front). Composed of static
+    shifts by powers of two, each taken where its bit of ``|k|`` is set."""
+    lv = len(q)
+    kk = jnp.clip(k, -lv, lv)
+    away, towards = jnp.maximum(kk, 0), jnp.maximum(-kk, 0)
+    back = back.astype(q[0].dtype)
+    front = front.astype(q[0].dtype)
+    out = tuple(q)
+    b = 1
+    while b <= lv:
+        on = (away & b) != 0
+        out = tuple(jnp.where(on, out[j + b] if j + b < lv else back, out[j]) for j in range(lv))
+        b *= 2
+    b = 1
+    while b <= lv:
+        on = (towards & b) != 0
+        out = tuple(jnp.where(on, out[j - b] if j - b >= 0 else front, out[j]) for j in range(lv))
+        b *= 2
+    return out
+
+
+def walk(q: tuple, volume: jax.Array, beyond: jax.Array, level: jax.Array, ours: jax.Array | float = 0.0) -> Walk:
+    """Market orders of ``volume`` base units ((A,)) walk the levels ``q`` (a tuple of L (A,)
+    arrays, the touch first) from the touch; past the held levels every level holds ``beyond``
+    base units. ``level`` ((A,) int, >= 0): the level (ticks behind the touch) whose executions
+    are reported, where an order of ours of ``ours`` base units rests besides the public queue: it
+    is counted in that level's executions (what reaches it fills it before the walk goes on) but
+    not in the public book the walk leaves."""
+    lv = len(q)
+    dtype = q[0].dtype
+    cum, c = [], jnp.zeros_like(volume)
+    for x in q:
+        c = c + x
+        cum.append(c)
+    total = cum[-1]
+    k_in = sum((volume >= c).astype(jnp.int32) for c in cum)
     rem = jnp.maximum(volume - total, 0.0)
     extra = jnp.floor(rem / beyond)
     moved = jnp.where(k_in >= lv, lv + extra.astype(jnp.int32), k_in)
-    left_in = jnp.take_along_axis(cum, jnp.clip(k_in, 0, lv - 1)[:, None], axis=-1)[:, 0] - volume
+    left_in = _pick(cum, jnp.clip(k_in, 0, lv - 1)) - volume
     left = jnp.where(k_in >= lv, beyond - (rem - extra * beyond), left_in)
     queues = _shift(q, moved, beyond, beyond)
-    queues = queues.at[:, 0].set(left)
+    queues = (left.astype(dtype),) + queues[1:]
     # Executions at ``level`` and whether the walk went past it.
     j = jnp.clip(level, 0, lv - 1)
-    cum_j = jnp.take_along_axis(cum, j[:, None], axis=-1)[:, 0]
-    q_j = jnp.take_along_axis(q, j[:, None], axis=-1)[:, 0]
+    cum_j = _pick(cum, j)
+    q_j = _pick(q, j)
     held = level < lv
     far = (level - lv).astype(dtype)  # levels past the held ones
     start = jnp.where(held, cum_j - q_j, total + far * beyond)
@@ -188,33 +214,26 @@ def walk(q: jax.Array, volume: jax.Array, beyond: jax.Array, level: jax.Array, o
     traded_at = jnp.clip(volume - start, 0.0, depth + ours)
     through = volume > start + depth + ours
     # Volume-weighted ticks behind the touch: held levels, full levels beyond, the last part.
-    col = jnp.arange(lv, dtype=dtype)[None, :]
-    in_held = jnp.clip(volume[:, None] - (cum - q), 0.0, q)
-    s_held = jnp.sum(col * in_held, axis=-1)
+    s_held = sum(float(i) * jnp.clip(volume - (cum[i] - q[i]), 0.0, q[i]) for i in range(1, lv))
     part = rem - extra * beyond
     s_far = beyond * (lv * extra + extra * (extra - 1.0) / 2.0) + part * (lv + extra)
     avg = (s_held + s_far) / jnp.where(volume > 0, volume, 1.0)
     return Walk(moved=moved, queues=queues, traded_at=traded_at, through=through, avg_ticks=avg)
 
 
-def _relax(key: jax.Array, q: jax.Array, params: BookParams, dt: float, a: int) -> tuple[jax.Array, jax.Array]:
-    """Queues after ``dt`` seconds of arrivals and cancellations; returns ``(queues, kept)`` with
+def _relax(key: jax.Array, q: tuple, params: BookParams, dt: float, a: int) -> tuple[tuple, jax.Array]:
+    """Levels after ``dt`` seconds of arrivals and cancellations; returns ``(levels, kept)`` with
     ``kept = exp(-refill_rate dt)`` the fraction of resting units that did not cancel. The touch
     draws the immigration-death process's exact conditional mean and variance (a normal, clipped
     at 0); the levels behind follow their conditional mean."""
-    dtype = q.dtype
+    dtype = q[0].dtype
     kept = jnp.exp(-_f(params.refill_rate, a, dtype) * dt)
-    lv = q.shape[-1]
-    col = jnp.arange(lv)[None, :]
-    target = jnp.where(col == 0, _f(params.depth_touch, a, dtype)[:, None], _f(params.depth_level, a, dtype)[:, None])
-    k2 = kept[:, None]
-    mean = q * k2 + target * (1.0 - k2)
+    t0 = _f(params.depth_touch, a, dtype)
+    tl = _f(params.depth_level, a, dtype)
     z = dist.std_normal(rng.uniform(key, (a,), dtype))
-    q0 = q[:, 0]
-    t0 = target[:, 0]
-    var0 = _f(params.lot, a, dtype) * (q0 * kept * (1.0 - kept) + t0 * (1.0 - kept))
-    touch = jnp.maximum(mean[:, 0] + jnp.sqrt(jnp.maximum(var0, 0.0)) * z, 0.0)
-    return mean.at[:, 0].set(touch), kept
+    var0 = _f(params.lot, a, dtype) * (q[0] * kept * (1.0 - kept) + t0 * (1.0 - kept))
+    touch = jnp.maximum(q[0] * kept + t0 * (1.0 - kept) + jnp.sqrt(jnp.maximum(var0, 0.0)) * z, 0.0)
+    return (touch,) + tuple(x * kept + tl * (1.0 - kept) for x in q[1:]), kept
 
 
 def step(
@@ -246,7 +265,7 @@ def step(
     Returns ``(state, info, resting_price, resting_ahead)``: the book after the step, what
     happened to our quote, and our resting orders afterwards.
     """
-    dtype = state.q_bid.dtype
+    dtype = state.q_bid[0].dtype
     a = state.bid.shape[0]
     k_q, k_pull, k_gap = (rng.fold_in(key, i) for i in (1, 2, 3))
     tick = tick.astype(dtype)
@@ -355,8 +374,6 @@ def step(
     return new, info, r_price.astype(dtype), r_ahead.astype(dtype)
 
 
-def _level_qty(q: jax.Array, level: jax.Array, beyond: jax.Array) -> jax.Array:
-    """Base units resting ``level`` ((A,) int >= 0) ticks behind the touch of queues ``q``."""
-    lv = q.shape[-1]
-    j = jnp.clip(level, 0, lv - 1)
-    return jnp.where(level < lv, jnp.take_along_axis(q, j[:, None], axis=-1)[:, 0], beyond)
+def _level_qty(q: tuple, level: jax.Array, beyond: jax.Array) -> jax.Array:
+    """Base units resting ``level`` ((A,) int >= 0) ticks behind the touch of levels ``q``."""
+    return jnp.where(level < len(q), _pick(q, jnp.clip(level, 0, len(q) - 1)), beyond)

@@ -29,21 +29,37 @@ def state(bid=1000, ask=1001, qb=(2.0, 1.0, 0.5), qa=(2.0, 1.0, 0.5)) -> bk.Book
     return bk.BookState(
         bid=jnp.asarray([bid], jnp.int32),
         ask=jnp.asarray([ask], jnp.int32),
-        q_bid=jnp.asarray([qb], F64),
-        q_ask=jnp.asarray([qa], F64),
+        q_bid=levels(qb),
+        q_ask=levels(qa),
     )
+
+
+def levels(x):
+    """One asset's levels as the book holds them: a tuple of (A,) arrays, the touch first."""
+    return tuple(jnp.asarray([v], F64) for v in x)
 
 
 def v(x):
     return jnp.asarray([x], F64)
 
 
+def test_shift_moves_the_levels():
+    q = levels([1.0, 2.0, 3.0, 4.0, 5.0])
+    b, f = v(-1.0), v(-2.0)
+    got = lambda k: [float(x[0]) for x in bk._shift(q, jnp.asarray([k]), b, f)]  # noqa: E731
+    assert got(0) == [1, 2, 3, 4, 5]
+    assert got(2) == [3, 4, 5, -1, -1]
+    assert got(5) == got(7) == [-1] * 5
+    assert got(-3) == [-2, -2, -2, 1, 2]
+    assert got(-6) == [-2] * 5
+
+
 def test_walk_hand_made_book():
-    q = jnp.asarray([[2.0, 1.0, 0.5]], F64)
+    q = levels([2.0, 1.0, 0.5])
     beyond = v(0.2)
     w = bk.walk(q, v(2.5), beyond, jnp.asarray([0]))
     assert int(w.moved[0]) == 1
-    np.testing.assert_allclose(np.asarray(w.queues[0]), [0.5, 0.5, 0.2])
+    np.testing.assert_allclose([float(x[0]) for x in w.queues], [0.5, 0.5, 0.2])
     assert float(w.traded_at[0]) == 2.0 and bool(w.through[0])
     np.testing.assert_allclose(float(w.avg_ticks[0]), 0.5 / 2.5)
     w1 = bk.walk(q, v(2.5), beyond, jnp.asarray([1]))
@@ -51,7 +67,7 @@ def test_walk_hand_made_book():
     # Past every held level: 0.5 more walks levels of 0.2 (two full, 0.1 of the third).
     w = bk.walk(q, v(4.0), beyond, jnp.asarray([4]))
     assert int(w.moved[0]) == 5
-    np.testing.assert_allclose(float(w.queues[0, 0]), 0.1, atol=1e-12)
+    np.testing.assert_allclose(float(w.queues[0][0]), 0.1, atol=1e-12)
     np.testing.assert_allclose(float(w.avg_ticks[0]), (0 * 2 + 1 * 1 + 2 * 0.5 + 3 * 0.2 + 4 * 0.2 + 5 * 0.1) / 4.0)
     assert float(w.traded_at[0]) == pytest.approx(0.2) and bool(w.through[0])  # level 4 fully traded
     # Nothing trades: nothing moves.
@@ -66,13 +82,13 @@ def _touch_after(p, q0, dt, n_steps):
     """Touch queue after ``n_steps`` relaxations of ``dt`` seconds, for N paths (no flow)."""
 
     def path(k):
-        q = jnp.broadcast_to(jnp.asarray([[q0, 0.2, 0.2]], F64), (1, 3))
+        q = levels([q0, 0.2, 0.2])
 
         def body(q, t):
             q, _ = bk._relax(rng.fold_in(k, t), q, p, dt, 1)
             return q, None
 
-        return jax.lax.scan(body, q, jnp.arange(n_steps))[0][0, 0]
+        return jax.lax.scan(body, q, jnp.arange(n_steps))[0][0][0]
 
     return np.asarray(jax.jit(jax.vmap(path))(rng.path_keys(rng.key(3), 0, N)))
 
