@@ -30,6 +30,8 @@ MAIN_OPTIONS = (
     ("sim.n_paths", "sim/default.yaml", "n_paths"),
     ("sim.horizon_s", "sim/default.yaml", "horizon_s"),
     ("sim.dt_s", "sim/default.yaml", "dt_s"),
+    ("sim.world_substeps", "sim/default.yaml", "world_substeps"),
+    ("market.book.model", "market/btcusdt.yaml", "book.model"),
     ("sim.seed", "sim/default.yaml", "seed"),
     ("sim.dtype", "sim/default.yaml", "dtype"),
     ("account.leverage", "account/binance_vip0.yaml", "leverage"),
@@ -61,10 +63,17 @@ def _description(path: Path) -> str:
 
 
 def _option(conf: Path, rel: str, key: str) -> tuple[str, str]:
-    """The default value and the comment of ``key`` in ``conf/rel``."""
+    """The default value and the comment of ``key`` in ``conf/rel`` (``block.key``: ``key``
+    indented under the top-level ``block:``)."""
+    block, _, key = key.rpartition(".")
+    inside = not block
     for line in (conf / rel).read_text().splitlines():
-        m = re.match(rf"^{re.escape(key)}:\s*([^#]*?)\s*(?:#\s*(.*))?$", line)
-        if m:
+        if block and re.match(r"^\S", line):
+            inside = line.startswith(f"{block}:")
+            continue
+        indent = r"\s+" if block else ""
+        m = re.match(rf"^{indent}{re.escape(key)}:\s*([^#]*?)\s*(?:#\s*(.*))?$", line)
+        if inside and m:
             return m.group(1), (m.group(2) or "").strip()
     return "", ""
 
