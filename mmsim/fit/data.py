@@ -33,6 +33,7 @@ __all__ = [
     "CaptureError",
     "data_dir",
     "data_file",
+    "Decoder",
     "read_capture",
     "read_funding",
     "read_bars",
@@ -138,6 +139,209 @@ def _finite_pos(*xs: float) -> bool:
     return all(math.isfinite(x) and x > 0.0 for x in xs)
 
 
+class Decoder:
+    """The one decoder of exchange messages, recorded or live: each message (a Binance
+    combined-stream or REST-snapshot JSON, or a Hyperliquid channel message, with its local receive
+    time) appends its rows to the lists below, in :data:`TRADE_COLUMNS`, :data:`BOOK_COLUMNS`,
+    :data:`MARK_COLUMNS` and :data:`DEPTH_COLUMNS` order, and counts what it refuses. A recording
+    read by :func:`read_capture` and a live session (:mod:`mmsim.live.stream`) go through the same
+    :meth:`message`; a live consumer takes the rows it has used off the front of the lists.
+
+    Attributes (the counts are those :func:`read_capture` returns): ``trades``, ``agg`` (aggTrade
+    rows), ``books``, ``marks``, ``depth_rows`` (row lists); ``book_on_local`` (per book: stamped on
+    receipt); ``messages``, ``rejected`` (dicts of counts); ``malformed``, ``crossed``, ``n_msg``
+    (ints); ``venue``; ``symbols`` (set); ``synced`` (the depth levels follow a snapshot without a
+    break since the last one); ``gaps`` (depth breaks seen, each a reason to resynchronise).
+    """
+
+    def __init__(self, depth: bool = False) -> None:
+        self.depth = depth
+        self.trades: list[tuple] = []
+        self.agg: list[tuple] = []
+        self.books: list[tuple] = []
+        self.marks: list[tuple] = []
+        self.depth_rows: list[tuple] = []
+        self.book_on_local: list[bool] = []
+        self.messages: dict[str, int] = {}
+        self.rejected: dict[str, int] = {}
+        self.symbols: set[str] = set()
+        self.malformed = 0
+        self.crossed = 0
+        self.n_msg = 0
+        self.venue = "unknown"
+        self.gaps = 0
+        self.sync: dict = {"snapshot": None, "last_u": None, "synced": False}  # depth diffs against the snapshot
+        self.book = _DepthBook()  # the levels the diffs build, to see a crossed book
+
+    @property
+    def synced(self) -> bool:
+        return bool(self.sync["synced"])
+
+    def reject(self, kind: str) -> None:
+        self.rejected[kind] = self.rejected.get(kind, 0) + 1
+
+    def bump(self, kind: str) -> None:
+        self.messages[kind] = self.messages.get(kind, 0) + 1
+
+    def line(self, line: str) -> None:
+        """One recorded line, ``<local receive time> <raw JSON>`` (the time's unit from its digit count)."""
+        try:
+            sp = line.index(" ")
+            tok = line[:sp]
+            local = int(tok) * _ts_scale(tok)
+        except (ValueError, OverflowError):
+            self.malformed += 1
+            return
+        self.message(local, line[sp + 1 :])
+
+    def message(self, local: float, body: str) -> None:
+        """One raw message received at ``local`` (s since the epoch). A message that cannot be
+        parsed, or has invalid fields, is counted in ``malformed`` and skipped."""
+        try:
+            self._message(local, body)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError):
+            self.malformed += 1
+
+    def _message(self, local: float, body: str) -> None:
+        # The large messages are depth: count them without decoding unless asked.
+        if not self.depth and ('"depthUpdate"' in body or '"lastUpdateId"' in body):
+            self.bump("depth" if '"depthUpdate"' in body else "snapshot")
+            if self.venue == "unknown" and '"stream"' in body:
+                self.venue = "binance"
+            return
+        msg = json.loads(body)
+        self.n_msg += 1
+        kind = "binance" if "stream" in msg else "hyperliquid" if "channel" in msg else None
+        if kind is not None and self.venue not in ("unknown", kind):
+            self.reject("other_venue")  # one capture, one venue: the other's lines are not mixed in
+            return
+        if "stream" in msg:
+            self.venue = "binance"
+            self._binance(local, msg)
+        elif "channel" in msg:
+            self.venue = "hyperliquid"
+            self._hyperliquid(local, msg)
+        elif "lastUpdateId" in msg:
+            self.snapshot(local, msg)
+        else:
+            self.bump("other")
+
+    def snapshot(self, local: float, msg: dict) -> None:
+        """A REST depth snapshot (``lastUpdateId``, ``bids``, ``asks``): the diffs start again from it."""
+        self.sync.update(snapshot=int(msg["lastUpdateId"]), last_u=None, synced=False)
+        ts = msg.get("T") or msg.get("E")
+        self.bump("snapshot")
+        self.book.reset()
+        if self.book.apply(msg["bids"], msg["asks"]):
+            self.reject("depth_crossed")
+            self.sync.update(synced=False, snapshot=None)
+            return
+        if self.depth:
+            _depth_rows(self.depth_rows, ts * 1e-3 if ts else local, local, self.n_msg, True, msg["bids"], msg["asks"])
+
+    def _binance(self, local: float, msg: dict) -> None:
+        sym = str(msg["stream"]).split("@")[0]
+        self.symbols.add(sym)
+        d = msg["data"]
+        e = d.get("e")
+        if e in ("trade", "aggTrade"):
+            m = d["m"]
+            if not isinstance(m, bool):
+                raise ValueError("m")
+            p, q, t = float(d["p"]), float(d["q"]), d["T"] * 1e-3
+            if not _finite_pos(p, q, t):
+                raise ValueError("p/q/T")
+            if e == "trade":
+                self.trades.append((t, local, p, q, -1 if m else 1, d.get("X", ""), int(d["t"]), sym))
+            else:
+                self.agg.append((t, local, p, q, -1 if m else 1, "", int(d["a"]), sym))
+            self.bump(e)
+        elif e == "bookTicker" or msg["stream"].endswith("@bookTicker"):
+            b, bq, a, aq = float(d["b"]), float(d["B"]), float(d["a"]), float(d["A"])
+            if not _finite_pos(b, a) or not (bq >= 0.0 and aq >= 0.0 and math.isfinite(bq + aq)):
+                raise ValueError("book")
+            ts = d.get("T") or d.get("E")
+            t = ts * 1e-3 if ts else local
+            if not _finite_pos(t):
+                raise ValueError("time")
+            self.bump("bookTicker")
+            if b >= a:
+                self.crossed += 1
+                return
+            self.books.append((t, local, b, bq, a, aq, sym))
+            self.book_on_local.append(not ts)
+        elif e == "markPriceUpdate":
+            vals = (float(d["p"]), float(d["i"]), float(d.get("P", "nan")), float(d["r"]))
+            t, t_next = d["E"] * 1e-3, d["T"] * 1e-3
+            if not (_finite_pos(vals[0], vals[1], t, t_next) and math.isfinite(vals[3])):
+                raise ValueError("mark")
+            self.marks.append((t, local, *vals, t_next))
+            self.bump("markPrice")
+        elif e == "depthUpdate":
+            ts = d.get("T") or d.get("E")
+            self.bump("depth")
+            verdict, apply = _depth_continuity(self.sync, int(d["U"]), int(d["u"]), d.get("pu"))
+            if verdict is not None:
+                self.reject(verdict)
+                if verdict == "depth_gap":
+                    self.gaps += 1
+            if not apply:
+                return
+            if self.book.apply(d["b"], d["a"]):  # crossed levels: the book is wrong until resynced
+                self.reject("depth_crossed")
+                self.sync.update(synced=False, snapshot=None)
+                return
+            _depth_rows(self.depth_rows, ts * 1e-3 if ts else local, local, self.n_msg, False, d["b"], d["a"])
+        elif e == "forceOrder":
+            self.bump("forceOrder")  # the liquidation fills themselves arrive as trades with X = INSURANCE_FUND
+        else:
+            self.bump(str(e))
+
+    def _hyperliquid(self, local: float, msg: dict) -> None:
+        ch = msg["channel"]
+        d = msg["data"]
+        if ch == "trades":
+            rows = []
+            for f in d:
+                s = f["side"]
+                if s not in ("A", "B"):
+                    raise ValueError("side")
+                p, q, t = float(f["px"]), float(f["sz"]), f["time"] * 1e-3
+                if not _finite_pos(p, q, t):
+                    raise ValueError("px/sz/time")
+                coin = str(f.get("coin", "")).lower()
+                rows.append((t, local, p, q, 1 if s == "B" else -1, "", int(f["tid"]), coin))
+            self.trades.extend(rows)
+            self.bump("trades")
+        elif ch == "l2Book":
+            bids, asks = d["levels"][0], d["levels"][1]
+            t = d["time"] * 1e-3
+            if not _finite_pos(t):
+                raise ValueError("time")
+            if bids and asks:
+                b, bq = float(bids[0]["px"]), float(bids[0]["sz"])
+                a, aq = float(asks[0]["px"]), float(asks[0]["sz"])
+                if not _finite_pos(b, a, bq, aq):
+                    raise ValueError("l2")
+                if b >= a:
+                    self.crossed += 1
+                else:
+                    self.books.append((t, local, b, bq, a, aq, str(d.get("coin", "")).lower()))
+            if self.depth:
+                _depth_rows(
+                    self.depth_rows,
+                    t,
+                    local,
+                    self.n_msg,
+                    True,
+                    [(x["px"], x["sz"]) for x in bids],
+                    [(x["px"], x["sz"]) for x in asks],
+                )
+            self.bump("l2Book")
+        else:
+            self.bump(str(ch))
+
+
 def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
     """Read one ``hftbacktest_*.gz`` websocket capture (Binance or Hyperliquid).
 
@@ -199,34 +403,12 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
     Raises :class:`CaptureError` (naming the file and the byte offset) for a file that cannot be
     read at all.
     """
-    trades: list[tuple] = []
-    books: list[tuple] = []
-    marks: list[tuple] = []
-    depth_rows: list[tuple] = []
-    messages: dict[str, int] = {}
-    symbols: set[str] = set()
-    malformed = 0
-    crossed = 0
-    venue = "unknown"
-    n_msg = 0
-    rejected: dict[str, int] = {}
-    agg: list[tuple] = []  # aggTrade rows: used only when the capture has no trade stream
-    sync: dict = {"snapshot": None, "last_u": None, "synced": False}  # depth diffs against the snapshot
-    dbook = _DepthBook()  # the levels the diffs build, to see a crossed book
-    book_on_local: list[bool] = []  # Binance books without an exchange time (spot): stamped on receipt
-
-    def reject(kind: str) -> None:
-        rejected[kind] = rejected.get(kind, 0) + 1
-
-    def bump(kind: str) -> None:
-        messages[kind] = messages.get(kind, 0) + 1
-
-    loads = json.loads
     path = Path(path)
     if path.is_dir():
         raise CaptureError(f"{path}: a directory, not a capture file")
     if not path.is_file():
         raise CaptureError(f"{path}: no such capture file")
+    dec = Decoder(depth=depth)
     truncated = None
     raw = open(path, "rb")  # noqa: SIM115 (closed below; its offset says where damage starts)
     fh = gzip.open(raw, "rt", encoding="utf-8", errors="replace")
@@ -234,133 +416,7 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
     try:
         for line in _lines_until_damage(fh):
             lines += 1
-            try:
-                sp = line.index(" ")
-                tok = line[:sp]
-                local = int(tok) * _ts_scale(tok)
-                body = line[sp + 1 :]
-                # The large messages are depth: count them without decoding unless asked.
-                if not depth and ('"depthUpdate"' in body or '"lastUpdateId"' in body):
-                    bump("depth" if '"depthUpdate"' in body else "snapshot")
-                    if venue == "unknown" and '"stream"' in body:
-                        venue = "binance"
-                    continue
-                msg = loads(body)
-                n_msg += 1
-                kind = "binance" if "stream" in msg else "hyperliquid" if "channel" in msg else None
-                if kind is not None and venue not in ("unknown", kind):
-                    reject("other_venue")  # one capture, one venue: the other's lines are not mixed in
-                    continue
-                if "stream" in msg:
-                    venue = "binance"
-                    sym = str(msg["stream"]).split("@")[0]
-                    symbols.add(sym)
-                    d = msg["data"]
-                    e = d.get("e")
-                    if e in ("trade", "aggTrade"):
-                        m = d["m"]
-                        if not isinstance(m, bool):
-                            raise ValueError("m")
-                        p, q, t = float(d["p"]), float(d["q"]), d["T"] * 1e-3
-                        if not _finite_pos(p, q, t):
-                            raise ValueError("p/q/T")
-                        if e == "trade":
-                            trades.append((t, local, p, q, -1 if m else 1, d.get("X", ""), int(d["t"]), sym))
-                        else:
-                            agg.append((t, local, p, q, -1 if m else 1, "", int(d["a"]), sym))
-                        bump(e)
-                    elif e == "bookTicker" or msg["stream"].endswith("@bookTicker"):
-                        b, bq, a, aq = float(d["b"]), float(d["B"]), float(d["a"]), float(d["A"])
-                        if not _finite_pos(b, a) or not (bq >= 0.0 and aq >= 0.0 and math.isfinite(bq + aq)):
-                            raise ValueError("book")
-                        ts = d.get("T") or d.get("E")
-                        t = ts * 1e-3 if ts else local
-                        if not _finite_pos(t):
-                            raise ValueError("time")
-                        bump("bookTicker")
-                        if b >= a:
-                            crossed += 1
-                            continue
-                        books.append((t, local, b, bq, a, aq, sym))
-                        book_on_local.append(not ts)
-                    elif e == "markPriceUpdate":
-                        vals = (float(d["p"]), float(d["i"]), float(d.get("P", "nan")), float(d["r"]))
-                        t, t_next = d["E"] * 1e-3, d["T"] * 1e-3
-                        if not (_finite_pos(vals[0], vals[1], t, t_next) and math.isfinite(vals[3])):
-                            raise ValueError("mark")
-                        marks.append((t, local, *vals, t_next))
-                        bump("markPrice")
-                    elif e == "depthUpdate":
-                        ts = d.get("T") or d.get("E")
-                        bump("depth")
-                        verdict, apply = _depth_continuity(sync, int(d["U"]), int(d["u"]), d.get("pu"))
-                        if verdict is not None:
-                            reject(verdict)
-                        if not apply:
-                            continue
-                        if dbook.apply(d["b"], d["a"]):  # crossed levels: the book is wrong until resynced
-                            reject("depth_crossed")
-                            sync.update(synced=False, snapshot=None)
-                            continue
-                        _depth_rows(depth_rows, ts * 1e-3 if ts else local, local, n_msg, False, d["b"], d["a"])
-                elif "channel" in msg:
-                    venue = "hyperliquid"
-                    ch = msg["channel"]
-                    d = msg["data"]
-                    if ch == "trades":
-                        rows = []
-                        for f in d:
-                            s = f["side"]
-                            if s not in ("A", "B"):
-                                raise ValueError("side")
-                            p, q, t = float(f["px"]), float(f["sz"]), f["time"] * 1e-3
-                            if not _finite_pos(p, q, t):
-                                raise ValueError("px/sz/time")
-                            coin = str(f.get("coin", "")).lower()
-                            rows.append((t, local, p, q, 1 if s == "B" else -1, "", int(f["tid"]), coin))
-                        trades.extend(rows)
-                        bump("trades")
-                    elif ch == "l2Book":
-                        bids, asks = d["levels"][0], d["levels"][1]
-                        t = d["time"] * 1e-3
-                        if not _finite_pos(t):
-                            raise ValueError("time")
-                        if bids and asks:
-                            b, bq = float(bids[0]["px"]), float(bids[0]["sz"])
-                            a, aq = float(asks[0]["px"]), float(asks[0]["sz"])
-                            if not _finite_pos(b, a, bq, aq):
-                                raise ValueError("l2")
-                            if b >= a:
-                                crossed += 1
-                            else:
-                                books.append((t, local, b, bq, a, aq, str(d.get("coin", "")).lower()))
-                        if depth:
-                            _depth_rows(
-                                depth_rows,
-                                t,
-                                local,
-                                n_msg,
-                                True,
-                                [(x["px"], x["sz"]) for x in bids],
-                                [(x["px"], x["sz"]) for x in asks],
-                            )
-                        bump("l2Book")
-                    else:
-                        bump(str(ch))
-                elif "lastUpdateId" in msg:
-                    sync.update(snapshot=int(msg["lastUpdateId"]), last_u=None, synced=False)
-                    ts = msg.get("T") or msg.get("E")
-                    bump("snapshot")
-                    dbook.reset()
-                    if dbook.apply(msg["bids"], msg["asks"]):
-                        reject("depth_crossed")
-                        sync.update(synced=False, snapshot=None)
-                        continue
-                    _depth_rows(depth_rows, ts * 1e-3 if ts else local, local, n_msg, True, msg["bids"], msg["asks"])
-                else:
-                    bump("other")
-            except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError):
-                malformed += 1
+            dec.line(line)
     except _Damaged as e:
         offset = raw.tell()
         if lines == 0:
@@ -369,7 +425,13 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
     finally:
         fh.close()
         raw.close()
+    return _assemble(dec, truncated)
 
+
+def _assemble(dec: Decoder, truncated: dict | None) -> dict:
+    """The capture dict of :func:`read_capture` from a decoder's rows and counts."""
+    trades, agg, rejected, book_on_local, depth = dec.trades, dec.agg, dec.rejected, dec.book_on_local, dec.depth
+    depth_rows = dec.depth_rows
     if not trades and agg:  # Binance's aggregated trade stream, when it is the only one
         trades = agg
     elif agg:
@@ -378,13 +440,13 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
         "trades": _frame(
             trades, TRADE_COLUMNS, {"side": np.int8, "trade_id": np.int64, "type": object, "symbol": object}
         ),
-        "book_ticker": _frame(books, BOOK_COLUMNS, {"symbol": object}),
-        "mark_price": _frame(marks, MARK_COLUMNS),
-        "malformed": malformed,
-        "crossed": crossed,
-        "messages": messages,
-        "venue": venue,
-        "symbols": sorted(symbols),
+        "book_ticker": _frame(dec.books, BOOK_COLUMNS, {"symbol": object}),
+        "mark_price": _frame(dec.marks, MARK_COLUMNS),
+        "malformed": dec.malformed,
+        "crossed": dec.crossed,
+        "messages": dec.messages,
+        "venue": dec.venue,
+        "symbols": sorted(dec.symbols),
         "rejected": rejected,
         "truncated": truncated,
     }

@@ -52,6 +52,74 @@ class Feed(NamedTuple):
     def mid(self) -> np.ndarray:
         return 0.5 * (self.best_bid + self.best_ask)
 
+    def row(self, i: int) -> Interval:
+        """Observation ``i`` as one :class:`Interval` (what a live stream yields)."""
+        lo, hi = self.trade_start[i], self.trade_start[i + 1]
+        return Interval(
+            **{f: getattr(self, f)[i] for f in _PER_INTERVAL},
+            liq_valid=self.liq_valid,
+            funding_valid=self.funding_valid,
+            trade_price=self.trade_price[lo:hi],
+            trade_qty=self.trade_qty[lo:hi],
+            trade_side=self.trade_side[lo:hi],
+            book_age=float(self.book_age[i]) if self.book_age is not None else 0.0,
+        )
+
+
+class Interval(NamedTuple):
+    """One observation interval of a feed, recorded (:meth:`Feed.row`) or live
+    (:class:`mmsim.live.stream.FeedBuilder`): the fields of :class:`Feed` at one index, scalars,
+    with the interval's own trades. ``t``: its end, s since the feed's start; ``book_age``: seconds
+    since the last valid book update at that end."""
+
+    t: float
+    best_bid: float
+    best_ask: float
+    bid_size: float
+    ask_size: float
+    n_buy: float
+    n_sell: float
+    vol_buy: float
+    vol_sell: float
+    vwap_buy: float
+    vwap_sell: float
+    last_price: float
+    liq_long: float
+    liq_short: float
+    liq_valid: bool
+    funding_rate: float
+    funding_settled: bool
+    settled_rate: float
+    next_funding_s: float
+    funding_valid: bool
+    trade_price: np.ndarray
+    trade_qty: np.ndarray
+    trade_side: np.ndarray
+    book_age: float
+
+
+#: The fields of :class:`Feed` held per interval (one value each).
+_PER_INTERVAL = (
+    "t",
+    "best_bid",
+    "best_ask",
+    "bid_size",
+    "ask_size",
+    "n_buy",
+    "n_sell",
+    "vol_buy",
+    "vol_sell",
+    "vwap_buy",
+    "vwap_sell",
+    "last_price",
+    "liq_long",
+    "liq_short",
+    "funding_rate",
+    "funding_settled",
+    "settled_rate",
+    "next_funding_s",
+)
+
 
 #: Bounds of the cadence, seconds: finer than a millisecond is below the venues' time stamps.
 MIN_CADENCE_S, MAX_CADENCE_S = 1e-3, 3600.0

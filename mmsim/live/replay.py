@@ -18,7 +18,7 @@ from mmsim import engine, observation
 from mmsim._pytree import cast_floats
 from mmsim.engine import account as acct
 from mmsim.engine import policy as pol
-from mmsim.live.feed import Feed
+from mmsim.live.feed import Feed, Interval
 from mmsim.live.guard import GuardParams
 from mmsim.live.paper import Resting, paper_fills
 from mmsim.world.processes import queue as fills
@@ -28,6 +28,201 @@ class ReplayResult(NamedTuple):
     journal: pd.DataFrame  # one row per observation
     metrics: dict
     state: engine.EngineState
+
+
+#: Columns of the per-observation journal of a replay or a live session.
+JOURNAL_COLUMNS = (
+    "t",
+    "mid",
+    "best_bid",
+    "best_ask",
+    "bid",
+    "ask",
+    "bid_size",
+    "ask_size",
+    "take",
+    "fill_bid",
+    "fill_ask",
+    "fill_take",
+    "position",
+    "equity",
+    "margin_ratio",
+    "regime",
+    "sigma",
+)
+
+
+class Trader:
+    """The live loop's body, for a recording and a live session alike: each observation interval
+    (:class:`~mmsim.live.feed.Interval`) first fills the quote sent at the end of the previous one
+    on paper against the interval's trades (:mod:`mmsim.live.paper`), then goes through the
+    simulator's ``engine.step`` (compiled ahead of time here, in the simulator's parameter cast),
+    which returns the next quote. Prices in quote currency, sizes in base units.
+
+    Args:
+        ep: the engine's parameters (one asset).
+        depth_per_tick: base units resting per tick behind the touch, for a taker order's walk.
+        dtype: the engine's float type.
+        step_fn: a compiled step to reuse (default: compiled here, before the first observation).
+        stale_s: an interval whose book is older than this (s) pulls the quotes.
+        state: an engine state to start from (a resumed session's), default ``engine.init``.
+    """
+
+    def __init__(
+        self,
+        ep: engine.EngineParams,
+        *,
+        depth_per_tick: float = 0.5,
+        dtype=jnp.float32,
+        step_fn=None,
+        stale_s: float = GuardParams().stale_s,
+        state: engine.EngineState | None = None,
+    ) -> None:
+        if ep.n_assets != 1:
+            raise ValueError(f"the live loop runs one asset (the feed's); the engine is configured for {ep.n_assets}")
+        self.takes = pol.takes(ep.policy)
+        # The simulator's parameter cast, so that live and simulation compile the same program; the
+        # step is compiled here, ahead of the first observation (a live loop must not compile on a tick).
+        self.ep = cast_floats(ep, dtype)
+        self.state = state if state is not None else engine.init(self.ep, dtype)
+        self.template = jax.tree_util.tree_map(np.asarray, observation.empty(1, dtype, takes=self.takes))
+        t_compile = time.perf_counter()
+        self.step = step_fn or jax.jit(engine.step).lower(self.ep, self.state, self.template).compile()
+        self.compile_s = time.perf_counter() - t_compile
+        self.tick = float(np.max(np.asarray(self.ep.tick)))
+        self.fp = fills.FillParams(depth_per_tick=depth_per_tick)
+        self.stale_s = stale_s
+        self.np_dtype = np.dtype(jnp.dtype(dtype).name)
+        self.bid_rest, self.ask_rest = Resting(), Resting()
+        self.quote: dict | None = None
+        self.sent: Interval | None = None  # the interval whose end the quote was sent at
+        self.n = 0  # observations so far
+        self.n_stale = 0
+        self.last_info = None
+
+    def on_interval(self, iv: Interval) -> tuple:
+        """One observation: paper fills of the resting quote over ``iv``, the engine step, the next
+        quote (``self.quote``). Returns the journal row (:data:`JOURNAL_COLUMNS`)."""
+        v = lambda x: np.asarray([x], self.np_dtype)  # noqa: E731   (numpy in, one transfer per call)
+        scalar = lambda x: np.asarray(x, self.np_dtype)  # noqa: E731
+        tp, tq, ts = iv.trade_price, iv.trade_qty, iv.trade_side
+        stale = bool(iv.book_age > self.stale_s)
+        self.n_stale += stale
+        fb = fa = tk = tk_px = 0.0
+        quote, j = self.quote, self.sent
+        if quote is not None:  # j: the book the quote was sent against
+            fb, self.bid_rest = paper_fills(
+                1,
+                quote["bid_price"],
+                quote["bid_size"],
+                quote["bid_active"],
+                self.bid_rest,
+                j.best_bid,
+                j.bid_size,
+                tp,
+                tq,
+                ts,
+            )
+            fa, self.ask_rest = paper_fills(
+                -1,
+                quote["ask_price"],
+                quote["ask_size"],
+                quote["ask_active"],
+                self.ask_rest,
+                j.best_ask,
+                j.ask_size,
+                tp,
+                tq,
+                ts,
+            )
+            if self.takes and quote["take"] != 0:
+                # Through the displayed touch, then the configured depth per tick behind it.
+                touch_qty = j.ask_size if quote["take"] > 0 else j.bid_size
+                ex, pr = fills.take(
+                    np.asarray([quote["take"]]),
+                    np.asarray([j.best_bid]),
+                    np.asarray([j.best_ask]),
+                    np.asarray([self.tick]),
+                    dataclasses.replace(self.fp, touch_depth=touch_qty),
+                )
+                tk, tk_px = float(ex[0]), float(pr[0])
+        mid = 0.5 * (iv.best_bid + iv.best_ask)
+        obs = self.template._replace(
+            t=scalar(iv.t),
+            dt=scalar(iv.t - j.t if j is not None else iv.t),
+            best_bid=v(iv.best_bid),
+            best_ask=v(iv.best_ask),
+            bid_size=v(iv.bid_size),
+            ask_size=v(iv.ask_size),
+            mid=v(mid),
+            n_buy=v(iv.n_buy),
+            n_sell=v(iv.n_sell),
+            vol_buy=v(iv.vol_buy),
+            vol_sell=v(iv.vol_sell),
+            vwap_buy=v(iv.vwap_buy),
+            vwap_sell=v(iv.vwap_sell),
+            last_price=v(iv.last_price),
+            liq_long=v(iv.liq_long),
+            liq_short=v(iv.liq_short),
+            funding_rate=v(iv.funding_rate),
+            funding_ref=v(iv.funding_rate),
+            funding_settled=np.asarray([iv.funding_settled]),
+            settled_rate=v(iv.settled_rate),
+            next_funding_s=v(iv.next_funding_s),
+            fill_bid_size=v(fb),
+            fill_bid_price=v(quote["bid_price"] if fb > 0 else 0.0),
+            fill_ask_size=v(fa),
+            fill_ask_price=v(quote["ask_price"] if fa > 0 else 0.0),
+            book_valid=np.full(1, not stale),
+            trades_valid=np.ones(1, bool),
+            liq_valid=np.full(1, iv.liq_valid),
+            funding_valid=np.full(1, iv.funding_valid),
+            fills_valid=np.ones(1, bool),
+        )
+        if self.takes:
+            obs = obs._replace(fill_take_size=v(tk), fill_take_price=v(tk_px))
+        self.state, q, info = self.step(self.ep, self.state, obs)
+        q, info = jax.device_get((q, info))
+        quote = {f: float(np.asarray(getattr(q, f))[0]) for f in ("bid_price", "ask_price", "bid_size", "ask_size")}
+        if self.tick > 0:  # an order goes out on the venue's grid (the engine rounded it in its own precision)
+            quote.update(
+                bid_price=round(quote["bid_price"] / self.tick) * self.tick,
+                ask_price=round(quote["ask_price"] / self.tick) * self.tick,
+            )
+        quote.update(
+            # A stale feed (no valid book for stale_s) pulls the quotes until a book arrives.
+            bid_active=bool(q.bid_active[0]) and not stale,
+            ask_active=bool(q.ask_active[0]) and not stale,
+            take=float(q.take[0]) if self.takes and not stale else 0.0,
+        )
+        self.quote, self.sent, self.last_info = quote, iv, info
+        self.n += 1
+        return (
+            iv.t,
+            mid,
+            iv.best_bid,
+            iv.best_ask,
+            quote["bid_price"] if quote["bid_active"] else np.nan,
+            quote["ask_price"] if quote["ask_active"] else np.nan,
+            quote["bid_size"],
+            quote["ask_size"],
+            quote["take"],
+            fb,
+            fa,
+            tk,
+            float(info.position[0]),
+            float(info.equity),
+            float(info.margin_ratio),
+            int(info.regime),
+            float(info.sigma[0]),
+        )
+
+    def pull(self) -> None:
+        """Withdraw the resting quote (a stale or broken feed, a kill switch): nothing fills until
+        the next observation sends a new one."""
+        if self.quote is not None:
+            self.quote.update(bid_active=False, ask_active=False, take=0.0)
+        self.bid_rest, self.ask_rest = Resting(), Resting()
 
 
 def replay(
@@ -40,168 +235,34 @@ def replay(
     stale_s: float = GuardParams().stale_s,
 ) -> ReplayResult:
     """Run the engine on ``feed`` with paper fills (the live loop, one compiled ``engine.step`` per
-    observation). ``step_fn``: a compiled or jitted step to reuse; by default the step is compiled
-    ahead of time, before the first observation."""
-    if ep.n_assets != 1:
-        raise ValueError(f"replay runs one asset (the capture's); the engine is configured for {ep.n_assets}")
-    takes = pol.takes(ep.policy)
-    # The simulator's parameter cast, so that live and simulation compile the same program; the
-    # step is compiled here, ahead of the first observation (a live loop must not compile on a tick).
-    ep = cast_floats(ep, dtype)
-    state = engine.init(ep, dtype)
-    template = jax.tree_util.tree_map(np.asarray, observation.empty(1, dtype, takes=takes))
-    t_compile = time.perf_counter()
-    step = step_fn or jax.jit(engine.step).lower(ep, state, template).compile()
-    compile_s = time.perf_counter() - t_compile
-    tick = float(np.max(np.asarray(ep.tick)))
-    fp = fills.FillParams(depth_per_tick=depth_per_tick)
-    n = len(feed.t)
-    stale = (feed.book_age > stale_s) if feed.book_age is not None else np.zeros(n, bool)
-    bid_rest, ask_rest = Resting(), Resting()
-    quote = None
-    rows = []
+    observation: :class:`Trader`). ``step_fn``: a compiled or jitted step to reuse; by default the
+    step is compiled ahead of time, before the first observation."""
+    trader = Trader(ep, depth_per_tick=depth_per_tick, dtype=dtype, step_fn=step_fn, stale_s=stale_s)
     t_start = time.perf_counter()
-    dt0 = float(feed.t[0])
-    np_dtype = np.dtype(jnp.dtype(dtype).name)
-    v = lambda x: np.asarray([x], np_dtype)  # noqa: E731   (numpy in, one transfer per call)
-    scalar = lambda x: np.asarray(x, np_dtype)  # noqa: E731
-    for i in range(n):
-        lo, hi = feed.trade_start[i], feed.trade_start[i + 1]
-        tp, tq, ts = feed.trade_price[lo:hi], feed.trade_qty[lo:hi], feed.trade_side[lo:hi]
-        fb = fa = tk = tk_px = 0.0
-        if quote is not None:
-            j = i - 1  # the book the quote was sent against
-            fb, bid_rest = paper_fills(
-                1,
-                quote["bid_price"],
-                quote["bid_size"],
-                quote["bid_active"],
-                bid_rest,
-                feed.best_bid[j],
-                feed.bid_size[j],
-                tp,
-                tq,
-                ts,
-            )
-            fa, ask_rest = paper_fills(
-                -1,
-                quote["ask_price"],
-                quote["ask_size"],
-                quote["ask_active"],
-                ask_rest,
-                feed.best_ask[j],
-                feed.ask_size[j],
-                tp,
-                tq,
-                ts,
-            )
-            if takes and quote["take"] != 0:
-                # Through the displayed touch, then the configured depth per tick behind it.
-                touch_qty = feed.ask_size[j] if quote["take"] > 0 else feed.bid_size[j]
-                ex, pr = fills.take(
-                    np.asarray([quote["take"]]),
-                    np.asarray([feed.best_bid[j]]),
-                    np.asarray([feed.best_ask[j]]),
-                    np.asarray([tick]),
-                    dataclasses.replace(fp, touch_depth=touch_qty),
-                )
-                tk, tk_px = float(ex[0]), float(pr[0])
-        mid = 0.5 * (feed.best_bid[i] + feed.best_ask[i])
-        obs = template._replace(
-            t=scalar(feed.t[i]),
-            dt=scalar(feed.t[i] - feed.t[i - 1] if i else dt0),
-            best_bid=v(feed.best_bid[i]),
-            best_ask=v(feed.best_ask[i]),
-            bid_size=v(feed.bid_size[i]),
-            ask_size=v(feed.ask_size[i]),
-            mid=v(mid),
-            n_buy=v(feed.n_buy[i]),
-            n_sell=v(feed.n_sell[i]),
-            vol_buy=v(feed.vol_buy[i]),
-            vol_sell=v(feed.vol_sell[i]),
-            vwap_buy=v(feed.vwap_buy[i]),
-            vwap_sell=v(feed.vwap_sell[i]),
-            last_price=v(feed.last_price[i]),
-            liq_long=v(feed.liq_long[i]),
-            liq_short=v(feed.liq_short[i]),
-            funding_rate=v(feed.funding_rate[i]),
-            funding_ref=v(feed.funding_rate[i]),
-            funding_settled=np.asarray([feed.funding_settled[i]]),
-            settled_rate=v(feed.settled_rate[i]),
-            next_funding_s=v(feed.next_funding_s[i]),
-            fill_bid_size=v(fb),
-            fill_bid_price=v(quote["bid_price"] if fb > 0 else 0.0),
-            fill_ask_size=v(fa),
-            fill_ask_price=v(quote["ask_price"] if fa > 0 else 0.0),
-            book_valid=np.full(1, not stale[i]),
-            trades_valid=np.ones(1, bool),
-            liq_valid=np.full(1, feed.liq_valid),
-            funding_valid=np.full(1, feed.funding_valid),
-            fills_valid=np.ones(1, bool),
-        )
-        if takes:
-            obs = obs._replace(fill_take_size=v(tk), fill_take_price=v(tk_px))
-        state, q, info = step(ep, state, obs)
-        q, info = jax.device_get((q, info))
-        quote = {f: float(np.asarray(getattr(q, f))[0]) for f in ("bid_price", "ask_price", "bid_size", "ask_size")}
-        if tick > 0:  # an order goes out on the venue's grid (the engine rounded it in its own precision)
-            quote.update(
-                bid_price=round(quote["bid_price"] / tick) * tick, ask_price=round(quote["ask_price"] / tick) * tick
-            )
-        quote.update(
-            # A stale feed (no valid book for stale_s) pulls the quotes until a book arrives.
-            bid_active=bool(q.bid_active[0]) and not stale[i],
-            ask_active=bool(q.ask_active[0]) and not stale[i],
-            take=float(q.take[0]) if takes and not stale[i] else 0.0,
-        )
-        rows.append(
-            (
-                feed.t[i],
-                mid,
-                feed.best_bid[i],
-                feed.best_ask[i],
-                quote["bid_price"] if quote["bid_active"] else np.nan,
-                quote["ask_price"] if quote["ask_active"] else np.nan,
-                quote["bid_size"],
-                quote["ask_size"],
-                quote["take"],
-                fb,
-                fa,
-                tk,
-                float(info.position[0]),
-                float(info.equity),
-                float(info.margin_ratio),
-                int(info.regime),
-                float(info.sigma[0]),
-            )
-        )
+    rows = [trader.on_interval(feed.row(i)) for i in range(len(feed.t))]
     run_s = time.perf_counter() - t_start
-    journal = pd.DataFrame(
-        rows,
-        columns=[
-            "t",
-            "mid",
-            "best_bid",
-            "best_ask",
-            "bid",
-            "ask",
-            "bid_size",
-            "ask_size",
-            "take",
-            "fill_bid",
-            "fill_ask",
-            "fill_take",
-            "position",
-            "equity",
-            "margin_ratio",
-            "regime",
-            "sigma",
-        ],
+    journal = pd.DataFrame(rows, columns=list(JOURNAL_COLUMNS))
+    return ReplayResult(
+        journal,
+        _metrics(trader.ep, feed_summary(feed), journal, trader.state, trader.compile_s, run_s, trader.n_stale),
+        trader.state,
     )
-    return ReplayResult(journal, _metrics(ep, feed, journal, state, compile_s, run_s, int(stale.sum())), state)
 
 
-def _metrics(ep, feed, journal: pd.DataFrame, state, compile_s: float, run_s: float, n_stale: int = 0) -> dict:
+def feed_summary(feed: Feed) -> dict:
+    """What the metrics say of a feed: cadence, duration, start, trade count, quality, symbol."""
+    n = len(feed.t)
+    return {
+        "cadence_s": float(feed.t[1] - feed.t[0]) if n > 1 else float(feed.t[0]),
+        "duration_s": float(feed.t[-1]),
+        "start_epoch_s": feed.t0,
+        "trades": int(feed.trade_start[-1]),
+        "quality": feed.quality,
+        "symbol": feed.symbol,
+    }
+
+
+def _metrics(ep, fs: dict, journal: pd.DataFrame, state, compile_s: float, run_s: float, n_stale: int = 0) -> dict:
     s = state.account
     eq = journal["equity"].to_numpy(float)
     peak = np.maximum.accumulate(np.concatenate([[float(np.asarray(ep.account.initial_equity))], eq]))[1:]
@@ -209,10 +270,10 @@ def _metrics(ep, feed, journal: pd.DataFrame, state, compile_s: float, run_s: fl
     n = len(journal)
     return {
         "observations": n,
-        "cadence_s": float(feed.t[1] - feed.t[0]) if n > 1 else float(feed.t[0]),
-        "duration_s": float(feed.t[-1]),
-        "start_epoch_s": feed.t0,
-        "trades": int(feed.trade_start[-1]),
+        "cadence_s": fs["cadence_s"],
+        "duration_s": fs["duration_s"],
+        "start_epoch_s": fs["start_epoch_s"],
+        "trades": fs["trades"],
         "pnl": float(eq[-1] - float(np.asarray(ep.account.initial_equity))),
         "pnl_decomposition": comps,
         "pnl_decomposition_sum": float(acct.total_pnl(s)),
@@ -231,10 +292,10 @@ def _metrics(ep, feed, journal: pd.DataFrame, state, compile_s: float, run_s: fl
         "quoting_fraction": float(np.mean(journal["bid"].notna() | journal["ask"].notna())),
         # What the guard refused, by class, and the observations whose book was stale (quotes pulled).
         "feed_quality": {
-            **(feed.quality or {}),
+            **(fs["quality"] or {}),
             "stale_observations": n_stale,
         },
-        "symbol": feed.symbol,
+        "symbol": fs["symbol"],
         "compile_s": compile_s,
         "run_s": run_s,
         "observations_per_s": n / run_s if run_s > 0 else None,
