@@ -1,0 +1,117 @@
+"""The feed adapter message by message (``mmsim.live.stream``): the intervals a stream yields are
+the recording's (:func:`mmsim.live.feed.feed_from_capture`) for the same messages, on a hand-made
+capture and on the shared captures; what a stream cannot place (a message stamped in an interval
+already closed) is counted; no damage makes it crash or yield a non-finite interval."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mmsim import live
+from mmsim.fit import data
+from mmsim.live.stream import FeedBuilder
+from tests.live.test_guard import MUTATIONS, N_S, T0_MS, book, clean_lines, mutate, trade, write
+
+
+def stream(lines, **kw) -> tuple[list, FeedBuilder]:
+    fb = FeedBuilder(1.0, **kw)
+    out = []
+    for line in lines:
+        out += fb.line(line)
+    return out + fb.flush(), fb
+
+
+def assert_same(feed, intervals, skip=()) -> None:
+    assert len(intervals) == len(feed.t)
+    for i, iv in enumerate(intervals):
+        ref = feed.row(i)
+        for f in ref._fields:
+            if f in skip:
+                continue
+            np.testing.assert_array_equal(np.asarray(getattr(iv, f)), np.asarray(getattr(ref, f)), err_msg=f"{f} [{i}]")
+
+
+def test_a_stream_yields_the_recordings_intervals(tmp_path):
+    lines = clean_lines()
+    feed = live.feed_from_capture(data.read_capture(write(tmp_path / "c.gz", lines)), 1.0, symbol="BTCUSDT")
+    out, fb = stream(lines, symbol="BTCUSDT", grace_s=0.05)
+    assert_same(feed, out)
+    assert fb.t0 == feed.t0 and not fb.quality and fb.trades_total == feed.trade_start[-1]
+
+
+def test_intervals_close_on_the_books_clock_and_a_late_trade_is_counted_not_placed(tmp_path):
+    base = [book(T0_MS + 100 * k, 60_000.0) for k in range(40)]  # 4 s of books
+    early = base[:25] + [trade(T0_MS + 2_450, 60_000.1, 1, sell=False)] + base[25:]
+    out, fb = stream(early, grace_s=0.05)
+    # A trade stamped 2.45 s after the first book arrives after a book stamped 2.5 s: the interval
+    # (2, 3] is still open, so it is placed in it.
+    assert [iv.n_buy for iv in out] == [0, 0, 1] and not fb.quality
+    late = base[:34] + [trade(T0_MS + 1_500, 60_000.1, 2, sell=False)] + base[34:]
+    out, fb = stream(late, grace_s=0.05)
+    assert sum(iv.n_buy for iv in out) == 0 and fb.quality == {"late_trade": 1}
+    # Nothing closes an interval until a book stamped grace_s past its end arrives.
+    fb = FeedBuilder(1.0, grace_s=0.05)
+    assert fb.line(book(T0_MS, 60_000.0)) == [] and fb.line(book(T0_MS + 1_040, 60_000.0)) == []
+    (iv,) = fb.line(book(T0_MS + 1_050, 60_000.0))
+    assert iv.t == 1.0 and iv.book_age == pytest.approx(1.0)
+
+
+def test_a_resent_trade_and_a_malformed_message_are_counted(tmp_path):
+    lines = clean_lines()
+    lines = lines[:30] + [lines[3], "not json", lines[29][:20]] + lines[30:]
+    out, fb = stream(lines, grace_s=0.05)
+    assert fb.quality == {"duplicate_trade_id": 1, "malformed": 2}
+    assert_same(live.feed_from_capture(data.read_capture(write(tmp_path / "c.gz", clean_lines())), 1.0), out)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [({"cadence_s": 0.0}, "cadence_s"), ({"grace_s": -1.0}, "grace_s"), ({"grace_s": 1.0}, "grace_s")],
+)
+def test_bad_arguments_name_the_field(kw, match):
+    with pytest.raises(ValueError, match=match):
+        FeedBuilder(**kw)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(MUTATIONS), st.integers(0, 10_000), st.floats(1e-6, 1e6)), min_size=1, max_size=12
+    )
+)
+def test_no_mutation_crashes_the_stream_or_yields_a_non_finite_interval(muts):
+    out, _ = stream(mutate(clean_lines(), muts), grace_s=0.05)
+    assert len(out) <= 2 * N_S
+    for iv in out:
+        for f in ("best_bid", "best_ask", "vol_buy", "vol_sell", "vwap_buy", "vwap_sell", "last_price", "book_age"):
+            assert np.isfinite(getattr(iv, f)), f
+        assert iv.best_bid < iv.best_ask
+
+
+# The shared captures: the stream's intervals equal the recording's, but for what it counts as late
+# (one mark price on 2023-04-05, stamped more than the grace behind the books around it).
+CAPTURES = [
+    ("hftbacktest_binance_usdm_btcusdt_20240808.gz", "BTCUSDT", {}),
+    ("hftbacktest_binance_usdm_btcusdt_20230405.dat.gz", "BTCUSDT", {"late_mark": 5}),
+]
+
+
+@pytest.mark.parametrize("name, symbol, late", CAPTURES)
+def test_a_shared_capture_streamed_yields_its_recorded_intervals(name, symbol, late):
+    path = data.data_file(name)
+    if path is None:
+        pytest.skip(f"no data directory (MMSIM_DATA or ../shared/data): {name} is not streamed")
+    feed = live.feed_from_capture(data.read_capture(path), 1.0, symbol=symbol)
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        out, fb = stream(fh, symbol=symbol, grace_s=0.05, liq_valid=True)
+    assert fb.quality == late
+    diff = {
+        f: int(np.sum([not np.array_equal(getattr(a, f), getattr(feed.row(i), f)) for i, a in enumerate(out)]))
+        for f in out[0]._fields
+    }
+    assert len(out) == len(feed.t) and {f: n for f, n in diff.items() if n} == ({"funding_rate": 1} if late else {})
