@@ -93,6 +93,33 @@ class FeedBuilder:
         self.liq_valid = bool(liq_valid)
         self.funding_valid = False
         self.trades_total = 0
+        self._resume_end = -math.inf  # a resumed feed: messages stamped by then were the last session's
+        self._lags: deque = deque(maxlen=1000)  # receive minus exchange time of recent books, s
+
+    def resume(self, t0: float, k: int, last: Interval) -> None:
+        """Continue a journaled feed: its start ``t0`` (epoch s), the ``k`` intervals it closed and
+        the last of them. Messages stamped by its end are counted as ``before_resume``."""
+        self.t0, self.k = float(t0), int(k)
+        end = self.end
+        self._resume_end = end
+        self._ref0 = 0.5 * (last.best_bid + last.best_ask)
+        self._book = (end - last.book_age, end, last.best_bid, last.bid_size, last.best_ask, last.ask_size, "")
+        nxt = end + last.next_funding_s if last.funding_valid and last.next_funding_s > 0 else math.inf
+        if last.funding_valid:
+            self._mark = (end, end, 0.0, 0.0, 0.0, last.funding_rate, nxt)
+            self._max_next = nxt if math.isfinite(nxt) else -math.inf
+        self._prev = (last.funding_rate, nxt)
+        self.liq_valid, self.funding_valid = bool(last.liq_valid), bool(last.funding_valid)
+        self.latest = end
+
+    @property
+    def clock_offset_s(self) -> float | None:
+        """Median receive time minus exchange time of the recent books, s (the local clock's offset
+        plus the network's delay); None before any."""
+        return float(np.median(self._lags)) if self._lags else None
+
+    def _late(self, what: str, t: float) -> None:
+        self._count("before_resume" if t <= self._resume_end else what)
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -206,7 +233,7 @@ class FeedBuilder:
             self.liq_valid = self.liq_valid or kind != ""
         self.trade_latest = max(self.trade_latest, t)
         if t <= self.end:
-            self._count("late_trade")
+            self._late("late_trade", t)
             return
         self._trades.append(r)
 
@@ -246,7 +273,8 @@ class FeedBuilder:
                 self._accept_trade(r)
 
     def _judge_book(self, r: tuple, first: bool = False) -> None:
-        t, _, b, _, a, _, _ = r
+        t, local, b, _, a, _, _ = r
+        self._lags.append(local - t)
         mid = 0.5 * (b + a)
         ref = self._ref0 if first or not self._ref else float(np.median(self._ref))
         self._ref.append(mid)
@@ -256,7 +284,7 @@ class FeedBuilder:
         if self.t0 is None:
             self.t0 = t
         elif self.end is not None and t <= self.end:
-            self._count("late_book")
+            self._late("late_book", t)
             if self._book is None or t >= self._book[0]:
                 self._book = r  # still the newest book for the intervals to come
             return
@@ -277,7 +305,7 @@ class FeedBuilder:
         self._max_next = t_next
         self.funding_valid = True
         if self.end is not None and t <= self.end:
-            self._count("late_mark")
+            self._late("late_mark", t)
             if self._mark is None or t >= self._mark[0]:
                 self._mark = r
             return

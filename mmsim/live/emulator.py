@@ -1,0 +1,198 @@
+"""A local stand-in for Binance USD-M's public market data, on the loopback address only: a real
+websocket server that streams a recorded capture's messages, in the venue's own combined-stream
+format, to ``/stream?streams=...``, and answers the REST depth snapshot (``/fapi/v1/depth``) with
+the capture's. Tests, benchmarks and a user's dry run point ``mmsim live`` at it; nothing leaves the
+machine.
+
+The clock is the recording's, accelerated ``speed`` times (``inf``: as fast as the client reads).
+For the failure paths, a connection can be closed after ``drop_after`` messages (the next one
+continues where it stopped), the stream can go silent for ``pause_s`` seconds after
+``pause_after`` messages, and ``skip_diff`` depth diffs can be left out to make an update-id gap.
+
+Run one by hand: ``python -m mmsim.live.emulator CAPTURE [--port P] [--speed X]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import math
+import threading
+import urllib.parse
+from pathlib import Path
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from mmsim.fit.data import _ts_scale
+
+HOST = "127.0.0.1"
+
+
+def read_lines(path: str | Path) -> list[tuple[float, str]]:
+    """A capture's lines as ``(local receive time in s, raw JSON)``; unreadable lines are dropped."""
+    out = []
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                sp = line.index(" ")
+                tok = line[:sp]
+                out.append((int(tok) * _ts_scale(tok), line[sp + 1 :].strip()))
+            except (ValueError, OverflowError):
+                continue
+    return out
+
+
+def _stream_of(body: str) -> str | None:
+    """The combined-stream name of a message (None for a REST snapshot or another venue's)."""
+    i = body.find('"stream"')
+    if i < 0:
+        return None
+    try:
+        return str(json.loads(body)["stream"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class Emulator:
+    """The server (see the module docstring). ``lines``: ``(local s, raw JSON)`` pairs, e.g. from
+    :func:`read_lines`; the first REST snapshot among them answers ``/fapi/v1/depth``."""
+
+    def __init__(
+        self,
+        lines: list[tuple[float, str]],
+        *,
+        speed: float = math.inf,
+        port: int = 0,
+        drop_after: int | None = None,
+        pause_after: int | None = None,
+        pause_s: float = 0.0,
+        skip_diff: int | None = None,
+    ) -> None:
+        if not (speed > 0):
+            raise ValueError(f"speed = {speed!r}: must be > 0 (inf: as fast as the client reads)")
+        self.lines = [(t, b, _stream_of(b)) for t, b in lines]
+        self.snapshot = next((b for _, b, s in self.lines if s is None and '"lastUpdateId"' in b), None)
+        self.speed, self.port = float(speed), port
+        self.drop_after, self.pause_after, self.pause_s, self.skip_diff = drop_after, pause_after, pause_s, skip_diff
+        self.position = 0  # the next line to send (shared by reconnections)
+        self.connections = 0
+        self.snapshots_served = 0
+        self.sent = 0
+        self.done: asyncio.Event | None = None  # made in start(), on the server's loop; set when all is sent
+        self._server = None
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{HOST}:{self.port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    async def start(self) -> Emulator:
+        self.done = asyncio.Event()
+        self._server = await serve(self._handler, HOST, self.port, process_request=self._http, compression=None)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def _http(self, conn: ServerConnection, request: Request) -> Response | None:
+        url = urllib.parse.urlsplit(request.path)
+        if url.path == "/stream":
+            return None  # the websocket upgrade
+        if url.path == "/fapi/v1/depth" and self.snapshot is not None:
+            self.snapshots_served += 1
+            body = self.snapshot.encode()
+            return Response(200, "OK", Headers([("Content-Type", "application/json")]), body)
+        return Response(404, "Not Found", Headers([("Content-Type", "text/plain")]), b"not found\n")
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(ws.request.path).query)
+        streams = set(",".join(query.get("streams", [""])).replace("/", ",").split(","))
+        sent_here = 0
+        diffs = 0
+        t_prev = None
+        while self.position < len(self.lines):
+            t, body, stream = self.lines[self.position]
+            self.position += 1
+            if stream is None or stream not in streams:
+                continue
+            if stream.endswith("@depth@100ms") or stream.endswith("@depth"):
+                diffs += 1
+                if self.skip_diff is not None and diffs == self.skip_diff:
+                    continue
+            if math.isfinite(self.speed) and t_prev is not None and t > t_prev:
+                await asyncio.sleep((t - t_prev) / self.speed)
+            t_prev = t
+            await ws.send(body)
+            sent_here += 1
+            self.sent += 1
+            if self.pause_after is not None and self.sent == self.pause_after:
+                await asyncio.sleep(self.pause_s)
+            if self.drop_after is not None and sent_here >= self.drop_after:
+                await ws.close(1011, "emulated disconnect")
+                return
+        self.done.set()
+        await ws.wait_closed()
+
+
+class Running:
+    """An :class:`Emulator` on its own thread and event loop (for a session in another thread or
+    process): ``with Running(Emulator(lines)) as em: ... em.ws_url``."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.emulator.start())
+        self._ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.emulator.stop())
+        self.loop.close()
+
+    def __enter__(self) -> Emulator:
+        self._thread.start()
+        if not self._ready.wait(10.0):
+            raise RuntimeError("the emulator did not start within 10 s")
+        return self.emulator
+
+    def __exit__(self, *exc) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mmsim.live.emulator", description=__doc__.split("\n\n")[0])
+    p.add_argument("capture", help="a recorded capture (hftbacktest_*.gz)")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free one)")
+    p.add_argument("--speed", type=float, default=1.0, help="the recording's clock times this (inf: flat out)")
+    a = p.parse_args(argv)
+
+    async def run() -> None:
+        em = await Emulator(read_lines(a.capture), speed=a.speed, port=a.port).start()
+        print(f"streaming {a.capture} at {a.speed:g}x: live.ws_url={em.ws_url} live.rest_url={em.rest_url}", flush=True)
+        await em.done.wait()
+        print(f"the recording is over ({em.sent:,} messages sent)", flush=True)
+        await asyncio.sleep(1.0)
+        await em.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

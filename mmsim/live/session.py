@@ -1,0 +1,371 @@
+"""A live session: the venue's public market streams ▸ :class:`~mmsim.live.stream.FeedBuilder` ▸
+:class:`~mmsim.live.replay.Trader` (the simulator's ``engine.step``, compiled at start-up, and the
+paper gateway's fill rule) ▸ quotes, with every observation, quote and event in the journal
+(:mod:`mmsim.live.journal`). The gateway is paper: nothing is sent to the venue, the quotes fill
+against its live trades as in a replay.
+
+Health: no message for ``stale_s`` seconds of the local clock pulls the quotes until one arrives
+(a book older than ``stale_s`` at an interval's end does the same, as in a replay); a broken
+connection pulls them and reconnects with exponential back-off; the kill switch (a file that
+appears, or SIGUSR1) pulls them and ends the session; SIGINT and SIGTERM end it cleanly. The
+clock offset (receive minus exchange time of the books) is measured and journaled.
+
+Times: ``wall`` and receive times in s since the epoch on the local clock; latencies in ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mmsim.live.guard import GuardParams
+from mmsim.live.journal import Journal
+from mmsim.live.replay import Trader
+from mmsim.live.stream import FeedBuilder
+
+#: Binance USD-M's public market-data endpoints (the default venue).
+BINANCE_USDM_WS = "wss://fstream.binance.com"
+BINANCE_USDM_REST = "https://fapi.binance.com"
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveSettings:
+    """``live.*`` in the configuration (``conf/live/binance_usdm.yaml``).
+
+    Attributes:
+        venue: "binance_usdm" (the one venue with a connector).
+        symbol: the contract, e.g. "BTCUSDT" (default: the market's first asset).
+        ws_url, rest_url: the venue's market-data endpoints (a local emulator's in tests).
+        cadence_s: seconds of exchange time per observation (the engine's step).
+        grace_s: an observation closes once a book stamped this long past its end arrives, s.
+        stale_s: no message for this long (local clock) pulls the quotes, s.
+        max_clock_skew_s: a message stamped further than this from its receive time is refused
+            (the guard's check); a recording streamed by the local emulator is years old, and
+            its sessions raise this past its age, s.
+        reconnect_min_s, reconnect_max_s: the back-off's first and largest wait, s.
+        open_timeout_s: a connection not open after this long is retried, s.
+        max_observations: end after this many observations (0: no limit).
+        max_runtime_s: end after this long (0: no limit), s.
+        kill_file: a path whose appearance pulls the quotes and ends the session ("" for none).
+        snapshot_every: observations between two engine-state snapshots in the journal.
+        fsync_s: the journal is fsynced at least this often, s.
+        status_s: a status line on stderr this often (0: none), s.
+    """
+
+    venue: str = "binance_usdm"
+    symbol: str = ""
+    ws_url: str = BINANCE_USDM_WS
+    rest_url: str = BINANCE_USDM_REST
+    cadence_s: float = 1.0
+    grace_s: float = 0.05
+    stale_s: float = 10.0
+    max_clock_skew_s: float = 300.0
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    open_timeout_s: float = 10.0
+    max_observations: int = 0
+    max_runtime_s: float = 0.0
+    kill_file: str = ""
+    snapshot_every: int = 60
+    fsync_s: float = 1.0
+    status_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.venue != "binance_usdm":
+            raise ValueError(f"live.venue = {self.venue!r}: the connector speaks 'binance_usdm' only")
+        for f in ("ws_url", "rest_url"):
+            v = getattr(self, f)
+            ok = ("ws://", "wss://") if f == "ws_url" else ("http://", "https://")
+            if not (isinstance(v, str) and v.startswith(ok)):
+                raise ValueError(f"live.{f} = {v!r}: must start with {' or '.join(ok)}")
+        for f in ("cadence_s", "stale_s", "max_clock_skew_s", "reconnect_min_s", "reconnect_max_s", "open_timeout_s"):
+            v = getattr(self, f)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"live.{f} = {v!r}: must be a positive number of seconds")
+        for f in ("grace_s", "max_runtime_s", "fsync_s", "status_s"):
+            v = getattr(self, f)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"live.{f} = {v!r}: must be a number of seconds >= 0")
+        for f in ("max_observations", "snapshot_every"):
+            v = getattr(self, f)
+            if not (isinstance(v, int) and v >= (1 if f == "snapshot_every" else 0)):
+                raise ValueError(f"live.{f} = {v!r}: must be an integer >= {1 if f == 'snapshot_every' else 0}")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("live.reconnect_max_s must be >= live.reconnect_min_s")
+
+    def stream_url(self, symbol: str) -> str:
+        """The combined stream: top of book, trades (with the liquidation marker), mark price and
+        funding every second, forced orders."""
+        s = symbol.lower()
+        streams = [f"{s}@bookTicker", f"{s}@trade", f"{s}@markPrice@1s", f"{s}@forceOrder"]
+        return f"{self.ws_url.rstrip('/')}/stream?streams={'/'.join(streams)}"
+
+
+def live_settings(block) -> LiveSettings:
+    """``LiveSettings`` from the ``live`` block of a configuration (unknown keys named)."""
+    d = dict(block or {})
+    known = {f.name for f in dataclasses.fields(LiveSettings)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"live: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+    return LiveSettings(**d)
+
+
+class Session:
+    """One live session (see the module docstring). ``trader`` and ``builder`` may come from a
+    journal (:meth:`resume`); ``journal`` is appended to."""
+
+    def __init__(self, settings: LiveSettings, trader: Trader, builder: FeedBuilder, journal: Journal, *, seq: int = 0):
+        self.s = settings
+        self.trader, self.builder, self.journal = trader, builder, journal
+        self.seq = seq  # the next observation's number
+        self.stop_reason: str | None = None
+        self.reconnects = 0
+        self.connections = 0
+        self.stale_events = 0
+        self.step_ms: list[float] = []
+        self.tick_to_quote_ms: list[float] = []
+        self.rows: list[tuple] = []
+        self._started = time.monotonic()
+        self._last_status = 0.0
+        self._last_msg = time.monotonic()
+        self._healthy = True
+
+    # -- the loop ---------------------------------------------------------------------------
+    async def run(self) -> str:
+        """Run until a limit, the kill switch or a signal; returns why it stopped."""
+        loop = asyncio.get_running_loop()
+        for sig, why in ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated"), (signal.SIGUSR1, "kill")):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.stop, why)
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import WebSocketException
+
+        url = self.s.stream_url(self.builder.symbol or "")
+        delay = self.s.reconnect_min_s
+        self.journal.event("start", url=url, seq=self.seq)
+        try:
+            while self.stop_reason is None:
+                try:
+                    async with connect(
+                        url, open_timeout=self.s.open_timeout_s, max_size=2**22, compression=None, proxy=None
+                    ) as ws:
+                        self.connections += 1
+                        self.journal.event("connect", n=self.connections)
+                        got = await self._receive(ws)
+                        if got:
+                            delay = self.s.reconnect_min_s
+                except (OSError, TimeoutError, WebSocketException) as e:
+                    if self.stop_reason is not None:
+                        break
+                    self.trader.pull()
+                    self.reconnects += 1
+                    self.journal.event("disconnect", error=f"{type(e).__name__}: {e}", retry_s=delay)
+                    await self._sleep(delay)
+                    delay = min(2 * delay, self.s.reconnect_max_s)
+        finally:
+            self.trader.pull()  # cancel-all: nothing rests after the session
+            self.journal.event("stop", why=self.stop_reason, seq=self.seq)
+            if self.trader.n:
+                self.journal.snapshot(self.seq - 1, self.trader)
+            self.journal.close()
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.remove_signal_handler(sig)
+        return self.stop_reason or "stopped"
+
+    def stop(self, why: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = why
+            self.trader.pull()
+
+    async def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while self.stop_reason is None and time.monotonic() < end:
+            await asyncio.sleep(min(0.05, max(end - time.monotonic(), 0.0)))
+            self._check_limits()
+
+    def _check_limits(self) -> None:
+        if self.s.kill_file and Path(self.s.kill_file).exists():
+            self.stop("kill")
+        if self.s.max_runtime_s and time.monotonic() - self._started >= self.s.max_runtime_s:
+            self.stop("max_runtime_s")
+        if self.s.max_observations and self.seq >= self.s.max_observations:
+            self.stop("max_observations")
+
+    async def _receive(self, ws) -> bool:
+        """Messages until the connection closes or the session stops; True if any arrived."""
+        from websockets.exceptions import ConnectionClosed
+
+        got = False
+        self._last_msg = time.monotonic()
+        while self.stop_reason is None:
+            try:
+                raw = await asyncio.wait_for(ws.recv(), timeout=min(self.s.stale_s, 0.25))
+            except TimeoutError:
+                self._check_limits()
+                if self._healthy and time.monotonic() - self._last_msg >= self.s.stale_s:
+                    self._healthy = False
+                    self.stale_events += 1
+                    self.trader.pull()
+                    self.journal.event("stale", silent_s=time.monotonic() - self._last_msg)
+                continue
+            except ConnectionClosed:
+                raise
+            got = True
+            received = time.time()
+            self._last_msg = time.monotonic()
+            if not self._healthy:
+                self._healthy = True
+                self.journal.event("healthy")
+            if isinstance(raw, bytes):
+                raw = raw.decode("utf-8", errors="replace")
+            for iv in self.builder.message(received, raw):
+                self._observe(iv, received)
+                if self.stop_reason is not None:
+                    break
+            self._check_limits()
+        return got
+
+    def _observe(self, iv, received: float) -> None:
+        t = time.perf_counter()
+        row = self.trader.on_interval(iv)
+        step_ms = 1e3 * (time.perf_counter() - t)
+        ttq_ms = 1e3 * (time.time() - received)
+        self.step_ms.append(step_ms)
+        self.tick_to_quote_ms.append(ttq_ms)
+        self.rows.append(row)
+        self.journal.observation(
+            self.seq,
+            self.builder.t0,
+            iv,
+            row,
+            self.trader.quote,
+            step_ms=step_ms,
+            tick_to_quote_ms=ttq_ms,
+            clock_offset_s=self.builder.clock_offset_s,
+        )
+        if (self.seq + 1) % self.s.snapshot_every == 0:
+            self.journal.snapshot(self.seq, self.trader)
+        self.seq += 1
+        self._check_limits()
+        self._status(row)
+
+    def _status(self, row: tuple, force: bool = False) -> None:
+        if not self.s.status_s:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_status < self.s.status_s:
+            return
+        self._last_status = now
+        q = self.trader.quote or {}
+        off = self.builder.clock_offset_s
+        p50 = np.median(self.step_ms[-1000:]) if self.step_ms else float("nan")
+        line = (
+            f"[live] obs {self.seq:,}  pos {row[12]:+.4f}  equity {row[13]:,.2f}  "
+            f"bid {q.get('bid_price', 0):.2f}{'' if q.get('bid_active') else ' (off)'}  "
+            f"ask {q.get('ask_price', 0):.2f}{'' if q.get('ask_active') else ' (off)'}  "
+            f"fills {sum(1 for r in self.rows if r[9] > 0 or r[10] > 0)}  "
+            f"lag {'n/a' if off is None else f'{1e3 * off:.0f} ms'}  step p50 {p50:.2f} ms"
+        )
+        print(line, file=sys.stderr, flush=True)
+
+    def latency(self) -> dict:
+        """Step and tick-to-quote latency percentiles over the session, ms."""
+        out = {}
+        for name, xs in (("step_ms", self.step_ms), ("tick_to_quote_ms", self.tick_to_quote_ms)):
+            a = np.asarray(xs, float)
+            out[name] = (
+                {"p50": float(np.median(a)), "p99": float(np.quantile(a, 0.99)), "max": float(a.max()), "n": len(a)}
+                if len(a)
+                else None
+            )
+        return out
+
+
+def open_session(
+    ep,
+    settings: LiveSettings,
+    run_dir: str | Path,
+    *,
+    symbol: str,
+    depth_per_tick: float = 0.5,
+    dtype=None,
+    stale_s: float | None = None,
+    resume: bool = False,
+    step_fn=None,
+) -> tuple[Session, dict | None]:
+    """A session writing to ``run_dir`` (its engine step compiled here), or, with ``resume``, the
+    journaled session there brought back to where it stopped (:func:`mmsim.live.journal.restore`)
+    and continued on the same observation grid. Returns ``(session, what restore said or None)``."""
+    import jax.numpy as jnp
+
+    from mmsim.live import journal as jr
+
+    trader = Trader(
+        ep,
+        depth_per_tick=depth_per_tick,
+        dtype=dtype or jnp.float32,
+        step_fn=step_fn,
+        stale_s=settings.stale_s if stale_s is None else stale_s,
+    )
+    builder = FeedBuilder(
+        settings.cadence_s,
+        guard=GuardParams(max_clock_skew_s=settings.max_clock_skew_s, stale_s=settings.stale_s),
+        symbol=symbol,
+        grace_s=settings.grace_s,
+        liq_valid=True,
+    )
+    restored = None
+    if resume:
+        restored = jr.restore(run_dir, trader)
+        if restored["last"] is not None:
+            builder.resume(restored["t0"], restored["seq"] + 1, restored["last"])
+    journal = Journal(run_dir, fsync_s=settings.fsync_s)
+    if restored is not None:
+        journal.event("resume", seq=restored["seq"], restepped=restored["restepped"], torn=restored["torn"])
+    seq = restored["seq"] + 1 if restored else 0
+    session = Session(settings, trader, builder, journal, seq=seq)
+    if restored:
+        session.rows = [tuple(np.nan if x is None else x for x in r) for r in restored["rows"]]
+    return session, restored
+
+
+def result(session: Session, ep, *, run_s: float | None = None):
+    """The session as a :class:`~mmsim.live.replay.ReplayResult` (journal, metrics, final state):
+    the replay's metrics plus the live ones (connections, reconnects, stale events, latency)."""
+    import pandas as pd
+
+    from mmsim.live.replay import JOURNAL_COLUMNS, ReplayResult, _metrics
+
+    b, tr = session.builder, session.trader
+    journal = pd.DataFrame(session.rows, columns=list(JOURNAL_COLUMNS)).astype({"bid": float, "ask": float})
+    n = len(journal)
+    fs = {
+        "cadence_s": session.s.cadence_s,
+        "duration_s": float(journal["t"].iloc[-1]) if n else 0.0,
+        "start_epoch_s": b.t0,
+        "trades": b.trades_total,
+        "quality": b.quality,
+        "symbol": b.symbol,
+    }
+    run = time.monotonic() - session._started if run_s is None else run_s
+    m = _metrics(tr.ep, fs, journal, tr.state, tr.compile_s, run, tr.n_stale) if n else {"observations": 0}
+    m["live"] = {
+        "gateway": "paper",
+        "stop_reason": session.stop_reason,
+        "connections": session.connections,
+        "reconnects": session.reconnects,
+        "stale_events": session.stale_events,
+        "clock_offset_s": b.clock_offset_s,
+        "latency": session.latency(),
+    }
+    return ReplayResult(journal, m, tr.state)
