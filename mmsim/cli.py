@@ -4,16 +4,17 @@ Subcommands::
 
     mmsim run [hydra overrides ...]        # = python -m mmsim.run ...; e.g. experiment=cascade_stress
     mmsim optimize [hydra overrides ...]   # policy optimisation (mmsim.optimize.main)
-    mmsim live --params best.yaml [overrides ...]
+    mmsim live --params best.yaml [--check] [--out DIR] [overrides ...]   # live.* overrides the connector
+    mmsim live --resume RUN_DIR            # continue a stopped or crashed session from its journal
     mmsim live [--params best.yaml] --replay CAPTURE [--cadence S] [--out DIR] [--compare-paths N] [overrides ...]
+    mmsim report RUN_DIR                   # a live session's journal -> metrics.json, report.md, figure
     mmsim sweep-summary DIR                # aggregate a multirun's metrics.json files
 
 ``live`` loads and validates ``best.yaml`` over the configured experiment, builds the very
-:class:`~mmsim.engine.EngineParams` the simulator would run and prints the policy. No exchange
-connector is configured in this version: without ``--replay`` it exits with status 3, and nothing
-is sent anywhere. With ``--replay`` it runs that engine on a recorded websocket capture with paper
-fills (:mod:`mmsim.live`), the live loop on recorded messages, and writes its journal, metrics and
-figure.
+:class:`~mmsim.engine.EngineParams` the simulator would run and prints the policy; ``--check``
+stops there. Otherwise it connects to the venue's public streams (``live.ws_url``; Binance USD-M by
+default) and runs the engine with the paper gateway (:mod:`mmsim.live.session`): nothing is sent to
+the venue. With ``--replay`` it runs the same loop on a recorded websocket capture.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-#: Exit status of ``mmsim live`` when no exchange connector is available.
-EXIT_NO_CONNECTOR = 3
 #: Exit status for a configuration error.
 EXIT_CONFIG = 2
 
@@ -33,8 +32,10 @@ _USAGE = """usage: mmsim <command> [args]
 commands:
   run [overrides]                 Monte Carlo risk report (Hydra overrides, e.g. experiment=cascade_stress)
   optimize [overrides]            optimise the policy under risk constraints (mmsim.optimize)
-  live --params best.yaml [ovr]   validate best.yaml and show the policy the live engine would run
+  live --params best.yaml [ovr]   run best.yaml's policy on the venue's live feed, paper fills (--check: validate only)
+  live --resume RUN_DIR           continue a live session from its journal
   live --replay CAPTURE [ovr]     run the engine on a recorded capture with paper fills (--params optional)
+  report RUN_DIR                  a live session's journal as metrics.json, report.md and a figure
   sweep-summary DIR               aggregate the metrics.json files of a multirun directory
 """
 
@@ -93,10 +94,12 @@ def describe_policy(ep) -> str:
 def _live(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="mmsim live",
-        description="Run the engine on a live feed (no exchange "
-        "connector is configured in this version: validation, or a replay of a recorded "
-        "capture with paper fills).",
+        description="Run the engine on a venue's live feed with paper fills (nothing is sent to the venue), "
+        "or on a recorded capture (--replay). The connector's settings are live.* overrides "
+        "(conf/live/binance_usdm.yaml).",
     )
+    p.add_argument("--check", action="store_true", help="validate best.yaml, show the policy and exit")
+    p.add_argument("--resume", help="a live session's run directory: continue it from its journal")
     p.add_argument("--params", help="best.yaml written by the optimiser (required without --replay)")
     p.add_argument(
         "--replay",
@@ -126,6 +129,8 @@ def _live(argv: list[str]) -> int:
         "overrides", nargs="*", help="Hydra overrides selecting the market and account (e.g. experiment=baseline)"
     )
     a = p.parse_args(argv)
+    if a.resume:
+        return _resume(a)
     if a.params is None and a.replay is None:
         p.error("--params is required (or --replay CAPTURE to run the configured policy on a recording)")
     from mmsim import config as mcfg
@@ -147,12 +152,159 @@ def _live(argv: list[str]) -> int:
     print(describe_policy(ep))
     if a.replay:
         return _replay(a, world, mp, ep, sim, list(cfg.market.get("asset_names") or []))
+    if a.check:
+        print("\nmmsim live --check: valid; nothing was connected or sent.")
+        return 0
+    return _session(a, cfg, mp, ep, sim)
+
+
+def _session(a, cfg, mp, ep, sim, *, run_dir: Path | None = None, resume: bool = False) -> int:
+    """Run (or resume) a live session with paper fills and write its outputs."""
+    import asyncio
+    import json
+
+    import jax.numpy as jnp
+
+    from mmsim.live import session as ls
+    from mmsim.report import live as live_report
+
+    try:
+        st = ls.live_settings(cfg.get("live"))
+    except ValueError as e:
+        print(f"mmsim live: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    assets = list(cfg.market.get("asset_names") or [])
+    symbol = st.symbol or (str(assets[0]) if assets else "")
+    if not symbol:
+        print("mmsim live: no symbol (live.symbol or market.asset_names)", file=sys.stderr)
+        return EXIT_CONFIG
+    if run_dir is None:
+        run_dir = (
+            Path(a.out) if a.out else Path("outputs") / "live" / symbol.upper() / time.strftime("%Y-%m-%d_%H-%M-%S")
+        )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "session.json").write_text(
+            json.dumps(
+                {
+                    "params": str(Path(a.params).resolve()) if a.params else None,
+                    "force": bool(a.force),
+                    "overrides": list(a.overrides),
+                    "symbol": symbol,
+                },
+                indent=2,
+            )
+        )
+    try:
+        session, restored = ls.open_session(
+            ep,
+            st,
+            run_dir,
+            symbol=symbol,
+            depth_per_tick=float(mp.fills.depth_per_tick),
+            dtype=jnp.dtype(sim.dtype),
+            resume=resume,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        print(f"mmsim live: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if restored is not None:
+        print(
+            f"mmsim live: resumed {run_dir} after observation {restored['seq']} "
+            f"({restored['restepped']} re-stepped from the last snapshot, {restored['torn']} torn line(s) skipped)"
+        )
     print(
-        "\nmmsim live: no exchange connector is configured (there is no live feed adapter or order gateway in "
-        "this version); nothing was sent. Exiting.",
-        file=sys.stderr,
+        f"mmsim live: {symbol.upper()} from {st.ws_url} (paper fills; nothing is sent to the venue); "
+        f"journal {run_dir / 'journal.jsonl'}; engine step compiled in {session.trader.compile_s:.2f} s",
+        flush=True,
     )
-    return EXIT_NO_CONNECTOR
+    why = asyncio.run(session.run())
+    res = ls.result(session, ep)
+    files = live_report.write_outputs(
+        res, run_dir, f"live session on {symbol.upper()}: the engine's quotes, paper fills"
+    )
+    lat = res.metrics["live"]["latency"]["step_ms"]
+    print(
+        f"mmsim live: stopped ({why}) after {res.metrics['observations']:,} observations; "
+        f"PnL {res.metrics.get('pnl', 0.0):.2f}; "
+        + (f"step p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms; " if lat else "")
+        + "written: "
+        + ", ".join(str(f) for f in files)
+    )
+    return 0
+
+
+def _compose_run(run_dir: Path, extra: list[str] | tuple = ()):
+    """The configuration a live session was started with (its ``session.json``), with ``extra``
+    overrides after its own (new ``live.*`` endpoints or limits for a continuation)."""
+    import json
+
+    from mmsim import config as mcfg
+
+    meta = json.loads((run_dir / "session.json").read_text())
+    params = [f"+params={meta['params']}"] if meta.get("params") else []
+    force = ["+params_force=true"] if meta.get("force") and params else []
+    cfg = mcfg.compose([*meta.get("overrides", []), *extra, *params, *force])
+    return cfg, mcfg.build(cfg)
+
+
+def _is_session_dir(run_dir: Path, prog: str) -> bool:
+    ok = (run_dir / "session.json").is_file() and (run_dir / "journal.jsonl").is_file()
+    if not ok:
+        why = "no session.json and journal.jsonl"
+        print(f"{prog}: {run_dir} is not a live session's run directory ({why})", file=sys.stderr)
+    return ok
+
+
+def _resume(a) -> int:
+    from mmsim import config as mcfg
+
+    run_dir = Path(a.resume)
+    if not (run_dir / "session.json").is_file() or not (run_dir / "journal.jsonl").is_file():
+        print(
+            f"mmsim live: {run_dir} is not a live session's run directory (no session.json / journal.jsonl)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    try:
+        cfg, (world, mp, ep, sim) = _compose_run(run_dir, a.overrides)
+    except mcfg.ConfigError as e:
+        print(f"mmsim live: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    return _session(a, cfg, mp, ep, sim, run_dir=run_dir, resume=True)
+
+
+def _report(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="mmsim report", description="A live session's journal as the replay's outputs.")
+    p.add_argument("run_dir", help="a live session's run directory (journal.jsonl, session.json)")
+    a = p.parse_args(argv)
+    from mmsim import config as mcfg
+    from mmsim.live import session as ls
+    from mmsim.report import live as live_report
+
+    run_dir = Path(a.run_dir)
+    if not (run_dir / "session.json").is_file() or not (run_dir / "journal.jsonl").is_file():
+        print(
+            f"mmsim report: {run_dir} is not a live session's run directory (no session.json / journal.jsonl)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    try:
+        cfg, (world, mp, ep, sim) = _compose_run(run_dir)
+        import jax.numpy as jnp
+
+        res = ls.report_journal(
+            run_dir,
+            ep,
+            ls.live_settings(cfg.get("live")),
+            depth_per_tick=float(mp.fills.depth_per_tick),
+            dtype=jnp.dtype(sim.dtype),
+        )
+    except (mcfg.ConfigError, ValueError) as e:
+        print(f"mmsim report: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    files = live_report.write_outputs(res, run_dir, f"live session {run_dir.name}: the engine's quotes, paper fills")
+    print(f"mmsim report: {res.metrics['observations']:,} observations; written: " + ", ".join(str(f) for f in files))
+    return 0
 
 
 def _replay_symbol(a, assets: list[str]) -> str | None:
@@ -292,7 +444,7 @@ def _sweep_summary(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "optimize": _optimize, "live": _live, "sweep-summary": _sweep_summary}
+COMMANDS = {"run": _run, "optimize": _optimize, "live": _live, "report": _report, "sweep-summary": _sweep_summary}
 
 
 def main(argv: list[str] | None = None) -> int:

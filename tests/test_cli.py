@@ -1,4 +1,4 @@
-"""The ``mmsim`` command: help pages written from the config, ``live`` validating a best.yaml and
+"""The ``mmsim`` command: help pages written from the config, ``live --check`` validating a best.yaml and
 refusing one made for another market, the optimiser's dispatch."""
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ from mmsim import config as mcfg
 from tests.test_config import write_best
 
 
-def test_live_validates_and_refuses_to_trade(tmp_path, capsys):
+def test_live_check_validates_and_connects_to_nothing(tmp_path, capsys):
     best = write_best(tmp_path / "best.yaml", {"kind": "spec", "gamma": 0.0042})
-    rc = cli.main(["live", "--params", str(best), "experiment=baseline"])
+    rc = cli.main(["live", "--params", str(best), "--check", "experiment=baseline"])
     out = capsys.readouterr()
-    assert rc == cli.EXIT_NO_CONNECTOR
+    assert rc == 0
     assert "gamma" in out.out and "0.0042" in out.out
-    assert "no exchange connector" in out.err
+    assert "nothing was connected or sent" in out.out
     # The account comes from best.yaml, and live says which configured values it replaces.
     best50 = write_best(tmp_path / "best50.yaml", {"gamma": 0.0042}, account={"leverage": 50.0})
-    assert cli.main(["live", "--params", str(best50), "experiment=baseline"]) == cli.EXIT_NO_CONNECTOR
+    assert cli.main(["live", "--params", str(best50), "--check", "experiment=baseline"]) == 0
     out = capsys.readouterr().out
     assert "it replaces the configured leverage=20.0" in out
     assert re.search(r"leverage\s+50\.0", out)
@@ -72,6 +72,6 @@ def test_live_refuses_a_best_yaml_made_for_another_market_unless_forced(tmp_path
     assert cli.main(["live", "--params", str(best), "experiment=baseline"]) == cli.EXIT_CONFIG
     err = capsys.readouterr().err
     assert "validated for another market" in err and "differs in ['price']" in err and "--force" in err
-    assert cli.main(["live", "--params", str(best), "--force", "experiment=baseline"]) == cli.EXIT_NO_CONNECTOR
+    assert cli.main(["live", "--params", str(best), "--force", "--check", "experiment=baseline"]) == 0
     same = write_best(tmp_path / "same.yaml", {"gamma": 0.0042}, market=here)
-    assert cli.main(["live", "--params", str(same), "experiment=baseline"]) == cli.EXIT_NO_CONNECTOR
+    assert cli.main(["live", "--params", str(same), "--check", "experiment=baseline"]) == 0

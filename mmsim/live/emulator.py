@@ -25,6 +25,7 @@ from pathlib import Path
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from mmsim.fit.data import _ts_scale
@@ -116,6 +117,12 @@ class Emulator:
         return Response(404, "Not Found", Headers([("Content-Type", "text/plain")]), b"not found\n")
 
     async def _handler(self, ws: ServerConnection) -> None:
+        try:
+            await self._stream(ws)
+        except ConnectionClosed:
+            pass  # the client went away (a test killed it): the next connection continues
+
+    async def _stream(self, ws: ServerConnection) -> None:
         self.connections += 1
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(ws.request.path).query)
         streams = set(",".join(query.get("streams", [""])).replace("/", ",").split(","))
@@ -162,6 +169,11 @@ class Running:
         self._ready.set()
         self.loop.run_forever()
         self.loop.run_until_complete(self.emulator.stop())
+        pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+        for t in pending:
+            t.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         self.loop.close()
 
     def __enter__(self) -> Emulator:

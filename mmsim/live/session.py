@@ -173,7 +173,17 @@ class Session:
                     delay = min(2 * delay, self.s.reconnect_max_s)
         finally:
             self.trader.pull()  # cancel-all: nothing rests after the session
-            self.journal.event("stop", why=self.stop_reason, seq=self.seq)
+            self.journal.event(
+                "stop",
+                why=self.stop_reason,
+                seq=self.seq,
+                quality=self.builder.quality,
+                trades=self.builder.trades_total,
+                connections=self.connections,
+                reconnects=self.reconnects,
+                stale_events=self.stale_events,
+                clock_offset_s=self.builder.clock_offset_s,
+            )
             if self.trader.n:
                 self.journal.snapshot(self.seq - 1, self.trader)
             self.journal.close()
@@ -369,3 +379,54 @@ def result(session: Session, ep, *, run_s: float | None = None):
         "latency": session.latency(),
     }
     return ReplayResult(journal, m, tr.state)
+
+
+def report_journal(run_dir: str | Path, ep, settings: LiveSettings, *, depth_per_tick: float = 0.5, dtype=None):
+    """A journaled session (stopped or crashed) as a :class:`~mmsim.live.replay.ReplayResult`:
+    the engine state from its last snapshot and the observations after it, the journal rows of
+    every observation, the session's counts from its stop record where it has one."""
+    import jax.numpy as jnp
+    import pandas as pd
+
+    from mmsim.live import journal as jr
+    from mmsim.live.replay import JOURNAL_COLUMNS, ReplayResult, _metrics
+
+    trader = Trader(ep, depth_per_tick=depth_per_tick, dtype=dtype or jnp.float32, stale_s=settings.stale_s)
+    r = jr.restore(run_dir, trader)
+    rows = [tuple(np.nan if x is None else x for x in row) for row in r["rows"]]
+    if not rows:
+        raise ValueError(f"{run_dir}: the journal holds no observation")
+    journal = pd.DataFrame(rows, columns=list(JOURNAL_COLUMNS)).astype({"bid": float, "ask": float})
+    stops = [x for x in r["records"] if x.get("k") == "event" and x.get("what") == "stop"]
+    last = stops[-1] if stops else {}
+    obs = [x for x in r["records"] if x.get("k") == "obs"]
+    fs = {
+        "cadence_s": settings.cadence_s,
+        "duration_s": float(journal["t"].iloc[-1]),
+        "start_epoch_s": r["t0"],
+        "trades": int(sum(len(x["iv"]["trade_price"]) for x in obs)),
+        "quality": last.get("quality") or {},
+        "symbol": None,
+    }
+    wall = [x["wall"] for x in obs]
+    m = _metrics(trader.ep, fs, journal, trader.state, trader.compile_s, wall[-1] - wall[0], trader.n_stale)
+    lat = {}
+    for name in ("step_ms", "tick_to_quote_ms"):
+        a = np.asarray([x[name] for x in obs if x.get(name) is not None], float)
+        lat[name] = (
+            {"p50": float(np.median(a)), "p99": float(np.quantile(a, 0.99)), "max": float(a.max()), "n": len(a)}
+            if len(a)
+            else None
+        )
+    m["live"] = {
+        "gateway": "paper",
+        "stop_reason": last.get("why", "no stop record (the session crashed or is running)"),
+        "connections": sum(1 for x in r["records"] if x.get("what") == "connect"),
+        "reconnects": sum(1 for x in r["records"] if x.get("what") == "disconnect"),
+        "stale_events": sum(1 for x in r["records"] if x.get("what") == "stale"),
+        "resumes": sum(1 for x in r["records"] if x.get("what") == "resume"),
+        "clock_offset_s": last.get("clock_offset_s"),
+        "latency": lat,
+        "torn_lines": r["torn"],
+    }
+    return ReplayResult(journal, m, trader.state)
