@@ -19,6 +19,7 @@ import asyncio
 import gzip
 import json
 import math
+import sys
 import threading
 import urllib.parse
 from pathlib import Path
@@ -193,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free one)")
     p.add_argument("--speed", type=float, default=1.0, help="the recording's clock times this (inf: flat out)")
     a = p.parse_args(argv)
+    if not Path(a.capture).is_file():
+        print(f"python -m mmsim.live.emulator: no capture file at {a.capture}", file=sys.stderr)
+        return 2
+    if not a.speed > 0:
+        print(f"python -m mmsim.live.emulator: --speed {a.speed}: must be > 0", file=sys.stderr)
+        return 2
 
     async def run() -> None:
         em = await Emulator(read_lines(a.capture), speed=a.speed, port=a.port).start()

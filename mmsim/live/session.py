@@ -284,7 +284,7 @@ class Session:
             f"bid {q.get('bid_price', 0):.2f}{'' if q.get('bid_active') else ' (off)'}  "
             f"ask {q.get('ask_price', 0):.2f}{'' if q.get('ask_active') else ' (off)'}  "
             f"fills {sum(1 for r in self.rows if r[9] > 0 or r[10] > 0)}  "
-            f"lag {'n/a' if off is None else f'{1e3 * off:.0f} ms'}  step p50 {p50:.2f} ms"
+            f"clock offset {'n/a' if off is None else f'{off:.3f} s'}  step p50 {p50:.2f} ms"
         )
         print(line, file=sys.stderr, flush=True)
 

@@ -1,0 +1,97 @@
+"""Latency of the live loop, measured in one process on this machine.
+
+* ``step``: :meth:`mmsim.live.replay.Trader.on_interval` (paper fills of the resting quote, the
+  compiled ``engine.step``, the quote back on the host) over every observation of a recorded
+  capture, replayed in memory: p50 / p99 / max in ms.
+* ``session``: a live paper session against the local emulator (a websocket server on 127.0.0.1
+  streaming the same capture at ``--speed`` times its recorded pace): the step as above, and the
+  tick-to-quote latency (message received ▸ quote ready, for the message that closed an
+  observation), p50 / p99 / max in ms, with the feed's message rate.
+
+    python scripts/bench_live.py [--capture NAME] [--speed 10]
+
+Needs the data directory (MMSIM_DATA or ../shared/data) for the capture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+
+def pct(a) -> dict:
+    a = np.asarray(a, float)
+    return {"p50": float(np.median(a)), "p99": float(np.quantile(a, 0.99)), "max": float(a.max()), "n": int(len(a))}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--capture", default="hftbacktest_binance_usdm_btcusdt_20240808.gz")
+    p.add_argument("--speed", type=float, default=10.0, help="the recording's pace times this in the session row")
+    p.add_argument("--overrides", nargs="*", default=["experiment=baseline", "engine.warmup_s=30"])
+    a = p.parse_args()
+    from mmsim import config as mcfg
+    from mmsim import live
+    from mmsim.fit import data
+    from mmsim.live import emulator
+    from mmsim.live import session as ls
+    from mmsim.live.replay import Trader
+
+    path = data.data_file(a.capture)
+    if path is None:
+        print(f"no data directory (MMSIM_DATA or ../shared/data): {a.capture} is needed")
+        return 1
+    cfg = mcfg.compose(a.overrides)
+    _, mp, ep, sim = mcfg.build(cfg)
+    dpt = float(mp.fills.depth_per_tick)
+    feed = live.feed_from_capture(data.read_capture(path), 1.0, symbol="BTCUSDT" if "btc" in a.capture else None)
+    trader = Trader(ep, depth_per_tick=dpt)
+    step_ms = []
+    for i in range(len(feed.t)):
+        t = time.perf_counter()
+        trader.on_interval(feed.row(i))
+        step_ms.append(1e3 * (time.perf_counter() - t))
+    out = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}",
+        "capture": a.capture,
+        "compile_s": trader.compile_s,
+        "replay_step_ms": pct(step_ms[1:]),  # the first call allocates its buffers
+    }
+    lines = emulator.read_lines(path)
+    span = lines[-1][0] - lines[0][0]
+
+    async def session():
+        em = await emulator.Emulator(lines, speed=a.speed).start()
+        st = ls.LiveSettings(
+            ws_url=em.ws_url, rest_url=em.rest_url, max_clock_skew_s=1e12, status_s=0, max_observations=len(feed.t) - 1
+        )
+        with tempfile.TemporaryDirectory() as d:
+            s, _ = ls.open_session(ep, st, d, symbol=feed.symbol or "BTCUSDT", depth_per_tick=dpt, step_fn=trader.step)
+            t = time.perf_counter()
+            await s.run()
+            wall = time.perf_counter() - t
+        await em.stop()
+        return s, wall, em.sent
+
+    s, wall, sent = asyncio.run(session())
+    out["session"] = {
+        "speed": a.speed,
+        "messages": sent,
+        "messages_per_s": sent / wall,
+        "recorded_messages_per_s": sent / span,
+        "step_ms": pct(s.step_ms[1:]),
+        "tick_to_quote_ms": pct(s.tick_to_quote_ms[1:]),
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
