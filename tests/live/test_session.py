@@ -194,7 +194,7 @@ def test_a_session_killed_mid_run_resumes_to_the_quotes_of_an_uninterrupted_one(
     run = tmp_path / "run"
     common = [f"live.max_clock_skew_s={SKEW}", "live.status_s=0", "live.snapshot_every=7", *OVR]
     lines = emulator.read_lines(path)
-    with emulator.Running(emulator.Emulator(lines, speed=4.0)) as em:
+    with emulator.Running(emulator.Emulator(lines, speed=8.0)) as em:
         proc = _mmsim(["live", "--params", str(best), "--out", str(run), f"live.ws_url={em.ws_url}", *common])
         deadline = time.monotonic() + 120
         while _obs(run) < 12 and proc.poll() is None and time.monotonic() < deadline:
