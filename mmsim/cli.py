@@ -218,7 +218,7 @@ def _session(a, cfg, mp, ep, sim, *, run_dir: Path | None = None, resume: bool =
         flush=True,
     )
     why = asyncio.run(session.run())
-    res = ls.result(session, ep)
+    res = ls.result(session)
     files = live_report.write_outputs(
         res, run_dir, f"live session on {symbol.upper()}: the engine's quotes, paper fills"
     )
@@ -259,11 +259,7 @@ def _resume(a) -> int:
     from mmsim import config as mcfg
 
     run_dir = Path(a.resume)
-    if not (run_dir / "session.json").is_file() or not (run_dir / "journal.jsonl").is_file():
-        print(
-            f"mmsim live: {run_dir} is not a live session's run directory (no session.json / journal.jsonl)",
-            file=sys.stderr,
-        )
+    if not _is_session_dir(run_dir, "mmsim live"):
         return EXIT_CONFIG
     try:
         cfg, (world, mp, ep, sim) = _compose_run(run_dir, a.overrides)
@@ -282,11 +278,7 @@ def _report(argv: list[str]) -> int:
     from mmsim.report import live as live_report
 
     run_dir = Path(a.run_dir)
-    if not (run_dir / "session.json").is_file() or not (run_dir / "journal.jsonl").is_file():
-        print(
-            f"mmsim report: {run_dir} is not a live session's run directory (no session.json / journal.jsonl)",
-            file=sys.stderr,
-        )
+    if not _is_session_dir(run_dir, "mmsim report"):
         return EXIT_CONFIG
     try:
         cfg, (world, mp, ep, sim) = _compose_run(run_dir)

@@ -23,13 +23,6 @@ import platform
 import tempfile
 import time
 
-import numpy as np
-
-
-def pct(a) -> dict:
-    a = np.asarray(a, float)
-    return {"p50": float(np.median(a)), "p99": float(np.quantile(a, 0.99)), "max": float(a.max()), "n": int(len(a))}
-
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -43,6 +36,7 @@ def main() -> int:
     from mmsim.live import emulator
     from mmsim.live import session as ls
     from mmsim.live.replay import Trader
+    from mmsim.live.session import percentiles as pct
 
     path = data.data_file(a.capture)
     if path is None:

@@ -29,8 +29,7 @@ _ARRAYS = ("trade_price", "trade_qty", "trade_side")
 
 
 def interval_to_json(iv: Interval) -> dict:
-    d = {f: (getattr(iv, f).tolist() if f in _ARRAYS else _plain(getattr(iv, f))) for f in iv._fields}
-    return d
+    return {f: (getattr(iv, f).tolist() if f in _ARRAYS else _plain(getattr(iv, f))) for f in iv._fields}
 
 
 def interval_from_json(d: dict) -> Interval:
@@ -157,7 +156,8 @@ def load_snapshot(run_dir: str | Path, name: str, trader) -> None:
 def restore(run_dir: str | Path, trader) -> dict:
     """Bring ``trader`` to where the journaled session stopped: the last readable snapshot, then the
     observations journaled after it, re-stepped. Returns ``{"records", "rows", "t0", "seq",
-    "last", "torn", "restepped"}``: the records, the journal rows of every observation, the feed's
+    "last", "torn", "restepped"}``: the records, the journal rows of every observation (tuples,
+    NaN where a side was not quoted), the feed's
     start (epoch s), the last observation's seq and interval."""
     recs, torn = read(run_dir)
     obs = [r for r in recs if r.get("k") == "obs"]
@@ -173,7 +173,7 @@ def restore(run_dir: str | Path, trader) -> dict:
             restepped += 1
     return {
         "records": recs,
-        "rows": [r["row"] for r in obs],
+        "rows": [tuple(np.nan if x is None else x for x in r["row"]) for r in obs],  # NaN: no quote
         "t0": obs[0]["t0"] if obs else None,
         "seq": obs[-1]["seq"] if obs else -1,
         "last": interval_from_json(obs[-1]["iv"]) if obs else None,

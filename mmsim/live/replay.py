@@ -98,7 +98,6 @@ class Trader:
         self.sent: Interval | None = None  # the interval whose end the quote was sent at
         self.n = 0  # observations so far
         self.n_stale = 0
-        self.last_info = None
 
     def on_interval(self, iv: Interval) -> tuple:
         """One observation: paper fills of the resting quote over ``iv``, the engine step, the next
@@ -195,7 +194,7 @@ class Trader:
             ask_active=bool(q.ask_active[0]) and not stale,
             take=float(q.take[0]) if self.takes and not stale else 0.0,
         )
-        self.quote, self.sent, self.last_info = quote, iv, info
+        self.quote, self.sent = quote, iv
         self.n += 1
         return (
             iv.t,

@@ -121,7 +121,7 @@ def live_settings(block) -> LiveSettings:
 
 class Session:
     """One live session (see the module docstring). ``trader`` and ``builder`` may come from a
-    journal (:meth:`resume`); ``journal`` is appended to."""
+    journal (:func:`open_session` with ``resume``); ``journal`` is appended to."""
 
     def __init__(self, settings: LiveSettings, trader: Trader, builder: FeedBuilder, journal: Journal, *, seq: int = 0):
         self.s = settings
@@ -134,6 +134,7 @@ class Session:
         self.step_ms: list[float] = []
         self.tick_to_quote_ms: list[float] = []
         self.rows: list[tuple] = []
+        self.fills = 0  # observations with a paper fill (the status line's count)
         self._started = time.monotonic()
         self._last_status = 0.0
         self._last_msg = time.monotonic()
@@ -212,9 +213,8 @@ class Session:
             self.stop("max_observations")
 
     async def _receive(self, ws) -> bool:
-        """Messages until the connection closes or the session stops; True if any arrived."""
-        from websockets.exceptions import ConnectionClosed
-
+        """Messages until the connection closes (``ConnectionClosed`` raised to :meth:`run`) or the
+        session stops; True if any arrived."""
         got = False
         self._last_msg = time.monotonic()
         while self.stop_reason is None:
@@ -228,8 +228,6 @@ class Session:
                     self.trader.pull()
                     self.journal.event("stale", silent_s=time.monotonic() - self._last_msg)
                 continue
-            except ConnectionClosed:
-                raise
             got = True
             received = time.time()
             self._last_msg = time.monotonic()
@@ -253,6 +251,7 @@ class Session:
         self.step_ms.append(step_ms)
         self.tick_to_quote_ms.append(ttq_ms)
         self.rows.append(row)
+        self.fills += row[9] > 0 or row[10] > 0
         self.journal.observation(
             self.seq,
             self.builder.t0,
@@ -269,11 +268,11 @@ class Session:
         self._check_limits()
         self._status(row)
 
-    def _status(self, row: tuple, force: bool = False) -> None:
+    def _status(self, row: tuple) -> None:
         if not self.s.status_s:
             return
         now = time.monotonic()
-        if not force and now - self._last_status < self.s.status_s:
+        if now - self._last_status < self.s.status_s:
             return
         self._last_status = now
         q = self.trader.quote or {}
@@ -283,22 +282,22 @@ class Session:
             f"[live] obs {self.seq:,}  pos {row[12]:+.4f}  equity {row[13]:,.2f}  "
             f"bid {q.get('bid_price', 0):.2f}{'' if q.get('bid_active') else ' (off)'}  "
             f"ask {q.get('ask_price', 0):.2f}{'' if q.get('ask_active') else ' (off)'}  "
-            f"fills {sum(1 for r in self.rows if r[9] > 0 or r[10] > 0)}  "
+            f"fills {self.fills}  "
             f"clock offset {'n/a' if off is None else f'{off:.3f} s'}  step p50 {p50:.2f} ms"
         )
         print(line, file=sys.stderr, flush=True)
 
     def latency(self) -> dict:
         """Step and tick-to-quote latency percentiles over the session, ms."""
-        out = {}
-        for name, xs in (("step_ms", self.step_ms), ("tick_to_quote_ms", self.tick_to_quote_ms)):
-            a = np.asarray(xs, float)
-            out[name] = (
-                {"p50": float(np.median(a)), "p99": float(np.quantile(a, 0.99)), "max": float(a.max()), "n": len(a)}
-                if len(a)
-                else None
-            )
-        return out
+        return {"step_ms": percentiles(self.step_ms), "tick_to_quote_ms": percentiles(self.tick_to_quote_ms)}
+
+
+def percentiles(xs) -> dict | None:
+    """``{"p50", "p99", "max", "n"}`` of latencies (ms), None for none."""
+    a = np.asarray(xs, float)
+    if not len(a):
+        return None
+    return {"p50": float(np.median(a)), "p99": float(np.quantile(a, 0.99)), "max": float(a.max()), "n": len(a)}
 
 
 def open_session(
@@ -309,7 +308,6 @@ def open_session(
     symbol: str,
     depth_per_tick: float = 0.5,
     dtype=None,
-    stale_s: float | None = None,
     resume: bool = False,
     step_fn=None,
 ) -> tuple[Session, dict | None]:
@@ -325,7 +323,7 @@ def open_session(
         depth_per_tick=depth_per_tick,
         dtype=dtype or jnp.float32,
         step_fn=step_fn,
-        stale_s=settings.stale_s if stale_s is None else stale_s,
+        stale_s=settings.stale_s,
     )
     builder = FeedBuilder(
         settings.cadence_s,
@@ -345,32 +343,40 @@ def open_session(
     seq = restored["seq"] + 1 if restored else 0
     session = Session(settings, trader, builder, journal, seq=seq)
     if restored:
-        session.rows = [tuple(np.nan if x is None else x for x in r) for r in restored["rows"]]
+        session.rows = list(restored["rows"])
+        session.fills = sum(r[9] > 0 or r[10] > 0 for r in session.rows)
     return session, restored
 
 
-def result(session: Session, ep, *, run_s: float | None = None):
-    """The session as a :class:`~mmsim.live.replay.ReplayResult` (journal, metrics, final state):
-    the replay's metrics plus the live ones (connections, reconnects, stale events, latency)."""
+def _result(trader: Trader, rows: list, fs: dict, run_s: float, live: dict):
+    """A :class:`~mmsim.live.replay.ReplayResult` of journal rows: the replay's metrics (``fs``: the
+    feed's summary without its duration) and the live ones."""
     import pandas as pd
 
     from mmsim.live.replay import JOURNAL_COLUMNS, ReplayResult, _metrics
 
-    b, tr = session.builder, session.trader
-    journal = pd.DataFrame(session.rows, columns=list(JOURNAL_COLUMNS)).astype({"bid": float, "ask": float})
-    n = len(journal)
+    journal = pd.DataFrame(rows, columns=list(JOURNAL_COLUMNS)).astype({"bid": float, "ask": float})
+    if len(journal):
+        fs = {**fs, "duration_s": float(journal["t"].iloc[-1])}
+        m = _metrics(trader.ep, fs, journal, trader.state, trader.compile_s, run_s, trader.n_stale)
+    else:
+        m = {"observations": 0}
+    m["live"] = {"gateway": "paper", **live}
+    return ReplayResult(journal, m, trader.state)
+
+
+def result(session: Session):
+    """The session as a :class:`~mmsim.live.replay.ReplayResult` (journal, metrics, final state):
+    the replay's metrics plus the live ones (connections, reconnects, stale events, latency)."""
+    b = session.builder
     fs = {
         "cadence_s": session.s.cadence_s,
-        "duration_s": float(journal["t"].iloc[-1]) if n else 0.0,
         "start_epoch_s": b.t0,
         "trades": b.trades_total,
         "quality": b.quality,
         "symbol": b.symbol,
     }
-    run = time.monotonic() - session._started if run_s is None else run_s
-    m = _metrics(tr.ep, fs, journal, tr.state, tr.compile_s, run, tr.n_stale) if n else {"observations": 0}
-    m["live"] = {
-        "gateway": "paper",
+    live = {
         "stop_reason": session.stop_reason,
         "connections": session.connections,
         "reconnects": session.reconnects,
@@ -378,7 +384,7 @@ def result(session: Session, ep, *, run_s: float | None = None):
         "clock_offset_s": b.clock_offset_s,
         "latency": session.latency(),
     }
-    return ReplayResult(journal, m, tr.state)
+    return _result(session.trader, session.rows, fs, time.monotonic() - session._started, live)
 
 
 def report_journal(run_dir: str | Path, ep, settings: LiveSettings, *, depth_per_tick: float = 0.5, dtype=None):
@@ -386,40 +392,27 @@ def report_journal(run_dir: str | Path, ep, settings: LiveSettings, *, depth_per
     the engine state from its last snapshot and the observations after it, the journal rows of
     every observation, the session's counts from its stop record where it has one."""
     import jax.numpy as jnp
-    import pandas as pd
 
     from mmsim.live import journal as jr
-    from mmsim.live.replay import JOURNAL_COLUMNS, ReplayResult, _metrics
 
     trader = Trader(ep, depth_per_tick=depth_per_tick, dtype=dtype or jnp.float32, stale_s=settings.stale_s)
     r = jr.restore(run_dir, trader)
-    rows = [tuple(np.nan if x is None else x for x in row) for row in r["rows"]]
-    if not rows:
+    if not r["rows"]:
         raise ValueError(f"{run_dir}: the journal holds no observation")
-    journal = pd.DataFrame(rows, columns=list(JOURNAL_COLUMNS)).astype({"bid": float, "ask": float})
     stops = [x for x in r["records"] if x.get("k") == "event" and x.get("what") == "stop"]
     last = stops[-1] if stops else {}
     obs = [x for x in r["records"] if x.get("k") == "obs"]
     fs = {
         "cadence_s": settings.cadence_s,
-        "duration_s": float(journal["t"].iloc[-1]),
         "start_epoch_s": r["t0"],
         "trades": int(sum(len(x["iv"]["trade_price"]) for x in obs)),
         "quality": last.get("quality") or {},
         "symbol": None,
     }
-    wall = [x["wall"] for x in obs]
-    m = _metrics(trader.ep, fs, journal, trader.state, trader.compile_s, wall[-1] - wall[0], trader.n_stale)
-    lat = {}
-    for name in ("step_ms", "tick_to_quote_ms"):
-        a = np.asarray([x[name] for x in obs if x.get(name) is not None], float)
-        lat[name] = (
-            {"p50": float(np.median(a)), "p99": float(np.quantile(a, 0.99)), "max": float(a.max()), "n": len(a)}
-            if len(a)
-            else None
-        )
-    m["live"] = {
-        "gateway": "paper",
+    lat = {
+        name: percentiles([x[name] for x in obs if x.get(name) is not None]) for name in ("step_ms", "tick_to_quote_ms")
+    }
+    live = {
         "stop_reason": last.get("why", "no stop record (the session crashed or is running)"),
         "connections": sum(1 for x in r["records"] if x.get("what") == "connect"),
         "reconnects": sum(1 for x in r["records"] if x.get("what") == "disconnect"),
@@ -429,4 +422,4 @@ def report_journal(run_dir: str | Path, ep, settings: LiveSettings, *, depth_per
         "latency": lat,
         "torn_lines": r["torn"],
     }
-    return ReplayResult(journal, m, trader.state)
+    return _result(trader, r["rows"], fs, obs[-1]["wall"] - obs[0]["wall"], live)

@@ -223,7 +223,7 @@ class FeedBuilder:
 
     def _accept_trade(self, r: tuple) -> None:
         t, _, p, _, _, kind, _, _ = r
-        ref = self._mid_at(t)
+        ref = self._mid()
         if ref is not None and abs(p / ref - 1.0) > self.guard.band:
             self._count("trade_outside_band")
             return
@@ -237,7 +237,7 @@ class FeedBuilder:
             return
         self._trades.append(r)
 
-    def _mid_at(self, t: float) -> float | None:
+    def _mid(self) -> float | None:
         """The mid of the last accepted book (the band's reference for a trade)."""
         b = self._books[-1] if self._books else self._book
         if b is None:
@@ -324,23 +324,9 @@ class FeedBuilder:
     def _close_one(self) -> Interval:
         self.k += 1
         edge = self.t0 + self.k * self.cadence_s
-        # The last book at or before the end (the latest stamp; the later arrival among equal stamps).
-        keep, book = [], self._book
-        for r in self._books:
-            if r[0] <= edge:
-                if book is None or r[0] >= book[0]:
-                    book = r
-            else:
-                keep.append(r)
-        self._books, self._book = keep, book
-        keep, mark = [], self._mark
-        for r in self._marks:
-            if r[0] <= edge:
-                if mark is None or r[0] >= mark[0]:
-                    mark = r
-            else:
-                keep.append(r)
-        self._marks, self._mark = keep, mark
+        self._books, self._book = _latest(self._books, edge, self._book)
+        self._marks, self._mark = _latest(self._marks, edge, self._mark)
+        book, mark = self._book, self._mark
         now = sorted((r for r in self._trades if r[0] <= edge), key=lambda r: (r[0], r[6]))
         self._trades = [r for r in self._trades if r[0] > edge]
         self.trades_total += len(now)
@@ -385,6 +371,19 @@ class FeedBuilder:
             trade_side=side,
             book_age=edge - bt,
         )
+
+
+def _latest(rows: list[tuple], edge: float, last: tuple | None) -> tuple[list[tuple], tuple | None]:
+    """Split rows (exchange time first) at ``edge``: those stamped after it, and the latest at or
+    before it, or ``last`` where none is later (the later arrival among equal stamps wins)."""
+    keep = []
+    for r in rows:
+        if r[0] <= edge:
+            if last is None or r[0] >= last[0]:
+                last = r
+        else:
+            keep.append(r)
+    return keep, last
 
 
 def _sums(*ws: np.ndarray) -> list[float]:

@@ -63,7 +63,7 @@ def run_session(world, path, run_dir, *, lines=None, em_kw=None, during=None, **
         return s, why, em
 
     s, why, em = asyncio.run(main())
-    return s, why, em, ls.result(s, ep)
+    return s, why, em, ls.result(s)
 
 
 def test_a_paper_session_issues_the_replays_quotes(world, capture, tmp_path):
