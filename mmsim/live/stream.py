@@ -93,6 +93,7 @@ class FeedBuilder:
         self.liq_valid = bool(liq_valid)
         self.funding_valid = False
         self.trades_total = 0
+        self._trade_stream = False  # a trade (not aggTrade) message has come
         self._resume_end = -math.inf  # a resumed feed: messages stamped by then were the last session's
         self._lags: deque = deque(maxlen=1000)  # receive minus exchange time of recent books, s
 
@@ -140,8 +141,8 @@ class FeedBuilder:
         """The end of the last closed interval, s since the epoch (None before the first)."""
         return None if self.t0 is None else self.t0 + self.k * self.cadence_s
 
-    def _count(self, what: str) -> None:
-        self.counts[what] = self.counts.get(what, 0) + 1
+    def _count(self, what: str, n: int = 1) -> None:
+        self.counts[what] = self.counts.get(what, 0) + n
 
     def _skewed(self, t: float, local: float) -> bool:
         return abs(t - local) > self.guard.max_clock_skew_s
@@ -176,13 +177,12 @@ class FeedBuilder:
     def _take(self) -> list[Interval]:
         d = self.decoder
         if d.trades or d.agg:
-            # Binance's aggregated stream counts only where no trade stream is subscribed.
-            rows = d.trades if d.trades else d.agg
-            if d.trades and d.agg:
-                self.counts["aggTrade_beside_trade_stream"] = self.counts.get("aggTrade_beside_trade_stream", 0) + len(
-                    d.agg
-                )
-            for r in rows:
+            # Binance's aggregated stream counts only where there is no trade stream (the same
+            # volume twice otherwise): once a trade message has come, aggregated ones are refused.
+            self._trade_stream = self._trade_stream or bool(d.trades)
+            if self._trade_stream and d.agg:
+                self._count("aggTrade_beside_trade_stream", len(d.agg))
+            for r in d.trades if self._trade_stream else d.agg:
                 self._trade(r)
             d.trades.clear()
             d.agg.clear()

@@ -69,6 +69,21 @@ def test_a_resent_trade_and_a_malformed_message_are_counted(tmp_path):
     assert_same(live.feed_from_capture(data.read_capture(write(tmp_path / "c.gz", clean_lines())), 1.0), out)
 
 
+def test_an_aggtrade_stream_beside_the_trade_stream_is_refused_not_counted_twice():
+    lines, n_agg = [], 0
+    for line in clean_lines():
+        lines.append(line)
+        if '"e": "trade"' in line:  # the same trade again on the aggregated stream
+            lines.append(
+                line.replace("@trade", "@aggTrade").replace('"e": "trade"', '"e": "aggTrade"').replace('"t":', '"a":')
+            )
+            n_agg += 1
+    out, fb = stream(lines, grace_s=0.05)
+    ref, _ = stream(clean_lines(), grace_s=0.05)
+    assert n_agg > 0 and fb.quality == {"aggTrade_beside_trade_stream": n_agg}
+    assert [iv.vol_buy + iv.vol_sell for iv in out] == [iv.vol_buy + iv.vol_sell for iv in ref]
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [({"cadence_s": 0.0}, "cadence_s"), ({"grace_s": -1.0}, "grace_s"), ({"grace_s": 1.0}, "grace_s")],
