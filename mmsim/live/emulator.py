@@ -98,7 +98,9 @@ class Emulator:
 
     async def start(self) -> Emulator:
         self.done = asyncio.Event()
-        self._server = await serve(self._handler, HOST, self.port, process_request=self._http, compression=None)
+        self._server = await serve(
+            self._handler, HOST, self.port, process_request=self._http, compression=None, close_timeout=1.0
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

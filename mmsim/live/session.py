@@ -156,8 +156,15 @@ class Session:
         try:
             while self.stop_reason is None:
                 try:
+                    # close_timeout: at a stop, messages not yet read hold back the venue's reply to
+                    # our close frame; the connection is dropped after 1 s rather than 10.
                     async with connect(
-                        url, open_timeout=self.s.open_timeout_s, max_size=2**22, compression=None, proxy=None
+                        url,
+                        open_timeout=self.s.open_timeout_s,
+                        max_size=2**22,
+                        compression=None,
+                        proxy=None,
+                        close_timeout=1.0,
                     ) as ws:
                         self.connections += 1
                         self.journal.event("connect", n=self.connections)
