@@ -268,3 +268,58 @@ def hawkes_spectral_radius(alpha_buy, alpha_sell, gamma, beta) -> np.ndarray:
     number of events one event triggers directly, at the worst mix of sides; < 1 is stationary."""
     ab, as_, g, b = (np.asarray(x, dtype=float) for x in (alpha_buy, alpha_sell, gamma, beta))
     return np.asarray(((ab + as_) + np.sqrt((ab - as_) ** 2 + 4.0 * g**2)) / (2.0 * b))
+
+
+# ------------------------------------------------------------------------------------------------
+# Importance sampling: draws of a tilted law of the uniforms, with their likelihood ratios.
+#
+# Every sampler above maps a uniform u to its variate by inversion, so changing the law of u
+# changes the law of the variate, and the likelihood ratio of the change is the ratio of the
+# uniform's densities (1 over the tilted density): exact whatever the map (a truncated inversion,
+# a Cornish-Fisher quantile). Both tilts below return ``(u, log_lr)`` with ``log_lr = log(1 /
+# g(u))`` in float64: the sum over a path's steps is the log of its Radon-Nikodym derivative.
+
+#: The largest float32 below 1: a tilted uniform cast to float32 is kept below it (the float32
+#: uniforms of :mod:`mmsim.rng` never exceed it either, 1 - 2^-24).
+_F32_BELOW_ONE = float(np.nextafter(np.float32(1.0), np.float32(0.0)))
+
+
+def _cast_uniform(u64: jax.Array, dtype) -> jax.Array:
+    if jnp.dtype(dtype) == jnp.float32:
+        return jnp.clip(u64, 2.0**-24, _F32_BELOW_ONE).astype(dtype)
+    return u64.astype(dtype)
+
+
+def tilt_event(u: jax.Array, p0: jax.Array, boost: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A uniform whose mass above ``p0`` is raised from ``1 - p0`` to ``1 - p0^boost``, uniform on
+    either side of ``p0``; ``u`` is the nominal uniform it is made from (the same shape).
+
+    For a Poisson count of mean m drawn by inversion, ``p0 = e^{-m} = P(N = 0)``: the step has an
+    event with probability ``1 - e^{-boost m}``, as if its intensity were ``boost`` times larger,
+    and given an event the count has its nominal law. Steps without an event weigh
+    ``e^{(boost - 1) m}``, close to 1, so a long horizon of quiet steps adds little variance (a tilt
+    of the whole uniform would weigh every step). ``log_lr = log(p0 / p0^boost)`` below ``p0``,
+    ``log((1 - p0) / (1 - p0^boost))`` above. Exact for any ``p0`` in (0, 1): ``p0`` only says
+    where the tilt acts.
+    """
+    dtype = u.dtype
+    p0 = jnp.clip(jnp.asarray(p0, jnp.float64), 1e-300, 1.0 - 1e-16)
+    b = jnp.asarray(boost, jnp.float64)
+    v = u.astype(jnp.float64)
+    log_p0 = jnp.log(p0)
+    q0 = jnp.exp(b * log_p0)  # tilted P(below p0) = p0^boost
+    below = v < q0
+    u_t = jnp.where(below, v / q0 * p0, p0 + (v - q0) / (1.0 - q0) * (1.0 - p0))
+    log_lr = jnp.where(below, (1.0 - b) * log_p0, jnp.log1p(-p0) - jnp.log1p(-q0))
+    return _cast_uniform(u_t, dtype), log_lr
+
+
+def tilt_exp(u: jax.Array, eta: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Exponential tilting of ``E = -log(1 - u)`` (an Exp(1) variable) by ``eta < 1``: the tilted
+    E is Exp(1 - eta), ``E / (1 - eta)`` of the nominal uniform ``u``'s E, so a size drawn by
+    inversion from ``1 - u`` has a heavier tail (a Pareto tail index ``a`` becomes ``a (1 -
+    eta)``). Returns ``(u_tilted, log_lr, E_tilted)`` with ``log_lr = -eta E - log(1 - eta)``."""
+    dtype = u.dtype
+    eta = jnp.asarray(eta, jnp.float64)
+    e = -jnp.log1p(-u.astype(jnp.float64)) / (1.0 - eta)
+    return _cast_uniform(-jnp.expm1(-e), dtype), -eta * e - jnp.log1p(-eta), e

@@ -15,12 +15,14 @@ upper bound: see :func:`certify_below`.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import stats
+
+from mmsim.world import tilt as tilt_mod
 
 
 class PathRisk(NamedTuple):
@@ -32,9 +34,11 @@ class PathRisk(NamedTuple):
     liquidated: jax.Array  # () bool
     liq_time: jax.Array  # () seconds, -1 if never
     n_bad: jax.Array  # () int32 steps whose equity was not finite (flagged, not propagated)
+    tilt: Any = None  # TiltInfo summed up to the liquidation (a tilted world only)
+    log_lr_full: Any = None  # () float64 log likelihood ratio of the whole path (a tilted world only)
 
 
-def init(initial_equity, n_assets: int, dtype=jnp.float32) -> PathRisk:
+def init(initial_equity, n_assets: int, dtype=jnp.float32, *, tilted: bool = False) -> PathRisk:
     return PathRisk(
         peak_equity=jnp.asarray(initial_equity, dtype),
         max_dd=jnp.zeros((), dtype),
@@ -44,7 +48,29 @@ def init(initial_equity, n_assets: int, dtype=jnp.float32) -> PathRisk:
         liquidated=jnp.zeros((), bool),
         liq_time=-jnp.ones((), dtype),
         n_bad=jnp.zeros((), jnp.int32),
+        tilt=tilt_mod.zero() if tilted else None,
+        log_lr_full=jnp.zeros((), jnp.float64) if tilted else None,
     )
+
+
+def add_tilt(r: PathRisk, step) -> PathRisk:
+    """Add a world step's change of measure (a :class:`mmsim.world.tilt.TiltInfo`, or None) to
+    the path's: up to the liquidation for the liquidation estimate (what follows it cannot change
+    the event, and leaving it out lowers the variance), and over the whole path."""
+    if step is None or r.tilt is None:
+        return r
+    keep = ~r.liquidated
+    upto = tilt_mod.TiltInfo(*(a + jnp.where(keep, b, 0.0) for a, b in zip(r.tilt, step)))
+    return r._replace(tilt=upto, log_lr_full=r.log_lr_full + step.log_lr)
+
+
+def tilt_summary(r: PathRisk) -> dict:
+    """The per-path fields of the change of measure: the log likelihood ratios (up to the
+    liquidation and of the whole path) and the tilt's statistics (0 without a tilt)."""
+    if r.tilt is None:
+        z = jnp.zeros((), jnp.float64)
+        return {"log_w": z, "log_w_full": z, "tilt_stats": jnp.zeros((5,), jnp.float64)}
+    return {"log_w": r.tilt.log_lr, "log_w_full": r.log_lr_full, "tilt_stats": jnp.stack(r.tilt[1:])}
 
 
 def update(r: PathRisk, equity, margin_ratio, position, liquidated_now, t) -> PathRisk:
@@ -62,6 +88,8 @@ def update(r: PathRisk, equity, margin_ratio, position, liquidated_now, t) -> Pa
         liquidated=r.liquidated | liquidated_now,
         liq_time=jnp.where(liquidated_now & ~r.liquidated, t, r.liq_time).astype(r.liq_time.dtype),
         n_bad=r.n_bad + (~ok).astype(jnp.int32),
+        tilt=r.tilt,
+        log_lr_full=r.log_lr_full,
     )
 
 

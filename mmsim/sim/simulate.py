@@ -74,6 +74,9 @@ class PathSummary(NamedTuple):
     n_fills: Any  # (n, A, 2) fills on the bid, on the ask
     final_position: Any  # (n, A) base units
     n_bad: Any  # (n,) steps whose equity was not finite
+    log_w: Any = None  # (n,) log likelihood ratio up to the liquidation (0 without a tilt)
+    log_w_full: Any = None  # (n,) log likelihood ratio of the whole path (0 without a tilt)
+    tilt_stats: Any = None  # (n, 5) the tilt's statistics up to the liquidation (TiltInfo[1:])
 
 
 class Trace(NamedTuple):
@@ -182,7 +185,10 @@ def _world_interval(w_mod, key, w, mp, dt: float, q, n: int):
         return (w, q), (o, info)
 
     (w, _), (obs, infos) = jax.lax.scan(sub, (w, q), jnp.arange(n, dtype=jnp.int32))
-    return w, observation.merge(obs), jax.tree_util.tree_map(lambda x: x[-1], infos)
+    last = jax.tree_util.tree_map(lambda x: x[-1], infos)
+    if getattr(infos, "tilt", None) is not None:  # the change of measure of every sub-step
+        last = last._replace(tilt=jax.tree_util.tree_map(lambda x: x.sum(0), infos.tilt))
+    return w, observation.merge(obs), last
 
 
 def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: bool, substeps: int = 1):
@@ -202,7 +208,8 @@ def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: b
         w = w_mod.init(mp, dtype)
         obs = _pack_obs(obs_fields, w_mod.observe(w, mp, pol.takes(ep.policy)))
         truth = w_mod.truth(None, a, dtype) if trace else None
-        return w, engine.init(ep, dtype), obs, risk.init(ep.account.initial_equity, a, dtype), truth
+        r = risk.init(ep.account.initial_equity, a, dtype, tilted=getattr(mp, "tilt", None) is not None)
+        return w, engine.init(ep, dtype), obs, r, truth
 
     def one(key, carry, t):
         # The engine acts on the observation at time t (its quote at t = 0 comes from the first
@@ -216,6 +223,7 @@ def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: b
         r = risk.update(r, info.equity, info.margin_ratio, info.position, info.liquidated_now, obs.t)
         out = _row(obs, e, info, truth, dtype) if trace else None
         w, obs, winfo = _world_interval(w_mod, rng.fold_in(key, t), w, mp, dt, q, substeps)
+        r = risk.add_tilt(r, getattr(winfo, "tilt", None))
         truth = w_mod.truth(winfo, a, dtype) if trace else None
         return (w, e, _pack_obs(obs_fields, obs), r, truth), out
 
@@ -236,6 +244,7 @@ def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: b
             n_fills=s.n_fills.astype(jnp.int32),
             final_position=s.position,
             n_bad=r.n_bad,
+            **risk.tilt_summary(r),
         )
 
     carry = jax.vmap(start)(keys)

@@ -26,6 +26,7 @@ from mmsim.world.processes import price as px
 from mmsim.world.processes import queue as fl
 from mmsim.world.processes import spread as spr
 from mmsim.world.processes import volatility as vol
+from mmsim.world.tilt import TiltInfo, TiltParams
 
 # Stable per-process stream ids: never renumber (it would change every path's draws).
 PROCESS_ID = {
@@ -55,6 +56,8 @@ class MarketParams:
         shock_time_s: time of a scheduled shock, seconds from the start (< 0: none).
         shock_return: (A,) or scalar log return applied to the mid at the shock.
         shock_regime: regime forced at the shock (-1: none), e.g. 3 to jump into Extreme.
+        tilt: importance sampling of the liquidation and jump streams (:mod:`mmsim.world.tilt`);
+            None (the default): the nominal law, and nothing of it compiled.
         n_assets: number of assets (static).
     """
 
@@ -72,6 +75,7 @@ class MarketParams:
     shock_time_s: float = -1.0
     shock_return: jax.Array | float = 0.0
     shock_regime: int = static_field(default=-1)
+    tilt: TiltParams | None = None
     n_assets: int = static_field(default=1)
 
     def validate(self) -> None:
@@ -129,6 +133,7 @@ class WorldInfo(NamedTuple):
     flow: flow.FlowInfo
     liquidation: liq.LiqInfo
     stress: jax.Array  # () correlation stress weight
+    tilt: TiltInfo | None = None  # the step's change of measure (a tilted world only)
 
 
 def init(params: MarketParams, dtype=jnp.float32) -> WorldState:
@@ -259,6 +264,7 @@ def step(
         dt,
         last_ret=world.price.last_ret,
         log_price=world.price.x,
+        tilt=params.tilt,
     )
 
     impact = adv.impact(params.adverse, flow_i.n_buy_informed, flow_i.n_sell_informed) + liq_i.impact
@@ -274,6 +280,7 @@ def step(
         z=z_price,
         funding_rate_per_s=fund_i.rate_per_s,
         impact=impact.astype(dtype),
+        tilt=params.tilt,
     )
     mid = dist.materialise_small(px.mid(price_s, params.price).astype(dtype))
 
@@ -432,6 +439,9 @@ def step(
         flow=flow_i,
         liquidation=liq_i,
         stress=corr_i.stress,
+        tilt=None if params.tilt is None else liq_i.tilt._replace(
+            log_lr=liq_i.tilt.log_lr + price_i.tilt[0], jump_events=price_i.tilt[1], jump_comp=price_i.tilt[2]
+        ),
     )
     return new, obs, info
 

@@ -6,7 +6,7 @@ Equations, units, the discretisation over a step and the known biases: ``docs/MO
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,8 @@ from mmsim._pytree import Check, pytree_dataclass, static_field, to_plain
 
 #: Uniforms per asset per step: count long, count short, volume long, volume short.
 N_UNIFORMS = 4
+#: A side is tilted (``mmsim.world.tilt``) only in a step whose expected count is below this.
+TILT_QUIET_COUNT = 1.0
 
 
 @pytree_dataclass
@@ -121,6 +123,7 @@ class LiqInfo(NamedTuple):
     lam_long: jax.Array  # (A,) long intensity at the start of the step, per second
     lam_short: jax.Array  # (A,) short intensity at the start of the step, per second
     impact: jax.Array  # (A,) log-price impact of the step's liquidations
+    tilt: Any = None  # the step's change of measure (mmsim.world.tilt.TiltInfo) under a tilt
 
 
 def init(params: LiqParams, n_assets: int, dtype=jnp.float32) -> LiqState:
@@ -202,6 +205,7 @@ def step(
     *,
     last_ret: jax.Array | float = 0.0,
     log_price: jax.Array | float = 0.0,
+    tilt: Any = None,
 ) -> tuple[LiqState, LiqInfo]:
     """Advance both sides' cascades by one step of ``dt`` seconds.
 
@@ -213,6 +217,9 @@ def step(
         last_ret: (A,) log return of the previous step (dimensionless); a fall triggers long
             liquidations, a rise short ones, in proportion to ``leverage`` (``"step_return"``).
         log_price: (A,) log price at the start of the step, ``log(mid / s0)`` (``"drawdown"``).
+        tilt: a :class:`mmsim.world.tilt.TiltParams` to draw the counts and the largest sizes
+            from its tilted law (None: the nominal law); the info's ``tilt`` is then the step's
+            :class:`mmsim.world.tilt.TiltInfo` (its jump fields 0).
 
     Returns:
         The state at the end of the step and the step's :class:`LiqInfo`.
@@ -235,6 +242,9 @@ def step(
     ex_l, ex_s = state.ex_long, state.ex_short
     comp_l = mu_l * dt + ex_l * frac
     comp_s = mu_s * dt + ex_s * frac
+    t_info = None
+    if tilt is not None:
+        u_nl, u_ns, u_vl, u_vs, t_info = _tilted(tilt, u_nl, u_ns, u_vl, u_vs, comp_l, comp_s)
     n_l, n_s = dist.poisson_many((u_nl, u_ns), (comp_l, comp_s))
     v_l, m_l = dist.pareto_sum(u_vl, n_l, x_m, a, cap)
     v_s, m_s = dist.pareto_sum(u_vs, n_s, x_m, a, cap)
@@ -263,5 +273,35 @@ def step(
         lam_long=(mu_l + ex_l).astype(dtype),
         lam_short=(mu_s + ex_s).astype(dtype),
         impact=(imp * (v_s - v_l)).astype(dtype),
+        tilt=t_info,
     )
     return new, info
+
+
+def _tilted(tilt, u_nl, u_ns, u_vl, u_vs, comp_l, comp_s):
+    """The step's uniforms under ``tilt`` and its :class:`~mmsim.world.tilt.TiltInfo`: the count's
+    uniform has an event (N >= 1 above ``p0 = e^{-comp}``) as if its intensity were ``liq_count``
+    times larger; where it has one, the largest size's uniform is exponentially tilted."""
+    from mmsim.world.tilt import TiltInfo
+
+    comp = jnp.stack([comp_l, comp_s]).astype(jnp.float64)  # (2, A)
+    # Only a quiet side is tilted (expected count < 1 in the step): a busy cascade already has
+    # its events, and tilting each of its thousands would only multiply the weight's variance.
+    # The choice depends on the state before the draw, so the likelihood ratio stays exact.
+    quiet = comp < TILT_QUIET_COUNT
+    u_n, lr_n = dist.tilt_event(jnp.stack([u_nl, u_ns]), jnp.exp(-comp), jnp.where(quiet, tilt.liq_count, 1.0))
+    event = u_n.astype(jnp.float64) > jnp.exp(-comp)
+    u_v, lr_v, e_v = dist.tilt_exp(jnp.stack([u_vl, u_vs]), jnp.where(quiet, tilt.liq_size, 0.0))
+    event = event & quiet  # the size tilt and the statistics: quiet sides' events only
+    comp = jnp.where(quiet, comp, 0.0)
+    u_v = jnp.where(event, u_v, jnp.stack([u_vl, u_vs]))
+    z = jnp.zeros((), jnp.float64)
+    info = TiltInfo(
+        log_lr=jnp.sum(lr_n) + jnp.sum(jnp.where(event, lr_v, 0.0)),
+        liq_events=jnp.sum(event.astype(jnp.float64)),
+        liq_comp=jnp.sum(comp),
+        liq_size_e=jnp.sum(jnp.where(event, e_v, 0.0)),
+        jump_events=z,
+        jump_comp=z,
+    )
+    return u_n[0], u_n[1], u_v[0], u_v[1], info

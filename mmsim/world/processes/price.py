@@ -5,7 +5,7 @@ Equations, units, the discretisation over a step and the known biases: ``docs/MO
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -80,6 +80,7 @@ class PriceInfo(NamedTuple):
     ret: jax.Array  # (A,) log return over the step
     n_jumps: jax.Array  # (A,) number of jumps in the step
     jump: jax.Array  # (A,) total jump, log-price
+    tilt: Any = None  # (log_lr, jump_events, jump_comp), float64 scalars, under a tilt
 
 
 def init(params: PriceParams, n_assets: int, dtype=jnp.float32) -> PriceState:
@@ -117,6 +118,7 @@ def step(
     z: jax.Array | None = None,
     funding_rate_per_s: jax.Array | float = 0.0,
     impact: jax.Array | float = 0.0,
+    tilt: Any = None,
 ) -> tuple[PriceState, PriceInfo]:
     """Advance the log-mid by one step of ``dt`` seconds.
 
@@ -129,6 +131,9 @@ def step(
             drawn here when not given.
         funding_rate_per_s: (A,) funding rate per second, for the funding-tied drift.
         impact: (A,) permanent impact of this step's order flow and liquidations, log-price.
+        tilt: a :class:`mmsim.world.tilt.TiltParams`: jumps happen as if their rate were
+            ``jump_count`` times larger (None: the nominal law); the info's ``tilt`` is then
+            ``(log_lr, jump_events, jump_comp)``.
     """
     dtype = state.x.dtype
     n_a = state.x.shape[0]
@@ -138,7 +143,13 @@ def step(
         z = dist.std_normal(u[0])
     resid_var = int_var if resid_var is None else resid_var
     lam_dt = params.jump_rate * dt
-    n_j = dist.poisson(u[1], jnp.broadcast_to(lam_dt, (n_a,)).astype(dtype), k_max=params.max_jumps)
+    u_j, t_info = u[1], None
+    if tilt is not None:
+        comp = jnp.broadcast_to(jnp.asarray(lam_dt, jnp.float64), (n_a,))
+        u_j, lr = dist.tilt_event(u_j, jnp.exp(-comp), tilt.jump_count)
+        event = (u_j.astype(jnp.float64) > jnp.exp(-comp)).astype(jnp.float64)
+        t_info = (jnp.sum(lr), jnp.sum(event), jnp.sum(comp))
+    n_j = dist.poisson(u_j, jnp.broadcast_to(lam_dt, (n_a,)).astype(dtype), k_max=params.max_jumps)
     if params.jump_law == "merton":
         zj = dist.std_normal(u[2])
         jump = n_j * params.jump_mean + jnp.sqrt(n_j) * params.jump_std * zj
@@ -153,4 +164,4 @@ def step(
         comp = -0.5 * int_var - lam_dt * jump_compensator(params)
     ret = (mu * dt + comp + lev_shock + jnp.sqrt(jnp.maximum(resid_var, 0.0)) * z + jump + impact).astype(dtype)
     new = PriceState(x=state.x + ret, last_ret=ret)
-    return new, PriceInfo(ret=ret, n_jumps=n_j, jump=jump.astype(dtype))
+    return new, PriceInfo(ret=ret, n_jumps=n_j, jump=jump.astype(dtype), tilt=t_info)
