@@ -227,7 +227,7 @@ def split(
             if final:
                 break
             pick = gen.choice(np.flatnonzero(hit), size=n_paths, replace=True)
-            carry = jax.tree_util.tree_map(lambda x: x[pick], carry)
+            carry = jax.tree_util.tree_map(lambda x, pick=pick: x[pick], carry)
             t = jnp.asarray(np.asarray(t_end)[pick])
             keys = rng.path_keys(rng.fold_in(rkey, s + 1), 0, n_paths)
         ests.append(p)

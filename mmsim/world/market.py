@@ -439,7 +439,9 @@ def step(
         flow=flow_i,
         liquidation=liq_i,
         stress=corr_i.stress,
-        tilt=None if params.tilt is None else liq_i.tilt._replace(
+        tilt=None
+        if params.tilt is None
+        else liq_i.tilt._replace(
             log_lr=liq_i.tilt.log_lr + price_i.tilt[0], jump_events=price_i.tilt[1], jump_comp=price_i.tilt[2]
         ),
     )

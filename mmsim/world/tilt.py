@@ -44,8 +44,11 @@ class TiltParams:
         c = Check(self)
         c.positive("liq_count", "multiplier of the liquidation event intensity")
         c.positive("jump_count", "multiplier of the price-jump intensity")
-        c.require(0.0 <= float(c.value("liq_size").min()) and float(c.value("liq_size").max()) < 1.0,
-                  "liq_size", "must lie in [0, 1) (tilt of the largest liquidation's tail)")
+        c.require(
+            0.0 <= float(c.value("liq_size").min()) and float(c.value("liq_size").max()) < 1.0,
+            "liq_size",
+            "must lie in [0, 1) (tilt of the largest liquidation's tail)",
+        )
 
 
 class TiltInfo(NamedTuple):

@@ -67,7 +67,11 @@ def _advance(tilted: bool):
         mid = mid + C * wait - claim
         t = t + wait
         obs = observation.empty(1, jnp.float64)._replace(
-            t=t, dt=wait, mid=jnp.full(1, mid), best_bid=jnp.full(1, mid), best_ask=jnp.full(1, mid),
+            t=t,
+            dt=wait,
+            mid=jnp.full(1, mid),
+            best_bid=jnp.full(1, mid),
+            best_ask=jnp.full(1, mid),
             book_valid=jnp.ones(1, bool),
         )
         lw = lw + jnp.where(r.liquidated, 0.0, lr_w + lr_c)  # up to the ruin
@@ -135,9 +139,7 @@ def test_splitting_ruin():
     """Fixed-effort splitting on the surplus, no tilt, against psi = 1e-3."""
     u = u_for(1e-3)
     levels = [u - 5.0 * k for k in range(1, 7)]  # 28.4 .. 3.4, then the ruin
-    out = rare.split(
-        _init(u), _advance(False), _score, levels=levels, n_paths=500, n_steps=600, seed=3, replicates=8
-    )
+    out = rare.split(_init(u), _advance(False), _score, levels=levels, n_paths=500, n_steps=600, seed=3, replicates=8)
     assert out["ci_low"] <= psi(u) <= out["ci_high"], out
     assert 0.25 < out["stage_p"][0] < 0.5  # each stage ~ e^{-R 5} = 0.37
     # The t-interval of 8 replicates: at 4 SE the estimate is within ~ 4 se of psi.
