@@ -117,6 +117,8 @@ def is_estimate(hit, log_w, alpha: float = 0.05, *, n_boot: int = 2000, seed: in
 #: largest size's tail index at least 0.2 of its own.
 _CE_BOOST_MAX = 1000.0
 _CE_SIZE_MAX = 0.8
+#: and a diffusion drift of at most a quarter of a standard deviation per step.
+_CE_DRIFT_MAX = 0.25
 
 
 def cross_entropy_tilt(score, hit, log_w, tilt_stats, *, elite_frac: float = 0.1) -> dict:
@@ -127,9 +129,10 @@ def cross_entropy_tilt(score, hit, log_w, tilt_stats, *, elite_frac: float = 0.1
     The tilted family's CE optimum is closed-form: an intensity multiplier is the elite's
     weighted count of events over its weighted nominal compensator (a Poisson rate's MLE), and
     the size tilt ``1 - 1 / mean(E)`` from the elite's weighted mean of the tilted Exp(1)
-    variables of its largest sizes. ``tilt_stats`` is the (n, 5) per-path statistics of
+    variables of its largest sizes, the drift the elite's weighted mean of the diffusion's
+    normals. ``tilt_stats`` is the (n, 7) per-path statistics of
     :class:`mmsim.world.tilt.TiltInfo` (events, compensator, size E, jump events, jump
-    compensator); ``score``: (n,) the importance function (lower is nearer the event, e.g. the
+    compensator, sum of the normals, their count); ``score``: (n,) the importance function (lower is nearer the event, e.g. the
     minimum margin ratio). Returns ``{"tilt": {...}, "level": ..., "elite": ...}``.
     """
     score = np.asarray(score, float)
@@ -150,7 +153,12 @@ def cross_entropy_tilt(score, hit, log_w, tilt_stats, *, elite_frac: float = 0.1
 
     size = float(np.clip(1.0 - s[0] / s[2], 0.0, _CE_SIZE_MAX)) if s[2] > 0 else 0.0
     return {
-        "tilt": {"liq_count": boost(s[0], s[1]), "liq_size": size, "jump_count": boost(s[3], s[4])},
+        "tilt": {
+            "liq_count": boost(s[0], s[1]),
+            "liq_size": size,
+            "jump_count": boost(s[3], s[4]),
+            "price_drift": float(np.clip(s[5] / s[6], -_CE_DRIFT_MAX, _CE_DRIFT_MAX)) if s[6] > 0 else 0.0,
+        },
         "level": level,
         "elite": int(elite.sum()),
         "n": n,
@@ -172,6 +180,10 @@ def split(
     seed: int,
     replicates: int = 8,
     alpha: float = 0.05,
+    pilot_paths: int = 1024,
+    stage_p: float = 0.2,
+    floor: float = -np.inf,
+    max_levels: int = 40,
 ) -> dict:
     """Fixed-effort multilevel splitting of ``P(event by step n_steps)``.
 
@@ -183,7 +195,11 @@ def split(
             new key continues with fresh randomness.
         score: ``score(carry) -> (value, event)``: the importance function (a level ``l`` is
             reached once ``value <= l``) and the event itself (bool; it reaches every level).
-        levels: decreasing thresholds of ``value``, the last stage being the event itself.
+        levels: decreasing thresholds of ``value``, the last stage being the event itself; or
+            ``"auto"``: chosen by a pilot of ``pilot_paths`` paths on a stream of its own (each
+            level the ``stage_p`` quantile of the minimum ``value`` its paths reach, until the
+            quantile falls to ``floor`` or ``stage_p`` of them reach the event), so that the
+            estimate, on other draws, stays unbiased.
         n_paths: paths per stage of one replicate.
         replicates: independent runs; the interval is the t-interval over their estimates.
 
@@ -193,9 +209,6 @@ def split(
     error scaled to one path of work: ``se / p * sqrt(path-steps / n_steps)``) and ``vrf`` (plain
     Monte Carlo's variance at the same path-steps over this one's).
     """
-    levels = [float(x) for x in levels]
-    if any(b >= a for a, b in zip(levels, levels[1:])):
-        raise ValueError(f"levels = {levels}: must be strictly decreasing")
     if not (isinstance(replicates, int) and replicates >= 2):
         raise ValueError(f"replicates = {replicates!r}: the interval needs at least 2")
     if not (isinstance(n_paths, int) and n_paths >= 2):
@@ -203,6 +216,16 @@ def split(
     stage = _stage_fn(advance, score, n_steps)
     start = jax.jit(jax.vmap(init))
     root = rng.key(seed)
+    pilot = None
+    if isinstance(levels, str):
+        if levels != "auto":
+            raise ValueError(f"levels = {levels!r}: a decreasing list of thresholds or 'auto'")
+        if not 0 < stage_p < 1:
+            raise ValueError(f"stage_p = {stage_p!r}: must lie in (0, 1)")
+        levels, pilot = _pilot_levels(start, stage, pilot_paths, seed, stage_p, floor, max_levels)
+    levels = [float(x) for x in levels]
+    if any(b >= a for a, b in zip(levels, levels[1:])):
+        raise ValueError(f"levels = {levels}: must be strictly decreasing")
     ests, stage_ps, work = [], [], 0
     n_stages = len(levels) + 1
     for r in range(replicates):
@@ -215,7 +238,7 @@ def split(
         for s in range(n_stages):
             final = s == len(levels)
             level = -np.inf if final else levels[s]
-            carry, t_end, hit = stage(keys, carry, t, jnp.float64(level), jnp.bool_(final))
+            carry, t_end, hit, _ = stage(keys, carry, t, jnp.float64(level), jnp.bool_(final))
             hit = np.asarray(hit)
             work += int(np.sum(np.asarray(t_end) - np.asarray(t)))
             frac = float(hit.mean())
@@ -254,14 +277,50 @@ def split(
         "rel_err_per_path": (se / est * math.sqrt(paths_equiv)) if est > 0 and se > 0 else None,
         "vrf": (est * (1 - est) / paths_equiv) / se**2 if est > 0 and se > 0 else None,
     }
+    if pilot is not None:
+        out["pilot"] = pilot
     if not hits_any:
         out["note"] = "no replicate reached the event: nothing is estimated or certified"
     return out
 
 
+#: The pilot's stream: far from the replicates' ``fold_in(root, r)``.
+_PILOT_STREAM = 2**31 - 1
+
+
+def _pilot_levels(start, stage, n: int, seed: int, stage_p: float, floor: float, max_levels: int):
+    """Levels for :func:`split` from a pilot on its own stream: the paths run to the horizon, the
+    next level is the ``stage_p`` quantile of the minimum value they reached, and the same paths
+    (the same keys: the same draws) run again to that level to give the next stage's states."""
+    key = rng.fold_in(rng.key(seed), _PILOT_STREAM)
+    keys = rng.path_keys(rng.fold_in(key, 0), 0, n)
+    carry, t = start(keys), jnp.zeros((n,), jnp.int32)
+    gen = np.random.default_rng([seed, _PILOT_STREAM])
+    levels: list[float] = []
+    reason = f"{max_levels} levels"
+    for s in range(max_levels):
+        _, _, event, vmin = stage(keys, carry, t, jnp.float64(-np.inf), jnp.bool_(True))
+        event, vmin = np.asarray(event), np.asarray(vmin, float)
+        if event.mean() >= stage_p:
+            reason = f"{event.mean():.2f} of the pilot's paths reach the event from the last level"
+            break
+        q = float(np.quantile(vmin, stage_p))
+        if not np.isfinite(q) or q <= floor or (levels and q >= levels[-1]):
+            reason = f"the {stage_p} quantile of the minimum ({q:.4g}) is at the floor ({floor}) or no lower"
+            break
+        levels.append(q)
+        carry, t_end, hit, _ = stage(keys, carry, t, jnp.float64(q), jnp.bool_(False))
+        pick = gen.choice(np.flatnonzero(np.asarray(hit)), size=n, replace=True)
+        carry = jax.tree_util.tree_map(lambda x, pick=pick: x[pick], carry)
+        t = jnp.asarray(np.asarray(t_end)[pick])
+        keys = rng.path_keys(rng.fold_in(key, s + 1), 0, n)
+    return levels, {"n_paths": n, "stage_p": stage_p, "floor": floor, "stopped": reason}
+
+
 def _stage_fn(advance: Callable, score: Callable, n_steps: int):
     """One stage for a batch of paths (compiled once; the level and the final flag are traced):
-    each path runs from its own step until it reaches the level (or the event) or the horizon."""
+    each path runs from its own step until it reaches the level (or the event) or the horizon.
+    Returns the carries, the steps reached, the hits and the minimum value each path saw."""
 
     def one(key, carry, t, level, final):
         def reached(c):
@@ -269,14 +328,14 @@ def _stage_fn(advance: Callable, score: Callable, n_steps: int):
             return jnp.where(final, event, (value <= level) | event)
 
         def cond(c):
-            _, tt, hit = c
+            _, tt, hit, _ = c
             return (tt <= n_steps) & ~hit
 
         def body(c):
-            cc, tt, _ = c
+            cc, tt, _, vmin = c
             cc = advance(key, cc, tt)
-            return cc, tt + 1, reached(cc)
+            return cc, tt + 1, reached(cc), jnp.minimum(vmin, score(cc)[0])
 
-        return jax.lax.while_loop(cond, body, (carry, t, reached(carry)))
+        return jax.lax.while_loop(cond, body, (carry, t, reached(carry), score(carry)[0]))
 
     return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, None)))

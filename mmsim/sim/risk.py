@@ -69,7 +69,7 @@ def tilt_summary(r: PathRisk) -> dict:
     liquidation and of the whole path) and the tilt's statistics (0 without a tilt)."""
     if r.tilt is None:
         z = jnp.zeros((), jnp.float64)
-        return {"log_w": z, "log_w_full": z, "tilt_stats": jnp.zeros((5,), jnp.float64)}
+        return {"log_w": z, "log_w_full": z, "tilt_stats": jnp.zeros((tilt_mod.N_STATS,), jnp.float64)}
     return {"log_w": r.tilt.log_lr, "log_w_full": r.log_lr_full, "tilt_stats": jnp.stack(r.tilt[1:])}
 
 

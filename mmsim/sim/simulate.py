@@ -76,7 +76,7 @@ class PathSummary(NamedTuple):
     n_bad: Any  # (n,) steps whose equity was not finite
     log_w: Any = None  # (n,) log likelihood ratio up to the liquidation (0 without a tilt)
     log_w_full: Any = None  # (n,) log likelihood ratio of the whole path (0 without a tilt)
-    tilt_stats: Any = None  # (n, 5) the tilt's statistics up to the liquidation (TiltInfo[1:])
+    tilt_stats: Any = None  # (n, 7) the tilt's statistics up to the liquidation (TiltInfo[1:])
 
 
 class Trace(NamedTuple):
@@ -191,15 +191,10 @@ def _world_interval(w_mod, key, w, mp, dt: float, q, n: int):
     return w, observation.merge(obs), last
 
 
-def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: bool, substeps: int = 1):
-    """Simulate the paths of ``keys`` (one per path); returns their :class:`PathSummary` (device
-    arrays, one row per path), and the trace rows (path, t = 0 first, ...) when ``trace``.
-
-    Written per path (``start``, ``one``, ``finish``) and vmapped, with the scan over steps
-    outside the vmap: a vmapped scan makes JAX re-trace the step until the set of batched carries
-    settles, which took two thirds of the tracing time of the composed model. Every carry is
-    batched from the start here (``vmap`` returns batched outputs), so the step is traced once.
-    """
+def _path_fns(mp, ep, *, world: str, dt: float, dtype, trace: bool, substeps: int = 1):
+    """One path's ``start(key) -> carry``, ``one(key, carry, t) -> (carry, trace row)`` (step
+    ``t``: the engine on the observation at t, then the world to t + 1) and ``finish(carry) ->``
+    :class:`PathSummary`, for :func:`_paths` and for multilevel splitting (:func:`split`)."""
     w_mod = worlds.get(world)
     obs_fields = w_mod.OBS_FIELDS
     a = ep.n_assets
@@ -247,6 +242,20 @@ def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: b
             **risk.tilt_summary(r),
         )
 
+    return start, one, finish
+
+
+def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: bool, substeps: int = 1):
+    """Simulate the paths of ``keys`` (one per path); returns their :class:`PathSummary` (device
+    arrays, one row per path), and the trace rows (path, t = 0 first, ...) when ``trace``.
+
+    Written per path (``start``, ``one``, ``finish``: :func:`_path_fns`) and vmapped, with the
+    scan over steps outside the vmap: a vmapped scan makes JAX re-trace the step until the set of
+    batched carries settles, which took two thirds of the tracing time of the composed model.
+    Every carry is batched from the start here (``vmap`` returns batched outputs), so the step is
+    traced once.
+    """
+    start, one, finish = _path_fns(mp, ep, world=world, dt=dt, dtype=dtype, trace=trace, substeps=substeps)
     carry = jax.vmap(start)(keys)
     step = jax.vmap(one, in_axes=(0, 0, None))
     carry, rows = jax.lax.scan(lambda c, t: step(keys, c, t), carry, jnp.arange(n_steps + 1, dtype=jnp.int32))
@@ -537,3 +546,114 @@ def simulate(
         initial_equity=float(np.asarray(engine_params.account.initial_equity)),
         world_substeps=sub,
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# Multilevel splitting
+
+
+def split(
+    world: str,
+    market_params: Any,
+    engine_params: engine.EngineParams,
+    *,
+    levels,
+    n_paths: int,
+    n_steps: int,
+    dt: float,
+    seed: int,
+    replicates: int = 8,
+    dtype: Any = jnp.float32,
+    world_substeps: int = 1,
+    alpha: float = 0.05,
+) -> dict:
+    """P(liquidation by ``n_steps`` steps of ``dt`` seconds) by fixed-effort multilevel splitting
+    (:func:`mmsim.sim.rare.split`) on the path's running minimum margin ratio (equity over the
+    maintenance margin; the account is liquidated below 1): the paths whose margin ratio has
+    fallen below ``levels[k]`` continue from there, cloned with fresh keys. The same per-path
+    step as :func:`simulate`; ``market_params.tilt`` must be None (splitting needs no tilt)."""
+    from mmsim.sim import rare
+
+    worlds.get(world)
+    _validate(n_paths, n_steps, dt, None, 0)
+    if getattr(market_params, "tilt", None) is not None:
+        raise ValueError("market.tilt must be null for splitting: it estimates under the nominal law")
+    mp = cast_floats(market_params, dtype)
+    ep = cast_floats(engine_params, dtype)
+    start, one, _ = _path_fns(mp, ep, world=world, dt=float(dt), dtype=dtype, trace=False, substeps=world_substeps)
+
+    def advance(key, carry, t):
+        return one(key, carry, t)[0]
+
+    def score(carry):
+        r = carry[3]
+        return r.min_margin_ratio.astype(jnp.float64), r.liquidated
+
+    return rare.split(
+        start,
+        advance,
+        score,
+        levels=levels,
+        n_paths=int(n_paths),
+        n_steps=int(n_steps),
+        seed=seed,
+        replicates=replicates,
+        alpha=alpha,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Importance sampling
+
+
+def importance_sample(
+    world: str,
+    market_params: Any,
+    engine_params: engine.EngineParams,
+    *,
+    n_paths: int,
+    n_steps: int,
+    dt: float,
+    seed: int,
+    tilt: Any = None,
+    ce_iterations: int = 3,
+    ce_paths: int = 2048,
+    elite_frac: float = 0.1,
+    alpha: float = 0.05,
+    **kwargs,
+) -> tuple[dict, SimResult]:
+    """P(liquidation) by importance sampling in the tilted world (:mod:`mmsim.world.tilt`).
+
+    The tilt is ``tilt`` (a :class:`~mmsim.world.tilt.TiltParams`) or, when None, chosen by
+    ``ce_iterations`` cross-entropy updates (:func:`mmsim.sim.rare.cross_entropy_tilt`), each a
+    run of ``ce_paths`` paths on a seed of its own (``seed + 1 + k``), starting from the nominal
+    law; the estimate is then a run of ``n_paths`` paths on ``seed``. ``kwargs`` go to
+    :func:`simulate`. Returns the estimate's dict (:func:`mmsim.sim.rare.is_estimate`, with the
+    tilt and the iterations) and the tilted run (its ``summary.log_w`` the paths' log weights).
+    """
+    from mmsim.sim import rare
+    from mmsim.world.tilt import TiltParams
+
+    if not hasattr(market_params, "tilt"):
+        raise ValueError(f"world {world!r} has no tilt: importance sampling needs the market world")
+    if not (isinstance(ce_iterations, int) and ce_iterations >= 0):
+        raise ValueError(f"ce_iterations = {ce_iterations!r}: must be an integer >= 0")
+    iterations = []
+    if tilt is None:
+        tilt = TiltParams()
+        for k in range(ce_iterations):
+            mp = dataclasses.replace(market_params, tilt=tilt)
+            r = simulate(world, mp, engine_params, n_paths=ce_paths, n_steps=n_steps, dt=dt, seed=seed + 1 + k, **kwargs)
+            s = r.summary
+            upd = rare.cross_entropy_tilt(s.min_margin_ratio, s.liquidated, s.log_w, s.tilt_stats, elite_frac=elite_frac)
+            iterations.append({"tilt": _tilt_dict(tilt), "hits": int(np.sum(s.liquidated)), **upd})
+            tilt = TiltParams(**upd["tilt"])
+    mp = dataclasses.replace(market_params, tilt=tilt)
+    r = simulate(world, mp, engine_params, n_paths=n_paths, n_steps=n_steps, dt=dt, seed=seed, **kwargs)
+    est = rare.is_estimate(r.summary.liquidated, r.summary.log_w, alpha)
+    est.update({"tilt": _tilt_dict(tilt), "ce_iterations": iterations, "elite_frac": elite_frac})
+    return est, r
+
+
+def _tilt_dict(tilt) -> dict:
+    return {f.name: float(np.asarray(getattr(tilt, f.name))) for f in dataclasses.fields(tilt)}

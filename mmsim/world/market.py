@@ -26,7 +26,7 @@ from mmsim.world.processes import price as px
 from mmsim.world.processes import queue as fl
 from mmsim.world.processes import spread as spr
 from mmsim.world.processes import volatility as vol
-from mmsim.world.tilt import TiltInfo, TiltParams
+from mmsim.world.tilt import TiltInfo, TiltParams, shift_normal
 
 # Stable per-process stream ids: never renumber (it would change every path's draws).
 PROCESS_ID = {
@@ -91,6 +91,11 @@ class MarketParams:
             f"must have one entry per volatility regime ({n_reg})",
         )
         c.require(-1 <= self.shock_regime < n_reg, "shock_regime", f"must be -1 or a regime index < {n_reg}")
+        c.require(
+            self.tilt is None or self.n_assets == 1 or not np.any(np.asarray(self.tilt.price_drift)),
+            "tilt",
+            "price_drift must be 0 with several assets (their normals are correlated)",
+        )
         a = self.n_assets
         c.require(np.shape(self.correlation.corr) == (a, a), "correlation", f"corr must be {a}x{a} for n_assets = {a}")
         for name in ("s0",):
@@ -234,6 +239,8 @@ def step(
 
     corr_s, corr_i = corr.step(k["correlation"], world.correlation, params.correlation, dt, regime=regime)
     z_price, z_var = corr_i.z[0], corr_i.z[1]
+    if params.tilt is not None:  # the diffusion's drift tilt (one asset: its normal is independent)
+        z_price, lr_z, sum_z = shift_normal(z_price, params.tilt.price_drift)
 
     t0 = world.t_index.astype(jnp.float64) * dt
     t1 = t0 + dt
@@ -442,7 +449,11 @@ def step(
         tilt=None
         if params.tilt is None
         else liq_i.tilt._replace(
-            log_lr=liq_i.tilt.log_lr + price_i.tilt[0], jump_events=price_i.tilt[1], jump_comp=price_i.tilt[2]
+            log_lr=liq_i.tilt.log_lr + price_i.tilt[0] + lr_z,
+            jump_events=price_i.tilt[1],
+            jump_comp=price_i.tilt[2],
+            price_z=sum_z,
+            price_n=jnp.asarray(float(a), jnp.float64),
         ),
     )
     return new, obs, info

@@ -155,3 +155,14 @@ def test_estimators_refuse_zero_hits_and_bad_input():
         rare.split(_init(5.0), _advance(False), _score, levels=[1.0, 2.0], n_paths=4, n_steps=2, seed=0)
     out = rare.split(_init(50.0), _advance(False), _score, levels=[45.0], n_paths=8, n_steps=3, seed=0, replicates=2)
     assert out["estimate"] == 0.0 and out["ci_high"] is None and "nothing" in out["note"]
+
+
+def test_splitting_pilot_levels():
+    """Levels chosen by a pilot (its own draws) keep the estimate on psi = 1e-2."""
+    u = u_for(1e-2)
+    out = rare.split(
+        _init(u), _advance(False), _score, levels="auto", n_paths=400, n_steps=500, seed=5, replicates=8,
+        pilot_paths=400, stage_p=0.3, floor=0.0,
+    )
+    assert 2 <= len(out["levels"]) <= 8 and out["levels"][0] < u and "pilot" in out
+    assert out["ci_low"] <= psi(u) <= out["ci_high"], out

@@ -19,7 +19,7 @@ from mmsim._pytree import Check, pytree_dataclass, static_field, to_plain
 #: Uniforms per asset per step: count long, count short, volume long, volume short.
 N_UNIFORMS = 4
 #: A side is tilted (``mmsim.world.tilt``) only in a step whose expected count is below this.
-TILT_QUIET_COUNT = 1.0
+TILT_QUIET_COUNT = 0.05
 
 
 @pytree_dataclass
@@ -285,7 +285,7 @@ def _tilted(tilt, u_nl, u_ns, u_vl, u_vs, comp_l, comp_s):
     from mmsim.world.tilt import TiltInfo
 
     comp = jnp.stack([comp_l, comp_s]).astype(jnp.float64)  # (2, A)
-    # Only a quiet side is tilted (expected count < 1 in the step): a busy cascade already has
+    # Only a quiet side is tilted (expected count < 0.05 in the step): a busy cascade already has
     # its events, and tilting each of its thousands would only multiply the weight's variance.
     # The choice depends on the state before the draw, so the likelihood ratio stays exact.
     quiet = comp < TILT_QUIET_COUNT
@@ -303,5 +303,7 @@ def _tilted(tilt, u_nl, u_ns, u_vl, u_vs, comp_l, comp_s):
         liq_size_e=jnp.sum(jnp.where(event, e_v, 0.0)),
         jump_events=z,
         jump_comp=z,
+        price_z=z,
+        price_n=z,
     )
     return u_n[0], u_n[1], u_v[0], u_v[1], info
