@@ -33,7 +33,7 @@ import dataclasses
 import importlib.resources
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,11 +134,20 @@ class RiskSettings:
         drawdown_threshold: P(max drawdown > drawdown_threshold x initial equity) is reported.
         epsilon_liq: "P(liquidation) ~ 0" only when the Clopper-Pearson upper bound is <= this.
         ci_level: two-sided level of the Clopper-Pearson intervals.
+        loss_threshold: P(final loss > loss_threshold x initial equity) is reported (the drain).
+        estimator: how P(liquidation) is certified: "plain" (Clopper-Pearson on the run's paths),
+            "is" (importance sampling in the tilted world) or "splitting" (multilevel splitting).
+        importance: the "is" settings (n_paths, ce_iterations, ce_paths, elite_frac, tilt).
+        splitting: the "splitting" settings (n_paths, replicates, levels, pilot_paths, stage_p).
     """
 
     drawdown_threshold: float
     epsilon_liq: float
     ci_level: float = 0.95
+    loss_threshold: float = 0.2
+    estimator: str = "plain"
+    importance: dict = field(default_factory=dict)
+    splitting: dict = field(default_factory=dict)
 
     @property
     def alpha(self) -> float:
@@ -327,7 +336,7 @@ def cpu_devices(cfg: DictConfig) -> int | None:
 def risk_settings(cfg: DictConfig) -> RiskSettings:
     """Validate the ``risk`` group."""
     r = _section(cfg, "risk")
-    known = {"drawdown_threshold", "epsilon_liq", "ci_level"}
+    known = {"drawdown_threshold", "epsilon_liq", "ci_level", "loss_threshold", "estimator", "importance", "splitting"}
     unknown = sorted(set(r) - known)
     _require(not unknown, "risk", f"unknown key(s) {unknown}; valid keys: {sorted(known)}")
     d = r.get("drawdown_threshold")
@@ -344,7 +353,72 @@ def risk_settings(cfg: DictConfig) -> RiskSettings:
     )
     lvl = r.get("ci_level", 0.95)
     _require(isinstance(lvl, (int, float)) and 0 < lvl < 1, "risk.ci_level", f"= {lvl!r}: must lie in (0, 1)")
-    return RiskSettings(drawdown_threshold=float(d), epsilon_liq=float(e), ci_level=float(lvl))
+    loss = r.get("loss_threshold", 0.2)
+    _require(
+        isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss) and loss > 0,
+        "risk.loss_threshold",
+        f"= {loss!r}: must be a positive fraction of the initial equity",
+    )
+    est = r.get("estimator", "plain")
+    _require(est in ESTIMATORS, "risk.estimator", f"= {est!r}: must be one of {list(ESTIMATORS)}")
+    imp = _plain(r.get("importance") or {})
+    spl = _plain(r.get("splitting") or {})
+    _check_keys(imp, "risk.importance", _IS_KEYS)
+    _check_keys(spl, "risk.splitting", _SPLIT_KEYS)
+    for block, d_ in (("risk.importance", imp), ("risk.splitting", spl)):
+        for k in ("n_paths", "ce_iterations", "ce_paths", "replicates", "pilot_paths"):
+            if k in d_:
+                v = d_[k]
+                low = 0 if k == "ce_iterations" else 2
+                _require(
+                    isinstance(v, int) and not isinstance(v, bool) and v >= low,
+                    f"{block}.{k}",
+                    f"= {v!r}: must be an integer >= {low}",
+                )
+    for block, k, d_ in (("risk.importance", "elite_frac", imp), ("risk.splitting", "stage_p", spl)):
+        if k in d_:
+            _require(
+                isinstance(d_[k], (int, float)) and 0 < d_[k] < 1, f"{block}.{k}", f"= {d_[k]!r}: must lie in (0, 1)"
+            )
+    lv = spl.get("levels", "auto")
+    _require(
+        lv == "auto"
+        or (
+            isinstance(lv, list)
+            and lv
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in lv)
+            and all(b < a for a, b in zip(lv, lv[1:]))
+            and lv[-1] > 1.0
+        ),
+        "risk.splitting.levels",
+        f"= {lv!r}: must be 'auto' or a strictly decreasing list of margin ratios above 1",
+    )
+    tilt = imp.get("tilt")
+    if tilt is not None:
+        from mmsim.world.tilt import TiltParams
+
+        _require(isinstance(tilt, dict), "risk.importance.tilt", "must be null (cross-entropy) or a mapping")
+        _make(TiltParams, tilt, "risk.importance.tilt")
+    return RiskSettings(
+        drawdown_threshold=float(d),
+        epsilon_liq=float(e),
+        ci_level=float(lvl),
+        loss_threshold=float(loss),
+        estimator=est,
+        importance=imp,
+        splitting=spl,
+    )
+
+
+#: How P(liquidation) is estimated (``risk.estimator``).
+ESTIMATORS = ("plain", "is", "splitting")
+_IS_KEYS = {"n_paths", "ce_iterations", "ce_paths", "elite_frac", "tilt"}
+_SPLIT_KEYS = {"n_paths", "replicates", "levels", "pilot_paths", "stage_p"}
+
+
+def _check_keys(d: dict, path: str, known: set) -> None:
+    unknown = sorted(set(d) - known)
+    _require(not unknown, path, f"unknown key(s) {unknown}; valid keys: {sorted(known)}")
 
 
 def task(cfg: DictConfig) -> str:
@@ -731,8 +805,13 @@ def build(cfg: DictConfig) -> tuple[str, Any, Any, SimSettings]:
     the host (see the module docstring). Raises :class:`ConfigError`."""
     task(cfg)
     sim = sim_settings(cfg)
-    risk_settings(cfg)
+    rs = risk_settings(cfg)
     world, mp = market_params(cfg)
+    _require(
+        rs.estimator != "is" or world == "market",
+        "risk.estimator",
+        f"= is needs the market world (its tilt); world {world!r} has none: use splitting or plain",
+    )
     ep = engine_params(cfg, mp, world)
     _check_assets(mp, ep)
     ep = _sized_adverse_slots(cfg, ep, sim.dt)

@@ -133,7 +133,7 @@ def run_risk(cfg: DictConfig, out_dir: Path, *, simulate_fn: Callable | None = N
         prepare_jax(cfg)
         from mmsim.sim.simulate import simulate as simulate_fn
     result = simulate_fn(world, mp, ep, **sim.simulate_kwargs())
-    m = risk.summarize(result, rs.drawdown_threshold, alpha=rs.alpha)
+    m = risk.summarize(result, rs.drawdown_threshold, alpha=rs.alpha, loss_threshold=rs.loss_threshold)
     curve = risk.liquidation_curve(result.summary.liq_time, result.horizon_s, alpha=rs.alpha)
     certified = risk.certify_below(m["p_liquidation"], rs.epsilon_liq)
     m.update(
@@ -152,8 +152,14 @@ def run_risk(cfg: DictConfig, out_dir: Path, *, simulate_fn: Callable | None = N
                 {**m["p_liquidation"], "n": m["n_paths"]}, rs.epsilon_liq, rs.ci_level
             ),
             "liquidation_curve": {k: np.asarray(v).tolist() for k, v in curve.items()},
+            "p_liquidation_estimator": rs.estimator,
         }
     )
+    if rs.estimator != "plain":  # the rare-event estimate certifies; the plain run gives the rest
+        rare = rare_event(world, mp, ep, sim, rs)
+        m["rare_event"] = rare
+        m["p_liquidation_certified_zero"] = bool(rare["ci_high"] is not None and rare["ci_high"] <= rs.epsilon_liq)
+        m["liquidation_claim"] = report.rare_event_claim(rare, rs.epsilon_liq, rs.ci_level)
     fills = np.asarray(result.summary.n_fills, float)
     m["fills"].update(
         {
@@ -205,6 +211,74 @@ def run_risk(cfg: DictConfig, out_dir: Path, *, simulate_fn: Callable | None = N
     _print_table(f"mmsim {cfg.get('name', 'default')}: {m['liquidation_claim']}", report.summary_rows(m))
     print(f"outputs: {out_dir}", flush=True)
     return m
+
+
+def rare_event(world: str, mp, ep, sim, rs) -> dict:
+    """P(liquidation) by the run's rare-event estimator (``risk.estimator``: "is" or
+    "splitting"), on the run's horizon, step, dtype and seed; a JSON-ready dict with its
+    diagnostics (:mod:`mmsim.sim.rare`)."""
+    from mmsim.sim import simulate as simulation
+    from mmsim.world.tilt import TiltParams
+
+    kw = sim.simulate_kwargs()
+    common = {"n_steps": kw["n_steps"], "dt": kw["dt"], "seed": kw["seed"], "alpha": rs.alpha}
+    if rs.estimator == "is":
+        o = rs.importance
+        t0 = time.perf_counter()
+        est, r = simulation.importance_sample(
+            world,
+            mp,
+            ep,
+            n_paths=int(o.get("n_paths", 16384)),
+            tilt=TiltParams(**o["tilt"]) if o.get("tilt") else None,
+            ce_iterations=int(o.get("ce_iterations", 3)),
+            ce_paths=int(o.get("ce_paths", 4096)),
+            elite_frac=float(o.get("elite_frac", 0.1)),
+            dtype=kw["dtype"],
+            progress=kw["progress"],
+            world_substeps=kw["world_substeps"],
+            chunk_size=kw["chunk_size"],
+            **common,
+        )
+        est["run_s"] = time.perf_counter() - t0
+        est["time_to_liquidation"] = _weighted_liq_curve(r, rs.alpha)
+        return est
+    o = rs.splitting
+    t0 = time.perf_counter()
+    if kw["progress"]:
+        print("multilevel splitting of P(liquidation) ...", flush=True)
+    est = simulation.split(
+        world,
+        mp,
+        ep,
+        levels=o.get("levels", "auto"),
+        n_paths=int(o.get("n_paths", 2048)),
+        replicates=int(o.get("replicates", 8)),
+        pilot_paths=int(o.get("pilot_paths", 1024)),
+        stage_p=float(o.get("stage_p", 0.2)),
+        dtype=kw["dtype"],
+        world_substeps=kw["world_substeps"],
+        **common,
+    )
+    est["run_s"] = time.perf_counter() - t0
+    return est
+
+
+def _weighted_liq_curve(result, alpha: float, n_points: int = 10) -> dict:
+    """P(liquidated by t) from importance-sampled paths at ``n_points`` times, with the intervals
+    of :func:`mmsim.sim.rare.is_estimate` (the weights are those up to the liquidation)."""
+    from mmsim.sim import rare
+
+    s = result.summary
+    liq_t = np.asarray(s.liq_time, float)
+    grid = np.linspace(0.0, result.horizon_s, n_points + 1)[1:]
+    rows = [rare.is_estimate((liq_t >= 0) & (liq_t <= t), s.log_w, alpha, n_boot=200) for t in grid]
+    return {
+        "t": grid.tolist(),
+        "estimate": [r["estimate"] for r in rows],
+        "ci_low": [r["ci_low"] for r in rows],
+        "ci_high": [r["ci_high"] for r in rows],
+    }
 
 
 def _mean_quoted_spread(trace, n_quote_steps: int) -> float | None:

@@ -28,6 +28,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
+from mmsim import config as mcfg
 from mmsim import tasks
 from mmsim.sim.simulate import PathSummary, SimResult, Trace
 
@@ -338,3 +339,40 @@ def test_a_params_file_certified_for_another_market_is_refused_unless_forced(tmp
     assert tasks.run_task(forced, tmp_path / "b", simulate_fn=fake_simulate)["n_paths"] > 0
     same = make_cfg(*tiny("cascade_stress"), f"+params={best}")
     assert tasks.run_task(same, tmp_path / "c", simulate_fn=fake_simulate)["n_paths"] > 0
+
+
+def test_rare_event_estimators_reach_the_report(tmp_path):
+    """risk.estimator=splitting and =is run besides the plain run; metrics.json says which, and
+    the report says what was certified and how."""
+    base = (*tiny("cascade_stress"), "sim.n_trace=0", "engine=lite", "policy=symmetric")
+    split = ("risk.estimator=splitting", "risk.splitting.n_paths=8", "risk.splitting.replicates=2")
+    # The plain run is the stand-in's; the estimators run the real simulator.
+    m = tasks.run_task(
+        make_cfg(*base, *split, "risk.splitting.pilot_paths=8"), tmp_path / "s", simulate_fn=fake_simulate
+    )
+    rare = m["rare_event"]
+    assert m["p_liquidation_estimator"] == "splitting" and rare["method"] == "multilevel splitting"
+    assert rare["replicates"] == 2 and len(rare["replicate_estimates"]) == 2
+    text = (tmp_path / "s" / "report.md").read_text()
+    assert "## How P(liquidation) was certified" in text and "Multilevel splitting" in text
+    assert m["liquidation_claim"] in text
+    imp = ("risk.estimator=is", "risk.importance.n_paths=8", "risk.importance.ce_iterations=0")
+    cfg = make_cfg(*base, *imp, "+risk.importance.tilt={jump_count: 2.0}")
+    m = tasks.run_task(cfg, tmp_path / "i", simulate_fn=fake_simulate)
+    rare = m["rare_event"]
+    assert m["p_liquidation_estimator"] == "is" and rare["tilt"]["jump_count"] == 2.0 and rare["n"] == 8
+    assert "tilted world" in (tmp_path / "i" / "report.md").read_text()
+    assert {"threshold", "count", "estimate", "ci_low", "ci_high"} <= set(m["p_loss"])
+
+
+def test_rare_event_settings_are_checked():
+    with pytest.raises(mcfg.ConfigError, match="risk.estimator"):
+        mcfg.build(make_cfg("risk.estimator=magic"))
+    with pytest.raises(mcfg.ConfigError, match="needs the market world"):
+        mcfg.build(make_cfg("experiment=as2008", "risk.estimator=is"))
+    with pytest.raises(mcfg.ConfigError, match="risk.splitting.levels"):
+        mcfg.build(make_cfg("risk.estimator=splitting", "risk.splitting.levels=[2.0,3.0]"))
+    with pytest.raises(mcfg.ConfigError, match="risk.importance.tilt"):
+        mcfg.build(make_cfg("risk.estimator=is", "+risk.importance.tilt={liq_size: 1.5}"))
+    with pytest.raises(mcfg.ConfigError, match="risk.loss_threshold"):
+        mcfg.build(make_cfg("risk.loss_threshold=-1"))

@@ -98,6 +98,63 @@ def liquidation_claim(p_liq: dict, epsilon: float, ci_level: float = 0.95) -> st
     )
 
 
+def rare_event_claim(rare: dict, epsilon: float, ci_level: float = 0.95) -> str:
+    """The sentence the report may make about P(liquidation) from a rare-event estimate
+    (:mod:`mmsim.sim.rare`): "≈ 0" only when its interval's upper end is at most ``epsilon``;
+    with no hits, that nothing is certified."""
+    how = rare["method"]
+    if rare.get("ci_high") is None:
+        return f"P(liquidation) is NOT certified: {how} found no liquidation ({rare.get('note', '')})."
+    est, lo, hi = rare["estimate"], rare["ci_low"], rare["ci_high"]
+    span = f"estimate {est:.3g}, {ci_level:.0%} interval [{lo:.3g}, {hi:.3g}] by {how}"
+    if hi <= epsilon:
+        return f"P(liquidation) ≈ 0: {span}; the upper end is below the target ε = {epsilon:g}."
+    return f"P(liquidation) is NOT certified to be approximately 0: {span}; the upper end exceeds ε = {epsilon:g}."
+
+
+def rare_event_paragraph(rare: dict) -> str:
+    """One paragraph saying what the rare-event estimate certified and how."""
+    if rare["method"] == "importance sampling":
+        t = rare.get("tilt") or {}
+        tilt = ", ".join(f"{k} {v:.3g}" for k, v in t.items())
+        its = len(rare.get("ce_iterations") or [])
+        how = (
+            f"{rare['n']:,} paths were drawn from the tilted world ({tilt}; "
+            + (f"chosen by {its} cross-entropy iterations" if its else "given in the config")
+            + "), each weighted by its likelihood ratio up to its liquidation; the interval is the normal "
+            "interval of the weighted mean"
+        )
+        if rare.get("ci_high") is None:
+            return how + ". No tilted path was liquidated, so nothing is certified."
+        vrf = rare.get("vrf")
+        return (
+            how + f", checked by a Poisson bootstrap [{rare['boot_low']:.3g}, {rare['boot_high']:.3g}]. "
+            f"{rare['hits']:,} liquidated paths carry an effective sample size of {rare['ess']:.3g}; "
+            f"one tilted path is worth {vrf:.3g} plain ones (variance-reduction factor)"
+            + (
+                "; below 2, the tilt does not pay: the tilted streams are not what liquidates this policy."
+                if vrf < 2
+                else "."
+            )
+        )
+    lv = ", ".join(f"{x:.3g}" for x in rare["levels"])
+    ps = ", ".join(f"{x:.3g}" for x in rare["stage_p"])
+    out = (
+        f"Multilevel splitting: {rare['replicates']} independent replicates of {rare['n_paths']:,} paths per stage; "
+        f"a path whose running minimum margin ratio falls below a level ({lv}) is cloned, with fresh draws, "
+        f"to fill the next stage, whose last is the liquidation itself (mean fractions per stage: {ps}). "
+        "The estimate is the product of the fractions, its interval the t-interval over the replicates"
+    )
+    if rare.get("vrf") is not None:
+        vrf = rare["vrf"]
+        out += f"; its variance-reduction factor against plain Monte Carlo at the same path-steps is {vrf:.3g}" + (
+            " (below 1: at this probability plain paths would do better)." if vrf < 1 else "."
+        )
+    else:
+        out += ". No replicate reached the liquidation, so nothing is certified."
+    return out
+
+
 def summary_rows(m: dict) -> list[tuple[str, str]]:
     """The headline numbers of a risk run as (label, value) rows."""
     pl, pd_, p = m["p_liquidation"], m["p_drawdown"], m["pnl"]
@@ -110,6 +167,24 @@ def summary_rows(m: dict) -> list[tuple[str, str]]:
             f"P(max DD > {pct(pd_['threshold'])} equity) [CI]",
             f"{fmt(pd_['estimate'])} [{fmt(pd_['ci_low'])}, {fmt(pd_['ci_high'])}] ({pd_['count']})",
         ),
+    ]
+    pls = m.get("p_loss")
+    if pls:
+        rows.append(
+            (
+                f"P(loss > {pct(pls['threshold'])} equity) [CI]",
+                f"{fmt(pls['estimate'])} [{fmt(pls['ci_low'])}, {fmt(pls['ci_high'])}] ({pls['count']})",
+            )
+        )
+    rare = m.get("rare_event")
+    if rare and rare.get("ci_high") is not None:
+        rows.append(
+            (
+                f"P(liquidation) by {rare['method']} [CI]",
+                f"{fmt(rare['estimate'])} [{fmt(rare['ci_low'])}, {fmt(rare['ci_high'])}]",
+            )
+        )
+    rows += [
         ("PnL mean ± se", f"{fmt(p['mean'])} ± {fmt(p.get('se_mean'))}"),
         ("PnL sd", fmt(p["std"])),
         ("PnL q01 / q50 / q99", f"{fmt(p['q01'])} / {fmt(p['q50'])} / {fmt(p['q99'])}"),

@@ -16,7 +16,17 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from mmsim import regimes
-from mmsim.report.common import DPI, REGIME_COLORS, _time_axis, fmt, liquidation_claim, md_table, summary_rows
+from mmsim.report.common import (
+    DPI,
+    REGIME_COLORS,
+    _time_axis,
+    fmt,
+    liquidation_claim,
+    md_table,
+    rare_event_claim,
+    rare_event_paragraph,
+    summary_rows,
+)
 from mmsim.sim.risk import clopper_pearson, paths_to_certify
 
 
@@ -367,6 +377,9 @@ def write_risk_report(
             )
         )
     claim = liquidation_claim({**metrics["p_liquidation"], "n": metrics["n_paths"]}, epsilon_liq, ci_level)
+    rare = metrics.get("rare_event")
+    if rare:
+        claim = rare_event_claim(rare, epsilon_liq, ci_level)
     lines = [f"# {title}", ""]
     if description:
         lines += [description, ""]
@@ -374,6 +387,8 @@ def write_risk_report(
     if config_lines:
         lines += ["## Set-up", "", md_table(["", ""], config_lines), ""]
     lines += ["## Summary", "", md_table(["quantity", "value"], summary_rows(metrics)), ""]
+    if rare:
+        lines += ["## How P(liquidation) was certified", "", rare_event_paragraph(rare), ""]
     dec = metrics.get("pnl_decomposition") or {}
     if dec:
         lines += ["## PnL decomposition (mean per path)", "", md_table(list(dec), [list(dec.values())]), ""]

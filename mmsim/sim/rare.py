@@ -132,8 +132,8 @@ def cross_entropy_tilt(score, hit, log_w, tilt_stats, *, elite_frac: float = 0.1
     variables of its largest sizes, the drift the elite's weighted mean of the diffusion's
     normals. ``tilt_stats`` is the (n, 7) per-path statistics of
     :class:`mmsim.world.tilt.TiltInfo` (events, compensator, size E, jump events, jump
-    compensator, sum of the normals, their count); ``score``: (n,) the importance function (lower is nearer the event, e.g. the
-    minimum margin ratio). Returns ``{"tilt": {...}, "level": ..., "elite": ...}``.
+    compensator, sum of the normals, their count); ``score``: (n,) the importance function
+    (lower is nearer the event, e.g. the minimum margin ratio). Returns ``{"tilt": {...}, "level": ..., "elite": ...}``.
     """
     score = np.asarray(score, float)
     h = np.asarray(hit, bool)

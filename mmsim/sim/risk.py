@@ -209,11 +209,13 @@ def time_to_liquidation(liq_time: np.ndarray) -> dict:
     }
 
 
-def summarize(result, drawdown_threshold: float, alpha: float = 0.05) -> dict:
+def summarize(result, drawdown_threshold: float, alpha: float = 0.05, loss_threshold: float = 0.2) -> dict:
     """The across-path statistics of a :class:`mmsim.sim.simulate.SimResult` as a JSON-ready dict.
 
     ``drawdown_threshold`` is a fraction of the initial equity: P(max drawdown > threshold *
-    initial equity). Intervals are exact two-sided Clopper-Pearson at level ``1 - alpha``.
+    initial equity); ``loss_threshold`` too: P(final PnL < -threshold * initial equity), the
+    drain that empties an account without liquidating it. Intervals are exact two-sided
+    Clopper-Pearson at level ``1 - alpha``.
     """
     from mmsim.engine import PNL_COMPONENTS
 
@@ -225,6 +227,9 @@ def summarize(result, drawdown_threshold: float, alpha: float = 0.05) -> dict:
     dd_frac_init = dd_abs / result.initial_equity
     p_liq = proportion(np.asarray(s.liquidated), alpha)
     p_dd = proportion(dd_frac_init > drawdown_threshold, alpha)
+    if not 0.0 < loss_threshold:
+        raise ValueError(f"loss_threshold = {loss_threshold!r}: must be a positive fraction of equity")
+    p_loss = proportion(np.asarray(s.pnl, float) < -loss_threshold * result.initial_equity, alpha)
     comps = np.asarray(s.pnl_components, float)
     fills = np.asarray(s.n_fills, float)
     liq_time = np.asarray(s.liq_time, float)
@@ -241,6 +246,10 @@ def summarize(result, drawdown_threshold: float, alpha: float = 0.05) -> dict:
         "p_drawdown": {
             "threshold": drawdown_threshold,
             **{k: p_dd[k] for k in ("count", "estimate", "ci_low", "ci_high")},
+        },
+        "p_loss": {
+            "threshold": loss_threshold,
+            **{k: p_loss[k] for k in ("count", "estimate", "ci_low", "ci_high")},
         },
         "pnl": pnl_summary(np.asarray(s.pnl, float)),
         "max_drawdown": {

@@ -566,12 +566,15 @@ def split(
     dtype: Any = jnp.float32,
     world_substeps: int = 1,
     alpha: float = 0.05,
+    **split_kwargs,
 ) -> dict:
     """P(liquidation by ``n_steps`` steps of ``dt`` seconds) by fixed-effort multilevel splitting
     (:func:`mmsim.sim.rare.split`) on the path's running minimum margin ratio (equity over the
     maintenance margin; the account is liquidated below 1): the paths whose margin ratio has
     fallen below ``levels[k]`` continue from there, cloned with fresh keys. The same per-path
-    step as :func:`simulate`; ``market_params.tilt`` must be None (splitting needs no tilt)."""
+    step as :func:`simulate`; ``market_params.tilt`` must be None (splitting needs no tilt).
+    ``split_kwargs`` (``pilot_paths``, ``stage_p``, ...) go to :func:`mmsim.sim.rare.split`; the
+    pilot's levels stop above a margin ratio of 1 (the liquidation itself is the last stage)."""
     from mmsim.sim import rare
 
     worlds.get(world)
@@ -599,6 +602,7 @@ def split(
         seed=seed,
         replicates=replicates,
         alpha=alpha,
+        **{"floor": 1.0, **split_kwargs},
     )
 
 
@@ -643,9 +647,13 @@ def importance_sample(
         tilt = TiltParams()
         for k in range(ce_iterations):
             mp = dataclasses.replace(market_params, tilt=tilt)
-            r = simulate(world, mp, engine_params, n_paths=ce_paths, n_steps=n_steps, dt=dt, seed=seed + 1 + k, **kwargs)
+            r = simulate(
+                world, mp, engine_params, n_paths=ce_paths, n_steps=n_steps, dt=dt, seed=seed + 1 + k, **kwargs
+            )
             s = r.summary
-            upd = rare.cross_entropy_tilt(s.min_margin_ratio, s.liquidated, s.log_w, s.tilt_stats, elite_frac=elite_frac)
+            upd = rare.cross_entropy_tilt(
+                s.min_margin_ratio, s.liquidated, s.log_w, s.tilt_stats, elite_frac=elite_frac
+            )
             iterations.append({"tilt": _tilt_dict(tilt), "hits": int(np.sum(s.liquidated)), **upd})
             tilt = TiltParams(**upd["tilt"])
     mp = dataclasses.replace(market_params, tilt=tilt)

@@ -161,8 +161,17 @@ def test_splitting_pilot_levels():
     """Levels chosen by a pilot (its own draws) keep the estimate on psi = 1e-2."""
     u = u_for(1e-2)
     out = rare.split(
-        _init(u), _advance(False), _score, levels="auto", n_paths=400, n_steps=500, seed=5, replicates=8,
-        pilot_paths=400, stage_p=0.3, floor=0.0,
+        _init(u),
+        _advance(False),
+        _score,
+        levels="auto",
+        n_paths=400,
+        n_steps=500,
+        seed=5,
+        replicates=8,
+        pilot_paths=400,
+        stage_p=0.3,
+        floor=0.0,
     )
     assert 2 <= len(out["levels"]) <= 8 and out["levels"][0] < u and "pilot" in out
     assert out["ci_low"] <= psi(u) <= out["ci_high"], out
