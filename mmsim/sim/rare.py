@@ -213,7 +213,10 @@ def split(
         raise ValueError(f"replicates = {replicates!r}: the interval needs at least 2")
     if not (isinstance(n_paths, int) and n_paths >= 2):
         raise ValueError(f"n_paths = {n_paths!r}: must be an integer >= 2")
-    stage = _stage_fn(advance, score, n_steps)
+    devices = jax.local_devices()
+    if n_paths % len(devices):
+        devices = devices[:1]  # paths split evenly over the devices, or all on one
+    stage = _stage_fn(advance, score, n_steps, devices)
     start = jax.jit(jax.vmap(init))
     root = rng.key(seed)
     pilot = None
@@ -317,10 +320,11 @@ def _pilot_levels(start, stage, n: int, seed: int, stage_p: float, floor: float,
     return levels, {"n_paths": n, "stage_p": stage_p, "floor": floor, "stopped": reason}
 
 
-def _stage_fn(advance: Callable, score: Callable, n_steps: int):
+def _stage_fn(advance: Callable, score: Callable, n_steps: int, devices=None):
     """One stage for a batch of paths (compiled once; the level and the final flag are traced):
     each path runs from its own step until it reaches the level (or the event) or the horizon.
-    Returns the carries, the steps reached, the hits and the minimum value each path saw."""
+    Returns the carries, the steps reached, the hits and the minimum value each path saw. With
+    several devices the paths are split over them (each runs its share's loop to its own end)."""
 
     def one(key, carry, t, level, final):
         def reached(c):
@@ -338,4 +342,17 @@ def _stage_fn(advance: Callable, score: Callable, n_steps: int):
 
         return jax.lax.while_loop(cond, body, (carry, t, reached(carry), score(carry)[0]))
 
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, None)))
+    fn = jax.vmap(one, in_axes=(0, 0, 0, None, None))
+    if devices is not None and len(devices) > 1:  # paths are independent: split over the devices
+        from jax.sharding import Mesh
+        from jax.sharding import PartitionSpec as P
+
+        mesh = Mesh(np.asarray(devices), ("paths",))
+        fn = jax.shard_map(
+            fn,
+            mesh=mesh,
+            in_specs=(P("paths"), P("paths"), P("paths"), P(), P()),
+            out_specs=P("paths"),
+            check_vma=False,
+        )
+    return jax.jit(fn)

@@ -80,7 +80,8 @@ class PathSummary(NamedTuple):
 
 
 class Trace(NamedTuple):
-    """Full traces of the first paths, shape (n_trace, n_steps + 1, ...); index 0 is t = 0."""
+    """Full traces of the first paths, shape (n_trace, n_steps + 1, ...); index 0 is t = 0. Beyond
+    :data:`MAX_TRACE_POINTS` steps, every k-th step (``t`` says which)."""
 
     t: Any  # (n_steps + 1,) seconds
     mid: Any  # (n, T+1, A) quote currency
@@ -258,7 +259,23 @@ def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: b
     start, one, finish = _path_fns(mp, ep, world=world, dt=dt, dtype=dtype, trace=trace, substeps=substeps)
     carry = jax.vmap(start)(keys)
     step = jax.vmap(one, in_axes=(0, 0, None))
-    carry, rows = jax.lax.scan(lambda c, t: step(keys, c, t), carry, jnp.arange(n_steps + 1, dtype=jnp.int32))
+    every = trace_stride(n_steps) if trace else 1
+    if every == 1:
+        carry, rows = jax.lax.scan(lambda c, t: step(keys, c, t), carry, jnp.arange(n_steps + 1, dtype=jnp.int32))
+    else:  # a long horizon's traces keep every `every`-th step: their memory stays bounded
+        def block(c, b):
+            t0 = b * every
+            c, row = step(keys, c, t0)
+
+            def inner(c, j):  # the step index is the same for every path: a real branch, not a select
+                t = t0 + j
+                return jax.lax.cond(t <= n_steps, lambda c: step(keys, c, t)[0], lambda c: c, c), None
+
+            c, _ = jax.lax.scan(inner, c, jnp.arange(1, every, dtype=jnp.int32))
+            return c, row
+
+        n_rows = -(-(n_steps + 1) // every)
+        carry, rows = jax.lax.scan(block, carry, jnp.arange(n_rows, dtype=jnp.int32))
     summary = jax.vmap(finish)(carry)
     if not trace:
         return summary
@@ -391,12 +408,23 @@ def use_cpu_cores(n: int | None = None) -> int:
 MAX_STEPS = 2**31 - 2
 
 
+#: The most steps a trace keeps per path: a longer horizon's traces keep every k-th step
+#: (:func:`trace_stride`), so their memory does not grow with the horizon.
+MAX_TRACE_POINTS = 100_000
+
+
+def trace_stride(n_steps: int) -> int:
+    """Steps between two trace rows: 1 up to :data:`MAX_TRACE_POINTS` rows, more beyond."""
+    return max(1, -(-(int(n_steps) + 1) // MAX_TRACE_POINTS))
+
+
 def memory_estimate(n_steps: int, n_trace: int, n_assets: int, itemsize: int = 4) -> int:
     """Bytes a run needs that grow with its horizon, whatever the chunk: the step index of the scan
-    (int32 per step) and the traces of ``n_trace`` paths (13 fields, per asset, per step). The
-    per-path state of a chunk is bounded by the chunk size and small beside a long horizon."""
-    per_step = 4 + max(int(n_trace), 0) * (13 * max(int(n_assets), 1) * itemsize + 16)
-    return int(n_steps + 1) * per_step
+    (int32 per step) and the traces of ``n_trace`` paths (13 fields, per asset, per kept step:
+    at most :data:`MAX_TRACE_POINTS`). The per-path state of a chunk is bounded by the chunk size
+    and small beside a long horizon."""
+    trace = max(int(n_trace), 0) * (13 * max(int(n_assets), 1) * itemsize + 16)
+    return int(n_steps + 1) * 4 + -(-(int(n_steps) + 1) // trace_stride(n_steps)) * trace
 
 
 def machine_memory() -> int | None:
@@ -527,7 +555,8 @@ def simulate(
     if tfn is not None:
         _, rows = jax.device_get(tfn(tkeys, mp, ep))
         rows = [np.asarray(x)[: min(n_trace, n_paths)] for x in rows]
-        trace = Trace(np.arange(n_steps + 1) * dt, *rows)
+        every = trace_stride(n_steps)
+        trace = Trace(np.arange(0, n_steps + 1, every) * dt, *rows)
 
     done = len(mine) * chunk if pcount > 1 else n_paths
     return SimResult(

@@ -357,3 +357,21 @@ def test_world_substeps_keep_the_headline_metrics():
         assert abs(a.mean() - b.mean()) < 4 * se, (name, a.mean(), b.mean(), se)
     with pytest.raises(ValueError, match="world_substeps = 0"):
         sim.simulate(world, mp, ep, n_paths=4, n_steps=2, dt=1.0, seed=0, world_substeps=0)
+
+
+def test_long_horizon_traces_keep_every_kth_step(monkeypatch):
+    """Beyond MAX_TRACE_POINTS steps a trace keeps every k-th step: the same rows as the full
+    trace at those steps, the same paths, and a memory that does not grow with the horizon."""
+    kw = dict(n_paths=4, n_steps=37, dt=DT, seed=3, n_trace=2, progress=False)
+    full = sim.simulate("as2008", as2008.AS2008Params(), as2008_engine(), **kw)
+    monkeypatch.setattr(sim, "MAX_TRACE_POINTS", 10)
+    sim._COMPILED.clear()  # the stride is part of the traced program
+    thin = sim.simulate("as2008", as2008.AS2008Params(), as2008_engine(), **kw)
+    sim._COMPILED.clear()
+    assert sim.trace_stride(37) == 4
+    np.testing.assert_array_equal(thin.trace.t, np.arange(0, 38, 4) * DT)
+    np.testing.assert_array_equal(thin.trace.mid, full.trace.mid[:, ::4])
+    np.testing.assert_array_equal(thin.trace.equity, full.trace.equity[:, ::4])
+    np.testing.assert_array_equal(thin.summary.pnl, full.summary.pnl)
+    # The traces' share of the memory: at most MAX_TRACE_POINTS rows, whatever the horizon.
+    assert sim.memory_estimate(10**7, 8, 1) - 4 * (10**7 + 1) <= 10 * 8 * (13 * 4 + 16)
