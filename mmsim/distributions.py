@@ -323,3 +323,14 @@ def tilt_exp(u: jax.Array, eta: jax.Array) -> tuple[jax.Array, jax.Array, jax.Ar
     eta = jnp.asarray(eta, jnp.float64)
     e = -jnp.log1p(-u.astype(jnp.float64)) / (1.0 - eta)
     return _cast_uniform(-jnp.expm1(-e), dtype), -eta * e - jnp.log1p(-eta), e
+
+
+def tilt_normal_score(u: jax.Array, theta: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A mean shift of the uniform's normal score: ``z = ndtri(u)`` becomes N(theta, 1), so a
+    count drawn by inversion of ``u`` (exact or Cornish-Fisher) moves up by about ``theta``
+    standard deviations for ``theta > 0``. Returns ``(u_tilted, log_lr, z_tilted)`` with
+    ``log_lr = -theta z + theta^2 / 2`` (float64)."""
+    dtype = u.dtype
+    th = jnp.asarray(theta, jnp.float64)
+    z = ndtri(jnp.clip(u.astype(jnp.float64), 1e-300, 1.0 - 1e-16)) + th
+    return _cast_uniform(jax.scipy.special.ndtr(z), dtype), -th * z + 0.5 * th * th, z

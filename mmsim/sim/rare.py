@@ -117,7 +117,7 @@ def is_estimate(hit, log_w, alpha: float = 0.05, *, n_boot: int = 2000, seed: in
 #: largest size's tail index at least 0.2 of its own.
 _CE_BOOST_MAX = 1000.0
 _CE_SIZE_MAX = 0.8
-#: and a diffusion drift of at most a quarter of a standard deviation per step.
+#: and a diffusion drift or a flow imbalance of at most a quarter of a standard deviation per step.
 _CE_DRIFT_MAX = 0.25
 
 
@@ -129,10 +129,11 @@ def cross_entropy_tilt(score, hit, log_w, tilt_stats, *, elite_frac: float = 0.1
     The tilted family's CE optimum is closed-form: an intensity multiplier is the elite's
     weighted count of events over its weighted nominal compensator (a Poisson rate's MLE), and
     the size tilt ``1 - 1 / mean(E)`` from the elite's weighted mean of the tilted Exp(1)
-    variables of its largest sizes, the drift the elite's weighted mean of the diffusion's
-    normals. ``tilt_stats`` is the (n, 7) per-path statistics of
-    :class:`mmsim.world.tilt.TiltInfo` (events, compensator, size E, jump events, jump
-    compensator, sum of the normals, their count); ``score``: (n,) the importance function
+    variables of its largest sizes, the drift and the flow imbalance the elite's weighted means
+    of the diffusion's normals and of the order counts' score differences. ``tilt_stats`` is the
+    (n, 9) per-path statistics of :class:`mmsim.world.tilt.TiltInfo` (events, compensator, size
+    E, jump events, jump compensator, sum of the normals, their count, sum of the score
+    differences, their count); ``score``: (n,) the importance function
     (lower is nearer the event, e.g. the minimum margin ratio). Returns ``{"tilt": {...}, "level": ..., "elite": ...}``.
     """
     score = np.asarray(score, float)
@@ -158,6 +159,7 @@ def cross_entropy_tilt(score, hit, log_w, tilt_stats, *, elite_frac: float = 0.1
             "liq_size": size,
             "jump_count": boost(s[3], s[4]),
             "price_drift": float(np.clip(s[5] / s[6], -_CE_DRIFT_MAX, _CE_DRIFT_MAX)) if s[6] > 0 else 0.0,
+            "flow_imbalance": float(np.clip(s[7] / s[8], -_CE_DRIFT_MAX, _CE_DRIFT_MAX)) if s[8] > 0 else 0.0,
         },
         "level": level,
         "elite": int(elite.sum()),

@@ -76,7 +76,7 @@ class PathSummary(NamedTuple):
     n_bad: Any  # (n,) steps whose equity was not finite
     log_w: Any = None  # (n,) log likelihood ratio up to the liquidation (0 without a tilt)
     log_w_full: Any = None  # (n,) log likelihood ratio of the whole path (0 without a tilt)
-    tilt_stats: Any = None  # (n, 7) the tilt's statistics up to the liquidation (TiltInfo[1:])
+    tilt_stats: Any = None  # (n, 9) the tilt's statistics up to the liquidation (TiltInfo[1:])
 
 
 class Trace(NamedTuple):
@@ -263,6 +263,7 @@ def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: b
     if every == 1:
         carry, rows = jax.lax.scan(lambda c, t: step(keys, c, t), carry, jnp.arange(n_steps + 1, dtype=jnp.int32))
     else:  # a long horizon's traces keep every `every`-th step: their memory stays bounded
+
         def block(c, b):
             t0 = b * every
             c, row = step(keys, c, t0)

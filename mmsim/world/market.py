@@ -261,7 +261,13 @@ def step(
 
     mult = jnp.asarray(params.flow_regime_mult, dtype)[regime]
     flow_s, flow_i = flow.step(
-        k["order_flow"], world.flow, params.flow, dt, informed_frac=adv_s.alpha, baseline_mult=mult
+        k["order_flow"],
+        world.flow,
+        params.flow,
+        dt,
+        informed_frac=adv_s.alpha,
+        baseline_mult=mult,
+        imbalance=None if params.tilt is None else params.tilt.flow_imbalance,
     )
 
     liq_s, liq_i = liq.step(
@@ -449,11 +455,13 @@ def step(
         tilt=None
         if params.tilt is None
         else liq_i.tilt._replace(
-            log_lr=liq_i.tilt.log_lr + price_i.tilt[0] + lr_z,
+            log_lr=liq_i.tilt.log_lr + price_i.tilt[0] + lr_z + flow_i.tilt[0],
             jump_events=price_i.tilt[1],
             jump_comp=price_i.tilt[2],
             price_z=sum_z,
             price_n=jnp.asarray(float(a), jnp.float64),
+            flow_z=flow_i.tilt[1],
+            flow_n=flow_i.tilt[2],
         ),
     )
     return new, obs, info

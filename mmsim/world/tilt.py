@@ -8,6 +8,9 @@ tilted law (:func:`mmsim.distributions.tilt_event`, :func:`mmsim.distributions.t
 - ``liq_size``: the largest liquidation of a step with an event has its Pareto tail index ``a``
   lowered to ``a (1 - liq_size)``;
 - ``jump_count``: a price jump happens as if the jump rate were ``jump_count`` times larger;
+- ``flow_imbalance``: the uninformed market-order counts' uniforms have their normal scores
+  shifted, sells by ``+flow_imbalance`` and buys by ``-flow_imbalance`` (positive: more selling,
+  so a market maker's bids fill more and it drifts long);
 - ``price_drift``: the diffusion's standard normal of each step has mean ``price_drift`` instead
   of 0 (the exponential tilt of a normal: a drift of ``price_drift`` standard deviations per
   step, negative for down; one asset only, whose normal is independent of the other draws).
@@ -38,18 +41,21 @@ class TiltParams:
         liq_size: exponential tilt of the largest liquidation's tail, in [0, 1).
         jump_count: multiplier of the price-jump intensity, > 0.
         price_drift: mean of the price diffusion's N(0, 1) draw of a step, standard deviations.
+        flow_imbalance: shift of the sell (+) and buy (-) order counts' normal scores per step.
     """
 
     liq_count: jax.Array | float = 1.0
     liq_size: jax.Array | float = 0.0
     jump_count: jax.Array | float = 1.0
     price_drift: jax.Array | float = 0.0
+    flow_imbalance: jax.Array | float = 0.0
 
     def validate(self) -> None:
         c = Check(self)
         c.positive("liq_count", "multiplier of the liquidation event intensity")
         c.positive("jump_count", "multiplier of the price-jump intensity")
         c.finite("price_drift", "mean of the diffusion's normal per step, standard deviations")
+        c.finite("flow_imbalance", "shift of the order counts' normal scores per step")
         c.require(
             0.0 <= float(c.value("liq_size").min()) and float(c.value("liq_size").max()) < 1.0,
             "liq_size",
@@ -68,15 +74,17 @@ class TiltInfo(NamedTuple):
     jump_comp: jax.Array  # nominal expected jump counts, summed
     price_z: jax.Array  # the step's (tilted) diffusion normal
     price_n: jax.Array  # 1 per step (the normals drawn)
+    flow_z: jax.Array  # half the (tilted) sell score minus the buy score, summed over assets
+    flow_n: jax.Array  # assets (the score pairs drawn)
 
 
 #: The tilt's statistics a path carries (every TiltInfo field but the log likelihood ratio).
-N_STATS = 7
+N_STATS = 9
 
 
 def zero() -> TiltInfo:
     z = jnp.zeros((), jnp.float64)
-    return TiltInfo(z, z, z, z, z, z, z, z)
+    return TiltInfo(*(z for _ in TiltInfo._fields))
 
 
 def shift_normal(z: jax.Array, theta: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

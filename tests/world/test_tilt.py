@@ -38,7 +38,7 @@ def test_neutral_tilt_is_the_nominal_world(world):
 
 
 def test_tilted_paths_estimate_the_nominal_law(world):
-    tilt = TiltParams(liq_count=2.0, liq_size=0.2, jump_count=3.0, price_drift=-0.03)
+    tilt = TiltParams(liq_count=2.0, liq_size=0.2, jump_count=3.0, price_drift=-0.03, flow_imbalance=0.02)
     t = _run(world, tilt, 2)
     w = np.exp(t.log_w_full)
     se_w = w.std(ddof=1) / np.sqrt(N)

@@ -305,5 +305,7 @@ def _tilted(tilt, u_nl, u_ns, u_vl, u_vs, comp_l, comp_s):
         jump_comp=z,
         price_z=z,
         price_n=z,
+        flow_z=z,
+        flow_n=z,
     )
     return u_n[0], u_n[1], u_v[0], u_v[1], info

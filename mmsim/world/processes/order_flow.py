@@ -5,7 +5,7 @@ Equations, units, the discretisation over a step and the known biases: ``docs/MO
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -108,6 +108,7 @@ class FlowInfo(NamedTuple):
     max_sell: jax.Array  # (A,) largest sell order in the step, base units (0 if none)
     lam_buy: jax.Array  # (A,) buy intensity at the start of the step, per second
     lam_sell: jax.Array  # (A,) sell intensity at the start of the step, per second
+    tilt: Any = None  # (log_lr, score statistic, assets), float64, under a tilt
 
 
 def _host(params: FlowParams, name: str) -> np.ndarray:
@@ -209,6 +210,7 @@ def step(
     *,
     informed_frac: jax.Array | float = 0.0,
     baseline_mult: jax.Array | float = 1.0,
+    imbalance: jax.Array | float | None = None,
 ) -> tuple[FlowState, FlowInfo]:
     """Advance the buy and sell order flow of every asset by one step of ``dt`` seconds.
 
@@ -221,6 +223,10 @@ def step(
             adverse-selection process); clipped to [0, 1].
         baseline_mult: (A,) multiplier of the baselines ``mu_buy``, ``mu_sell`` (e.g. busier
             markets in high-volatility regimes), dimensionless, >= 0.
+        imbalance: importance sampling (:mod:`mmsim.world.tilt`): the uninformed counts'
+            uniforms drawn with their normal scores shifted, sells by ``+imbalance`` and buys by
+            ``-imbalance``; the info's ``tilt`` is then ``(log_lr, sum of (z_sell - z_buy) / 2,
+            assets)``. None: the nominal law.
 
     Returns:
         The excitations at the end of the step and the step's :class:`FlowInfo`.
@@ -230,6 +236,11 @@ def step(
     cast = lambda x: jnp.asarray(x).astype(dtype)  # noqa: E731
     # The (A, 6) draw as six (A,) columns: buy informed, buy uninformed, buy volume, then sells.
     u_inf_b, u_un_b, u_vol_b, u_inf_s, u_un_s, u_vol_s = rng.uniform_columns(key, (n_a, N_UNIFORMS), dtype)
+    t_info = None
+    if imbalance is not None:
+        u_un_s, lr_s, z_s = dist.tilt_normal_score(u_un_s, imbalance)
+        u_un_b, lr_b, z_b = dist.tilt_normal_score(u_un_b, -jnp.asarray(imbalance))
+        t_info = (jnp.sum(lr_s + lr_b), jnp.sum(0.5 * (z_s - z_b)), jnp.asarray(float(n_a), jnp.float64))
     beta = cast(params.beta)
     m = cast(baseline_mult)
     f = jnp.clip(cast(informed_frac), 0.0, 1.0)
@@ -274,5 +285,6 @@ def step(
         max_sell=big_s.astype(dtype),
         lam_buy=lam_b.astype(dtype),
         lam_sell=lam_s.astype(dtype),
+        tilt=t_info,
     )
     return new, info
