@@ -156,9 +156,12 @@ def run_risk(cfg: DictConfig, out_dir: Path, *, simulate_fn: Callable | None = N
         }
     )
     if rs.estimator != "plain":  # the rare-event estimate certifies; the plain run gives the rest
+        from mmsim.sim import rare as rare_mod
+
         rare = rare_event(world, mp, ep, sim, rs)
         m["rare_event"] = rare
-        m["p_liquidation_certified_zero"] = bool(rare["ci_high"] is not None and rare["ci_high"] <= rs.epsilon_liq)
+        rare["certified"], rare["why"] = rare_mod.certifies(rare, rs.epsilon_liq)
+        m["p_liquidation_certified_zero"] = rare["certified"]
         m["liquidation_claim"] = report.rare_event_claim(rare, rs.epsilon_liq, rs.ci_level)
     fills = np.asarray(result.summary.n_fills, float)
     m["fills"].update(

@@ -100,16 +100,18 @@ def liquidation_claim(p_liq: dict, epsilon: float, ci_level: float = 0.95) -> st
 
 def rare_event_claim(rare: dict, epsilon: float, ci_level: float = 0.95) -> str:
     """The sentence the report may make about P(liquidation) from a rare-event estimate
-    (:mod:`mmsim.sim.rare`): "≈ 0" only when its interval's upper end is at most ``epsilon``;
+    (:mod:`mmsim.sim.rare`): "≈ 0" only when it certifies ``epsilon`` (its ``certified`` and
+    ``why``, from :func:`mmsim.sim.rare.certifies`; else its upper end against ``epsilon``);
     with no hits, that nothing is certified."""
     how = rare["method"]
     if rare.get("ci_high") is None:
         return f"P(liquidation) is NOT certified: {how} found no liquidation ({rare.get('note', '')})."
     est, lo, hi = rare["estimate"], rare["ci_low"], rare["ci_high"]
     span = f"estimate {est:.3g}, {ci_level:.0%} interval [{lo:.3g}, {hi:.3g}] by {how}"
-    if hi <= epsilon:
+    ok, why = rare.get("certified", hi <= epsilon), rare.get("why", f"the upper end exceeds {epsilon:g}")
+    if ok:
         return f"P(liquidation) ≈ 0: {span}; the upper end is below the target ε = {epsilon:g}."
-    return f"P(liquidation) is NOT certified to be approximately 0: {span}; the upper end exceeds ε = {epsilon:g}."
+    return f"P(liquidation) is NOT certified to be approximately 0: {span}; {why} (target ε = {epsilon:g})."
 
 
 def rare_event_paragraph(rare: dict) -> str:

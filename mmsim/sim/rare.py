@@ -113,6 +113,25 @@ def is_estimate(hit, log_w, alpha: float = 0.05, *, n_boot: int = 2000, seed: in
     }
 
 
+#: The effective sample size of the hits below which an importance-sampling interval is not
+#: used to certify: a handful of weighted hits gives a normal interval that means nothing.
+MIN_ESS = 30.0
+
+
+def certifies(est: dict, epsilon: float) -> tuple[bool, str]:
+    """Whether a rare-event estimate (:func:`is_estimate` or :func:`split`) certifies
+    ``P <= epsilon``, and why not: its interval's upper end must be at most ``epsilon``, it must
+    have one (hits), and an importance-sampling one must rest on an effective sample size of at
+    least :data:`MIN_ESS`."""
+    if est.get("ci_high") is None:
+        return False, "no path reached the event"
+    if est["method"] == "importance sampling" and est["ess"] < MIN_ESS:
+        return False, f"the hits' effective sample size {est['ess']:.3g} is below {MIN_ESS:g}"
+    if est["ci_high"] > epsilon:
+        return False, f"the upper end {est['ci_high']:.3g} exceeds {epsilon:g}"
+    return True, f"the upper end {est['ci_high']:.3g} is at most {epsilon:g}"
+
+
 #: Bounds of the cross-entropy tilt: counts at most 1000 times as likely per quiet step, the
 #: largest size's tail index at least 0.2 of its own.
 _CE_BOOST_MAX = 1000.0

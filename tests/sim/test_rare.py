@@ -109,6 +109,10 @@ def test_tilted_uniform_laws():
     ut, lr = dist.tilt_event(jnp.asarray(u), p0, 5.0)
     np.testing.assert_allclose(float(jnp.mean(ut > p0)), 1 - p0**5, atol=1e-5)
     np.testing.assert_allclose(float(jnp.mean(jnp.exp(lr))), 1.0, atol=1e-9)
+    # tilt_normal_score: the score is N(theta, 1), and the weights average to 1.
+    ut, lr, z = dist.tilt_normal_score(jnp.asarray(u), 0.5)
+    np.testing.assert_allclose(float(jnp.mean(z)), 0.5, atol=1e-4)
+    np.testing.assert_allclose(float(jnp.mean(jnp.exp(lr))), 1.0, atol=2e-3)
     # Boost 1 and eta 0 are the nominal law, weight 1.
     ut, lr = dist.tilt_event(jnp.asarray(u), p0, 1.0)
     np.testing.assert_allclose(np.asarray(ut), u, rtol=1e-12)
@@ -175,3 +179,16 @@ def test_splitting_pilot_levels():
     )
     assert 2 <= len(out["levels"]) <= 8 and out["levels"][0] < u and "pilot" in out
     assert out["ci_low"] <= psi(u) <= out["ci_high"], out
+
+
+def test_certification_needs_hits_an_upper_end_and_an_effective_sample():
+    few = rare.is_estimate(np.r_[np.ones(3, bool), np.zeros(10_000, bool)], np.full(10_003, -12.0))
+    assert few["ess"] == pytest.approx(3.0) and not rare.certifies(few, 1e-3)[0]  # 3 equal weights
+    many = rare.is_estimate(np.r_[np.ones(50, bool), np.zeros(10_000, bool)], np.full(10_050, -12.0))
+    ok, why = rare.certifies(many, 1e-6)
+    assert ok and many["ci_high"] <= 1e-6, why
+    assert not rare.certifies(many, 1e-9)[0]
+    assert rare.certifies({"method": "multilevel splitting", "ci_high": None}, 1.0) == (
+        False,
+        "no path reached the event",
+    )
