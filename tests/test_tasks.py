@@ -356,11 +356,13 @@ def test_rare_event_estimators_reach_the_report(tmp_path):
     text = (tmp_path / "s" / "report.md").read_text()
     assert "## How P(liquidation) was certified" in text and "Multilevel splitting" in text
     assert m["liquidation_claim"] in text
-    imp = ("risk.estimator=is", "risk.importance.n_paths=8", "risk.importance.ce_iterations=0")
-    cfg = make_cfg(*base, *imp, "+risk.importance.tilt={jump_count: 2.0}")
+    # The shapes of tests/world/test_tilt.py's tilted runs: the compiled program is shared.
+    imp = ("risk.estimator=is", "risk.importance.n_paths=2048", "risk.importance.ce_iterations=0")
+    shape = ("sim.horizon_s=300", "market.shock_time_s=100")
+    cfg = make_cfg(*base, *shape, *imp, "+risk.importance.tilt={jump_count: 2.0}")
     m = tasks.run_task(cfg, tmp_path / "i", simulate_fn=fake_simulate)
     rare = m["rare_event"]
-    assert m["p_liquidation_estimator"] == "is" and rare["tilt"]["jump_count"] == 2.0 and rare["n"] == 8
+    assert m["p_liquidation_estimator"] == "is" and rare["tilt"]["jump_count"] == 2.0 and rare["n"] == 2048
     assert "tilted world" in (tmp_path / "i" / "report.md").read_text()
     assert {"threshold", "count", "estimate", "ci_low", "ci_high"} <= set(m["p_loss"])
 
