@@ -780,8 +780,8 @@ def _check_params_market(cfg: DictConfig) -> None:
 
 
 def _check_memory(sim: SimSettings, n_assets: int) -> None:
-    """Refuse, before anything compiles, a run whose horizon alone needs more memory than the
-    machine has (a horizon of 1e9 s, or a step of 1e-9 s)."""
+    """Refuse, before anything compiles, a run whose traces need more memory than the machine has,
+    or whose step count exceeds the int32 step index (a step of 1e-9 s over an hour)."""
     from mmsim.sim.simulate import MAX_STEPS, machine_memory, memory_estimate
 
     _require(

@@ -271,7 +271,10 @@ def test_a_word_in_a_list_field_is_refused_and_never_skips_validation():
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        (["sim.horizon_s=1e9"], r"sim: 1,000,000,000 steps with 8 traced paths need about"),
+        (
+            ["sim.horizon_s=1e9", "sim.n_paths=1000000", "sim.n_trace=1000000"],
+            r"sim: 1,000,000,000 steps with 1000000 traced paths need about",
+        ),
         (["sim.dt_s=1e-9", "sim.horizon_s=3600"], r"sim.horizon_s / sim.dt_s = 3,600,000,000,000 steps: at most"),
     ],
 )

@@ -260,8 +260,14 @@ def _paths(keys, mp, ep, *, world: str, n_steps: int, dt: float, dtype, trace: b
     carry = jax.vmap(start)(keys)
     step = jax.vmap(one, in_axes=(0, 0, None))
     every = trace_stride(n_steps) if trace else 1
-    if every == 1:
-        carry, rows = jax.lax.scan(lambda c, t: step(keys, c, t), carry, jnp.arange(n_steps + 1, dtype=jnp.int32))
+    if every == 1:  # the step index is carried, not stored: nothing grows with the horizon
+
+        def body(ct, _):
+            c, t = ct
+            c, row = step(keys, c, t)
+            return (c, t + 1), row
+
+        (carry, _), rows = jax.lax.scan(body, (carry, jnp.zeros((), jnp.int32)), None, length=n_steps + 1)
     else:  # a long horizon's traces keep every `every`-th step: their memory stays bounded
 
         def block(c, b):
@@ -420,12 +426,12 @@ def trace_stride(n_steps: int) -> int:
 
 
 def memory_estimate(n_steps: int, n_trace: int, n_assets: int, itemsize: int = 4) -> int:
-    """Bytes a run needs that grow with its horizon, whatever the chunk: the step index of the scan
-    (int32 per step) and the traces of ``n_trace`` paths (13 fields, per asset, per kept step:
-    at most :data:`MAX_TRACE_POINTS`). The per-path state of a chunk is bounded by the chunk size
-    and small beside a long horizon."""
+    """Bytes a run needs that grow with its horizon, whatever the chunk: the traces of ``n_trace``
+    paths (13 fields, per asset, per kept step: at most :data:`MAX_TRACE_POINTS`), so bounded
+    whatever the horizon. The step index is carried through the scan, not stored, and the
+    per-path state of a chunk is bounded by the chunk size."""
     trace = max(int(n_trace), 0) * (13 * max(int(n_assets), 1) * itemsize + 16)
-    return int(n_steps + 1) * 4 + -(-(int(n_steps) + 1) // trace_stride(n_steps)) * trace
+    return -(-(int(n_steps) + 1) // trace_stride(n_steps)) * trace
 
 
 def machine_memory() -> int | None:

@@ -93,7 +93,3 @@ def shift_normal(z: jax.Array, theta: jax.Array) -> tuple[jax.Array, jax.Array, 
     th = jnp.asarray(theta, jnp.float64)
     zt = z.astype(jnp.float64) + th
     return (zt.astype(z.dtype), jnp.sum(-th * zt + 0.5 * th * th), jnp.sum(zt))
-
-
-def add(a: TiltInfo, b: TiltInfo) -> TiltInfo:
-    return TiltInfo(*(x + y for x, y in zip(a, b)))

@@ -40,7 +40,8 @@ def window_sums(
             acc = jax.tree_util.tree_map(lambda a, x: a + jnp.where(keep, x, 0.0), acc, info)
             return (s, acc), None
 
-        zero = flow.FlowInfo(*([jnp.zeros((n_assets,), jnp.float64)] * len(flow.FlowInfo._fields)))
+        counts = [f for f in flow.FlowInfo._fields if f != "tilt"]  # the nominal law: no tilt
+        zero = flow.FlowInfo(**{f: jnp.zeros((n_assets,), jnp.float64) for f in counts})
         (_, acc), _ = jax.lax.scan(body, (s0, zero), jnp.arange(n_burn + n_win))
         return acc
 
