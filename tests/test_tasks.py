@@ -344,18 +344,20 @@ def test_a_params_file_certified_for_another_market_is_refused_unless_forced(tmp
 def test_rare_event_estimators_reach_the_report(tmp_path):
     """risk.estimator=splitting and =is run besides the plain run; metrics.json says which, and
     the report says what was certified and how."""
-    base = (*tiny("cascade_stress"), "sim.n_trace=0", "engine=lite", "policy=symmetric")
+    # Splitting in the AS 2008 world (a fast compile; the adapter is the same for every world).
     split = ("risk.estimator=splitting", "risk.splitting.n_paths=8", "risk.splitting.replicates=2")
+    tiny_as = ("experiment=as2008", "task=risk", "sim.n_paths=16", "sim.n_trace=0", "sim.progress=false")
+    cfg = make_cfg(*tiny_as, *split, "risk.splitting.pilot_paths=8")
     # The plain run is the stand-in's; the estimators run the real simulator.
-    m = tasks.run_task(
-        make_cfg(*base, *split, "risk.splitting.pilot_paths=8"), tmp_path / "s", simulate_fn=fake_simulate
-    )
+    m = tasks.run_task(cfg, tmp_path / "s", simulate_fn=fake_simulate)
     rare = m["rare_event"]
     assert m["p_liquidation_estimator"] == "splitting" and rare["method"] == "multilevel splitting"
     assert rare["replicates"] == 2 and len(rare["replicate_estimates"]) == 2
+    assert not m["p_liquidation_certified_zero"] and "nothing" in rare["note"]  # never liquidated
     text = (tmp_path / "s" / "report.md").read_text()
     assert "## How P(liquidation) was certified" in text and "Multilevel splitting" in text
     assert m["liquidation_claim"] in text
+    base = (*tiny("cascade_stress"), "sim.n_trace=0", "engine=lite", "policy=symmetric")
     # The shapes of tests/world/test_tilt.py's tilted runs: the compiled program is shared.
     imp = ("risk.estimator=is", "risk.importance.n_paths=2048", "risk.importance.ce_iterations=0")
     shape = ("sim.horizon_s=300", "market.shock_time_s=100")
