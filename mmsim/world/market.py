@@ -454,8 +454,11 @@ def step(
         stress=corr_i.stress,
         tilt=None
         if params.tilt is None
-        else liq_i.tilt._replace(
-            log_lr=liq_i.tilt.log_lr + price_i.tilt[0] + lr_z + flow_i.tilt[0],
+        else TiltInfo(
+            log_lr=liq_i.tilt[0] + price_i.tilt[0] + lr_z + flow_i.tilt[0],
+            liq_events=liq_i.tilt[1],
+            liq_comp=liq_i.tilt[2],
+            liq_size_e=liq_i.tilt[3],
             jump_events=price_i.tilt[1],
             jump_comp=price_i.tilt[2],
             price_z=sum_z,

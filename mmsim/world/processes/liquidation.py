@@ -123,7 +123,7 @@ class LiqInfo(NamedTuple):
     lam_long: jax.Array  # (A,) long intensity at the start of the step, per second
     lam_short: jax.Array  # (A,) short intensity at the start of the step, per second
     impact: jax.Array  # (A,) log-price impact of the step's liquidations
-    tilt: Any = None  # the step's change of measure (mmsim.world.tilt.TiltInfo) under a tilt
+    tilt: Any = None  # (log_lr, events, compensator, size E), float64 scalars, under a tilt
 
 
 def init(params: LiqParams, n_assets: int, dtype=jnp.float32) -> LiqState:
@@ -218,8 +218,8 @@ def step(
             liquidations, a rise short ones, in proportion to ``leverage`` (``"step_return"``).
         log_price: (A,) log price at the start of the step, ``log(mid / s0)`` (``"drawdown"``).
         tilt: a :class:`mmsim.world.tilt.TiltParams` to draw the counts and the largest sizes
-            from its tilted law (None: the nominal law); the info's ``tilt`` is then the step's
-            :class:`mmsim.world.tilt.TiltInfo` (its jump fields 0).
+            from its tilted law (None: the nominal law); the info's ``tilt`` is then ``(log_lr,
+            events, compensator, size E)`` of the tilted sides (float64 scalars).
 
     Returns:
         The state at the end of the step and the step's :class:`LiqInfo`.
@@ -279,33 +279,25 @@ def step(
 
 
 def _tilted(tilt, u_nl, u_ns, u_vl, u_vs, comp_l, comp_s):
-    """The step's uniforms under ``tilt`` and its :class:`~mmsim.world.tilt.TiltInfo`: the count's
-    uniform has an event (N >= 1 above ``p0 = e^{-comp}``) as if its intensity were ``liq_count``
-    times larger; where it has one, the largest size's uniform is exponentially tilted."""
-    from mmsim.world.tilt import TiltInfo
-
+    """The step's uniforms under ``tilt`` and its part of the change of measure, ``(log_lr,
+    events, compensator, size E)`` (float64 scalars): the count's uniform has an event (N >= 1
+    above ``p0 = e^{-comp}``) as if its intensity were ``liq_count`` times larger; where it has
+    one, the largest size's uniform is exponentially tilted."""
     comp = jnp.stack([comp_l, comp_s]).astype(jnp.float64)  # (2, A)
+    p0 = jnp.exp(-comp)
     # Only a quiet side is tilted (expected count < 0.05 in the step): a busy cascade already has
     # its events, and tilting each of its thousands would only multiply the weight's variance.
     # The choice depends on the state before the draw, so the likelihood ratio stays exact.
     quiet = comp < TILT_QUIET_COUNT
-    u_n, lr_n = dist.tilt_event(jnp.stack([u_nl, u_ns]), jnp.exp(-comp), jnp.where(quiet, tilt.liq_count, 1.0))
-    event = u_n.astype(jnp.float64) > jnp.exp(-comp)
+    u_n, lr_n = dist.tilt_event(jnp.stack([u_nl, u_ns]), p0, jnp.where(quiet, tilt.liq_count, 1.0))
+    event = u_n.astype(jnp.float64) > p0
     u_v, lr_v, e_v = dist.tilt_exp(jnp.stack([u_vl, u_vs]), jnp.where(quiet, tilt.liq_size, 0.0))
     event = event & quiet  # the size tilt and the statistics: quiet sides' events only
-    comp = jnp.where(quiet, comp, 0.0)
     u_v = jnp.where(event, u_v, jnp.stack([u_vl, u_vs]))
-    z = jnp.zeros((), jnp.float64)
-    info = TiltInfo(
-        log_lr=jnp.sum(lr_n) + jnp.sum(jnp.where(event, lr_v, 0.0)),
-        liq_events=jnp.sum(event.astype(jnp.float64)),
-        liq_comp=jnp.sum(comp),
-        liq_size_e=jnp.sum(jnp.where(event, e_v, 0.0)),
-        jump_events=z,
-        jump_comp=z,
-        price_z=z,
-        price_n=z,
-        flow_z=z,
-        flow_n=z,
+    info = (
+        jnp.sum(lr_n) + jnp.sum(jnp.where(event, lr_v, 0.0)),
+        jnp.sum(event.astype(jnp.float64)),
+        jnp.sum(jnp.where(quiet, comp, 0.0)),
+        jnp.sum(jnp.where(event, e_v, 0.0)),
     )
     return u_n[0], u_n[1], u_v[0], u_v[1], info

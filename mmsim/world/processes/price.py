@@ -146,8 +146,9 @@ def step(
     u_j, t_info = u[1], None
     if tilt is not None:
         comp = jnp.broadcast_to(jnp.asarray(lam_dt, jnp.float64), (n_a,))
-        u_j, lr = dist.tilt_event(u_j, jnp.exp(-comp), tilt.jump_count)
-        event = (u_j.astype(jnp.float64) > jnp.exp(-comp)).astype(jnp.float64)
+        p0 = jnp.exp(-comp)
+        u_j, lr = dist.tilt_event(u_j, p0, tilt.jump_count)
+        event = (u_j.astype(jnp.float64) > p0).astype(jnp.float64)
         t_info = (jnp.sum(lr), jnp.sum(event), jnp.sum(comp))
     n_j = dist.poisson(u_j, jnp.broadcast_to(lam_dt, (n_a,)).astype(dtype), k_max=params.max_jumps)
     if params.jump_law == "merton":
