@@ -1,7 +1,7 @@
 """Rare-event estimators against the Cramer-Lundberg ruin probability, driven through the account.
 
-The surplus U(t) = u + c t - (claims) marks one long unit (as in test_risk's ruin test), so the
-account's own liquidation is the ruin; psi(u) = exp(-R u) / (1 + theta) with the adjustment
+The surplus U(t) = u + c t - (claims) marks one long unit (tests/sim/_ruin.py, shared with
+test_risk's ruin test), so the account's own liquidation is the ruin; psi(u) = exp(-R u) / (1 + theta) with the adjustment
 coefficient R = theta / ((1 + theta) mu). The Lundberg tilt (arrival rate lam / (1 - R mu),
 claims of mean mu / (1 - R mu)) is the exponential tilt of the two Exp(1) variables behind each
 claim, by eta = -R mu / (1 - R mu) and R mu, and the likelihood ratio at ruin is
@@ -11,91 +11,13 @@ error), sqrt(E[e^{-2 R Y}] / E[e^{-R Y}]^2 - 1) with the undershoot Y ~ Exp(mean
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mmsim import distributions as dist
-from mmsim import observation, rng
-from mmsim.engine import account
-from mmsim.sim import rare, risk
-
-LAM, MU, THETA = 1.0, 1.0, 0.25
-C = (1 + THETA) * LAM * MU
-R = THETA / ((1 + THETA) * MU)
-SHIFT = 1e4
-PARAMS = account.AccountParams(
-    initial_equity=1.0,
-    leverage=1.0,
-    maintenance_margin=1e-12,
-    max_inventory=10.0,
-    liquidation_fee=0.0,
-    liquidation_slippage=0.0,
-)
-
-
-def psi(u):
-    return math.exp(-R * u) / (1 + THETA)
-
-
-def u_for(p):
-    return math.log(1 / ((1 + THETA) * p)) / R
-
-
-def _init(u):
-    def init(key):
-        st = account.init(PARAMS, 1, jnp.float64)
-        st = st._replace(cash=jnp.float64(u - SHIFT), position=jnp.ones(1), last_mid=jnp.full(1, SHIFT))
-        z = jnp.zeros((), jnp.float64)
-        return st, risk.init(u, 1, jnp.float64), jnp.float64(SHIFT), z, z  # account, risk, mid, t, log w
-
-    return init
-
-
-def _advance(tilted: bool):
-    eta_c = R * MU if tilted else 0.0
-    eta_w = -R * MU / (1 - R * MU) if tilted else 0.0
-
-    def advance(key, carry, i):
-        st, r, mid, t, lw = carry
-        uu = rng.uniform(rng.fold_in(key, i), (2,), jnp.float64)
-        u_w, lr_w, _ = dist.tilt_exp(uu[0], eta_w)
-        u_c, lr_c, _ = dist.tilt_exp(uu[1], eta_c)
-        wait = dist.exponential(1.0 - u_w, LAM)  # -log(1 - u) / lam: the Exp(1) variable tilted
-        claim = dist.exponential(1.0 - u_c, 1.0 / MU)
-        mid = mid + C * wait - claim
-        t = t + wait
-        obs = observation.empty(1, jnp.float64)._replace(
-            t=t,
-            dt=wait,
-            mid=jnp.full(1, mid),
-            best_bid=jnp.full(1, mid),
-            best_ask=jnp.full(1, mid),
-            book_valid=jnp.ones(1, bool),
-        )
-        lw = lw + jnp.where(r.liquidated, 0.0, lr_w + lr_c)  # up to the ruin
-        st, info = account.update(PARAMS, st, obs)
-        r = risk.update(r, info.equity, info.margin_ratio, st.position, info.liquidated_now, t)
-        return st, r, mid, t, lw
-
-    return advance
-
-
-def _score(carry):
-    st, r, mid, _, _ = carry
-    return mid + st.cash, r.liquidated  # the surplus U (one unit marked at mid, plus cash) and the ruin
-
-
-def _run_is(u, n, n_claims, seed):
-    init, adv = _init(u), _advance(True)
-
-    def path(k):
-        c = init(k)
-        c, _ = jax.lax.scan(lambda c, i: (adv(k, c, i), None), c, jnp.arange(n_claims))
-        return c[1].liquidated, c[4]
-
-    return jax.jit(jax.vmap(path))(rng.path_keys(rng.key(seed), 0, n))
+from mmsim.sim import rare
+from tests.sim._ruin import MU, R, advance, init, psi, run, score, u_for
 
 
 def test_tilted_uniform_laws():
@@ -128,7 +50,7 @@ def test_importance_sampling_ruin_bounded_relative_error():
     rels = []
     for j, p in enumerate((1e-2, 1e-4, 1e-6)):
         u = u_for(p)
-        hit, lw = _run_is(u, 2000, 800, seed=10 + j)
+        hit, lw = run(u, 2000, 800, seed=10 + j)
         est = rare.is_estimate(np.asarray(hit), np.asarray(lw), alpha=1e-4)
         assert est["hits"] >= 1990  # ruin is (nearly) certain under the Lundberg tilt
         assert est["ci_low"] <= psi(u) <= est["ci_high"], (p, est)
@@ -143,7 +65,7 @@ def test_splitting_ruin():
     """Fixed-effort splitting on the surplus, no tilt, against psi = 1e-3."""
     u = u_for(1e-3)
     levels = [u - 5.0 * k for k in range(1, 7)]  # 28.4 .. 3.4, then the ruin
-    out = rare.split(_init(u), _advance(False), _score, levels=levels, n_paths=500, n_steps=600, seed=3, replicates=8)
+    out = rare.split(init(u), advance(False), score, levels=levels, n_paths=500, n_steps=600, seed=3, replicates=8)
     assert out["ci_low"] <= psi(u) <= out["ci_high"], out
     assert 0.25 < out["stage_p"][0] < 0.5  # each stage ~ e^{-R 5} = 0.37
     # The t-interval of 8 replicates: at 4 SE the estimate is within ~ 4 se of psi.
@@ -156,8 +78,8 @@ def test_estimators_refuse_zero_hits_and_bad_input():
     with pytest.raises(ValueError, match="log_w"):
         rare.is_estimate(np.ones(3, bool), np.array([0.0, np.nan, 0.0]))
     with pytest.raises(ValueError, match="levels"):
-        rare.split(_init(5.0), _advance(False), _score, levels=[1.0, 2.0], n_paths=4, n_steps=2, seed=0)
-    out = rare.split(_init(50.0), _advance(False), _score, levels=[45.0], n_paths=8, n_steps=3, seed=0, replicates=2)
+        rare.split(init(5.0), advance(False), score, levels=[1.0, 2.0], n_paths=4, n_steps=2, seed=0)
+    out = rare.split(init(50.0), advance(False), score, levels=[45.0], n_paths=8, n_steps=3, seed=0, replicates=2)
     assert out["estimate"] == 0.0 and out["ci_high"] is None and "nothing" in out["note"]
 
 
@@ -165,9 +87,9 @@ def test_splitting_pilot_levels():
     """Levels chosen by a pilot (its own draws) keep the estimate on psi = 1e-2."""
     u = u_for(1e-2)
     out = rare.split(
-        _init(u),
-        _advance(False),
-        _score,
+        init(u),
+        advance(False),
+        score,
         levels="auto",
         n_paths=400,
         n_steps=500,

@@ -1,15 +1,12 @@
 """Risk statistics: exact intervals, VaR/CVaR, and the ruin machinery against Cramer-Lundberg."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
 
-from mmsim import distributions as dist
-from mmsim import observation, rng
-from mmsim.engine import account
 from mmsim.sim import risk
+from tests.sim import _ruin as ruin
 
 
 def test_clopper_pearson_known_values():
@@ -72,56 +69,17 @@ def test_ruin_probability_cramer_lundberg(seed):
 
     One long unit is marked at a price that follows the surplus of the Cramer-Lundberg model,
     U(t) = u + c t - sum of claims (claims Exp(mean mu) at rate lam, premium c = (1 + theta) lam mu),
-    shifted by a constant so that equity = U(t). The observations arrive at the claim times
-    (irregular dt, as from a live feed), which is where ruin can happen; the maintenance margin
-    is negligible, so liquidation <=> U < 0. psi(u) = exp(-theta u / ((1 + theta) mu)) / (1 + theta).
+    shifted by a constant so that equity = U(t) (tests/sim/_ruin.py). The observations arrive at
+    the claim times (irregular dt, as from a live feed), which is where ruin can happen; the
+    maintenance margin is negligible, so liquidation <=> U < 0.
+    psi(u) = exp(-theta u / ((1 + theta) mu)) / (1 + theta).
     """
-    lam, mu, theta, u = 1.0, 1.0, 0.25, 4.0
-    c = (1 + theta) * lam * mu
-    n_claims, n_paths, shift = 1500, 20_000, 1e4
-    params = account.AccountParams(
-        initial_equity=u - shift + shift,
-        leverage=1.0,
-        maintenance_margin=1e-12,
-        max_inventory=10.0,
-        liquidation_fee=0.0,
-        liquidation_slippage=0.0,
-    )
-    psi = np.exp(-theta * u / ((1 + theta) * mu)) / (1 + theta)
-
-    def path(k):
-        st = account.init(params, 1, jnp.float64)
-        # Hold one unit bought at `shift` against cash u - shift: equity = mid - shift + u.
-        st = st._replace(cash=jnp.float64(u - shift), position=jnp.ones(1), last_mid=jnp.full(1, shift))
-        r0 = risk.init(u, 1, jnp.float64)
-
-        def body(carry, i):
-            st, r, mid, t = carry
-            uu = rng.uniform(rng.fold_in(k, i), (2,), jnp.float64)
-            wait = dist.exponential(uu[0], lam)
-            claim = dist.exponential(uu[1], 1.0 / mu)
-            mid = mid + c * wait - claim
-            t = t + wait
-            obs = observation.empty(1, jnp.float64)._replace(
-                t=t,
-                dt=wait,
-                mid=jnp.full(1, mid),
-                best_bid=jnp.full(1, mid),
-                best_ask=jnp.full(1, mid),
-                book_valid=jnp.ones(1, bool),
-            )
-            st, info = account.update(params, st, obs)
-            r = risk.update(r, info.equity, info.margin_ratio, st.position, info.liquidated_now, t)
-            return (st, r, mid, t), None
-
-        (st, r, _, _), _ = jax.lax.scan(body, (st, r0, jnp.float64(shift), jnp.float64(0.0)), jnp.arange(n_claims))
-        return r.liquidated
-
-    ruined = np.asarray(jax.jit(jax.vmap(path))(rng.path_keys(rng.key(seed), 0, n_paths)))
-    p = risk.proportion(ruined, alpha=1e-4)  # a 4-sigma-wide exact interval
+    u, n_claims, n_paths = 4.0, 1500, 20_000
+    ruined, _ = ruin.run(u, n_paths, n_claims, seed, tilted=False)
+    p = risk.proportion(np.asarray(ruined), alpha=1e-4)  # a 4-sigma-wide exact interval
     # Ruin after the last claim needs a fall of ~ theta*lam*mu*n_claims = 375 from the mean
     # surplus: probability ~ exp(-R * 375), R = theta/((1+theta) mu) = 0.2, i.e. 1e-33.
-    assert p["ci_low"] <= psi <= p["ci_high"], (p, psi)
+    assert p["ci_low"] <= ruin.psi(u) <= p["ci_high"], (p, ruin.psi(u))
 
 
 def test_summarize_keys_and_counts():
