@@ -2,11 +2,12 @@
 
 The surplus U(t) = u + c t - (claims) marks one long unit (tests/sim/_ruin.py, shared with
 test_risk's ruin test), so the account's own liquidation is the ruin; psi(u) = exp(-R u) /
-(1 + theta) with the adjustment coefficient R = theta / ((1 + theta) mu). The Lundberg tilt (arrival rate lam / (1 - R mu),
-claims of mean mu / (1 - R mu)) is the exponential tilt of the two Exp(1) variables behind each
-claim, by eta = -R mu / (1 - R mu) and R mu, and the likelihood ratio at ruin is
-exp(-R u + R U(ruin)): the relative error per path is the same at every u (bounded relative
-error), sqrt(E[e^{-2 R Y}] / E[e^{-R Y}]^2 - 1) with the undershoot Y ~ Exp(mean mu / (1 - R mu)).
+(1 + theta) with the adjustment coefficient R = theta / ((1 + theta) mu). The Lundberg tilt
+(arrival rate lam / (1 - R mu), claims of mean mu / (1 - R mu)) is the exponential tilt of the
+two Exp(1) variables behind each claim, by eta = -R mu / (1 - R mu) and R mu, and the likelihood
+ratio at ruin is exp(-R u + R U(ruin)): the relative error per path is the same at every u
+(bounded relative error), sqrt(E[e^{-2 R Y}] / E[e^{-R Y}]^2 - 1) with the undershoot
+Y ~ Exp(mean mu / (1 - R mu)).
 """
 
 import math
