@@ -9,6 +9,7 @@ Subcommands::
     mmsim live [--params best.yaml] --replay CAPTURE [--cadence S] [--out DIR] [--compare-paths N] [overrides ...]
     mmsim report RUN_DIR                   # a live session's journal -> metrics.json, report.md, figure
     mmsim sweep-summary DIR                # aggregate a multirun's metrics.json files
+    mmsim calibrate CAPTURE... -o conf/market/NAME.yaml [--base btcusdt] [--symbol S] [--report DIR]
 
 ``live`` loads and validates ``best.yaml`` over the configured experiment, builds the very
 :class:`~mmsim.engine.EngineParams` the simulator would run and prints the policy; ``--check``
@@ -37,6 +38,7 @@ commands:
   live --replay CAPTURE [ovr]     run the engine on a recorded capture with paper fills (--params optional)
   report RUN_DIR                  a live session's journal as metrics.json, report.md and a figure
   sweep-summary DIR               aggregate the metrics.json files of a multirun directory
+  calibrate CAPTURE... -o FILE    fit a market config (conf/market schema) to recorded captures
 """
 
 
@@ -436,7 +438,61 @@ def _sweep_summary(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "optimize": _optimize, "live": _live, "report": _report, "sweep-summary": _sweep_summary}
+def _calibrate(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="mmsim calibrate",
+        description=(
+            "Fit a market config to recorded exchange captures (consecutive files of one recording, "
+            "in time order): order flow, order sizes, touch and depth, spread widenings and the "
+            "mid's variance from the window; what a window cannot identify is taken from --base and "
+            "marked so. Writes the YAML and, beside it, a calibration report."
+        ),
+    )
+    p.add_argument("captures", nargs="+", help="capture files (Binance USD-M or Hyperliquid websocket recordings)")
+    p.add_argument("-o", "--out", required=True, help="the market config to write, e.g. conf/market/mine.yaml")
+    p.add_argument("--base", default="btcusdt", help="market config the unfitted fields come from (default btcusdt)")
+    p.add_argument("--symbol", help="the symbol to fit, when a recording holds several (e.g. btcusdt)")
+    p.add_argument("--tick", type=float, help="the venue's price tick (default: inferred from the quotes)")
+    p.add_argument(
+        "--symmetric-flow", action="store_true", help="buy and sell flow set to the mean of both sides (no net flow)"
+    )
+    p.add_argument("--report", help="directory of the calibration report (default: NAME.calibration beside -o)")
+    a = p.parse_args(argv)
+    from mmsim.fit import capture, data, market_config
+    from mmsim.report import calibration as cal_report
+
+    out = Path(a.out)
+    if out.suffix not in (".yaml", ".yml"):
+        print(f"mmsim calibrate: -o {a.out}: the market config must be a .yaml file", file=sys.stderr)
+        return EXIT_CONFIG
+    if a.tick is not None and not a.tick > 0:
+        print(f"mmsim calibrate: --tick {a.tick}: must be a positive price step", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        cal = capture.calibrate(
+            a.captures, base=a.base, symbol=a.symbol, tick=a.tick, symmetric_flow=a.symmetric_flow
+        )
+    except (ValueError, data.CaptureError) as e:
+        print(f"mmsim calibrate: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    command = "mmsim calibrate " + " ".join(
+        [*(Path(c).name for c in a.captures), "-o", out.name, "--base", a.base]
+        + (["--symbol", a.symbol] if a.symbol else [])
+        + (["--tick", f"{a.tick:g}"] if a.tick else [])
+        + (["--symmetric-flow"] if a.symmetric_flow else [])
+    )
+    market_config.write(out, cal.market, cal.notes, [*cal.header, f"Command: {command}"])
+    report_dir = Path(a.report) if a.report else out.with_name(out.stem + ".calibration")
+    files = cal_report.write(cal, report_dir, out, command, cal.sizes)
+    n_fit = sum(r["fitted"] for r in cal.rows)
+    print(f"mmsim calibrate: {n_fit} fields fitted, {len(cal.rows) - n_fit} kept from {a.base}; wrote {out}")
+    for w in cal_report.warnings(cal.checks):
+        print(f"warning: {w}", file=sys.stderr)
+    print("report: " + ", ".join(str(f) for f in files))
+    return 0
+
+
+COMMANDS = {"calibrate": _calibrate, "run": _run, "optimize": _optimize, "live": _live, "report": _report, "sweep-summary": _sweep_summary}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,8 @@ Contents:
 * :func:`realized_variance_per_second`, :func:`volatility_regimes`, :func:`fit_variance_process`,
   :func:`detect_jumps` — volatility from 1-minute bars.
 * :func:`mid_variance_per_second`, :func:`touch_stats`, :func:`spread_widening` — volatility,
-  spread and depth from a top-of-book stream.
+  spread and depth from a top-of-book stream; :func:`depth_profile` — the book behind the touch
+  from depth diffs; :func:`infer_tick`; :func:`matched_pareto`; :func:`poisson_rate_interval`.
 * :func:`funding_divergence` — two venues' funding series aligned on settlement times.
 * :func:`fit_funding_premium` — the premium-index OU behind a clamped funding series.
 """
@@ -51,6 +52,10 @@ __all__ = [
     "mid_variance_per_second",
     "touch_stats",
     "spread_widening",
+    "depth_profile",
+    "infer_tick",
+    "matched_pareto",
+    "poisson_rate_interval",
     "funding_divergence",
     "fit_funding_premium",
     "REGIME_NAMES",
@@ -1129,6 +1134,102 @@ def spread_widening(book: pd.DataFrame, tick: float) -> dict:
         "frac_wide": float(np.sum(w[wide]) / w.sum()),
         "n": n,
     }
+
+
+def infer_tick(prices) -> float:
+    """The price grid of a venue from quoted prices (quote currency): the smallest positive gap
+    between distinct prices, rounded to the nearest power-of-ten multiple of 1, 2.5 or 5 (the
+    ticks venues use). Raises ValueError with fewer than two distinct finite prices."""
+    x = np.unique(np.asarray(prices, float)[np.isfinite(np.asarray(prices, float))])
+    if len(x) < 2:
+        raise ValueError("need at least two distinct prices to infer the tick")
+    gap = float(np.min(np.diff(x)))
+    mag = 10.0 ** math.floor(math.log10(gap))
+    steps = np.array([1.0, 2.0, 2.5, 5.0, 10.0]) * mag
+    return float(steps[np.argmin(np.abs(np.log(steps / gap)))])
+
+
+def depth_profile(depth: pd.DataFrame, tick: float, levels: int = 5, every_s: float = 10.0) -> dict:
+    """Base units resting at the touch and at each of the ``levels - 1`` prices behind it, from a
+    snapshot and its diffs (``read_capture(..., depth=True)["depth"]``), sampled every
+    ``every_s`` seconds of exchange time from the first snapshot on (a price with no order
+    counts 0).
+
+    Returns:
+        dict with ``mean`` and ``se`` (``(levels,)`` lists, base units, both sides pooled; the
+        standard error over samples, each sample's two sides averaged), ``median``, ``bid`` and
+        ``ask`` (per-side means), ``n`` (samples) and ``every_s``. Raises ValueError when the
+        table has no snapshot or fewer than two samples.
+    """
+    if depth is None or not len(depth) or not bool(depth["snapshot"].any()):
+        raise ValueError("the depth table has no snapshot: the book behind the touch cannot be rebuilt")
+    d = depth.sort_values(["msg"], kind="mergesort")
+    first = int(np.flatnonzero(d["snapshot"].to_numpy())[0])
+    t, msg, snap = d["time"].to_numpy(), d["msg"].to_numpy(), d["snapshot"].to_numpy()
+    side, price, qty = d["side"].to_numpy(), d["price"].to_numpy(), d["qty"].to_numpy()
+    book: dict[int, dict[int, float]] = {1: {}, -1: {}}
+    samples: list[np.ndarray] = []
+    next_t = t[first]
+    last_msg = None
+    for i in range(first, len(d)):
+        if msg[i] != last_msg:  # a new message: sample the book the previous one left
+            if last_msg is not None and t[i] >= next_t and book[1] and book[-1]:
+                samples.append(_book_levels(book, levels))
+                next_t += every_s * max(1.0, math.floor((t[i] - next_t) / every_s) + 1.0)
+            if snap[i]:
+                book = {1: {}, -1: {}}
+            last_msg = msg[i]
+        k = int(round(price[i] / tick))
+        if qty[i] > 0:
+            book[int(side[i])][k] = float(qty[i])
+        else:
+            book[int(side[i])].pop(k, None)
+    if len(samples) < 2:
+        raise ValueError(f"only {len(samples)} depth samples every {every_s:g} s: the window is too short")
+    x = np.stack(samples)  # (n, 2, levels): bid, ask
+    pooled = x.mean(axis=1)
+    n = len(x)
+    return {
+        "mean": pooled.mean(0).tolist(),
+        "se": (pooled.std(0, ddof=1) / math.sqrt(n)).tolist(),
+        "median": np.median(x.reshape(n * 2, levels), axis=0).tolist(),
+        "bid": x[:, 0].mean(0).tolist(),
+        "ask": x[:, 1].mean(0).tolist(),
+        "n": n,
+        "every_s": float(every_s),
+    }
+
+
+def _book_levels(book: dict, levels: int) -> np.ndarray:
+    """``(2, levels)``: the sizes at the best bid/ask and the prices behind them, in ticks."""
+    bb, ba = max(book[1]), min(book[-1])
+    return np.array(
+        [[book[1].get(bb - j, 0.0) for j in range(levels)], [book[-1].get(ba + j, 0.0) for j in range(levels)]]
+    )
+
+
+def matched_pareto(median: float, mean: float) -> dict:
+    """The Pareto(x_m, a) with this median and mean (base units): mean / median =
+    a / ((a - 1) 2^{1/a}). Returns ``size_scale`` (x_m) and ``size_tail`` (a > 1); NaN where no
+    a in (1, 50] matches (a mean below the median's Pareto bound)."""
+    ratio = mean / median
+
+    def f(a):
+        return a / ((a - 1) * 2 ** (1 / a)) - ratio
+
+    try:
+        a = optimize.brentq(f, 1 + 1e-9, 50.0)
+    except ValueError:
+        return {"size_scale": float("nan"), "size_tail": float("nan")}
+    return {"size_scale": median / 2 ** (1 / a), "size_tail": a}
+
+
+def poisson_rate_interval(n: int, T: float, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Garwood) interval of a Poisson rate from ``n`` events in ``T`` seconds, per second."""
+    a = 1.0 - level
+    lo = stats.chi2.ppf(a / 2, 2 * n) / 2 / T if n > 0 else 0.0
+    hi = stats.chi2.ppf(1 - a / 2, 2 * n + 2) / 2 / T
+    return float(lo), float(hi)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import gzip
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -342,8 +343,10 @@ class Decoder:
             self.bump(str(ch))
 
 
-def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
-    """Read one ``hftbacktest_*.gz`` websocket capture (Binance or Hyperliquid).
+def read_capture(path: str | os.PathLike | Sequence[str | os.PathLike], *, depth: bool = False) -> dict:
+    """Read one ``hftbacktest_*.gz`` websocket capture (Binance or Hyperliquid), or several
+    consecutive files of one recording as one (a list of paths in time order: one decoder reads
+    them all, so the depth chain of a snapshot and its diffs carries across the files).
 
     The file is gzip text, one message per line: ``<local_receive_ts> <raw exchange JSON>``. The
     local timestamp's unit is detected per line from its digit count (ns in the 2024/2025 files,
@@ -358,7 +361,7 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
     ``time >= local_time.min()`` (minus the clock offset) to study the live window only.
 
     Args:
-        path: the capture file.
+        path: the capture file, or a list of consecutive files.
         depth: also decode depth diffs and REST/L2 snapshots into a long-format ``depth`` table
             (slower: those are the large messages). Without it they are counted, not parsed.
 
@@ -396,23 +399,37 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
           Binance's ``U``/``u``/``pu`` rule), and ``depth_crossed`` (the levels built from the
           snapshot and its diffs cross: the diffs wait for the next snapshot).
         * ``truncated`` (dict or None): where a damaged file stopped being readable
-          (``after_lines``, ``compressed_byte``, ``reason``); what came before is returned.
+          (``after_lines``, ``compressed_byte``, ``reason``, and ``file`` when several were given);
+          what came before is returned.
         * ``clock_offset_s`` (float or None): for books without an exchange time (spot), the
           trades' median receive delay subtracted from their receive times.
 
     Raises :class:`CaptureError` (naming the file and the byte offset) for a file that cannot be
     read at all.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise CaptureError(f"{path}: a directory, not a capture file")
-    if not path.is_file():
-        raise CaptureError(f"{path}: no such capture file")
+    paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
+    if not paths:
+        raise CaptureError("no capture file given")
+    for p in paths:
+        if p.is_dir():
+            raise CaptureError(f"{p}: a directory, not a capture file")
+        if not p.is_file():
+            raise CaptureError(f"{p}: no such capture file")
     dec = Decoder(depth=depth)
     truncated = None
+    for p in paths:
+        damage = _decode_file(p, dec)
+        if damage is not None and truncated is None:
+            truncated = damage if len(paths) == 1 else {"file": p.name, **damage}
+    return _assemble(dec, truncated)
+
+
+def _decode_file(path: Path, dec: Decoder) -> dict | None:
+    """Feed one capture file's lines to ``dec``; where the file is damaged, what came before is
+    kept and the damage is returned (``after_lines``, ``compressed_byte``, ``reason``)."""
+    lines = 0
     raw = open(path, "rb")  # noqa: SIM115 (closed below; its offset says where damage starts)
     fh = gzip.open(raw, "rt", encoding="utf-8", errors="replace")
-    lines = 0
     try:
         for line in _lines_until_damage(fh):
             lines += 1
@@ -421,11 +438,11 @@ def read_capture(path: str | os.PathLike, *, depth: bool = False) -> dict:
         offset = raw.tell()
         if lines == 0:
             raise CaptureError(f"{path}: not a readable gzip capture ({e.reason}) at byte {offset}") from None
-        truncated = {"after_lines": lines, "compressed_byte": offset, "reason": e.reason}
+        return {"after_lines": lines, "compressed_byte": offset, "reason": e.reason}
     finally:
         fh.close()
         raw.close()
-    return _assemble(dec, truncated)
+    return None
 
 
 def _assemble(dec: Decoder, truncated: dict | None) -> dict:

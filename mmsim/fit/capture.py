@@ -1,0 +1,439 @@
+"""A market fitted to recorded exchange captures: what ``mmsim calibrate`` runs.
+
+:func:`measure` reads what a window of a capture identifies (order flow, order sizes, the touch,
+the book behind it, spread widenings, the mid's variance, liquidation fills); :func:`fit` turns
+those measurements into a market config in the ``conf/market`` schema. Each field is either
+fitted (its value, standard error, the files and the window it came from go into the comment
+beside it) or taken from a base market and marked as such: a window of minutes cannot identify
+an 8-hour funding process, a regime generator or a liquidation cascade's branching, and saying
+so is part of the output. Host side, numpy/scipy. Units: seconds, per second, base units, quote
+currency, variance of log price per second.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mmsim.fit import calibrate as cal
+from mmsim.fit import data
+
+#: Sampling step of the mid for the efficient price's variance, seconds: long enough that the
+#: book's one-tick noise adds little (a 10-s return of a 30 %-a-year market is ~20 ticks).
+VAR_STEP_S = 10.0
+#: Steps of the variance signature shown in the report, seconds.
+SIGNATURE_STEPS_S = (1.0, 5.0, 10.0, 30.0)
+#: Depth samples every this many seconds of exchange time.
+DEPTH_EVERY_S = 10.0
+#: Significant digits written for a fitted value (its standard error never warrants more).
+DIGITS = 4
+
+
+def _round(x: float, digits: int = DIGITS) -> float:
+    """``x`` to ``digits`` significant digits (exactly representable text in the YAML)."""
+    x = float(x)
+    if x == 0.0 or not math.isfinite(x):
+        return x
+    return float(f"{x:.{digits - 1}e}")
+
+
+def _g(x: float, digits: int = 3) -> str:
+    x = float(x)
+    if not math.isfinite(x):
+        return "n/a"
+    return f"{x:.{digits}g}"
+
+
+@dataclass
+class Calibration:
+    """A fitted market: ``market`` (the ``conf/market`` mapping), ``notes`` (``"block.field"``
+    -> the comment written beside it), ``header`` (comment lines at the top), ``rows`` (one dict
+    per field: ``field``, ``value``, ``se``, ``unit``, ``source``, ``fitted``), ``measured``
+    (everything measured, JSON-able), ``checks`` (goodness of fit) and ``sizes``."""
+
+    market: dict
+    notes: dict
+    header: list
+    rows: list = field(default_factory=list)
+    measured: dict = field(default_factory=dict)
+    checks: dict = field(default_factory=dict)
+    sizes: np.ndarray | None = None  # the recorded market-order sizes, base units (for the figure)
+
+
+def read(paths: Sequence[str | Path], *, symbol: str | None = None) -> dict:
+    """The capture files (consecutive files of one recording, in time order) read as one with
+    their depth, restricted to ``symbol`` (lower case, e.g. ``btcusdt``; needed only when the
+    recording carries several). Raises ValueError naming the problem."""
+    paths = [Path(p) for p in paths]
+    cap = data.read_capture(paths, depth=True)
+    syms = sorted(set(cap["trades"]["symbol"]) | set(cap["book_ticker"]["symbol"]))
+    if symbol is None:
+        if len(syms) != 1:
+            raise ValueError(f"the captures hold the symbols {syms}: say which with --symbol")
+        symbol = syms[0]
+    symbol = symbol.lower()
+    if symbol not in syms:
+        raise ValueError(f"--symbol {symbol}: the captures hold {syms}")
+    for k in ("trades", "book_ticker"):
+        cap[k] = cap[k][cap[k]["symbol"] == symbol].reset_index(drop=True)
+    if len(cap["trades"]) < 10 or len(cap["book_ticker"]) < 10:
+        raise ValueError(
+            f"{', '.join(p.name for p in paths)}: {len(cap['trades'])} trades and "
+            f"{len(cap['book_ticker'])} books of {symbol}: too few to fit a market"
+        )
+    cap["symbol"] = symbol
+    cap["files"] = [p.name for p in paths]
+    return cap
+
+
+def measure(cap: dict, *, tick: float | None = None, levels: int = 5) -> dict:
+    """Everything a capture window identifies (a dict of plain values; see the module docstring).
+
+    ``tick``: the venue's price grid (quote currency); inferred from the quoted prices when None.
+    ``levels``: book levels per side for the depth profile."""
+    tr, bk = cap["trades"], cap["book_ticker"]
+    t0 = float(min(tr["time"].min(), bk["time"].min()))
+    t1 = float(max(tr["time"].max(), bk["time"].max()))
+    T = t1 - t0
+    tick = float(tick) if tick else cal.infer_tick(np.concatenate([bk["bid"].to_numpy(), bk["ask"].to_numpy()]))
+    market = tr[tr["type"].isin(["MARKET", ""])]
+    orders = cal.aggregate_market_orders(market)
+    buys = orders.loc[orders["side"] == 1, "time"].to_numpy()
+    sells = orders.loc[orders["side"] == -1, "time"].to_numpy()
+    liq = cal.aggregate_market_orders(tr[tr["type"] == "INSURANCE_FUND"])
+    q = orders["qty"].to_numpy(float)
+    touch = cal.touch_stats(bk, tick)
+    out: dict[str, Any] = {
+        "symbol": cap["symbol"],
+        "files": list(cap["files"]),
+        "t0": t0,
+        "t1": t1,
+        "window_s": T,
+        "tick": tick,
+        "n_trades": int(len(tr)),
+        "n_orders": int(len(orders)),
+        "hawkes": cal.fit_hawkes_bivariate_exp(buys, sells, t1, t0),
+        "sizes": {
+            "median": float(np.median(q)),
+            "mean": float(q.mean()),
+            "q90": float(np.quantile(q, 0.9)),
+            "q99": float(np.quantile(q, 0.99)),
+            "max": float(q.max()),
+            "n": int(len(q)),
+            "hill_10pct": cal.hill_tail_index(q, max(10, len(q) // 10)),
+            "pareto": cal.matched_pareto(float(np.median(q)), float(q.mean())),
+        },
+        "touch": touch,
+        "widening": cal.spread_widening(bk, tick),
+        "variance": {f"{s:g}": cal.mid_variance_per_second(bk, s) for s in SIGNATURE_STEPS_S if 4 * s < T},
+        "liquidations": {
+            "n_long": int((liq["side"] == -1).sum()),  # a long position closed by a forced sell
+            "n_short": int((liq["side"] == 1).sum()),
+            "qty": liq["qty"].astype(float).tolist(),
+        },
+        "funding_rate_mean": (
+            float(cap["mark_price"]["funding_rate"].mean()) if len(cap.get("mark_price", [])) else None
+        ),
+    }
+    try:
+        out["depth"] = cal.depth_profile(cap.get("depth"), tick, levels, DEPTH_EVERY_S)
+    except ValueError as e:
+        out["depth"] = {"skipped": str(e)}
+    out["sizes"]["ks"] = _pareto_ks(q, out["sizes"]["pareto"])
+    out["order_sizes"] = q  # an array: :func:`calibrate` moves it out of the JSON-able dict
+    return out
+
+
+def _pareto_ks(q: np.ndarray, par: dict) -> dict:
+    """Kolmogorov distance between the sizes and the fitted Pareto, and the fitted q90/q99."""
+    xm, a = par["size_scale"], par["size_tail"]
+    if not (np.isfinite(xm) and np.isfinite(a)):
+        return {"stat": float("nan"), "q90": float("nan"), "q99": float("nan")}
+    x = np.sort(q)
+    n = len(x)
+    F = np.where(x >= xm, 1.0 - (xm / x) ** a, 0.0)
+    d = float(max(np.max(np.arange(1, n + 1) / n - F), np.max(F - np.arange(n) / n)))
+    return {"stat": d, "q90": float(xm * 10.0 ** (1 / a)), "q99": float(xm * 100.0 ** (1 / a))}
+
+
+class _Builder:
+    """Collects fields, their notes and the report's rows."""
+
+    def __init__(self, base: dict, base_name: str, where: str):
+        self.m = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+        self.notes: dict[str, str] = {}
+        self.rows: list[dict] = []
+        self.base_name = base_name
+        self.where = where
+
+    def fit(self, key: str, value, se, unit: str, how: str, *, digits: int = DIGITS) -> None:
+        block, _, name = key.partition(".")
+        v = [_round(x, digits) for x in value] if isinstance(value, (list, tuple)) else _round(value, digits)
+        self.m.setdefault(block, {})[name] = v
+        se_txt = f" ± {_g(se, 2)}" if se is not None and math.isfinite(se) else ""
+        shown = "[" + ", ".join(_g(x, digits) for x in v) + "]" if isinstance(v, list) else _g(v, digits)
+        self.notes[key] = f"{unit}; fit{se_txt}: {how} ({self.where})"
+        self.rows.append(dict(field=key, value=shown, se=se, unit=unit, source=how, fitted=True))
+
+    def rest(self) -> None:
+        """A note on every field that has none yet: the base's, not fitted."""
+        for block, fields in self.m.items():
+            if block in self.notes:
+                continue
+            if not isinstance(fields, dict):
+                if block not in ("world", "n_assets", "asset_names"):
+                    self.notes[block] = f"from {self.base_name}: not fitted (a setting or an assumption)"
+                continue
+            for name in fields:
+                key = f"{block}.{name}"
+                if key not in self.notes:
+                    self.notes[key] = f"from {self.base_name}: not fitted (a setting or an assumption)"
+
+    def keep(self, key: str, why: str) -> None:
+        block, _, name = key.partition(".")
+        v = self.m.get(block, {}).get(name)
+        self.notes[key] = f"from {self.base_name}: {why}"
+        self.rows.append(dict(field=key, value=str(v), se=None, unit="", source=why, fitted=False))
+
+
+#: Fields of the base market kept as they are, with the reason (a window does not identify them).
+KEPT = {
+    "price.drift": "no drift at these horizons (assumption)",
+    "price.jump_rate": "price jumps are rarer than one a day: minutes cannot identify them",
+    "price.jump_mean": "as jump_rate",
+    "price.jump_std": "as jump_rate",
+    "vol.kappa": "variance mean reversion (hours): not identified by minutes",
+    "vol.rho": "not estimated",
+    "vol.generator": "regime switching (hours to days): not identified by minutes",
+    "spread.beta_vol": "the touch is pinned at one tick: no volatility sensitivity to fit",
+    "spread.sigma": "as beta_vol",
+    "spread.regime_mult": "one window sees one regime",
+    "adverse": "informed flow needs our own fills: not in a public capture",
+    "funding": "the 8-h funding process needs a funding history, not minutes",
+    "liquidation.alpha": "cascade branching: a scenario assumption (a window sees a handful of liquidations)",
+    "liquidation.beta": "as alpha",
+    "liquidation.size_scale": "as alpha",
+    "liquidation.size_tail": "as alpha",
+    "liquidation.trigger": "as alpha",
+    "book.refill_rate": "fitted on simulated against recorded 1-s facts (docs/MODEL.md §8b), not by this fit",
+    "book.pull_band": "as refill_rate",
+    "book.pull_rate": "as refill_rate",
+    "book.cancel_ahead_share": "as refill_rate",
+    "book.lot": "assumption (sets the queue's noise)",
+    "book.new_level_depth": "assumption",
+}
+
+
+def fit(measured: dict, base: dict, base_name: str, *, symmetric_flow: bool = False) -> Calibration:
+    """The market config of ``measured`` (:func:`measure`) over the one-asset market ``base`` (a
+    plain ``conf/market`` mapping, named ``base_name`` in the notes). ``symmetric_flow``: buy and
+    sell baselines and self-excitations set to the mean of the two sides (a calm market without
+    net flow). Raises ValueError when the base is not a one-asset ``market`` world."""
+    if base.get("world", "market") != "market" or int(base.get("n_assets", 1)) != 1:
+        raise ValueError(f"base market {base_name!r}: calibrate writes a one-asset market world; the base must be one")
+    m = measured
+    start = pd.Timestamp(m["t0"], unit="s").strftime("%Y-%m-%d %H:%M:%S")
+    where = f"{m['symbol'].upper()} {start} UTC +{m['window_s']:.0f} s"
+    b = _Builder(base, base_name, where)
+    b.m["asset_names"] = [m["symbol"].upper()]
+
+    mid = m["touch"]["mid_mean"]
+    b.fit("price.s0", mid, None, "quote currency", "time-weighted mean mid", digits=6)
+    for k in ("price.drift", "price.jump_rate", "price.jump_mean", "price.jump_std"):
+        b.keep(k, KEPT[k])
+
+    # Variance: the window identifies its level, the base's regimes keep their ratios.
+    v = m["variance"].get(f"{VAR_STEP_S:g}") or m["variance"][max(m["variance"], key=float)]
+    vol = base["vol"]
+    r0 = int(vol.get("regime0", 1))
+    theta = np.atleast_1d(np.asarray(vol["theta"], float))
+    c = v["value"] / theta[r0]
+    how = (
+        f"mid variance per s at {v['step']:g}-s returns ({v['n']} returns); every regime's "
+        f"base level times {_g(c)}, so the start regime's is the window's"
+    )
+    b.fit("vol.theta", (theta * c).tolist(), v["se"], "variance per s", how)
+    b.fit("vol.v0", v["value"], v["se"], "variance per s", "the same variance: the window's level at the start")
+    b.fit(
+        "vol.xi",
+        (np.atleast_1d(np.asarray(vol["xi"], float)) * math.sqrt(c)).tolist(),
+        None,
+        "per s",
+        "the base's, times sqrt of the same factor (the variance process's law rescaled)",
+    )
+    for k in ("vol.kappa", "vol.rho", "vol.generator"):
+        b.keep(k, KEPT[k])
+
+    h = m["hawkes"]
+    flow_how = f"bivariate Hawkes MLE, {h['n_buy']} buy / {h['n_sell']} sell orders"
+    if symmetric_flow:
+        for a, bb, name in (("mu_buy", "mu_sell", "mu"), ("alpha_buy", "alpha_sell", "alpha")):
+            val = 0.5 * (h[a] + h[bb])
+            se = 0.5 * math.hypot(h[a + "_se"], h[bb + "_se"])
+            how = f"mean of buy {_g(h[a])} and sell {_g(h[bb])}, {flow_how} (symmetric)"
+            unit = "per s" if name == "mu" else "per s per order"
+            b.fit(f"flow.{a}", val, se, unit, how)
+            b.fit(f"flow.{bb}", val, se, unit, how)
+    else:
+        for k in ("mu_buy", "mu_sell"):
+            b.fit(f"flow.{k}", h[k], h[k + "_se"], "per s", flow_how)
+        for k in ("alpha_buy", "alpha_sell"):
+            b.fit(f"flow.{k}", h[k], h[k + "_se"], "per s per order", flow_how)
+    b.fit("flow.gamma", h["gamma"], h["gamma_se"], "per s per order", flow_how)
+    b.fit("flow.beta", h["beta"], h["beta_se"], "per s", f"{flow_how}; branching radius {_g(h['spectral_radius'])}")
+    s, par = m["sizes"], m["sizes"]["pareto"]
+    if not (math.isfinite(par["size_scale"]) and math.isfinite(par["size_tail"])):
+        raise ValueError(
+            f"market-order sizes (median {s['median']:g}, mean {s['mean']:g}): no Pareto law with a finite mean has them"
+        )
+    size_how = f"Pareto with the median {_g(s['median'])} and mean {_g(s['mean'])} of {s['n']} orders"
+    b.fit("flow.size_scale", par["size_scale"], None, "base units", size_how)
+    b.fit("flow.size_tail", par["size_tail"], None, "tail index", size_how)
+
+    tick = m["tick"]
+    w = m["widening"]
+    b.fit("spread.tick", tick, None, "quote currency", "the smallest gap between quoted prices", digits=6)
+    b.fit("spread.theta0", tick / mid, None, "fraction of mid", "one tick at the mean mid")
+    b.fit("spread.s0", tick / mid, None, "fraction of mid", "one tick at the mean mid")
+    close, close_se = _closing_rate(w)
+    if w["n"] >= 2:
+        b.fit("spread.jump_rate", w["rate"], w["rate_se"], "per s", f"{w['n']} widenings per s at one tick")
+        b.fit("spread.jump_mean", w["mean_peak_excess"], None, "fraction of mid", "mean peak excess of the widenings")
+        b.fit("spread.kappa", close, close_se, "per s", "1 / mean widening duration")
+    else:
+        for k in ("spread.jump_rate", "spread.jump_mean", "spread.kappa"):
+            b.keep(k, f"{w['n']} widenings in the window: too few to fit")
+    for k in ("spread.beta_vol", "spread.sigma", "spread.regime_mult"):
+        b.keep(k, KEPT[k])
+
+    t = m["touch"]
+    touch = 0.5 * (t["bid_qty_median"] + t["ask_qty_median"])
+    touch_how = f"mean of the time-weighted median bid / ask sizes {_g(t['bid_qty_median'])} / {_g(t['ask_qty_median'])}"
+    b.fit("book.depth_touch", touch, None, "base units", touch_how)
+    b.fit("fills.touch_depth", touch, None, "base units", touch_how)
+    d = m["depth"]
+    if "mean" in d:
+        levels = int(base.get("book", {}).get("levels", 5))
+        behind = np.asarray(d["mean"][1:levels], float)
+        se = float(np.sqrt(np.sum(np.asarray(d["se"][1:levels], float) ** 2))) / len(behind)
+        how = f"mean over the {len(behind)} prices behind the touch, depth rebuilt from the snapshot and diffs, {d['n']} samples every {d['every_s']:g} s"
+        b.fit("book.depth_level", float(behind.mean()), se, "base units per level", how)
+        b.fit("fills.depth_per_tick", float(behind.mean()), se, "base units per tick", how)
+    else:
+        b.keep("book.depth_level", f"no depth to rebuild ({d['skipped']})")
+        b.keep("fills.depth_per_tick", "as book.depth_level")
+    if w["n"] >= 2:
+        b.fit("book.gap_rate", close, close_se, "per s", "1 / mean duration of a spread wider than one tick")
+    else:
+        b.keep("book.gap_rate", f"{w['n']} widenings in the window: too few to fit")
+    for k in ("book.refill_rate", "book.pull_band", "book.pull_rate", "book.cancel_ahead_share", "book.lot"):
+        b.keep(k, KEPT[k])
+    b.keep("book.new_level_depth", KEPT["book.new_level_depth"])
+
+    _liquidations(b, m, base)
+    for k in ("liquidation.alpha", "liquidation.beta", "liquidation.size_scale", "liquidation.size_tail"):
+        b.keep(k, KEPT[k])
+    b.keep("liquidation.trigger", KEPT["liquidation.trigger"])
+    b.keep("adverse", KEPT["adverse"])
+    b.keep("funding", KEPT["funding"])
+
+    b.rest()
+    header = [
+        f"A {m['symbol'].upper()} market fitted to the capture {', '.join(m['files'])}",
+        f"({where}) by `mmsim calibrate`, over the base market {base_name!r}.",
+        "Every field's comment says whether it was fitted (value ± standard error, how, the window)",
+        f"or taken from {base_name!r} because a window of minutes cannot identify it.",
+        "The calibration report (calibration.md, figures, calibration.json) was written beside this file.",
+    ]
+    return Calibration(b.m, b.notes, header, b.rows, m, checks(m))
+
+
+def _closing_rate(w: dict) -> tuple[float, float]:
+    """1 / mean duration of the widenings, per second, with its delta-method error from the
+    exponential law's sd = mean (an approximation: no duration list is kept)."""
+    d = w["mean_duration"]
+    if not (w["n"] >= 2 and d > 0):
+        return float("nan"), float("nan")
+    return 1.0 / d, 1.0 / d / math.sqrt(w["n"])
+
+
+def _liquidations(b: _Builder, m: dict, base: dict) -> None:
+    """Liquidation baselines: the window's forced fills (``X = INSURANCE_FUND`` in the trade
+    stream, every one of them: unlike the ``forceOrder`` stream, which pushes at most one order a
+    second per symbol) give an exact Poisson interval per side. A base rate inside the pooled
+    interval is kept (a handful of events does not identify it better); one outside is
+    replaced by the pooled estimate."""
+    liq = m["liquidations"]
+    n = liq["n_long"] + liq["n_short"]
+    T = m["window_s"]
+    lo, hi = cal.poisson_rate_interval(n, 2.0 * T)  # per side, sides pooled
+    base_liq = base.get("liquidation", {})
+    for side in ("mu_long", "mu_short"):
+        mu = float(np.mean(np.atleast_1d(base_liq.get(side, 0.0))))
+        if lo <= mu <= hi:
+            b.keep(
+                f"liquidation.{side}",
+                f"inside the window's 95 % interval [{_g(lo)}, {_g(hi)}] per s per side "
+                f"({n} forced orders in {T:.0f} s)",
+            )
+        else:
+            b.fit(f"liquidation.{side}", n / (2.0 * T), math.sqrt(max(n, 1)) / (2.0 * T), "per s",
+                  f"{n} forced orders in {T:.0f} s, sides pooled")
+
+
+def checks(m: dict) -> dict:
+    """Goodness of fit: the Hawkes time-rescaling KS per side, the size law's Kolmogorov distance
+    and its q90/q99 against the recorded ones, the variance signature."""
+    h, s = m["hawkes"], m["sizes"]
+    return {
+        "hawkes_ks": {
+            "buy": {"stat": h["ks_stat_buy"], "pvalue": h["ks_pvalue_buy"]},
+            "sell": {"stat": h["ks_stat_sell"], "pvalue": h["ks_pvalue_sell"]},
+        },
+        "size_law": {
+            "ks_stat": s["ks"]["stat"],
+            "ks_critical_5pct": 1.358 / math.sqrt(s["n"]),
+            "q90": {"recorded": s["q90"], "fitted": s["ks"]["q90"]},
+            "q99": {"recorded": s["q99"], "fitted": s["ks"]["q99"]},
+            "hill_10pct": s["hill_10pct"]["value"],
+            "hill_10pct_se": s["hill_10pct"]["se"],
+        },
+        "variance_signature": {k: {"value": v["value"], "se": v["se"]} for k, v in m["variance"].items()},
+    }
+
+
+def base_market(name: str) -> dict:
+    """The plain mapping of ``conf/market/NAME.yaml`` as a run composes it."""
+    from omegaconf import OmegaConf
+
+    from mmsim import config
+
+    try:
+        cfg = config.compose([f"market={name}"])
+    except Exception as e:  # Hydra's own message names the missing option
+        raise ValueError(f"--base {name}: no such market config ({type(e).__name__})") from None
+    return OmegaConf.to_container(cfg.market, resolve=True)
+
+
+def calibrate(
+    paths: Sequence[str | Path],
+    *,
+    base: str = "btcusdt",
+    symbol: str | None = None,
+    tick: float | None = None,
+    symmetric_flow: bool = False,
+) -> Calibration:
+    """:func:`read`, :func:`measure` and :func:`fit` in one call (what ``mmsim calibrate`` runs)."""
+    base_cfg = base_market(base)
+    levels = int(base_cfg.get("book", {}).get("levels", 5))
+    measured = measure(read(paths, symbol=symbol), tick=tick, levels=levels)
+    sizes = measured.pop("order_sizes")
+    out = fit(measured, base_cfg, base, symmetric_flow=symmetric_flow)
+    out.sizes = sizes
+    return out
