@@ -469,9 +469,7 @@ def _calibrate(argv: list[str]) -> int:
         print(f"mmsim calibrate: --tick {a.tick}: must be a positive price step", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        cal = capture.calibrate(
-            a.captures, base=a.base, symbol=a.symbol, tick=a.tick, symmetric_flow=a.symmetric_flow
-        )
+        cal = capture.calibrate(a.captures, base=a.base, symbol=a.symbol, tick=a.tick, symmetric_flow=a.symmetric_flow)
     except (ValueError, data.CaptureError) as e:
         print(f"mmsim calibrate: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -492,7 +490,14 @@ def _calibrate(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"calibrate": _calibrate, "run": _run, "optimize": _optimize, "live": _live, "report": _report, "sweep-summary": _sweep_summary}
+COMMANDS = {
+    "calibrate": _calibrate,
+    "run": _run,
+    "optimize": _optimize,
+    "live": _live,
+    "report": _report,
+    "sweep-summary": _sweep_summary,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

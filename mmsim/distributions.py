@@ -11,7 +11,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import ndtri
+from jax.scipy.special import ndtr, ndtri
 
 
 def materialise(tree):
@@ -191,6 +191,36 @@ def pareto_sum(
     safe = below > 1e-12
     mean = jnp.where(safe, (tail * scale / (tail - 1.0)) * num / jnp.where(safe, below, 1.0), scale)
     rest = (nn - 1.0) * mean
+    return jnp.where(has, largest + rest, 0.0), jnp.where(has, largest, 0.0)
+
+
+def lognormal_sum(u: jax.Array, n: jax.Array, median: jax.Array, sigma: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Total and largest of ``n`` i.i.d. lognormal sizes (``median`` e^{sigma Z}, Z ~ N(0, 1))
+    from one uniform, as :func:`pareto_sum` does for Pareto sizes.
+
+    The largest, M = median e^{sigma z} with Phi(z) = u^{1/n}, is exact; above the median z is
+    taken as ``-ndtri(1 - u^{1/n})`` from ``1 - u^{1/n} = -expm1(log(u) / n)``, so a large order
+    keeps its probability in float32. Given M, the other n - 1 sizes enter at their mean truncated at M,
+    ``E[X | X <= M] = median e^{sigma^2 / 2} Phi(z - sigma) / Phi(z)``: the total has the exact mean
+    ``n median e^{sigma^2 / 2}`` and the largest term's law. Returns ``(total, largest)``, both 0
+    where n == 0.
+    """
+    has = n > 0
+    nn = jnp.where(has, n, 1.0)
+    a = jnp.log(u) / nn
+    below = jnp.exp(a)  # Phi(z) = u^{1/n}
+    tail_prob = -expm1(a, below)  # P(X > M) = 1 - u^{1/n}, without cancellation
+    # Each half from the probability that is small there: ndtri is accurate near 0, not near 1.
+    tiny = jnp.finfo(u.dtype).tiny
+    lower = below < 0.5
+    p = jnp.clip(jnp.where(lower, below, tail_prob), tiny, 0.5)
+    zp = std_normal(p)
+    z = jnp.where(lower, zp, -zp)
+    largest = median * jnp.exp(sigma * z)
+    safe = below > 1e-12
+    ratio = ndtr(z - sigma) / jnp.where(safe, below, 1.0)
+    trunc = jnp.where(safe, jnp.minimum(median * jnp.exp(0.5 * sigma * sigma) * ratio, largest), largest)
+    rest = (nn - 1.0) * trunc
     return jnp.where(has, largest + rest, 0.0), jnp.where(has, largest, 0.0)
 
 

@@ -139,3 +139,36 @@ def test_fold_in_constant_equals_traced():
     for d in (0, 1, 9, 2**40):
         traced = jax.jit(lambda k, d: rng.fold_in(k, d))(k, jnp.asarray(d, jnp.uint64))
         assert int(rng.fold_in(k, d)) == int(traced)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_lognormal_sum_has_the_exact_largest_and_mean(dtype):
+    """lognormal_sum against its exact law: the largest of n is median e^{sigma z}, Phi(z) = u^{1/n}
+    (closed form at every u), and the total's mean over uniform u is n median e^{sigma^2 / 2}
+    (quadrature over a fine grid of u, so the tolerance is the grid's, not Monte Carlo's)."""
+    from scipy import stats
+
+    median, sigma = 0.03, 2.1
+    u = (np.arange(200_000) + 0.5) / 200_000
+    for n in (1.0, 3.0, 20.0):
+        total, largest = dist.lognormal_sum(
+            jnp.asarray(u, dtype), jnp.full(u.shape, n, dtype), jnp.asarray(median, dtype), jnp.asarray(sigma, dtype)
+        )
+        total, largest = np.asarray(total, float), np.asarray(largest, float)
+        u_seen = np.asarray(jnp.asarray(u, dtype), float)  # the uniforms as the dtype holds them
+        want = median * np.exp(sigma * -stats.norm.ppf(-np.expm1(np.log(u_seen) / n)))
+        # float32: z to a few ulp of log terms, so M to ~1e-6 * sigma * |z| relative.
+        rtol = 1e-9 if dtype == jnp.float64 else 2e-5
+        np.testing.assert_allclose(largest, want, rtol=rtol)
+        assert np.all(total >= largest * (1 - 1e-6)) and np.all(total <= n * largest * (1 + 1e-6))
+        mean = n * median * np.exp(0.5 * sigma**2)
+        # The grid's midpoint rule misses the tail beyond u = 1 - 2.5e-6: bounded by that mass's share.
+        assert abs(total.mean() / mean - 1) < 0.02, (n, total.mean(), mean)
+    # n = 1: the total is the size itself; n = 0: nothing.
+    one, _ = dist.lognormal_sum(jnp.asarray([0.5], dtype), jnp.asarray([1.0], dtype), median, sigma)
+    np.testing.assert_allclose(np.asarray(one), [median], rtol=1e-6)
+    zero_t, zero_l = dist.lognormal_sum(jnp.asarray([0.5], dtype), jnp.asarray([0.0], dtype), median, sigma)
+    assert float(zero_t[0]) == 0.0 and float(zero_l[0]) == 0.0
+    # A uniform next to 1 in float32 is still a finite, large order.
+    big, _ = dist.lognormal_sum(jnp.asarray([1.0 - 2**-24], dtype), jnp.asarray([1.0], dtype), median, sigma)
+    assert np.isfinite(float(big[0])) and float(big[0]) > median * np.exp(4.5 * sigma)

@@ -128,6 +128,7 @@ def measure(cap: dict, *, tick: float | None = None, levels: int = 5) -> dict:
             "n": int(len(q)),
             "hill_10pct": cal.hill_tail_index(q, max(10, len(q) // 10)),
             "pareto": cal.matched_pareto(float(np.median(q)), float(q.mean())),
+            "lognormal": _lognormal_mle(q),
         },
         "touch": touch,
         "widening": cal.spread_widening(bk, tick),
@@ -145,21 +146,58 @@ def measure(cap: dict, *, tick: float | None = None, levels: int = 5) -> dict:
         out["depth"] = cal.depth_profile(cap.get("depth"), tick, levels, DEPTH_EVERY_S)
     except ValueError as e:
         out["depth"] = {"skipped": str(e)}
-    out["sizes"]["ks"] = _pareto_ks(q, out["sizes"]["pareto"])
+    for law in SIZE_LAWS:
+        out["sizes"][law]["check"] = _size_check(q, law, out["sizes"][law])
     out["order_sizes"] = q  # an array: :func:`calibrate` moves it out of the JSON-able dict
     return out
 
 
-def _pareto_ks(q: np.ndarray, par: dict) -> dict:
-    """Kolmogorov distance between the sizes and the fitted Pareto, and the fitted q90/q99."""
+#: The order-size laws a calibration fits; it writes the one closer to the recorded sizes.
+SIZE_LAWS = ("lognormal", "pareto")
+
+
+def _lognormal_mle(q: np.ndarray) -> dict:
+    """Lognormal MLE of sizes: ``size_scale`` the median e^{mean log}, ``size_sigma`` the sd of
+    the logs, with their asymptotic standard errors."""
+    lq = np.log(q)
+    n, mu, sd = len(lq), float(lq.mean()), float(lq.std())
+    return {
+        "size_scale": math.exp(mu),
+        "size_scale_se": math.exp(mu) * sd / math.sqrt(n),
+        "size_sigma": sd,
+        "size_sigma_se": sd / math.sqrt(2 * n),
+    }
+
+
+def _size_quantile(law: str, par: dict, p):
+    """The fitted law's quantile at probability ``p``, base units."""
+    from scipy import stats
+
+    if law == "lognormal":
+        return par["size_scale"] * np.exp(par["size_sigma"] * stats.norm.ppf(p))
+    return par["size_scale"] * (1.0 - np.asarray(p)) ** (-1.0 / par["size_tail"])
+
+
+def _size_cdf(law: str, par: dict, x: np.ndarray) -> np.ndarray:
+    from scipy import stats
+
+    if law == "lognormal":
+        return stats.norm.cdf(np.log(x / par["size_scale"]) / par["size_sigma"])
     xm, a = par["size_scale"], par["size_tail"]
-    if not (np.isfinite(xm) and np.isfinite(a)):
-        return {"stat": float("nan"), "q90": float("nan"), "q99": float("nan")}
+    return np.where(x >= xm, 1.0 - (xm / x) ** a, 0.0)
+
+
+def _size_check(q: np.ndarray, law: str, par: dict) -> dict:
+    """Kolmogorov distance between the recorded sizes and a fitted law, and its q90/q99.
+    (The recorded sizes sit on a lot grid, so even the right law keeps a distance of about the
+    largest lot's share; the figure shows where the laws depart.)"""
+    if not all(math.isfinite(par[k]) for k in par if not k.endswith("_se")):
+        return {"ks_stat": float("nan"), "q90": float("nan"), "q99": float("nan")}
     x = np.sort(q)
     n = len(x)
-    F = np.where(x >= xm, 1.0 - (xm / x) ** a, 0.0)
+    F = _size_cdf(law, par, x)
     d = float(max(np.max(np.arange(1, n + 1) / n - F), np.max(F - np.arange(n) / n)))
-    return {"stat": d, "q90": float(xm * 10.0 ** (1 / a)), "q99": float(xm * 100.0 ** (1 / a))}
+    return {"ks_stat": d, "q90": float(_size_quantile(law, par, 0.9)), "q99": float(_size_quantile(law, par, 0.99))}
 
 
 class _Builder:
@@ -176,7 +214,12 @@ class _Builder:
         block, _, name = key.partition(".")
         v = [_round(x, digits) for x in value] if isinstance(value, (list, tuple)) else _round(value, digits)
         self.m.setdefault(block, {})[name] = v
-        se_txt = f" ± {_g(se, 2)}" if se is not None and math.isfinite(se) else ""
+        if se is None:
+            se_txt = ""
+        elif math.isfinite(se):
+            se_txt = f" ± {_g(se, 2)}"
+        else:  # e.g. a Hawkes excitation at its bound 0: the information matrix is singular there
+            se_txt = " (no standard error: the likelihood is flat or at a bound there)"
         shown = "[" + ", ".join(_g(x, digits) for x in v) + "]" if isinstance(v, list) else _g(v, digits)
         self.notes[key] = f"{unit}; fit{se_txt}: {how} ({self.where})"
         self.rows.append(dict(field=key, value=shown, se=se, unit=unit, source=how, fitted=True))
@@ -287,14 +330,23 @@ def fit(measured: dict, base: dict, base_name: str, *, symmetric_flow: bool = Fa
             b.fit(f"flow.{k}", h[k], h[k + "_se"], "per s per order", flow_how)
     b.fit("flow.gamma", h["gamma"], h["gamma_se"], "per s per order", flow_how)
     b.fit("flow.beta", h["beta"], h["beta_se"], "per s", f"{flow_how}; branching radius {_g(h['spectral_radius'])}")
-    s, par = m["sizes"], m["sizes"]["pareto"]
-    if not (math.isfinite(par["size_scale"]) and math.isfinite(par["size_tail"])):
-        raise ValueError(
-            f"market-order sizes (median {s['median']:g}, mean {s['mean']:g}): no Pareto law with a finite mean has them"
-        )
-    size_how = f"Pareto with the median {_g(s['median'])} and mean {_g(s['mean'])} of {s['n']} orders"
-    b.fit("flow.size_scale", par["size_scale"], None, "base units", size_how)
-    b.fit("flow.size_tail", par["size_tail"], None, "tail index", size_how)
+    s = m["sizes"]
+    law = best_size_law(s)
+    par = s[law]
+    others = ", ".join(f"{k} {s[k]['check']['ks_stat']:.3f}" for k in SIZE_LAWS)
+    b.m["flow"]["size_law"] = law
+    if law == "lognormal":
+        how = f"lognormal MLE of {s['n']} order sizes (Kolmogorov distance {others})"
+        b.fit("flow.size_scale", par["size_scale"], par["size_scale_se"], "base units (median)", how)
+        b.fit("flow.size_sigma", par["size_sigma"], par["size_sigma_se"], "sd of log size", how)
+    else:
+        how = f"Pareto with the median {_g(s['median'])} and mean {_g(s['mean'])} of {s['n']} orders ({others})"
+        b.fit("flow.size_scale", par["size_scale"], None, "base units (minimum)", how)
+        b.fit("flow.size_tail", par["size_tail"], None, "tail index", how)
+    b.notes["flow.size_law"] = f"the law closer to the recorded sizes by Kolmogorov distance ({others})"
+    unused = "flow.size_tail" if law == "lognormal" else "flow.size_sigma"
+    if unused.split(".")[1] in b.m["flow"]:
+        b.notes[unused] = f"from {base_name}: not used by size_law {law}"
 
     tick = m["tick"]
     w = m["widening"]
@@ -303,7 +355,7 @@ def fit(measured: dict, base: dict, base_name: str, *, symmetric_flow: bool = Fa
     b.fit("spread.s0", tick / mid, None, "fraction of mid", "one tick at the mean mid")
     close, close_se = _closing_rate(w)
     if w["n"] >= 2:
-        b.fit("spread.jump_rate", w["rate"], w["rate_se"], "per s", f"{w['n']} widenings per s at one tick")
+        b.fit("spread.jump_rate", w["rate"], w["rate_se"], "per s", f"{w['n']} widenings, per s of one-tick time")
         b.fit("spread.jump_mean", w["mean_peak_excess"], None, "fraction of mid", "mean peak excess of the widenings")
         b.fit("spread.kappa", close, close_se, "per s", "1 / mean widening duration")
     else:
@@ -314,7 +366,9 @@ def fit(measured: dict, base: dict, base_name: str, *, symmetric_flow: bool = Fa
 
     t = m["touch"]
     touch = 0.5 * (t["bid_qty_median"] + t["ask_qty_median"])
-    touch_how = f"mean of the time-weighted median bid / ask sizes {_g(t['bid_qty_median'])} / {_g(t['ask_qty_median'])}"
+    touch_how = (
+        f"mean of the time-weighted median bid / ask sizes {_g(t['bid_qty_median'])} / {_g(t['ask_qty_median'])}"
+    )
     b.fit("book.depth_touch", touch, None, "base units", touch_how)
     b.fit("fills.touch_depth", touch, None, "base units", touch_how)
     d = m["depth"]
@@ -322,7 +376,10 @@ def fit(measured: dict, base: dict, base_name: str, *, symmetric_flow: bool = Fa
         levels = int(base.get("book", {}).get("levels", 5))
         behind = np.asarray(d["mean"][1:levels], float)
         se = float(np.sqrt(np.sum(np.asarray(d["se"][1:levels], float) ** 2))) / len(behind)
-        how = f"mean over the {len(behind)} prices behind the touch, depth rebuilt from the snapshot and diffs, {d['n']} samples every {d['every_s']:g} s"
+        how = (
+            f"mean over the {len(behind)} prices behind the touch, depth rebuilt from the snapshot "
+            f"and diffs, {d['n']} samples every {d['every_s']:g} s"
+        )
         b.fit("book.depth_level", float(behind.mean()), se, "base units per level", how)
         b.fit("fills.depth_per_tick", float(behind.mean()), se, "base units per tick", how)
     else:
@@ -354,6 +411,16 @@ def fit(measured: dict, base: dict, base_name: str, *, symmetric_flow: bool = Fa
     return Calibration(b.m, b.notes, header, b.rows, m, checks(m))
 
 
+def best_size_law(sizes: dict) -> str:
+    """Of :data:`SIZE_LAWS`, the fitted law with the smaller Kolmogorov distance to the sizes."""
+    ok = [k for k in SIZE_LAWS if math.isfinite(sizes[k]["check"]["ks_stat"])]
+    if not ok:
+        raise ValueError(
+            f"market-order sizes (median {sizes['median']:g}, mean {sizes['mean']:g}): no size law fits them"
+        )
+    return min(ok, key=lambda k: sizes[k]["check"]["ks_stat"])
+
+
 def _closing_rate(w: dict) -> tuple[float, float]:
     """1 / mean duration of the widenings, per second, with its delta-method error from the
     exponential law's sd = mean (an approximation: no duration list is kept)."""
@@ -383,8 +450,13 @@ def _liquidations(b: _Builder, m: dict, base: dict) -> None:
                 f"({n} forced orders in {T:.0f} s)",
             )
         else:
-            b.fit(f"liquidation.{side}", n / (2.0 * T), math.sqrt(max(n, 1)) / (2.0 * T), "per s",
-                  f"{n} forced orders in {T:.0f} s, sides pooled")
+            b.fit(
+                f"liquidation.{side}",
+                n / (2.0 * T),
+                math.sqrt(max(n, 1)) / (2.0 * T),
+                "per s",
+                f"{n} forced orders in {T:.0f} s, sides pooled",
+            )
 
 
 def checks(m: dict) -> dict:
@@ -397,10 +469,10 @@ def checks(m: dict) -> dict:
             "sell": {"stat": h["ks_stat_sell"], "pvalue": h["ks_pvalue_sell"]},
         },
         "size_law": {
-            "ks_stat": s["ks"]["stat"],
+            "law": best_size_law(s),
             "ks_critical_5pct": 1.358 / math.sqrt(s["n"]),
-            "q90": {"recorded": s["q90"], "fitted": s["ks"]["q90"]},
-            "q99": {"recorded": s["q99"], "fitted": s["ks"]["q99"]},
+            "recorded": {"q90": s["q90"], "q99": s["q99"]},
+            **{k: s[k]["check"] for k in SIZE_LAWS},
             "hill_10pct": s["hill_10pct"]["value"],
             "hill_10pct_se": s["hill_10pct"]["se"],
         },

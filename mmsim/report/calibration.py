@@ -22,15 +22,17 @@ def warnings(checks: dict) -> list[str]:
     """The goodness-of-fit failures of a calibration, one sentence each."""
     out = []
     s = checks["size_law"]
-    if s["ks_stat"] > s["ks_critical_5pct"]:
+    law = s["law"]
+    chosen = s[law]
+    if chosen["ks_stat"] > s["ks_critical_5pct"]:
         out.append(
-            f"the order-size law is rejected: Kolmogorov distance {s['ks_stat']:.3f} against the 5 % "
+            f"the {law} order-size law is rejected: Kolmogorov distance {chosen['ks_stat']:.3f} against the 5 % "
             f"critical value {s['ks_critical_5pct']:.3f}"
         )
     for q in ("q90", "q99"):
-        rec, fit = s[q]["recorded"], s[q]["fitted"]
+        rec, fit = s["recorded"][q], chosen[q]
         if fit > 0 and not (1 / QUANTILE_FLAG <= rec / fit <= QUANTILE_FLAG):
-            out.append(f"order sizes: recorded {q} {rec:.3g} against the fitted law's {fit:.3g}")
+            out.append(f"order sizes: recorded {q} {rec:.3g} against the fitted {law} law's {fit:.3g}")
     for side, k in checks["hawkes_ks"].items():
         if k["pvalue"] < 0.01:
             out.append(
@@ -89,24 +91,36 @@ def write(cal, out_dir: str | Path, yaml_path: str | Path, command: str, sizes: 
     ]
     c = cal.checks
     s = c["size_law"]
+    size_rows = []
+    for law in ("lognormal", "pareto"):
+        k = s[law]
+        tag = f"{law} (written)" if law == s["law"] else law
+        size_rows += [
+            (
+                f"order size q90, {tag}",
+                fmt(s["recorded"]["q90"]),
+                fmt(k["q90"]),
+                _ratio(s["recorded"]["q90"], k["q90"]),
+            ),
+            (
+                f"order size q99, {tag}",
+                fmt(s["recorded"]["q99"]),
+                fmt(k["q99"]),
+                _ratio(s["recorded"]["q99"], k["q99"]),
+            ),
+            (
+                f"order sizes, Kolmogorov distance, {tag}",
+                fmt(k["ks_stat"]),
+                f"5 % critical {fmt(s['ks_critical_5pct'])}",
+                "rejected" if k["ks_stat"] > s["ks_critical_5pct"] else "not rejected",
+            ),
+        ]
     lines += [
         md_table(
             ["check", "recorded", "fitted", "verdict"],
             [
-                ("order size q90, base units", fmt(s["q90"]["recorded"]), fmt(s["q90"]["fitted"]), _ratio(s["q90"])),
-                ("order size q99, base units", fmt(s["q99"]["recorded"]), fmt(s["q99"]["fitted"]), _ratio(s["q99"])),
-                (
-                    "order sizes, Kolmogorov distance",
-                    fmt(s["ks_stat"]),
-                    f"5 % critical {fmt(s['ks_critical_5pct'])}",
-                    "rejected" if s["ks_stat"] > s["ks_critical_5pct"] else "not rejected",
-                ),
-                (
-                    "Hill tail index of the largest 10 %",
-                    f"{fmt(s['hill_10pct'])} ± {fmt(s['hill_10pct_se'])}",
-                    fmt(cal.market["flow"]["size_tail"]),
-                    "",
-                ),
+                *size_rows,
+                ("Hill tail index of the largest 10 %", f"{fmt(s['hill_10pct'])} ± {fmt(s['hill_10pct_se'])}", "", ""),
                 *[
                     (
                         f"Hawkes time rescaling, {side} (KS)",
@@ -124,7 +138,10 @@ def write(cal, out_dir: str | Path, yaml_path: str | Path, command: str, sizes: 
         "",
         md_table(
             ["step, s", "variance per s", "standard error", "sigma per sqrt(s)"],
-            [(k, fmt(v["value"]), fmt(v["se"]), fmt(math.sqrt(v["value"]))) for k, v in c["variance_signature"].items()],
+            [
+                (k, fmt(v["value"]), fmt(v["se"]), fmt(math.sqrt(v["value"])))
+                for k, v in c["variance_signature"].items()
+            ],
         ),
         "",
     ]
@@ -136,7 +153,10 @@ def write(cal, out_dir: str | Path, yaml_path: str | Path, command: str, sizes: 
             "",
             md_table(
                 ["level", "mean", "standard error", "median"],
-                [(str(i), fmt(a), fmt(b), fmt(c_)) for i, (a, b, c_) in enumerate(zip(d["mean"], d["se"], d["median"]))],
+                [
+                    (str(i), fmt(a), fmt(b), fmt(c_))
+                    for i, (a, b, c_) in enumerate(zip(d["mean"], d["se"], d["median"]))
+                ],
             ),
             "",
         ]
@@ -151,8 +171,7 @@ def write(cal, out_dir: str | Path, yaml_path: str | Path, command: str, sizes: 
     return [*files, md, *figs]
 
 
-def _ratio(q: dict) -> str:
-    rec, fit = q["recorded"], q["fitted"]
+def _ratio(rec: float, fit: float) -> str:
     if not (fit > 0 and math.isfinite(rec)):
         return ""
     r = rec / fit
@@ -160,21 +179,33 @@ def _ratio(q: dict) -> str:
 
 
 def _size_figure(path: Path, sizes: np.ndarray, s: dict) -> Path:
-    """Recorded against fitted quantiles of the order size, log-log, with the 1:1 line."""
-    p = np.linspace(0.01, 0.999, 200)
+    """Recorded quantiles of the order size against each fitted law's, log-log, with the 1:1 line."""
+    from scipy import stats
+
+    p = np.linspace(0.005, 0.999, 300)
     rec = np.quantile(sizes, p)
-    xm, a = s["pareto"]["size_scale"], s["pareto"]["size_tail"]
-    fit = xm * (1.0 - p) ** (-1.0 / a)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    ax.loglog(fit, rec, ".", ms=3, label="quantiles 1 %-99.9 %")
-    lo, hi = min(fit.min(), rec.min()), max(fit.max(), rec.max())
-    ax.loglog([lo, hi], [lo, hi], "k--", lw=0.8, label="recorded = fitted")
+    ln, pa = s["lognormal"], s["pareto"]
+    laws = {
+        f"lognormal: median {ln['size_scale']:.3g}, sigma {ln['size_sigma']:.3g}": ln["size_scale"]
+        * np.exp(ln["size_sigma"] * stats.norm.ppf(p)),
+    }
+    if math.isfinite(pa["size_tail"]):
+        laws[f"Pareto: x_m {pa['size_scale']:.3g}, tail {pa['size_tail']:.3g}"] = pa["size_scale"] * (1 - p) ** (
+            -1 / pa["size_tail"]
+        )
+    fig, ax = plt.subplots(figsize=(6, 4.8))
+    lo, hi = rec.min(), rec.max()
+    for (label, fit), mk in zip(laws.items(), (".", "x")):
+        ax.loglog(rec, fit, mk, ms=3, label=label)
+        lo, hi = min(lo, fit.min()), max(hi, fit.max())
+    ax.loglog([lo, hi], [lo, hi], "k--", lw=0.8, label="fitted = recorded")
     for q in (0.5, 0.9, 0.99):
-        ax.annotate(f"q{int(q * 100)}", (xm * (1 - q) ** (-1 / a), np.quantile(sizes, q)), fontsize=8)
-    ax.set_xlabel("fitted Pareto quantile, base units")
-    ax.set_ylabel("recorded quantile, base units")
-    ax.set_title(f"market-order sizes: Pareto x_m {xm:.3g}, tail {a:.3g}")
-    ax.legend(fontsize=8)
+        ax.axvline(np.quantile(sizes, q), color="0.7", lw=0.6)
+        ax.annotate(f"q{int(q * 100)}", (np.quantile(sizes, q), lo), fontsize=8, rotation=90, va="bottom")
+    ax.set_xlabel("recorded quantile, base units")
+    ax.set_ylabel("fitted law's quantile, base units")
+    ax.set_title("market-order sizes, quantiles 0.5 %-99.9 %")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)

@@ -13,14 +13,16 @@ import numpy as np
 
 from mmsim import distributions as dist
 from mmsim import rng
-from mmsim._pytree import Check, pytree_dataclass, to_plain
+from mmsim._pytree import Check, pytree_dataclass, static_field, to_plain
 
 #: Uniforms per asset per step, columns: buy informed count, buy uninformed count, buy volume,
 #: then the same three for sells.
 N_UNIFORMS = 6
 
 _EXCITATION_FIELDS = ("alpha_buy", "alpha_sell", "gamma")
-_FIELDS = ("mu_buy", "mu_sell", "alpha_buy", "alpha_sell", "gamma", "beta", "size_scale", "size_tail")
+_FIELDS = ("mu_buy", "mu_sell", "alpha_buy", "alpha_sell", "gamma", "beta", "size_scale", "size_tail", "size_sigma")
+#: Laws of a market order's size.
+SIZE_LAWS = ("pareto", "lognormal")
 
 
 @pytree_dataclass
@@ -34,8 +36,12 @@ class FlowParams:
         alpha_sell: self-excitation of sells: intensity jump of the sell side per sell order, per second.
         gamma: cross-excitation: intensity jump of one side per order of the other side, per second.
         beta: decay rate of the excitation, per second (mean excitation lifetime 1 / beta seconds).
-        size_scale: Pareto minimum order size x_m, base units.
-        size_tail: Pareto tail index a > 1: P(size > x) = (x_m / x)^a, mean a x_m / (a - 1).
+        size_law: "pareto" or "lognormal" (static): the law of one market order's size.
+        size_scale: base units: the Pareto minimum order size x_m, or the lognormal median.
+        size_tail: Pareto tail index a > 1: P(size > x) = (x_m / x)^a, mean a x_m / (a - 1)
+            (``size_law: pareto`` only).
+        size_sigma: standard deviation of the log size, size = median e^{size_sigma Z}, mean
+            median e^{size_sigma^2 / 2} (``size_law: lognormal`` only).
     """
 
     mu_buy: jax.Array | float = 0.5
@@ -46,6 +52,8 @@ class FlowParams:
     beta: jax.Array | float = 1.0
     size_scale: jax.Array | float = 1e-3
     size_tail: jax.Array | float = 1.5
+    size_sigma: jax.Array | float = 1.0
+    size_law: str = static_field(default="pareto")
 
     def validate(self) -> None:
         c = Check(self)
@@ -55,13 +63,16 @@ class FlowParams:
         c.nonneg("alpha_sell", "sell self-excitation, per second per order")
         c.nonneg("gamma", "cross-excitation, per second per order")
         c.positive("beta", "excitation decay rate, per second")
-        c.positive("size_scale", "Pareto minimum order size x_m, base units")
+        c.require(self.size_law in SIZE_LAWS, "size_law", f"must be one of {SIZE_LAWS}")
+        c.positive("size_scale", "Pareto minimum or lognormal median order size, base units")
         a = c.finite("size_tail", "Pareto tail index")
-        c.require(
-            bool(np.all(a > 1.0)),
-            "size_tail",
-            "must be > 1 (Pareto tail index; the mean size a x_m / (a - 1) is infinite otherwise)",
-        )
+        if self.size_law == "pareto":
+            c.require(
+                bool(np.all(a > 1.0)),
+                "size_tail",
+                "must be > 1 (Pareto tail index; the mean size a x_m / (a - 1) is infinite otherwise)",
+            )
+        c.positive("size_sigma", "standard deviation of the log order size")
         n_a = {}
         for f in _FIELDS:
             shape = np.shape(getattr(self, f))
@@ -157,7 +168,10 @@ def stationary_intensity(params: FlowParams, baseline_mult=1.0) -> tuple[np.ndar
 
 
 def expected_size(params: FlowParams):
-    """Mean order size a x_m / (a - 1), base units (numpy or jax, like the params)."""
+    """Mean order size, base units (numpy or jax, like the params): a x_m / (a - 1) for Pareto
+    sizes, median e^{sigma^2 / 2} for lognormal ones."""
+    if params.size_law == "lognormal":
+        return params.size_scale * np.exp(0.5 * np.square(params.size_sigma))
     return params.size_tail * params.size_scale / (params.size_tail - 1.0)
 
 
@@ -247,7 +261,7 @@ def step(
     mu_b, mu_s = m * cast(params.mu_buy), m * cast(params.mu_sell)
     decay = jnp.exp(-beta * dt)
     frac = -jnp.expm1(-beta * dt) / beta  # integral of e^{-beta s} over the step, seconds
-    scale, tail = cast(params.size_scale), cast(params.size_tail)
+    scale, tail, sigma = cast(params.size_scale), cast(params.size_tail), cast(params.size_sigma)
     shape = (n_a,)
 
     ex_b0 = jnp.broadcast_to(state.ex_buy, shape)
@@ -267,8 +281,12 @@ def step(
         )
     nb = ni_b + nu_b
     ns = ni_s + nu_s
-    vol_b, big_b = dist.pareto_sum(u_vol_b, nb, scale, tail)
-    vol_s, big_s = dist.pareto_sum(u_vol_s, ns, scale, tail)
+    if params.size_law == "lognormal":
+        vol_b, big_b = dist.lognormal_sum(u_vol_b, nb, scale, sigma)
+        vol_s, big_s = dist.lognormal_sum(u_vol_s, ns, scale, sigma)
+    else:
+        vol_b, big_b = dist.pareto_sum(u_vol_b, nb, scale, tail)
+        vol_s, big_s = dist.pareto_sum(u_vol_s, ns, scale, tail)
     ex_b = state.ex_buy * decay + cast(params.alpha_buy) * nb + cast(params.gamma) * ns
     ex_s = state.ex_sell * decay + cast(params.alpha_sell) * ns + cast(params.gamma) * nb
     new = FlowState(

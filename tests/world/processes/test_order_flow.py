@@ -305,6 +305,40 @@ def test_size_law(seed):
         np.testing.assert_allclose(vol[one], big[one], rtol=1e-12)
 
 
+def test_lognormal_size_law(seed):
+    """Lognormal sizes (the law fitted to recorded market orders): the mean size per order is
+    median e^{sigma^2 / 2}, and the largest order's law P(max <= x | n) = Phi(ln(x / median) / sigma)^n."""
+    from scipy import stats
+
+    med, sig = 0.01, 0.8  # sigma < 1: the size's variance is small enough for a 4-SE check
+    p = flow.FlowParams(
+        mu_buy=1.0, mu_sell=0.7, alpha_buy=0.6, alpha_sell=0.5, gamma=0.2, beta=1.0,
+        size_law="lognormal", size_scale=med, size_sigma=sig,
+    )  # fmt: skip
+    np.testing.assert_allclose(flow.expected_size(p), med * np.exp(0.5 * sig**2))
+    (_, info), *_ = run_paths(
+        flow, p, lambda dtype, n_a: ((), {}), n_assets=1, n_paths=20_000, n_steps=10, dt=1.0,
+        dtype=jnp.float64, seed=seed,
+    )  # fmt: skip
+    for n, vol, big in ((info.n_buy, info.vol_buy, info.max_buy), (info.n_sell, info.vol_sell, info.max_sell)):
+        n, vol, big = (np.asarray(x).ravel() for x in (n, vol, big))
+        has = n > 0
+        assert np.all(vol[~has] == 0.0) and np.all(big <= vol * (1 + 1e-12))
+        # The sum of a step's sizes per order, weighted by the count: its mean is E[size].
+        mean_within((vol[has] - n[has] * flow.expected_size(p))[:, None], 0.0)
+        x = 2.0 * med
+        resid = (big[has] <= x) - stats.norm.cdf(np.log(x / med) / sig) ** n[has]
+        mean_within(resid[:, None], 0.0)
+
+
+def test_size_law_is_checked():
+    with pytest.raises(ValueError, match=r"FlowParams\.size_law = gamma: must be one of"):
+        flow.FlowParams(size_law="gamma")
+    with pytest.raises(ValueError, match=r"FlowParams\.size_sigma"):
+        flow.FlowParams(size_law="lognormal", size_sigma=0.0)
+    flow.FlowParams(size_law="lognormal", size_tail=0.5)  # the Pareto tail is not used
+
+
 # --- validation and contract ----------------------------------------------------------------
 
 
