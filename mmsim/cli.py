@@ -10,6 +10,7 @@ Subcommands::
     mmsim report RUN_DIR                   # a live session's journal -> metrics.json, report.md, figure
     mmsim sweep-summary DIR                # aggregate a multirun's metrics.json files
     mmsim calibrate CAPTURE... -o conf/market/NAME.yaml [--base btcusdt] [--symbol S] [--report DIR]
+    mmsim validate CAPTURE[,NEXT]... [--params best.yaml] [--paths N] [--out DIR] [overrides ...]
 
 ``live`` loads and validates ``best.yaml`` over the configured experiment, builds the very
 :class:`~mmsim.engine.EngineParams` the simulator would run and prints the policy; ``--check``
@@ -39,6 +40,7 @@ commands:
   report RUN_DIR                  a live session's journal as metrics.json, report.md and a figure
   sweep-summary DIR               aggregate the metrics.json files of a multirun directory
   calibrate CAPTURE... -o FILE    fit a market config (conf/market schema) to recorded captures
+  validate CAPTURE... [ovr]       the simulator against recorded windows: the same statistics, side by side
 """
 
 
@@ -490,8 +492,104 @@ def _calibrate(argv: list[str]) -> int:
     return 0
 
 
+def _validate(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="mmsim validate",
+        description=(
+            "For each recorded window: replay the policy with paper fills, simulate the same window "
+            "(start price, tick, duration, engine, fees) with the configured market and with a market "
+            "calibrated to the window alone, and write every statistic side by side with the recorded "
+            "value's percentile among the simulated paths."
+        ),
+    )
+    p.add_argument(
+        "items",
+        nargs="+",
+        metavar="CAPTURE|OVERRIDE",
+        help="a window per capture argument (consecutive files of one window joined by commas), and Hydra "
+        "overrides (key=value) selecting the market and policy, e.g. market=btcusdt_captured",
+    )
+    p.add_argument("--params", help="best.yaml written by the optimiser (default: the configured policy)")
+    p.add_argument("--paths", type=int, default=256, help="simulated policy paths per window and market")
+    p.add_argument("--trace", type=int, default=64, help="of them, paths traced for the markouts")
+    p.add_argument("--fact-paths", type=int, default=32, help="simulated market-only windows for the market facts")
+    p.add_argument("--cadence", type=float, default=1.0, help="seconds between the replay's observations")
+    p.add_argument("--symbol", help="the symbol to validate on, when a recording holds several")
+    p.add_argument("--no-window-market", action="store_true", help="skip the market calibrated to each window")
+    p.add_argument("--out", help="output directory (default outputs/validate/<time>)")
+    a = p.parse_intermixed_args(argv)
+    a.overrides = [x for x in a.items if "=" in x and not Path(x).exists()]
+    a.captures = [x for x in a.items if x not in a.overrides]
+    if not a.captures:
+        p.error("give at least one capture")
+    from omegaconf import OmegaConf
+
+    from mmsim import config as mcfg
+    from mmsim import validation
+    from mmsim.fit import data
+    from mmsim.report import validation as val_report
+
+    for name, v, lo in (("--paths", a.paths, 1), ("--trace", a.trace, 0), ("--fact-paths", a.fact_paths, 2)):
+        if v < lo:
+            print(f"mmsim validate: {name} = {v}: must be >= {lo}", file=sys.stderr)
+            return EXIT_CONFIG
+    windows = [[Path(f) for f in c.split(",")] for c in a.captures]
+    missing = [str(f) for w in windows for f in w if not f.is_file()]
+    if missing:
+        print(f"mmsim validate: no such capture file: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        params = [f"+params={Path(a.params).resolve()}"] if a.params else []
+        cfg = mcfg.compose([*a.overrides, *params])
+        world, mp, ep, sim = mcfg.build(cfg)
+        market_name = mcfg.group_choice([*a.overrides, *params], "market") or "configured"
+    except mcfg.ConfigError as e:
+        print(f"mmsim validate: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if world != "market" or int(cfg.market.get("n_assets", 1)) != 1:
+        print("mmsim validate: the configured market must be a one-asset market world", file=sys.stderr)
+        return EXIT_CONFIG
+    import jax.numpy as jnp
+
+    settings = validation.Settings(
+        n_paths=a.paths, n_trace=min(a.trace, a.paths), fact_paths=a.fact_paths, dt=sim.dt, cadence=a.cadence,
+        seed=sim.seed, dtype=jnp.dtype(sim.dtype),
+    )  # fmt: skip
+    base = None if a.no_window_market else (market_name, OmegaConf.to_container(cfg.market, resolve=True))
+    results = []
+    for files in windows:
+        print(f"mmsim validate: {', '.join(f.name for f in files)} ...", flush=True)
+        try:
+            results.append(
+                validation.validate_window(files, world, {market_name: mp}, ep, settings, symbol=a.symbol, base=base)
+            )
+        except (ValueError, data.CaptureError) as e:
+            print(f"mmsim validate: {', '.join(f.name for f in files)}: {e}", file=sys.stderr)
+            return EXIT_CONFIG
+    result = {
+        "windows": results,
+        "summary": validation.summarize(results),
+        "settings": {k: (str(v) if k == "dtype" else v) for k, v in vars(settings).items()},
+        "markets": list(results[0]["markets"]),
+        "policy": describe_policy(ep),
+    }
+    out = Path(a.out) if a.out else Path("outputs") / "validate" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    command = "mmsim validate " + " ".join([*(",".join(f.name for f in w) for w in windows), *a.overrides])
+    files = val_report.write(result, out, command)
+    for name, s in result["summary"].items():
+        print(
+            f"{name}: replay PnL percentiles {[round(p) for p in s['pnl_percentiles']]}, "
+            f"fill-count percentiles {[round(p) for p in s['fills_percentiles']]}"
+        )
+        for f in s["flags"]:
+            print(f"warning: {f}", file=sys.stderr)
+    print("written: " + ", ".join(str(f) for f in files[:2]) + f" and {len(files) - 2} figures in {out}")
+    return 0
+
+
 COMMANDS = {
     "calibrate": _calibrate,
+    "validate": _validate,
     "run": _run,
     "optimize": _optimize,
     "live": _live,

@@ -80,6 +80,16 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
+def group_choice(overrides: list[str] | tuple[str, ...], group: str) -> str | None:
+    """The option of config group ``group`` (e.g. "market") that ``overrides`` compose to."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    return cfg.hydra.runtime.choices.get(group)
+
+
 @dataclass(frozen=True)
 class SimSettings:
     """Monte Carlo size and numerics (from the ``sim`` group).

@@ -75,6 +75,7 @@ def _series(w: Window) -> dict:
     tol = 0.5 * w.tick if w.tick > 0 else 1e-12 * float(np.median(mid))
     return {
         "unchanged": np.abs(np.diff(mid)) <= tol,
+        "ticks_moved": np.abs(np.diff(mid)) / w.tick if w.tick > 0 else np.full(len(mid) - 1, np.nan),
         "bid_falls": (w.vol_sell[1:] > 0) & (np.diff(w.bid) < -tol),
         "ret": np.diff(np.log(mid)),
         # One per observation (the intervals' ends and the first): the bootstrap takes the ends.
@@ -95,6 +96,7 @@ def _aggregate(x: dict, dt: float) -> dict:
     kurt = float(np.mean((r - r.mean()) ** 4) / sd**4) if sd > 0 else float("nan")
     return {
         "unchanged_mid": float(np.mean(x["unchanged"])),
+        "tick_moves_per_min": float(np.mean(x["ticks_moved"]) * 60.0 / dt),
         "bid_falls_with_sells": float(np.mean(x["bid_falls"])),
         "return_kurtosis": kurt,
         "sigma_per_sqrt_s": sd / np.sqrt(dt),
@@ -109,6 +111,7 @@ def _aggregate(x: dict, dt: float) -> dict:
 #: The facts :func:`facts` returns (besides the interval count ``n``).
 KEYS = (
     "unchanged_mid",
+    "tick_moves_per_min",
     "bid_falls_with_sells",
     "return_kurtosis",
     "sigma_per_sqrt_s",
@@ -123,6 +126,8 @@ def facts(w: Window) -> dict:
     """The window's stylised facts, each over consecutive intervals t -> t + 1:
 
     * ``unchanged_mid``: share of intervals whose mid does not move (within half a tick);
+    * ``tick_moves_per_min``: ticks the mid travels per minute (the sum of its absolute moves,
+      interval by interval, in ticks; NaN on a continuous grid);
     * ``bid_falls_with_sells``: share of intervals in which aggressive sells trade and the best bid
       ends lower than it started (the touch traded through, or emptied and not refilled);
     * ``return_kurtosis``: kurtosis of the interval log mid returns (3 for a Gaussian);

@@ -77,6 +77,7 @@ class PathSummary(NamedTuple):
     log_w: Any = None  # (n,) log likelihood ratio up to the liquidation (0 without a tilt)
     log_w_full: Any = None  # (n,) log likelihood ratio of the whole path (0 without a tilt)
     tilt_stats: Any = None  # (n, 9) the tilt's statistics up to the liquidation (TiltInfo[1:])
+    fill_volume: Any = None  # (n, A, 2) base units filled on our bid, on our ask
 
 
 class Trace(NamedTuple):
@@ -241,6 +242,7 @@ def _path_fns(mp, ep, *, world: str, dt: float, dtype, trace: bool, substeps: in
             final_position=s.position,
             n_bad=r.n_bad,
             **risk.tilt_summary(r),
+            fill_volume=jnp.stack([s.volume_bid, s.volume_ask], axis=-1).astype(dtype),
         )
 
     return start, one, finish

@@ -31,7 +31,7 @@ def _line(ts_ns: int, stream: str, payload: dict) -> str:
     return f"{ts_ns} " + json.dumps({"stream": stream, "data": payload})
 
 
-def _synthetic(path: Path, seed: int = 3) -> Path:
+def _synthetic(path: Path, seed: int = 3, duration_s: float = T_S) -> Path:
     """A Binance USD-M recording: a one-tick book moving by one tick with probability MOVE_P each
     second, Poisson buys and sells with lognormal sizes, a depth snapshot and no-op diffs."""
     rng = np.random.default_rng(seed)
@@ -47,11 +47,11 @@ def _synthetic(path: Path, seed: int = 3) -> Path:
     lines.append(f"{int(t0 * 1e9)} " + json.dumps({"lastUpdateId": 100, "E": E0, "T": E0, "bids": bids, "asks": asks}))
     events = []
     for side in (1, -1):
-        n = rng.poisson(RATE * T_S)
-        events += [(t, side) for t in np.sort(rng.uniform(1.0, T_S, n))]
+        n = rng.poisson(RATE * duration_s)
+        events += [(t, side) for t in np.sort(rng.uniform(1.0, duration_s, n))]
     events.sort()
     ei, tid, uid = 0, 1, 101
-    for sec in range(int(T_S)):
+    for sec in range(int(duration_s)):
         t = t0 + sec
         if sec > 0 and rng.random() < MOVE_P:
             bid += 1 if rng.random() < 0.5 else -1

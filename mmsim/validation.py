@@ -1,0 +1,328 @@
+"""``mmsim validate``: does the simulator trade like the recorded market it claims to model?
+
+For each recorded window: the policy is replayed on the recording with the paper gateway, and the
+same window (start price, tick, duration, the same engine and its warm-up, the same fees) is
+simulated many times with (a) the named market and (b) a market calibrated to that window alone
+(:mod:`mmsim.fit.capture`). Every statistic is computed by the same function on the recording
+and on each simulated path: the market's stylised facts (:mod:`mmsim.fit.stylised`: the market
+stepped without us, with probe quotes) and the policy's own (fills, markouts, PnL per fill and
+per unit traded, our share of the traded volume). A recorded value is reported with its
+percentile among the simulated paths; the replay's PnL and fill-count percentiles should be
+uniform over many windows, which a Kolmogorov–Smirnov statistic over the windows checks.
+
+Units: seconds, quote currency, base units; markouts in quote currency per base unit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Market statistics (the stylised facts) shown, in order.
+MARKET_STATS = (
+    "unchanged_mid",
+    "bid_falls_with_sells",
+    "tick_moves_per_min",
+    "return_kurtosis",
+    "sigma_per_sqrt_s",
+    "touch_depth_median",
+    "volume_per_s",
+    "fill_prob_touch",
+    "fill_prob_10_behind",
+)
+#: The policy's statistics, in order.
+POLICY_STATS = (
+    "fills_per_hour",
+    "pnl",
+    "markout_1s",
+    "markout_10s",
+    "spread_capture_per_fill",
+    "adverse_selection_per_fill",
+    "fees_per_fill",
+    "pnl_per_volume",
+    "volume_share",
+)
+LABELS = {
+    "unchanged_mid": ("share of seconds with an unchanged mid", ""),
+    "bid_falls_with_sells": ("P(bid traded through within 1 s, sells trading)", ""),
+    "tick_moves_per_min": ("tick moves per minute", "ticks / min"),
+    "return_kurtosis": ("kurtosis of 1-s returns", ""),
+    "sigma_per_sqrt_s": ("sd of 1-s log returns", "per sqrt(s)"),
+    "touch_depth_median": ("median touch depth", "base units"),
+    "volume_per_s": ("traded volume", "base units / s"),
+    "fill_prob_touch": ("P(fill in 1 s), 0.01 at the back of the touch", ""),
+    "fill_prob_10_behind": ("P(fill in 1 s), 0.01 10 ticks behind", ""),
+    "fills_per_hour": ("our fills per hour", "per h"),
+    "pnl": ("our PnL", "quote"),
+    "markout_1s": ("1-s markout per fill", "quote / base unit"),
+    "markout_10s": ("10-s markout per fill", "quote / base unit"),
+    "spread_capture_per_fill": ("spread capture per fill", "quote"),
+    "adverse_selection_per_fill": ("adverse selection per fill", "quote"),
+    "fees_per_fill": ("fees (rebate) per fill", "quote"),
+    "pnl_per_volume": ("PnL per unit we traded", "quote / base unit"),
+    "volume_share": ("our share of the traded volume", ""),
+}
+#: A replay percentile outside this range is flagged.
+PERCENTILE_BAND = (5.0, 95.0)
+#: Markout horizons, seconds.
+MARKOUT_S = (1, 10)
+
+
+def markouts(mid, bid, ask, position, step_s: float = 1.0, horizons=MARKOUT_S) -> dict:
+    """Markouts of our fills from per-step arrays (the same on a replay's journal and on a
+    simulated trace): a fill in step t is the change of position over it, at the quote sent at
+    the end of step t - 1 (bought at ``bid[t-1]`` when the position rose, sold at ``ask[t-1]``
+    when it fell; both sides filling in one step count as their net). The h-step markout per
+    fill is ``side (mid[t + h] - price)``, quote currency per base unit, averaged over the fills
+    that have h steps after them; ``horizons`` are in seconds, ``step_s`` the steps' length (a
+    taker order moves the position too and is counted the same way). Returns
+    ``{"markout_{h}s": value}`` (NaN without fills)."""
+    mid, bid, ask, pos = (np.asarray(x, float) for x in (mid, bid, ask, position))
+    dq = np.diff(pos)
+    t = np.flatnonzero(np.abs(dq) > 1e-12) + 1
+    out = {}
+    for h_s in horizons:
+        h = max(1, int(round(h_s / step_s)))
+        ok = t[t + h < len(mid)]
+        side = np.sign(dq[ok - 1])
+        price = np.where(side > 0, bid[ok - 1], ask[ok - 1])
+        m = side * (mid[ok + h] - price)
+        m = m[np.isfinite(m)]
+        out[f"markout_{h_s:g}s"] = float(m.mean()) if len(m) else float("nan")
+    return out
+
+
+def policy_stats(
+    pnl: float, components: dict, n_fills: float, volume: float, market_volume: float, horizon_s: float, marks: dict
+) -> dict:
+    """The policy's statistics of one path or one replay: PnL and its components (quote
+    currency), fills, the volume we traded and the market's traded volume (base units) over
+    ``horizon_s`` seconds, and its :func:`markouts`."""
+    per_fill = (lambda x: x / n_fills) if n_fills > 0 else (lambda x: float("nan"))  # noqa: E731
+    return {
+        "fills_per_hour": n_fills / horizon_s * 3600.0,
+        "pnl": pnl,
+        **marks,
+        "spread_capture_per_fill": per_fill(components["spread_capture"]),
+        "adverse_selection_per_fill": per_fill(components["adverse_selection"]),
+        "fees_per_fill": per_fill(components["fees"]),
+        "pnl_per_volume": pnl / volume if volume > 0 else float("nan"),
+        "volume_share": volume / market_volume if market_volume > 0 else float("nan"),
+    }
+
+
+def compare(real: float, sim, ci: tuple | None = None) -> dict:
+    """A recorded value against simulated ones: the simulated mean, 2.5 %/97.5 % quantiles, the
+    recorded value's percentile among them (ties counted half) and whether it falls outside the
+    simulated 95 % range. ``ci``: the recorded value's own 95 % interval (a block bootstrap)."""
+    x = np.asarray(sim, float)
+    x = x[np.isfinite(x)]
+    out: dict[str, Any] = {"real": float(real), "real_ci": list(ci) if ci else None, "n_sim": int(len(x))}
+    if not len(x) or not math.isfinite(real):
+        return {**out, "sim_mean": float("nan"), "sim_q025": float("nan"), "sim_q975": float("nan"),
+                "percentile": float("nan"), "outside": False}  # fmt: skip
+    pct = 100.0 * (np.mean(x < real) + 0.5 * np.mean(x == real))
+    lo, hi = float(np.quantile(x, 0.025)), float(np.quantile(x, 0.975))
+    return {
+        **out,
+        "sim_mean": float(x.mean()),
+        "sim_q025": lo,
+        "sim_q975": hi,
+        "percentile": float(pct),
+        "outside": bool(real < lo or real > hi),
+    }
+
+
+def at_window(mp, mid0: float):
+    """``mp`` started at a window's first mid (quote currency): the price's start and the spread
+    process's one-tick start move with it (the tick is the market's)."""
+    tick = np.asarray(mp.spread.tick, float)
+    one = tick / mid0
+    price = dataclasses.replace(mp.price, s0=np.full_like(np.asarray(mp.price.s0, float), mid0))
+    spread = dataclasses.replace(mp.spread, s0=np.broadcast_to(one, np.shape(mp.spread.s0)).copy())
+    return dataclasses.replace(mp, price=price, spread=spread)
+
+
+def _facts(world: str, mp, n_paths: int, n_steps: int, tick: float, seed: int) -> list[dict]:
+    """The stylised facts of ``n_paths`` simulated windows of ``n_steps`` 1-s intervals (the
+    market alone, with probe quotes at the touch and 10 ticks behind)."""
+    from mmsim.fit import stylised
+    from mmsim.sim import world_only
+
+    run = lambda **kw: world_only.observations(  # noqa: E731
+        world, mp, n_paths=n_paths, n_steps=n_steps + 1, dt=1.0, seed=seed, **kw
+    )
+    obs = run()
+    probes = (run(probe=0.0), run(probe=10.0))
+    return [
+        stylised.facts(stylised.window_from_observations(obs, 1.0, tick, path=i, probes=probes)) for i in range(n_paths)
+    ]
+
+
+def _simulated_policy(world, mp, ep, *, n_paths, n_steps, dt, seed, n_trace, market_volume_per_s, dtype) -> dict:
+    """Per-path policy statistics of the simulated window: fills, PnL and its components from
+    every path, markouts from the first ``n_trace`` traced paths."""
+    from mmsim.engine import account as acct
+    from mmsim.sim import simulate
+
+    r = simulate.simulate(
+        world, mp, ep, n_paths=n_paths, n_steps=n_steps, dt=dt, seed=seed, dtype=dtype, progress=False,
+        n_trace=n_trace,
+    )  # fmt: skip
+    s = r.summary
+    horizon = n_steps * dt
+    comps = np.asarray(s.pnl_components, float)
+    fills = np.asarray(s.n_fills, float).sum(axis=(1, 2))
+    vol = np.asarray(s.fill_volume, float).sum(axis=(1, 2))
+    marks = [{} for _ in range(n_paths)]
+    if r.trace is not None:
+        tr = r.trace
+        for i in range(len(tr.mid)):
+            marks[i] = markouts(tr.mid[i, :, 0], tr.bid[i, :, 0], tr.ask[i, :, 0], tr.position[i, :, 0], dt)
+    nan_marks = {f"markout_{h}s": float("nan") for h in MARKOUT_S}
+    rows = [
+        policy_stats(
+            float(s.pnl[i]),
+            dict(zip(acct.PNL_COMPONENTS, comps[i])),
+            fills[i],
+            vol[i],
+            market_volume_per_s * horizon,
+            horizon,
+            marks[i] or nan_marks,
+        )
+        for i in range(n_paths)
+    ]
+    return {"rows": rows, "compile_s": r.compile_s, "run_s": r.run_s}
+
+
+def _replay_stats(res, feed) -> dict:
+    """The policy's statistics of a replay (:func:`mmsim.live.replay.replay`)."""
+    m, j = res.metrics, res.journal
+    fills = m["fills"]["bid"] + m["fills"]["ask"]
+    vol = m["fills"]["volume_bid"] + m["fills"]["volume_ask"]
+    market = float(np.sum(feed.vol_buy) + np.sum(feed.vol_sell))
+    marks = markouts(j["mid"], j["bid"], j["ask"], j["position"], m["cadence_s"])
+    return policy_stats(m["pnl"], m["pnl_decomposition"], fills, vol, market, m["duration_s"], marks)
+
+
+@dataclasses.dataclass
+class Settings:
+    """How much to simulate per window: ``n_paths`` policy paths (``n_trace`` of them traced for
+    the markouts), ``fact_paths`` market-only windows, the engine's step ``dt`` (seconds), the
+    replay's ``cadence`` (seconds), ``seed``, ``dtype``."""
+
+    n_paths: int = 256
+    n_trace: int = 64
+    fact_paths: int = 32
+    dt: float = 1.0
+    cadence: float = 1.0
+    seed: int = 0
+    dtype: Any = None
+
+
+def validate_window(files, world: str, markets: dict, ep, settings: Settings, *, symbol=None, base=None) -> dict:
+    """One recorded window (``files``: consecutive capture files) against each market of
+    ``markets`` (name -> MarketParams) and a market calibrated to the window itself over the
+    plain mapping ``base = (name, dict)``. Returns the window's results (see the module
+    docstring)."""
+    import jax.numpy as jnp
+    from omegaconf import OmegaConf
+
+    from mmsim import config, live
+    from mmsim.fit import capture, stylised
+    from mmsim.live import paper
+
+    dtype = settings.dtype or jnp.float32
+    cap = capture.read(files, symbol=symbol)
+    feed = live.feed_from_capture(cap, settings.cadence, symbol=cap["symbol"])
+    first = next(iter(markets.values()))
+    tick = float(np.max(np.asarray(first.spread.tick)))
+    probes = (paper.probe(feed, 0, tick), paper.probe(feed, 10, tick))
+    real = stylised.window_from_feed(feed, tick, probes)
+    real_facts, real_ci = stylised.facts(real), stylised.interval(real)
+    res = live.replay(ep, feed, depth_per_tick=float(first.fills.depth_per_tick), dtype=dtype)
+    real_policy = _replay_stats(res, feed)
+
+    all_markets = dict(markets)
+    calibrated = None
+    if base is not None:
+        cal = capture.fit(capture.measure(cap, tick=tick), base[1], base[0])
+        calibrated = cal.market
+        all_markets["window"] = config.market_params(OmegaConf.create({"market": cal.market}))[1]
+    mid0 = 0.5 * float(feed.best_bid[0] + feed.best_ask[0])
+    n = len(feed.t)
+    n_steps = int(np.floor(res.metrics["duration_s"] / settings.dt))
+    out = {
+        "files": [Path(f).name for f in files],
+        "symbol": cap["symbol"],
+        "duration_s": res.metrics["duration_s"],
+        "start_epoch_s": res.metrics["start_epoch_s"],
+        "start_mid": mid0,
+        "replay": {"pnl": res.metrics["pnl"], "fills": res.metrics["fills"], "liquidated": res.metrics["liquidated"]},
+        "calibrated_market": calibrated,
+        "markets": {},
+    }
+    for name, mp in all_markets.items():
+        mpw = at_window(mp, mid0)
+        facts = _facts(world, mpw, settings.fact_paths, n - 1, tick, settings.seed)
+        vol_rate = float(np.mean([f["volume_per_s"] for f in facts]))
+        pol = _simulated_policy(
+            world, mpw, ep, n_paths=settings.n_paths, n_steps=n_steps, dt=settings.dt, seed=settings.seed,
+            n_trace=settings.n_trace, market_volume_per_s=vol_rate, dtype=dtype,
+        )  # fmt: skip
+        stats = {k: compare(real_facts[k], [f[k] for f in facts], real_ci.get(k)) for k in MARKET_STATS}
+        stats |= {k: compare(real_policy[k], [r[k] for r in pol["rows"]]) for k in POLICY_STATS}
+        fills = [r["fills_per_hour"] for r in pol["rows"]]
+        out["markets"][name] = {
+            "stats": stats,
+            "replay_pnl_percentile": stats["pnl"]["percentile"],
+            "replay_fills_percentile": stats["fills_per_hour"]["percentile"],
+            "fills_ratio": float(np.mean(fills) / real_policy["fills_per_hour"])
+            if real_policy["fills_per_hour"] > 0
+            else float("nan"),
+            "compile_s": pol["compile_s"],
+            "run_s": pol["run_s"],
+        }
+    return out
+
+
+def uniformity(percentiles) -> dict:
+    """Kolmogorov–Smirnov test that percentiles (0-100) over windows are uniform."""
+    from scipy import stats
+
+    p = np.asarray([x for x in percentiles if math.isfinite(x)], float) / 100.0
+    if not len(p):
+        return {"n": 0, "ks_stat": float("nan"), "pvalue": float("nan")}
+    r = stats.kstest(p, "uniform")
+    return {"n": int(len(p)), "ks_stat": float(r.statistic), "pvalue": float(r.pvalue)}
+
+
+def summarize(windows: list[dict]) -> dict:
+    """Over all windows, per market: the replay percentiles, their uniformity, the flags."""
+    names = list(windows[0]["markets"]) if windows else []
+    out = {}
+    for name in names:
+        pnl = [w["markets"][name]["replay_pnl_percentile"] for w in windows]
+        fills = [w["markets"][name]["replay_fills_percentile"] for w in windows]
+        lo, hi = PERCENTILE_BAND
+        out[name] = {
+            "pnl_percentiles": pnl,
+            "fills_percentiles": fills,
+            "pnl_uniformity": uniformity(pnl),
+            "fills_uniformity": uniformity(fills),
+            "flags": [
+                f"{', '.join(w['files'])}: the replay's {what} at the {p:.0f}th percentile ({name} market)"
+                for w, pp, fp in zip(windows, pnl, fills)
+                for what, p in (("PnL", pp), ("fill count", fp))
+                if math.isfinite(p) and not (lo <= p <= hi)
+            ],
+            "outside_95": {
+                k: int(sum(w["markets"][name]["stats"][k]["outside"] for w in windows))
+                for k in MARKET_STATS + POLICY_STATS
+            },
+        }
+    return out
