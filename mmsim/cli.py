@@ -550,21 +550,28 @@ def _validate(argv: list[str]) -> int:
         print("mmsim validate: the configured market must be a one-asset market world", file=sys.stderr)
         return EXIT_CONFIG
     import jax.numpy as jnp
+    import numpy as np
 
     settings = validation.Settings(
         n_paths=a.paths, n_trace=min(a.trace, a.paths), fact_paths=a.fact_paths, dt=sim.dt, cadence=a.cadence,
         seed=sim.seed, dtype=jnp.dtype(sim.dtype),
     )  # fmt: skip
     base = None if a.no_window_market else (market_name, OmegaConf.to_container(cfg.market, resolve=True))
-    results = []
-    for files in windows:
-        print(f"mmsim validate: {', '.join(f.name for f in files)} ...", flush=True)
+    tick = float(np.max(np.asarray(mp.spread.tick)))
+    recordings = []
+    for files in windows:  # every window read and checked before anything is simulated
         try:
-            results.append(
-                validation.validate_window(files, world, {market_name: mp}, ep, settings, symbol=a.symbol, base=base)
-            )
+            recordings.append(validation.prepare(files, tick, a.cadence, symbol=a.symbol))
         except (ValueError, data.CaptureError) as e:
             print(f"mmsim validate: {', '.join(f.name for f in files)}: {e}", file=sys.stderr)
+            return EXIT_CONFIG
+    results = []
+    for rec in recordings:
+        print(f"mmsim validate: {', '.join(f.name for f in rec.files)} ...", flush=True)
+        try:
+            results.append(validation.validate_window(rec, world, {market_name: mp}, ep, settings, base=base))
+        except ValueError as e:
+            print(f"mmsim validate: {', '.join(f.name for f in rec.files)}: {e}", file=sys.stderr)
             return EXIT_CONFIG
     result = {
         "windows": results,

@@ -224,11 +224,38 @@ class Settings:
     dtype: Any = None
 
 
-def validate_window(files, world: str, markets: dict, ep, settings: Settings, *, symbol=None, base=None) -> dict:
-    """One recorded window (``files``: consecutive capture files) against each market of
-    ``markets`` (name -> MarketParams) and a market calibrated to the window itself over the
-    plain mapping ``base = (name, dict)``. Returns the window's results (see the module
-    docstring)."""
+@dataclasses.dataclass
+class Recording:
+    """A recorded window ready to validate against: its files, the capture (with depth), its
+    feed of observations every ``cadence`` seconds and the venue's tick (quote currency)."""
+
+    files: list
+    cap: dict
+    feed: Any
+    tick: float
+
+
+def prepare(files, tick: float, cadence: float = 1.0, *, symbol=None) -> Recording:
+    """Read a window's consecutive capture files and cut its feed; raises ValueError when the
+    recording's price grid is not the market's ``tick`` (a market of another symbol)."""
+    from mmsim import live
+    from mmsim.fit import calibrate, capture
+
+    cap = capture.read(files, symbol=symbol)
+    feed = live.feed_from_capture(cap, cadence, symbol=cap["symbol"])
+    recorded = calibrate.infer_tick(np.concatenate([feed.best_bid, feed.best_ask]))
+    if not math.isclose(recorded, tick, rel_tol=1e-9):
+        raise ValueError(
+            f"the market's tick is {tick:g} but the recording of {cap['symbol']} quotes on a {recorded:g} "
+            "grid: validate it against a market of that symbol"
+        )
+    return Recording([Path(f) for f in files], cap, feed, float(tick))
+
+
+def validate_window(rec: Recording, world: str, markets: dict, ep, settings: Settings, *, base=None) -> dict:
+    """One recorded window (:func:`prepare`) against each market of ``markets`` (name ->
+    MarketParams) and, with ``base = (name, plain market mapping)``, a market calibrated to the
+    window itself over that base. Returns the window's results (see the module docstring)."""
     import jax.numpy as jnp
     from omegaconf import OmegaConf
 
@@ -237,10 +264,9 @@ def validate_window(files, world: str, markets: dict, ep, settings: Settings, *,
     from mmsim.live import paper
 
     dtype = settings.dtype or jnp.float32
-    cap = capture.read(files, symbol=symbol)
-    feed = live.feed_from_capture(cap, settings.cadence, symbol=cap["symbol"])
+    cap, feed, tick = rec.cap, rec.feed, rec.tick
+    files = rec.files
     first = next(iter(markets.values()))
-    tick = float(np.max(np.asarray(first.spread.tick)))
     probes = (paper.probe(feed, 0, tick), paper.probe(feed, 10, tick))
     real = stylised.window_from_feed(feed, tick, probes)
     real_facts, real_ci = stylised.facts(real), stylised.interval(real)

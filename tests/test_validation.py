@@ -69,3 +69,10 @@ def test_validate_refuses_bad_input(tmp_path, capsys):
     assert "--paths = 0: must be >= 1" in capsys.readouterr().err
     assert cli.main(["validate", str(path), "market=btc_eth"]) == cli.EXIT_CONFIG
     assert "one-asset market world" in capsys.readouterr().err
+
+
+def test_a_recording_of_another_grid_is_refused(tmp_path):
+    path = _synthetic(tmp_path / "s.gz", duration_s=30.0)
+    with pytest.raises(ValueError, match="the market's tick is 0.01 but the recording of btcusdt quotes on a 0.1 grid"):
+        validation.prepare([path], 0.01)
+    assert validation.prepare([path], 0.1).tick == 0.1

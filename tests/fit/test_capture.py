@@ -171,7 +171,7 @@ def test_base_must_be_a_one_asset_market(synthetic):
         capture.base_market("nosuch")
 
 
-#: The committed calibrated market and the command that writes it (docs/MODEL.md §13).
+#: The committed calibrated market and the command that writes it (docs/MODEL.md §17).
 COMMITTED = Path(config.conf_dir()) / "market" / "btcusdt_captured.yaml"
 CAPTURES = ("hftbacktest_binance_usdm_btcusdt_20230404.dat.gz", "hftbacktest_binance_usdm_btcusdt_20230405.dat.gz")
 
@@ -183,4 +183,4 @@ def test_the_committed_calibrated_market_is_the_commands_output(tmp_path):
     out = tmp_path / COMMITTED.name
     argv = ["calibrate", *map(str, files), "--symmetric-flow", "-o", str(out), "--report", str(tmp_path / "rep")]
     assert cli.main(argv) == 0
-    assert out.read_text() == COMMITTED.read_text(), "regenerate it with the command in docs/MODEL.md §13"
+    assert out.read_text() == COMMITTED.read_text(), "regenerate it with the command in docs/MODEL.md §17"
