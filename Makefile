@@ -17,11 +17,14 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(PY) -m mmsim.run experiment=cascade_stress
 
+# The suite on every core (at most 4 workers: each holds its own compiled programs, ~4 GB).
+PYTEST_WORKERS := -n auto --maxprocesses 4
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_WORKERS)
 
 test-fast: $(STAMP)           # without the large Monte Carlo tests (marked slow)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(PYTEST_WORKERS) -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check $(LINTED)
