@@ -458,6 +458,12 @@ def _calibrate(argv: list[str]) -> int:
     p.add_argument(
         "--symmetric-flow", action="store_true", help="buy and sell flow set to the mean of both sides (no net flow)"
     )
+    p.add_argument(
+        "--fit-book",
+        action="store_true",
+        help="also choose the tick book's microstructure rates by simulating the fitted market against "
+        "the window's 1-s facts (a grid search, minutes)",
+    )
     p.add_argument("--report", help="directory of the calibration report (default: NAME.calibration beside -o)")
     a = p.parse_args(argv)
     from mmsim.fit import capture, data, market_config
@@ -475,11 +481,26 @@ def _calibrate(argv: list[str]) -> int:
     except (ValueError, data.CaptureError) as e:
         print(f"mmsim calibrate: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    if a.fit_book:
+        from omegaconf import OmegaConf
+
+        from mmsim import config as mcfg
+        from mmsim import validation
+
+        print("mmsim calibrate: fitting the tick book's rates by simulation ...", flush=True)
+        try:
+            world, mp = mcfg.market_params(OmegaConf.create({"market": cal.market}))
+            rec = validation.prepare(a.captures, float(cal.market["spread"]["tick"]), symbol=a.symbol)
+            cal = capture.with_book_fit(cal, validation.fit_book(rec, world, mp))
+        except (ValueError, mcfg.ConfigError) as e:
+            print(f"mmsim calibrate: the book fit failed: {e}", file=sys.stderr)
+            return EXIT_CONFIG
     command = "mmsim calibrate " + " ".join(
         [*(Path(c).name for c in a.captures), "-o", out.name, "--base", a.base]
         + (["--symbol", a.symbol] if a.symbol else [])
         + (["--tick", f"{a.tick:g}"] if a.tick else [])
         + (["--symmetric-flow"] if a.symmetric_flow else [])
+        + (["--fit-book"] if a.fit_book else [])
     )
     market_config.write(out, cal.market, cal.notes, [*cal.header, f"Command: {command}"])
     report_dir = Path(a.report) if a.report else out.with_name(out.stem + ".calibration")

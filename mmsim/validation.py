@@ -147,20 +147,81 @@ def at_window(mp, mid0: float):
     return dataclasses.replace(mp, price=price, spread=spread)
 
 
-def _facts(world: str, mp, n_paths: int, n_steps: int, tick: float, seed: int) -> list[dict]:
+def _facts(world: str, mp, n_paths: int, n_steps: int, tick: float, seed: int, *, behind: bool = True, dtype=None):
     """The stylised facts of ``n_paths`` simulated windows of ``n_steps`` 1-s intervals (the
-    market alone, with probe quotes at the touch and 10 ticks behind)."""
+    market alone, with probe quotes at the touch and, with ``behind``, 10 ticks behind)."""
+    import jax.numpy as jnp
+
     from mmsim.fit import stylised
     from mmsim.sim import world_only
 
     run = lambda **kw: world_only.observations(  # noqa: E731
-        world, mp, n_paths=n_paths, n_steps=n_steps + 1, dt=1.0, seed=seed, **kw
+        world, mp, n_paths=n_paths, n_steps=n_steps + 1, dt=1.0, seed=seed, dtype=dtype or jnp.float32, **kw
     )
     obs = run()
-    probes = (run(probe=0.0), run(probe=10.0))
-    return [
+    touch = run(probe=0.0)
+    probes = (touch, run(probe=10.0) if behind else touch)
+    out = [
         stylised.facts(stylised.window_from_observations(obs, 1.0, tick, path=i, probes=probes)) for i in range(n_paths)
     ]
+    if not behind:
+        for f in out:
+            f["fill_prob_10_behind"] = float("nan")
+    return out
+
+
+#: The tick book's microstructure rates a book fit chooses, and the grid it searches (docs/MODEL.md §8b).
+BOOK_GRID = {
+    "pull_band": (1.0, 2.0, 3.0),
+    "pull_rate": (0.2, 0.3, 0.5),
+    "refill_rate": (3.0, 10.0),
+    "cancel_ahead_share": (0.0, 0.03, 0.1, 0.3),
+}
+#: The facts a book fit matches, each in units of its recorded 95 % interval's half-width.
+BOOK_FACTS = ("unchanged_mid", "bid_falls_with_sells", "return_kurtosis", "touch_depth_median", "fill_prob_touch")
+
+
+def fit_book(rec: Recording, world: str, mp, *, n_paths: int = 32, seed: int = 0, grid=None) -> dict:
+    """The tick book's microstructure rates (:data:`BOOK_GRID`) that make ``mp``'s simulated
+    1-s facts closest to a recorded window's: for each grid point, ``n_paths`` simulated
+    windows of the recording's length from its first mid (float64, so that the choice does not
+    depend on the machine's float32 rounding), the squared distance of the median over windows
+    of each of :data:`BOOK_FACTS` from the recorded value in units of its 95 % block-bootstrap
+    half-width, summed. Returns ``{"chosen": {field: value}, "score": ..., "table": [(score, values,
+    means), ...] best first, "facts": BOOK_FACTS}``."""
+    import itertools
+
+    import jax.numpy as jnp
+
+    from mmsim.fit import stylised
+    from mmsim.live import paper
+
+    grid = grid or BOOK_GRID
+    feed, tick = rec.feed, rec.tick
+    real = stylised.window_from_feed(feed, tick, (paper.probe(feed, 0, tick), paper.probe(feed, 0, tick)))
+    f_real, ci = stylised.facts(real), stylised.interval(real)
+    mpw = at_window(mp, 0.5 * float(feed.best_bid[0] + feed.best_ask[0]))
+    n = len(feed.t) - 1
+    # A fact the recording holds constant (a zero-width interval) is scored at 1 % of its value.
+    half = {k: max(0.5 * (ci[k][1] - ci[k][0]), 0.01 * abs(f_real[k]), 1e-12) for k in BOOK_FACTS}
+    rows = []
+    for values in itertools.product(*grid.values()):
+        trial = dataclasses.replace(mpw, book=dataclasses.replace(mpw.book, **dict(zip(grid, values))))
+        sim = _facts(world, trial, n_paths, n, tick, seed, behind=False, dtype=jnp.float64)
+        # The median over windows: a 1-s kurtosis is heavy-tailed across windows (one large order
+        # walking the book makes one window's), and its mean would rule the score.
+        means = {k: float(np.median([f[k] for f in sim])) for k in BOOK_FACTS}
+        score = sum(((means[k] - f_real[k]) / half[k]) ** 2 for k in BOOK_FACTS)
+        rows.append((float(score), dict(zip(grid, values)), means))
+    rows.sort(key=lambda r: r[0])
+    return {
+        "chosen": rows[0][1],
+        "score": rows[0][0],
+        "table": rows,
+        "facts": BOOK_FACTS,
+        "recorded": {k: f_real[k] for k in BOOK_FACTS},
+        "n_paths": n_paths,
+    }
 
 
 def _simulated_policy(world, mp, ep, *, n_paths, n_steps, dt, seed, n_trace, market_volume_per_s, dtype) -> dict:

@@ -76,3 +76,26 @@ def test_a_recording_of_another_grid_is_refused(tmp_path):
     with pytest.raises(ValueError, match="the market's tick is 0.01 but the recording of btcusdt quotes on a 0.1 grid"):
         validation.prepare([path], 0.01)
     assert validation.prepare([path], 0.1).tick == 0.1
+
+
+def test_the_book_fit_chooses_the_closest_grid_point(tmp_path):
+    """fit_book scores each grid point by its simulated facts' distance from the recording's and
+    returns the best first; with_book_fit writes the choice as fitted by simulation."""
+    from omegaconf import OmegaConf
+
+    from mmsim import config
+    from mmsim.fit import capture
+
+    path = _synthetic(tmp_path / "s.gz", duration_s=60.0)
+    cal = capture.calibrate([path])
+    world, mp = config.market_params(OmegaConf.create({"market": cal.market}))
+    rec = validation.prepare([path], 0.1)
+    grid = {"pull_rate": (0.3, 3.0), "refill_rate": (10.0,)}
+    res = validation.fit_book(rec, world, mp, n_paths=4, grid=grid)
+    scores = [r[0] for r in res["table"]]
+    assert len(scores) == 2 and scores == sorted(scores) and res["score"] == scores[0]
+    assert res["chosen"] == res["table"][0][1] and set(res["chosen"]) == set(grid)
+    capture.with_book_fit(cal, res)
+    assert cal.market["book"]["pull_rate"] == res["chosen"]["pull_rate"]
+    assert cal.notes["book.pull_rate"].startswith("fit by simulation: of 2 grid points")
+    assert cal.measured["book_fit"]["table"][0]["score"] == scores[0]

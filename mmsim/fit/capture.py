@@ -480,6 +480,30 @@ def checks(m: dict) -> dict:
     }
 
 
+def with_book_fit(cal: Calibration, result: dict) -> Calibration:
+    """``cal`` with the tick book's microstructure rates set to a book fit's choice
+    (:func:`mmsim.validation.fit_book`): each field noted as fitted by simulation, with the
+    score of the chosen grid point and of the runner-up (a small gap: weakly identified)."""
+    table = result["table"]
+    runner = table[1][0] if len(table) > 1 else float("nan")
+    how = (
+        f"fit by simulation: of {len(table)} grid points, the one whose {result['n_paths']} simulated "
+        f"windows are closest to the window's 1-s facts (score {_g(result['score'])}, next {_g(runner)})"
+    )
+    for k, v in result["chosen"].items():
+        cal.market["book"][k] = _round(v)
+        cal.notes[f"book.{k}"] = f"{how}"
+        cal.rows = [r for r in cal.rows if r["field"] != f"book.{k}"]
+        cal.rows.append(dict(field=f"book.{k}", value=_g(v), se=None, unit="", source=how, fitted=True))
+    cal.measured["book_fit"] = {
+        "facts": list(result["facts"]),
+        "recorded": result["recorded"],
+        "n_paths": result["n_paths"],
+        "table": [{"score": sc, **vals, **{f"sim_{k}": m[k] for k in m}} for sc, vals, m in table],
+    }
+    return cal
+
+
 def base_market(name: str) -> dict:
     """The plain mapping of ``conf/market/NAME.yaml`` as a run composes it."""
     from omegaconf import OmegaConf

@@ -160,6 +160,29 @@ def write(cal, out_dir: str | Path, yaml_path: str | Path, command: str, sizes: 
             ),
             "",
         ]
+    bf = m.get("book_fit")
+    if bf:
+        keys = [k for k in bf["table"][0] if k != "score" and not k.startswith("sim_")]
+        lines += [
+            f"Book fit by simulation ({bf['n_paths']} simulated windows per grid point, float64): the "
+            "best grid points, their simulated facts (medians over the windows) and the score (squared "
+            "distance in units of each recorded fact's 95 % half-width, summed):",
+            "",
+            md_table(
+                [*keys, *[f"`{k}`" for k in bf["facts"]], "score"],
+                [
+                    ("recorded",)
+                    + ("",) * (len(keys) - 1)
+                    + tuple(fmt(bf["recorded"][k], 3) for k in bf["facts"])
+                    + ("",),
+                    *[
+                        (*[fmt(r[k]) for k in keys], *[fmt(r[f"sim_{k}"], 3) for k in bf["facts"]], fmt(r["score"], 3))
+                        for r in bf["table"][:8]
+                    ],
+                ],
+            ),
+            "",
+        ]
     captions = {
         "size_law.png": "recorded market-order sizes (quantiles) against the fitted law's",
         "variance_signature.png": "variance of log mid per second against the sampling step",

@@ -181,6 +181,7 @@ def test_the_committed_calibrated_market_is_the_commands_output(tmp_path):
     if any(f is None for f in files):
         pytest.skip(f"the shared captures {CAPTURES} are not in the data directory (MMSIM_DATA)")
     out = tmp_path / COMMITTED.name
-    argv = ["calibrate", *map(str, files), "--symmetric-flow", "-o", str(out), "--report", str(tmp_path / "rep")]
+    argv = ["calibrate", *map(str, files), "--symmetric-flow", "--fit-book", "-o", str(out)]
+    argv += ["--report", str(tmp_path / "rep")]
     assert cli.main(argv) == 0
     assert out.read_text() == COMMITTED.read_text(), "regenerate it with the command in docs/MODEL.md §17"
