@@ -26,6 +26,14 @@ def queue_on_arrival(ahead_kept: Any, same_order: Any, level_qty: Any, xp: Any =
     return xp.where(same_order, ahead_kept, level_qty)
 
 
+def within_level(ahead: Any, level_qty: Any, xp: Any = np) -> Any:
+    """The queue ahead bounded by what its level shows now: the orders ahead of ours are among the
+    level's public size, so when that size falls below our place in line (cancellations, or
+    executions we did not see), they have gone. An upper bound on the true queue ahead (the
+    orders behind ours may have been the ones to leave)."""
+    return xp.minimum(ahead, level_qty)
+
+
 def after_cancels(ahead: Any, kept_fraction: Any) -> Any:
     """The queue ahead after cancellations, spread uniformly over the queue: each order ahead of
     ours cancels with the probability that one resting at our level does over the interval, so

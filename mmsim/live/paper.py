@@ -56,7 +56,7 @@ def paper_fills(
         level_qty = np.inf  # behind the touch: depth unknown
     queue = float(exchange.queue_on_arrival(resting.queue, same, level_qty))
     if abs(price - touch) <= eps:
-        queue = min(queue, touch_qty)  # the displayed touch bounds what can still be ahead
+        queue = float(exchange.within_level(queue, touch_qty))  # the displayed touch bounds what is ahead
     hits = trade_side == -side  # aggressors on the other side
     through = bool(np.any(hits & (side * (price - trade_price) > eps)))
     at = float(np.sum(trade_qty[hits & (np.abs(trade_price - price) <= eps)]))

@@ -39,6 +39,7 @@ from mmsim import distributions as dist
 from mmsim import exchange, rng
 from mmsim._pytree import Check, pytree_dataclass, static_field
 
+QUEUE_BOUNDS = ("none", "level")
 MODELS = ("continuous", "tick")
 
 
@@ -63,6 +64,11 @@ class BookParams:
     cancel_ahead_share: the share of a level's cancellation rate that falls on the orders ahead of
         ours (1: cancellations uniform over the queue; real queues cancel mostly at the back, where
         the newest orders are: fitted on the recorded back-of-queue fill probability).
+    queue_bound: "level" or "none" (static): with "level" the queue ahead of our resting order is
+        bounded by its level's public size each step (``exchange.within_level``), as the paper
+        gateway bounds it by the displayed touch, so a level that shrinks below our place in line
+        takes the orders ahead with it; "none" (the earlier releases') lets only executions and
+        ``cancel_ahead_share`` move us up.
     """
 
     model: str = static_field(default="continuous")
@@ -77,6 +83,7 @@ class BookParams:
     pull_rate_per_tick: jax.Array | float = 0.0
     gap_rate: jax.Array | float = 20.0
     cancel_ahead_share: jax.Array | float = 1.0
+    queue_bound: str = static_field(default="none")
 
     def validate(self) -> None:
         c = Check(self)
@@ -92,6 +99,7 @@ class BookParams:
         c.nonneg("pull_rate_per_tick", "per second per tick")
         c.nonneg("gap_rate", "per second")
         c.between("cancel_ahead_share", 0.0, 1.0, "share of the level's cancellation rate")
+        c.require(self.queue_bound in QUEUE_BOUNDS, "queue_bound", f"must be one of {QUEUE_BOUNDS}")
 
 
 class BookState(NamedTuple):
@@ -320,9 +328,11 @@ def step(
     wb = walk(q_bid, sell_volume - b_inside_fill, beyond, jnp.maximum(b_level1, 0), bsize)
     wa = walk(q_ask, buy_volume - a_inside_fill, beyond, jnp.maximum(a_level1, 0), asize)
 
-    def ours(level0, level1, same, prev, q0, size, active, stale, inside_fill, w):
+    def ours(level0, level1, same, prev, q0, q1, size, active, stale, inside_fill, w):
         ahead = exchange.queue_on_arrival(prev, same, jnp.where(level0 < 0, 0.0, _level_qty(q0, level0, beyond)), jnp)
         ahead = exchange.after_cancels(ahead, kept)
+        if params.queue_bound == "level":  # what the level holds after the half step bounds what is ahead
+            ahead = exchange.within_level(ahead, _level_qty(q1, jnp.maximum(level1, 0), beyond), jnp)
         live = jnp.where(active, size.astype(dtype), 0.0)
         sniped = jnp.where(stale, live, 0.0)
         in_book = (level1 >= 0) & ~stale
@@ -333,11 +343,11 @@ def step(
         return filled, sniped, jnp.where(rest > 0, ahead_after, 0.0), rest > 0
 
     fb, snb, ahead_b, rest_b = ours(
-        b_level0, b_level1, b_same, resting_ahead[:, 0], q_bid0, quote.bid_size, quote.bid_active,
+        b_level0, b_level1, b_same, resting_ahead[:, 0], q_bid0, q_bid, quote.bid_size, quote.bid_active,
         our_b_stale, b_inside_fill, wb,
     )  # fmt: skip
     fa, sna, ahead_a, rest_a = ours(
-        a_level0, a_level1, a_same, resting_ahead[:, 1], q_ask0, quote.ask_size, quote.ask_active,
+        a_level0, a_level1, a_same, resting_ahead[:, 1], q_ask0, q_ask, quote.ask_size, quote.ask_active,
         our_a_stale, a_inside_fill, wa,
     )  # fmt: skip
     bid2 = bid1 - wb.moved

@@ -203,6 +203,23 @@ def test_cancellations_ahead_move_us_up(share):
     np.testing.assert_allclose(float(ra[0, 1]), 2.0 * np.exp(-share * 1.0), rtol=1e-9)
 
 
+@pytest.mark.parametrize("bound", ["none", "level"])
+def test_a_level_smaller_than_our_place_in_line_bounds_the_queue_ahead(bound):
+    """Resting with 1.5 ahead at a touch that now holds 0.6: with ``queue_bound=level`` at most
+    0.6 can be ahead (the paper gateway's rule against the displayed touch), so 0.605 of sells
+    fill half our 0.01; without it the 1.5 stands and nothing fills."""
+    p = params(refill_rate=1e-9, lot=1e-12, pull_rate=0.0, gap_rate=0.0, queue_bound=bound)
+    q = _quote(bid=100.0)
+    st = state(qb=(0.6, 1.0, 0.5))
+    _, info, _, ra = _step(p, st, 1.0, 100.05, sells=0.605, quote=q, rp=(100.0, 0.0), ra=(1.5, 0.0))
+    if bound == "level":
+        np.testing.assert_allclose(float(info.bid_fill[0]), 0.005, rtol=1e-6)
+        assert float(ra[0, 0]) == 0.0
+    else:
+        assert float(info.bid_fill[0]) == 0.0
+        np.testing.assert_allclose(float(ra[0, 0]), 1.5 - 0.605, rtol=1e-6)
+
+
 def test_a_stale_quote_is_taken_when_the_book_reprices():
     p = params(pull_rate=1e9, pull_band=1.0, gap_rate=1e9)
     q = _quote(bid=100.0, ask=100.1)
@@ -230,6 +247,7 @@ def test_inside_the_spread_we_are_hit_first():
         ("model", "lob"),
         ("levels", 1),
         ("cancel_ahead_share", 1.5),
+        ("queue_bound", "display"),
     ],
 )
 def test_bad_parameters_name_the_field(field, bad):
