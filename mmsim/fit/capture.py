@@ -264,7 +264,7 @@ KEPT = {
     "liquidation.size_scale": "as alpha",
     "liquidation.size_tail": "as alpha",
     "liquidation.trigger": "as alpha",
-    "book.refill_rate": "fitted on simulated against recorded 1-s facts (docs/MODEL.md §8b), not by this fit",
+    "book.refill_rate": "fitted by simulation against a window's 1-s facts only with --fit-book (docs/MODEL.md §8b, §17)",
     "book.pull_band": "as refill_rate",
     "book.pull_rate": "as refill_rate",
     "book.cancel_ahead_share": "as refill_rate",
