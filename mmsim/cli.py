@@ -459,6 +459,11 @@ def _calibrate(argv: list[str]) -> int:
         "--symmetric-flow", action="store_true", help="buy and sell flow set to the mean of both sides (no net flow)"
     )
     p.add_argument(
+        "--bars",
+        help="one-minute bars (CSV) before the window: the volatility regimes, their generator, the variance "
+        "process and the price jumps come from them instead of the base market",
+    )
+    p.add_argument(
         "--fit-book",
         action="store_true",
         help="also choose the tick book's microstructure rates by simulating the fitted market against "
@@ -481,6 +486,12 @@ def _calibrate(argv: list[str]) -> int:
     except (ValueError, data.CaptureError) as e:
         print(f"mmsim calibrate: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    if a.bars:
+        try:
+            cal = capture.with_bars(cal, capture.measure_bars(data.read_bars(a.bars)), Path(a.bars).name)
+        except (ValueError, data.DataError) as e:
+            print(f"mmsim calibrate: --bars {a.bars}: {e}", file=sys.stderr)
+            return EXIT_CONFIG
     if a.fit_book:
         from omegaconf import OmegaConf
 
@@ -495,11 +506,21 @@ def _calibrate(argv: list[str]) -> int:
         except (ValueError, mcfg.ConfigError) as e:
             print(f"mmsim calibrate: the book fit failed: {e}", file=sys.stderr)
             return EXIT_CONFIG
+    from omegaconf import OmegaConf
+
+    from mmsim import config as mcfg
+
+    try:  # what is written must be a market a run can build
+        mcfg.market_params(OmegaConf.create({"market": cal.market}))
+    except (ValueError, mcfg.ConfigError) as e:
+        print(f"mmsim calibrate: the fitted market is not valid: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     command = "mmsim calibrate " + " ".join(
         [*(Path(c).name for c in a.captures), "-o", out.name, "--base", a.base]
         + (["--symbol", a.symbol] if a.symbol else [])
         + (["--tick", f"{a.tick:g}"] if a.tick else [])
         + (["--symmetric-flow"] if a.symmetric_flow else [])
+        + (["--bars", Path(a.bars).name] if a.bars else [])
         + (["--fit-book"] if a.fit_book else [])
     )
     market_config.write(out, cal.market, cal.notes, [*cal.header, f"Command: {command}"])

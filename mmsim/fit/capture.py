@@ -264,7 +264,7 @@ KEPT = {
     "liquidation.size_scale": "as alpha",
     "liquidation.size_tail": "as alpha",
     "liquidation.trigger": "as alpha",
-    "book.refill_rate": "fitted by simulation against a window's 1-s facts only with --fit-book (docs/MODEL.md §8b, §17)",
+    "book.refill_rate": "fitted by simulation against a window's 1-s facts only with --fit-book (MODEL.md §8b, §17)",
     "book.pull_band": "as refill_rate",
     "book.pull_rate": "as refill_rate",
     "book.cancel_ahead_share": "as refill_rate",
@@ -502,6 +502,98 @@ def with_book_fit(cal: Calibration, result: dict) -> Calibration:
         "table": [{"score": sc, **vals, **{f"sim_{k}": m[k] for k in m}} for sc, vals, m in table],
     }
     return cal
+
+
+def measure_bars(bars: pd.DataFrame, *, jump_k: float = 4.0) -> dict:
+    """What minute bars identify (:mod:`mmsim.fit.calibrate`): the 1-hour realized-variance
+    regimes and their generator, each regime's diffusive variance (the returns flagged as jumps at
+    ``jump_k`` robust standard deviations removed, so that the price's jump part does not count
+    them twice), the variance process's mean reversion and vol-of-vol, and the jumps seen while
+    the market is low or normal. Plain values (JSON-able)."""
+    reg = cal.volatility_regimes(bars)
+    vp = cal.fit_variance_process(bars)
+    jumps = cal.detect_jumps(bars, k=jump_k)
+    r = np.diff(np.log(bars["close"].to_numpy(float)))[-len(reg["regime"]) :]
+    is_jump = np.isin(reg["time"], jumps["times"])
+    time_in = np.asarray(reg["time_in"], float)
+    diffusive = [
+        float(np.sum(r[(reg["regime"] == i) & ~is_jump] ** 2) / time_in[i]) if time_in[i] > 0 else float("nan")
+        for i in range(len(time_in))
+    ]
+    calm = np.isin(jumps["times"], reg["time"][reg["regime"] <= 1])
+    t = bars["time"].to_numpy(float)
+    sizes = np.diff(np.log(bars["close"].to_numpy(float)))[np.isin(t[1:], np.asarray(jumps["times"])[calm])]
+    calm_time = float(time_in[:2].sum())
+    n_calm = int(calm.sum())
+    return {
+        "start": str(bars["date"].iloc[0]),
+        "end": str(bars["date"].iloc[-1]),
+        "n_bars": int(len(bars)),
+        "variance": diffusive,
+        "variance_se": [float(x) for x in reg["variance_se"]],
+        "time_in": time_in.tolist(),
+        "occupancy": [float(x) for x in reg["occupancy"]],
+        "generator": np.asarray(reg["generator"], float).tolist(),
+        "kappa": vp["kappa"],
+        "kappa_se": vp["kappa_se"],
+        "xi": vp["xi"],
+        "xi_se": vp["xi_se"],
+        "jump_rate": n_calm / calm_time if calm_time > 0 else float("nan"),
+        "jump_rate_se": math.sqrt(max(n_calm, 1)) / calm_time if calm_time > 0 else float("nan"),
+        "jump_n": n_calm,
+        "jump_mean": float(np.mean(sizes)) if len(sizes) else float("nan"),
+        "jump_std": float(np.std(sizes, ddof=1)) if len(sizes) > 1 else float("nan"),
+    }
+
+
+def with_bars(cal_: Calibration, bars: dict, name: str) -> Calibration:
+    """``cal_`` with the regimes, their levels and the variance process from minute bars
+    (:func:`measure_bars` of the file ``name``), and the window starting in the regime whose
+    level is nearest its own variance (on a log scale). Regimes the bars never visited keep the
+    window-scaled level and get a zero generator row (nothing leads into them)."""
+    m = cal_.market
+    where = f"{name}, {bars['start'][:16]} to {bars['end'][:16]} UTC, {bars['n_bars']:,} bars"
+    b = _Builder({}, "", where)
+    theta = np.asarray(m["vol"]["theta"], float)
+    var = np.asarray(bars["variance"], float)
+    seen = np.isfinite(var) & (np.asarray(bars["time_in"]) > 0)
+    theta = np.where(seen, var, theta)
+    v0 = float(m["vol"]["v0"])
+    r0 = int(np.argmin(np.where(seen, np.abs(np.log(np.where(seen, theta, 1.0) / v0)), np.inf)))
+    b.fit("vol.theta", theta.tolist(), None, "variance per s",
+          "each 1-hour realized-variance regime's variance without the jump returns")  # fmt: skip
+    # A regime the bars never visited has no row (NaN) and no transitions into it: a zero row.
+    g = np.nan_to_num(np.asarray(bars["generator"], float), nan=0.0)
+    off = g - np.diag(np.diag(g))
+    off = np.array([[_round(x) for x in row] for row in off])
+    gen = off - np.diag([_round(x, 10) for x in off.sum(axis=1)])  # rows sum to 0 within rounding
+    b.m["vol"]["generator"] = gen.tolist()
+    b.notes["vol.generator"] = f"per s; fit: transitions of the classified 1-hour regimes ({where})"
+    b.rows.append(dict(field="vol.generator", value=str(gen.tolist()), se=None, unit="per s",
+                       source="transitions of the classified 1-hour regimes", fitted=True))  # fmt: skip
+    n_r = len(theta)
+    if all(math.isfinite(bars[k]) and bars[k] > 0 for k in ("kappa", "xi")):
+        how = "hourly-RV moment fit, shared by the regimes"
+        b.fit("vol.kappa", [bars["kappa"]] * n_r, bars["kappa_se"], "per s", how)
+        b.fit("vol.xi", [bars["xi"]] * n_r, bars["xi_se"], "per sqrt s", how)
+    else:  # e.g. a variance without mean reversion in the bars' span
+        for k in ("vol.kappa", "vol.xi"):
+            cal_.notes[k] = f"{cal_.notes.get(k, '')}; the bars ({name}) do not identify it (no mean reversion found)"
+    if bars["jump_n"] >= 2:
+        how = f"{bars['jump_n']} returns beyond 4 robust sd while low or normal"
+        b.fit("price.jump_rate", bars["jump_rate"], bars["jump_rate_se"], "per s", how)
+        b.fit("price.jump_mean", bars["jump_mean"], None, "log price", how)
+        b.fit("price.jump_std", bars["jump_std"], None, "log price", how)
+    b.m["vol"]["regime0"] = r0
+    b.notes["vol.regime0"] = f"the bars' regime nearest the window's variance {_g(v0)} per s"
+    for block, fields in b.m.items():
+        m.setdefault(block, {}).update(fields)
+    for k, note in b.notes.items():
+        cal_.notes[k] = note
+    done = {r["field"] for r in b.rows}
+    cal_.rows = [r for r in cal_.rows if r["field"] not in done] + b.rows
+    cal_.measured["bars"] = bars
+    return cal_
 
 
 def base_market(name: str) -> dict:

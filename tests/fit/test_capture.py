@@ -151,6 +151,41 @@ def test_the_written_config_is_a_market_a_run_builds(synthetic, tmp_path):
     assert json.loads((rep / "calibration.json").read_text())["checks"]["size_law"]["law"] == "lognormal"
 
 
+def _bars_file(path: Path, var_per_s: float, days: float = 10.0, seed: int = 1) -> Path:
+    """One-minute bars of a driftless log price with a constant variance per second."""
+    rng = np.random.default_rng(seed)
+    n = int(days * 1440)
+    close = 30_000.0 * np.exp(np.cumsum(rng.standard_normal(n) * np.sqrt(var_per_s * 60.0)))
+    t = np.datetime64("2023-03-01T00:00") + np.arange(n) * np.timedelta64(60, "s")
+    rows = [
+        f"{str(d).replace('T', ' ')},{c:.2f},{c * 1.0001:.2f},{c * 0.9999:.2f},{c:.2f},1\n" for d, c in zip(t, close)
+    ]
+    path.write_text("timestamp,open,high,low,close,volume\n" + "".join(rows))
+    return path
+
+
+def test_bars_give_the_regimes_and_the_window_picks_its_own(synthetic, tmp_path):
+    path, _ = synthetic
+    bars = _bars_file(tmp_path / "bars.csv", 4e-9)
+    out = tmp_path / "m.yaml"
+    assert cli.main(["calibrate", str(path), "--bars", str(bars), "-o", str(out)]) == 0
+    market = yaml.safe_load(out.read_text())
+    world, mp = config.market_params(OmegaConf.create({"market": market}))  # a valid generator
+    theta, seen = (
+        np.asarray(mp.vol.theta),
+        np.asarray(
+            json.loads((out.with_name("m.calibration") / "calibration.json").read_text())["measured"]["bars"]["time_in"]
+        )
+        > 0,
+    )
+    # A constant-variance price: every visited regime's diffusive variance is near it (the
+    # hourly classifier splits one law's noise into neighbouring regimes).
+    assert seen.any() and np.all(np.abs(np.log(theta[seen] / 4e-9)) < np.log(2.0))
+    assert np.allclose(np.asarray(mp.vol.generator).sum(axis=1), 0.0, atol=1e-12)
+    assert "nearest the window's variance" in out.read_text()
+    assert cli.main(["calibrate", str(path), "--bars", str(tmp_path / "none.csv"), "-o", str(out)]) == cli.EXIT_CONFIG
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     assert cli.main(["calibrate", str(tmp_path / "none.gz"), "-o", str(tmp_path / "m.yaml")]) == cli.EXIT_CONFIG
     assert "no such capture file" in capsys.readouterr().err
