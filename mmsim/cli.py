@@ -464,6 +464,10 @@ def _calibrate(argv: list[str]) -> int:
         "process and the price jumps come from them instead of the base market",
     )
     p.add_argument(
+        "--funding",
+        help="a funding-rate history (CSV): the funding process is fitted to its trailing year before the window",
+    )
+    p.add_argument(
         "--fit-book",
         action="store_true",
         help="also choose the tick book's microstructure rates by simulating the fitted market against "
@@ -491,6 +495,13 @@ def _calibrate(argv: list[str]) -> int:
             cal = capture.with_bars(cal, capture.measure_bars(data.read_bars(a.bars)), Path(a.bars).name)
         except (ValueError, data.DataError) as e:
             print(f"mmsim calibrate: --bars {a.bars}: {e}", file=sys.stderr)
+            return EXIT_CONFIG
+    if a.funding:
+        try:
+            fund = capture.measure_funding(data.read_funding(a.funding), cal.measured["t0"])
+            cal = capture.with_funding(cal, fund, Path(a.funding).name)
+        except (ValueError, data.DataError) as e:
+            print(f"mmsim calibrate: --funding {a.funding}: {e}", file=sys.stderr)
             return EXIT_CONFIG
     if a.fit_book:
         from omegaconf import OmegaConf
@@ -521,6 +532,7 @@ def _calibrate(argv: list[str]) -> int:
         + (["--tick", f"{a.tick:g}"] if a.tick else [])
         + (["--symmetric-flow"] if a.symmetric_flow else [])
         + (["--bars", Path(a.bars).name] if a.bars else [])
+        + (["--funding", Path(a.funding).name] if a.funding else [])
         + (["--fit-book"] if a.fit_book else [])
     )
     market_config.write(out, cal.market, cal.notes, [*cal.header, f"Command: {command}"])

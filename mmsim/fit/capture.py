@@ -596,6 +596,64 @@ def with_bars(cal_: Calibration, bars: dict, name: str) -> Calibration:
     return cal_
 
 
+#: Funding history used for a window: this many seconds before its start (a trailing year).
+FUNDING_TRAILING_S = 365 * 86_400.0
+
+
+def measure_funding(funding: pd.DataFrame, t0: float) -> dict:
+    """The paid funding rate's Ornstein–Uhlenbeck fit (:func:`mmsim.fit.calibrate.fit_ou`, per
+    settlement interval, time in seconds) over the trailing year before ``t0`` (s, UTC epoch); a
+    history that ends before it gives its last year, and says so. Plain values."""
+    t = funding["time"].to_numpy(float)
+    interval_s = float(funding.attrs.get("interval_hours", 8.0)) * 3600.0
+    sel = (t < t0) & (t >= t0 - FUNDING_TRAILING_S)
+    trailing = bool(sel.sum() >= 30)
+    if not trailing:
+        sel = t >= t[-1] - FUNDING_TRAILING_S
+    f = funding[sel]
+    o = cal.fit_ou(f["rate"].to_numpy(float), interval_s)
+    return {
+        "start": str(f["date"].iloc[0]),
+        "end": str(f["date"].iloc[-1]),
+        "n": int(len(f)),
+        "trailing": trailing,
+        "interval_s": interval_s,
+        "at_interest": float(np.mean(np.isclose(f["rate"].to_numpy(float), 1e-4))),
+        **{k: o[k] for k in ("kappa", "kappa_se", "theta", "theta_se", "sigma", "sigma_se", "half_life")},
+        "mean_reverting": bool(o["mean_reverting"]),
+    }
+
+
+def with_funding(cal_: Calibration, fund: dict, name: str) -> Calibration:
+    """``cal_`` with the funding process fitted to a history (:func:`measure_funding` of the file
+    ``name``): the OU of the paid rate (``clamp`` 0: the OU is the paid rate itself, as in the
+    base market); the cap and the cross-venue divergence stay the base's."""
+    if not fund["mean_reverting"]:
+        raise ValueError(
+            f"{name}: the funding rate shows no mean reversion in {fund['start'][:10]}..{fund['end'][:10]}"
+        )
+    span = f"{name}, {fund['n']} settlements {fund['start'][:10]} to {fund['end'][:10]}"
+    span += "" if fund["trailing"] else " (the history ends before the window: its last year)"
+    b = _Builder({}, "", span)
+    how = f"OU of the paid rate, half-life {_g(fund['half_life'] / 3600)} h"
+    b.fit("funding.kappa", fund["kappa"], fund["kappa_se"], "per s", how)
+    b.fit("funding.theta", fund["theta"], fund["theta_se"], "per interval", how)
+    b.fit("funding.sigma", fund["sigma"], fund["sigma_se"], "per interval per sqrt s", how)
+    b.m["funding"]["clamp"] = 0.0
+    b.notes["funding.clamp"] = "0: the fitted OU is the paid rate itself"
+    b.m["funding"]["interval_s"] = fund["interval_s"]
+    b.notes["funding.interval_s"] = f"s; the history's median spacing ({name})"
+    cal_.market.setdefault("funding", {}).update(b.m["funding"])
+    cal_.notes.pop("funding", None)  # the block is no longer kept whole
+    base_note = "from the base: the interest rate, the cap and the divergence from another venue are not fitted"
+    for k in cal_.market["funding"]:
+        cal_.notes.setdefault(f"funding.{k}", base_note)
+    cal_.notes.update(b.notes)
+    cal_.rows = [r for r in cal_.rows if r["field"] != "funding"] + b.rows
+    cal_.measured["funding"] = fund
+    return cal_
+
+
 def base_market(name: str) -> dict:
     """The plain mapping of ``conf/market/NAME.yaml`` as a run composes it."""
     from omegaconf import OmegaConf

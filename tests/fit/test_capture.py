@@ -186,6 +186,36 @@ def test_bars_give_the_regimes_and_the_window_picks_its_own(synthetic, tmp_path)
     assert cli.main(["calibrate", str(path), "--bars", str(tmp_path / "none.csv"), "-o", str(out)]) == cli.EXIT_CONFIG
 
 
+def test_funding_is_fitted_to_the_trailing_year(synthetic, tmp_path):
+    """An exact OU of the paid rate, 8-hourly for three years: the fit over the year before the
+    window recovers kappa and theta within their standard errors, and older rows are not used."""
+    import copy
+
+    cal = copy.deepcopy(synthetic[1])  # the fixture is shared: fit a copy
+    kappa, theta, sigma, dt = 1.5e-5, 5e-5, 4e-7, 28_800.0
+    rng = np.random.default_rng(4)
+    t0 = cal.measured["t0"]
+    n = 3 * 1095
+    b = np.exp(-kappa * dt)
+    sd = sigma * np.sqrt((1 - b * b) / (2 * kappa))
+    x = np.empty(n)
+    x[0] = theta
+    for i in range(1, n):
+        x[i] = theta + b * (x[i - 1] - theta) + sd * rng.standard_normal()
+    x[: n - 1095] = 0.01  # years before the trailing one: a level the fit must not see
+    times = t0 - dt * np.arange(n, 0, -1)
+    dates = [str(np.datetime64(int(s), "s")).replace("T", " ") for s in times]
+    path = tmp_path / "funding.csv"
+    path.write_text("Symbol,Date,Funding Rate\n" + "".join(f"BTCUSDT,{d},{r:.10f}\n" for d, r in zip(dates, x)))
+    fund = capture.measure_funding(data.read_funding(path), t0)
+    assert fund["trailing"] and fund["n"] <= 1096
+    _within(fund["kappa"], kappa, fund["kappa_se"])
+    _within(fund["theta"], theta, fund["theta_se"])
+    out = capture.with_funding(cal, fund, path.name)
+    assert out.market["funding"]["clamp"] == 0.0 and out.notes["funding.kappa"].startswith("per s; fit ±")
+    assert "funding" not in out.notes
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     assert cli.main(["calibrate", str(tmp_path / "none.gz"), "-o", str(tmp_path / "m.yaml")]) == cli.EXIT_CONFIG
     assert "no such capture file" in capsys.readouterr().err
