@@ -586,6 +586,16 @@ def with_bars(cal_: Calibration, bars: dict, name: str) -> Calibration:
         b.fit("price.jump_std", bars["jump_std"], None, "log price", how)
     b.m["vol"]["regime0"] = r0
     b.notes["vol.regime0"] = f"the bars' regime nearest the window's variance {_g(v0)} per s"
+    # The flow's baselines are multiplied by the regime's factor in simulation: divide the window's
+    # fitted baselines by the start regime's, so that the window's rates are what it simulates.
+    mult = np.atleast_1d(np.asarray(m.get("flow_regime_mult", [1.0] * n_r), float))
+    f = float(mult[r0]) if len(mult) > r0 else 1.0
+    if f != 1.0:
+        for k in ("mu_buy", "mu_sell"):
+            m["flow"][k] = _round(float(m["flow"][k]) / f)
+            cal_.notes[f"flow.{k}"] += (
+                f"; divided by flow_regime_mult {_g(f)} of the start regime {r0} (the ± is the fit's, before)"
+            )
     for block, fields in b.m.items():
         m.setdefault(block, {}).update(fields)
     for k, note in b.notes.items():

@@ -239,14 +239,16 @@ def test_base_must_be_a_one_asset_market(synthetic):
 #: The committed calibrated market and the command that writes it (docs/MODEL.md §17).
 COMMITTED = Path(config.conf_dir()) / "market" / "btcusdt_captured.yaml"
 CAPTURES = ("hftbacktest_binance_usdm_btcusdt_20230404.dat.gz", "hftbacktest_binance_usdm_btcusdt_20230405.dat.gz")
+BARS = "binanceus_btcusdt_1m_20230301-20230321.csv"  # the three weeks before the captures
+FUNDING = "funding_BTC-USDT_binance_2020-01-01_2024-01-01_funding_history.csv"
 
 
 def test_the_committed_calibrated_market_is_the_commands_output(tmp_path):
-    files = [data.data_file(n) for n in CAPTURES]
+    files = [data.data_file(n) for n in (*CAPTURES, BARS, FUNDING)]
     if any(f is None for f in files):
-        pytest.skip(f"the shared captures {CAPTURES} are not in the data directory (MMSIM_DATA)")
+        pytest.skip(f"the shared files {(*CAPTURES, BARS, FUNDING)} are not all in the data directory (MMSIM_DATA)")
     out = tmp_path / COMMITTED.name
-    argv = ["calibrate", *map(str, files), "--symmetric-flow", "--fit-book", "-o", str(out)]
-    argv += ["--report", str(tmp_path / "rep")]
+    argv = ["calibrate", *map(str, files[:2]), "--symmetric-flow", "--bars", str(files[2]), "--funding", str(files[3])]
+    argv += ["--fit-book", "-o", str(out), "--report", str(tmp_path / "rep")]
     assert cli.main(argv) == 0
     assert out.read_text() == COMMITTED.read_text(), "regenerate it with the command in docs/MODEL.md §17"
