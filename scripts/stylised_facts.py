@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mmsim import config, live  # noqa: E402
+from mmsim import config, live, validation  # noqa: E402
 from mmsim.fit import data, stylised  # noqa: E402
 from mmsim.live import paper  # noqa: E402
 from mmsim.sim import world_only  # noqa: E402
@@ -50,14 +50,11 @@ SHOWN = (
     "fill_prob_touch",
     "fill_prob_10_behind",
 )
-#: Facts the fit matches, each in units of its recorded interval's half-width.
-FITTED = ("unchanged_mid", "bid_falls_with_sells", "return_kurtosis", "touch_depth_median", "fill_prob_touch")
-GRID = {
-    "pull_band": (1.0, 2.0, 3.0),
-    "pull_rate": (0.2, 0.3, 0.5),
-    "refill_rate": (3.0, 10.0),
-    "cancel_ahead_share": (0.0, 0.03, 0.1, 0.3),
-}
+#: Facts the fit matches, each in units of its recorded interval's half-width, and the grid: those
+#: of ``mmsim calibrate --fit-book`` (which fits at the window's calibrated levels, without the
+#: volume scaling used here for the configured market).
+FITTED = validation.BOOK_FACTS
+GRID = validation.BOOK_GRID
 
 
 def at_levels(mp, real: stylised.Window, model: str, flow_mult: float = 1.0):
