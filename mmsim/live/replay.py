@@ -52,6 +52,14 @@ JOURNAL_COLUMNS = (
 )
 
 
+def venue_tick(tick) -> float:
+    """The venue's price grid (quote currency) in float64 from a configured tick: a tick held in
+    float32 is read back as the shortest decimal that float32 holds (0.1, not 0.10000000149)."""
+    t = np.asarray(tick)
+    value = float(np.max(t.astype(np.float64)))
+    return float(str(np.float32(value))) if t.dtype == np.float32 else value
+
+
 class Trader:
     """The live loop's body, for a recording and a live session alike: each observation interval
     (:class:`~mmsim.live.feed.Interval`) first fills the quote sent at the end of the previous one
@@ -89,7 +97,10 @@ class Trader:
         t_compile = time.perf_counter()
         self.step = step_fn or jax.jit(engine.step).lower(self.ep, self.state, self.template).compile()
         self.compile_s = time.perf_counter() - t_compile
-        self.tick = float(np.max(np.asarray(self.ep.tick)))
+        # The venue's grid in float64 from the configured tick, not its cast: a float32 0.1 is
+        # 0.10000000149, and a price rounded on that grid sits 4e-4 off the venue's at 28,000,
+        # above the touch, where the paper rule would put it first in line and fill it on every sell.
+        self.tick = venue_tick(ep.tick)
         self.fp = fills.FillParams(depth_per_tick=depth_per_tick)
         self.stale_s = stale_s
         self.np_dtype = np.dtype(jnp.dtype(dtype).name)

@@ -166,6 +166,19 @@ def test_replay_runs_the_engine_once_compiled_and_keeps_the_pnl_identity(replaye
     assert np.all(np.abs(j["position"]) <= 2.0 + 1e-6)  # the account's hard limit holds on paper too
 
 
+def test_the_quotes_go_out_on_the_venues_grid(replayed):
+    """Every quote sent is a multiple of the 0.1 tick to float64 precision: rounded on the
+    float32 cast of the tick (0.10000000149) a 60,000 quote would sit 9e-4 above the touch, where
+    the paper rule puts it first in line and fills it on every sell."""
+    _, res, _ = replayed
+    for side in ("bid", "ask"):
+        p = res.journal[side].dropna().to_numpy()
+        assert len(p) and np.all(np.abs(p / 0.1 - np.round(p / 0.1)) < 1e-6), side
+    from mmsim.live.replay import venue_tick
+
+    assert venue_tick(np.float32(0.1)) == 0.1 and venue_tick(np.array([0.1, 0.01])) == 0.1
+
+
 def test_replay_outputs(replayed, tmp_path):
     _, res, _ = replayed
     files = live_report.write_outputs(res, tmp_path, "synthetic")
