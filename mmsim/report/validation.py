@@ -153,8 +153,9 @@ def _figure(path: Path, key: str, windows: list[dict]) -> Path:
     label, unit = LABELS[key]
     ax.set_ylabel(unit or "share")
     ax.set_title(label, fontsize=10)
-    ax.legend(fontsize=7)
+    # Below the axes: inside, it would cover a window's interval.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
