@@ -475,6 +475,10 @@ def _calibrate(argv: list[str]) -> int:
     )
     p.add_argument("--report", help="directory of the calibration report (default: NAME.calibration beside -o)")
     a = p.parse_args(argv)
+    from omegaconf import OmegaConf
+
+    from mmsim import config as mcfg
+    from mmsim import validation
     from mmsim.fit import capture, data, market_config
     from mmsim.report import calibration as cal_report
 
@@ -486,7 +490,8 @@ def _calibrate(argv: list[str]) -> int:
         print(f"mmsim calibrate: --tick {a.tick}: must be a positive price step", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        cal = capture.calibrate(a.captures, base=a.base, symbol=a.symbol, tick=a.tick, symmetric_flow=a.symmetric_flow)
+        cap = capture.read(a.captures, symbol=a.symbol)  # read once: the book fit replays it too
+        cal = capture.calibrate(a.captures, base=a.base, tick=a.tick, symmetric_flow=a.symmetric_flow, cap=cap)
     except (ValueError, data.CaptureError) as e:
         print(f"mmsim calibrate: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -504,23 +509,14 @@ def _calibrate(argv: list[str]) -> int:
             print(f"mmsim calibrate: --funding {a.funding}: {e}", file=sys.stderr)
             return EXIT_CONFIG
     if a.fit_book:
-        from omegaconf import OmegaConf
-
-        from mmsim import config as mcfg
-        from mmsim import validation
-
         print("mmsim calibrate: fitting the tick book's rates by simulation ...", flush=True)
         try:
             world, mp = mcfg.market_params(OmegaConf.create({"market": cal.market}))
-            rec = validation.prepare(a.captures, float(cal.market["spread"]["tick"]), symbol=a.symbol)
+            rec = validation.recording(cap, float(cal.market["spread"]["tick"]))
             cal = capture.with_book_fit(cal, validation.fit_book(rec, world, mp))
         except (ValueError, mcfg.ConfigError) as e:
             print(f"mmsim calibrate: the book fit failed: {e}", file=sys.stderr)
             return EXIT_CONFIG
-    from omegaconf import OmegaConf
-
-    from mmsim import config as mcfg
-
     try:  # what is written must be a market a run can build
         mcfg.market_params(OmegaConf.create({"market": cal.market}))
     except (ValueError, mcfg.ConfigError) as e:

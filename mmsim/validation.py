@@ -22,18 +22,10 @@ from typing import Any
 
 import numpy as np
 
-#: Market statistics (the stylised facts) shown, in order.
-MARKET_STATS = (
-    "unchanged_mid",
-    "bid_falls_with_sells",
-    "tick_moves_per_min",
-    "return_kurtosis",
-    "sigma_per_sqrt_s",
-    "touch_depth_median",
-    "volume_per_s",
-    "fill_prob_touch",
-    "fill_prob_10_behind",
-)
+from mmsim.fit import stylised
+
+#: Market statistics shown, in order: every stylised fact of :mod:`mmsim.fit.stylised`.
+MARKET_STATS = stylised.KEYS
 #: The policy's statistics, in order.
 POLICY_STATS = (
     "fills_per_hour",
@@ -152,7 +144,6 @@ def _facts(world: str, mp, n_paths: int, n_steps: int, tick: float, seed: int, *
     market alone, with probe quotes at the touch and, with ``behind``, 10 ticks behind)."""
     import jax.numpy as jnp
 
-    from mmsim.fit import stylised
     from mmsim.sim import world_only
 
     run = lambda **kw: world_only.observations(  # noqa: E731
@@ -193,7 +184,6 @@ def fit_book(rec: Recording, world: str, mp, *, n_paths: int = 32, seed: int = 0
 
     import jax.numpy as jnp
 
-    from mmsim.fit import stylised
     from mmsim.live import paper
 
     grid = grid or BOOK_GRID
@@ -299,10 +289,16 @@ class Recording:
 def prepare(files, tick: float, cadence: float = 1.0, *, symbol=None) -> Recording:
     """Read a window's consecutive capture files and cut its feed; raises ValueError when the
     recording's price grid is not the market's ``tick`` (a market of another symbol)."""
-    from mmsim import live
-    from mmsim.fit import calibrate, capture
+    from mmsim.fit import capture
 
-    cap = capture.read(files, symbol=symbol)
+    return recording(capture.read(files, symbol=symbol), tick, cadence)
+
+
+def recording(cap: dict, tick: float, cadence: float = 1.0) -> Recording:
+    """:func:`prepare` of a capture already read (:func:`mmsim.fit.capture.read`)."""
+    from mmsim import live
+    from mmsim.fit import calibrate
+
     feed = live.feed_from_capture(cap, cadence, symbol=cap["symbol"])
     recorded = calibrate.infer_tick(np.concatenate([feed.best_bid, feed.best_ask]))
     if not math.isclose(recorded, tick, rel_tol=1e-9):
@@ -310,7 +306,7 @@ def prepare(files, tick: float, cadence: float = 1.0, *, symbol=None) -> Recordi
             f"the market's tick is {tick:g} but the recording of {cap['symbol']} quotes on a {recorded:g} "
             "grid: validate it against a market of that symbol"
         )
-    return Recording([Path(f) for f in files], cap, feed, float(tick))
+    return Recording([Path(f) for f in cap["files"]], cap, feed, float(tick))
 
 
 def validate_window(rec: Recording, world: str, markets: dict, ep, settings: Settings, *, base=None) -> dict:
@@ -321,7 +317,7 @@ def validate_window(rec: Recording, world: str, markets: dict, ep, settings: Set
     from omegaconf import OmegaConf
 
     from mmsim import config, live
-    from mmsim.fit import capture, stylised
+    from mmsim.fit import capture
     from mmsim.live import paper
 
     dtype = settings.dtype or jnp.float32

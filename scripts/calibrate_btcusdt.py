@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
+from scipy import stats
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -133,7 +133,7 @@ def capture_stats(caps: list[dict]) -> dict:
         "fill_mean": float(mkt["qty"].mean()),
         "hill10": cal.hill_tail_index(q, len(q) // 10),
         "hill5": cal.hill_tail_index(q, len(q) // 20),
-        "pareto": matched_pareto(float(np.median(q)), float(q.mean())),
+        "pareto": cal.matched_pareto(float(np.median(q)), float(q.mean())),
     }
     out["touch"] = cal.touch_stats(bk, TICK)
     out["widening"] = cal.spread_widening(bk, TICK)
@@ -143,33 +143,12 @@ def capture_stats(caps: list[dict]) -> dict:
     return out
 
 
-def matched_pareto(median: float, mean: float) -> dict:
-    """The Pareto(x_m, a) with this median and mean: mean / median = a / ((a - 1) 2^{1/a})."""
-    ratio = mean / median
-
-    def f(a):
-        return a / ((a - 1) * 2 ** (1 / a)) - ratio
-
-    try:
-        a = optimize.brentq(f, 1 + 1e-9, 50.0)
-    except ValueError:
-        return {"size_scale": float("nan"), "size_tail": float("nan")}
-    return {"size_scale": median / 2 ** (1 / a), "size_tail": a}
-
-
 def paid_rate_mean(theta, sd, interest=1e-4, clamp=5e-4, cap=3e-3):
     """E[F] for a premium P ~ N(theta, sd^2) under F = clip(P + clip(I - P, ±clamp), ±cap)."""
     p = np.linspace(theta - 10 * sd, theta + 10 * sd, 200_001)
     w = stats.norm.pdf(p, theta, sd)
     f = np.clip(p + np.clip(interest - p, -clamp, clamp), -cap, cap)
     return float(np.sum(w * f) / np.sum(w))
-
-
-def poisson_rate_ci(n: int, T: float, level=0.95):
-    a = 1 - level
-    lo = stats.chi2.ppf(a / 2, 2 * n) / 2 / T if n > 0 else 0.0
-    hi = stats.chi2.ppf(1 - a / 2, 2 * n + 2) / 2 / T
-    return lo, hi
 
 
 def capture_section(rep: Report, title: str, files: list[str], s: dict):
@@ -778,7 +757,7 @@ def main(argv=None) -> int:
     if liq is not None:
         span = float(liq["time"].max() - liq["time"].min())
         qs = liq["notional"].quantile([0.1, 0.5, 0.9, 0.99]).to_numpy()
-        lo, hi = poisson_rate_ci(len(liq), span)
+        lo, hi = cal.poisson_rate_interval(len(liq), span)
         same_sec = int(liq["time"].duplicated(keep=False).sum())
         rep.add(
             f"Hyperliquid (`{HL_LIQ}`, joined on account and second with `{HL_TRADES}` to recover the coin and side):"
@@ -817,7 +796,7 @@ def main(argv=None) -> int:
         rep.add()
     if "cap23" in res:
         s = res["cap23"]
-        lo, hi = poisson_rate_ci(s["n_liq_fills"], s["window"])
+        lo, hi = cal.poisson_rate_interval(s["n_liq_fills"], s["window"])
         res["binance_liq"] = (s["n_liq_fills"], s["window"], lo, hi)
         rep.add(
             f"Binance BTCUSDT: {s['n_liq_fills']} `INSURANCE_FUND` (liquidation) fill in the "

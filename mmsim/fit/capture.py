@@ -684,11 +684,14 @@ def calibrate(
     symbol: str | None = None,
     tick: float | None = None,
     symmetric_flow: bool = False,
+    cap: dict | None = None,
 ) -> Calibration:
-    """:func:`read`, :func:`measure` and :func:`fit` in one call (what ``mmsim calibrate`` runs)."""
+    """:func:`read`, :func:`measure` and :func:`fit` in one call (what ``mmsim calibrate`` runs);
+    ``cap``: the captures already read by :func:`read` (then ``paths`` and ``symbol`` are not
+    read again)."""
     base_cfg = base_market(base)
     levels = int(base_cfg.get("book", {}).get("levels", 5))
-    measured = measure(read(paths, symbol=symbol), tick=tick, levels=levels)
+    measured = measure(cap if cap is not None else read(paths, symbol=symbol), tick=tick, levels=levels)
     sizes = measured.pop("order_sizes")
     out = fit(measured, base_cfg, base, symmetric_flow=symmetric_flow)
     out.sizes = sizes

@@ -111,8 +111,8 @@ def _aggregate(x: dict, dt: float) -> dict:
 #: The facts :func:`facts` returns (besides the interval count ``n``).
 KEYS = (
     "unchanged_mid",
-    "tick_moves_per_min",
     "bid_falls_with_sells",
+    "tick_moves_per_min",
     "return_kurtosis",
     "sigma_per_sqrt_s",
     "touch_depth_median",

@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from mmsim.report.common import DPI, fmt, md_table, write_json
+from mmsim.report.common import fmt, md_table, save_figure, write_json
 
 #: A fitted law whose recorded quantile differs from the fitted one by more than this factor is
 #: flagged in the report.
@@ -230,9 +230,7 @@ def _size_figure(path: Path, sizes: np.ndarray, s: dict) -> Path:
     ax.set_title("market-order sizes, quantiles 0.5 %-99.9 %")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _signature_figure(path: Path, variance: dict) -> Path:
@@ -248,9 +246,7 @@ def _signature_figure(path: Path, variance: dict) -> Path:
     ax.set_title("variance signature")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _depth_figure(path: Path, d: dict) -> Path:
@@ -264,6 +260,4 @@ def _depth_figure(path: Path, d: dict) -> Path:
     ax.set_title(f"depth profile, {d['n']} samples every {d['every_s']:g} s")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

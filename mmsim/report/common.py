@@ -1,5 +1,6 @@
 """Formatting shared by every report: numbers for tables, JSON that never holds NaN or Infinity,
-Markdown and text tables, the liquidation claim sentence, and the matplotlib set-up (Agg backend)."""
+Markdown and text tables, the liquidation claim sentence, and the matplotlib set-up (Agg backend)
+with the one figure writer."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mmsim._pytree import to_plain
@@ -50,6 +52,13 @@ def fmt(x: Any, digits: int = 4) -> str:
 def sanitize(obj: Any) -> Any:
     """JSON-ready copy: numpy scalars/arrays to Python, non-finite floats to None (strict JSON)."""
     return to_plain(obj, nonfinite="none")
+
+
+def save_figure(fig, path: Path, **savefig_kw) -> Path:
+    """Write ``fig`` to ``path`` at the reports' resolution and close it; returns the path."""
+    fig.savefig(path, dpi=DPI, **savefig_kw)
+    plt.close(fig)
+    return Path(path)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -17,7 +17,6 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from mmsim import regimes
 from mmsim.report.common import (
-    DPI,
     REGIME_COLORS,
     _time_axis,
     fmt,
@@ -25,15 +24,10 @@ from mmsim.report.common import (
     md_table,
     rare_event_claim,
     rare_event_paragraph,
+    save_figure,
     summary_rows,
 )
 from mmsim.sim.risk import clopper_pearson, paths_to_certify
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return Path(path)
 
 
 def signed(x: float) -> str:
@@ -71,7 +65,7 @@ def pnl_hist_figure(pnl: np.ndarray, pnl_metrics: dict, unit: str = "USDT") -> F
 def fig_pnl_hist(pnl: np.ndarray, pnl_metrics: dict, path: Path, unit: str = "USDT") -> Path:
     """Histogram of the final PnL (quote currency) with VaR 99 and CVaR 99 (positive losses in the
     metrics) drawn at the PnL values -VaR and -CVaR; see :func:`pnl_hist_figure`."""
-    return _save(pnl_hist_figure(pnl, pnl_metrics, unit), path)
+    return save_figure(pnl_hist_figure(pnl, pnl_metrics, unit), path)
 
 
 def fig_drawdown(max_dd: np.ndarray, initial_equity: float, threshold: float, p_dd: dict, path: Path) -> Path:
@@ -92,7 +86,7 @@ def fig_drawdown(max_dd: np.ndarray, initial_equity: float, threshold: float, p_
     ax.set_title("Maximum drawdown")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def zero_event_note(upper: float, n_paths: int | None, epsilon: float | None, ci_level: float = 0.95) -> str:
@@ -159,7 +153,7 @@ def fig_liquidation_curve(
 ) -> Path:
     """Cumulative P(liquidated by t) with its pointwise Clopper-Pearson band; see
     :func:`liquidation_curve_figure`."""
-    return _save(liquidation_curve_figure(curve, epsilon, n_paths, ci_level), path)
+    return save_figure(liquidation_curve_figure(curve, epsilon, n_paths, ci_level), path)
 
 
 def _shade_regimes(ax, t: np.ndarray, regime: np.ndarray) -> None:
@@ -333,7 +327,7 @@ def fig_sample_paths(
         events=events,
         initial_equity=initial_equity,
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_risk_report(

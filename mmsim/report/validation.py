@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from mmsim.report.common import DPI, fmt, md_table, write_json
+from mmsim.report.common import fmt, md_table, save_figure, write_json
 from mmsim.validation import LABELS, MARKET_STATS, POLICY_STATS
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
@@ -156,6 +156,4 @@ def _figure(path: Path, key: str, windows: list[dict]) -> Path:
     # Below the axes: inside, it would cover a window's interval.
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, bbox_inches="tight")
