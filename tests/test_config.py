@@ -58,12 +58,16 @@ def test_every_experiment_composes_and_builds(exp):
 def test_default_config_builds_the_calibrated_market():
     world, mp, ep, sim = mcfg.build(make_cfg())
     assert world == "market" and mp.n_assets == 1
-    assert float(mp.price.s0) == 28146.0  # calibration.md §1
-    np.testing.assert_allclose(np.asarray(mp.vol.theta), [2.96e-9, 1.01e-8, 4.79e-8, 1.04e-7])
-    assert float(mp.flow.beta) == 22.6 and float(mp.spread.tick) == 0.1
-    # The engine's estimator priors come from the world (priors_from_market).
-    assert float(ep.vol.long_run_var) == pytest.approx(1.01e-8)
-    assert float(ep.flow.beta) == pytest.approx(22.6)
+    # The default market is `mmsim calibrate`'s output on the shared 2023 captures
+    # (conf/market/btcusdt_captured.yaml, docs/MODEL.md §17).
+    assert float(mp.price.s0) == 28146.0
+    np.testing.assert_allclose(np.asarray(mp.vol.theta), [1.587e-09, 1.036e-08, 3.385e-08, 6.132e-08])
+    assert float(mp.flow.beta) == pytest.approx(22.63) and float(mp.spread.tick) == 0.1
+    assert mp.flow.size_law == "lognormal" and mp.vol.regime0 == 0
+    # The engine's estimator priors come from the world (priors_from_market): the regimes'
+    # long-run variance is the Normal regime's.
+    assert float(ep.vol.long_run_var) == pytest.approx(1.036e-8)
+    assert float(ep.flow.beta) == pytest.approx(22.63)
     assert float(ep.liquidation.mu) == pytest.approx(2e-3)
     assert float(ep.tick) == 0.1
     assert float(ep.account.maintenance_margin) == 0.004 and float(ep.account.maker_fee) == 0.0002
