@@ -473,6 +473,13 @@ def _calibrate(argv: list[str]) -> int:
         help="also choose the tick book's microstructure rates by simulating the fitted market against "
         "the window's 1-s facts (a grid search, minutes)",
     )
+    p.add_argument(
+        "--world-substeps",
+        type=int,
+        default=4,
+        help="world steps per second in the book fit's simulations (default 4: the experiments' "
+        "sim.world_substeps at 1-s engine steps; the 1-s facts move with the world's step)",
+    )
     p.add_argument("--report", help="directory of the calibration report (default: NAME.calibration beside -o)")
     a = p.parse_args(argv)
     from omegaconf import OmegaConf
@@ -485,6 +492,9 @@ def _calibrate(argv: list[str]) -> int:
     out = Path(a.out)
     if out.suffix not in (".yaml", ".yml"):
         print(f"mmsim calibrate: -o {a.out}: the market config must be a .yaml file", file=sys.stderr)
+        return EXIT_CONFIG
+    if a.world_substeps < 1:
+        print(f"mmsim calibrate: --world-substeps {a.world_substeps}: must be an integer >= 1", file=sys.stderr)
         return EXIT_CONFIG
     if a.tick is not None and not a.tick > 0:
         print(f"mmsim calibrate: --tick {a.tick}: must be a positive price step", file=sys.stderr)
@@ -513,7 +523,7 @@ def _calibrate(argv: list[str]) -> int:
         try:
             world, mp = mcfg.market_params(OmegaConf.create({"market": cal.market}))
             rec = validation.recording(cap, float(cal.market["spread"]["tick"]))
-            cal = capture.with_book_fit(cal, validation.fit_book(rec, world, mp))
+            cal = capture.with_book_fit(cal, validation.fit_book(rec, world, mp, every=a.world_substeps))
         except (ValueError, mcfg.ConfigError) as e:
             print(f"mmsim calibrate: the book fit failed: {e}", file=sys.stderr)
             return EXIT_CONFIG
@@ -529,7 +539,7 @@ def _calibrate(argv: list[str]) -> int:
         + (["--symmetric-flow"] if a.symmetric_flow else [])
         + (["--bars", Path(a.bars).name] if a.bars else [])
         + (["--funding", Path(a.funding).name] if a.funding else [])
-        + (["--fit-book"] if a.fit_book else [])
+        + (["--fit-book", "--world-substeps", str(a.world_substeps)] if a.fit_book else [])
     )
     market_config.write(out, cal.market, cal.notes, [*cal.header, f"Command: {command}"])
     report_dir = Path(a.report) if a.report else out.with_name(out.stem + ".calibration")
@@ -603,8 +613,8 @@ def _validate(argv: list[str]) -> int:
     import numpy as np
 
     settings = validation.Settings(
-        n_paths=a.paths, n_trace=min(a.trace, a.paths), fact_paths=a.fact_paths, dt=sim.dt, cadence=a.cadence,
-        seed=sim.seed, dtype=jnp.dtype(sim.dtype),
+        n_paths=a.paths, n_trace=min(a.trace, a.paths), fact_paths=a.fact_paths, dt=sim.dt,
+        world_substeps=sim.world_substeps, cadence=a.cadence, seed=sim.seed, dtype=jnp.dtype(sim.dtype),
     )  # fmt: skip
     base = None if a.no_window_market else (market_name, OmegaConf.to_container(cfg.market, resolve=True))
     tick = float(np.max(np.asarray(mp.spread.tick)))

@@ -139,15 +139,19 @@ def at_window(mp, mid0: float):
     return dataclasses.replace(mp, price=price, spread=spread)
 
 
-def _facts(world: str, mp, n_paths: int, n_steps: int, tick: float, seed: int, *, behind: bool = True, dtype=None):
+def _facts(
+    world: str, mp, n_paths: int, n_steps: int, tick: float, seed: int, *, behind: bool = True, dtype=None, every: int = 1
+):
     """The stylised facts of ``n_paths`` simulated windows of ``n_steps`` 1-s intervals (the
-    market alone, with probe quotes at the touch and, with ``behind``, 10 ticks behind)."""
+    market alone, with probe quotes at the touch and, with ``behind``, 10 ticks behind), the world
+    stepped ``every`` times a second (world steps of ``1 / every`` seconds)."""
     import jax.numpy as jnp
 
     from mmsim.sim import world_only
 
     run = lambda **kw: world_only.observations(  # noqa: E731
-        world, mp, n_paths=n_paths, n_steps=n_steps + 1, dt=1.0, seed=seed, dtype=dtype or jnp.float32, **kw
+        world, mp, n_paths=n_paths, n_steps=n_steps + 1, dt=1.0, seed=seed, dtype=dtype or jnp.float32, every=every,
+        **kw,
     )
     obs = run()
     touch = run(probe=0.0)
@@ -172,11 +176,12 @@ BOOK_GRID = {
 BOOK_FACTS = ("unchanged_mid", "bid_falls_with_sells", "return_kurtosis", "touch_depth_median", "fill_prob_touch")
 
 
-def fit_book(rec: Recording, world: str, mp, *, n_paths: int = 32, seed: int = 0, grid=None) -> dict:
+def fit_book(rec: Recording, world: str, mp, *, n_paths: int = 32, seed: int = 0, grid=None, every: int = 1) -> dict:
     """The tick book's microstructure rates (:data:`BOOK_GRID`) that make ``mp``'s simulated
     1-s facts closest to a recorded window's: for each grid point, ``n_paths`` simulated
     windows of the recording's length from its first mid (float64, so that the choice does not
-    depend on the machine's float32 rounding), the squared distance of the median over windows
+    depend on the machine's float32 rounding; the world stepped ``every`` times a second, as the
+    runs that will use the fitted market step it: the 1-s facts move with the world's step), the squared distance of the median over windows
     of each of :data:`BOOK_FACTS` from the recorded value in units of its 95 % block-bootstrap
     half-width, summed. Returns ``{"chosen": {field: value}, "score": ..., "table": [(score, values,
     means), ...] best first, "facts": BOOK_FACTS}``."""
@@ -197,7 +202,7 @@ def fit_book(rec: Recording, world: str, mp, *, n_paths: int = 32, seed: int = 0
     rows = []
     for values in itertools.product(*grid.values()):
         trial = dataclasses.replace(mpw, book=dataclasses.replace(mpw.book, **dict(zip(grid, values))))
-        sim = _facts(world, trial, n_paths, n, tick, seed, behind=False, dtype=jnp.float64)
+        sim = _facts(world, trial, n_paths, n, tick, seed, behind=False, dtype=jnp.float64, every=every)
         # The median over windows: a 1-s kurtosis is heavy-tailed across windows (one large order
         # walking the book makes one window's), and its mean would rule the score.
         means = {k: float(np.median([f[k] for f in sim])) for k in BOOK_FACTS}
@@ -211,10 +216,13 @@ def fit_book(rec: Recording, world: str, mp, *, n_paths: int = 32, seed: int = 0
         "facts": BOOK_FACTS,
         "recorded": {k: f_real[k] for k in BOOK_FACTS},
         "n_paths": n_paths,
+        "world_dt_s": 1.0 / every,
     }
 
 
-def _simulated_policy(world, mp, ep, *, n_paths, n_steps, dt, seed, n_trace, market_volume_per_s, dtype) -> dict:
+def _simulated_policy(
+    world, mp, ep, *, n_paths, n_steps, dt, seed, n_trace, market_volume_per_s, dtype, world_substeps=1
+) -> dict:
     """Per-path policy statistics of the simulated window: fills, PnL and its components from
     every path, markouts from the first ``n_trace`` traced paths."""
     from mmsim.engine import account as acct
@@ -222,7 +230,7 @@ def _simulated_policy(world, mp, ep, *, n_paths, n_steps, dt, seed, n_trace, mar
 
     r = simulate.simulate(
         world, mp, ep, n_paths=n_paths, n_steps=n_steps, dt=dt, seed=seed, dtype=dtype, progress=False,
-        n_trace=n_trace,
+        n_trace=n_trace, world_substeps=world_substeps,
     )  # fmt: skip
     s = r.summary
     horizon = n_steps * dt
@@ -264,12 +272,14 @@ def _replay_stats(res, feed) -> dict:
 class Settings:
     """How much to simulate per window: ``n_paths`` policy paths (``n_trace`` of them traced for
     the markouts), ``fact_paths`` market-only windows, the engine's step ``dt`` (seconds), the
-    replay's ``cadence`` (seconds), ``seed``, ``dtype``."""
+    world's steps per engine step ``world_substeps`` (also per 1-s interval of the market facts),
+    the replay's ``cadence`` (seconds), ``seed``, ``dtype``."""
 
     n_paths: int = 256
     n_trace: int = 64
     fact_paths: int = 32
     dt: float = 1.0
+    world_substeps: int = 1
     cadence: float = 1.0
     seed: int = 0
     dtype: Any = None
@@ -351,11 +361,12 @@ def validate_window(rec: Recording, world: str, markets: dict, ep, settings: Set
     }
     for name, mp in all_markets.items():
         mpw = at_window(mp, mid0)
-        facts = _facts(world, mpw, settings.fact_paths, n - 1, tick, settings.seed)
+        facts = _facts(world, mpw, settings.fact_paths, n - 1, tick, settings.seed, every=settings.world_substeps)
         vol_rate = float(np.mean([f["volume_per_s"] for f in facts]))
         pol = _simulated_policy(
             world, mpw, ep, n_paths=settings.n_paths, n_steps=n_steps, dt=settings.dt, seed=settings.seed,
             n_trace=settings.n_trace, market_volume_per_s=vol_rate, dtype=dtype,
+            world_substeps=settings.world_substeps,
         )  # fmt: skip
         stats = {k: compare(real_facts[k], [f[k] for f in facts], real_ci.get(k)) for k in MARKET_STATS}
         stats |= {k: compare(real_policy[k], [r[k] for r in pol["rows"]]) for k in POLICY_STATS}

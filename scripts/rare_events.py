@@ -50,11 +50,12 @@ def main() -> int:
         ov.append(f"sim.horizon_s={a.horizon}")
     world, mp, ep, s = config.build(config.compose(ov))
     kw = s.simulate_kwargs()
-    n_steps, dt, dtype = kw["n_steps"], kw["dt"], kw["dtype"]
+    n_steps, dt, dtype, sub = kw["n_steps"], kw["dt"], kw["dtype"], kw["world_substeps"]
     out: dict = {
         "overrides": ov,
         "n_steps": n_steps,
         "dt_s": dt,
+        "world_substeps": sub,
         "dtype": str(np.dtype(dtype)),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
     }
@@ -62,8 +63,9 @@ def main() -> int:
     if a.plain:
         t0 = time.perf_counter()
         r = sim.simulate(
-            world, mp, ep, n_paths=a.plain, n_steps=n_steps, dt=dt, seed=a.seed, dtype=dtype, progress=False
-        )
+            world, mp, ep, n_paths=a.plain, n_steps=n_steps, dt=dt, seed=a.seed, dtype=dtype, progress=False,
+            world_substeps=sub,
+        )  # fmt: skip
         wall = time.perf_counter() - t0
         pl = risk.proportion(r.summary.liquidated)
         loss = risk.proportion(r.summary.pnl < -a.loss * r.initial_equity)
@@ -92,6 +94,7 @@ def main() -> int:
             dtype=dtype,
             pilot_paths=a.pilot_paths,
             stage_p=a.stage_p,
+            world_substeps=sub,
         )
         est["wall_s"] = time.perf_counter() - t0
         out["splitting"] = est
@@ -110,6 +113,7 @@ def main() -> int:
             ce_paths=a.ce_paths,
             dtype=dtype,
             progress=False,
+            world_substeps=sub,
         )
         est["wall_s"] = time.perf_counter() - t0
         est["path_steps"] = (a.n_is + a.ce_iterations * a.ce_paths) * n_steps

@@ -91,11 +91,12 @@ def test_the_book_fit_chooses_the_closest_grid_point(tmp_path):
     world, mp = config.market_params(OmegaConf.create({"market": cal.market}))
     rec = validation.prepare([path], 0.1)
     grid = {"pull_rate": (0.3, 3.0), "refill_rate": (10.0,)}
-    res = validation.fit_book(rec, world, mp, n_paths=4, grid=grid)
+    res = validation.fit_book(rec, world, mp, n_paths=4, grid=grid, every=2)
     scores = [r[0] for r in res["table"]]
     assert len(scores) == 2 and scores == sorted(scores) and res["score"] == scores[0]
     assert res["chosen"] == res["table"][0][1] and set(res["chosen"]) == set(grid)
     capture.with_book_fit(cal, res)
     assert cal.market["book"]["pull_rate"] == res["chosen"]["pull_rate"]
     assert cal.notes["book.pull_rate"].startswith("fit by simulation: of 2 grid points")
+    assert res["world_dt_s"] == 0.5 and "(world steps of 0.5 s)" in cal.notes["book.pull_rate"]
     assert cal.measured["book_fit"]["table"][0]["score"] == scores[0]

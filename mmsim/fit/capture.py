@@ -488,7 +488,8 @@ def with_book_fit(cal: Calibration, result: dict) -> Calibration:
     runner = table[1][0] if len(table) > 1 else float("nan")
     how = (
         f"fit by simulation: of {len(table)} grid points, the one whose {result['n_paths']} simulated "
-        f"windows are closest to the window's 1-s facts (score {_g(result['score'])}, next {_g(runner)})"
+        f"windows (world steps of {_g(result.get('world_dt_s', 1.0))} s) are closest to the window's 1-s facts "
+        f"(score {_g(result['score'])}, next {_g(runner)})"
     )
     for k, v in result["chosen"].items():
         cal.market["book"][k] = _round(v)
@@ -499,6 +500,7 @@ def with_book_fit(cal: Calibration, result: dict) -> Calibration:
         "facts": list(result["facts"]),
         "recorded": result["recorded"],
         "n_paths": result["n_paths"],
+        "world_dt_s": result.get("world_dt_s", 1.0),
         "table": [{"score": sc, **vals, **{f"sim_{k}": m[k] for k in m}} for sc, vals, m in table],
     }
     return cal

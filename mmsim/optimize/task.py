@@ -41,10 +41,11 @@ def simulator_evaluator(
     chunk_size: int | None = None,
     progress: bool = False,
     stats: dict | None = None,
+    world_substeps: int = 1,
 ) -> Evaluator:
     """The Monte Carlo simulator as an :data:`Evaluator`: ``theta`` (natural units) is substituted
     into ``engine_params`` (:func:`apply_theta`) and ``n_paths`` paths of ``n_steps`` steps of
-    ``dt`` seconds are simulated with ``seed``. The compiled simulation is reused across theta (only
+    ``dt`` seconds (the world in ``world_substeps`` steps each) are simulated with ``seed``. The compiled simulation is reused across theta (only
     leaf values change). ``stats``, if given, accumulates calls, simulated seconds and compile
     seconds."""
     import jax.numpy as jnp
@@ -66,6 +67,7 @@ def simulator_evaluator(
             chunk_size=chunk_size,
             dtype=dtype,
             progress=progress,
+            world_substeps=world_substeps,
         )
         if stats is not None:
             stats["calls"] = stats.get("calls", 0) + 1
@@ -352,6 +354,7 @@ def run_from_config(
             dt=sim.dt,
             dtype=getattr(jnp, sim.dtype),
             chunk_size=sim.chunk_size,
+            world_substeps=sim.world_substeps,
             progress=False,
             stats=sim_stats,
         )

@@ -221,6 +221,9 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert "no such capture file" in capsys.readouterr().err
     assert cli.main(["calibrate", str(tmp_path / "none.gz"), "-o", str(tmp_path / "m.txt")]) == cli.EXIT_CONFIG
     assert "must be a .yaml file" in capsys.readouterr().err
+    argv = ["calibrate", str(tmp_path / "none.gz"), "-o", str(tmp_path / "m.yaml"), "--world-substeps", "0"]
+    assert cli.main(argv) == cli.EXIT_CONFIG
+    assert "--world-substeps 0: must be an integer >= 1" in capsys.readouterr().err
     empty = tmp_path / "empty.gz"
     with gzip.open(empty, "wt") as fh:
         fh.write(_line(1, "btcusdt@bookTicker", {"e": "bookTicker", "b": "1", "B": "1", "a": "2", "A": "1", "T": 1}))
@@ -249,6 +252,6 @@ def test_the_committed_calibrated_market_is_the_commands_output(tmp_path):
         pytest.skip(f"the shared files {(*CAPTURES, BARS, FUNDING)} are not all in the data directory (MMSIM_DATA)")
     out = tmp_path / COMMITTED.name
     argv = ["calibrate", *map(str, files[:2]), "--symmetric-flow", "--bars", str(files[2]), "--funding", str(files[3])]
-    argv += ["--fit-book", "-o", str(out), "--report", str(tmp_path / "rep")]
+    argv += ["--fit-book", "--world-substeps", "4", "-o", str(out), "--report", str(tmp_path / "rep")]
     assert cli.main(argv) == 0
     assert out.read_text() == COMMITTED.read_text(), "regenerate it with the command in docs/MODEL.md §17"
