@@ -140,7 +140,7 @@ def at_window(mp, mid0: float):
 
 
 def _facts(
-    world: str, mp, n_paths: int, n_steps: int, tick: float, seed: int, *, behind: bool = True, dtype=None, every: int = 1
+    world: str, mp, n_paths: int, n_steps: int, tick: float, seed: int, *, behind=True, dtype=None, every: int = 1
 ):
     """The stylised facts of ``n_paths`` simulated windows of ``n_steps`` 1-s intervals (the
     market alone, with probe quotes at the touch and, with ``behind``, 10 ticks behind), the world
@@ -181,9 +181,9 @@ def fit_book(rec: Recording, world: str, mp, *, n_paths: int = 32, seed: int = 0
     1-s facts closest to a recorded window's: for each grid point, ``n_paths`` simulated
     windows of the recording's length from its first mid (float64, so that the choice does not
     depend on the machine's float32 rounding; the world stepped ``every`` times a second, as the
-    runs that will use the fitted market step it: the 1-s facts move with the world's step), the squared distance of the median over windows
-    of each of :data:`BOOK_FACTS` from the recorded value in units of its 95 % block-bootstrap
-    half-width, summed. Returns ``{"chosen": {field: value}, "score": ..., "table": [(score, values,
+    runs that will use the fitted market step it: the 1-s facts move with the world's step), the
+    squared distance of the median over windows of each of :data:`BOOK_FACTS` from the recorded
+    value in units of its 95 % block-bootstrap half-width, summed. Returns ``{"chosen": {field: value}, "score": ..., "table": [(score, values,
     means), ...] best first, "facts": BOOK_FACTS}``."""
     import itertools
 

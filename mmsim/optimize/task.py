@@ -45,9 +45,9 @@ def simulator_evaluator(
 ) -> Evaluator:
     """The Monte Carlo simulator as an :data:`Evaluator`: ``theta`` (natural units) is substituted
     into ``engine_params`` (:func:`apply_theta`) and ``n_paths`` paths of ``n_steps`` steps of
-    ``dt`` seconds (the world in ``world_substeps`` steps each) are simulated with ``seed``. The compiled simulation is reused across theta (only
-    leaf values change). ``stats``, if given, accumulates calls, simulated seconds and compile
-    seconds."""
+    ``dt`` seconds (the world in ``world_substeps`` steps each) are simulated with ``seed``. The
+    compiled simulation is reused across theta (only leaf values change). ``stats``, if given,
+    accumulates calls, simulated seconds and compile seconds."""
     import jax.numpy as jnp
 
     from mmsim.sim import simulate as sim
