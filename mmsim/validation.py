@@ -150,7 +150,14 @@ def _facts(
     from mmsim.sim import world_only
 
     run = lambda **kw: world_only.observations(  # noqa: E731
-        world, mp, n_paths=n_paths, n_steps=n_steps + 1, dt=1.0, seed=seed, dtype=dtype or jnp.float32, every=every,
+        world,
+        mp,
+        n_paths=n_paths,
+        n_steps=n_steps + 1,
+        dt=1.0,
+        seed=seed,
+        dtype=dtype or jnp.float32,
+        every=every,
         **kw,
     )
     obs = run()
@@ -183,8 +190,9 @@ def fit_book(rec: Recording, world: str, mp, *, n_paths: int = 32, seed: int = 0
     depend on the machine's float32 rounding; the world stepped ``every`` times a second, as the
     runs that will use the fitted market step it: the 1-s facts move with the world's step), the
     squared distance of the median over windows of each of :data:`BOOK_FACTS` from the recorded
-    value in units of its 95 % block-bootstrap half-width, summed. Returns ``{"chosen": {field: value}, "score": ..., "table": [(score, values,
-    means), ...] best first, "facts": BOOK_FACTS}``."""
+    value in units of its 95 % block-bootstrap half-width, summed. Returns ``{"chosen": {field:
+    value}, "score": ..., "table": [(score, values, means), ...] best first, "facts": BOOK_FACTS,
+    "world_dt_s": 1 / every, ...}``."""
     import itertools
 
     import jax.numpy as jnp
