@@ -73,6 +73,37 @@ def test_default_config_builds_the_calibrated_market():
     assert float(ep.account.maintenance_margin) == 0.004 and float(ep.account.maker_fee) == 0.0002
 
 
+#: Binance USD-M fee tiers shipped as account configs: (maker, taker), fractions of notional.
+FEE_TIERS = {
+    "binance_vip0": (2e-4, 5e-4),
+    "binance_vip1": (1.6e-4, 4e-4),
+    "binance_vip3": (1.2e-4, 3.2e-4),
+    "binance_vip6": (6e-5, 2.5e-4),
+    "binance_lp1": (-1e-5, 5e-4),
+    "binance_lp2": (-2e-5, 5e-4),
+    "binance_lp3": (-3e-5, 5e-4),
+    "binance_mm": (-5e-5, 5e-4),
+}
+
+
+def test_fee_tiers_are_named_accounts_with_their_rates():
+    """Each tier builds and carries its schedule's rates; the rest of the account is VIP 0's, and
+    the maker fee falls with the tier."""
+    _, _, base, _ = mcfg.build(make_cfg())
+    makers = []
+    for name, (maker, taker) in FEE_TIERS.items():
+        _, _, ep, _ = mcfg.build(make_cfg(f"account={name}"))
+        assert float(ep.account.maker_fee) == pytest.approx(maker, rel=1e-6), name
+        assert float(ep.account.taker_fee) == pytest.approx(taker, rel=1e-6), name
+        assert float(ep.account.maintenance_margin) == float(base.account.maintenance_margin)
+        makers.append(maker)
+    assert makers == sorted(makers, reverse=True)
+    conf = Path(CONF) / "account"
+    assert {p.stem for p in conf.glob("binance_*.yaml")} == set(FEE_TIERS)
+    for name in FEE_TIERS:
+        assert "Source" in (conf / f"{name}.yaml").read_text(), name
+
+
 def test_experiment_deltas():
     _, mp, ep, _ = mcfg.build(make_cfg("experiment=cascade_stress"))
     from mmsim.world.processes import liquidation as liq
