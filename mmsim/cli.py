@@ -11,6 +11,7 @@ Subcommands::
     mmsim sweep-summary DIR                # aggregate a multirun's metrics.json files
     mmsim calibrate CAPTURE... -o conf/market/NAME.yaml [--base btcusdt] [--symbol S] [--report DIR]
     mmsim validate CAPTURE[,NEXT]... [--params best.yaml] [--paths N] [--out DIR] [overrides ...]
+    mmsim markouts FILLS.csv CAPTURE... [--horizons S ...] [--out DIR]   # a desk's own adverse selection
 
 ``live`` loads and validates ``best.yaml`` over the configured experiment, builds the very
 :class:`~mmsim.engine.EngineParams` the simulator would run and prints the policy; ``--check``
@@ -41,6 +42,7 @@ commands:
   sweep-summary DIR               aggregate the metrics.json files of a multirun directory
   calibrate CAPTURE... -o FILE    fit a market config (conf/market schema) to recorded captures
   validate CAPTURE... [ovr]       the simulator against recorded windows: the same statistics, side by side
+  markouts FILLS.csv CAPTURE...   a desk's own fills: spread capture, adverse selection and markouts per horizon
 """
 
 
@@ -654,8 +656,67 @@ def _validate(argv: list[str]) -> int:
     return 0
 
 
+def _markouts(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="mmsim markouts",
+        description=(
+            "A desk's own fills (CSV: time, side, price, qty) against a recording of the market: spread "
+            "capture, adverse selection and markout per base unit at each horizon, with standard errors. "
+            "Writes markouts.md, markouts.json and markouts.png."
+        ),
+    )
+    p.add_argument("fills", help="CSV of the desk's fills: time (UTC epoch s or ms, or ISO), side, price, qty")
+    p.add_argument("captures", nargs="+", help="capture files covering the fills (consecutive, in time order)")
+    p.add_argument("--symbol", help="the symbol, when a recording holds several (e.g. btcusdt)")
+    p.add_argument(
+        "--horizons", type=float, nargs="+", default=None, help="markout horizons in seconds (default 1 5 10 30 60)"
+    )
+    p.add_argument("--out", default="markouts", help="directory of the report (default ./markouts)")
+    a = p.parse_args(argv)
+    from mmsim.fit import capture, data, fills
+    from mmsim.report import markouts as report
+
+    horizons = tuple(a.horizons) if a.horizons else fills.HORIZONS_S
+    if not all(h > 0 for h in horizons):
+        print(f"mmsim markouts: --horizons {list(horizons)}: every horizon must be > 0 s", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        own = fills.read_fills(a.fills)
+        cap = capture.read(a.captures, symbol=a.symbol)
+    except (ValueError, data.DataError) as e:
+        print(f"mmsim markouts: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    t_mid, mid = fills.mids_from_capture(cap)
+    if not len(t_mid):
+        print("mmsim markouts: the recording has no bookTicker update to take mids from", file=sys.stderr)
+        return EXIT_CONFIG
+    res = fills.fill_markouts(own, t_mid, mid, horizons)
+    if res["n_fills"] == 0:
+        print(
+            f"mmsim markouts: none of the {len(own)} fills lies inside the recording "
+            f"({t_mid[0]:.0f} to {t_mid[-1]:.0f} s UTC epoch)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    command = "mmsim markouts " + " ".join([Path(a.fills).name, *(Path(c).name for c in a.captures)])
+    sources = {
+        "fills": Path(a.fills).name,
+        "captures": [Path(c).name for c in a.captures],
+        "rejected": own.attrs.get("rejected", {}),
+    }
+    files = report.write(res, a.out, command, sources)
+    one = next((r for r in res["rows"] if r["horizon_s"] == 10.0), res["rows"][0])
+    print(
+        f"mmsim markouts: {res['n_fills']} fills; spread capture {res['spread_capture'][0]:.4g}, "
+        f"{one['horizon_s']:g}-s markout {one['markout']:.4g} ± {one['markout_se']:.2g} per base unit"
+    )
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
 COMMANDS = {
     "calibrate": _calibrate,
+    "markouts": _markouts,
     "validate": _validate,
     "run": _run,
     "optimize": _optimize,
