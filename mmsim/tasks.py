@@ -71,7 +71,12 @@ def _setup_lines(cfg, world: str, mp, ep, sim) -> list[tuple[str, str]]:
             f"maker fee {report.pct(np.asarray(acc.maker_fee))}, "
             f"taker fee {report.pct(np.asarray(acc.taker_fee))}",
         ),
-        ("simulation", f"{sim.n_paths:,} paths, {sim.n_steps:,} steps of {sim.dt:g} s, seed {sim.seed}, {sim.dtype}"),
+        (
+            "simulation",
+            f"{sim.n_paths:,} paths, {sim.n_steps:,} steps of {sim.dt:g} s"
+            + (f" (world steps of {sim.dt / sim.world_substeps:g} s)" if sim.world_substeps > 1 else "")
+            + f", seed {sim.seed}, {sim.dtype}",
+        ),
     ]
     if world == "market" and float(mp.shock_time_s) >= 0:
         lines.append(

@@ -264,6 +264,11 @@ def test_cascade_stress_end_to_end(tmp_path):
     assert m["n_paths"] == 8 and m["horizon_s"] == 60.0
     assert m["throughput_path_steps_per_s"] > 0 and m["run_s"] > 0
     assert m["non_finite_steps"] == 0
+    # The experiment's world moves in steps of 0.25 s, and the report says so.
+    assert m["world_substeps"] == 4 and m["world_dt_s"] == 0.25
+    report = (tmp_path / "report.md").read_text()
+    assert "3,600" not in report and "60 steps of 1 s (world steps of 0.25 s)" in report
+    assert "(1 s; world 0.25 s)" in report
     # The per-path table's six PnL components add up to each path's PnL (float32 equity ~1e4 USDT).
     paths = pd.read_parquet(tmp_path / "paths.parquet")
     comps = paths[[c for c in paths.columns if c.startswith("pnl_")]].sum(axis=1)
@@ -309,7 +314,9 @@ def test_as2008_cli_multirun(tmp_path):
 def test_every_experiment_end_to_end(exp, tmp_path):
     """The real simulator, without traces: experiments of the same static structure (baseline,
     high_vol, funding_squeeze) share one compiled program in the process."""
-    m = tasks.run_task(make_cfg(*tiny(exp), "sim.n_trace=0", "sim.dt_s=1.0"), tmp_path)
+    # funding_squeeze's own 8 world steps per 2-s step become 4 per 1-s step: the world step of the
+    # others, so that the three share one compiled program.
+    m = tasks.run_task(make_cfg(*tiny(exp), "sim.n_trace=0", "sim.dt_s=1.0", "sim.world_substeps=4"), tmp_path)
     check_risk_outputs(tmp_path, m, trace=False)
     assert m["non_finite_steps"] == 0 and m["n_paths"] == 8
 

@@ -171,7 +171,11 @@ def summary_rows(m: dict) -> list[tuple[str, str]]:
     pl, pd_, p = m["p_liquidation"], m["p_drawdown"], m["pnl"]
     dd = m["max_drawdown"]
     rows = [
-        ("paths x steps (dt)", f"{m['n_paths']:,} x {m['n_steps']:,} ({fmt(m['dt_s'])} s)"),
+        (
+            "paths x steps (dt)",
+            f"{m['n_paths']:,} x {m['n_steps']:,} ({fmt(m['dt_s'])} s"
+            + (f"; world {fmt(m['world_dt_s'])} s)" if m.get("world_substeps", 1) > 1 else ")"),
+        ),
         ("horizon", f"{fmt(m['horizon_s'])} s"),
         ("P(liquidation) [CI]", f"{fmt(pl['estimate'])} [{fmt(pl['ci_low'])}, {fmt(pl['ci_high'])}] ({pl['count']})"),
         (
