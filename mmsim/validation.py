@@ -285,7 +285,8 @@ def _replay_stats(res, feed) -> dict:
 class Settings:
     """How much to simulate per window: ``n_paths`` policy paths (``n_trace`` of them traced for
     the markouts), ``fact_paths`` market-only windows, the engine's step ``dt`` (seconds), the
-    world's steps per engine step ``world_substeps`` (also per 1-s interval of the market facts),
+    world's steps per engine step ``world_substeps`` (the market facts' 1-s intervals get the same
+    world step, ``world_substeps / dt`` per second),
     the replay's ``cadence`` (seconds), ``seed``, ``dtype``."""
 
     n_paths: int = 256
@@ -372,9 +373,11 @@ def validate_window(rec: Recording, world: str, markets: dict, ep, settings: Set
         "calibrated_market": calibrated,
         "markets": {},
     }
+    # The market facts are 1-s intervals: the world steps as often per second as in the policy runs.
+    per_s = max(1, round(settings.world_substeps / settings.dt))
     for name, mp in all_markets.items():
         mpw = at_window(mp, mid0)
-        facts = _facts(world, mpw, settings.fact_paths, n - 1, tick, settings.seed, every=settings.world_substeps)
+        facts = _facts(world, mpw, settings.fact_paths, n - 1, tick, settings.seed, every=per_s)
         vol_rate = float(np.mean([f["volume_per_s"] for f in facts]))
         pol = _simulated_policy(
             world, mpw, ep, n_paths=settings.n_paths, n_steps=n_steps, dt=settings.dt, seed=settings.seed,
