@@ -9,6 +9,10 @@ For the failure paths, a connection can be closed after ``drop_after`` messages 
 continues where it stopped), the stream can go silent for ``pause_s`` seconds after
 ``pause_after`` messages, and ``skip_diff`` depth diffs can be left out to make an update-id gap.
 
+With a :class:`~mmsim.live.venue.Venue` (``venue=``), the emulator also takes signed post-only
+orders on its own port (``order_url``) and fills them against the book and trades it streams, each
+message reaching the venue's matcher as it is sent (or passed, for a stream nobody subscribed to).
+
 Run one by hand: ``python -m mmsim.live.emulator CAPTURE [--port P] [--speed X]``.
 """
 
@@ -74,6 +78,7 @@ class Emulator:
         pause_after: int | None = None,
         pause_s: float = 0.0,
         skip_diff: int | None = None,
+        venue=None,
     ) -> None:
         if not (speed > 0):
             raise ValueError(f"speed = {speed!r}: must be > 0 (inf: as fast as the client reads)")
@@ -86,6 +91,7 @@ class Emulator:
         self.snapshots_served = 0
         self.sent = 0
         self.done: asyncio.Event | None = None  # made in start(), on the server's loop; set when all is sent
+        self.venue = venue  # a mmsim.live.venue.Venue, or None (market data only)
         self._server = None
 
     @property
@@ -96,15 +102,25 @@ class Emulator:
     def rest_url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
+    @property
+    def order_url(self) -> str:
+        if self.venue is None:
+            raise ValueError("this emulator has no venue (Emulator(..., venue=Venue(...)))")
+        return self.venue.url
+
     async def start(self) -> Emulator:
         self.done = asyncio.Event()
         self._server = await serve(
             self._handler, HOST, self.port, process_request=self._http, compression=None, close_timeout=1.0
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.venue is not None:
+            await self.venue.start()
         return self
 
     async def stop(self) -> None:
+        if self.venue is not None:
+            await self.venue.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -136,6 +152,8 @@ class Emulator:
             t, body, stream = self.lines[self.position]
             self.position += 1
             if stream is None or stream not in streams:
+                if self.venue is not None and stream is not None:
+                    self.venue.on_message(body)
                 continue
             if stream.endswith("@depth@100ms") or stream.endswith("@depth"):
                 diffs += 1
@@ -144,6 +162,8 @@ class Emulator:
             if math.isfinite(self.speed) and t_prev is not None and t > t_prev:
                 await asyncio.sleep((t - t_prev) / self.speed)
             t_prev = t
+            if self.venue is not None:
+                self.venue.on_message(body)  # the venue matches before it publishes
             await ws.send(body)
             sent_here += 1
             self.sent += 1

@@ -169,7 +169,8 @@ def restore(run_dir: str | Path, trader) -> dict:
     restepped = 0
     for r in obs:
         if r["seq"] > start:
-            trader.on_interval(interval_from_json(r["iv"]))
+            vf = r.get("venue_fills")  # an orders session's fills, from the venue
+            trader.on_interval(interval_from_json(r["iv"]), venue_fills=tuple(vf) if vf is not None else None)
             restepped += 1
     return {
         "records": recs,

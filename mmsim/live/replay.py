@@ -110,9 +110,10 @@ class Trader:
         self.n = 0  # observations so far
         self.n_stale = 0
 
-    def on_interval(self, iv: Interval) -> tuple:
-        """One observation: paper fills of the resting quote over ``iv``, the engine step, the next
-        quote (``self.quote``). Returns the journal row (:data:`JOURNAL_COLUMNS`)."""
+    def on_interval(self, iv: Interval, venue_fills: tuple[float, float, float, float] | None = None) -> tuple:
+        """One observation: paper fills of the resting quote over ``iv`` (or, from the orders
+        gateway, the venue's own fills ``(bid size, bid VWAP, ask size, ask VWAP)``), the engine
+        step, the next quote (``self.quote``). Returns the journal row (:data:`JOURNAL_COLUMNS`)."""
         v = lambda x: np.asarray([x], self.np_dtype)  # noqa: E731   (numpy in, one transfer per call)
         scalar = lambda x: np.asarray(x, self.np_dtype)  # noqa: E731
         tp, tq, ts = iv.trade_price, iv.trade_qty, iv.trade_side
@@ -120,7 +121,11 @@ class Trader:
         self.n_stale += stale
         fb = fa = tk = tk_px = 0.0
         quote, j = self.quote, self.sent
-        if quote is not None:  # j: the book the quote was sent against
+        fb_px = quote["bid_price"] if quote is not None else 0.0
+        fa_px = quote["ask_price"] if quote is not None else 0.0
+        if venue_fills is not None:
+            fb, fb_px, fa, fa_px = venue_fills
+        elif quote is not None:  # j: the book the quote was sent against
             fb, self.bid_rest = paper_fills(
                 1,
                 quote["bid_price"],
@@ -180,9 +185,9 @@ class Trader:
             settled_rate=v(iv.settled_rate),
             next_funding_s=v(iv.next_funding_s),
             fill_bid_size=v(fb),
-            fill_bid_price=v(quote["bid_price"] if fb > 0 else 0.0),
+            fill_bid_price=v(fb_px if fb > 0 else 0.0),
             fill_ask_size=v(fa),
-            fill_ask_price=v(quote["ask_price"] if fa > 0 else 0.0),
+            fill_ask_price=v(fa_px if fa > 0 else 0.0),
             book_valid=np.full(1, not stale),
             trades_valid=np.ones(1, bool),
             liq_valid=np.full(1, iv.liq_valid),

@@ -1,8 +1,10 @@
 """A live session: the venue's public market streams ▸ :class:`~mmsim.live.stream.FeedBuilder` ▸
 :class:`~mmsim.live.replay.Trader` (the simulator's ``engine.step``, compiled at start-up, and the
 paper gateway's fill rule) ▸ quotes, with every observation, quote and event in the journal
-(:mod:`mmsim.live.journal`). The gateway is paper: nothing is sent to the venue, the quotes fill
-against its live trades as in a replay.
+(:mod:`mmsim.live.journal`). The gateway is paper by default (``live.gateway=paper``: nothing is
+sent to the venue, the quotes fill against its live trades as in a replay); ``live.gateway=orders``
+sends them as post-only orders (:mod:`mmsim.live.orders`), on the venue's testnet unless
+``live.mainnet=true`` is given as well, and the engine books the venue's own fills.
 
 Health: no message for ``stale_s`` seconds of the local clock pulls the quotes until one arrives
 (a book older than ``stale_s`` at an interval's end does the same, as in a replay); a broken
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsim.live import orders as lo
 from mmsim.live.guard import GuardParams
 from mmsim.live.journal import Journal
 from mmsim.live.replay import Trader
@@ -58,6 +61,17 @@ class LiveSettings:
         snapshot_every: observations between two engine-state snapshots in the journal.
         fsync_s: the journal is fsynced at least this often, s.
         status_s: a status line on stderr this often (0: none), s.
+        gateway: "paper" (fills by the fill rule, nothing sent) or "orders" (post-only orders on
+            the venue, its fills booked).
+        mainnet: with gateway "orders", send to the venue's mainnet (default: its testnet, whose
+            market streams the session then also reads).
+        order_url: the venue's order API ("": the testnet's, or the mainnet's with ``mainnet``).
+        api_key_env, api_secret_env: the environment variables holding the API key pair (the
+            values are never written anywhere).
+        max_orders_10s: new orders per 10 s at most (the venue allows 300).
+        recv_window_ms: how far the venue may find our clock off, ms.
+        order_timeout_s: one order-API request's timeout, s.
+        reconcile_every: observations between two read-backs of the venue's position and orders.
     """
 
     venue: str = "binance_usdm"
@@ -77,16 +91,65 @@ class LiveSettings:
     snapshot_every: int = 60
     fsync_s: float = 1.0
     status_s: float = 5.0
+    gateway: str = "paper"
+    mainnet: bool = False
+    order_url: str = ""
+    api_key_env: str = "MMSIM_API_KEY"
+    api_secret_env: str = "MMSIM_API_SECRET"
+    max_orders_10s: int = 50
+    recv_window_ms: int = 5000
+    order_timeout_s: float = 5.0
+    reconcile_every: int = 10
 
     def __post_init__(self) -> None:
+        if self.gateway not in ("paper", "orders"):
+            raise ValueError(f"live.gateway = {self.gateway!r}: must be 'paper' or 'orders'")
+        if not isinstance(self.mainnet, bool):
+            raise ValueError(f"live.mainnet = {self.mainnet!r}: must be true or false")
+        if not (isinstance(self.max_orders_10s, int) and 1 <= self.max_orders_10s < lo.VENUE_ORDERS_10S):
+            raise ValueError(
+                f"live.max_orders_10s = {self.max_orders_10s!r}: must be an integer in [1, {lo.VENUE_ORDERS_10S}) "
+                "(below the venue's limit)"
+            )
+        for f in ("recv_window_ms", "reconcile_every"):
+            v = getattr(self, f)
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"live.{f} = {v!r}: must be an integer >= 1")
+        for f in ("api_key_env", "api_secret_env"):
+            v = getattr(self, f)
+            if not (isinstance(v, str) and v.isidentifier()):
+                raise ValueError(f"live.{f} = {v!r}: must name an environment variable")
+        if self.gateway == "orders":
+            if not self.order_url:
+                object.__setattr__(self, "order_url", lo.MAINNET_REST if self.mainnet else lo.TESTNET_REST)
+            if not self.mainnet:
+                import urllib.parse
+
+                if urllib.parse.urlsplit(self.order_url).hostname == urllib.parse.urlsplit(lo.MAINNET_REST).hostname:
+                    raise ValueError(
+                        f"live.order_url = {self.order_url!r} is the mainnet: real orders there need "
+                        "live.mainnet=true as well"
+                    )
+                if self.ws_url == BINANCE_USDM_WS and self.rest_url == BINANCE_USDM_REST:
+                    # Orders on the testnet meet the testnet's book: read its market streams.
+                    object.__setattr__(self, "ws_url", lo.TESTNET_WS)
+                    object.__setattr__(self, "rest_url", lo.TESTNET_REST)
         if self.venue != "binance_usdm":
             raise ValueError(f"live.venue = {self.venue!r}: the connector speaks 'binance_usdm' only")
-        for f in ("ws_url", "rest_url"):
+        for f in ("ws_url", "rest_url") + (("order_url",) if self.gateway == "orders" else ()):
             v = getattr(self, f)
             ok = ("ws://", "wss://") if f == "ws_url" else ("http://", "https://")
             if not (isinstance(v, str) and v.startswith(ok)):
                 raise ValueError(f"live.{f} = {v!r}: must start with {' or '.join(ok)}")
-        for f in ("cadence_s", "stale_s", "max_clock_skew_s", "reconnect_min_s", "reconnect_max_s", "open_timeout_s"):
+        for f in (
+            "cadence_s",
+            "stale_s",
+            "max_clock_skew_s",
+            "reconnect_min_s",
+            "reconnect_max_s",
+            "open_timeout_s",
+            "order_timeout_s",
+        ):
             v = getattr(self, f)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"live.{f} = {v!r}: must be a positive number of seconds")
@@ -123,9 +186,23 @@ class Session:
     """One live session (see the module docstring). ``trader`` and ``builder`` may come from a
     journal (:func:`open_session` with ``resume``); ``journal`` is appended to."""
 
-    def __init__(self, settings: LiveSettings, trader: Trader, builder: FeedBuilder, journal: Journal, *, seq: int = 0):
+    def __init__(
+        self,
+        settings: LiveSettings,
+        trader: Trader,
+        builder: FeedBuilder,
+        journal: Journal,
+        *,
+        seq: int = 0,
+        gateway: lo.OrderGateway | None = None,
+        booked_id: int | None = None,
+    ):
         self.s = settings
         self.trader, self.builder, self.journal = trader, builder, journal
+        self.gateway = gateway  # None: paper fills
+        self._booked_id = booked_id  # a resumed orders session: the last venue fill its engine booked
+        self._correction = 0.0  # base units the venue holds and the engine does not (booked next)
+        self.venue_at_stop: dict = {}  # an orders session's last word from the venue (Gateway.close)
         self.seq = seq  # the next observation's number
         self.stop_reason: str | None = None
         self.reconnects = 0
@@ -152,8 +229,11 @@ class Session:
 
         url = self.s.stream_url(self.builder.symbol or "")
         delay = self.s.reconnect_min_s
-        self.journal.event("start", url=url, seq=self.seq)
+        self.journal.event("start", url=url, seq=self.seq, gateway=self.s.gateway)
         try:
+            if self.gateway is not None:
+                # Rules, cancel-all (what a killed session left), where our fills start.
+                await asyncio.to_thread(self.gateway.start, self.trader.tick, last_trade_id=self._booked_id)
             while self.stop_reason is None:
                 try:
                     # close_timeout: at a stop, messages not yet read hold back the venue's reply to
@@ -174,13 +254,18 @@ class Session:
                 except (OSError, TimeoutError, WebSocketException) as e:
                     if self.stop_reason is not None:
                         break
-                    self.trader.pull()
+                    await self._pull("disconnect")
                     self.reconnects += 1
                     self.journal.event("disconnect", error=f"{type(e).__name__}: {e}", retry_s=delay)
                     await self._sleep(delay)
                     delay = min(2 * delay, self.s.reconnect_max_s)
         finally:
             self.trader.pull()  # cancel-all: nothing rests after the session
+            closing = {}
+            if self.gateway is not None:
+                # Also after an exception (a signal or a kill switch stops the loop first).
+                closing = await asyncio.to_thread(self.gateway.close, self.stop_reason or "error")
+                self.venue_at_stop = closing
             self.journal.event(
                 "stop",
                 why=self.stop_reason,
@@ -191,6 +276,7 @@ class Session:
                 reconnects=self.reconnects,
                 stale_events=self.stale_events,
                 clock_offset_s=self.builder.clock_offset_s,
+                **({"orders": self.gateway.counts, "venue_at_stop": closing} if self.gateway is not None else {}),
             )
             if self.trader.n:
                 self.journal.snapshot(self.seq - 1, self.trader)
@@ -201,9 +287,17 @@ class Session:
         return self.stop_reason or "stopped"
 
     def stop(self, why: str) -> None:
+        """End the session (a limit, the kill switch, a signal): the quotes are pulled now, and the
+        orders gateway cancels the venue's orders as the loop ends (:meth:`run`'s ``finally``)."""
         if self.stop_reason is None:
             self.stop_reason = why
             self.trader.pull()
+
+    async def _pull(self, why: str) -> None:
+        """Withdraw the quotes (a stale or broken feed): the paper ones, and the venue's orders."""
+        self.trader.pull()
+        if self.gateway is not None:
+            await asyncio.to_thread(self.gateway.cancel_all, why)
 
     async def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -232,8 +326,8 @@ class Session:
                 if self._healthy and time.monotonic() - self._last_msg >= self.s.stale_s:
                     self._healthy = False
                     self.stale_events += 1
-                    self.trader.pull()
                     self.journal.event("stale", silent_s=time.monotonic() - self._last_msg)
+                    await self._pull("stale")
                 continue
             got = True
             received = time.time()
@@ -244,16 +338,21 @@ class Session:
             if isinstance(raw, bytes):
                 raw = raw.decode("utf-8", errors="replace")
             for iv in self.builder.message(received, raw):
-                self._observe(iv, received)
+                await self._observe(iv, received)
                 if self.stop_reason is not None:
                     break
             self._check_limits()
         return got
 
-    def _observe(self, iv, received: float) -> None:
+    async def _observe(self, iv, received: float) -> None:
+        venue_fills = None
+        if self.gateway is not None:
+            venue_fills = await self._venue_fills(iv)
         t = time.perf_counter()
-        row = self.trader.on_interval(iv)
+        row = self.trader.on_interval(iv, venue_fills=venue_fills)
         step_ms = 1e3 * (time.perf_counter() - t)
+        if self.gateway is not None:
+            await self._send(row, stale=bool(iv.book_age > self.s.stale_s))
         ttq_ms = 1e3 * (time.time() - received)
         self.step_ms.append(step_ms)
         self.tick_to_quote_ms.append(ttq_ms)
@@ -268,12 +367,50 @@ class Session:
             step_ms=step_ms,
             tick_to_quote_ms=ttq_ms,
             clock_offset_s=self.builder.clock_offset_s,
+            **(
+                {"venue_fills": list(venue_fills), "booked_id": self.gateway.booked_id}
+                if self.gateway is not None
+                else {}
+            ),
         )
         if (self.seq + 1) % self.s.snapshot_every == 0:
             self.journal.snapshot(self.seq, self.trader)
         self.seq += 1
         self._check_limits()
         self._status(row)
+
+    async def _venue_fills(self, iv) -> tuple[float, float, float, float]:
+        """The venue's fills of our orders up to the interval's end, with a pending reconciliation
+        booked at the interval's mid; none (read at the next observation) if the venue cannot answer."""
+        g = self.gateway
+        try:
+            fills = await asyncio.to_thread(g.fills, 1e3 * (self.builder.t0 + iv.t))
+        except (OSError, lo.VenueError) as e:
+            g.counts["venue_errors"] += 1
+            self.journal.event("venue_error", during="fills", error=str(e))
+            fills = (0.0, 0.0, 0.0, 0.0)
+        fills = lo.with_correction(fills, self._correction, 0.5 * (iv.best_bid + iv.best_ask))
+        self._correction = 0.0
+        return fills
+
+    async def _send(self, row: tuple, *, stale: bool) -> None:
+        """The new quote to the venue: the reconciliation's turn, then the orders (none new on an
+        unhealthy feed or a venue that does not answer; what rests is then cancelled)."""
+        g = self.gateway
+        try:
+            self._correction = await asyncio.to_thread(g.reconcile, row[12])
+            await asyncio.to_thread(
+                g.sync,
+                self.trader.quote,
+                position=row[12],
+                equity=row[13],
+                mid=row[1],
+                healthy=self._healthy and not stale,
+            )
+        except (OSError, lo.VenueError) as e:
+            g.counts["venue_errors"] += 1
+            self.journal.event("venue_error", during="orders", error=str(e))
+            await asyncio.to_thread(g.cancel_all, "venue_error")
 
     def _status(self, row: tuple) -> None:
         if not self.s.status_s:
@@ -285,11 +422,17 @@ class Session:
         q = self.trader.quote or {}
         off = self.builder.clock_offset_s
         p50 = np.median(self.step_ms[-1000:]) if self.step_ms else float("nan")
+        g = self.gateway
+        orders = (
+            ""
+            if g is None
+            else f"orders {g.counts['sent']} sent, {sum(o is not None for o in g.orders.values())} open  "
+        )
         line = (
             f"[live] obs {self.seq:,}  pos {row[12]:+.4f}  equity {row[13]:,.2f}  "
             f"bid {q.get('bid_price', 0):.2f}{'' if q.get('bid_active') else ' (off)'}  "
             f"ask {q.get('ask_price', 0):.2f}{'' if q.get('ask_active') else ' (off)'}  "
-            f"fills {self.fills}  "
+            f"fills {self.fills}  {orders}"
             f"clock offset {'n/a' if off is None else f'{off:.3f} s'}  step p50 {p50:.2f} ms"
         )
         print(line, file=sys.stderr, flush=True)
@@ -317,13 +460,27 @@ def open_session(
     dtype=None,
     resume: bool = False,
     step_fn=None,
+    credentials: lo.Credentials | None = None,
 ) -> tuple[Session, dict | None]:
     """A session writing to ``run_dir`` (its engine step compiled here), or, with ``resume``, the
     journaled session there brought back to where it stopped (:func:`mmsim.live.journal.restore`)
-    and continued on the same observation grid. Returns ``(session, what restore said or None)``."""
+    and continued on the same observation grid. Returns ``(session, what restore said or None)``.
+
+    With ``settings.gateway == "orders"``: ``credentials`` (default: from the environment variables
+    the settings name) sign the orders; a policy with taker orders is refused (the gateway sends
+    post-only limit orders only)."""
     import jax.numpy as jnp
 
+    from mmsim.engine import policy as pol
     from mmsim.live import journal as jr
+
+    if settings.gateway == "orders":
+        if pol.takes(ep.policy):
+            raise ValueError(
+                "live.gateway = 'orders' sends post-only limit orders only; this policy sends taker orders "
+                "(policy.event_flatten): use live.gateway=paper or set policy.event_flatten=0"
+            )
+        credentials = credentials or lo.Credentials.from_env(settings.api_key_env, settings.api_secret_env)
 
     trader = Trader(
         ep,
@@ -348,7 +505,25 @@ def open_session(
     if restored is not None:
         journal.event("resume", seq=restored["seq"], restepped=restored["restepped"], torn=restored["torn"])
     seq = restored["seq"] + 1 if restored else 0
-    session = Session(settings, trader, builder, journal, seq=seq)
+    gateway = None
+    if settings.gateway == "orders":
+        rest = lo.Rest(settings.order_url, credentials, timeout_s=settings.order_timeout_s,
+                       recv_window_ms=settings.recv_window_ms)  # fmt: skip
+        acc = trader.ep.account
+        limits = lo.Limits(
+            max_position=float(np.max(np.asarray(acc.max_inventory, float))),
+            leverage=float(np.asarray(acc.leverage, float)),
+            max_orders_10s=settings.max_orders_10s,
+        )
+        tag = f"mm{int(time.time()) % 10**8}"  # client order ids: mm<start>-<n>, unique per session start
+        gateway = lo.OrderGateway(
+            rest, symbol, limits, journal.event, tag=tag, reconcile_every=settings.reconcile_every
+        )
+    booked = None
+    if restored is not None and gateway is not None:
+        ids = [r["booked_id"] for r in restored["records"] if r.get("k") == "obs" and "booked_id" in r]
+        booked = ids[-1] if ids else None
+    session = Session(settings, trader, builder, journal, seq=seq, gateway=gateway, booked_id=booked)
     if restored:
         session.rows = list(restored["rows"])
         session.fills = sum(r[9] > 0 or r[10] > 0 for r in session.rows)
@@ -368,7 +543,7 @@ def _result(trader: Trader, rows: list, fs: dict, run_s: float, live: dict):
         m = _metrics(trader.ep, fs, journal, trader.state, trader.compile_s, run_s, trader.n_stale)
     else:
         m = {"observations": 0}
-    m["live"] = {"gateway": "paper", **live}
+    m["live"] = {"gateway": "paper", **live}  # live["gateway"] says "orders" for an orders session
     return ReplayResult(journal, m, trader.state)
 
 
@@ -384,6 +559,12 @@ def result(session: Session):
         "symbol": b.symbol,
     }
     live = {
+        "gateway": session.s.gateway,
+        **(
+            {"orders": session.gateway.counts, "venue_at_stop": session.venue_at_stop}
+            if session.gateway is not None
+            else {}
+        ),
         "stop_reason": session.stop_reason,
         "connections": session.connections,
         "reconnects": session.reconnects,
@@ -419,7 +600,11 @@ def report_journal(run_dir: str | Path, ep, settings: LiveSettings, *, depth_per
     lat = {
         name: percentiles([x[name] for x in obs if x.get(name) is not None]) for name in ("step_ms", "tick_to_quote_ms")
     }
+    starts = [x for x in r["records"] if x.get("k") == "event" and x.get("what") == "start"]
+    gateway = starts[-1].get("gateway", "paper") if starts else "paper"
     live = {
+        "gateway": gateway,
+        **({"orders": last["orders"], "venue_at_stop": last.get("venue_at_stop")} if "orders" in last else {}),
         "stop_reason": last.get("why", "no stop record (the session crashed or is running)"),
         "connections": sum(1 for x in r["records"] if x.get("what") == "connect"),
         "reconnects": sum(1 for x in r["records"] if x.get("what") == "disconnect"),

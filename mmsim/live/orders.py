@@ -1,0 +1,445 @@
+"""The orders gateway: the engine's quotes as real post-only limit orders on Binance USD-M (its
+testnet unless the mainnet is asked for explicitly), through the venue's signed REST API.
+
+- **Keys** come from environment variables only (their names are settings; the values are never
+  written to the journal, the outputs, a log line or an error message).
+- **Signing**: Binance's SIGNED endpoint scheme, HMAC-SHA256 of the query string with the API
+  secret, the key in the ``X-MBX-APIKEY`` header, a ``timestamp`` (ms) and ``recvWindow``.
+- **Orders**: ``LIMIT`` with ``timeInForce=GTX`` (post-only: the venue rejects an order that would
+  take). An order whose price and size the next quote keeps stays where it is, keeping its place
+  in the queue; a changed quote cancels it and sends a new one.
+- **Safety**: cancel-all at start, at every stop (a limit, the kill switch, a signal, an exception),
+  on a stale or broken feed; a next start cancels what a killed process left. New orders are
+  limited to ``max_orders_10s`` per 10 s (below the venue's 300); an order that would take
+  ``|position|`` past the account's ``max_inventory``, or to a position whose initial margin
+  (notional / leverage) the equity does not cover, is not sent (reducing orders always are).
+- **Fills** are the venue's own (``GET /fapi/v1/userTrades``), read at every observation and
+  given to the engine in place of the paper rule's; the position and the open orders are read
+  back every ``reconcile_every`` observations, and a difference is journaled and booked.
+
+Prices in quote currency, sizes in base units, times in ms since the epoch where the venue's API
+uses them (``timestamp``, a trade's ``time``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import http.client
+import json
+import math
+import os
+import time
+import urllib.parse
+from collections import deque
+from decimal import Decimal
+
+#: Binance USD-M futures: the mainnet's and the testnet's REST endpoints.
+MAINNET_REST = "https://fapi.binance.com"
+TESTNET_REST = "https://testnet.binancefuture.com"
+TESTNET_WS = "wss://stream.binancefuture.com"
+#: The venue's order-rate limit (orders per 10 s per account) that ``max_orders_10s`` must stay below.
+VENUE_ORDERS_10S = 300
+#: The venue's error codes the gateway acts on.
+UNKNOWN_ORDER = -2011  # cancel of an order that is no longer open (filled, or cancelled already)
+POST_ONLY_REJECTED = -5022  # a GTX order that would have taken
+
+
+def sign(query: str, secret: str) -> str:
+    """Binance's request signature: hex HMAC-SHA256 of the total parameter string."""
+    return hmac.new(secret.encode(), query.encode(), hashlib.sha256).hexdigest()
+
+
+class VenueError(RuntimeError):
+    """An answer of the venue that is not a success: its HTTP status, error code and message."""
+
+    def __init__(self, status: int, code: int | None, msg: str) -> None:
+        super().__init__(f"HTTP {status}, code {code}: {msg}")
+        self.status, self.code, self.msg = status, code, msg
+
+
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    """An API key pair. ``repr`` never shows the secret."""
+
+    key: str
+    secret: str = dataclasses.field(repr=False)
+
+    @classmethod
+    def from_env(cls, key_env: str, secret_env: str) -> Credentials:
+        """The pair from the environment variables named ``key_env`` and ``secret_env``; a missing
+        one is an error naming the variable (and the setting that names it)."""
+        missing = [
+            f"${n} (live.{f})"
+            for n, f in ((key_env, "api_key_env"), (secret_env, "api_secret_env"))
+            if not os.environ.get(n)
+        ]
+        if missing:
+            raise ValueError(f"live.gateway = 'orders' needs an API key pair: {', '.join(missing)} not set")
+        return cls(os.environ[key_env], os.environ[secret_env])
+
+
+class Rest:
+    """A keep-alive HTTP(S) connection to the venue's REST API, signing what needs signing.
+    ``timeout_s``: per request, seconds; ``recv_window_ms``: the venue's tolerance of our clock."""
+
+    def __init__(self, base_url: str, creds: Credentials | None, *, timeout_s: float = 5.0, recv_window_ms: int = 5000):
+        u = urllib.parse.urlsplit(base_url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"live.order_url = {base_url!r}: must be an http(s) URL")
+        self._conn_cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+        self.host, self.port, self.prefix = u.hostname, u.port, u.path.rstrip("/")
+        self.creds, self.timeout_s, self.recv_window_ms = creds, timeout_s, recv_window_ms
+        self._conn: http.client.HTTPConnection | None = None
+        self.requests = 0
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def call(self, method: str, path: str, params: dict | None = None, *, signed: bool = True):
+        """The decoded JSON answer; a venue error raises :class:`VenueError`, a broken connection
+        ``OSError`` (after one retry on a fresh connection, for a keep-alive the venue closed)."""
+        q = dict(params or {})
+        headers = {}
+        if signed:
+            if self.creds is None:
+                raise ValueError("a signed request needs credentials")
+            q["recvWindow"] = self.recv_window_ms
+            q["timestamp"] = int(time.time() * 1000)
+            qs = urllib.parse.urlencode(q)
+            qs += "&signature=" + sign(qs, self.creds.secret)
+            headers["X-MBX-APIKEY"] = self.creds.key
+        else:
+            qs = urllib.parse.urlencode(q)
+        target = f"{self.prefix}{path}" + (f"?{qs}" if qs else "")
+        for attempt in (0, 1):
+            if self._conn is None:
+                self._conn = self._conn_cls(self.host, self.port, timeout=self.timeout_s)
+            try:
+                self._conn.request(method, target, headers=headers)
+                r = self._conn.getresponse()
+                body = r.read()
+                break
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                if attempt:
+                    raise OSError(f"{method} {path}: {type(e).__name__}: {e}") from None
+        self.requests += 1
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            data = None
+        if r.status >= 400 or (isinstance(data, dict) and isinstance(data.get("code"), int) and data["code"] < 0):
+            code = data.get("code") if isinstance(data, dict) else None
+            msg = data.get("msg", "") if isinstance(data, dict) else body[:200].decode("utf-8", "replace")
+            raise VenueError(r.status, code, str(msg))
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class SymbolRules:
+    """The contract's grid from ``GET /fapi/v1/exchangeInfo``: price tick (quote currency), size
+    step and minimum size (base units), minimum notional (quote currency)."""
+
+    tick: float
+    step: float
+    min_qty: float
+    min_notional: float
+
+    @classmethod
+    def from_exchange_info(cls, info: dict, symbol: str) -> SymbolRules:
+        for s in info.get("symbols", []):
+            if str(s.get("symbol", "")).upper() == symbol.upper():
+                f = {x.get("filterType"): x for x in s.get("filters", [])}
+                try:
+                    return cls(
+                        tick=float(f["PRICE_FILTER"]["tickSize"]),
+                        step=float(f["LOT_SIZE"]["stepSize"]),
+                        min_qty=float(f["LOT_SIZE"]["minQty"]),
+                        min_notional=float(f.get("MIN_NOTIONAL", {}).get("notional", 0.0)),
+                    )
+                except (KeyError, TypeError, ValueError) as e:
+                    raise ValueError(f"exchangeInfo: {symbol}'s filters are incomplete ({e})") from None
+        raise ValueError(f"exchangeInfo: the venue lists no contract {symbol!r}")
+
+    def price(self, x: float) -> str:
+        return _on_grid(round(x / self.tick), self.tick)
+
+    def qty(self, x: float) -> str:
+        return _on_grid(math.floor(x / self.step + 1e-9), self.step)
+
+
+def with_correction(fills: tuple[float, float, float, float], diff: float, mid: float) -> tuple:
+    """The venue's fills ``(bid size, bid VWAP, ask size, ask VWAP)`` with a reconciliation's
+    missing position ``diff`` (base units, + bought) booked as one more fill at ``mid``: the
+    engine's account then holds the venue's position, its equity unchanged at the mid."""
+    fb, pb, fa, pa = fills
+    if diff > 0:
+        pb, fb = (fb * pb + diff * mid) / (fb + diff), fb + diff
+    elif diff < 0:
+        pa, fa = (fa * pa - diff * mid) / (fa - diff), fa - diff
+    return fb, pb, fa, pa
+
+
+def _on_grid(n: int, unit: float) -> str:
+    """``n`` units of ``unit`` as the venue's decimal string (no float digits past the unit's)."""
+    return str(Decimal(n) * Decimal(str(unit)).normalize())
+
+
+@dataclasses.dataclass
+class Order:
+    """One of our resting orders as the gateway believes it to be."""
+
+    client_id: str
+    order_id: int
+    side: int  # +1 bid (BUY), -1 ask (SELL)
+    price: float
+    qty: float
+    filled: float = 0.0
+
+    @property
+    def open_qty(self) -> float:
+        return self.qty - self.filled
+
+
+class Limits:
+    """What may be sent: the account's position limit, the margin check, and the
+    order-rate limit (a sliding window of 10 s of the local monotonic clock)."""
+
+    def __init__(self, *, max_position: float, leverage: float, max_orders_10s: int) -> None:
+        self.max_position, self.leverage, self.max_orders_10s = max_position, leverage, max_orders_10s
+        self._sent: deque[float] = deque()
+
+    def allows(self, side: int, qty: float, price: float, position: float, equity: float, mid: float) -> str | None:
+        """None if an order of ``qty`` on ``side`` may go out, else why not."""
+        new = position + side * qty
+        if abs(new) <= abs(position):
+            return None  # it reduces the position: always allowed
+        if abs(new) > self.max_position + 1e-12:
+            return "position_limit"
+        if abs(new) * price / self.leverage > equity:
+            return "margin"  # the initial margin of the position it would open is not covered
+        return None
+
+    def take_token(self) -> bool:
+        now = time.monotonic()
+        while self._sent and now - self._sent[0] >= 10.0:
+            self._sent.popleft()
+        if len(self._sent) >= self.max_orders_10s:
+            return False
+        self._sent.append(now)
+        return True
+
+
+class OrderGateway:
+    """The engine's quotes as orders on the venue (see the module docstring). ``rest``: the venue's
+    API; ``journal_event``: ``(what, **fields)``, every order action and reconciliation goes there.
+
+    Counts (``counts``): orders sent, kept, cancelled, rejected as takers, refused by a limit
+    (by reason), deferred by the rate limit, fills, reconciliations, venue errors."""
+
+    def __init__(self, rest: Rest, symbol: str, limits: Limits, journal_event, *, tag: str, reconcile_every: int = 10):
+        self.rest, self.symbol, self.limits, self.event = rest, symbol.upper(), limits, journal_event
+        self.tag, self.reconcile_every = tag, reconcile_every
+        self.rules: SymbolRules | None = None
+        self.orders: dict[int, Order | None] = {1: None, -1: None}
+        self.last_trade_id = -1  # the newest of our venue trades read
+        self.booked_id = -1  # the newest given to the engine (a resumed session reads on from here)
+        self.pending: list[dict] = []  # fills stamped after the interval that asked (kept for the next)
+        self.counts: dict = {
+            "sent": 0, "kept": 0, "cancelled": 0, "post_only_rejected": 0, "rate_limited": 0,
+            "refused": {}, "fills": 0, "reconciliations": 0, "venue_errors": 0,
+        }  # fmt: skip
+        self._n = 0
+
+    # -- start and stop ------------------------------------------------------------------------
+    def start(self, engine_tick: float, *, last_trade_id: int | None = None) -> float:
+        """Read the contract's rules, cancel whatever rests, and set where our fills start (after
+        ``last_trade_id``, a resumed session's last journaled fill; else after the venue's latest).
+        Returns the venue's position (base units). The engine's tick must be the venue's."""
+        self.rules = SymbolRules.from_exchange_info(
+            self.rest.call("GET", "/fapi/v1/exchangeInfo", signed=False), self.symbol
+        )
+        if engine_tick > 0 and abs(self.rules.tick - engine_tick) > 1e-9 * max(engine_tick, 1.0):
+            raise ValueError(
+                f"market.tick = {engine_tick:g}, but the venue's {self.symbol} tick is {self.rules.tick:g}: "
+                "the engine would quote off the venue's grid"
+            )
+        self.cancel_all("start")
+        if last_trade_id is None:
+            trades = self.rest.call("GET", "/fapi/v1/userTrades", {"symbol": self.symbol, "limit": 1000})
+            last_trade_id = max((int(t["id"]) for t in trades), default=-1)
+        self.last_trade_id = self.booked_id = last_trade_id
+        pos = self.position()
+        self.event("gateway_start", tick=self.rules.tick, step=self.rules.step, venue_position=pos,
+                   last_trade_id=self.last_trade_id)  # fmt: skip
+        return pos
+
+    def cancel_all(self, why: str) -> bool:
+        """Cancel every open order of ours on the contract; False if the venue could not be told
+        (the error is journaled: a next start cancels again)."""
+        try:
+            self.rest.call("DELETE", "/fapi/v1/allOpenOrders", {"symbol": self.symbol})
+        except (OSError, VenueError) as e:
+            self.counts["venue_errors"] += 1
+            self.event("cancel_all_failed", why=why, error=str(e))
+            return False
+        self.orders = {1: None, -1: None}
+        self.event("cancel_all", why=why)
+        return True
+
+    def close(self, why: str) -> dict:
+        """At a stop: cancel-all, then what the venue holds that the engine has not booked (fills
+        after the last observation's interval, base units signed + bought) and its position."""
+        out: dict = {"cancelled": self.cancel_all(why)}
+        try:
+            new = self.rest.call("GET", "/fapi/v1/userTrades", {"symbol": self.symbol, "fromId": self.booked_id + 1})
+            out["unbooked_fills"] = len(new)
+            out["unbooked_qty"] = float(sum((1 if t["side"] == "BUY" else -1) * float(t["qty"]) for t in new))
+            out["venue_position"] = self.position()
+        except (OSError, VenueError) as e:
+            out["error"] = str(e)
+        self.rest.close()
+        return out
+
+    def position(self) -> float:
+        rows = self.rest.call("GET", "/fapi/v2/positionRisk", {"symbol": self.symbol})
+        return float(sum(float(r["positionAmt"]) for r in rows if str(r.get("symbol", "")).upper() == self.symbol))
+
+    # -- every observation -----------------------------------------------------------------------
+    def fills(self, until_ms: float) -> tuple[float, float, float, float]:
+        """Our fills stamped up to ``until_ms`` (exchange ms) since the last call, read from the
+        venue: ``(bid size, bid VWAP, ask size, ask VWAP)``, base units and quote currency."""
+        new = self.rest.call("GET", "/fapi/v1/userTrades", {"symbol": self.symbol, "fromId": self.last_trade_id + 1})
+        for t in sorted(new, key=lambda t: int(t["id"])):
+            if int(t["id"]) > self.last_trade_id:
+                self.last_trade_id = int(t["id"])
+                self.pending.append(t)
+                self.counts["fills"] += 1
+                side = 1 if t["side"] == "BUY" else -1
+                o = self.orders.get(side)
+                if o is not None and o.order_id == int(t["orderId"]):
+                    o.filled += float(t["qty"])
+                    if o.open_qty <= 1e-12:
+                        self.orders[side] = None
+        now = [t for t in self.pending if int(t["time"]) <= until_ms]
+        self.pending = [t for t in self.pending if int(t["time"]) > until_ms]
+        self.booked_id = max([self.booked_id] + [int(t["id"]) for t in now])
+        for t in now:  # journaled as booked: a resumed session reads on after the last of these
+            self.event("fill", id=int(t["id"]), order_id=int(t["orderId"]), side=t["side"],
+                       price=float(t["price"]), qty=float(t["qty"]), commission=float(t.get("commission", 0.0)),
+                       time=int(t["time"]))  # fmt: skip
+        out = []
+        for side in ("BUY", "SELL"):
+            q = sum(float(t["qty"]) for t in now if t["side"] == side)
+            px = sum(float(t["qty"]) * float(t["price"]) for t in now if t["side"] == side) / q if q > 0 else 0.0
+            out += [q, px]
+        return tuple(out)
+
+    def reconcile(self, engine_position: float) -> float:
+        """Every ``reconcile_every``-th call: the venue's open orders and position read back. An
+        order we believe open that is not is dropped, an open one we do not know is cancelled.
+        Returns the position the engine misses (venue minus engine, base units; 0 when they agree
+        or it is not this call's turn); the difference is journaled."""
+        self._n += 1
+        if (self._n - 1) % self.reconcile_every:
+            return 0.0
+        self.counts["reconciliations"] += 1
+        open_ = self.rest.call("GET", "/fapi/v1/openOrders", {"symbol": self.symbol})
+        ids = {int(o["orderId"]) for o in open_}
+        for side, o in self.orders.items():
+            if o is not None and o.order_id not in ids:
+                self.event("order_gone", side=side, order_id=o.order_id)
+                self.orders[side] = None
+        ours = {o.order_id for o in self.orders.values() if o is not None}
+        for o in open_:
+            if int(o["orderId"]) not in ours:
+                self._cancel_id(int(o["orderId"]), "unknown")
+        venue = self.position()
+        diff = venue - engine_position
+        if abs(diff) <= 0.5 * (self.rules.step if self.rules else 1e-9) or self.pending:
+            return 0.0  # agree (or fills stamped after the last interval are still to be booked)
+        # A fill since the last read (before or after the position's) is in one and not the other:
+        # the next observation books it and the comparison waits.
+        if self.rest.call("GET", "/fapi/v1/userTrades", {"symbol": self.symbol, "fromId": self.last_trade_id + 1}):
+            return 0.0
+        self.event("reconcile", venue_position=venue, engine_position=engine_position, booked=diff)
+        return diff
+
+    def sync(self, quote: dict | None, *, position: float, equity: float, mid: float, healthy: bool) -> None:
+        """Make the venue's orders the quote's: keep an order the quote repeats, cancel and replace
+        one it changes, cancel one it withdraws. Nothing new goes out when the feed is unhealthy."""
+        for side, key in ((1, "bid"), (-1, "ask")):
+            want = None
+            if quote is not None and healthy and quote[f"{key}_active"] and self.rules is not None:
+                qty = float(self.rules.qty(quote[f"{key}_size"]))
+                px = float(self.rules.price(quote[f"{key}_price"]))
+                if qty >= self.rules.min_qty and qty * px >= self.rules.min_notional and px > 0:
+                    want = (px, qty)
+            o = self.orders[side]
+            if (
+                o is not None
+                and want is not None
+                and abs(o.price - want[0]) <= 0.5 * self.rules.tick
+                and (want[1] <= o.open_qty + 0.5 * self.rules.step)
+            ):
+                self.counts["kept"] += 1
+                continue
+            if o is not None:
+                self._cancel(side, "requote" if want is not None else "withdrawn")
+            if want is None:
+                continue
+            why = self.limits.allows(side, want[1], want[0], position, equity, mid)
+            if why is not None:
+                self.counts["refused"][why] = self.counts["refused"].get(why, 0) + 1
+                continue
+            if not self.limits.take_token():
+                self.counts["rate_limited"] += 1
+                continue
+            self._place(side, *want)
+
+    # -- single orders ---------------------------------------------------------------------------
+    def _place(self, side: int, price: float, qty: float) -> None:
+        self.counts["sent"] += 1
+        cid = f"{self.tag}-{self.counts['sent']}"
+        params = {
+            "symbol": self.symbol, "side": "BUY" if side > 0 else "SELL", "type": "LIMIT", "timeInForce": "GTX",
+            "quantity": self.rules.qty(qty), "price": self.rules.price(price), "newClientOrderId": cid,
+        }  # fmt: skip
+        try:
+            r = self.rest.call("POST", "/fapi/v1/order", params)
+        except VenueError as e:
+            if e.code == POST_ONLY_REJECTED:
+                self.counts["post_only_rejected"] += 1
+                self.event("order_rejected", side=side, price=price, qty=qty, client_id=cid, code=e.code)
+                return
+            self.counts["venue_errors"] += 1
+            self.event("order_failed", side=side, price=price, qty=qty, client_id=cid, error=str(e))
+            return
+        except OSError as e:
+            self.counts["venue_errors"] += 1
+            self.event("order_failed", side=side, price=price, qty=qty, client_id=cid, error=str(e))
+            return
+        self.orders[side] = Order(cid, int(r["orderId"]), side, price, qty, float(r.get("executedQty", 0.0)))
+        self.event("order", side=side, price=price, qty=qty, client_id=cid, order_id=int(r["orderId"]))
+
+    def _cancel(self, side: int, why: str) -> None:
+        o = self.orders[side]
+        self.orders[side] = None
+        self._cancel_id(o.order_id, why)
+
+    def _cancel_id(self, order_id: int, why: str) -> None:
+        try:
+            self.rest.call("DELETE", "/fapi/v1/order", {"symbol": self.symbol, "orderId": order_id})
+            self.counts["cancelled"] += 1
+            self.event("cancel", order_id=order_id, why=why)
+        except VenueError as e:
+            if e.code != UNKNOWN_ORDER:  # already filled or gone: its fills come with the next read
+                self.counts["venue_errors"] += 1
+                self.event("cancel_failed", order_id=order_id, error=str(e))
+        except OSError as e:
+            self.counts["venue_errors"] += 1
+            self.event("cancel_failed", order_id=order_id, error=str(e))

@@ -1,0 +1,361 @@
+"""The orders gateway against the local venue emulator (a real HTTP server on 127.0.0.1 taking
+signed post-only orders and filling them by the shared fill rule; nothing leaves the machine, every
+wait is bounded): signing, the venue's refusals, keeping and replacing orders, the limits, fills
+read back and booked by the engine, reconciliation, cancel-all at every stop, a resumed session,
+and keys that never reach a file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import numpy as np
+import pytest
+
+from mmsim import config as mcfg
+from mmsim.live import emulator, journal, venue
+from mmsim.live import orders as lo
+from mmsim.live import session as ls
+from mmsim.live.replay import Trader
+from tests.live.test_guard import T0_MS, _line, book, mark, write
+
+KEY, SECRET = "test-key-0123456789", "test-secret-abcdefghijklmnopqrstuvwxyz"
+CREDS = lo.Credentials(KEY, SECRET)
+SKEW = 1e12  # the recording is years old: the guard's receive-time check is lifted for it
+
+
+def test_the_signature_is_binances_documented_examples():
+    # The USD-M futures and the spot API documentation's worked examples.
+    q = "symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=1&price=9000&timeInForce=GTC&recvWindow=5000"
+    q += "&timestamp=1591702613943"
+    assert lo.sign(q, "2b5eb11e18796d12d88f13dc27dbbd02c2cc51ff7059765ed9821957d82bb4d9") == (
+        "3c661234138461fcc7a7d8746c6558c9842d4e10870d2ecbedf7777cad694af9"
+    )
+    q = "symbol=LTCBTC&side=BUY&type=LIMIT&timeInForce=GTC&quantity=1&price=0.1&recvWindow=5000&timestamp=1499827319559"
+    assert lo.sign(q, "NhqPtmdSJYdKjVHjA7PZj4Mge3R5YNiP1e3UZjInClVN65XAbvqqM6A7H5fATj0j") == (
+        "c8db56825ae71d6d79447849e617115f4a920fa2acdcab2b053c4b2838bd6b71"
+    )
+
+
+def test_credentials_come_from_the_environment_and_never_show(monkeypatch):
+    monkeypatch.delenv("MMSIM_API_SECRET", raising=False)
+    monkeypatch.setenv("MMSIM_API_KEY", KEY)
+    with pytest.raises(ValueError, match=r"\$MMSIM_API_SECRET \(live.api_secret_env\) not set"):
+        lo.Credentials.from_env("MMSIM_API_KEY", "MMSIM_API_SECRET")
+    monkeypatch.setenv("MMSIM_API_SECRET", SECRET)
+    c = lo.Credentials.from_env("MMSIM_API_KEY", "MMSIM_API_SECRET")
+    assert c.secret == SECRET and SECRET not in repr(c)
+
+
+# -- the venue on its own (requests built by hand) ----------------------------------------------
+
+
+def _req(v: venue.Venue, method: str, path: str, key: str = KEY, secret: str = SECRET, ts_ms=None, **params):
+    import urllib.parse
+
+    q = urllib.parse.urlencode({**params, "recvWindow": 5000, "timestamp": ts_ms or int(time.time() * 1000)})
+    return v.handle(method, f"{path}?{q}&signature={lo.sign(q, secret)}", {"x-mbx-apikey": key})
+
+
+def _market(v: venue.Venue, bid: float, bid_qty: float = 2.0, ask_qty: float = 3.0, t_ms: int = T0_MS) -> None:
+    d = {"e": "bookTicker", "s": "BTCUSDT", "b": f"{bid:.1f}", "B": f"{bid_qty}", "a": f"{bid + 0.1:.1f}"}
+    v.on_message(json.dumps({"stream": "btcusdt@bookTicker", "data": {**d, "A": f"{ask_qty}", "T": t_ms}}))
+
+
+def _print(v: venue.Venue, px: float, qty: float, sell: bool, t_ms: int = T0_MS) -> None:
+    d = {"e": "trade", "s": "BTCUSDT", "p": f"{px:.1f}", "q": f"{qty}", "m": sell, "X": "MARKET", "T": t_ms}
+    v.on_message(json.dumps({"stream": "btcusdt@trade", "data": d}))
+
+
+def _new(v, side, price, qty, **kw):
+    p = dict(symbol="BTCUSDT", side=side, type="LIMIT", timeInForce="GTX", price=price, quantity=qty)
+    return _req(v, "POST", "/fapi/v1/order", **{**p, **kw})
+
+
+def test_the_venue_refuses_what_binance_refuses():
+    v = venue.Venue(KEY, SECRET)
+    _market(v, 60_000.0)
+    assert _new(v, "BUY", "59999.0", "0.01", key="other")[1]["code"] == -2014
+    assert _new(v, "BUY", "59999.0", "0.01", secret="wrong")[1]["code"] == -1022
+    assert _new(v, "BUY", "59999.0", "0.01", ts_ms=int(time.time() * 1000) - 60_000)[1]["code"] == -1021
+    assert _new(v, "BUY", "59999.05", "0.01")[1]["code"] == -4014  # off the tick
+    assert _new(v, "BUY", "59999.0", "0.0105")[1]["code"] == -4003  # off the size step
+    assert _new(v, "BUY", "59999.0", "0.001")[1]["code"] == -4164  # under the minimum notional
+    assert _new(v, "BUY", "60000.1", "0.01")[1]["code"] == lo.POST_ONLY_REJECTED  # would take the ask
+    assert _new(v, "SELL", "60000.0", "0.01")[1]["code"] == lo.POST_ONLY_REJECTED
+    assert _new(v, "BUY", "59999.0", "0.01", type="MARKET")[1]["code"] == -1116
+    assert _req(v, "DELETE", "/fapi/v1/order", symbol="BTCUSDT", orderId=99)[1]["code"] == lo.UNKNOWN_ORDER
+    assert not v.open and not v.trades
+
+
+def test_the_venue_fills_by_the_shared_rule():
+    """At the touch an order waits behind the displayed 2.0; inside the spread it is first; a trade
+    through its price fills it whole."""
+    v = venue.Venue(KEY, SECRET)
+    _market(v, 60_000.0, bid_qty=2.0)
+    s, at_touch = _new(v, "BUY", "60000.0", "0.5")
+    assert s == 200 and at_touch["status"] == "NEW"
+    _print(v, 60_000.0, 1.5, sell=True)  # 1.5 of the 2.0 ahead
+    assert not v.trades
+    _print(v, 60_000.0, 0.7, sell=True)  # 0.2 reaches us
+    assert [float(t["qty"]) for t in v.trades] == pytest.approx([0.2])
+    _print(v, 60_000.0, 0.7, sell=False)  # a buy does not fill a bid
+    _print(v, 59_999.0, 0.01, sell=True)  # through: the remaining 0.3
+    assert [float(t["qty"]) for t in v.trades] == pytest.approx([0.2, 0.3]) and not v.open
+    pos = _req(v, "GET", "/fapi/v2/positionRisk", symbol="BTCUSDT")[1][0]
+    assert float(pos["positionAmt"]) == pytest.approx(0.5) and float(pos["entryPrice"]) == pytest.approx(60_000.0)
+    # An ask one tick inside a two-tick spread is first in line.
+    _market(v, 60_000.0)
+    v.ask = 60_000.2
+    _new(v, "SELL", "60000.1", "0.2")
+    _print(v, 60_000.1, 0.15, sell=False)
+    assert float(v.trades[-1]["qty"]) == pytest.approx(0.15) and v.trades[-1]["side"] == "SELL"
+    assert float(_req(v, "GET", "/fapi/v2/positionRisk", symbol="BTCUSDT")[1][0]["positionAmt"]) == pytest.approx(0.35)
+    got = _req(v, "GET", "/fapi/v1/userTrades", symbol="BTCUSDT", fromId=2)[1]
+    assert [t["id"] for t in got] == [2, 3]
+
+
+# -- the gateway against the venue over HTTP ----------------------------------------------------
+
+
+@pytest.fixture
+def desk():
+    """A venue on the loopback address and a gateway talking to it; events collected."""
+    v = venue.Venue(KEY, SECRET)
+    with emulator.Running(emulator.Emulator([], venue=v)) as em:
+        events = []
+        rest = lo.Rest(em.order_url, CREDS, timeout_s=2.0)
+        limits = lo.Limits(max_position=1.0, leverage=20.0, max_orders_10s=50)
+        g = lo.OrderGateway(rest, "BTCUSDT", limits, lambda what, **kw: events.append((what, kw)), tag="t1")
+        _market(v, 60_000.0)
+        yield v, g, events
+        rest.close()
+
+
+def _quote(bid=59_999.0, ask=60_001.0, size=0.1, bid_on=True, ask_on=True):
+    return {
+        "bid_price": bid,
+        "ask_price": ask,
+        "bid_size": size,
+        "ask_size": size,
+        "bid_active": bid_on,
+        "ask_active": ask_on,
+    }
+
+
+KW = dict(position=0.0, equity=10_000.0, mid=60_000.05, healthy=True)
+
+
+def test_the_gateway_keeps_a_repeated_quote_and_replaces_a_changed_one(desk):
+    v, g, events = desk
+    assert g.start(0.1) == 0.0 and g.rules == lo.SymbolRules(0.1, 0.001, 0.001, 100.0)
+    g.sync(_quote(), **KW)
+    first = set(v.open)
+    assert len(first) == 2 and g.counts["sent"] == 2
+    g.sync(_quote(), **KW)  # the same quote: the same orders (their places in the queue kept)
+    assert set(v.open) == first and g.counts["kept"] == 2
+    g.sync(_quote(bid=59_998.0), **KW)  # the bid moves: cancelled and sent anew; the ask stays
+    assert len(v.open) == 2 and len(set(v.open) & first) == 1 and g.counts["cancelled"] == 1
+    g.sync(_quote(ask_on=False), **KW)  # the ask withdrawn
+    assert [o.side for o in v.open.values()] == [1]
+    g.sync(_quote(bid=60_000.1), **KW)  # would take the ask: the venue rejects it
+    assert g.counts["post_only_rejected"] == 1 and g.orders[1] is None
+    g.sync(_quote(), **{**KW, "healthy": False})  # an unhealthy feed: nothing new goes out
+    assert not any(g.orders.values())
+    assert g.cancel_all("stop") and not v.open
+    kinds = [w for w, _ in events]
+    assert kinds[:2] == ["cancel_all", "gateway_start"] and kinds.count("order") == g.counts["sent"] - 1
+    assert SECRET not in json.dumps(events)
+
+
+def test_the_limits_refuse_what_would_grow_the_position_past_them(desk):
+    v, g, _ = desk
+    g.start(0.1)
+    g.sync(_quote(size=0.5), **{**KW, "position": 0.8})  # 1.3 > max_position 1.0: no bid; the ask reduces
+    assert [o.side for o in v.open.values()] == [-1] and g.counts["refused"] == {"position_limit": 1}
+    g.cancel_all("test")
+    g.sync(_quote(size=0.5), **{**KW, "equity": 100.0})  # 0.5 x 60,000 / 20 = 1,500 of margin > 100
+    assert not v.open and g.counts["refused"] == {"position_limit": 1, "margin": 2}
+    g.sync(_quote(size=0.5), **{**KW, "equity": 100.0, "position": -0.4})  # the bid reduces: it goes out
+    assert [o.side for o in v.open.values()] == [1] and g.counts["refused"]["margin"] == 3
+
+
+def test_the_rate_limit_holds_new_orders_below_the_setting(desk):
+    v, g, _ = desk
+    g.start(0.1)
+    g.limits.max_orders_10s = 5
+    for k in range(10):  # a new price every time: every sync wants two new orders
+        g.sync(_quote(bid=59_990.0 - k, ask=60_010.0 + k), **KW)
+    assert g.counts["sent"] == 5 and g.counts["rate_limited"] == 15 and v.max_orders_10s_seen == 5
+
+
+def test_fills_are_read_back_by_interval_and_a_difference_is_reconciled(desk):
+    v, g, events = desk
+    g.start(0.1)
+    g.sync(_quote(bid=60_000.0, ask=60_000.1, size=0.2), **KW)
+    _print(v, 59_999.0, 0.01, sell=True, t_ms=T0_MS + 500)  # through our bid: 0.2 at 60,000.0
+    _print(v, 60_000.1, 3.1, sell=False, t_ms=T0_MS + 1500)  # 0.1 past the 3.0 ahead of our ask
+    assert g.fills(T0_MS + 1000) == pytest.approx((0.2, 60_000.0, 0.0, 0.0))
+    assert g.fills(T0_MS + 2000) == pytest.approx((0.0, 0.0, 0.1, 60_000.1))
+    assert g.orders[1] is None and g.orders[-1].open_qty == pytest.approx(0.1)
+    assert g.reconcile(0.1) == 0.0  # the engine holds what the venue does
+    v.position += 0.05  # a fill the gateway never saw (a manual trade, say)
+    g._n = g.reconcile_every  # its turn
+    assert g.reconcile(0.1) == pytest.approx(0.05)
+    assert events[-1][0] == "reconcile" and events[-1][1]["booked"] == pytest.approx(0.05)
+    assert lo.with_correction((0.2, 60_000.0, 0.0, 0.0), 0.05, 60_010.0) == pytest.approx((0.25, 60_002.0, 0, 0))
+    v.open[999] = venue._Order(999, "x", 1, 59_000.0, 0.01)  # an order we do not know: cancelled
+    g._n = g.reconcile_every
+    g.reconcile(0.15)
+    assert 999 not in v.open
+
+
+# -- sessions end to end ------------------------------------------------------------------------
+
+
+def busy_lines(n_s: int = 40) -> list[str]:
+    """A capture whose aggressors trade through the touch both ways every second (a book every
+    250 ms drifting by a tick, a sell through the bid and a buy through the ask each second, a
+    mark price every second), so that quotes near the touch fill."""
+    out = []
+    for k in range(n_s * 4):
+        t = T0_MS + 250 * k
+        bid = 60_000.0 + 0.1 * ((k // 8) % 5)
+        out.append(book(t, bid))
+        if k % 4 == 1:
+            d = {"e": "trade", "E": t + 1, "T": t + 1, "p": f"{bid - 3.0:.1f}", "q": "1.500", "m": True}
+            out.append(_line(t + 6, "btcusdt@trade", {**d, "t": k, "X": "MARKET"}))
+        if k % 4 == 3:
+            d = {"e": "trade", "E": t + 1, "T": t + 1, "p": f"{bid + 3.1:.1f}", "q": "1.500", "m": False}
+            out.append(_line(t + 6, "btcusdt@trade", {**d, "t": k, "X": "MARKET"}))
+        if k % 4 == 0:
+            out.append(mark(t + 2, 1e-4, T0_MS + 3_600_000))
+    return out
+
+
+@pytest.fixture(scope="module")
+def world():
+    cfg = mcfg.compose(["experiment=baseline", "engine.warmup_s=5"])
+    _, mp, ep, _ = mcfg.build(cfg)
+    return ep, float(mp.fills.depth_per_tick), Trader(ep).step
+
+
+@pytest.fixture(scope="module")
+def busy(tmp_path_factory):
+    return emulator.read_lines(write(tmp_path_factory.mktemp("cap") / "busy.gz", busy_lines()))
+
+
+def orders_session(world, lines, run_dir, *, v=None, resume=False, speed=20.0, **st_kw):
+    """An orders session against an emulator with a venue, in this process, at most 60 s."""
+    ep, dpt, step = world
+    v = v or venue.Venue(KEY, SECRET)
+
+    async def main():
+        em = await emulator.Emulator(lines, speed=speed, venue=v).start()
+        kw = dict(ws_url=em.ws_url, rest_url=em.rest_url, order_url=em.order_url, max_clock_skew_s=SKEW, status_s=0)
+        st = ls.LiveSettings(**{**kw, "gateway": "orders", "max_runtime_s": 60.0, "reconcile_every": 5, **st_kw})
+        s, _ = ls.open_session(ep, st, run_dir, symbol="BTCUSDT", depth_per_tick=dpt, step_fn=step,
+                               resume=resume, credentials=CREDS)  # fmt: skip
+        why = await s.run()
+        await em.stop()
+        return s, why
+
+    s, why = asyncio.run(main())
+    return s, why, v, ls.result(s)
+
+
+def _files_text(run_dir) -> str:
+    return "".join(p.read_bytes().decode("latin-1") for p in run_dir.rglob("*") if p.is_file())
+
+
+def test_an_orders_session_books_the_venues_fills_and_leaves_nothing_resting(world, busy, tmp_path):
+    s, why, v, res = orders_session(world, busy, tmp_path, max_observations=30)
+    assert why == "max_observations"
+    c = res.metrics["live"]["orders"]
+    assert res.metrics["live"]["gateway"] == "orders" and c["sent"] > 4 and c["fills"] > 2
+    # The engine's account holds the venue's position, built from the venue's own fills; what
+    # filled after the last observation's interval is named at the stop.
+    end = res.metrics["live"]["venue_at_stop"]
+    assert end["venue_position"] == pytest.approx(v.position) and end["cancelled"]
+    engine_q = float(res.state.account.position[0])
+    assert engine_q + end["unbooked_qty"] == pytest.approx(v.position, abs=1e-6)
+    j = res.journal
+    booked = j["fill_bid"].sum() - j["fill_ask"].sum()
+    assert booked == pytest.approx(engine_q, abs=1e-6) and (j["fill_bid"] > 0).sum() + (j["fill_ask"] > 0).sum() > 0
+    assert not v.open  # cancel-all at the stop
+    assert v.refusals.get(-1022, 0) == 0 and v.refusals.get(-1021, 0) == 0  # every request signed and in time
+    assert np.isfinite(j["equity"]).all()
+    assert SECRET not in _files_text(tmp_path) and KEY not in _files_text(tmp_path)
+
+
+def test_the_kill_switch_cancels_the_venues_orders(world, busy, tmp_path):
+    kill = tmp_path / "KILL"
+    v = venue.Venue(KEY, SECRET)
+    orig = v._new
+
+    def new_then_kill(p):  # the switch trips once orders rest
+        out = orig(p)
+        if len(v.open) >= 2:
+            kill.touch()
+        return out
+
+    v._new = new_then_kill
+    s, why, v, res = orders_session(world, busy, tmp_path / "run", v=v, kill_file=str(kill))
+    assert why == "kill" and res.metrics["live"]["orders"]["sent"] >= 2 and not v.open
+
+
+def test_a_resumed_orders_session_books_every_fill_once(world, busy, tmp_path):
+    v = venue.Venue(KEY, SECRET)
+    _, _, v, first = orders_session(world, busy, tmp_path, v=v, max_observations=12)
+    v.open[7777] = venue._Order(7777, "left", 1, 59_000.0, 0.01)  # as if a killed session had left it
+    # As after a crash: no snapshot, so the resume re-steps every observation with the venue's
+    # journaled fills, and comes to the state the first session ended in.
+    for f in tmp_path.glob("state-*.npz"):
+        f.unlink()
+    t = Trader(world[0], step_fn=world[2])
+    assert journal.restore(tmp_path, t)["restepped"] == 12
+    np.testing.assert_array_equal(np.asarray(t.state.account.cash), np.asarray(first.state.account.cash))
+    np.testing.assert_array_equal(np.asarray(t.state.account.position), np.asarray(first.state.account.position))
+    s, why, v, res = orders_session(world, busy, tmp_path, v=v, resume=True, max_observations=30)
+    recs, _ = journal.read(tmp_path)
+    assert s.seq == 30 and [r["seq"] for r in recs if r.get("k") == "obs"] == list(range(30))
+    assert "resume" in {r.get("what") for r in recs}
+    fills = [r for r in recs if r.get("what") == "fill"]
+    assert first.metrics["live"]["orders"]["fills"] > 0 and len(fills) > first.metrics["live"]["orders"]["fills"]
+    assert len({f["id"] for f in fills}) == len(fills)  # no fill booked twice
+    # Every venue fill is booked once over the two sessions: the first's late ones by the second.
+    end = res.metrics["live"]["venue_at_stop"]
+    j = res.journal
+    assert len(j) == 30 and first.metrics["live"]["venue_at_stop"]["unbooked_fills"] >= 0
+    booked = j["fill_bid"].sum() - j["fill_ask"].sum()
+    assert booked == pytest.approx(float(res.state.account.position[0]), abs=1e-5)
+    assert booked + end["unbooked_qty"] == pytest.approx(v.position, abs=1e-5)
+    assert len(fills) + end["unbooked_fills"] == len(v.trades)
+    assert not v.open  # the order "left" by the first was cancelled at the second's start
+
+
+def test_orders_settings_are_safe_by_default():
+    st = ls.LiveSettings(gateway="orders")
+    assert st.order_url == lo.TESTNET_REST and st.ws_url == lo.TESTNET_WS and st.rest_url == lo.TESTNET_REST
+    with pytest.raises(ValueError, match=r"live.order_url .* mainnet.*live.mainnet=true"):
+        ls.LiveSettings(gateway="orders", order_url="https://fapi.binance.com")
+    main = ls.LiveSettings(gateway="orders", mainnet=True)
+    assert main.order_url == lo.MAINNET_REST and main.ws_url == ls.BINANCE_USDM_WS
+    assert ls.LiveSettings().ws_url == ls.BINANCE_USDM_WS  # paper reads the mainnet's public streams
+    for bad, field in (
+        ({"gateway": "live"}, "live.gateway"),
+        ({"max_orders_10s": 300}, "live.max_orders_10s"),
+        ({"reconcile_every": 0}, "live.reconcile_every"),
+        ({"api_key_env": "not a name"}, "live.api_key_env"),
+        ({"mainnet": "yes"}, "live.mainnet"),
+    ):
+        with pytest.raises(ValueError, match=field):
+            ls.LiveSettings(**bad)
+
+
+def test_an_orders_session_refuses_a_policy_with_taker_orders(tmp_path):
+    cfg = mcfg.compose(["experiment=baseline", "policy.event_flatten=0.5", "policy.event_times_s=[100]"])
+    _, _, ep, _ = mcfg.build(cfg)
+    with pytest.raises(ValueError, match="post-only limit orders only"):
+        ls.open_session(ep, ls.LiveSettings(gateway="orders"), tmp_path, symbol="BTCUSDT", credentials=CREDS)
