@@ -17,7 +17,9 @@ Subcommands::
 :class:`~mmsim.engine.EngineParams` the simulator would run and prints the policy; ``--check``
 stops there. Otherwise it connects to the venue's public streams (``live.ws_url``; Binance USD-M by
 default) and runs the engine with the paper gateway (:mod:`mmsim.live.session`): nothing is sent to
-the venue. With ``--replay`` it runs the same loop on a recorded websocket capture.
+the venue. ``live.gateway=orders`` sends the quotes as post-only orders (:mod:`mmsim.live.orders`;
+the venue's testnet unless ``live.mainnet=true``; keys from ``$MMSIM_API_KEY`` and
+``$MMSIM_API_SECRET``). With ``--replay`` it runs the same loop on a recorded websocket capture.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ _USAGE = """usage: mmsim <command> [args]
 commands:
   run [overrides]                 Monte Carlo risk report (Hydra overrides, e.g. experiment=cascade_stress)
   optimize [overrides]            optimise the policy under risk constraints (mmsim.optimize)
-  live --params best.yaml [ovr]   run best.yaml's policy on the venue's live feed, paper fills (--check: validate only)
+  live --params best.yaml [ovr]   run best.yaml's policy on the venue's live feed: paper fills, or
+                                  live.gateway=orders for post-only orders on the testnet (--check: validate only)
   live --resume RUN_DIR           continue a live session from its journal
   live --replay CAPTURE [ovr]     run the engine on a recorded capture with paper fills (--params optional)
   report RUN_DIR                  a live session's journal as metrics.json, report.md and a figure
@@ -100,7 +103,8 @@ def describe_policy(ep) -> str:
 def _live(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="mmsim live",
-        description="Run the engine on a venue's live feed with paper fills (nothing is sent to the venue), "
+        description="Run the engine on a venue's live feed with paper fills (nothing is sent to the venue; "
+        "live.gateway=orders: post-only orders on its testnet), "
         "or on a recorded capture (--replay). The connector's settings are live.* overrides "
         "(conf/live/binance_usdm.yaml).",
     )
@@ -159,18 +163,45 @@ def _live(argv: list[str]) -> int:
     if a.replay:
         return _replay(a, world, mp, ep, sim, list(cfg.market.get("asset_names") or []))
     if a.check:
-        print("\nmmsim live --check: valid; nothing was connected or sent.")
-        return 0
+        return _check_live(cfg)
     return _session(a, cfg, mp, ep, sim)
 
 
+def _check_live(cfg) -> int:
+    """``mmsim live --check``: the connector's settings, and for the orders gateway that its key
+    pair is in the environment (the values are not shown)."""
+    from mmsim.live import orders as lo
+    from mmsim.live import session as ls
+
+    try:
+        st = ls.live_settings(cfg.get("live"))
+        if st.gateway == "orders":
+            lo.Credentials.from_env(st.api_key_env, st.api_secret_env)
+    except ValueError as e:
+        print(f"mmsim live: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"\n{_gateway_line(st)}\nmmsim live --check: valid; nothing was connected or sent.")
+    return 0
+
+
+def _gateway_line(st) -> str:
+    if st.gateway == "paper":
+        return f"gateway: paper (market data from {st.ws_url}; nothing is sent to the venue)"
+    where = "MAINNET (real money)" if st.mainnet else "testnet"
+    return (
+        f"gateway: orders on the {where} at {st.order_url} (market data from {st.ws_url}); keys from "
+        f"${st.api_key_env} and ${st.api_secret_env}; at most {st.max_orders_10s} new orders per 10 s"
+    )
+
+
 def _session(a, cfg, mp, ep, sim, *, run_dir: Path | None = None, resume: bool = False) -> int:
-    """Run (or resume) a live session with paper fills and write its outputs."""
+    """Run (or resume) a live session (paper fills, or orders on the venue) and write its outputs."""
     import asyncio
     import json
 
     import jax.numpy as jnp
 
+    from mmsim.live import orders as lo
     from mmsim.live import session as ls
     from mmsim.report import live as live_report
 
@@ -219,15 +250,22 @@ def _session(a, cfg, mp, ep, sim, *, run_dir: Path | None = None, resume: bool =
             f"({restored['restepped']} re-stepped from the last snapshot, {restored['torn']} torn line(s) skipped)"
         )
     print(
-        f"mmsim live: {symbol.upper()} from {st.ws_url} (paper fills; nothing is sent to the venue); "
+        f"mmsim live: {symbol.upper()}; {_gateway_line(st)}; "
         f"journal {run_dir / 'journal.jsonl'}; engine step compiled in {session.trader.compile_s:.2f} s",
         flush=True,
     )
-    why = asyncio.run(session.run())
+    try:
+        why = asyncio.run(session.run())
+    except (OSError, lo.VenueError) as e:
+        # The venue could not be reached or refused the start (the journal says so; nothing rests).
+        print(f"mmsim live: the venue's order API failed: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"mmsim live: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     res = ls.result(session)
-    files = live_report.write_outputs(
-        res, run_dir, f"live session on {symbol.upper()}: the engine's quotes, paper fills"
-    )
+    fills = "paper fills" if st.gateway == "paper" else "the venue's fills of its orders"
+    files = live_report.write_outputs(res, run_dir, f"live session on {symbol.upper()}: the engine's quotes, {fills}")
     lat = res.metrics["live"]["latency"]["step_ms"]
     print(
         f"mmsim live: stopped ({why}) after {res.metrics['observations']:,} observations; "
@@ -300,7 +338,8 @@ def _report(argv: list[str]) -> int:
     except (mcfg.ConfigError, ValueError) as e:
         print(f"mmsim report: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    files = live_report.write_outputs(res, run_dir, f"live session {run_dir.name}: the engine's quotes, paper fills")
+    fills = "paper fills" if res.metrics["live"]["gateway"] == "paper" else "the venue's fills of its orders"
+    files = live_report.write_outputs(res, run_dir, f"live session {run_dir.name}: the engine's quotes, {fills}")
     print(f"mmsim report: {res.metrics['observations']:,} observations; written: " + ", ".join(str(f) for f in files))
     return 0
 

@@ -75,9 +75,13 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     e.g. ``compose(["experiment=cascade_stress", "sim.n_paths=1024"])``."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import HydraException
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+        try:
+            return hydra_compose(config_name="config", overrides=list(overrides))
+        except HydraException as e:  # an unknown key or group, a malformed override: one line, no traceback
+            raise ConfigError(" ".join(str(e).split())) from None
 
 
 def group_choice(overrides: list[str] | tuple[str, ...], group: str) -> str | None:

@@ -169,6 +169,14 @@ def test_unknown_experiment_is_hydras_error():
         make_cfg("experiment=does_not_exist")
 
 
+def test_an_unknown_override_is_a_one_line_config_error():
+    """What a user mistypes on the command line (``mmsim live live.foo=1``) is named, no traceback."""
+    with pytest.raises(mcfg.ConfigError, match=r"Could not override 'live.foo'\. To append"):
+        mcfg.compose(["live.foo=1"])
+    with pytest.raises(mcfg.ConfigError, match="experiment"):
+        mcfg.compose(["experiment=does_not_exist"])
+
+
 def test_as2008_needs_the_lite_engine():
     with pytest.raises(mcfg.ConfigError, match="engine.lite"):
         mcfg.build(make_cfg("experiment=as2008", "engine=default"))

@@ -104,8 +104,87 @@ def replay_figure(
     return fig
 
 
+def report_lines(m: dict, title: str) -> list[str]:
+    """``report.md`` of a replay or a live session from its metrics: the run, PnL and its parts,
+    fills, the feed's quality, and for a live session its connection, latency and orders."""
+    f = lambda x, d=2: "n/a" if x is None else f"{x:,.{d}f}"  # noqa: E731
+    lines = [f"# {title}", "", "| | |", "|---|---|"]
+    rows = [
+        ("symbol", m.get("symbol") or "n/a"),
+        ("observations", f"{m.get('observations', 0):,} every {f(m.get('cadence_s'), 3)} s"),
+        ("duration", f"{f(m.get('duration_s'), 1)} s"),
+        ("public trades", f"{m.get('trades', 0):,}"),
+        ("PnL", f"{f(m.get('pnl'))} (quote currency)"),
+        ("max drawdown", f(m.get("max_drawdown"))),
+        ("min margin ratio", f(m.get("min_margin_ratio"), 3)),
+        ("liquidated", str(m.get("liquidated"))),
+        ("final position", f"{f(m.get('final_position'), 4)} (max |position| {f(m.get('max_abs_position'), 4)})"),
+        ("quoting fraction", f(m.get("quoting_fraction"), 3)),
+    ]
+    fills = m.get("fills") or {}
+    if fills:
+        rows.append(
+            (
+                "fills",
+                f"{fills['bid']:,} bid ({f(fills['volume_bid'], 4)}), {fills['ask']:,} ask "
+                f"({f(fills['volume_ask'], 4)}), {fills['taker']:,} taker",
+            )
+        )
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    parts = m.get("pnl_decomposition") or {}
+    if parts:
+        lines += ["", "PnL decomposition (quote currency):", "", "| " + " | ".join(parts) + " |"]
+        lines += ["|" + "---|" * len(parts), "| " + " | ".join(f(v) for v in parts.values()) + " |"]
+    q = {k: v for k, v in (m.get("feed_quality") or {}).items() if v}
+    lines += [
+        "",
+        "Feed quality (refused or stale, by class): " + (", ".join(f"{k} {v:,}" for k, v in q.items()) or "clean"),
+    ]
+    live = m.get("live")
+    if live:
+        lines += ["", "## Live", "", f"- gateway: {live.get('gateway')}; stopped: {live.get('stop_reason')}"]
+        lines.append(
+            f"- connections {live.get('connections')}, reconnects {live.get('reconnects')}, "
+            f"stale events {live.get('stale_events')}, clock offset {f(live.get('clock_offset_s'), 3)} s"
+        )
+        for name, lat in (live.get("latency") or {}).items():
+            if lat:
+                lines.append(
+                    f"- {name.replace('_ms', '')}: p50 {f(lat['p50'])} ms, p99 {f(lat['p99'])} ms, "
+                    f"max {f(lat['max'])} ms"
+                )
+        o = live.get("orders")
+        if o:
+            refused = ", ".join(f"{k} {v}" for k, v in (o.get("refused") or {}).items()) or "none"
+            lines.append(
+                f"- orders: {o['sent']} sent, {o['kept']} kept, {o['cancelled']} cancelled, "
+                f"{o['post_only_rejected']} rejected as takers, {o['rate_limited']} held by the rate limit, "
+                f"refused by a limit: {refused}; {o['fills']} venue fills; {o['reconciliations']} read-backs; "
+                f"{o['venue_errors']} venue errors"
+            )
+            end = live.get("venue_at_stop") or {}
+            if end:
+                lines.append(
+                    f"- at the stop: orders cancelled {end.get('cancelled')}, venue position "
+                    f"{f(end.get('venue_position'), 4)}, {end.get('unbooked_fills', 'n/a')} fill(s) after the last "
+                    f"observation ({f(end.get('unbooked_qty'), 4)} base units, not in the PnL above)"
+                )
+    sim = m.get("simulated")
+    if sim:
+        lines += [
+            "",
+            "## Against the simulator",
+            "",
+            f"{sim['n_paths']:,} simulated paths of {f(sim['horizon_s'], 0)} s: PnL mean {f(sim['pnl']['mean'])} "
+            f"(5-95 % {f(sim['pnl']['q05'])} to {f(sim['pnl']['q95'])}); the run's PnL is at the "
+            f"{f(sim['replay_pnl_percentile'], 1)}th percentile, "
+            f"its fills at the {f(sim['replay_fills_percentile'], 1)}th.",
+        ]
+    return lines + [""]
+
+
 def write_outputs(result: ReplayResult, out_dir: Path, title: str, *, warmup_s: float | None = None) -> list[Path]:
-    """The journal (CSV), metrics.json and a figure (:func:`replay_figure`: the mid, the market's
+    """The journal (CSV), metrics.json, report.md and a figure (:func:`replay_figure`: the mid, the market's
     best bid and ask and our quotes with the fills, the quotes' distances from the mid, position,
     equity minus the initial equity, the warm-up marked; ``warmup_s``, seconds, default the first
     quote) into ``out_dir``; returns the files."""
@@ -119,16 +198,17 @@ def write_outputs(result: ReplayResult, out_dir: Path, title: str, *, warmup_s: 
     # Written beside the directory's files first and moved in only once all three are written, so
     # that a failure never leaves a mix of this run's and a previous run's files looking current.
     tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=out_dir))
-    names = ("journal.csv", "metrics.json", "replay.png")
+    names = ("journal.csv", "metrics.json", "report.md", "replay.png")
     try:
         j = result.journal
         j.to_csv(tmp / names[0], index=False)
         write_json(tmp / names[1], result.metrics)  # strict JSON: a non-finite number is null, never NaN
+        (tmp / names[2]).write_text("\n".join(report_lines(result.metrics, title)))
         eq0 = None
         if "pnl" in result.metrics and len(j):  # pnl = final equity - initial equity
             eq0 = float(j["equity"].iloc[-1]) - float(result.metrics["pnl"])
         fig = replay_figure(j, title, warmup_s=warmup_s, initial_equity=eq0)
-        fig.savefig(tmp / names[2], dpi=110)
+        fig.savefig(tmp / names[3], dpi=110)
         plt.close(fig)
         for n in names:
             os.replace(tmp / n, out_dir / n)

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 
 import numpy as np
 import pytest
 
+from mmsim import cli
 from mmsim import config as mcfg
 from mmsim.live import emulator, journal, venue
 from mmsim.live import orders as lo
 from mmsim.live import session as ls
 from mmsim.live.replay import Trader
 from tests.live.test_guard import T0_MS, _line, book, mark, write
+from tests.live.test_session import _mmsim, _obs
+from tests.test_config import write_best
 
 KEY, SECRET = "test-key-0123456789", "test-secret-abcdefghijklmnopqrstuvwxyz"
 CREDS = lo.Credentials(KEY, SECRET)
@@ -234,9 +238,12 @@ def busy_lines(n_s: int = 40) -> list[str]:
     return out
 
 
+OVR = ["experiment=baseline", "engine.warmup_s=5"]
+
+
 @pytest.fixture(scope="module")
 def world():
-    cfg = mcfg.compose(["experiment=baseline", "engine.warmup_s=5"])
+    cfg = mcfg.compose(OVR)
     _, mp, ep, _ = mcfg.build(cfg)
     return ep, float(mp.fills.depth_per_tick), Trader(ep).step
 
@@ -359,3 +366,58 @@ def test_an_orders_session_refuses_a_policy_with_taker_orders(tmp_path):
     _, _, ep, _ = mcfg.build(cfg)
     with pytest.raises(ValueError, match="post-only limit orders only"):
         ls.open_session(ep, ls.LiveSettings(gateway="orders"), tmp_path, symbol="BTCUSDT", credentials=CREDS)
+
+
+def test_mmsim_live_check_names_missing_keys_and_the_testnet(tmp_path, monkeypatch, capsys):
+    best = str(write_best(tmp_path / "best.yaml", {"gamma": 0.0042}))
+    monkeypatch.delenv("MMSIM_API_KEY", raising=False)
+    monkeypatch.delenv("MMSIM_API_SECRET", raising=False)
+    assert cli.main(["live", "--check", "--params", best, *OVR, "live.gateway=orders"]) == 2
+    assert (
+        "$MMSIM_API_KEY (live.api_key_env), $MMSIM_API_SECRET (live.api_secret_env) not set" in capsys.readouterr().err
+    )
+    monkeypatch.setenv("MMSIM_API_KEY", KEY)
+    monkeypatch.setenv("MMSIM_API_SECRET", SECRET)
+    assert cli.main(["live", "--check", "--params", best, *OVR, "live.gateway=orders"]) == 0
+    out = capsys.readouterr().out
+    assert f"orders on the testnet at {lo.TESTNET_REST}" in out and SECRET not in out and KEY not in out
+
+
+def test_a_killed_orders_session_is_resumed_with_what_it_left_cancelled(busy, tmp_path):
+    """``mmsim live`` with the orders gateway as a user runs it, SIGKILLed while its orders rest on
+    the venue (no clean-up at all), then ``mmsim live --resume``: the resumed session cancels what
+    the killed one left, books every venue fill once, and no file holds the keys."""
+    best = write_best(tmp_path / "best.yaml", {"gamma": 0.0042})
+    run = tmp_path / "run"
+    v = venue.Venue(KEY, SECRET)
+    env = {"MMSIM_API_KEY": KEY, "MMSIM_API_SECRET": SECRET}
+    common = [f"live.max_clock_skew_s={SKEW}", "live.status_s=0", "live.gateway=orders", "live.reconcile_every=5", *OVR]
+    with emulator.Running(emulator.Emulator(busy, speed=8.0, venue=v)) as em:
+        urls = [f"live.ws_url={em.ws_url}", f"live.rest_url={em.rest_url}", f"live.order_url={em.order_url}"]
+        proc = _mmsim(["live", "--params", str(best), "--out", str(run), *urls, *common], env_extra=env)
+        deadline = time.monotonic() + 120
+        while (_obs(run) < 10 or not v.open) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        first = proc.communicate(timeout=10)[0].decode()
+        left = len(v.open)
+    assert left > 0, first[-2000:]  # the killed process could not cancel
+    with emulator.Running(emulator.Emulator(busy, speed=8.0, venue=v)) as em:
+        urls = [f"live.ws_url={em.ws_url}", f"live.rest_url={em.rest_url}", f"live.order_url={em.order_url}"]
+        proc = _mmsim(["live", "--resume", str(run), *urls, "live.max_observations=30"], env_extra=env)
+        out = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 0, out[-2000:]
+    assert "gateway: orders on the testnet" in out and not v.open
+    recs, _ = journal.read(run)
+    starts = [r for r in recs if r.get("what") == "cancel_all" and r.get("why") == "start"]
+    assert len(starts) == 2  # the first session's, and the resumed one's (which removed what was left)
+    assert cli.main(["report", str(run)]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["observations"] == 30 and m["live"]["gateway"] == "orders"
+    end = m["live"]["venue_at_stop"]
+    fills = [r for r in recs if r.get("what") == "fill"]
+    assert len({f["id"] for f in fills}) == len(fills) and len(fills) + end["unbooked_fills"] == len(v.trades)
+    assert m["final_position"] + end["unbooked_qty"] == pytest.approx(v.position, abs=1e-5)
+    assert "- orders: " in (run / "report.md").read_text()
+    text = _files_text(run) + first + out
+    assert SECRET not in text and KEY not in text

@@ -182,8 +182,10 @@ def test_the_quotes_go_out_on_the_venues_grid(replayed):
 def test_replay_outputs(replayed, tmp_path):
     _, res, _ = replayed
     files = live_report.write_outputs(res, tmp_path, "synthetic")
-    assert [f.name for f in files] == ["journal.csv", "metrics.json", "replay.png"]
+    assert [f.name for f in files] == ["journal.csv", "metrics.json", "report.md", "replay.png"]
     assert json.loads((tmp_path / "metrics.json").read_text())["observations"] == len(res.journal)
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith("# synthetic") and f"| PnL | {res.metrics['pnl']:,.2f} (quote currency) |" in md
     assert (tmp_path / "replay.png").stat().st_size > 1000
 
 

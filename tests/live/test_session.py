@@ -168,8 +168,8 @@ def test_bad_settings_name_the_field():
     )
 
 
-def _mmsim(args, **kw):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+def _mmsim(args, env_extra=None, **kw):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env_extra or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "mmsim.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw
     )
