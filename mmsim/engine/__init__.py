@@ -7,8 +7,9 @@ from mmsim.engine.core import (
     EngineInfo,
     EngineParams,
     EngineState,
+    explain_step,
     init,
     step,
 )
 
-__all__ = ["PNL_COMPONENTS", "EngineInfo", "EngineParams", "EngineState", "init", "step"]
+__all__ = ["PNL_COMPONENTS", "EngineInfo", "EngineParams", "EngineState", "explain_step", "init", "step"]

@@ -125,6 +125,22 @@ def init(params: EngineParams, dtype=jnp.float32) -> EngineState:
 
 def step(params: EngineParams, state: EngineState, obs: Observation) -> tuple[EngineState, pol.Quote, EngineInfo]:
     """One observation in, one quote out (see the module docstring)."""
+    new, q, info, _ = _step(params, state, obs)
+    return new, q, info
+
+
+def explain_step(
+    params: EngineParams, state: EngineState, obs: Observation
+) -> tuple[EngineState, pol.Quote, EngineInfo, dict]:
+    """:func:`step`, and why it quoted where it did: the policy's terms
+    (:func:`mmsim.engine.policy.terms`) and the sizes after the account's limits
+    (``bid_size_limited``, ``ask_size_limited``, base units). The state, quote and info are
+    :func:`step`'s, the same computation."""
+    new, q, info, (inputs, bid_sz, ask_sz) = _step(params, state, obs)
+    return new, q, info, {**pol.terms(params.policy, inputs), "bid_size_limited": bid_sz, "ask_size_limited": ask_sz}
+
+
+def _step(params: EngineParams, state: EngineState, obs: Observation):
     dtype = state.account.cash.dtype
     a = params.n_assets
     p = params
@@ -257,4 +273,4 @@ def step(params: EngineParams, state: EngineState, obs: Observation) -> tuple[En
         liquidated_now=ainfo.liquidated_now,
         pnl=acct.pnl_components(account),
     )
-    return new, q, info
+    return new, q, info, (inputs, bid_sz, ask_sz)

@@ -185,7 +185,26 @@ def glft_offsets(q, gamma, sigma_p, k, A, lot=1.0):
 # Policies
 
 
-def _spec(p: PolicyParams, x: PolicyInputs) -> tuple[jax.Array, ...]:
+class SpecTerms(NamedTuple):
+    """The spec policy's quote, term by term (each ``(A,)``; prices in quote currency, sizes in base
+    units): the steps of ``docs/MODEL.md`` section 11 before the post-only clamp and the tick."""
+
+    reservation: jax.Array  # AS reservation price r = mid - q gamma sigma_p^2 tau
+    base_spread: jax.Array  # AS spread over the horizon, quote currency
+    as_adjust: jax.Array  # adverse-selection widening, quote currency
+    regime_mult: jax.Array  # the volatility regime's spread multiplier
+    liq_mult: jax.Array  # the liquidation tail-risk multiplier (capped at 3)
+    half_spread: jax.Array  # half of (base + as_adjust) x multipliers, inside the floor and ceiling
+    flow_adjust: jax.Array  # both quotes move down by this (order-flow imbalance), quote currency
+    margin_size: jax.Array  # size the available margin allows (size_fraction of it)
+    volume_size: jax.Array  # size the traded volume allows (volume_fraction of a day's)
+    size_mult: jax.Array  # informed-flow, tail-risk and extreme-regime multiplier (>= 0.1)
+    bid_size_mult: jax.Array  # inventory multipliers of each side (>= 0.1)
+    ask_size_mult: jax.Array
+
+
+def spec_terms(p: PolicyParams, x: PolicyInputs) -> SpecTerms:
+    """The spec policy's terms (:class:`SpecTerms`) from its inputs."""
     dtype = x.mid.dtype
     sigma_p = x.sigma * x.mid
     # 1. AS base spread and reservation price over the holding horizon.
@@ -199,26 +218,60 @@ def _spec(p: PolicyParams, x: PolicyInputs) -> tuple[jax.Array, ...]:
     half = jnp.clip(total / 2.0, p.min_spread_frac * x.mid / 2.0, p.max_spread_frac * x.mid / 2.0)
     # 7. flow imbalance adjustment (spec: both quotes move by the same amount).
     flow_adj = x.flow_imbalance * p.flow_skew * x.mid
-    bid = r - half - flow_adj
-    ask = r + half - flow_adj
     # 9. sizes: margin and volume caps, multipliers, asymmetric by inventory.
     margin_per_unit = x.mid / x.leverage
     margin_size = x.available_margin * p.size_fraction / margin_per_unit
     volume_size = x.daily_volume * p.volume_fraction
-    base_size = jnp.minimum(margin_size, volume_size)
-    # The side that reduces |position| frees margin instead of using it: up to the position it is
-    # capped by the volume only (else a fully margined account, e.g. one close to liquidation,
-    # could not quote the side that gets it out).
-    reduce_size = jnp.maximum(base_size, jnp.minimum(volume_size, jnp.abs(x.position)))
-    bid_base = jnp.where(x.position < 0, reduce_size, base_size)
-    ask_base = jnp.where(x.position > 0, reduce_size, base_size)
     mult = 1.0 / (1.0 + x.informed) / jnp.maximum(x.tail_risk, 1.0)
     mult = mult * jnp.where(x.regime == 3, 0.25, 1.0)
     mult = jnp.maximum(mult, 0.1)
     inv_ratio = x.position / p.max_inventory
     bid_mult = jnp.maximum(1.0 - jnp.maximum(inv_ratio, 0.0), 0.1)
     ask_mult = jnp.maximum(1.0 + jnp.minimum(inv_ratio, 0.0), 0.1)
-    return bid, ask, bid_base * mult * bid_mult, ask_base * mult * ask_mult
+    b = lambda v: jnp.broadcast_to(v, x.mid.shape)  # noqa: E731
+    return SpecTerms(r, base, as_adj, b(regime_mult), liq_mult, half, flow_adj, b(margin_size), volume_size,
+                     mult, bid_mult, ask_mult)  # fmt: skip
+
+
+def _spec(p: PolicyParams, x: PolicyInputs) -> tuple[jax.Array, ...]:
+    t = spec_terms(p, x)
+    bid = t.reservation - t.half_spread - t.flow_adjust
+    ask = t.reservation + t.half_spread - t.flow_adjust
+    base_size = jnp.minimum(t.margin_size, t.volume_size)
+    # The side that reduces |position| frees margin instead of using it: up to the position it is
+    # capped by the volume only (else a fully margined account, e.g. one close to liquidation,
+    # could not quote the side that gets it out).
+    reduce_size = jnp.maximum(base_size, jnp.minimum(t.volume_size, jnp.abs(x.position)))
+    bid_base = jnp.where(x.position < 0, reduce_size, base_size)
+    ask_base = jnp.where(x.position > 0, reduce_size, base_size)
+    return bid, ask, bid_base * t.size_mult * t.bid_size_mult, ask_base * t.size_mult * t.ask_size_mult
+
+
+def terms(p: PolicyParams, x: PolicyInputs) -> dict[str, jax.Array]:
+    """Why the policy quotes where it does, for one path: its inputs that matter and each term of
+    its quote (the spec policy's :class:`SpecTerms`; the reservation price and spread of AS 2008,
+    GLFT's offsets, the fixed spread), and the flags that pull a side (not ready, near
+    liquidation, a severe cascade, an event window). Prices in quote currency, sizes in base units,
+    sigma per sqrt second over the horizon; each ``(A,)`` or ``()``."""
+    out = {"mid": x.mid, "sigma": x.sigma, "position": x.position, "regime": x.regime, "ready": x.ready}
+    out["near_liquidation"] = x.margin_ratio < p.pull_margin_ratio
+    sigma_p = jnp.where(p.sigma_price > 0, p.sigma_price, x.sigma * x.mid)
+    if p.kind == "spec":
+        out.update(spec_terms(p, x)._asdict())
+        out["pull_cascade"] = x.pull_cascade
+    elif p.kind == "as2008":
+        r, spread = as_reservation_and_spread(
+            x.mid, x.position, p.gamma, sigma_p, jnp.maximum(p.horizon_s - x.t, 0.0), p.k
+        )
+        out.update(reservation=r, spread=spread)
+    elif p.kind == "glft":
+        out["bid_offset"], out["ask_offset"] = glft_offsets(x.position, p.gamma, sigma_p, p.k, p.A, p.lot)
+    else:
+        out["fixed_spread"] = jnp.broadcast_to(jnp.asarray(p.fixed_spread, x.mid.dtype), x.mid.shape)
+    if takes(p):
+        t_e = jnp.reshape(jnp.asarray(p.event_times_s, x.mid.dtype), (-1,))
+        out["in_event"] = jnp.any((x.t >= t_e - p.event_pull_before_s) & (x.t <= t_e + p.event_pull_after_s))
+    return out
 
 
 def _as2008(p: PolicyParams, x: PolicyInputs):

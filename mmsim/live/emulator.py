@@ -13,7 +13,9 @@ With a :class:`~mmsim.live.venue.Venue` (``venue=``), the emulator also takes si
 orders on its own port (``order_url``) and fills them against the book and trades it streams, each
 message reaching the venue's matcher as it is sent (or passed, for a stream nobody subscribed to).
 
-Run one by hand: ``python -m mmsim.live.emulator CAPTURE [--port P] [--speed X]``.
+Run one by hand: ``python -m mmsim.live.emulator CAPTURE [--port P] [--speed X] [--orders]``
+(``--orders``: with the order API, accepting the key pair in ``$MMSIM_API_KEY`` and
+``$MMSIM_API_SECRET``).
 """
 
 from __future__ import annotations
@@ -215,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("capture", help="a recorded capture (hftbacktest_*.gz)")
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free one)")
     p.add_argument("--speed", type=float, default=1.0, help="the recording's clock times this (inf: flat out)")
+    p.add_argument(
+        "--orders",
+        action="store_true",
+        help="also serve the signed order API (a venue accepting the key pair in $MMSIM_API_KEY and $MMSIM_API_SECRET)",
+    )
     a = p.parse_args(argv)
     if not Path(a.capture).is_file():
         print(f"python -m mmsim.live.emulator: no capture file at {a.capture}", file=sys.stderr)
@@ -223,11 +230,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m mmsim.live.emulator: --speed {a.speed}: must be > 0", file=sys.stderr)
         return 2
 
+    v = None
+    if a.orders:
+        import os
+
+        from mmsim.live.venue import Venue
+
+        key, secret = os.environ.get("MMSIM_API_KEY"), os.environ.get("MMSIM_API_SECRET")
+        if not (key and secret):
+            print("python -m mmsim.live.emulator: --orders needs $MMSIM_API_KEY and $MMSIM_API_SECRET", file=sys.stderr)
+            return 2
+        v = Venue(key, secret)
+
     async def run() -> None:
-        em = await Emulator(read_lines(a.capture), speed=a.speed, port=a.port).start()
-        print(f"streaming {a.capture} at {a.speed:g}x: live.ws_url={em.ws_url} live.rest_url={em.rest_url}", flush=True)
+        em = await Emulator(read_lines(a.capture), speed=a.speed, port=a.port, venue=v).start()
+        urls = f"live.ws_url={em.ws_url} live.rest_url={em.rest_url}"
+        if v is not None:
+            urls += f" live.order_url={em.order_url} live.gateway=orders"
+        print(f"streaming {a.capture} at {a.speed:g}x: {urls}", flush=True)
         await em.done.wait()
         print(f"the recording is over ({em.sent:,} messages sent)", flush=True)
+        if v is not None:
+            print(
+                f"the venue: {len(v.trades)} fills, position {v.position:+.4f}, {len(v.open)} open orders", flush=True
+            )
         await asyncio.sleep(1.0)
         await em.stop()
 

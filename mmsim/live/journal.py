@@ -41,6 +41,12 @@ def interval_from_json(d: dict) -> Interval:
 
 
 def _plain(x):
+    """A value as strict JSON holds it: numpy scalars as Python ones, a non-finite float as None,
+    dicts and lists element by element."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
     if isinstance(x, (np.bool_, bool)):
         return bool(x)
     if isinstance(x, (np.integer,)):

@@ -28,6 +28,7 @@ class ReplayResult(NamedTuple):
     journal: pd.DataFrame  # one row per observation
     metrics: dict
     state: engine.EngineState
+    terms: pd.DataFrame | None = None  # why each quote is where it is (one row per observation)
 
 
 #: Columns of the per-observation journal of a replay or a live session.
@@ -95,7 +96,8 @@ class Trader:
         self.state = state if state is not None else engine.init(self.ep, dtype)
         self.template = jax.tree_util.tree_map(np.asarray, observation.empty(1, dtype, takes=self.takes))
         t_compile = time.perf_counter()
-        self.step = step_fn or jax.jit(engine.step).lower(self.ep, self.state, self.template).compile()
+        # engine.explain_step: engine.step's computation, with the policy's terms of each quote.
+        self.step = step_fn or jax.jit(engine.explain_step).lower(self.ep, self.state, self.template).compile()
         self.compile_s = time.perf_counter() - t_compile
         # The venue's grid in float64 from the configured tick, not its cast: a float32 0.1 is
         # 0.10000000149, and a price rounded on that grid sits 4e-4 off the venue's at 28,000,
@@ -106,6 +108,7 @@ class Trader:
         self.np_dtype = np.dtype(jnp.dtype(dtype).name)
         self.bid_rest, self.ask_rest = Resting(), Resting()
         self.quote: dict | None = None
+        self.terms: dict | None = None  # why the last quote is where it is (engine.explain_step)
         self.sent: Interval | None = None  # the interval whose end the quote was sent at
         self.n = 0  # observations so far
         self.n_stale = 0
@@ -196,8 +199,9 @@ class Trader:
         )
         if self.takes:
             obs = obs._replace(fill_take_size=v(tk), fill_take_price=v(tk_px))
-        self.state, q, info = self.step(self.ep, self.state, obs)
-        q, info = jax.device_get((q, info))
+        self.state, q, info, terms = self.step(self.ep, self.state, obs)
+        q, info, terms = jax.device_get((q, info, terms))
+        self.terms = {k: _scalar(v) for k, v in terms.items()}
         quote = {f: float(np.asarray(getattr(q, f))[0]) for f in ("bid_price", "ask_price", "bid_size", "ask_size")}
         if self.tick > 0:  # an order goes out on the venue's grid (the engine rounded it in its own precision)
             quote.update(
@@ -240,6 +244,12 @@ class Trader:
         self.bid_rest, self.ask_rest = Resting(), Resting()
 
 
+def _scalar(v):
+    """One asset's value of a term as a plain number (bool, int or float)."""
+    a = np.asarray(v).reshape(-1)[0]
+    return bool(a) if a.dtype == bool else (int(a) if np.issubdtype(a.dtype, np.integer) else float(a))
+
+
 def replay(
     ep: engine.EngineParams,
     feed: Feed,
@@ -254,14 +264,33 @@ def replay(
     step is compiled ahead of time, before the first observation."""
     trader = Trader(ep, depth_per_tick=depth_per_tick, dtype=dtype, step_fn=step_fn, stale_s=stale_s)
     t_start = time.perf_counter()
-    rows = [trader.on_interval(feed.row(i)) for i in range(len(feed.t))]
+    rows, terms = [], []
+    for i in range(len(feed.t)):
+        rows.append(trader.on_interval(feed.row(i)))
+        terms.append(trader.terms)
     run_s = time.perf_counter() - t_start
     journal = pd.DataFrame(rows, columns=list(JOURNAL_COLUMNS))
     return ReplayResult(
         journal,
         _metrics(trader.ep, feed_summary(feed), journal, trader.state, trader.compile_s, run_s, trader.n_stale),
         trader.state,
+        terms_frame(journal["t"], terms),
     )
+
+
+#: The order of the terms' columns: the inputs, the flags, the price terms, the size terms.
+TERMS_ORDER = (
+    "t", "mid", "sigma", "position", "regime", "ready", "near_liquidation", "pull_cascade", "in_event",
+    "reservation", "base_spread", "as_adjust", "regime_mult", "liq_mult", "half_spread", "flow_adjust",
+    "spread", "bid_offset", "ask_offset", "fixed_spread",
+    "margin_size", "volume_size", "size_mult", "bid_size_mult", "ask_size_mult", "bid_size_limited", "ask_size_limited",
+)  # fmt: skip
+
+
+def terms_frame(t, terms: list[dict]) -> pd.DataFrame:
+    """The quotes' terms (:func:`mmsim.engine.policy.terms`), one row per observation at time ``t`` (s)."""
+    d = pd.DataFrame(terms).assign(t=np.asarray(t, float))
+    return d[[c for c in TERMS_ORDER if c in d] + sorted(c for c in d if c not in TERMS_ORDER)]
 
 
 def feed_summary(feed: Feed) -> dict:

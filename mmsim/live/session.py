@@ -211,6 +211,7 @@ class Session:
         self.step_ms: list[float] = []
         self.tick_to_quote_ms: list[float] = []
         self.rows: list[tuple] = []
+        self.terms: list[dict | None] = []  # each observation's quote terms (engine.explain_step)
         self.fills = 0  # observations with a paper fill (the status line's count)
         self._started = time.monotonic()
         self._last_status = 0.0
@@ -357,6 +358,7 @@ class Session:
         self.step_ms.append(step_ms)
         self.tick_to_quote_ms.append(ttq_ms)
         self.rows.append(row)
+        self.terms.append(self.trader.terms)
         self.fills += row[9] > 0 or row[10] > 0
         self.journal.observation(
             self.seq,
@@ -367,6 +369,7 @@ class Session:
             step_ms=step_ms,
             tick_to_quote_ms=ttq_ms,
             clock_offset_s=self.builder.clock_offset_s,
+            terms=self.trader.terms,  # why it quoted there (non-finite terms written as null)
             **(
                 {"venue_fills": list(venue_fills), "booked_id": self.gateway.booked_id}
                 if self.gateway is not None
@@ -526,16 +529,17 @@ def open_session(
     session = Session(settings, trader, builder, journal, seq=seq, gateway=gateway, booked_id=booked)
     if restored:
         session.rows = list(restored["rows"])
+        session.terms = [r.get("terms") for r in restored["records"] if r.get("k") == "obs"]
         session.fills = sum(r[9] > 0 or r[10] > 0 for r in session.rows)
     return session, restored
 
 
-def _result(trader: Trader, rows: list, fs: dict, run_s: float, live: dict):
+def _result(trader: Trader, rows: list, fs: dict, run_s: float, live: dict, terms: list | None = None):
     """A :class:`~mmsim.live.replay.ReplayResult` of journal rows: the replay's metrics (``fs``: the
     feed's summary without its duration) and the live ones."""
     import pandas as pd
 
-    from mmsim.live.replay import JOURNAL_COLUMNS, ReplayResult, _metrics
+    from mmsim.live.replay import JOURNAL_COLUMNS, ReplayResult, _metrics, terms_frame
 
     journal = pd.DataFrame(rows, columns=list(JOURNAL_COLUMNS)).astype({"bid": float, "ask": float})
     if len(journal):
@@ -544,7 +548,10 @@ def _result(trader: Trader, rows: list, fs: dict, run_s: float, live: dict):
     else:
         m = {"observations": 0}
     m["live"] = {"gateway": "paper", **live}  # live["gateway"] says "orders" for an orders session
-    return ReplayResult(journal, m, trader.state)
+    tf = None
+    if terms and len(terms) == len(journal) and all(t is not None for t in terms):
+        tf = terms_frame(journal["t"], [{k: (np.nan if v is None else v) for k, v in t.items()} for t in terms])
+    return ReplayResult(journal, m, trader.state, tf)
 
 
 def result(session: Session):
@@ -572,7 +579,7 @@ def result(session: Session):
         "clock_offset_s": b.clock_offset_s,
         "latency": session.latency(),
     }
-    return _result(session.trader, session.rows, fs, time.monotonic() - session._started, live)
+    return _result(session.trader, session.rows, fs, time.monotonic() - session._started, live, session.terms)
 
 
 def report_journal(run_dir: str | Path, ep, settings: LiveSettings, *, depth_per_tick: float = 0.5, dtype=None):
@@ -614,4 +621,4 @@ def report_journal(run_dir: str | Path, ep, settings: LiveSettings, *, depth_per
         "latency": lat,
         "torn_lines": r["torn"],
     }
-    return _result(trader, r["rows"], fs, obs[-1]["wall"] - obs[0]["wall"], live)
+    return _result(trader, r["rows"], fs, obs[-1]["wall"] - obs[0]["wall"], live, [x.get("terms") for x in obs])

@@ -184,7 +184,9 @@ def report_lines(m: dict, title: str) -> list[str]:
 
 
 def write_outputs(result: ReplayResult, out_dir: Path, title: str, *, warmup_s: float | None = None) -> list[Path]:
-    """The journal (CSV), metrics.json, report.md and a figure (:func:`replay_figure`: the mid, the market's
+    """The journal (CSV), metrics.json, report.md, the quotes' terms (``quote_terms.csv``: the policy's
+    reservation price, half spread, each adjustment and size factor per observation, where the
+    result has them) and a figure (:func:`replay_figure`: the mid, the market's
     best bid and ask and our quotes with the fills, the quotes' distances from the mid, position,
     equity minus the initial equity, the warm-up marked; ``warmup_s``, seconds, default the first
     quote) into ``out_dir``; returns the files."""
@@ -204,6 +206,9 @@ def write_outputs(result: ReplayResult, out_dir: Path, title: str, *, warmup_s: 
         j.to_csv(tmp / names[0], index=False)
         write_json(tmp / names[1], result.metrics)  # strict JSON: a non-finite number is null, never NaN
         (tmp / names[2]).write_text("\n".join(report_lines(result.metrics, title)))
+        if result.terms is not None:  # why each quote is where it is
+            result.terms.to_csv(tmp / "quote_terms.csv", index=False)
+            names = (*names, "quote_terms.csv")
         eq0 = None
         if "pnl" in result.metrics and len(j):  # pnl = final equity - initial equity
             eq0 = float(j["equity"].iloc[-1]) - float(result.metrics["pnl"])

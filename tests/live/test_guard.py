@@ -352,7 +352,7 @@ def engine_step():
     from mmsim import config, engine
 
     _, _, ep, _ = config.build(config.compose(["experiment=baseline", "engine.warmup_s=5"]))
-    return ep, jax.jit(engine.step)
+    return ep, jax.jit(engine.explain_step)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -147,7 +147,7 @@ def replayed():
     world, mp, ep, sim = config.build(
         config.compose(["experiment=baseline", "engine.warmup_s=20", "account.max_inventory=2"])
     )
-    step = jax.jit(engine.step)
+    step = jax.jit(engine.explain_step)
     feed = synthetic_feed()
     return feed, live.replay(ep, feed, step_fn=step), step
 
@@ -166,6 +166,29 @@ def test_replay_runs_the_engine_once_compiled_and_keeps_the_pnl_identity(replaye
     assert np.all(np.abs(j["position"]) <= 2.0 + 1e-6)  # the account's hard limit holds on paper too
 
 
+def test_each_quote_is_its_journaled_terms(replayed):
+    """The terms the journal keeps are the quote's: the reservation price, half spread and flow
+    adjustment, clamped post-only and rounded on the tick in the engine's float32, give every bid
+    and ask sent; the account-limited sizes are the sizes sent."""
+    _, res, _ = replayed
+    j, t = res.journal, res.terms
+    assert list(t.columns[:4]) == ["t", "mid", "sigma", "position"] and np.array_equal(t["t"], j["t"])
+    f = lambda c: t[c].to_numpy(np.float32)  # noqa: E731
+    tick, half_tick = np.float32(0.1), np.float32(0.05)
+    bid = np.floor(np.minimum(f("reservation") - f("half_spread") - f("flow_adjust"), f("mid") - half_tick) / tick
+                   + np.float32(1e-6)) * tick  # fmt: skip
+    ask = np.ceil(np.maximum(f("reservation") + f("half_spread") - f("flow_adjust"), f("mid") + half_tick) / tick
+                  - np.float32(1e-6)) * tick  # fmt: skip
+    ask = np.maximum(ask, bid + tick)
+    on_grid = lambda x: np.round(x.astype(float) / 0.1) * 0.1  # noqa: E731   (the venue's grid, as sent)
+    for side, px in (("bid", bid), ("ask", ask)):
+        on = j[side].notna().to_numpy()
+        assert on.sum() > 100 and t["ready"][on].all()
+        np.testing.assert_array_equal(on_grid(px)[on], j[side][on], err_msg=side)
+        np.testing.assert_array_equal(t[f"{side}_size_limited"][on], j[f"{side}_size"][on], err_msg=side)
+    assert not t["ready"][j["t"] < 20].any()  # the warm-up is why nothing was quoted
+
+
 def test_the_quotes_go_out_on_the_venues_grid(replayed):
     """Every quote sent is a multiple of the 0.1 tick to float64 precision: rounded on the
     float32 cast of the tick (0.10000000149) a 60,000 quote would sit 9e-4 above the touch, where
@@ -182,7 +205,7 @@ def test_the_quotes_go_out_on_the_venues_grid(replayed):
 def test_replay_outputs(replayed, tmp_path):
     _, res, _ = replayed
     files = live_report.write_outputs(res, tmp_path, "synthetic")
-    assert [f.name for f in files] == ["journal.csv", "metrics.json", "report.md", "replay.png"]
+    assert [f.name for f in files] == ["journal.csv", "metrics.json", "report.md", "replay.png", "quote_terms.csv"]
     assert json.loads((tmp_path / "metrics.json").read_text())["observations"] == len(res.journal)
     md = (tmp_path / "report.md").read_text()
     assert md.startswith("# synthetic") and f"| PnL | {res.metrics['pnl']:,.2f} (quote currency) |" in md

@@ -73,6 +73,7 @@ def test_a_paper_session_issues_the_replays_quotes(world, capture, tmp_path):
     s, why, em, res = run_session(world, path, tmp_path, max_observations=n)
     assert why == "max_observations" and em.connections == 1
     pd.testing.assert_frame_equal(res.journal, rep.journal.iloc[:n])
+    pd.testing.assert_frame_equal(res.terms, rep.terms.iloc[:n])  # why it quoted there, journaled
     assert res.journal["bid"].notna().sum() > n // 2  # quoting (the tiny trades of this capture fill nothing)
     m = res.metrics
     assert m["live"]["reconnects"] == 0 and m["live"]["latency"]["step_ms"]["n"] == n
@@ -220,3 +221,5 @@ def test_a_session_killed_mid_run_resumes_to_the_quotes_of_an_uninterrupted_one(
     m = json.loads((run / "metrics.json").read_text())
     assert m["observations"] == n and m["live"]["resumes"] == 1 and m["live"]["stop_reason"] == "max_observations"
     assert m["pnl"] == pytest.approx(rep.journal["equity"].iloc[n - 1] - 1e4)
+    terms = pd.read_csv(run / "quote_terms.csv")  # from the journal of both sessions
+    np.testing.assert_allclose(terms["reservation"], rep.terms["reservation"].iloc[:n], rtol=1e-12)
