@@ -96,8 +96,10 @@ class Trader:
         self.state = state if state is not None else engine.init(self.ep, dtype)
         self.template = jax.tree_util.tree_map(np.asarray, observation.empty(1, dtype, takes=self.takes))
         t_compile = time.perf_counter()
-        # engine.explain_step: engine.step's computation, with the policy's terms of each quote.
-        self.step = step_fn or jax.jit(engine.explain_step).lower(self.ep, self.state, self.template).compile()
+        # engine.explain_step: engine.step's computation, with the policy's terms of each quote,
+        # packed into one vector on the device (one transfer back instead of one per term).
+        self.step = step_fn or jax.jit(packed_explain_step).lower(self.ep, self.state, self.template).compile()
+        self.term_names = term_names(self.ep)
         self.compile_s = time.perf_counter() - t_compile
         # The venue's grid in float64 from the configured tick, not its cast: a float32 0.1 is
         # 0.10000000149, and a price rounded on that grid sits 4e-4 off the venue's at 28,000,
@@ -199,9 +201,9 @@ class Trader:
         )
         if self.takes:
             obs = obs._replace(fill_take_size=v(tk), fill_take_price=v(tk_px))
-        self.state, q, info, terms = self.step(self.ep, self.state, obs)
-        q, info, terms = jax.device_get((q, info, terms))
-        self.terms = {k: _scalar(v) for k, v in terms.items()}
+        self.state, q, info, packed = self.step(self.ep, self.state, obs)
+        q, info, packed = jax.device_get((q, info, packed))
+        self.terms = unpack_terms(self.term_names, packed)
         quote = {f: float(np.asarray(getattr(q, f))[0]) for f in ("bid_price", "ask_price", "bid_size", "ask_size")}
         if self.tick > 0:  # an order goes out on the venue's grid (the engine rounded it in its own precision)
             quote.update(
@@ -244,10 +246,38 @@ class Trader:
         self.bid_rest, self.ask_rest = Resting(), Resting()
 
 
-def _scalar(v):
-    """One asset's value of a term as a plain number (bool, int or float)."""
-    a = np.asarray(v).reshape(-1)[0]
-    return bool(a) if a.dtype == bool else (int(a) if np.issubdtype(a.dtype, np.integer) else float(a))
+def term_names(ep) -> tuple[tuple[str, str], ...]:
+    """``(name, kind)`` of the policy's terms in :func:`packed_explain_step`'s order (static: they
+    depend on the policy's kind and events only), kind "b" bool, "i" int, "f" float."""
+    shapes = jax.eval_shape(lambda p: pol.terms(p.policy, _inputs_like(p)), ep)
+    names = [*sorted(shapes), "bid_size_limited", "ask_size_limited"]
+    kind = lambda d: "b" if d == jnp.bool_ else ("i" if jnp.issubdtype(d, jnp.integer) else "f")  # noqa: E731
+    return tuple((n, kind(shapes[n].dtype) if n in shapes else "f") for n in names)
+
+
+def _inputs_like(p) -> pol.PolicyInputs:
+    f = jnp.zeros((1,), jnp.float32)
+    return pol.PolicyInputs(
+        t=f[0], mid=f, tick=f, sigma=f, regime=jnp.int32(0), position=f, available_margin=f[0], margin_ratio=f[0],
+        leverage=f[0], as_adjust=f, informed=f, tail_risk=f, pull_cascade=jnp.zeros((1,), bool), flow_imbalance=f,
+        daily_volume=f, ready=jnp.bool_(True),
+    )  # fmt: skip
+
+
+def packed_explain_step(ep, state, obs):
+    """:func:`mmsim.engine.explain_step` with the first asset's terms in one float64-or-float32
+    vector, in :func:`_term_names` order (``unpack_terms`` reads it)."""
+    new, q, info, terms = engine.explain_step(ep, state, obs)
+    dtype = q.bid_price.dtype
+    vec = jnp.stack([jnp.reshape(terms[n], (-1,))[0].astype(dtype) for n, _ in term_names(ep)])  # traced once
+    return new, q, info, vec
+
+
+def unpack_terms(names: tuple[tuple[str, str], ...], vec) -> dict:
+    """The terms of :func:`packed_explain_step`'s vector as plain numbers by name (``names``:
+    :func:`term_names` of the same parameters)."""
+    conv = {"b": bool, "i": int, "f": float}
+    return {n: conv[k](v) for (n, k), v in zip(names, np.asarray(vec).tolist())}
 
 
 def replay(

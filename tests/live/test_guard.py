@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from mmsim import live
 from mmsim.fit import data
 from mmsim.live import guard
+from mmsim.live.replay import packed_explain_step
 from tests.fit.test_data import _binance, _write_gz
 
 T0_MS = 1_723_161_255_000  # exchange time of the first message, ms
@@ -349,10 +350,10 @@ def test_spot_books_stamped_on_receipt_are_put_on_the_exchange_clock(tmp_path):
 def engine_step():
     import jax
 
-    from mmsim import config, engine
+    from mmsim import config
 
     _, _, ep, _ = config.build(config.compose(["experiment=baseline", "engine.warmup_s=5"]))
-    return ep, jax.jit(engine.explain_step)
+    return ep, jax.jit(packed_explain_step)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

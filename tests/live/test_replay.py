@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmsim import cli, config, engine, live
+from mmsim import cli, config, live
 from mmsim.fit import data
+from mmsim.live.replay import packed_explain_step
 from mmsim.report import live as live_report
 
 
@@ -147,7 +148,7 @@ def replayed():
     world, mp, ep, sim = config.build(
         config.compose(["experiment=baseline", "engine.warmup_s=20", "account.max_inventory=2"])
     )
-    step = jax.jit(engine.explain_step)
+    step = jax.jit(packed_explain_step)
     feed = synthetic_feed()
     return feed, live.replay(ep, feed, step_fn=step), step
 
