@@ -1,8 +1,10 @@
 """A local stand-in for Binance USD-M's public market data, on the loopback address only: a real
 websocket server that streams a recorded capture's messages, in the venue's own combined-stream
 format, to ``/stream?streams=...``, and answers the REST depth snapshot (``/fapi/v1/depth``) with
-the capture's. Tests, benchmarks and a user's dry run point ``mmsim live`` at it; nothing leaves the
-machine.
+the book as it stands where the stream has reached: the capture's first snapshot and every depth
+diff streamed (or passed) since, so that a client resynchronising after a gap gets the current
+book and the diffs that follow it continue its update ids. Tests, benchmarks and a user's dry run
+point ``mmsim live`` at it; nothing leaves the machine.
 
 The clock is the recording's, accelerated ``speed`` times (``inf``: as fast as the client reads).
 For the failure paths, a connection can be closed after ``drop_after`` messages (the next one
@@ -55,6 +57,13 @@ def read_lines(path: str | Path) -> list[tuple[float, str]]:
     return out
 
 
+def _depth_kind(stream: str) -> str:
+    """A stream's name with a depth stream's update speed dropped (``btcusdt@depth@100ms`` ->
+    ``btcusdt@depth``); other names as they are."""
+    i = stream.find("@depth")
+    return stream[: i + 6] if i >= 0 else stream
+
+
 def _stream_of(body: str) -> str | None:
     """The combined-stream name of a message (None for a REST snapshot or another venue's)."""
     i = body.find('"stream"')
@@ -86,6 +95,10 @@ class Emulator:
             raise ValueError(f"speed = {speed!r}: must be > 0 (inf: as fast as the client reads)")
         self.lines = [(t, b, _stream_of(b)) for t, b in lines]
         self.snapshot = next((b for _, b, s in self.lines if s is None and '"lastUpdateId"' in b), None)
+        self._book: dict | None = None  # the levels of the current book (from the snapshot and diffs)
+        self._book_u = -1  # its update id
+        self._book_t = 0
+        self._diffs: list[str] = []  # depth diffs reached since the book was last brought up to date
         self.speed, self.port = float(speed), port
         self.drop_after, self.pause_after, self.pause_s, self.skip_diff = drop_after, pause_after, pause_s, skip_diff
         self.position = 0  # the next line to send (shared by reconnections)
@@ -133,9 +146,43 @@ class Emulator:
             return None  # the websocket upgrade
         if url.path == "/fapi/v1/depth" and self.snapshot is not None:
             self.snapshots_served += 1
-            body = self.snapshot.encode()
+            body = json.dumps(self._current_book()).encode()
             return Response(200, "OK", Headers([("Content-Type", "application/json")]), body)
         return Response(404, "Not Found", Headers([("Content-Type", "text/plain")]), b"not found\n")
+
+    def _current_book(self) -> dict:
+        """The book where the stream stands: the first snapshot with the diffs reached since."""
+        if self._book is None:
+            snap = json.loads(self.snapshot)
+            self._book = {side: {float(p): q for p, q in snap[side]} for side in ("bids", "asks")}
+            self._book_u = int(snap["lastUpdateId"])
+            self._book_t = int(snap.get("T") or snap.get("E") or 0)
+        for body in self._diffs:
+            try:
+                d = json.loads(body)["data"]
+                if int(d["u"]) <= self._book_u:
+                    continue  # already in the book
+                for side, key in (("bids", "b"), ("asks", "a")):
+                    for p, q in d[key]:
+                        if float(q) > 0:
+                            self._book[side][float(p)] = q
+                        else:
+                            self._book[side].pop(float(p), None)
+                self._book_u = int(d["u"])
+                self._book_t = int(d.get("T") or d.get("E") or self._book_t)
+            except (ValueError, KeyError, TypeError):
+                continue
+        self._diffs.clear()
+        bids = sorted(self._book["bids"].items(), reverse=True)
+        asks = sorted(self._book["asks"].items())
+        level = lambda p, q: [repr(p), q]  # noqa: E731
+        return {
+            "lastUpdateId": self._book_u,
+            "E": self._book_t,
+            "T": self._book_t,
+            "bids": [level(p, q) for p, q in bids[:1000]],
+            "asks": [level(p, q) for p, q in asks[:1000]],
+        }
 
     async def _handler(self, ws: ServerConnection) -> None:
         try:
@@ -146,18 +193,22 @@ class Emulator:
     async def _stream(self, ws: ServerConnection) -> None:
         self.connections += 1
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(ws.request.path).query)
-        streams = set(",".join(query.get("streams", [""])).replace("/", ",").split(","))
+        # A recording holds one depth stream (hftbacktest records ``@depth@0ms``): it answers a
+        # subscription to the symbol's depth diffs at any update speed.
+        streams = {_depth_kind(x) for x in ",".join(query.get("streams", [""])).replace("/", ",").split(",")}
         sent_here = 0
         diffs = 0
         t_prev = None
         while self.position < len(self.lines):
             t, body, stream = self.lines[self.position]
             self.position += 1
-            if stream is None or stream not in streams:
+            if stream is not None and "@depth" in stream:
+                self._diffs.append(body)  # the venue's book moves whether or not a client reads it
+            if stream is None or _depth_kind(stream) not in streams:
                 if self.venue is not None and stream is not None:
                     self.venue.on_message(body)
                 continue
-            if stream.endswith("@depth@100ms") or stream.endswith("@depth"):
+            if "@depth" in stream:
                 diffs += 1
                 if self.skip_diff is not None and diffs == self.skip_diff:
                     continue

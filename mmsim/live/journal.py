@@ -176,7 +176,9 @@ def restore(run_dir: str | Path, trader) -> dict:
     for r in obs:
         if r["seq"] > start:
             vf = r.get("venue_fills")  # an orders session's fills, from the venue
-            trader.on_interval(interval_from_json(r["iv"]), venue_fills=tuple(vf) if vf is not None else None)
+            trader.on_interval(
+                interval_from_json(r["iv"]), venue_fills=tuple(vf) if vf is not None else None, hold=bool(r.get("held"))
+            )
             restepped += 1
     return {
         "records": recs,

@@ -115,15 +115,19 @@ class Trader:
         self.n = 0  # observations so far
         self.n_stale = 0
 
-    def on_interval(self, iv: Interval, venue_fills: tuple[float, float, float, float] | None = None) -> tuple:
+    def on_interval(
+        self, iv: Interval, venue_fills: tuple[float, float, float, float] | None = None, *, hold: bool = False
+    ) -> tuple:
         """One observation: paper fills of the resting quote over ``iv`` (or, from the orders
         gateway, the venue's own fills ``(bid size, bid VWAP, ask size, ask VWAP)``), the engine
-        step, the next quote (``self.quote``). Returns the journal row (:data:`JOURNAL_COLUMNS`)."""
+        step, the next quote (``self.quote``; withdrawn when ``hold``: the session's L2 book is out
+        of sync). Returns the journal row (:data:`JOURNAL_COLUMNS`)."""
         v = lambda x: np.asarray([x], self.np_dtype)  # noqa: E731   (numpy in, one transfer per call)
         scalar = lambda x: np.asarray(x, self.np_dtype)  # noqa: E731
         tp, tq, ts = iv.trade_price, iv.trade_qty, iv.trade_side
         stale = bool(iv.book_age > self.stale_s)
         self.n_stale += stale
+        off = stale or hold  # no quote goes out
         fb = fa = tk = tk_px = 0.0
         quote, j = self.quote, self.sent
         fb_px = quote["bid_price"] if quote is not None else 0.0
@@ -212,9 +216,9 @@ class Trader:
             )
         quote.update(
             # A stale feed (no valid book for stale_s) pulls the quotes until a book arrives.
-            bid_active=bool(q.bid_active[0]) and not stale,
-            ask_active=bool(q.ask_active[0]) and not stale,
-            take=float(q.take[0]) if self.takes and not stale else 0.0,
+            bid_active=bool(q.bid_active[0]) and not off,
+            ask_active=bool(q.ask_active[0]) and not off,
+            take=float(q.take[0]) if self.takes and not off else 0.0,
         )
         self.quote, self.sent = quote, iv
         self.n += 1

@@ -72,6 +72,10 @@ class LiveSettings:
         recv_window_ms: how far the venue may find our clock off, ms.
         order_timeout_s: one order-API request's timeout, s.
         reconcile_every: observations between two read-backs of the venue's position and orders.
+        depth: also read the L2 book (``depth@100ms`` diffs kept consistent with the REST snapshot
+            by their update ids); a gap in the ids, a crossed book or no snapshot pulls the quotes
+            until a new snapshot resynchronises it.
+        depth_limit: levels per side of the REST snapshot.
     """
 
     venue: str = "binance_usdm"
@@ -100,12 +104,19 @@ class LiveSettings:
     recv_window_ms: int = 5000
     order_timeout_s: float = 5.0
     reconcile_every: int = 10
+    depth: bool = True
+    depth_limit: int = 1000
 
     def __post_init__(self) -> None:
         if self.gateway not in ("paper", "orders"):
             raise ValueError(f"live.gateway = {self.gateway!r}: must be 'paper' or 'orders'")
-        if not isinstance(self.mainnet, bool):
-            raise ValueError(f"live.mainnet = {self.mainnet!r}: must be true or false")
+        for f in ("mainnet", "depth"):
+            if not isinstance(getattr(self, f), bool):
+                raise ValueError(f"live.{f} = {getattr(self, f)!r}: must be true or false")
+        if self.depth_limit not in (5, 10, 20, 50, 100, 500, 1000):
+            raise ValueError(
+                f"live.depth_limit = {self.depth_limit!r}: must be one of the venue's 5, 10, 20, 50, 100, 500, 1000"
+            )
         if not (isinstance(self.max_orders_10s, int) and 1 <= self.max_orders_10s < lo.VENUE_ORDERS_10S):
             raise ValueError(
                 f"live.max_orders_10s = {self.max_orders_10s!r}: must be an integer in [1, {lo.VENUE_ORDERS_10S}) "
@@ -164,11 +175,17 @@ class LiveSettings:
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("live.reconnect_max_s must be >= live.reconnect_min_s")
 
+    def depth_url(self, symbol: str) -> str:
+        """The REST depth snapshot."""
+        return f"{self.rest_url.rstrip('/')}/fapi/v1/depth?symbol={symbol.upper()}&limit={self.depth_limit}"
+
     def stream_url(self, symbol: str) -> str:
         """The combined stream: top of book, trades (with the liquidation marker), mark price and
-        funding every second, forced orders."""
+        funding every second, forced orders, and with ``depth`` the L2 diffs every 100 ms."""
         s = symbol.lower()
         streams = [f"{s}@bookTicker", f"{s}@trade", f"{s}@markPrice@1s", f"{s}@forceOrder"]
+        if self.depth:
+            streams.append(f"{s}@depth@100ms")
         return f"{self.ws_url.rstrip('/')}/stream?streams={'/'.join(streams)}"
 
 
@@ -203,6 +220,12 @@ class Session:
         self._booked_id = booked_id  # a resumed orders session: the last venue fill its engine booked
         self._correction = 0.0  # base units the venue holds and the engine does not (booked next)
         self.venue_at_stop: dict = {}  # an orders session's last word from the venue (Gateway.close)
+        # The L2 book (live.depth): in sync with a snapshot, or the quotes are held.
+        self.depth_ok = not settings.depth
+        self.resyncs = 0
+        self._gaps_seen = 0
+        self._resync_at = 0.0  # monotonic time of the next snapshot request while out of sync
+        self._resync_delay = settings.reconnect_min_s
         self.seq = seq  # the next observation's number
         self.stop_reason: str | None = None
         self.reconnects = 0
@@ -249,6 +272,8 @@ class Session:
                     ) as ws:
                         self.connections += 1
                         self.journal.event("connect", n=self.connections)
+                        if self.s.depth:  # a new connection: its diffs start after a fresh snapshot
+                            self._out_of_sync("connect")
                         got = await self._receive(ws)
                         if got:
                             delay = self.s.reconnect_min_s
@@ -277,6 +302,7 @@ class Session:
                 reconnects=self.reconnects,
                 stale_events=self.stale_events,
                 clock_offset_s=self.builder.clock_offset_s,
+                depth_resyncs=self.resyncs,
                 **({"orders": self.gateway.counts, "venue_at_stop": closing} if self.gateway is not None else {}),
             )
             if self.trader.n:
@@ -342,6 +368,8 @@ class Session:
                 await self._observe(iv, received)
                 if self.stop_reason is not None:
                     break
+            if self.s.depth:
+                await self._watch_depth()
             self._check_limits()
         return got
 
@@ -350,10 +378,10 @@ class Session:
         if self.gateway is not None:
             venue_fills = await self._venue_fills(iv)
         t = time.perf_counter()
-        row = self.trader.on_interval(iv, venue_fills=venue_fills)
+        row = self.trader.on_interval(iv, venue_fills=venue_fills, hold=not self.depth_ok)
         step_ms = 1e3 * (time.perf_counter() - t)
         if self.gateway is not None:
-            await self._send(row, stale=bool(iv.book_age > self.s.stale_s))
+            await self._send(row, stale=bool(iv.book_age > self.s.stale_s) or not self.depth_ok)
         ttq_ms = 1e3 * (time.time() - received)
         self.step_ms.append(step_ms)
         self.tick_to_quote_ms.append(ttq_ms)
@@ -370,6 +398,7 @@ class Session:
             tick_to_quote_ms=ttq_ms,
             clock_offset_s=self.builder.clock_offset_s,
             terms=self.trader.terms,  # why it quoted there (non-finite terms written as null)
+            **({"held": True} if not self.depth_ok else {}),  # quotes withdrawn: the L2 book out of sync
             **(
                 {"venue_fills": list(venue_fills), "booked_id": self.gateway.booked_id}
                 if self.gateway is not None
@@ -381,6 +410,45 @@ class Session:
         self.seq += 1
         self._check_limits()
         self._status(row)
+
+    # -- the L2 book ---------------------------------------------------------------------------
+    def _out_of_sync(self, why: str) -> None:
+        d = self.builder.decoder
+        d.sync.update(snapshot=None, synced=False, last_u=None)  # diffs wait for the next snapshot
+        if self.depth_ok:
+            self.journal.event("depth_out_of_sync", why=why)
+        self.depth_ok = False
+        self._resync_at = 0.0
+        self._resync_delay = self.s.reconnect_min_s
+
+    async def _watch_depth(self) -> None:
+        """After each message: a gap in the diffs' update ids (or a crossed book, which drops the
+        decoder's snapshot) takes the book out of sync and pulls the quotes; out of sync, a new
+        snapshot is requested (with back-off when the venue does not answer)."""
+        d = self.builder.decoder
+        if d.gaps > self._gaps_seen:
+            self._gaps_seen = d.gaps
+            self._out_of_sync("gap")
+        elif self.depth_ok and d.sync["snapshot"] is None:
+            self._out_of_sync("crossed")
+        if self.depth_ok or time.monotonic() < self._resync_at:
+            return
+        await self._pull("depth")
+        self.resyncs += 1
+        try:
+            snap = await asyncio.to_thread(
+                _get_json, self.s.depth_url(self.builder.symbol or ""), self.s.open_timeout_s
+            )
+            self.builder.snapshot(time.time(), snap)
+            if d.sync["snapshot"] is None:
+                raise ValueError("the snapshot's book is crossed")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            self.journal.event("resync_failed", error=f"{type(e).__name__}: {e}", retry_s=self._resync_delay)
+            self._resync_at = time.monotonic() + self._resync_delay
+            self._resync_delay = min(2 * self._resync_delay, self.s.reconnect_max_s)
+            return
+        self.depth_ok = True
+        self.journal.event("depth_synced", last_update_id=int(snap["lastUpdateId"]), n=self.resyncs)
 
     async def _venue_fills(self, iv) -> tuple[float, float, float, float]:
         """The venue's fills of our orders up to the interval's end, with a pending reconciliation
@@ -445,6 +513,16 @@ class Session:
         return {"step_ms": percentiles(self.step_ms), "tick_to_quote_ms": percentiles(self.tick_to_quote_ms)}
 
 
+def _get_json(url: str, timeout_s: float):
+    """A GET request's JSON answer (the REST depth snapshot); an HTTP error raises ``OSError``."""
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"Accept": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout_s) as r:  # noqa: S310 (http(s) only: LiveSettings checks)
+        return json.loads(r.read())
+
+
 def percentiles(xs) -> dict | None:
     """``{"p50", "p99", "max", "n"}`` of latencies (ms), None for none."""
     a = np.asarray(xs, float)
@@ -498,6 +576,7 @@ def open_session(
         symbol=symbol,
         grace_s=settings.grace_s,
         liq_valid=True,
+        depth=settings.depth,
     )
     restored = None
     if resume:
@@ -576,6 +655,7 @@ def result(session: Session):
         "connections": session.connections,
         "reconnects": session.reconnects,
         "stale_events": session.stale_events,
+        "depth_resyncs": session.resyncs,
         "clock_offset_s": b.clock_offset_s,
         "latency": session.latency(),
     }

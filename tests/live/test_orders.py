@@ -261,7 +261,9 @@ def orders_session(world, lines, run_dir, *, v=None, resume=False, speed=20.0, *
     async def main():
         em = await emulator.Emulator(lines, speed=speed, venue=v).start()
         kw = dict(ws_url=em.ws_url, rest_url=em.rest_url, order_url=em.order_url, max_clock_skew_s=SKEW, status_s=0)
-        st = ls.LiveSettings(**{**kw, "gateway": "orders", "max_runtime_s": 60.0, "reconcile_every": 5, **st_kw})
+        st = ls.LiveSettings(
+            **{**kw, "gateway": "orders", "max_runtime_s": 60.0, "reconcile_every": 5, "depth": False, **st_kw}
+        )
         s, _ = ls.open_session(ep, st, run_dir, symbol="BTCUSDT", depth_per_tick=dpt, step_fn=step,
                                resume=resume, credentials=CREDS)  # fmt: skip
         why = await s.run()
@@ -391,7 +393,8 @@ def test_a_killed_orders_session_is_resumed_with_what_it_left_cancelled(busy, tm
     run = tmp_path / "run"
     v = venue.Venue(KEY, SECRET)
     env = {"MMSIM_API_KEY": KEY, "MMSIM_API_SECRET": SECRET}
-    common = [f"live.max_clock_skew_s={SKEW}", "live.status_s=0", "live.gateway=orders", "live.reconcile_every=5", *OVR]
+    common = [f"live.max_clock_skew_s={SKEW}", "live.status_s=0", "live.gateway=orders", "live.reconcile_every=5"]
+    common += ["live.depth=false", *OVR]
     with emulator.Running(emulator.Emulator(busy, speed=8.0, venue=v)) as em:
         urls = [f"live.ws_url={em.ws_url}", f"live.rest_url={em.rest_url}", f"live.order_url={em.order_url}"]
         proc = _mmsim(["live", "--params", str(best), "--out", str(run), *urls, *common], env_extra=env)

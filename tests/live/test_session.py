@@ -25,7 +25,7 @@ from mmsim.fit import data
 from mmsim.live import emulator, journal
 from mmsim.live import session as ls
 from mmsim.live.replay import Trader
-from tests.live.test_guard import clean_lines, mutate, write
+from tests.live.test_guard import T0_MS, _line, clean_lines, mutate, write
 from tests.test_config import write_best
 
 SKEW = 1e12  # the recording is years old: the guard's receive-time check is lifted for it
@@ -53,7 +53,8 @@ def run_session(world, path, run_dir, *, lines=None, em_kw=None, during=None, **
     async def main():
         em = await emulator.Emulator(lines or emulator.read_lines(path), **(em_kw or {})).start()
         kw = dict(ws_url=em.ws_url, rest_url=em.rest_url, max_clock_skew_s=SKEW, status_s=0, reconnect_min_s=0.05)
-        st = ls.LiveSettings(**{**kw, "max_runtime_s": 60.0, **st_kw})
+        # A hand-made capture has no depth: the L2 book is off unless a test asks for it.
+        st = ls.LiveSettings(**{**kw, "max_runtime_s": 60.0, "depth": False, **st_kw})
         s, _ = ls.open_session(ep, st, run_dir, symbol="BTCUSDT", depth_per_tick=dpt, step_fn=step)
         task = asyncio.create_task(during(s)) if during else None
         why = await s.run()
@@ -91,8 +92,12 @@ def test_a_paper_session_on_a_shared_capture_fills_as_the_replay_does(world, tmp
     feed = live.feed_from_capture(data.read_capture(path), 1.0, symbol="BTCUSDT")
     rep = live.replay(world[0], feed, depth_per_tick=world[1], step_fn=world[2])
     n = len(feed.t) - 1
-    s, why, em, res = run_session(world, path, tmp_path, max_observations=n)
+    s, why, em, res = run_session(world, path, tmp_path, max_observations=n, depth=True)
     assert why == "max_observations"
+    # With the L2 book read (one snapshot at the connection), the same quotes. (The emulator
+    # streams as fast as the client reads: by the snapshot's request it has sent every diff, so
+    # the chain never reaches the snapshot's id; the gap test below runs at a finite pace.)
+    assert res.metrics["live"]["depth_resyncs"] == 1 and s.depth_ok
     pd.testing.assert_frame_equal(res.journal, rep.journal.iloc[:n])
     fills = res.metrics["fills"]
     assert fills["bid"] + fills["ask"] > 5
@@ -165,7 +170,9 @@ def test_bad_settings_name_the_field():
     assert (
         ls.LiveSettings()
         .stream_url("BTCUSDT")
-        .endswith("/stream?streams=btcusdt@bookTicker/btcusdt@trade/btcusdt@markPrice@1s/btcusdt@forceOrder")
+        .endswith(
+            "/stream?streams=btcusdt@bookTicker/btcusdt@trade/btcusdt@markPrice@1s/btcusdt@forceOrder/btcusdt@depth@100ms"
+        )
     )
 
 
@@ -193,7 +200,7 @@ def test_a_session_killed_mid_run_resumes_to_the_quotes_of_an_uninterrupted_one(
     rep = live.replay(world[0], feed, depth_per_tick=world[1], step_fn=world[2])
     best = write_best(tmp_path / "best.yaml", {"gamma": 0.0042})
     run = tmp_path / "run"
-    common = [f"live.max_clock_skew_s={SKEW}", "live.status_s=0", "live.snapshot_every=7", *OVR]
+    common = [f"live.max_clock_skew_s={SKEW}", "live.status_s=0", "live.snapshot_every=7", "live.depth=false", *OVR]
     lines = emulator.read_lines(path)
     with emulator.Running(emulator.Emulator(lines, speed=8.0)) as em:
         proc = _mmsim(["live", "--params", str(best), "--out", str(run), f"live.ws_url={em.ws_url}", *common])
@@ -223,3 +230,55 @@ def test_a_session_killed_mid_run_resumes_to_the_quotes_of_an_uninterrupted_one(
     assert m["pnl"] == pytest.approx(rep.journal["equity"].iloc[n - 1] - 1e4)
     terms = pd.read_csv(run / "quote_terms.csv")  # from the journal of both sessions
     np.testing.assert_allclose(terms["reservation"], rep.terms["reservation"].iloc[:n], rtol=1e-12)
+
+
+def depth_lines(n_s: int = 40, *, snapshot: bool = True) -> list[str]:
+    """The clean capture with an L2 book: a REST snapshot first (update id 1000), then a diff every
+    100 ms whose ``U``/``u``/``pu`` chain on from it, moving a level behind each touch."""
+    out = clean_lines()
+    t0 = T0_MS - 50
+    snap = {"lastUpdateId": 1000, "E": t0, "T": t0, "bids": [["59999.0", "4.0"]], "asks": [["60001.0", "5.0"]]}
+    head = [f"{t0 * 1_000_000} {json.dumps(snap)}"] if snapshot else []
+    u = 1000
+    for k in range(n_s * 10):
+        t = T0_MS + 100 * k + 3
+        d = {"e": "depthUpdate", "E": t, "T": t, "s": "BTCUSDT", "U": u + 1, "u": u + 3, "pu": u,
+             "b": [["59999.0", f"{4 + k % 3}.0"]], "a": [["60001.0", f"{5 + k % 2}.0"]]}  # fmt: skip
+        u += 3
+        out.append(_line(t + 5, "btcusdt@depth@100ms", d))
+    out.sort(key=lambda line: int(line.split(" ", 1)[0]))
+    return head + out
+
+
+def test_a_depth_gap_pulls_the_quotes_and_a_fresh_snapshot_resynchronises(world, tmp_path):
+    """A diff lost in transit (the emulator skips the 50th): the update ids break, the book is out
+    of sync, the quotes are pulled, and the current book's snapshot (not the capture's first)
+    puts it back in sync; the diffs after it chain on."""
+    lines = [(t, b) for t, b in emulator.read_lines(write(tmp_path / "d.gz", depth_lines()))]
+    em_kw = {"skip_diff": 50, "speed": 20}
+    s, why, em, res = run_session(
+        world, None, tmp_path / "run", lines=lines, depth=True, em_kw=em_kw, max_observations=30
+    )
+    recs, _ = journal.read(tmp_path / "run")
+    what = [r["what"] for r in recs if r.get("k") == "event" and "sync" in r["what"]]
+    assert what == ["depth_synced", "depth_out_of_sync", "depth_synced"], what
+    synced = [r for r in recs if r.get("what") == "depth_synced"]
+    # Each snapshot is the book where the stream stands (the capture's first one and the diffs
+    # reached since): the second holds the skipped diff.
+    assert synced[0]["last_update_id"] >= 1000 and synced[1]["last_update_id"] >= 1000 + 3 * 50
+    assert em.snapshots_served == 2 and s.depth_ok and res.metrics["live"]["depth_resyncs"] == 2
+    assert res.metrics["feed_quality"].get("depth_gap") == 1
+    assert s.builder.decoder.synced  # the diffs after the new snapshot chain on from it
+    assert res.journal["bid"].notna().sum() > 20  # quoting again after the resync
+
+
+def test_without_a_snapshot_the_quotes_are_held_and_the_snapshot_retried(world, tmp_path):
+    lines = [(t, b) for t, b in emulator.read_lines(write(tmp_path / "d.gz", depth_lines(snapshot=False)))]
+    s, why, em, res = run_session(
+        world, None, tmp_path / "run", lines=lines, depth=True, em_kw={"speed": 20}, max_observations=30
+    )
+    recs, _ = journal.read(tmp_path / "run")
+    failed = [r for r in recs if r.get("what") == "resync_failed"]
+    assert len(failed) >= 3 and failed[1]["retry_s"] == 2 * failed[0]["retry_s"]  # with back-off
+    obs = [r for r in recs if r.get("k") == "obs"]
+    assert len(obs) > 20 and all(r.get("held") for r in obs) and res.journal["bid"].isna().all()
