@@ -161,7 +161,14 @@ def _live(argv: list[str]) -> int:
         _check_best(a.params, best, cfg)
     print(describe_policy(ep))
     if a.replay:
-        return _replay(a, world, mp, ep, sim, list(cfg.market.get("asset_names") or []))
+        from mmsim.live import session as ls
+
+        try:  # the paper gateway's order latency: live.latency_ms / live.latency_file, as in a session
+            latency = ls.live_settings(cfg.get("live")).latency()
+        except ValueError as e:
+            print(f"mmsim live: configuration error: {e}", file=sys.stderr)
+            return EXIT_CONFIG
+        return _replay(a, world, mp, ep, sim, list(cfg.market.get("asset_names") or []), latency)
     if a.check:
         return _check_live(cfg)
     return _session(a, cfg, mp, ep, sim)
@@ -349,7 +356,7 @@ def _replay_symbol(a, assets: list[str]) -> str | None:
     return a.symbol or (str(assets[0]) if assets else None)
 
 
-def _replay(a, world, mp, ep, sim, cfg_assets: list[str]) -> int:
+def _replay(a, world, mp, ep, sim, cfg_assets: list[str], latency=None) -> int:
     import jax.numpy as jnp
 
     from mmsim import live, report
@@ -375,7 +382,9 @@ def _replay(a, world, mp, ep, sim, cfg_assets: list[str]) -> int:
                 file=sys.stderr,
             )
         feed = live.feed_from_capture(cap, a.cadence, symbol=_replay_symbol(a, cfg_assets))
-        res = live.replay(ep, feed, depth_per_tick=float(mp.fills.depth_per_tick), dtype=jnp.dtype(sim.dtype))
+        res = live.replay(
+            ep, feed, depth_per_tick=float(mp.fills.depth_per_tick), dtype=jnp.dtype(sim.dtype), latency=latency
+        )
         if a.compare_paths:
             res.metrics["simulated"] = live.compare_with_simulation(
                 res.metrics,

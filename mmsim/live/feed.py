@@ -47,6 +47,7 @@ class Feed(NamedTuple):
     book_age: np.ndarray | None = None
     quality: dict | None = None
     symbol: str | None = None
+    trade_time: np.ndarray | None = None  # each trade's exchange time, s since the recording's start
 
     @property
     def mid(self) -> np.ndarray:
@@ -63,6 +64,7 @@ class Feed(NamedTuple):
             trade_qty=self.trade_qty[lo:hi],
             trade_side=self.trade_side[lo:hi],
             book_age=float(self.book_age[i]) if self.book_age is not None else 0.0,
+            trade_time=self.trade_time[lo:hi] if self.trade_time is not None else None,
         )
 
 
@@ -96,6 +98,7 @@ class Interval(NamedTuple):
     trade_qty: np.ndarray
     trade_side: np.ndarray
     book_age: float
+    trade_time: np.ndarray | None = None  # the trades' exchange times, s since the feed's start
 
 
 #: The fields of :class:`Feed` held per interval (one value each).
@@ -236,4 +239,5 @@ def feed_from_capture(
         book_age=edges - bt[ib],
         quality=quality,
         symbol=cap.get("symbol"),
+        trade_time=tt - t0,
     )

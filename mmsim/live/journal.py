@@ -25,18 +25,24 @@ from mmsim.live.feed import Interval
 from mmsim.live.paper import Resting
 
 JOURNAL = "journal.jsonl"
-_ARRAYS = ("trade_price", "trade_qty", "trade_side")
+_ARRAYS = ("trade_price", "trade_qty", "trade_side", "trade_time")
 
 
 def interval_to_json(iv: Interval) -> dict:
-    return {f: (getattr(iv, f).tolist() if f in _ARRAYS else _plain(getattr(iv, f))) for f in iv._fields}
+    def js(f):
+        v = getattr(iv, f)
+        return v.tolist() if f in _ARRAYS and v is not None else _plain(v)
+
+    return {f: js(f) for f in iv._fields}
 
 
 def interval_from_json(d: dict) -> Interval:
-    kw = {f: d[f] for f in Interval._fields}
+    kw = {f: d[f] for f in Interval._fields if f in d}  # a journal from before trade_time has none
     kw["trade_price"] = np.asarray(d["trade_price"], float)
     kw["trade_qty"] = np.asarray(d["trade_qty"], float)
     kw["trade_side"] = np.asarray(d["trade_side"], np.int8)
+    if d.get("trade_time") is not None:
+        kw["trade_time"] = np.asarray(d["trade_time"], float)
     return Interval(**kw)
 
 
@@ -109,6 +115,9 @@ class Journal:
             "sent": interval_to_json(trader.sent) if trader.sent is not None else None,
             "n": trader.n,
             "n_stale": trader.n_stale,
+            "left": [trader.bid_left, trader.ask_left],
+            "lag_s": trader.lag_s,
+            "rng": trader.rng.bit_generator.state,  # the latency draws continue where they were
         }
         tmp = self.dir / (name + ".tmp")
         with open(tmp, "wb") as fh:
@@ -157,6 +166,10 @@ def load_snapshot(run_dir: str | Path, name: str, trader) -> None:
     trader.bid_rest, trader.ask_rest = Resting(*meta["bid_rest"]), Resting(*meta["ask_rest"])
     trader.sent = interval_from_json(meta["sent"]) if meta["sent"] is not None else None
     trader.n, trader.n_stale = int(meta["n"]), int(meta["n_stale"])
+    if "left" in meta:  # (snapshots from before the latency model have none)
+        trader.bid_left, trader.ask_left = (float(x) for x in meta["left"])
+        trader.lag_s = float(meta["lag_s"])
+        trader.rng.bit_generator.state = meta["rng"]
 
 
 def restore(run_dir: str | Path, trader) -> dict:

@@ -5,11 +5,56 @@ same that fills quotes in the simulated tick book; the rule is written out in ``
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import NamedTuple
 
 import numpy as np
 
 from mmsim import exchange
+
+
+@dataclasses.dataclass(frozen=True)
+class Latency:
+    """The paper gateway's order latency: a quote sent at an interval's end reaches the venue this
+    long after, and the order it replaces rests until then. Constant (``constant_s``), or drawn
+    per quote from ``samples_s`` (an empirical law: measured round trips) with a seeded generator.
+    Seconds."""
+
+    constant_s: float = 0.0
+    samples_s: tuple[float, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        vals = (self.constant_s, *self.samples_s)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v < 60 for v in vals):
+            raise ValueError("latency: every value must be a number of seconds in [0, 60)")
+        if self.constant_s and self.samples_s:
+            raise ValueError("latency: a constant or samples, not both")
+
+    @property
+    def zero(self) -> bool:
+        return not self.samples_s and self.constant_s == 0
+
+    def draw(self, rng: np.random.Generator) -> float:
+        return float(rng.choice(self.samples_s)) if self.samples_s else float(self.constant_s)
+
+    @classmethod
+    def from_file(cls, path, seed: int = 0) -> Latency:
+        """Samples from a text file of latencies in milliseconds, one per line (``#`` comments)."""
+        vals = []
+        with open(path, encoding="utf-8") as fh:
+            for k, line in enumerate(fh, 1):
+                line = line.split("#", 1)[0].strip()
+                if not line:
+                    continue
+                try:
+                    vals.append(float(line) / 1e3)
+                except ValueError:
+                    raise ValueError(f"{path}, line {k}: {line!r} is not a latency in ms") from None
+        if not vals:
+            raise ValueError(f"{path}: no latency in it")
+        return cls(samples_s=tuple(vals), seed=seed)
 
 
 class Resting(NamedTuple):
@@ -86,3 +131,44 @@ def probe(feed, ticks_behind: float, tick: float, size: float = 0.01) -> np.ndar
             filled, _ = paper_fills(side, price, size, True, Resting(), touch, qty, tp, tq, ts)
             out[i, col] = filled > 0
     return out
+
+
+def latent_fills(
+    side: int,
+    price: float,
+    size: float,
+    active: bool,
+    resting: Resting,
+    left: float,
+    touch: float,
+    touch_qty: float,
+    trade_price: np.ndarray,
+    trade_qty: np.ndarray,
+    trade_side: np.ndarray,
+    trade_time: np.ndarray,
+    arrive: float,
+) -> tuple[float, float, Resting, float]:
+    """:func:`paper_fills` with an order latency: the quote sent at the interval's start reaches the
+    venue at ``arrive`` (s, the trades' clock), and until then the order it replaces rests (at
+    ``resting.price`` with ``left`` base units, its queue carried on). Trades before ``arrive`` fill
+    the old order, the later ones the new, which joins its queue on arrival (or keeps the old one's
+    place when it repeats its price, as the venue's order would).
+
+    Returns ``(filled base units, their VWAP, the resting order after the interval, its size left)``.
+    """
+    early = trade_time < arrive
+    f_old, rest = 0.0, resting
+    if left > 0 and resting.price > 0 and early.any():
+        f_old, rest = paper_fills(
+            side, resting.price, left, True, resting, touch, touch_qty,
+            trade_price[early], trade_qty[early], trade_side[early],
+        )  # fmt: skip
+    if left - f_old <= 0:
+        rest = Resting()  # the old order filled whole before the new one arrived
+    late = ~early
+    f_new, after = paper_fills(
+        side, price, size, active, rest, touch, touch_qty, trade_price[late], trade_qty[late], trade_side[late]
+    )
+    filled = f_old + f_new
+    vwap = (f_old * resting.price + f_new * price) / filled if filled > 0 else 0.0
+    return filled, vwap, after, (size - f_new if after.price > 0 else 0.0)

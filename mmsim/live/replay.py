@@ -20,7 +20,7 @@ from mmsim.engine import account as acct
 from mmsim.engine import policy as pol
 from mmsim.live.feed import Feed, Interval
 from mmsim.live.guard import GuardParams
-from mmsim.live.paper import Resting, paper_fills
+from mmsim.live.paper import Latency, Resting, latent_fills, paper_fills
 from mmsim.world.processes import queue as fills
 
 
@@ -75,6 +75,8 @@ class Trader:
         step_fn: a compiled step to reuse (default: compiled here, before the first observation).
         stale_s: an interval whose book is older than this (s) pulls the quotes.
         state: an engine state to start from (a resumed session's), default ``engine.init``.
+        latency: the paper gateway's order latency (:class:`~mmsim.live.paper.Latency`; default
+            none: a quote rests from the end of the interval it was sent at).
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class Trader:
         step_fn=None,
         stale_s: float = GuardParams().stale_s,
         state: engine.EngineState | None = None,
+        latency: Latency | None = None,
     ) -> None:
         if ep.n_assets != 1:
             raise ValueError(f"the live loop runs one asset (the feed's); the engine is configured for {ep.n_assets}")
@@ -109,6 +112,10 @@ class Trader:
         self.stale_s = stale_s
         self.np_dtype = np.dtype(jnp.dtype(dtype).name)
         self.bid_rest, self.ask_rest = Resting(), Resting()
+        self.latency = latency or Latency()
+        self.rng = np.random.default_rng(self.latency.seed)
+        self.lag_s = 0.0  # the latency of the quote now on its way (drawn when it is sent)
+        self.bid_left = self.ask_left = 0.0  # base units left of the resting orders
         self.quote: dict | None = None
         self.terms: dict | None = None  # why the last quote is where it is (engine.explain_step)
         self.sent: Interval | None = None  # the interval whose end the quote was sent at
@@ -134,6 +141,18 @@ class Trader:
         fa_px = quote["ask_price"] if quote is not None else 0.0
         if venue_fills is not None:
             fb, fb_px, fa, fa_px = venue_fills
+        elif quote is not None and not self.latency.zero and iv.trade_time is not None:
+            # A latency past the interval is capped at it: a quote is never overtaken by the next.
+            tt, arrive = iv.trade_time, j.t + min(self.lag_s, iv.t - j.t)
+            fb, fb_px, self.bid_rest, self.bid_left = latent_fills(
+                1, quote["bid_price"], quote["bid_size"], quote["bid_active"], self.bid_rest, self.bid_left,
+                j.best_bid, j.bid_size, tp, tq, ts, tt, arrive,
+            )  # fmt: skip
+            fa, fa_px, self.ask_rest, self.ask_left = latent_fills(
+                -1, quote["ask_price"], quote["ask_size"], quote["ask_active"], self.ask_rest, self.ask_left,
+                j.best_ask, j.ask_size, tp, tq, ts, tt, arrive,
+            )  # fmt: skip
+            tk, tk_px = self._take(quote, j)
         elif quote is not None:  # j: the book the quote was sent against
             fb, self.bid_rest = paper_fills(
                 1,
@@ -159,17 +178,7 @@ class Trader:
                 tq,
                 ts,
             )
-            if self.takes and quote["take"] != 0:
-                # Through the displayed touch, then the configured depth per tick behind it.
-                touch_qty = j.ask_size if quote["take"] > 0 else j.bid_size
-                ex, pr = fills.take(
-                    np.asarray([quote["take"]]),
-                    np.asarray([j.best_bid]),
-                    np.asarray([j.best_ask]),
-                    np.asarray([self.tick]),
-                    dataclasses.replace(self.fp, touch_depth=touch_qty),
-                )
-                tk, tk_px = float(ex[0]), float(pr[0])
+            tk, tk_px = self._take(quote, j)
         mid = 0.5 * (iv.best_bid + iv.best_ask)
         obs = self.template._replace(
             t=scalar(iv.t),
@@ -221,6 +230,8 @@ class Trader:
             take=float(q.take[0]) if self.takes and not off else 0.0,
         )
         self.quote, self.sent = quote, iv
+        if not self.latency.zero:
+            self.lag_s = self.latency.draw(self.rng)
         self.n += 1
         return (
             iv.t,
@@ -242,12 +253,28 @@ class Trader:
             float(info.sigma[0]),
         )
 
+    def _take(self, quote: dict, j: Interval) -> tuple[float, float]:
+        """The quote's taker order, through the displayed touch of the book it was sent against,
+        then the configured depth per tick behind it: (signed base units executed, average price)."""
+        if not (self.takes and quote["take"] != 0):
+            return 0.0, 0.0
+        touch_qty = j.ask_size if quote["take"] > 0 else j.bid_size
+        ex, pr = fills.take(
+            np.asarray([quote["take"]]),
+            np.asarray([j.best_bid]),
+            np.asarray([j.best_ask]),
+            np.asarray([self.tick]),
+            dataclasses.replace(self.fp, touch_depth=touch_qty),
+        )
+        return float(ex[0]), float(pr[0])
+
     def pull(self) -> None:
         """Withdraw the resting quote (a stale or broken feed, a kill switch): nothing fills until
         the next observation sends a new one."""
         if self.quote is not None:
             self.quote.update(bid_active=False, ask_active=False, take=0.0)
         self.bid_rest, self.ask_rest = Resting(), Resting()
+        self.bid_left = self.ask_left = 0.0
 
 
 def term_names(ep) -> tuple[tuple[str, str], ...]:
@@ -292,11 +319,13 @@ def replay(
     dtype=jnp.float32,
     step_fn=None,
     stale_s: float = GuardParams().stale_s,
+    latency: Latency | None = None,
 ) -> ReplayResult:
     """Run the engine on ``feed`` with paper fills (the live loop, one compiled ``engine.step`` per
     observation: :class:`Trader`). ``step_fn``: a compiled or jitted step to reuse; by default the
-    step is compiled ahead of time, before the first observation."""
-    trader = Trader(ep, depth_per_tick=depth_per_tick, dtype=dtype, step_fn=step_fn, stale_s=stale_s)
+    step is compiled ahead of time, before the first observation. ``latency``: the paper
+    gateway's order latency (default none)."""
+    trader = Trader(ep, depth_per_tick=depth_per_tick, dtype=dtype, step_fn=step_fn, stale_s=stale_s, latency=latency)
     t_start = time.perf_counter()
     rows, terms = [], []
     for i in range(len(feed.t)):
@@ -304,12 +333,17 @@ def replay(
         terms.append(trader.terms)
     run_s = time.perf_counter() - t_start
     journal = pd.DataFrame(rows, columns=list(JOURNAL_COLUMNS))
-    return ReplayResult(
-        journal,
-        _metrics(trader.ep, feed_summary(feed), journal, trader.state, trader.compile_s, run_s, trader.n_stale),
-        trader.state,
-        terms_frame(journal["t"], terms),
-    )
+    m = _metrics(trader.ep, feed_summary(feed), journal, trader.state, trader.compile_s, run_s, trader.n_stale)
+    m["paper_latency"] = latency_summary(trader.latency)
+    return ReplayResult(journal, m, trader.state, terms_frame(journal["t"], terms))
+
+
+def latency_summary(lat: Latency) -> dict:
+    """What the metrics say of the paper gateway's order latency, s."""
+    if lat.samples_s:
+        a = np.asarray(lat.samples_s)
+        return {"law": "empirical", "samples": len(a), "median_s": float(np.median(a)), "seed": lat.seed}
+    return {"law": "constant", "constant_s": lat.constant_s}
 
 
 #: The order of the terms' columns: the inputs, the flags, the price terms, the size terms.

@@ -76,6 +76,11 @@ class LiveSettings:
             by their update ids); a gap in the ids, a crossed book or no snapshot pulls the quotes
             until a new snapshot resynchronises it.
         depth_limit: levels per side of the REST snapshot.
+        latency_ms: the paper gateway's order latency, ms: a quote reaches the venue this long
+            after it is sent, and the order it replaces rests until then (0: none).
+        latency_file: instead, an empirical law: a file of latencies in ms, one per line, one
+            drawn per quote ("" for none).
+        latency_seed: the draws' seed.
     """
 
     venue: str = "binance_usdm"
@@ -106,6 +111,9 @@ class LiveSettings:
     reconcile_every: int = 10
     depth: bool = True
     depth_limit: int = 1000
+    latency_ms: float = 0.0
+    latency_file: str = ""
+    latency_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.gateway not in ("paper", "orders"):
@@ -174,6 +182,29 @@ class LiveSettings:
                 raise ValueError(f"live.{f} = {v!r}: must be an integer >= {1 if f == 'snapshot_every' else 0}")
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("live.reconnect_max_s must be >= live.reconnect_min_s")
+        if not (isinstance(self.latency_seed, int) and self.latency_seed >= 0):
+            raise ValueError(f"live.latency_seed = {self.latency_seed!r}: must be an integer >= 0")
+        if not (isinstance(self.latency_ms, (int, float)) and math.isfinite(self.latency_ms)):
+            raise ValueError(f"live.latency_ms = {self.latency_ms!r}: must be a number of ms")
+        try:
+            self.latency()  # the law is valid (and its file readable) before anything connects
+        except OSError as e:
+            raise ValueError(f"live.latency_file = {self.latency_file!r}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise ValueError(str(e) if str(e).startswith("live.") else f"live.latency_file: {e}") from None
+
+    def latency(self):
+        """The paper gateway's :class:`~mmsim.live.paper.Latency` from ``latency_*``."""
+        from mmsim.live.paper import Latency
+
+        if self.latency_file:
+            if self.latency_ms:
+                raise ValueError("live.latency_ms and live.latency_file: one or the other")
+            return Latency.from_file(self.latency_file, seed=self.latency_seed)
+        try:
+            return Latency(constant_s=self.latency_ms / 1e3)
+        except ValueError:
+            raise ValueError(f"live.latency_ms = {self.latency_ms!r}: must be in [0, 60000) ms") from None
 
     def depth_url(self, symbol: str) -> str:
         """The REST depth snapshot."""
@@ -569,6 +600,7 @@ def open_session(
         dtype=dtype or jnp.float32,
         step_fn=step_fn,
         stale_s=settings.stale_s,
+        latency=settings.latency(),
     )
     builder = FeedBuilder(
         settings.cadence_s,
@@ -627,6 +659,10 @@ def _result(trader: Trader, rows: list, fs: dict, run_s: float, live: dict, term
     else:
         m = {"observations": 0}
     m["live"] = {"gateway": "paper", **live}  # live["gateway"] says "orders" for an orders session
+    if m["live"]["gateway"] == "paper":
+        from mmsim.live.replay import latency_summary
+
+        m["paper_latency"] = latency_summary(trader.latency)
     tf = None
     if terms and len(terms) == len(journal) and all(t is not None for t in terms):
         tf = terms_frame(journal["t"], [{k: (np.nan if v is None else v) for k, v in t.items()} for t in terms])
@@ -670,7 +706,10 @@ def report_journal(run_dir: str | Path, ep, settings: LiveSettings, *, depth_per
 
     from mmsim.live import journal as jr
 
-    trader = Trader(ep, depth_per_tick=depth_per_tick, dtype=dtype or jnp.float32, stale_s=settings.stale_s)
+    trader = Trader(
+        ep, depth_per_tick=depth_per_tick, dtype=dtype or jnp.float32, stale_s=settings.stale_s,
+        latency=settings.latency(),
+    )  # fmt: skip
     r = jr.restore(run_dir, trader)
     if not r["rows"]:
         raise ValueError(f"{run_dir}: the journal holds no observation")

@@ -370,6 +370,7 @@ class FeedBuilder:
             trade_qty=qty,
             trade_side=side,
             book_age=edge - bt,
+            trade_time=np.array([r[0] for r in now], float) - self.t0,
         )
 
 

@@ -130,6 +130,13 @@ def report_lines(m: dict, title: str) -> list[str]:
                 f"({f(fills['volume_ask'], 4)}), {fills['taker']:,} taker",
             )
         )
+    lat = m.get("paper_latency")
+    if lat:
+        law = (
+            f"{1e3 * lat['constant_s']:g} ms" if lat["law"] == "constant"
+            else f"empirical, {lat['samples']} samples, median {1e3 * lat['median_s']:g} ms"
+        )  # fmt: skip
+        rows.append(("paper order latency", law))
     lines += [f"| {k} | {v} |" for k, v in rows]
     parts = m.get("pnl_decomposition") or {}
     if parts:
