@@ -116,7 +116,18 @@ def _live(argv: list[str]) -> int:
         help="a recorded websocket capture (hftbacktest_*.gz) to run the engine on, with "
         "paper fills against its trades",
     )
-    p.add_argument("--cadence", type=float, default=1.0, help="seconds between observations in a replay (1e-3 to 3600)")
+    p.add_argument(
+        "--cadence",
+        default="1.0",
+        help="seconds between observations in a replay (1e-3 to 3600), or 'book': an observation at every "
+        "top-of-book update (event-driven), never two within --min-interval",
+    )
+    p.add_argument(
+        "--min-interval",
+        type=float,
+        default=0.05,
+        help="with --cadence book: the least seconds between two observations",
+    )
     p.add_argument(
         "--force",
         action="store_true",
@@ -381,7 +392,12 @@ def _replay(a, world, mp, ep, sim, cfg_assets: list[str], latency=None) -> int:
                 f"{t['compressed_byte']:,}: {t['reason']}); replaying what it holds",
                 file=sys.stderr,
             )
-        feed = live.feed_from_capture(cap, a.cadence, symbol=_replay_symbol(a, cfg_assets))
+        on_book = a.cadence == "book"
+        try:
+            cadence = a.min_interval if on_book else float(a.cadence)
+        except ValueError:
+            raise ValueError(f"--cadence {a.cadence!r}: a number of seconds or 'book'") from None
+        feed = live.feed_from_capture(cap, cadence, symbol=_replay_symbol(a, cfg_assets), on_book=on_book)
         res = live.replay(
             ep, feed, depth_per_tick=float(mp.fills.depth_per_tick), dtype=jnp.dtype(sim.dtype), latency=latency
         )
@@ -405,7 +421,12 @@ def _replay(a, world, mp, ep, sim, cfg_assets: list[str], latency=None) -> int:
     files = live_report.write_outputs(res, out, f"replay of {name}: the engine's quotes with paper fills")
     m = res.metrics
     rows = [
-        ("observations", f"{m['observations']:,} every {m['cadence_s']:g} s ({m['duration_s']:g} s)"),
+        (
+            "observations",
+            f"{m['observations']:,} "
+            + ("at book updates, on average " if m.get("cadence") == "book" else "")
+            + f"every {m['cadence_s']:.3g} s ({m['duration_s']:g} s)",
+        ),
         ("trades in the recording", f"{m['trades']:,}"),
         ("PnL", report.fmt(m["pnl"])),
         *[(f"  {k}", report.fmt(v)) for k, v in m["pnl_decomposition"].items()],

@@ -144,7 +144,7 @@ def _step(params: EngineParams, state: EngineState, obs: Observation):
     dtype = state.account.cash.dtype
     a = params.n_assets
     p = params
-    price = e_price.update(p.price, state.price, obs)
+    price = e_price.update(p.price, state.price, obs, p.tick)
     mid = price.mid
     if p.lite:
         vol, spread, flow, liq, fund, corr, inv, adv, queue = (
@@ -160,7 +160,7 @@ def _step(params: EngineParams, state: EngineState, obs: Observation):
         )
         volume_rate, volume_wsum = state.volume_rate, state.volume_wsum
     else:
-        vol_ret = e_price.winsorised_return(p.price, state.price, price)
+        vol_ret = e_price.winsorised_return(p.price, state.price, price, p.tick)
         vol = e_vol.update(p.vol, state.vol, obs, vol_ret, price.fresh)
         sigma_now = e_vol.sigma(vol)
         spread = e_spread.update(p.spread, state.spread, obs, sigma_now, vol.regime)

@@ -48,6 +48,7 @@ class Feed(NamedTuple):
     quality: dict | None = None
     symbol: str | None = None
     trade_time: np.ndarray | None = None  # each trade's exchange time, s since the recording's start
+    on_book: bool = False  # an observation at each book update (at least the cadence apart), not a clock
 
     @property
     def mid(self) -> np.ndarray:
@@ -130,13 +131,33 @@ MIN_CADENCE_S, MAX_CADENCE_S = 1e-3, 3600.0
 MAX_OBSERVATIONS = 20_000_000
 
 
+def _thinned(times: np.ndarray, t0: float, spacing: float) -> np.ndarray:
+    """The book times kept as observation ends: each the first at least ``spacing`` s after the
+    previous one kept (or after ``t0``)."""
+    out, last = [], t0
+    for t in times:
+        if t - last >= spacing:
+            out.append(t)
+            last = t
+    return np.asarray(out, float)
+
+
 def feed_from_capture(
-    cap: dict, cadence_s: float = 1.0, *, guard: GuardParams | None = GuardParams(), symbol: str | None = None
+    cap: dict,
+    cadence_s: float = 1.0,
+    *,
+    guard: GuardParams | None = GuardParams(),
+    symbol: str | None = None,
+    on_book: bool = False,
 ) -> Feed:
     """Cut a capture (:func:`mmsim.fit.data.read_capture`'s dict) into observations every ``cadence_s``
     seconds of exchange time, from the first book update to the last event, after the guard
     (:func:`mmsim.live.guard.check`; None: none) has refused the implausible messages. ``symbol``:
-    the symbol to replay (``ValueError`` if the capture lacks it); default the capture's main one."""
+    the symbol to replay (``ValueError`` if the capture lacks it); default the capture's main one.
+
+    ``on_book``: event-driven instead: an observation at every top-of-book update, but never two
+    within ``cadence_s`` seconds (a book update sooner than that after the last observation waits
+    for the next one past it)."""
     if not (isinstance(cadence_s, (int, float)) and MIN_CADENCE_S <= cadence_s <= MAX_CADENCE_S):
         raise ValueError(
             f"cadence_s = {cadence_s!r}: must be a number of seconds in [{MIN_CADENCE_S:g}, {MAX_CADENCE_S:g}]"
@@ -163,14 +184,21 @@ def feed_from_capture(
         raise ValueError(
             f"cadence_s = {cadence_s:g} s is longer than the capture ({t_end - t0:.3g} s of books and trades)"
         )
-    n = int(np.floor((t_end - t0) / cadence_s))
+    bt = book["time"].to_numpy(float)
+    if on_book:
+        edges = _thinned(bt[bt > t0], t0, cadence_s)
+        n = len(edges)
+        if n == 0:
+            raise ValueError("the capture has a single top-of-book update: no event to observe at")
+    else:
+        n = int(np.floor((t_end - t0) / cadence_s))
     if n > MAX_OBSERVATIONS:
         raise ValueError(
             f"the capture spans {t_end - t0:.4g} s: a cadence of {cadence_s:g} s gives {n:,} observations "
             f"(at most {MAX_OBSERVATIONS:,}); choose a coarser cadence"
         )
-    edges = t0 + cadence_s * np.arange(1, n + 1)  # interval ends, epoch s
-    bt = book["time"].to_numpy(float)
+    if not on_book:
+        edges = t0 + cadence_s * np.arange(1, n + 1)  # interval ends, epoch s
     ib = np.searchsorted(bt, edges, side="right") - 1  # last book update at or before each end
     bb, ba = book["bid"].to_numpy(float)[ib], book["ask"].to_numpy(float)[ib]
     bq, aq = book["bid_qty"].to_numpy(float)[ib], book["ask_qty"].to_numpy(float)[ib]
@@ -240,4 +268,5 @@ def feed_from_capture(
         quality=quality,
         symbol=cap.get("symbol"),
         trade_time=tt - t0,
+        on_book=on_book,
     )

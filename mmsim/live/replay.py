@@ -365,7 +365,13 @@ def feed_summary(feed: Feed) -> dict:
     """What the metrics say of a feed: cadence, duration, start, trade count, quality, symbol."""
     n = len(feed.t)
     return {
-        "cadence_s": float(feed.t[1] - feed.t[0]) if n > 1 else float(feed.t[0]),
+        # An event-driven feed's cadence is its mean spacing.
+        "cadence_s": float(feed.t[-1] / n)
+        if feed.on_book
+        else float(feed.t[1] - feed.t[0])
+        if n > 1
+        else float(feed.t[0]),
+        "cadence": "book" if feed.on_book else "clock",
         "duration_s": float(feed.t[-1]),
         "start_epoch_s": feed.t0,
         "trades": int(feed.trade_start[-1]),
@@ -383,6 +389,7 @@ def _metrics(ep, fs: dict, journal: pd.DataFrame, state, compile_s: float, run_s
     return {
         "observations": n,
         "cadence_s": fs["cadence_s"],
+        "cadence": fs.get("cadence", "clock"),  # "book": an observation at each book update
         "duration_s": fs["duration_s"],
         "start_epoch_s": fs["start_epoch_s"],
         "trades": fs["trades"],

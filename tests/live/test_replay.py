@@ -282,3 +282,37 @@ def test_live_needs_params_or_a_replay(capsys):
     with pytest.raises(SystemExit):
         cli.main(["live", "experiment=baseline"])
     assert "--params is required" in capsys.readouterr().err
+
+
+def test_an_event_driven_feed_observes_at_each_book_update_at_most_once_per_spacing():
+    books = [(T0 + x, 100.0, 1.0, 100.1, 1.0) for x in (0.0, 0.01, 0.03, 0.2, 0.21, 0.5, 1.7)]
+    trades = [(T0 + x, 100.1, 0.5, 1, "MARKET") for x in (0.02, 0.1, 0.2, 0.35, 1.0, 1.8)]
+    f = live.feed_from_capture(capture(trades, books), 0.05, on_book=True)
+    # 0.01 and 0.03 come within 0.05 s of the start; 0.21 within 0.05 s of 0.2.
+    np.testing.assert_allclose(f.t, [0.2, 0.5, 1.7], atol=1e-6)  # epoch seconds hold ~2e-7 s
+    assert f.on_book and np.all(f.book_age == 0)
+    # Each observation holds the trades stamped since the last one, up to and at its own time.
+    np.testing.assert_array_equal(np.diff(f.trade_start), [3, 1, 1])
+    np.testing.assert_allclose(f.trade_time, [0.02, 0.1, 0.2, 0.35, 1.0], atol=1e-6)
+    with pytest.raises(ValueError, match="single top-of-book update"):
+        live.feed_from_capture(capture(trades, books[:1] + [(T0 + 0.01, 100.0, 1.0, 100.1, 1.0)]), 0.05, on_book=True)
+
+
+def test_a_replay_on_book_events_steps_the_engine_at_their_uneven_times(replayed):
+    """The synthetic feed's books, observed as events: the engine runs on steps of uneven length
+    (its rates are per second), and the metrics say the cadence is the book's."""
+    feed, clock, step = replayed
+    world, mp, ep, sim = config.build(
+        config.compose(["experiment=baseline", "engine.warmup_s=20", "account.max_inventory=2"])
+    )
+    books = [(T0 + i + 0.3 * (i % 3), m - 0.05, 2.0, m + 0.05, 2.0) for i, m in enumerate(feed.mid)]
+    trades = [(T0 + feed.trade_time[k], feed.trade_price[k], feed.trade_qty[k], feed.trade_side[k], "MARKET")
+              for k in range(len(feed.trade_price))]  # fmt: skip
+    ev = live.feed_from_capture(capture(trades, books), 0.05, on_book=True)
+    assert len(np.unique(np.round(np.diff(ev.t), 6))) > 1  # uneven steps
+    res = live.replay(ep, ev, step_fn=step)
+    m = res.metrics
+    assert m["cadence"] == "book" and m["observations"] == len(ev.t)
+    assert m["cadence_s"] == pytest.approx(ev.t[-1] / len(ev.t))
+    assert m["fills"]["bid"] + m["fills"]["ask"] > 0 and np.isfinite(res.journal["equity"]).all()
+    assert m["pnl"] == pytest.approx(m["pnl_decomposition_sum"], abs=1e-3 * len(res.journal))

@@ -351,8 +351,9 @@ def test_replay_outputs_keep_their_files(tmp_path):
     j = make_journal()
     res = ReplayResult(j, {"observations": len(j), "pnl": float(j["equity"].iloc[-1] - 10_000.0)}, None)
     files = live_report.write_outputs(res, tmp_path, "synthetic")
-    assert [f.name for f in files] == ["journal.csv", "metrics.json", "replay.png"]
+    assert [f.name for f in files] == ["journal.csv", "metrics.json", "report.md", "replay.png"]
     assert (tmp_path / "replay.png").stat().st_size > 1000
+    assert "| observations |" in (tmp_path / "report.md").read_text()  # what the metrics hold, no more
 
 
 def test_a_failed_rerun_never_leaves_old_outputs_looking_current(tmp_path, monkeypatch):

@@ -33,7 +33,19 @@ class PriceEstParams:
         jump_threshold: a return is a jump if it exceeds this many standard deviations (> 0).
         min_ret_var: floor of the variance used in the jump test, log-price^2 per second (>= 0);
             it keeps a price that has not moved yet from flagging every later tick as a jump.
+        jump_min_ticks: a return of at most this many price ticks is never a jump (>= 0). The
+            price moves on a grid: over a short interval, or in a quiet market, sigma sqrt(dt) is
+            below a tick, and without this floor each tick move would read as a jump, be left out
+            of the variance, and the variance would collapse (docs/MODEL.md section 1).
         jump_min_obs: returns needed before jumps are tested (static, >= 1).
+        jump_min_s: and seconds of returns (the variance's EWMA weight of that long, >= 0): ten
+            returns of a book that updates every 60 ms, most of them zero, would otherwise start
+            the test on a variance near 0, after which every move is a jump and is left out.
+        return_window_s: returns are measured over at least this many seconds (>= 0): book
+            updates closer together are folded into one return (log returns add). The drift,
+            the variance, the jump test and the volatility estimator then see the same returns
+            whatever the observation cadence; finer returns are dominated by the tick grid (90 %
+            of 60-ms returns of BTCUSDT are zero) and a jump test on them is not the same test.
         winsorize_jumps: add a jump to ``ret_var`` clipped at the threshold instead of
             skipping it (static).
         returns: track returns, drift, variance and jumps (static). False keeps the mid only
@@ -46,6 +58,9 @@ class PriceEstParams:
     ret_var_half_life_s: jax.Array | float = DEFAULT_RET_VAR_HALF_LIFE_S
     jump_threshold: jax.Array | float = 4.0
     min_ret_var: jax.Array | float = 1e-12
+    jump_min_ticks: jax.Array | float = 2.0
+    jump_min_s: jax.Array | float = 5.0
+    return_window_s: jax.Array | float = 1.0
     jump_min_obs: int = static_field(default=10)
     winsorize_jumps: bool = static_field(default=False)
     returns: bool = static_field(default=True)
@@ -56,6 +71,9 @@ class PriceEstParams:
         c.positive("ret_var_half_life_s", "half-life of the return-variance EWMA, seconds")
         c.positive("jump_threshold", "standard deviations")
         c.nonneg("min_ret_var", "variance floor, log-price^2 per second")
+        c.nonneg("jump_min_ticks", "price ticks")
+        c.nonneg("jump_min_s", "seconds")
+        c.nonneg("return_window_s", "seconds")
         c.require(
             isinstance(self.jump_min_obs, int) and self.jump_min_obs >= 1,
             "jump_min_obs",
@@ -67,16 +85,16 @@ class PriceEstParams:
 
 class PriceEst(NamedTuple):
     mid: jax.Array  # (A,) last valid mid, quote currency per base unit (0 before any)
-    log_mid: jax.Array  # (A,) log(mid)
+    log_mid: jax.Array  # (A,) log(mid) at the start of the return being measured
     last_ret: jax.Array  # (A,) log return of the last valid book update (0 before any)
     ret_dt: jax.Array  # (A,) seconds spanned by last_ret
-    fresh: jax.Array  # (A,) bool: this observation produced last_ret
+    fresh: jax.Array  # (A,) bool: this observation completed last_ret (return_window_s or more)
     drift: jax.Array  # (A,) EWMA of r / dt, log-price per second
     ret_var: jax.Array  # (A,) normalised EWMA of r^2 / dt, log-price^2 per second
     ret_var_wsum: jax.Array  # (A,) total EWMA weight of ret_var (0 before any return, -> 1)
     is_jump: jax.Array  # (A,) bool: last_ret was flagged as a jump
     n_obs: jax.Array  # (A,) int32 valid mids seen (returns = n_obs - 1), saturating
-    since_s: jax.Array  # (A,) seconds since the last valid book update
+    since_s: jax.Array  # (A,) seconds since the start of the return being measured
     initialised: jax.Array  # (A,) bool: a valid mid has been seen
 
 
@@ -100,7 +118,17 @@ def init(params: PriceEstParams, n_assets: int, dtype=jnp.float32) -> PriceEst:
     )
 
 
-def update(params: PriceEstParams, state: PriceEst, obs) -> PriceEst:
+def jump_bound(params: PriceEstParams, var_before: jax.Array, dt: jax.Array, mid: jax.Array, tick) -> jax.Array:
+    """The largest log return that is not a jump: ``jump_threshold`` standard deviations over
+    ``dt`` seconds, and never less than ``jump_min_ticks`` price ticks (``tick``, quote currency,
+    0: no grid) at ``mid``."""
+    dtype = var_before.dtype
+    k = jnp.asarray(params.jump_threshold, dtype)
+    grid = jnp.asarray(params.jump_min_ticks, dtype) * jnp.asarray(tick, dtype) / jnp.where(mid > 0, mid, 1.0)
+    return jnp.maximum(k * jnp.sqrt(var_before * dt), grid)
+
+
+def update(params: PriceEstParams, state: PriceEst, obs, tick=0.0) -> PriceEst:
     """Fold one observation into the state (uses ``obs.mid`` where ``obs.book_valid``).
 
     Args:
@@ -108,6 +136,7 @@ def update(params: PriceEstParams, state: PriceEst, obs) -> PriceEst:
         state: :class:`PriceEst`.
         obs: :class:`~mmsim.observation.Observation`; ``obs.dt`` seconds since the previous
             observation, ``obs.mid`` (A,) quote currency.
+        tick: the price grid, quote currency ((A,) or scalar; 0: none), for the jump test's floor.
     """
     dtype = state.mid.dtype
     mid = jnp.asarray(obs.mid, dtype)
@@ -116,7 +145,10 @@ def update(params: PriceEstParams, state: PriceEst, obs) -> PriceEst:
         return state._replace(mid=jnp.where(ok, mid, state.mid), initialised=state.initialised | ok)
     log_mid = jnp.log(jnp.where(ok, mid, 1.0))
     dt = state.since_s + jnp.asarray(obs.dt, dtype)  # seconds spanned by the return
-    fresh = ok & state.initialised
+    # A return is complete once it spans return_window_s (to a relative 1e-3: a recorded
+    # cadence of 1 s is 1 s to float precision, not exactly); until then the book updates fold in.
+    long_enough = dt >= jnp.asarray(params.return_window_s, dtype) * (1.0 - 1e-3)
+    fresh = ok & state.initialised & long_enough
     r = jnp.where(fresh, log_mid - state.log_mid, 0.0)
     dt_safe = jnp.maximum(dt, MIN_DT_S)
 
@@ -128,8 +160,10 @@ def update(params: PriceEstParams, state: PriceEst, obs) -> PriceEst:
     # Jump test against the variance before this return.
     k = jnp.asarray(params.jump_threshold, dtype)
     var_before = jnp.maximum(state.ret_var, jnp.asarray(params.min_ret_var, dtype))
-    active = (state.n_obs - 1) >= params.jump_min_obs
-    is_jump = fresh & active & (jnp.abs(r) > k * jnp.sqrt(var_before * dt_safe))
+    # The EWMA's total weight after jump_min_s seconds of returns (1 - 2^(-s / half-life)).
+    warm = _ewma.weight(jnp.asarray(params.jump_min_s, dtype), jnp.asarray(params.ret_var_half_life_s, dtype))
+    active = ((state.n_obs - 1) >= params.jump_min_obs) & (state.ret_var_wsum >= warm)
+    is_jump = fresh & active & (jnp.abs(r) > jump_bound(params, var_before, dt_safe, mid, tick))
 
     # Return variance: normalised EWMA of r^2 / dt.
     x = r * r / dt_safe
@@ -143,9 +177,10 @@ def update(params: PriceEstParams, state: PriceEst, obs) -> PriceEst:
     ret_var = jnp.where(add, state.ret_var + g * (x - state.ret_var), state.ret_var)
     ret_var_wsum = jnp.where(add, wsum, state.ret_var_wsum)
 
+    start = ok & (fresh | ~state.initialised)  # the next return starts here
     return PriceEst(
         mid=jnp.where(ok, mid, state.mid),
-        log_mid=jnp.where(ok, log_mid, state.log_mid),
+        log_mid=jnp.where(start, log_mid, state.log_mid),
         last_ret=jnp.where(fresh, r, state.last_ret),
         ret_dt=jnp.where(fresh, dt, state.ret_dt),
         fresh=fresh,
@@ -154,19 +189,19 @@ def update(params: PriceEstParams, state: PriceEst, obs) -> PriceEst:
         ret_var_wsum=ret_var_wsum,
         is_jump=jnp.where(fresh, is_jump, state.is_jump),
         n_obs=jnp.where(ok, jnp.minimum(state.n_obs + 1, COUNT_MAX), state.n_obs),
-        since_s=jnp.where(ok, jnp.zeros_like(dt), dt),
+        since_s=jnp.where(start, jnp.zeros_like(dt), dt),
         initialised=state.initialised | ok,
     )
 
 
-def winsorised_return(params: PriceEstParams, before: PriceEst, after: PriceEst) -> jax.Array:
-    """The last return (log price, ``(A,)``) with a detected jump clipped at the jump threshold
-    ``jump_threshold * sqrt(ret_var_before * dt)``: what the volatility estimators are fed, so that
-    one jump does not read as a volatility regime while a sustained rise still passes, clipped.
-    ``before`` and ``after`` are the states before and after :func:`update`."""
-    cap = params.jump_threshold * jnp.sqrt(
-        jnp.maximum(before.ret_var, params.min_ret_var) * jnp.maximum(after.ret_dt, 1e-9)
-    )
+def winsorised_return(params: PriceEstParams, before: PriceEst, after: PriceEst, tick=0.0) -> jax.Array:
+    """The last return (log price, ``(A,)``) with a detected jump clipped at the jump bound
+    (:func:`jump_bound`: ``jump_threshold * sqrt(ret_var_before * dt)``, at least
+    ``jump_min_ticks`` ticks): what the volatility estimators are fed, so that one jump does not
+    read as a volatility regime while a sustained rise still passes, clipped. ``before`` and
+    ``after`` are the states before and after :func:`update`."""
+    var_before = jnp.maximum(before.ret_var, jnp.asarray(params.min_ret_var, before.ret_var.dtype))
+    cap = jump_bound(params, var_before, jnp.maximum(after.ret_dt, 1e-9), after.mid, tick)
     return jnp.where(after.is_jump, jnp.clip(after.last_ret, -cap, cap), after.last_ret)
 
 

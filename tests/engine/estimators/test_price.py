@@ -55,16 +55,19 @@ def reference(params, mids, dts, valid):
     """Plain numpy/Python version of the documented update, one asset."""
     hl_d, hl_v, k = params.drift_half_life_s, params.ret_var_half_life_s, params.jump_threshold
     st = dict(mid=0.0, log=0.0, drift=0.0, var=0.0, wsum=0.0, n=0, since=0.0, last=0.0, jump=False)
+    warm = 1 - 2 ** (-params.jump_min_s / hl_v)
     out = []
     for m, dt_obs, ok in zip(mids, dts, valid):
         ok = ok and np.isfinite(m) and m > 0
         dt = st["since"] + dt_obs
-        if ok and st["n"] > 0:
+        complete = dt >= params.return_window_s * (1 - 1e-3)  # the return spans the window
+        if ok and st["n"] > 0 and complete:
             r = math.log(m) - st["log"]
             w = 1 - 2 ** (-dt / hl_d)
             st["drift"] = (1 - w) * st["drift"] + w * r / dt
             vb = max(st["var"], params.min_ret_var)
-            jump = st["n"] - 1 >= params.jump_min_obs and abs(r) > k * math.sqrt(vb * dt)
+            active = st["n"] - 1 >= params.jump_min_obs and st["wsum"] >= warm
+            jump = active and abs(r) > k * math.sqrt(vb * dt)
             x = r * r / dt
             if params.winsorize_jumps and jump:
                 x = k * k * vb
@@ -73,10 +76,12 @@ def reference(params, mids, dts, valid):
                 st["wsum"] = st["wsum"] + wv * (1 - st["wsum"])
                 st["var"] += wv / st["wsum"] * (x - st["var"])
             st["last"], st["jump"] = r, jump
-        if ok:
-            st["mid"], st["log"], st["n"], st["since"] = m, math.log(m), st["n"] + 1, 0.0
+        if ok and (complete or st["n"] == 0):  # the next return starts here
+            st["log"], st["since"] = math.log(m), 0.0
         else:
             st["since"] = dt
+        if ok:
+            st["mid"], st["n"] = m, st["n"] + 1
         out.append(dict(st))
     return out
 
@@ -107,8 +112,9 @@ def test_hand_computed_first_steps():
     np.testing.assert_allclose(final.ret_dt[0], 2.0)
 
 
+@pytest.mark.parametrize("window", [0.0, 1.0])
 @pytest.mark.parametrize("winsorize", [False, True])
-def test_matches_reference_with_masks_and_jumps(winsorize, seed):
+def test_matches_reference_with_masks_and_jumps(winsorize, window, seed):
     rng = np.random.default_rng(seed)
     t_len = 300
     dts = rng.uniform(0.2, 2.0, t_len)
@@ -118,7 +124,7 @@ def test_matches_reference_with_masks_and_jumps(winsorize, seed):
     valid = rng.uniform(size=t_len) > 0.2
     valid[[120, 121, 200]] = True
     mids[~valid & (rng.uniform(size=t_len) < 0.5)] = np.nan  # junk behind an off mask
-    p = price.PriceEstParams(jump_min_obs=20, winsorize_jumps=winsorize)
+    p = price.PriceEstParams(jump_min_obs=20, winsorize_jumps=winsorize, return_window_s=window)
     final, states = run(p, book_seq(mids[:, None], dts, valid[:, None]), 1)
     ref = reference(p, mids, dts, valid)
     for name, key in (("drift", "drift"), ("ret_var", "var"), ("last_ret", "last"), ("mid", "mid")):
@@ -127,6 +133,14 @@ def test_matches_reference_with_masks_and_jumps(winsorize, seed):
         )
     np.testing.assert_array_equal(np.asarray(states.is_jump[:, 0]), [s["jump"] for s in ref])
     np.testing.assert_array_equal(np.asarray(states.n_obs[:, 0]), [s["n"] for s in ref])
+    if window > 0:
+        # Every return spans the window at least, from the mid where it started; the returns
+        # holding the jumps are found.
+        fresh = np.asarray(states.fresh[:, 0])
+        assert fresh.sum() > 100 and np.all(np.asarray(states.ret_dt[fresh, 0]) >= window * (1 - 1e-3))
+        holding = [np.flatnonzero(fresh & (np.arange(t_len) >= i))[0] for i in (120, 200)]
+        assert all(bool(states.is_jump[h, 0]) for h in holding)
+        return
     # The jumps are found; a jump right after a jump too (it was not added to the variance).
     assert bool(states.is_jump[120, 0]) and bool(states.is_jump[121, 0]) and bool(states.is_jump[200, 0])
     # Returns span the invalid observations in between.
@@ -269,3 +283,33 @@ def test_invalid_params_raise():
     ):
         with pytest.raises(ValueError, match=rf"PriceEstParams\.{field} = "):
             dataclasses.replace(base, **{field: bad})
+
+
+def test_the_variance_does_not_depend_on_the_observation_cadence():
+    """A Brownian log price (sigma 1e-4 per sqrt s) on a 0.5 grid at 60,000, observed every 1 s
+    and every 0.05 s for 20 minutes: with returns measured over at least a second, both give the
+    diffusion's variance plus the grid's rounding noise over a second (64 paths; 4 standard
+    errors of the mean over paths). Returns of single 0.05-s updates (``return_window_s = 0``)
+    carry that noise twenty times over, as its exact law says."""
+    rng = np.random.default_rng(11)
+    n_p, fine, horizon, sigma = 64, 0.05, 1200.0, 1e-4
+    n = int(horizon / fine)
+    x = np.cumsum(sigma * np.sqrt(fine) * rng.standard_normal((n_p, n)), axis=1)
+    mids = np.round(60_000.0 * np.exp(x) / 0.5) * 0.5
+    est = {}
+    for name, every, window in (("1 s", 20, 1.0), ("0.05 s", 1, 1.0), ("0.05 s, no window", 1, 0.0)):
+        m = mids[:, every - 1 :: every]
+        seq = book_seq(m[:, :, None], np.full(m.shape, fine * every), None)
+        p = price.PriceEstParams(return_window_s=window)
+        final, _ = run_paths(p, seq, 1)
+        est[name] = np.asarray(final.ret_var[:, 0])
+    # The grid's rounding adds 2 (tick / mid)^2 / 12 to a 1-s return's variance (0.1 %).
+    exact = sigma**2 + 2 * (0.5 / 60_000.0) ** 2 / 12
+    for name in ("1 s", "0.05 s"):
+        v = est[name]
+        se = v.std(ddof=1) / np.sqrt(n_p)
+        assert abs(v.mean() - exact) < 4 * se, (name, v.mean(), se)
+    d = est["1 s"] - est["0.05 s"]
+    assert abs(d.mean()) < 4 * d.std(ddof=1) / np.sqrt(n_p)
+    v = est["0.05 s, no window"]
+    assert abs(v.mean() - (sigma**2 + 2 * (0.5 / 60_000.0) ** 2 / 12 / fine)) < 4 * v.std(ddof=1) / np.sqrt(n_p)
