@@ -47,7 +47,10 @@ class LiveSettings:
         venue: "binance_usdm" (the one venue with a connector).
         symbol: the contract, e.g. "BTCUSDT" (default: the market's first asset).
         ws_url, rest_url: the venue's market-data endpoints (a local emulator's in tests).
-        cadence_s: seconds of exchange time per observation (the engine's step).
+        cadence_s: seconds of exchange time per observation (the engine's step); with
+            ``cadence: book`` the least seconds between two observations.
+        cadence: "clock" (an observation every ``cadence_s``) or "book" (event-driven: one at
+            each top-of-book update, at least ``cadence_s`` apart).
         grace_s: an observation closes once a book stamped this long past its end arrives, s.
         stale_s: no message for this long (local clock) pulls the quotes, s.
         max_clock_skew_s: a message stamped further than this from its receive time is refused
@@ -88,6 +91,7 @@ class LiveSettings:
     ws_url: str = BINANCE_USDM_WS
     rest_url: str = BINANCE_USDM_REST
     cadence_s: float = 1.0
+    cadence: str = "clock"
     grace_s: float = 0.05
     stale_s: float = 10.0
     max_clock_skew_s: float = 300.0
@@ -116,6 +120,10 @@ class LiveSettings:
     latency_seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.cadence not in ("clock", "book"):
+            raise ValueError(
+                f"live.cadence = {self.cadence!r}: must be 'clock' or 'book' (an observation per book update)"
+            )
         if self.gateway not in ("paper", "orders"):
             raise ValueError(f"live.gateway = {self.gateway!r}: must be 'paper' or 'orders'")
         for f in ("mainnet", "depth"):
@@ -609,6 +617,7 @@ def open_session(
         grace_s=settings.grace_s,
         liq_valid=True,
         depth=settings.depth,
+        on_book=settings.cadence == "book",
     )
     restored = None
     if resume:
@@ -655,6 +664,8 @@ def _result(trader: Trader, rows: list, fs: dict, run_s: float, live: dict, term
     journal = pd.DataFrame(rows, columns=list(JOURNAL_COLUMNS)).astype({"bid": float, "ask": float})
     if len(journal):
         fs = {**fs, "duration_s": float(journal["t"].iloc[-1])}
+        if fs.get("cadence") == "book":  # event-driven: the mean spacing
+            fs["cadence_s"] = fs["duration_s"] / len(journal)
         m = _metrics(trader.ep, fs, journal, trader.state, trader.compile_s, run_s, trader.n_stale)
     else:
         m = {"observations": 0}
@@ -675,6 +686,7 @@ def result(session: Session):
     b = session.builder
     fs = {
         "cadence_s": session.s.cadence_s,
+        "cadence": session.s.cadence,
         "start_epoch_s": b.t0,
         "trades": b.trades_total,
         "quality": b.quality,
@@ -718,6 +730,7 @@ def report_journal(run_dir: str | Path, ep, settings: LiveSettings, *, depth_per
     obs = [x for x in r["records"] if x.get("k") == "obs"]
     fs = {
         "cadence_s": settings.cadence_s,
+        "cadence": settings.cadence,
         "start_epoch_s": r["t0"],
         "trades": int(sum(len(x["iv"]["trade_price"]) for x in obs)),
         "quality": last.get("quality") or {},

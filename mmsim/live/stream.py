@@ -48,6 +48,9 @@ class FeedBuilder:
         liq_valid: whether the venue's trade stream marks liquidation fills (Binance USD-M's
             ``X``); None: from the first trade that carries the field.
         depth: also decode depth diffs and snapshots (the L2 levels and their continuity).
+        on_book: event-driven, as :func:`~mmsim.live.feed.feed_from_capture`'s ``on_book``: an
+            interval ends at each accepted book update at least ``cadence_s`` after the last end
+            (and closes, as on the clock, once a book stamped ``grace_s`` past it arrives).
     """
 
     def __init__(
@@ -59,14 +62,19 @@ class FeedBuilder:
         grace_s: float = 0.0,
         depth: bool = False,
         liq_valid: bool | None = None,
+        on_book: bool = False,
     ) -> None:
         if not (isinstance(cadence_s, (int, float)) and MIN_CADENCE_S <= cadence_s <= MAX_CADENCE_S):
             raise ValueError(
                 f"cadence_s = {cadence_s!r}: must be a number of seconds in [{MIN_CADENCE_S:g}, {MAX_CADENCE_S:g}]"
             )
-        if not (isinstance(grace_s, (int, float)) and 0 <= grace_s < cadence_s):
-            raise ValueError(f"grace_s = {grace_s!r}: must be in [0, cadence_s = {cadence_s:g}) seconds")
+        if not (isinstance(grace_s, (int, float)) and 0 <= grace_s < (60.0 if on_book else cadence_s)):
+            bound = "60" if on_book else f"cadence_s = {cadence_s:g}"
+            raise ValueError(f"grace_s = {grace_s!r}: must be in [0, {bound}) seconds")
         self.cadence_s = float(cadence_s)
+        self.on_book = bool(on_book)
+        self._edges: deque = deque()  # on_book: the interval ends not closed yet, epoch s
+        self._end: float | None = None  # on_book: the end of the last closed interval
         self.grace_s = float(grace_s)
         self.guard = guard
         self.symbol = symbol
@@ -101,6 +109,7 @@ class FeedBuilder:
         """Continue a journaled feed: its start ``t0`` (epoch s), the ``k`` intervals it closed and
         the last of them. Messages stamped by its end are counted as ``before_resume``."""
         self.t0, self.k = float(t0), int(k)
+        self._end = self.t0 + float(last.t)
         end = self.end
         self._resume_end = end
         self._ref0 = 0.5 * (last.best_bid + last.best_ask)
@@ -139,7 +148,11 @@ class FeedBuilder:
     @property
     def end(self) -> float | None:
         """The end of the last closed interval, s since the epoch (None before the first)."""
-        return None if self.t0 is None else self.t0 + self.k * self.cadence_s
+        if self.t0 is None:
+            return None
+        if self.on_book:
+            return self._end if self._end is not None else self.t0
+        return self.t0 + self.k * self.cadence_s
 
     def _count(self, what: str, n: int = 1) -> None:
         self.counts[what] = self.counts.get(what, 0) + n
@@ -290,6 +303,10 @@ class FeedBuilder:
             return
         self.latest = max(self.latest, t)
         self._books.append(r)
+        if self.on_book and t > self.t0:
+            last = self._edges[-1] if self._edges else self.end
+            if t - last >= self.cadence_s:
+                self._edges.append(t)
 
     def _mark_row(self, r: tuple) -> None:
         t, local, *_, rate, t_next = r
@@ -317,13 +334,17 @@ class FeedBuilder:
         out = []
         if self.t0 is None:
             return out
+        if self.on_book:
+            while self._edges and self._edges[0] <= upto:
+                out.append(self._close_one(self._edges.popleft()))
+            return out
         while self.t0 + (self.k + 1) * self.cadence_s <= upto:
-            out.append(self._close_one())
+            out.append(self._close_one(self.t0 + (self.k + 1) * self.cadence_s))
         return out
 
-    def _close_one(self) -> Interval:
+    def _close_one(self, edge: float) -> Interval:
         self.k += 1
-        edge = self.t0 + self.k * self.cadence_s
+        self._end = edge
         self._books, self._book = _latest(self._books, edge, self._book)
         self._marks, self._mark = _latest(self._marks, edge, self._mark)
         book, mark = self._book, self._mark

@@ -282,3 +282,18 @@ def test_without_a_snapshot_the_quotes_are_held_and_the_snapshot_retried(world, 
     assert len(failed) >= 3 and failed[1]["retry_s"] == 2 * failed[0]["retry_s"]  # with back-off
     obs = [r for r in recs if r.get("k") == "obs"]
     assert len(obs) > 20 and all(r.get("held") for r in obs) and res.journal["bid"].isna().all()
+
+
+def test_an_event_driven_session_issues_the_event_driven_replays_quotes(world, capture, tmp_path):
+    """``live.cadence=book``: the engine steps at each book update (at least 0.05 s apart), as the
+    replay of the same messages with ``on_book`` does."""
+    path, _ = capture
+    feed = live.feed_from_capture(data.read_capture(path), 0.05, symbol="BTCUSDT", on_book=True)
+    rep = live.replay(world[0], feed, depth_per_tick=world[1], step_fn=world[2])
+    n = len(feed.t) - 1
+    s, why, em, res = run_session(world, path, tmp_path, max_observations=n, cadence="book", cadence_s=0.05)
+    assert why == "max_observations" and n > 100, (why, n, s.seq)
+    pd.testing.assert_frame_equal(res.journal, rep.journal.iloc[:n])
+    assert res.metrics["cadence"] == "book" and res.metrics["cadence_s"] == pytest.approx(
+        rep.metrics["cadence_s"], rel=0.02
+    )

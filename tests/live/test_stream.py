@@ -18,8 +18,8 @@ from mmsim.live.stream import FeedBuilder
 from tests.live.test_guard import MUTATIONS, N_S, T0_MS, book, clean_lines, mutate, trade, write
 
 
-def stream(lines, **kw) -> tuple[list, FeedBuilder]:
-    fb = FeedBuilder(1.0, **kw)
+def stream(lines, cadence_s=1.0, **kw) -> tuple[list, FeedBuilder]:
+    fb = FeedBuilder(cadence_s, **kw)
     out = []
     for line in lines:
         out += fb.line(line)
@@ -42,6 +42,17 @@ def test_a_stream_yields_the_recordings_intervals(tmp_path):
     out, fb = stream(lines, symbol="BTCUSDT", grace_s=0.05)
     assert_same(feed, out)
     assert fb.t0 == feed.t0 and not fb.quality and fb.trades_total == feed.trade_start[-1]
+
+
+@pytest.mark.parametrize("spacing", [0.05, 0.6])
+def test_an_event_driven_stream_yields_the_event_driven_recordings_intervals(tmp_path, spacing):
+    """At a book every 250 ms: every book is an end at a spacing of 0.05 s, every third at 0.6 s."""
+    lines = clean_lines()
+    cap = data.read_capture(write(tmp_path / "c.gz", lines))
+    feed = live.feed_from_capture(cap, spacing, symbol="BTCUSDT", on_book=True)
+    out, fb = stream(lines, spacing, symbol="BTCUSDT", grace_s=0.05, on_book=True)
+    assert_same(feed, out)
+    assert not fb.quality and len(feed.t) == (N_S * 4 - 1 if spacing < 0.25 else (N_S * 4 - 1) // 3)
 
 
 def test_intervals_close_on_the_books_clock_and_a_late_trade_is_counted_not_placed(tmp_path):
