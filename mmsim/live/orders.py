@@ -6,8 +6,11 @@ testnet unless the mainnet is asked for explicitly), through the venue's signed 
 - **Signing**: Binance's SIGNED endpoint scheme, HMAC-SHA256 of the query string with the API
   secret, the key in the ``X-MBX-APIKEY`` header, a ``timestamp`` (ms) and ``recvWindow``.
 - **Orders**: ``LIMIT`` with ``timeInForce=GTX`` (post-only: the venue rejects an order that would
-  take). An order whose price and size the next quote keeps stays where it is, keeping its place
-  in the queue; a changed quote cancels it and sends a new one.
+  take). An order at the next quote's price that was sent with at least the quote's size and
+  whose open size is not larger (a partly filled one too) stays where it is, keeping its place in
+  the queue; a changed price or size cancels it and sends a new one, so the venue never holds more
+  than the engine quotes. An order whose cancel the venue did not confirm is kept as ours, and nothing new goes out
+  on its side until it is gone.
 - **Safety**: cancel-all at start, at every stop (a limit, the kill switch, a signal, an exception),
   on a stale or broken feed; a next start cancels what a killed process left. New orders are
   limited to ``max_orders_10s`` per 10 s (below the venue's 300); an order that would take
@@ -61,10 +64,17 @@ class VenueError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Credentials:
-    """An API key pair. ``repr`` never shows the secret."""
+    """An API key pair. ``repr`` shows neither value, and no error message quotes one."""
 
-    key: str
+    key: str = dataclasses.field(repr=False)
     secret: str = dataclasses.field(repr=False)
+
+    def __post_init__(self) -> None:
+        for name, v in (("key", self.key), ("secret", self.secret)):
+            # A value with whitespace or a control character cannot go into a header or a signature
+            # as the venue reads it (http.client would refuse it with the value in its message).
+            if not v or not v.isprintable() or any(c.isspace() for c in v):
+                raise ValueError(f"the API {name} is empty or holds whitespace or a non-printable character")
 
     @classmethod
     def from_env(cls, key_env: str, secret_env: str) -> Credentials:
@@ -101,7 +111,9 @@ class Rest:
 
     def call(self, method: str, path: str, params: dict | None = None, *, signed: bool = True):
         """The decoded JSON answer; a venue error raises :class:`VenueError`, a broken connection
-        ``OSError`` (after one retry on a fresh connection, for a keep-alive the venue closed)."""
+        ``OSError``. A GET or DELETE (idempotent) is retried once on a fresh connection, for a
+        keep-alive the venue closed; a POST is not (the order may have arrived: a reconciliation
+        finds it and cancels it as unknown), and its error says so."""
         q = dict(params or {})
         headers = {}
         if signed:
@@ -115,7 +127,8 @@ class Rest:
         else:
             qs = urllib.parse.urlencode(q)
         target = f"{self.prefix}{path}" + (f"?{qs}" if qs else "")
-        for attempt in (0, 1):
+        attempts = (0,) if method == "POST" else (0, 1)
+        for attempt in attempts:
             if self._conn is None:
                 self._conn = self._conn_cls(self.host, self.port, timeout=self.timeout_s)
             try:
@@ -123,9 +136,13 @@ class Rest:
                 r = self._conn.getresponse()
                 body = r.read()
                 break
+            except ValueError:
+                # http.client's refusal of a header or URL quotes the value: it never goes out.
+                self.close()
+                raise OSError(f"{method} {path}: the request could not be encoded") from None
             except (OSError, http.client.HTTPException) as e:
                 self.close()
-                if attempt:
+                if attempt == attempts[-1]:
                     raise OSError(f"{method} {path}: {type(e).__name__}: {e}") from None
         self.requests += 1
         try:
@@ -254,6 +271,7 @@ class OrderGateway:
             "refused": {}, "fills": 0, "reconciliations": 0, "venue_errors": 0,
         }  # fmt: skip
         self._n = 0
+        self._last_diff: float | None = None  # the previous read-back's difference, not yet booked
 
     # -- start and stop ------------------------------------------------------------------------
     def start(self, engine_tick: float, *, last_trade_id: int | None = None) -> float:
@@ -343,7 +361,9 @@ class OrderGateway:
         """Every ``reconcile_every``-th call: the venue's open orders and position read back. An
         order we believe open that is not is dropped, an open one we do not know is cancelled.
         Returns the position the engine misses (venue minus engine, base units; 0 when they agree
-        or it is not this call's turn); the difference is journaled."""
+        or it is not this call's turn). A difference is booked (and journaled) only when two
+        read-backs in a row see the same one: a fill the venue's position shows before its trade
+        list does is then not booked twice."""
         self._n += 1
         if (self._n - 1) % self.reconcile_every:
             return 0.0
@@ -360,12 +380,20 @@ class OrderGateway:
                 self._cancel_id(int(o["orderId"]), "unknown")
         venue = self.position()
         diff = venue - engine_position
-        if abs(diff) <= 0.5 * (self.rules.step if self.rules else 1e-9) or self.pending:
+        half = 0.5 * (self.rules.step if self.rules else 1e-9)
+        if abs(diff) <= half or self.pending:
+            self._last_diff = None
             return 0.0  # agree (or fills stamped after the last interval are still to be booked)
         # A fill since the last read (before or after the position's) is in one and not the other:
         # the next observation books it and the comparison waits.
         if self.rest.call("GET", "/fapi/v1/userTrades", {"symbol": self.symbol, "fromId": self.last_trade_id + 1}):
+            self._last_diff = None
             return 0.0
+        if self._last_diff is None or abs(diff - self._last_diff) > half:
+            self._last_diff = diff
+            self.event("reconcile_seen", venue_position=venue, engine_position=engine_position, diff=diff)
+            return 0.0
+        self._last_diff = None
         self.event("reconcile", venue_position=venue, engine_position=engine_position, booked=diff)
         return diff
 
@@ -384,12 +412,13 @@ class OrderGateway:
                 o is not None
                 and want is not None
                 and abs(o.price - want[0]) <= 0.5 * self.rules.tick
-                and (want[1] <= o.open_qty + 0.5 * self.rules.step)
+                and o.open_qty <= want[1] + 0.5 * self.rules.step
+                and o.qty >= want[1] - 0.5 * self.rules.step
             ):
                 self.counts["kept"] += 1
                 continue
-            if o is not None:
-                self._cancel(side, "requote" if want is not None else "withdrawn")
+            if o is not None and not self._cancel(side, "requote" if want is not None else "withdrawn"):
+                continue  # still resting as far as we know: no second order beside it
             if want is None:
                 continue
             why = self.limits.allows(side, want[1], want[0], position, equity, mid)
@@ -426,20 +455,28 @@ class OrderGateway:
         self.orders[side] = Order(cid, int(r["orderId"]), side, price, qty, float(r.get("executedQty", 0.0)))
         self.event("order", side=side, price=price, qty=qty, client_id=cid, order_id=int(r["orderId"]))
 
-    def _cancel(self, side: int, why: str) -> None:
+    def _cancel(self, side: int, why: str) -> bool:
+        """Cancel our order on ``side``; it stops being ours only when the venue confirms (or says
+        it is gone already). False: it may still rest, and stays tracked."""
         o = self.orders[side]
-        self.orders[side] = None
-        self._cancel_id(o.order_id, why)
+        if self._cancel_id(o.order_id, why):
+            self.orders[side] = None
+            return True
+        return False
 
-    def _cancel_id(self, order_id: int, why: str) -> None:
+    def _cancel_id(self, order_id: int, why: str) -> bool:
+        """True if the order is no longer open (cancelled now, or already filled or gone)."""
         try:
             self.rest.call("DELETE", "/fapi/v1/order", {"symbol": self.symbol, "orderId": order_id})
             self.counts["cancelled"] += 1
             self.event("cancel", order_id=order_id, why=why)
+            return True
         except VenueError as e:
-            if e.code != UNKNOWN_ORDER:  # already filled or gone: its fills come with the next read
-                self.counts["venue_errors"] += 1
-                self.event("cancel_failed", order_id=order_id, error=str(e))
+            if e.code == UNKNOWN_ORDER:  # already filled or gone: its fills come with the next read
+                return True
+            self.counts["venue_errors"] += 1
+            self.event("cancel_failed", order_id=order_id, error=str(e))
         except OSError as e:
             self.counts["venue_errors"] += 1
             self.event("cancel_failed", order_id=order_id, error=str(e))
+        return False

@@ -152,10 +152,13 @@ class LiveSettings:
             if not self.mainnet:
                 import urllib.parse
 
-                if urllib.parse.urlsplit(self.order_url).hostname == urllib.parse.urlsplit(lo.MAINNET_REST).hostname:
+                # An allowlist: without live.mainnet, orders go to the testnet or the loopback
+                # address (a local emulator) and nowhere else, whatever the host's spelling.
+                host = (urllib.parse.urlsplit(self.order_url).hostname or "").lower()
+                if host not in (urllib.parse.urlsplit(lo.TESTNET_REST).hostname, "127.0.0.1", "localhost", "::1"):
                     raise ValueError(
-                        f"live.order_url = {self.order_url!r} is the mainnet: real orders there need "
-                        "live.mainnet=true as well"
+                        f"live.order_url = {self.order_url!r} is neither the testnet nor the loopback address: "
+                        "real orders anywhere else need live.mainnet=true as well"
                     )
                 if self.ws_url == BINANCE_USDM_WS and self.rest_url == BINANCE_USDM_REST:
                     # Orders on the testnet meet the testnet's book: read its market streams.
@@ -279,6 +282,7 @@ class Session:
         self._last_status = 0.0
         self._last_msg = time.monotonic()
         self._healthy = True
+        self._book_stale = False  # event-driven: trades come, but no book for stale_s of their time
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> str:
@@ -409,8 +413,26 @@ class Session:
                     break
             if self.s.depth:
                 await self._watch_depth()
+            if self.s.cadence == "book":
+                await self._watch_book_age()
             self._check_limits()
         return got
+
+    async def _watch_book_age(self) -> None:
+        """Event-driven, an observation comes only with a book: when trades keep coming but the
+        newest book is ``stale_s`` older than the newest trade (exchange times), the quotes are
+        pulled at once (on a clock the next observation's book age does it). They go out again
+        with the next observation after a book arrives."""
+        b = self.builder
+        old = math.isfinite(b.latest) and b.trade_latest - b.latest > self.s.stale_s
+        if old and not self._book_stale:
+            self._book_stale = True
+            self.stale_events += 1
+            self.journal.event("stale", book_age_s=b.trade_latest - b.latest)
+            await self._pull("stale_book")
+        elif not old and self._book_stale:
+            self._book_stale = False
+            self.journal.event("healthy", what="book")
 
     async def _observe(self, iv, received: float) -> None:
         venue_fills = None

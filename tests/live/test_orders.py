@@ -49,7 +49,45 @@ def test_credentials_come_from_the_environment_and_never_show(monkeypatch):
         lo.Credentials.from_env("MMSIM_API_KEY", "MMSIM_API_SECRET")
     monkeypatch.setenv("MMSIM_API_SECRET", SECRET)
     c = lo.Credentials.from_env("MMSIM_API_KEY", "MMSIM_API_SECRET")
-    assert c.secret == SECRET and SECRET not in repr(c)
+    assert c.secret == SECRET and SECRET not in repr(c) and KEY not in repr(c)
+    for bad in ("key with space", "key\n", "key\x00", ""):  # could not go into a header as it is
+        with pytest.raises(ValueError, match="API secret is empty or holds whitespace") as e:
+            lo.Credentials(KEY, bad)
+        assert bad not in str(e.value) or not bad
+
+
+class _Broken:
+    """A connection whose every request fails as a keep-alive the venue closed does, counting."""
+
+    made = 0
+
+    def __init__(self, *a, error=ConnectionResetError("reset"), **kw):
+        type(self).made += 1
+        self.error = error
+
+    def request(self, *a, **kw):
+        raise self.error
+
+    def close(self):
+        pass
+
+
+def test_a_post_is_not_retried_and_no_error_quotes_a_header(monkeypatch):
+    rest = lo.Rest("http://127.0.0.1:9", CREDS)
+    rest._conn_cls = _Broken
+    _Broken.made = 0
+    with pytest.raises(OSError, match="GET /x"):
+        rest.call("GET", "/x")
+    assert _Broken.made == 2  # an idempotent request: retried once on a fresh connection
+    _Broken.made = 0
+    with pytest.raises(OSError, match="POST /fapi/v1/order"):
+        rest.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT"})
+    assert _Broken.made == 1  # an order: never sent twice
+    # http.client refuses a bad header with its value in the message: the error here has none.
+    rest._conn_cls = lambda *a, **kw: _Broken(error=ValueError(f"Invalid header value {KEY!r}"))
+    with pytest.raises(OSError, match="could not be encoded") as e:
+        rest.call("GET", "/x")
+    assert KEY not in str(e.value)
 
 
 # -- the venue on its own (requests built by hand) ----------------------------------------------
@@ -173,6 +211,40 @@ def test_the_gateway_keeps_a_repeated_quote_and_replaces_a_changed_one(desk):
     assert SECRET not in json.dumps(events)
 
 
+def test_a_changed_size_replaces_and_an_unconfirmed_cancel_keeps_the_order(desk, monkeypatch):
+    v, g, events = desk
+    g.start(0.1)
+    g.sync(_quote(size=0.2), **KW)
+    first = set(v.open)
+    g.sync(_quote(size=0.1), **KW)  # smaller: the venue must not hold more than the quote
+    assert not set(v.open) & first and len(v.open) == 2 and g.counts["kept"] == 0
+    second = set(v.open)
+    g.sync(_quote(size=0.3), **KW)  # larger: a new order of the quote's size
+    assert not set(v.open) & second and sorted(o.qty for o in v.open.values()) == [0.3, 0.3]
+    g.sync(_quote(bid=60_000.0, size=0.3), **KW)  # at the touch, behind its 2.0
+    _print(v, 60_000.0, 2.1, sell=True, t_ms=T0_MS + 100)  # 0.1 past the queue: 0.1 of our 0.3 fills
+    assert g.fills(T0_MS + 1000) == pytest.approx((0.1, 60_000.0, 0.0, 0.0))
+    third, kept = set(v.open), g.counts["kept"]
+    g.sync(_quote(bid=60_000.0, size=0.3), **KW)  # partly filled at the quote's price: kept, and its place
+    assert set(v.open) == third and g.counts["kept"] == kept + 2 and g.orders[1].open_qty == pytest.approx(0.2)
+
+    call = g.rest.call
+
+    def no_cancel(method, path, params=None, **kw):
+        if method == "DELETE" and path == "/fapi/v1/order":
+            raise OSError("DELETE /fapi/v1/order: timed out")
+        return call(method, path, params, **kw)
+
+    monkeypatch.setattr(g.rest, "call", no_cancel)
+    bid = g.orders[1]
+    g.sync(_quote(bid=59_998.0, size=0.3), **KW)  # the cancel gets no answer: the order may still rest
+    assert g.orders[1] is bid and [o.price for o in v.open.values() if o.side == 1] == [60_000.0]
+    assert events[-1][0] == "cancel_failed" and g.counts["venue_errors"] == 1
+    monkeypatch.setattr(g.rest, "call", call)
+    g.sync(_quote(bid=59_998.0, size=0.3), **KW)  # the venue answers again: replaced
+    assert [o.price for o in v.open.values() if o.side == 1] == [59_998.0] and g.orders[1] is not bid
+
+
 def test_the_limits_refuse_what_would_grow_the_position_past_them(desk):
     v, g, _ = desk
     g.start(0.1)
@@ -206,7 +278,10 @@ def test_fills_are_read_back_by_interval_and_a_difference_is_reconciled(desk):
     assert g.reconcile(0.1) == 0.0  # the engine holds what the venue does
     v.position += 0.05  # a fill the gateway never saw (a manual trade, say)
     g._n = g.reconcile_every  # its turn
-    assert g.reconcile(0.1) == pytest.approx(0.05)
+    assert g.reconcile(0.1) == 0.0  # seen once: it may be a fill on its way to the trade list
+    assert events[-1][0] == "reconcile_seen"
+    g._n = g.reconcile_every
+    assert g.reconcile(0.1) == pytest.approx(0.05)  # seen twice: booked
     assert events[-1][0] == "reconcile" and events[-1][1]["booked"] == pytest.approx(0.05)
     assert lo.with_correction((0.2, 60_000.0, 0.0, 0.0), 0.05, 60_010.0) == pytest.approx((0.25, 60_002.0, 0, 0))
     v.open[999] = venue._Order(999, "x", 1, 59_000.0, 0.01)  # an order we do not know: cancelled
@@ -344,11 +419,40 @@ def test_a_resumed_orders_session_books_every_fill_once(world, busy, tmp_path):
     assert not v.open  # the order "left" by the first was cancelled at the second's start
 
 
+def test_an_event_driven_session_cancels_its_orders_when_books_stop_but_trades_go_on(world, tmp_path):
+    """``cadence=book``: an observation comes only with a book. Trades without books for more
+    than ``stale_s`` (exchange time) pull the quotes and cancel the venue's orders at once."""
+    lines = busy_lines(8)
+    for k in range(60):  # 15 s of trades every 250 ms, and no book
+        t = T0_MS + 8_000 + 250 * k
+        d = {"e": "trade", "E": t, "T": t, "p": "60010.0", "q": "0.010", "m": k % 2 == 0}
+        lines.append(_line(t + 5, "btcusdt@trade", {**d, "t": 1000 + k, "X": "MARKET"}))
+    lines = emulator.read_lines(write(tmp_path / "books_stop.gz", lines))
+    s, why, v, res = orders_session(
+        world, lines, tmp_path / "run", cadence="book", cadence_s=0.05, stale_s=3.0, max_runtime_s=3.0, speed=10.0
+    )
+    recs, _ = journal.read(tmp_path / "run")
+    ev = [r for r in recs if r["k"] == "event"]
+    k = next(i for i, r in enumerate(ev) if r["what"] == "stale")
+    assert 3.0 < ev[k]["book_age_s"] < 3.5
+    assert ev[k + 1]["what"] == "cancel_all" and ev[k + 1]["why"] == "stale_book"
+    assert not any(r["what"] == "order" for r in ev[k:])  # nothing new without a book
+    last_obs = max(r["wall"] for r in recs if r["k"] == "obs")
+    assert last_obs < ev[k]["wall"] and s.stale_events == 1 and not v.open
+
+
 def test_orders_settings_are_safe_by_default():
     st = ls.LiveSettings(gateway="orders")
     assert st.order_url == lo.TESTNET_REST and st.ws_url == lo.TESTNET_WS and st.rest_url == lo.TESTNET_REST
-    with pytest.raises(ValueError, match=r"live.order_url .* mainnet.*live.mainnet=true"):
-        ls.LiveSettings(gateway="orders", order_url="https://fapi.binance.com")
+    for url in (
+        "https://fapi.binance.com",
+        "https://FAPI.Binance.com.",
+        "https://fapi-mm.binance.com",
+        "http://10.0.0.1",
+    ):
+        with pytest.raises(ValueError, match=r"live.order_url .* neither the testnet.*live.mainnet=true"):
+            ls.LiveSettings(gateway="orders", order_url=url)
+    assert ls.LiveSettings(gateway="orders", order_url="http://127.0.0.1:9").order_url == "http://127.0.0.1:9"
     main = ls.LiveSettings(gateway="orders", mainnet=True)
     assert main.order_url == lo.MAINNET_REST and main.ws_url == ls.BINANCE_USDM_WS
     assert ls.LiveSettings().ws_url == ls.BINANCE_USDM_WS  # paper reads the mainnet's public streams
