@@ -9,7 +9,9 @@
   observation), p50 / p99 / max in ms, with the feed's message rate.
 * ``orders_session``: the same session with the orders gateway against the emulated venue (signed
   REST on 127.0.0.1): tick-to-quote then includes reading our fills, the periodic read-backs and
-  the order requests; with the counts of orders sent, kept and cancelled.
+  the order requests; with the counts of orders sent, kept and cancelled. Our fills come from the
+  venue's user-data stream; ``orders_session_rest`` is the same session reading them by REST at
+  every observation instead (``live.user_stream=false``), for the requests the stream saves.
 
     python scripts/bench_live.py [--capture NAME] [--speed 10]
 
@@ -65,10 +67,10 @@ def main() -> int:
     lines = emulator.read_lines(path)
     span = lines[-1][0] - lines[0][0]
 
-    async def session(orders: bool):
+    async def session(orders: bool, user_stream: bool = True):
         v = venue.Venue("bench-key", "bench-secret") if orders else None
         em = await emulator.Emulator(lines, speed=a.speed, venue=v).start()
-        kw = {"gateway": "orders", "order_url": em.order_url} if orders else {}
+        kw = {"gateway": "orders", "order_url": em.order_url, "user_stream": user_stream} if orders else {}
         st = ls.LiveSettings(
             ws_url=em.ws_url,
             rest_url=em.rest_url,
@@ -97,12 +99,14 @@ def main() -> int:
         if orders:
             row["orders"] = s.gateway.counts
             row["venue_requests_per_observation"] = v.requests / max(s.seq, 1)
+            row["user_stream_connections"] = s.user_connections
         return row
 
     out["session"] = asyncio.run(session(False))
     # The orders gateway against the emulated venue on the loopback address: tick-to-quote now
     # includes reading the fills, the read-backs and the order requests (the step itself is the same).
     out["orders_session"] = asyncio.run(session(True))
+    out["orders_session_rest"] = asyncio.run(session(True, user_stream=False))
     print(json.dumps(out, indent=2))
     return 0
 

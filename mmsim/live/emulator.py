@@ -13,7 +13,8 @@ continues where it stopped), the stream can go silent for ``pause_s`` seconds af
 
 With a :class:`~mmsim.live.venue.Venue` (``venue=``), the emulator also takes signed post-only
 orders on its own port (``order_url``) and fills them against the book and trades it streams, each
-message reaching the venue's matcher as it is sent (or passed, for a stream nobody subscribed to).
+message reaching the venue's matcher as it is sent (or passed, for a stream nobody subscribed to),
+and serves the account's user-data stream at ``/ws/<listenKey>``.
 
 Run one by hand: ``python -m mmsim.live.emulator CAPTURE [--port P] [--speed X] [--orders]``
 (``--orders``: with the order API, accepting the key pair in ``$MMSIM_API_KEY`` and
@@ -103,6 +104,7 @@ class Emulator:
         self.drop_after, self.pause_after, self.pause_s, self.skip_diff = drop_after, pause_after, pause_s, skip_diff
         self.position = 0  # the next line to send (shared by reconnections)
         self.connections = 0
+        self.user_connections = 0  # to the user-data stream
         self.snapshots_served = 0
         self.sent = 0
         self.done: asyncio.Event | None = None  # made in start(), on the server's loop; set when all is sent
@@ -144,6 +146,10 @@ class Emulator:
         url = urllib.parse.urlsplit(request.path)
         if url.path == "/stream":
             return None  # the websocket upgrade
+        if url.path.startswith("/ws/") and self.venue is not None:
+            if self.venue.listen_key is not None and url.path[4:] == self.venue.listen_key:
+                return None  # the user-data stream's upgrade
+            return Response(400, "Bad Request", Headers([("Content-Type", "text/plain")]), b"invalid listen key\n")
         if url.path == "/fapi/v1/depth" and self.snapshot is not None:
             self.snapshots_served += 1
             body = json.dumps(self._current_book()).encode()
@@ -186,9 +192,27 @@ class Emulator:
 
     async def _handler(self, ws: ServerConnection) -> None:
         try:
-            await self._stream(ws)
+            if urllib.parse.urlsplit(ws.request.path).path.startswith("/ws/"):
+                await self._user_stream(ws)
+            else:
+                await self._stream(ws)
         except ConnectionClosed:
             pass  # the client went away (a test killed it): the next connection continues
+
+    async def _user_stream(self, ws: ServerConnection) -> None:
+        """The venue's account events, as they happen, until the client leaves or the venue drops
+        the stream (its key deleted, or :meth:`~mmsim.live.venue.Venue.drop_user_streams`)."""
+        q = self.venue.subscribe(urllib.parse.urlsplit(ws.request.path).path[4:])
+        if q is None:
+            await ws.close(1008, "invalid listen key")
+            return
+        self.user_connections += 1
+        try:
+            while (body := await q.get()) is not None:
+                await ws.send(body)
+            await ws.close(1011, "emulated user-data stream disconnect")
+        finally:
+            self.venue.unsubscribe(q)
 
     async def _stream(self, ws: ServerConnection) -> None:
         self.connections += 1

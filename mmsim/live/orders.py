@@ -16,9 +16,12 @@ testnet unless the mainnet is asked for explicitly), through the venue's signed 
   limited to ``max_orders_10s`` per 10 s (below the venue's 300); an order that would take
   ``|position|`` past the account's ``max_inventory``, or to a position whose initial margin
   (notional / leverage) the equity does not cover, is not sent (reducing orders always are).
-- **Fills** are the venue's own (``GET /fapi/v1/userTrades``), read at every observation and
-  given to the engine in place of the paper rule's; the position and the open orders are read
-  back every ``reconcile_every`` observations, and a difference is journaled and booked.
+- **Fills** are the venue's own, given to the engine in place of the paper rule's. They come from
+  the user-data stream (``ORDER_TRADE_UPDATE`` events, :func:`trade_of_event`, put in
+  :attr:`OrderGateway.inbox` by the session) while it is connected and caught up, and otherwise
+  from ``GET /fapi/v1/userTrades`` at every observation; a trade id is booked once whichever way
+  it came. The position and the open orders are read back every ``reconcile_every``
+  observations, and a difference is journaled and booked.
 
 Prices in quote currency, sizes in base units, times in ms since the epoch where the venue's API
 uses them (``timestamp``, a trade's ``time``).
@@ -47,6 +50,8 @@ VENUE_ORDERS_10S = 300
 #: The venue's error codes the gateway acts on.
 UNKNOWN_ORDER = -2011  # cancel of an order that is no longer open (filled, or cancelled already)
 POST_ONLY_REJECTED = -5022  # a GTX order that would have taken
+#: A user-data stream's listen key lapses 60 min after its last keep-alive; we renew it this often, s.
+LISTEN_KEY_KEEPALIVE_S = 30 * 60.0
 
 
 def sign(query: str, secret: str) -> str:
@@ -109,11 +114,12 @@ class Rest:
             self._conn.close()
             self._conn = None
 
-    def call(self, method: str, path: str, params: dict | None = None, *, signed: bool = True):
+    def call(self, method: str, path: str, params: dict | None = None, *, signed: bool = True, keyed: bool = False):
         """The decoded JSON answer; a venue error raises :class:`VenueError`, a broken connection
         ``OSError``. A GET or DELETE (idempotent) is retried once on a fresh connection, for a
         keep-alive the venue closed; a POST is not (the order may have arrived: a reconciliation
-        finds it and cancels it as unknown), and its error says so."""
+        finds it and cancels it as unknown), and its error says so. ``keyed``: an unsigned request
+        that carries the API key (the user-data stream's listen key endpoints)."""
         q = dict(params or {})
         headers = {}
         if signed:
@@ -126,6 +132,10 @@ class Rest:
             headers["X-MBX-APIKEY"] = self.creds.key
         else:
             qs = urllib.parse.urlencode(q)
+            if keyed:
+                if self.creds is None:
+                    raise ValueError("a keyed request needs credentials")
+                headers["X-MBX-APIKEY"] = self.creds.key
         target = f"{self.prefix}{path}" + (f"?{qs}" if qs else "")
         attempts = (0,) if method == "POST" else (0, 1)
         for attempt in attempts:
@@ -201,6 +211,27 @@ def with_correction(fills: tuple[float, float, float, float], diff: float, mid: 
     return fb, pb, fa, pa
 
 
+def trade_of_event(event: dict, symbol: str) -> dict | None:
+    """One of our fills from a user-data stream event (``ORDER_TRADE_UPDATE`` with execution type
+    ``TRADE`` on ``symbol``), in ``GET /fapi/v1/userTrades``'s form (``id`` the trade id, ``orderId``,
+    ``side``, ``price``, ``qty``, ``commission``, ``time`` in exchange ms); None for any other event,
+    or one with a field missing or malformed (counted by the caller)."""
+    if not isinstance(event, dict) or event.get("e") != "ORDER_TRADE_UPDATE":
+        return None
+    o = event.get("o")
+    if not isinstance(o, dict) or o.get("x") != "TRADE" or str(o.get("s", "")).upper() != symbol.upper():
+        return None
+    try:
+        t = {
+            "id": int(o["t"]), "orderId": int(o["i"]), "side": str(o["S"]), "price": float(o["L"]),
+            "qty": float(o["l"]), "commission": float(o.get("n", 0.0)), "time": int(o["T"]),
+        }  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        return None
+    ok = t["side"] in ("BUY", "SELL") and t["qty"] > 0 and t["price"] > 0 and math.isfinite(t["price"] * t["qty"])
+    return t if ok else None
+
+
 def _on_grid(n: int, unit: float) -> str:
     """``n`` units of ``unit`` as the venue's decimal string (no float digits past the unit's)."""
     return str(Decimal(n) * Decimal(str(unit)).normalize())
@@ -266,9 +297,20 @@ class OrderGateway:
         self.last_trade_id = -1  # the newest of our venue trades read
         self.booked_id = -1  # the newest given to the engine (a resumed session reads on from here)
         self.pending: list[dict] = []  # fills stamped after the interval that asked (kept for the next)
+        # The user-data stream: the session appends our fills (trade_of_event's dicts) to the inbox
+        # and says whether the stream is connected (``stream_gen`` counts its connections); after a
+        # (re)connection one REST read catches up what came before it, and from then on fills come
+        # from the stream alone.
+        self.inbox: deque[dict] = deque()
+        self.stream_connected = False
+        self.stream_gen = 0
+        self._caught_up_gen = -1
+        self._seen: set[int] = set()  # trade ids taken and not yet booked
+        self._listening = False  # a listen key was asked for (closed at the stop)
         self.counts: dict = {
             "sent": 0, "kept": 0, "cancelled": 0, "post_only_rejected": 0, "rate_limited": 0,
-            "refused": {}, "fills": 0, "reconciliations": 0, "venue_errors": 0,
+            "refused": {}, "fills": 0, "stream_fills": 0, "fill_reads": 0, "reconciliations": 0,
+            "venue_errors": 0,
         }  # fmt: skip
         self._n = 0
         self._last_diff: float | None = None  # the previous read-back's difference, not yet booked
@@ -320,32 +362,71 @@ class OrderGateway:
             out["venue_position"] = self.position()
         except (OSError, VenueError) as e:
             out["error"] = str(e)
+        if self._listening:  # end the user-data stream (its key lapses anyway within the hour)
+            try:
+                self.rest.call("DELETE", "/fapi/v1/listenKey", signed=False, keyed=True)
+            except (OSError, VenueError) as e:
+                self.event("listen_key_close_failed", error=str(e))
         self.rest.close()
         return out
+
+    def listen_key(self) -> str:
+        """A user-data stream's listen key (``POST /fapi/v1/listenKey``; the venue returns the
+        account's current one if it has one). It is a credential: never journaled."""
+        r = self.rest.call("POST", "/fapi/v1/listenKey", signed=False, keyed=True)
+        k = r.get("listenKey") if isinstance(r, dict) else None
+        if not (isinstance(k, str) and k and k.isalnum()):
+            raise VenueError(200, None, "the listen key answer holds no listen key")
+        self._listening = True
+        return k
+
+    def keep_alive(self) -> None:
+        """Renew the listen key (``PUT /fapi/v1/listenKey``), every :data:`LISTEN_KEY_KEEPALIVE_S`."""
+        self.rest.call("PUT", "/fapi/v1/listenKey", signed=False, keyed=True)
 
     def position(self) -> float:
         rows = self.rest.call("GET", "/fapi/v2/positionRisk", {"symbol": self.symbol})
         return float(sum(float(r["positionAmt"]) for r in rows if str(r.get("symbol", "")).upper() == self.symbol))
 
     # -- every observation -----------------------------------------------------------------------
+    def _take(self, t: dict, *, streamed: bool) -> None:
+        """A fill of ours, from the stream or a REST read: kept for booking once per trade id."""
+        i = int(t["id"])
+        if i <= self.booked_id or i in self._seen:
+            return
+        self._seen.add(i)
+        self.last_trade_id = max(self.last_trade_id, i)
+        self.pending.append(t)
+        self.counts["fills"] += 1
+        self.counts["stream_fills"] += streamed
+        side = 1 if t["side"] == "BUY" else -1
+        o = self.orders.get(side)
+        if o is not None and o.order_id == int(t["orderId"]):
+            o.filled += float(t["qty"])
+            if o.open_qty <= 1e-12:
+                self.orders[side] = None
+
     def fills(self, until_ms: float) -> tuple[float, float, float, float]:
-        """Our fills stamped up to ``until_ms`` (exchange ms) since the last call, read from the
-        venue: ``(bid size, bid VWAP, ask size, ask VWAP)``, base units and quote currency."""
-        new = self.rest.call("GET", "/fapi/v1/userTrades", {"symbol": self.symbol, "fromId": self.last_trade_id + 1})
-        for t in sorted(new, key=lambda t: int(t["id"])):
-            if int(t["id"]) > self.last_trade_id:
-                self.last_trade_id = int(t["id"])
-                self.pending.append(t)
-                self.counts["fills"] += 1
-                side = 1 if t["side"] == "BUY" else -1
-                o = self.orders.get(side)
-                if o is not None and o.order_id == int(t["orderId"]):
-                    o.filled += float(t["qty"])
-                    if o.open_qty <= 1e-12:
-                        self.orders[side] = None
-        now = [t for t in self.pending if int(t["time"]) <= until_ms]
+        """Our fills stamped up to ``until_ms`` (exchange ms) since the last call:
+        ``(bid size, bid VWAP, ask size, ask VWAP)``, base units and quote currency. They come from
+        the stream's inbox; the venue's trade list is read as well while the stream is not
+        connected, and once after it (re)connects (what came before it)."""
+        while self.inbox:
+            self._take(self.inbox.popleft(), streamed=True)
+        gen, connected = self.stream_gen, self.stream_connected
+        if not connected or self._caught_up_gen != gen:
+            self.counts["fill_reads"] += 1
+            new = self.rest.call(
+                "GET", "/fapi/v1/userTrades", {"symbol": self.symbol, "fromId": self.booked_id + 1, "limit": 1000}
+            )
+            for t in sorted(new, key=lambda t: int(t["id"])):
+                self._take(t, streamed=False)
+            if connected:
+                self._caught_up_gen = gen  # what came before this connection is read
+        now = sorted((t for t in self.pending if int(t["time"]) <= until_ms), key=lambda t: int(t["id"]))
         self.pending = [t for t in self.pending if int(t["time"]) > until_ms]
         self.booked_id = max([self.booked_id] + [int(t["id"]) for t in now])
+        self._seen = {i for i in self._seen if i > self.booked_id}
         for t in now:  # journaled as booked: a resumed session reads on after the last of these
             self.event("fill", id=int(t["id"]), order_id=int(t["orderId"]), side=t["side"],
                        price=float(t["price"]), qty=float(t["qty"]), commission=float(t.get("commission", 0.0)),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import math
 import signal
 import sys
@@ -75,6 +76,9 @@ class LiveSettings:
         recv_window_ms: how far the venue may find our clock off, ms.
         order_timeout_s: one order-API request's timeout, s.
         reconcile_every: observations between two read-backs of the venue's position and orders.
+        user_stream: with gateway "orders", take our fills from the venue's user-data stream
+            (``<ws_url>/ws/<listenKey>``), reading them by REST only while it is down and once
+            after each (re)connection; false: a REST read at every observation.
         depth: also read the L2 book (``depth@100ms`` diffs kept consistent with the REST snapshot
             by their update ids); a gap in the ids, a crossed book or no snapshot pulls the quotes
             until a new snapshot resynchronises it.
@@ -113,6 +117,7 @@ class LiveSettings:
     recv_window_ms: int = 5000
     order_timeout_s: float = 5.0
     reconcile_every: int = 10
+    user_stream: bool = True
     depth: bool = True
     depth_limit: int = 1000
     latency_ms: float = 0.0
@@ -126,7 +131,7 @@ class LiveSettings:
             )
         if self.gateway not in ("paper", "orders"):
             raise ValueError(f"live.gateway = {self.gateway!r}: must be 'paper' or 'orders'")
-        for f in ("mainnet", "depth"):
+        for f in ("mainnet", "depth", "user_stream"):
             if not isinstance(getattr(self, f), bool):
                 raise ValueError(f"live.{f} = {getattr(self, f)!r}: must be true or false")
         if self.depth_limit not in (5, 10, 20, 50, 100, 500, 1000):
@@ -283,6 +288,9 @@ class Session:
         self._last_msg = time.monotonic()
         self._healthy = True
         self._book_stale = False  # event-driven: trades come, but no book for stale_s of their time
+        self._user_task: asyncio.Task | None = None  # the user-data stream (orders gateway)
+        self.user_connections = 0
+        self.user_malformed = 0  # user-data stream messages that could not be read
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> str:
@@ -301,6 +309,8 @@ class Session:
             if self.gateway is not None:
                 # Rules, cancel-all (what a killed session left), where our fills start.
                 await asyncio.to_thread(self.gateway.start, self.trader.tick, last_trade_id=self._booked_id)
+                if self.s.user_stream:
+                    self._user_task = asyncio.create_task(self._user_stream())
             while self.stop_reason is None:
                 try:
                     # close_timeout: at a stop, messages not yet read hold back the venue's reply to
@@ -331,6 +341,10 @@ class Session:
         finally:
             self.trader.pull()  # cancel-all: nothing rests after the session
             closing = {}
+            if self._user_task is not None:
+                self._user_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._user_task
             if self.gateway is not None:
                 # Also after an exception (a signal or a kill switch stops the loop first).
                 closing = await asyncio.to_thread(self.gateway.close, self.stop_reason or "error")
@@ -346,7 +360,11 @@ class Session:
                 stale_events=self.stale_events,
                 clock_offset_s=self.builder.clock_offset_s,
                 depth_resyncs=self.resyncs,
-                **({"orders": self.gateway.counts, "venue_at_stop": closing} if self.gateway is not None else {}),
+                **(
+                    {"orders": self.gateway.counts, "venue_at_stop": closing, "user_connections": self.user_connections}
+                    if self.gateway is not None
+                    else {}
+                ),
             )
             if self.trader.n:
                 self.journal.snapshot(self.seq - 1, self.trader)
@@ -382,6 +400,62 @@ class Session:
             self.stop("max_runtime_s")
         if self.s.max_observations and self.seq >= self.s.max_observations:
             self.stop("max_observations")
+
+    async def _user_stream(self) -> None:
+        """The venue's user-data stream: our fills into the gateway's inbox as they happen. A listen
+        key is asked for at each connection and renewed every ``LISTEN_KEY_KEEPALIVE_S``; a broken
+        stream (or a refused key) is reconnected with the feed's back-off, the gateway reading its
+        fills by REST meanwhile. The key is a credential: neither it nor the URL is journaled."""
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import WebSocketException
+
+        g = self.gateway
+        delay = self.s.reconnect_min_s
+        while self.stop_reason is None:
+            try:
+                key = await asyncio.to_thread(g.listen_key)
+                url = f"{self.s.ws_url.rstrip('/')}/ws/{key}"
+                async with connect(url, open_timeout=self.s.open_timeout_s, compression=None, proxy=None,
+                                   close_timeout=1.0) as ws:  # fmt: skip
+                    g.stream_gen += 1
+                    g.stream_connected = True
+                    self.user_connections += 1
+                    self.journal.event("user_stream_connect", n=self.user_connections)
+                    delay = self.s.reconnect_min_s
+                    renew = time.monotonic() + lo.LISTEN_KEY_KEEPALIVE_S
+                    while self.stop_reason is None:
+                        try:
+                            raw = await asyncio.wait_for(ws.recv(), timeout=1.0)
+                        except TimeoutError:
+                            raw = None
+                        if time.monotonic() >= renew:
+                            await asyncio.to_thread(g.keep_alive)
+                            renew = time.monotonic() + lo.LISTEN_KEY_KEEPALIVE_S
+                        if raw is None:
+                            continue
+                        try:
+                            event = json.loads(raw)
+                        except ValueError:
+                            self.user_malformed += 1
+                            continue
+                        if isinstance(event, dict) and event.get("e") == "listenKeyExpired":
+                            raise ConnectionError("the listen key expired")
+                        t = lo.trade_of_event(event, g.symbol)
+                        if t is not None:
+                            g.inbox.append(t)
+                        elif isinstance(event, dict) and event.get("e") == "ORDER_TRADE_UPDATE":
+                            o = event.get("o")
+                            if isinstance(o, dict) and o.get("x") == "TRADE":
+                                self.user_malformed += 1  # a fill we cannot read: the REST read finds it
+                                g.stream_gen += 1  # so the next observation reads the venue's trade list
+            except (OSError, TimeoutError, WebSocketException, lo.VenueError) as e:
+                g.stream_connected = False
+                if self.stop_reason is not None:
+                    break
+                self.journal.event("user_stream_disconnect", error=f"{type(e).__name__}", retry_s=delay)
+                await self._sleep(delay)
+                delay = min(2 * delay, self.s.reconnect_max_s)
+        g.stream_connected = False
 
     async def _receive(self, ws) -> bool:
         """Messages until the connection closes (``ConnectionClosed`` raised to :meth:`run`) or the
@@ -717,7 +791,16 @@ def result(session: Session):
     live = {
         "gateway": session.s.gateway,
         **(
-            {"orders": session.gateway.counts, "venue_at_stop": session.venue_at_stop}
+            {
+                "orders": session.gateway.counts,
+                "venue_at_stop": session.venue_at_stop,
+                "user_stream": {
+                    "on": session.s.user_stream,
+                    "connections": session.user_connections,
+                    "malformed": session.user_malformed,
+                },
+                "order_requests": session.gateway.rest.requests,
+            }
             if session.gateway is not None
             else {}
         ),

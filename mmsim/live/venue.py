@@ -8,7 +8,11 @@ the venue's endpoints:
 - ``GET /fapi/v1/exchangeInfo`` (the contract's tick, size step, minimum notional);
 - ``POST /fapi/v1/order`` (``LIMIT``, ``timeInForce=GTX``), ``DELETE /fapi/v1/order``,
   ``DELETE /fapi/v1/allOpenOrders``, ``GET /fapi/v1/openOrders``;
-- ``GET /fapi/v1/userTrades`` (``fromId``, ``limit``), ``GET /fapi/v2/positionRisk``.
+- ``GET /fapi/v1/userTrades`` (``fromId``, ``limit``), ``GET /fapi/v2/positionRisk``;
+- the user-data stream: ``POST``/``PUT``/``DELETE /fapi/v1/listenKey`` (the API key only, no
+  signature), and on the market emulator's websocket port ``/ws/<listenKey>`` streams
+  ``ORDER_TRADE_UPDATE`` (a new order, a cancel, each fill) and ``ACCOUNT_UPDATE`` (the position
+  after a fill) as they happen, in the venue's event format.
 
 Errors come in the venue's format (an HTTP 4xx with ``{"code", "msg"}``). Prices in quote
 currency, sizes in base units, times in ms (our fills are stamped with the public trade's time, the
@@ -22,6 +26,7 @@ import contextlib
 import dataclasses
 import hmac
 import json
+import secrets
 import time
 import urllib.parse
 from collections import deque
@@ -95,6 +100,42 @@ class Venue:
         self.max_orders_10s_seen = 0
         self.port = 0
         self._server = None
+        self.listen_key: str | None = None  # the account's one user-data stream key (the venue's rule)
+        self._listeners: list[asyncio.Queue] = []  # one per connected user-data stream
+        self.user_events = 0  # events published
+
+    # -- the user-data stream ---------------------------------------------------------------------
+    def subscribe(self, key: str) -> asyncio.Queue | None:
+        """A queue of the account's events as JSON strings (None closes it), for a connection to
+        ``/ws/<key>``; None if ``key`` is not the account's listen key."""
+        if self.listen_key is None or not hmac.compare_digest(key, self.listen_key):
+            return None
+        q: asyncio.Queue = asyncio.Queue()
+        self._listeners.append(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(q)
+
+    def drop_user_streams(self) -> None:
+        """Close every user-data stream connection (a test's disconnect)."""
+        for q in self._listeners:
+            q.put_nowait(None)
+
+    def _publish(self, event: dict) -> None:
+        self.user_events += 1
+        body = json.dumps({"E": self.now_ms, "T": self.now_ms, **event})
+        for q in self._listeners:
+            q.put_nowait(body)
+
+    def _order_event(self, o: _Order, execution: str, status: str, **fill) -> None:
+        self._publish({"e": "ORDER_TRADE_UPDATE", "o": {
+            "s": self.symbol, "c": o.client_id, "S": "BUY" if o.side > 0 else "SELL", "o": "LIMIT", "f": "GTX",
+            "q": _s(o.qty), "p": _s(o.price), "x": execution, "X": status, "i": o.order_id,
+            "z": _s(o.filled), "l": "0", "L": "0", "n": "0", "N": "USDT", "T": self.now_ms, "t": 0, "m": True,
+            **fill,
+        }})  # fmt: skip
 
     # -- the market, as the emulator streams it ---------------------------------------------------
     def on_message(self, body: str) -> None:
@@ -143,14 +184,21 @@ class Venue:
         elif abs(d) == abs(q):
             self.entry = 0.0
         self.position = q + d
-        self.trades.append({
+        t = {
             "symbol": self.symbol, "id": len(self.trades) + 1, "orderId": o.order_id,
             "side": "BUY" if o.side > 0 else "SELL", "price": _s(o.price), "qty": _s(qty),
             "commission": _s(self.maker_fee * o.price * qty), "commissionAsset": "USDT",
             "realizedPnl": "0", "time": self.now_ms, "maker": True, "buyer": o.side > 0,
-        })  # fmt: skip
-        if o.qty - o.filled <= 1e-12:
+        }  # fmt: skip
+        self.trades.append(t)
+        done = o.qty - o.filled <= 1e-12
+        if done:
             del self.open[o.order_id]
+        self._order_event(o, "TRADE", "FILLED" if done else "PARTIALLY_FILLED",
+                          l=t["qty"], L=t["price"], n=t["commission"], t=t["id"], T=t["time"])  # fmt: skip
+        self._publish({"e": "ACCOUNT_UPDATE", "a": {"m": "ORDER", "B": [], "P": [
+            {"s": self.symbol, "pa": _s(self.position), "ep": _s(self.entry), "ps": "BOTH"}
+        ]}})  # fmt: skip
 
     # -- the API ------------------------------------------------------------------------------
     def handle(self, method: str, target: str, headers: dict) -> tuple[int, object]:
@@ -160,6 +208,8 @@ class Venue:
         try:
             if (method, u.path) == ("GET", "/fapi/v1/exchangeInfo"):
                 return 200, self._exchange_info()
+            if u.path == "/fapi/v1/listenKey" and method in ("POST", "PUT", "DELETE"):
+                return 200, self._listen_key(method, headers)
             routes = {
                 ("POST", "/fapi/v1/order"): self._new,
                 ("DELETE", "/fapi/v1/order"): self._cancel,
@@ -192,6 +242,21 @@ class Venue:
         if str(p.get("symbol", self.symbol)).upper() != self.symbol:
             raise Refused(400, -1121, "Invalid symbol.")
         return p
+
+    def _listen_key(self, method: str, headers: dict) -> dict:
+        """The venue's listen key rules: the API key only; POST makes the key or returns the
+        current one, PUT keeps it alive, DELETE ends it (and its streams)."""
+        if headers.get("x-mbx-apikey") != self.key:
+            raise Refused(401, -2014, "API-key format invalid.")
+        if method == "POST":
+            self.listen_key = self.listen_key or secrets.token_hex(32)
+            return {"listenKey": self.listen_key}
+        if self.listen_key is None:
+            raise Refused(400, -1125, "This listenKey does not exist.")
+        if method == "DELETE":
+            self.listen_key = None
+            self.drop_user_streams()
+        return {}
 
     def _exchange_info(self) -> dict:
         return {"symbols": [{
@@ -241,6 +306,7 @@ class Venue:
         t0 = np.zeros(0)
         _, o.resting = paper_fills(side, price, qty, True, Resting(), *self._touch(side), t0, t0, t0.astype(np.int8))
         self.open[o.order_id] = o
+        self._order_event(o, "NEW", "NEW")
         return self._order_json(o, "NEW")
 
     def _cancel(self, p: dict) -> dict:
@@ -248,9 +314,12 @@ class Venue:
             o = self.open.pop(int(p["orderId"]))
         except (KeyError, ValueError):
             raise Refused(400, UNKNOWN_ORDER, "Unknown order sent.") from None
+        self._order_event(o, "CANCELED", "CANCELED")
         return self._order_json(o, "CANCELED")
 
     def _cancel_all(self, p: dict) -> dict:
+        for o in self.open.values():
+            self._order_event(o, "CANCELED", "CANCELED")
         self.open.clear()
         return {"code": 200, "msg": "The operation of cancel all open order is done."}
 

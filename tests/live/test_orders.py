@@ -211,6 +211,23 @@ def test_the_gateway_keeps_a_repeated_quote_and_replaces_a_changed_one(desk):
     assert SECRET not in json.dumps(events)
 
 
+def test_fills_from_the_stream_and_the_trade_list_are_booked_once(desk):
+    v, g, _ = desk
+    g.start(0.1)
+    g.sync(_quote(bid=60_000.0, ask=60_000.1, size=0.2), **KW)
+    _print(v, 59_999.0, 0.01, sell=True, t_ms=T0_MS + 500)  # our bid traded through: trade 1
+    g.stream_gen, g.stream_connected = 1, True  # a stream just connected: one read catches up
+    assert g.fills(T0_MS + 1000) == pytest.approx((0.2, 60_000.0, 0.0, 0.0)) and g.counts["fill_reads"] == 1
+    t1 = {**v.trades[0], "price": 60_000.0, "qty": 0.2}
+    g.inbox.append(t1)  # the same fill, late on the stream: not booked again
+    _print(v, 60_000.1, 3.1, sell=False, t_ms=T0_MS + 1500)  # trade 2, which the stream brings
+    g.inbox.append({**v.trades[1], "price": 60_000.1, "qty": 0.1})
+    assert g.fills(T0_MS + 2000) == pytest.approx((0.0, 0.0, 0.1, 60_000.1))
+    assert g.counts["fill_reads"] == 1 and g.counts["stream_fills"] == 1 and g.counts["fills"] == 2
+    g.stream_connected = False  # down: the trade list is read again, from the last booked fill on
+    assert g.fills(T0_MS + 3000) == (0.0, 0.0, 0.0, 0.0) and g.counts["fill_reads"] == 2
+
+
 def test_a_changed_size_replaces_and_an_unconfirmed_cancel_keeps_the_order(desk, monkeypatch):
     v, g, events = desk
     g.start(0.1)
@@ -328,8 +345,9 @@ def busy(tmp_path_factory):
     return emulator.read_lines(write(tmp_path_factory.mktemp("cap") / "busy.gz", busy_lines()))
 
 
-def orders_session(world, lines, run_dir, *, v=None, resume=False, speed=20.0, **st_kw):
-    """An orders session against an emulator with a venue, in this process, at most 60 s."""
+def orders_session(world, lines, run_dir, *, v=None, resume=False, speed=20.0, during=None, **st_kw):
+    """An orders session against an emulator with a venue, in this process, at most 60 s
+    (``during(session, emulator)``: a coroutine run beside it)."""
     ep, dpt, step = world
     v = v or venue.Venue(KEY, SECRET)
 
@@ -341,7 +359,10 @@ def orders_session(world, lines, run_dir, *, v=None, resume=False, speed=20.0, *
         )
         s, _ = ls.open_session(ep, st, run_dir, symbol="BTCUSDT", depth_per_tick=dpt, step_fn=step,
                                resume=resume, credentials=CREDS)  # fmt: skip
+        task = asyncio.create_task(during(s, em)) if during else None
         why = await s.run()
+        if task:
+            task.cancel()
         await em.stop()
         return s, why
 
@@ -371,6 +392,81 @@ def test_an_orders_session_books_the_venues_fills_and_leaves_nothing_resting(wor
     assert v.refusals.get(-1022, 0) == 0 and v.refusals.get(-1021, 0) == 0  # every request signed and in time
     assert np.isfinite(j["equity"]).all()
     assert SECRET not in _files_text(tmp_path) and KEY not in _files_text(tmp_path)
+
+
+def _booked_once(res, v, recs):
+    """Every venue fill booked once: the journal's fills, and those after the last observation."""
+    fills = [r for r in recs if r.get("what") == "fill"]
+    end = res.metrics["live"]["venue_at_stop"]
+    j = res.journal
+    booked = j["fill_bid"].sum() - j["fill_ask"].sum()
+    assert len({f["id"] for f in fills}) == len(fills)  # no fill booked twice
+    assert booked == pytest.approx(float(res.state.account.position[0]), abs=1e-5)
+    assert booked + end["unbooked_qty"] == pytest.approx(v.position, abs=1e-5)
+    assert len(fills) + end["unbooked_fills"] == len(v.trades)
+    return fills
+
+
+def test_a_user_stream_event_is_read_as_the_venues_trade_list_has_it():
+    o = {"s": "BTCUSDT", "x": "TRADE", "X": "PARTIALLY_FILLED", "i": 7, "t": 42, "S": "SELL", "L": "60000.1",
+         "l": "0.004", "n": "0.01", "T": T0_MS}  # fmt: skip
+    t = lo.trade_of_event({"e": "ORDER_TRADE_UPDATE", "o": o}, "BTCUSDT")
+    assert t == {"id": 42, "orderId": 7, "side": "SELL", "price": 60000.1, "qty": 0.004, "commission": 0.01,
+                 "time": T0_MS}  # fmt: skip
+    for bad in (
+        {"e": "ACCOUNT_UPDATE", "o": o},
+        {"e": "ORDER_TRADE_UPDATE", "o": {**o, "x": "NEW"}},  # not a fill
+        {"e": "ORDER_TRADE_UPDATE", "o": {**o, "s": "ETHUSDT"}},
+        {"e": "ORDER_TRADE_UPDATE", "o": {**o, "l": "NaN"}},
+        {"e": "ORDER_TRADE_UPDATE", "o": {**o, "L": "x"}},
+        {"e": "ORDER_TRADE_UPDATE", "o": {k: v for k, v in o.items() if k != "t"}},
+        {"e": "ORDER_TRADE_UPDATE", "o": {**o, "S": "HOLD"}},
+        {"e": "ORDER_TRADE_UPDATE", "o": None},
+        [1, 2],
+    ):
+        assert lo.trade_of_event(bad, "BTCUSDT") is None, bad
+
+
+def test_the_listen_key_takes_the_api_key_alone():
+    v = venue.Venue(KEY, SECRET)
+    assert v.handle("POST", "/fapi/v1/listenKey", {"x-mbx-apikey": "other"})[1]["code"] == -2014
+    assert v.handle("PUT", "/fapi/v1/listenKey", {"x-mbx-apikey": KEY})[1]["code"] == -1125  # none yet
+    st, a = v.handle("POST", "/fapi/v1/listenKey", {"x-mbx-apikey": KEY})
+    assert st == 200 and len(a["listenKey"]) == 64
+    assert v.handle("POST", "/fapi/v1/listenKey", {"x-mbx-apikey": KEY})[1] == a  # the account's one key
+    assert v.subscribe("0" * 64) is None and v.subscribe(a["listenKey"]) is not None
+    assert v.handle("DELETE", "/fapi/v1/listenKey", {"x-mbx-apikey": KEY}) == (200, {}) and v.listen_key is None
+
+
+def test_an_orders_session_takes_its_fills_from_the_user_stream(world, busy, tmp_path):
+    """With the user-data stream the trade list is read at the first observations only (before the
+    stream is up, and once after it connects); every fill comes once, as without it."""
+    s, why, v, res = orders_session(world, busy, tmp_path / "a", max_observations=30)
+    c, u = res.metrics["live"]["orders"], res.metrics["live"]["user_stream"]
+    assert why == "max_observations" and u["on"] and u["connections"] == 1 and u["malformed"] == 0
+    assert c["fills"] > 2 and c["stream_fills"] >= c["fills"] - 1 and c["fill_reads"] <= 3
+    _booked_once(res, v, journal.read(tmp_path / "a")[0])
+    s, why, v2, off = orders_session(world, busy, tmp_path / "b", max_observations=30, user_stream=False)
+    co = off.metrics["live"]["orders"]
+    assert co["fill_reads"] == 30 and co["stream_fills"] == 0 and off.metrics["live"]["user_stream"]["connections"] == 0
+    _booked_once(off, v2, journal.read(tmp_path / "b")[0])
+
+
+def test_a_dropped_user_stream_is_reconnected_and_no_fill_is_lost(world, busy, tmp_path):
+    async def drop(s, em):
+        for k, seq in ((1, 8), (2, 16)):  # the k-th connection dropped after observation seq
+            while s.seq < seq or s.user_connections < k:
+                await asyncio.sleep(0.01)
+            em.venue.drop_user_streams()
+
+    s, why, v, res = orders_session(world, busy, tmp_path, max_observations=30, during=drop, reconnect_min_s=0.05)
+    recs, _ = journal.read(tmp_path)
+    assert why == "max_observations" and res.metrics["live"]["user_stream"]["connections"] == 3
+    assert sum(r.get("what") == "user_stream_disconnect" for r in recs) == 2
+    c = res.metrics["live"]["orders"]
+    assert c["fill_reads"] >= 3 and c["fills"] > 2  # the trade list read while it was down, and after
+    _booked_once(res, v, recs)
+    assert v.listen_key is None  # closed at the stop
 
 
 def test_the_kill_switch_cancels_the_venues_orders(world, busy, tmp_path):
