@@ -425,7 +425,7 @@ def summarize(windows: list[dict]) -> dict:
             "pnl_uniformity": uniformity(pnl),
             "fills_uniformity": uniformity(fills),
             "flags": [
-                f"{', '.join(w['files'])}: the replay's {what} at the {p:.0f}th percentile ({name} market)"
+                f"{', '.join(w['files'])}: the replay's {what} at the {_ordinal(p)} percentile ({name} market)"
                 for w, pp, fp in zip(windows, pnl, fills)
                 for what, p in (("PnL", pp), ("fill count", fp))
                 if math.isfinite(p) and not (lo <= p <= hi)
@@ -436,3 +436,10 @@ def summarize(windows: list[dict]) -> dict:
             },
         }
     return out
+
+
+def _ordinal(p: float) -> str:
+    """A percentile as an ordinal: 1st, 2nd, 3rd, 11th, 22nd, 100th."""
+    n = int(round(p))
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

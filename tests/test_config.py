@@ -55,6 +55,15 @@ def test_every_experiment_composes_and_builds(exp):
     mcfg.risk_settings(cfg)
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "market").glob("*.yaml")))
+def test_every_market_builds(name):
+    cfg = make_cfg(f"market={name}")
+    world, mp = mcfg.market_params(cfg)
+    if name.startswith("ethusdt"):  # ETH's grid and base units (conf/market/ethusdt.yaml)
+        assert world == "market" and list(cfg.market.asset_names) == ["ETHUSDT"]
+        assert float(mp.spread.tick) == pytest.approx(0.01) and float(mp.liquidation.size_scale) == pytest.approx(2.3)
+
+
 def test_default_config_builds_the_calibrated_market():
     world, mp, ep, sim = mcfg.build(make_cfg())
     assert world == "market" and mp.n_assets == 1

@@ -100,3 +100,9 @@ def test_the_book_fit_chooses_the_closest_grid_point(tmp_path):
     assert cal.notes["book.pull_rate"].startswith("fit by simulation: of 2 grid points")
     assert res["world_dt_s"] == 0.5 and "(world steps of 0.5 s)" in cal.notes["book.pull_rate"]
     assert cal.measured["book_fit"]["table"][0]["score"] == scores[0]
+
+
+def test_a_percentile_is_written_as_an_ordinal():
+    assert [validation._ordinal(p) for p in (0, 1, 2, 3, 4, 11, 12, 13, 21.4, 22, 100, 101.6)] == [
+        "0th", "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "100th", "102nd",
+    ]  # fmt: skip

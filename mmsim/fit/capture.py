@@ -402,7 +402,9 @@ def fit(measured: dict, base: dict, base_name: str, *, symmetric_flow: bool = Fa
 
     b.rest()
     header = [
-        f"A {m['symbol'].upper()} market fitted to the capture {', '.join(m['files'])}",
+        # "An ETHUSDT", "A BTCUSDT": the symbol is read letter by letter.
+        f"{'An' if m['symbol'][:1].upper() in 'AEFHILMNORSX' else 'A'} {m['symbol'].upper()} market fitted to the "
+        f"capture {', '.join(m['files'])}",
         f"({where}) by `mmsim calibrate`, over the base market {base_name!r}.",
         "Every field's comment says whether it was fitted (value ± standard error, how, the window)",
         f"or taken from {base_name!r} because a window of minutes cannot identify it.",

@@ -183,9 +183,9 @@ def report_lines(m: dict, title: str) -> list[str]:
             "## Against the simulator",
             "",
             f"{sim['n_paths']:,} simulated paths of {f(sim['horizon_s'], 0)} s: PnL mean {f(sim['pnl']['mean'])} "
-            f"(5-95 % {f(sim['pnl']['q05'])} to {f(sim['pnl']['q95'])}); the run's PnL is at the "
-            f"{f(sim['replay_pnl_percentile'], 1)}th percentile, "
-            f"its fills at the {f(sim['replay_fills_percentile'], 1)}th.",
+            f"(5-95 % {f(sim['pnl']['q05'])} to {f(sim['pnl']['q95'])}); the run's PnL is at percentile "
+            f"{f(sim['replay_pnl_percentile'], 1)} of them, its fills at percentile "
+            f"{f(sim['replay_fills_percentile'], 1)}.",
         ]
     return lines + [""]
 

@@ -239,19 +239,36 @@ def test_base_must_be_a_one_asset_market(synthetic):
         capture.base_market("nosuch")
 
 
-#: The committed calibrated market and the command that writes it (docs/MODEL.md §17).
-COMMITTED = Path(config.conf_dir()) / "market" / "btcusdt_captured.yaml"
-CAPTURES = ("hftbacktest_binance_usdm_btcusdt_20230404.dat.gz", "hftbacktest_binance_usdm_btcusdt_20230405.dat.gz")
-BARS = "binanceus_btcusdt_1m_20230301-20230321.csv"  # the three weeks before the captures
-FUNDING = "funding_BTC-USDT_binance_2020-01-01_2024-01-01_funding_history.csv"
+#: The committed calibrated markets and the commands that write them (docs/MODEL.md §17): the
+#: shared files, and the command's options after them.
+COMMANDS = {
+    "btcusdt_captured": (
+        ("hftbacktest_binance_usdm_btcusdt_20230404.dat.gz", "hftbacktest_binance_usdm_btcusdt_20230405.dat.gz"),
+        # the three weeks before the captures; the trailing year of funding
+        {"--bars": "binanceus_btcusdt_1m_20230301-20230321.csv",
+         "--funding": "funding_BTC-USDT_binance_2020-01-01_2024-01-01_funding_history.csv"},
+        [],
+    ),
+    "ethusdt_captured": (
+        ("hftbacktest_binance_usdm_ethusdt_20240808.gz",),
+        {"--funding": "funding_ETH-USDT_binance_2020-01-01_2024-01-01_funding_history.csv"},
+        ["--base", "ethusdt"],
+    ),
+}  # fmt: skip
 
 
-def test_the_committed_calibrated_market_is_the_commands_output(tmp_path):
-    files = [data.data_file(n) for n in (*CAPTURES, BARS, FUNDING)]
-    if any(f is None for f in files):
-        pytest.skip(f"the shared files {(*CAPTURES, BARS, FUNDING)} are not all in the data directory (MMSIM_DATA)")
-    out = tmp_path / COMMITTED.name
-    argv = ["calibrate", *map(str, files[:2]), "--symmetric-flow", "--bars", str(files[2]), "--funding", str(files[3])]
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_the_committed_calibrated_market_is_the_commands_output(name, tmp_path):
+    captures, named, extra = COMMANDS[name]
+    wanted = (*captures, *named.values())
+    files = {n: data.data_file(n) for n in wanted}
+    if any(f is None for f in files.values()):
+        pytest.skip(f"the shared files {wanted} are not all in the data directory (MMSIM_DATA)")
+    committed = Path(config.conf_dir()) / "market" / f"{name}.yaml"
+    out = tmp_path / committed.name
+    argv = ["calibrate", *(str(files[n]) for n in captures), *extra, "--symmetric-flow"]
+    for opt, n in named.items():
+        argv += [opt, str(files[n])]
     argv += ["--fit-book", "--world-substeps", "4", "-o", str(out), "--report", str(tmp_path / "rep")]
     assert cli.main(argv) == 0
-    assert out.read_text() == COMMITTED.read_text(), "regenerate it with the command in docs/MODEL.md §17"
+    assert out.read_text() == committed.read_text(), "regenerate it with the command in docs/MODEL.md §17"
