@@ -12,7 +12,10 @@ testnet unless the mainnet is asked for explicitly), through the venue's signed 
   than the engine quotes. An order whose cancel the venue did not confirm is kept as ours, and nothing new goes out
   on its side until it is gone.
 - **Safety**: cancel-all at start, at every stop (a limit, the kill switch, a signal, an exception),
-  on a stale or broken feed; a next start cancels what a killed process left. New orders are
+  on a stale or broken feed; a next start cancels what a killed process left. With
+  ``dead_man_s`` the venue's own countdown (``POST /fapi/v1/countdownCancelAll``) is armed at the
+  start and renewed every third of it: a process that dies or hangs without a word (SIGKILL, a
+  lost machine) has its orders cancelled by the venue ``dead_man_s`` seconds after its last renewal. New orders are
   limited to ``max_orders_10s`` per 10 s (below the venue's 300); an order that would take
   ``|position|`` past the account's ``max_inventory``, or to a position whose initial margin
   (notional / leverage) the equity does not cover, is not sent (reducing orders always are).
@@ -289,9 +292,20 @@ class OrderGateway:
     Counts (``counts``): orders sent, kept, cancelled, rejected as takers, refused by a limit
     (by reason), deferred by the rate limit, fills, reconciliations, venue errors."""
 
-    def __init__(self, rest: Rest, symbol: str, limits: Limits, journal_event, *, tag: str, reconcile_every: int = 10):
+    def __init__(
+        self,
+        rest: Rest,
+        symbol: str,
+        limits: Limits,
+        journal_event,
+        *,
+        tag: str,
+        reconcile_every: int = 10,
+        dead_man_s: float = 0.0,
+    ):
         self.rest, self.symbol, self.limits, self.event = rest, symbol.upper(), limits, journal_event
-        self.tag, self.reconcile_every = tag, reconcile_every
+        self.tag, self.reconcile_every, self.dead_man_s = tag, reconcile_every, float(dead_man_s)
+        self._beat = -math.inf  # monotonic time of the last countdown renewal (-inf: not armed)
         self.rules: SymbolRules | None = None
         self.orders: dict[int, Order | None] = {1: None, -1: None}
         self.last_trade_id = -1  # the newest of our venue trades read
@@ -302,6 +316,7 @@ class OrderGateway:
         # (re)connection one REST read catches up what came before it, and from then on fills come
         # from the stream alone.
         self.inbox: deque[dict] = deque()
+        self.gone: deque[int] = deque()  # order ids the stream says were cancelled or expired
         self.stream_connected = False
         self.stream_gen = 0
         self._caught_up_gen = -1
@@ -310,7 +325,7 @@ class OrderGateway:
         self.counts: dict = {
             "sent": 0, "kept": 0, "cancelled": 0, "post_only_rejected": 0, "rate_limited": 0,
             "refused": {}, "fills": 0, "stream_fills": 0, "fill_reads": 0, "reconciliations": 0,
-            "venue_errors": 0,
+            "heartbeats": 0, "venue_errors": 0,
         }  # fmt: skip
         self._n = 0
         self._last_diff: float | None = None  # the previous read-back's difference, not yet booked
@@ -329,6 +344,7 @@ class OrderGateway:
                 "the engine would quote off the venue's grid"
             )
         self.cancel_all("start")
+        self.heartbeat(force=True)  # the dead-man switch, armed before the first order
         if last_trade_id is None:
             trades = self.rest.call("GET", "/fapi/v1/userTrades", {"symbol": self.symbol, "limit": 1000})
             last_trade_id = max((int(t["id"]) for t in trades), default=-1)
@@ -355,6 +371,11 @@ class OrderGateway:
         """At a stop: cancel-all, then what the venue holds that the engine has not booked (fills
         after the last observation's interval, base units signed + bought) and its position."""
         out: dict = {"cancelled": self.cancel_all(why)}
+        if math.isfinite(self._beat):  # nothing rests: the venue's countdown is no longer needed
+            try:
+                self.rest.call("POST", "/fapi/v1/countdownCancelAll", {"symbol": self.symbol, "countdownTime": 0})
+            except (OSError, VenueError) as e:
+                self.event("countdown_off_failed", error=str(e))
         try:
             new = self.rest.call("GET", "/fapi/v1/userTrades", {"symbol": self.symbol, "fromId": self.booked_id + 1})
             out["unbooked_fills"] = len(new)
@@ -369,6 +390,20 @@ class OrderGateway:
                 self.event("listen_key_close_failed", error=str(e))
         self.rest.close()
         return out
+
+    def heartbeat(self, *, force: bool = False) -> None:
+        """Renew the venue's countdown to cancel all (``dead_man_s`` from now) once a third of it
+        has passed since the last renewal (or now, ``force``); nothing with ``dead_man_s`` = 0. A
+        failure raises (the caller pulls the quotes: the countdown may lapse)."""
+        if self.dead_man_s <= 0:
+            return
+        now = time.monotonic()
+        if not force and now - self._beat < self.dead_man_s / 3.0:
+            return
+        ms = int(round(1e3 * self.dead_man_s))
+        self.rest.call("POST", "/fapi/v1/countdownCancelAll", {"symbol": self.symbol, "countdownTime": ms})
+        self._beat = now
+        self.counts["heartbeats"] += 1
 
     def listen_key(self) -> str:
         """A user-data stream's listen key (``POST /fapi/v1/listenKey``; the venue returns the
@@ -413,6 +448,12 @@ class OrderGateway:
         connected, and once after it (re)connects (what came before it)."""
         while self.inbox:
             self._take(self.inbox.popleft(), streamed=True)
+        while self.gone:  # cancelled by the venue (its countdown, an expiry) or by hand
+            oid = self.gone.popleft()
+            for side, o in self.orders.items():
+                if o is not None and o.order_id == oid:
+                    self.event("order_gone", side=side, order_id=oid)
+                    self.orders[side] = None
         gen, connected = self.stream_gen, self.stream_connected
         if not connected or self._caught_up_gen != gen:
             self.counts["fill_reads"] += 1
@@ -480,7 +521,9 @@ class OrderGateway:
 
     def sync(self, quote: dict | None, *, position: float, equity: float, mid: float, healthy: bool) -> None:
         """Make the venue's orders the quote's: keep an order the quote repeats, cancel and replace
-        one it changes, cancel one it withdraws. Nothing new goes out when the feed is unhealthy."""
+        one it changes, cancel one it withdraws. Nothing new goes out when the feed is unhealthy.
+        The dead-man switch is renewed first when its turn has come."""
+        self.heartbeat()
         for side, key in ((1, "bid"), (-1, "ask")):
             want = None
             if quote is not None and healthy and quote[f"{key}_active"] and self.rules is not None:

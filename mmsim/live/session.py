@@ -9,7 +9,7 @@ sends them as post-only orders (:mod:`mmsim.live.orders`), on the venue's testne
 Health: no message for ``stale_s`` seconds of the local clock pulls the quotes until one arrives
 (a book older than ``stale_s`` at an interval's end does the same, as in a replay); a broken
 connection pulls them and reconnects with exponential back-off; the kill switch (a file that
-appears, or SIGUSR1) pulls them and ends the session; SIGINT and SIGTERM end it cleanly. The
+appears, or SIGUSR1) pulls them and ends the session; SIGINT, SIGTERM and SIGHUP end it cleanly. The
 clock offset (receive minus exchange time of the books) is measured and journaled.
 
 Times: ``wall`` and receive times in s since the epoch on the local clock; latencies in ms.
@@ -76,6 +76,9 @@ class LiveSettings:
         recv_window_ms: how far the venue may find our clock off, ms.
         order_timeout_s: one order-API request's timeout, s.
         reconcile_every: observations between two read-backs of the venue's position and orders.
+        dead_man_s: with gateway "orders", the venue's countdown to cancel all our orders, renewed
+            every third of it while the session runs: a process killed or hung without a word has
+            its orders cancelled by the venue this long after the last renewal, s (0: off).
         user_stream: with gateway "orders", take our fills from the venue's user-data stream
             (``<ws_url>/ws/<listenKey>``), reading them by REST only while it is down and once
             after each (re)connection; false: a REST read at every observation.
@@ -118,6 +121,7 @@ class LiveSettings:
     order_timeout_s: float = 5.0
     reconcile_every: int = 10
     user_stream: bool = True
+    dead_man_s: float = 60.0
     depth: bool = True
     depth_limit: int = 1000
     latency_ms: float = 0.0
@@ -196,6 +200,10 @@ class LiveSettings:
             v = getattr(self, f)
             if not (isinstance(v, int) and v >= (1 if f == "snapshot_every" else 0)):
                 raise ValueError(f"live.{f} = {v!r}: must be an integer >= {1 if f == 'snapshot_every' else 0}")
+        if not (isinstance(self.dead_man_s, (int, float)) and (self.dead_man_s == 0 or 1 <= self.dead_man_s <= 3600)):
+            raise ValueError(
+                f"live.dead_man_s = {self.dead_man_s!r}: must be 0 (off) or a number of seconds in [1, 3600]"
+            )
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("live.reconnect_max_s must be >= live.reconnect_min_s")
         if not (isinstance(self.latency_seed, int) and self.latency_seed >= 0):
@@ -296,7 +304,8 @@ class Session:
     async def run(self) -> str:
         """Run until a limit, the kill switch or a signal; returns why it stopped."""
         loop = asyncio.get_running_loop()
-        for sig, why in ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated"), (signal.SIGUSR1, "kill")):
+        stops = ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated"), (signal.SIGHUP, "hangup"))
+        for sig, why in (*stops, (signal.SIGUSR1, "kill")):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self.stop, why)
         from websockets.asyncio.client import connect
@@ -369,7 +378,7 @@ class Session:
             if self.trader.n:
                 self.journal.snapshot(self.seq - 1, self.trader)
             self.journal.close()
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.remove_signal_handler(sig)
         return self.stop_reason or "stopped"
@@ -448,6 +457,9 @@ class Session:
                             if isinstance(o, dict) and o.get("x") == "TRADE":
                                 self.user_malformed += 1  # a fill we cannot read: the REST read finds it
                                 g.stream_gen += 1  # so the next observation reads the venue's trade list
+                            elif isinstance(o, dict) and o.get("X") in ("CANCELED", "EXPIRED"):
+                                with contextlib.suppress(KeyError, TypeError, ValueError):
+                                    g.gone.append(int(o["i"]))  # the gateway forgets it at the next observation
             except (OSError, TimeoutError, WebSocketException, lo.VenueError) as e:
                 g.stream_connected = False
                 if self.stop_reason is not None:
@@ -736,8 +748,9 @@ def open_session(
         )
         tag = f"mm{int(time.time()) % 10**8}"  # client order ids: mm<start>-<n>, unique per session start
         gateway = lo.OrderGateway(
-            rest, symbol, limits, journal.event, tag=tag, reconcile_every=settings.reconcile_every
-        )
+            rest, symbol, limits, journal.event, tag=tag, reconcile_every=settings.reconcile_every,
+            dead_man_s=settings.dead_man_s,
+        )  # fmt: skip
     booked = None
     if restored is not None and gateway is not None:
         ids = [r["booked_id"] for r in restored["records"] if r.get("k") == "obs" and "booked_id" in r]

@@ -9,6 +9,9 @@ the venue's endpoints:
 - ``POST /fapi/v1/order`` (``LIMIT``, ``timeInForce=GTX``), ``DELETE /fapi/v1/order``,
   ``DELETE /fapi/v1/allOpenOrders``, ``GET /fapi/v1/openOrders``;
 - ``GET /fapi/v1/userTrades`` (``fromId``, ``limit``), ``GET /fapi/v2/positionRisk``;
+- ``POST /fapi/v1/countdownCancelAll`` (``countdownTime`` ms, 0 off): the dead-man switch. When
+  the countdown runs out every open order is cancelled (checked every 10 ms, and at each message
+  and request);
 - the user-data stream: ``POST``/``PUT``/``DELETE /fapi/v1/listenKey`` (the API key only, no
   signature), and on the market emulator's websocket port ``/ws/<listenKey>`` streams
   ``ORDER_TRADE_UPDATE`` (a new order, a cancel, each fill) and ``ACCOUNT_UPDATE`` (the position
@@ -103,6 +106,9 @@ class Venue:
         self.listen_key: str | None = None  # the account's one user-data stream key (the venue's rule)
         self._listeners: list[asyncio.Queue] = []  # one per connected user-data stream
         self.user_events = 0  # events published
+        self.countdown_at: float | None = None  # monotonic deadline of the dead-man switch
+        self.countdown_cancels = 0  # times it ran out and cancelled
+        self._watcher: asyncio.Task | None = None
 
     # -- the user-data stream ---------------------------------------------------------------------
     def subscribe(self, key: str) -> asyncio.Queue | None:
@@ -141,6 +147,7 @@ class Venue:
     def on_message(self, body: str) -> None:
         """A streamed market message: a ``bookTicker`` moves the touch, a ``trade`` (or
         ``aggTrade``) may fill our orders. Other messages and other contracts are ignored."""
+        self._check_countdown()
         try:
             d = json.loads(body)
             d = d.get("data", d)
@@ -204,6 +211,7 @@ class Venue:
     def handle(self, method: str, target: str, headers: dict) -> tuple[int, object]:
         """One request: ``(HTTP status, JSON body)``."""
         self.requests += 1
+        self._check_countdown()
         u = urllib.parse.urlsplit(target)
         try:
             if (method, u.path) == ("GET", "/fapi/v1/exchangeInfo"):
@@ -217,6 +225,7 @@ class Venue:
                 ("GET", "/fapi/v1/openOrders"): self._open_orders,
                 ("GET", "/fapi/v1/userTrades"): self._user_trades,
                 ("GET", "/fapi/v2/positionRisk"): self._position_risk,
+                ("POST", "/fapi/v1/countdownCancelAll"): self._countdown,
             }
             fn = routes.get((method, u.path))
             if fn is None:
@@ -323,6 +332,27 @@ class Venue:
         self.open.clear()
         return {"code": 200, "msg": "The operation of cancel all open order is done."}
 
+    def _countdown(self, p: dict) -> dict:
+        try:
+            ms = int(p["countdownTime"])
+        except (KeyError, ValueError):
+            raise Refused(400, -1102, "Mandatory parameter 'countdownTime' was not sent or is malformed.") from None
+        if ms < 0:
+            raise Refused(400, -1102, "Parameter 'countdownTime' must be >= 0.")
+        self.countdown_at = None if ms == 0 else time.monotonic() + ms / 1e3
+        return {"symbol": self.symbol, "countdownTime": str(ms)}
+
+    def _check_countdown(self) -> None:
+        if self.countdown_at is not None and time.monotonic() >= self.countdown_at:
+            self.countdown_at = None
+            self.countdown_cancels += 1
+            self._cancel_all({})
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            self._check_countdown()
+
     def _open_orders(self, p: dict) -> list:
         return [self._order_json(o, "NEW" if o.filled == 0 else "PARTIALLY_FILLED") for o in self.open.values()]
 
@@ -351,9 +381,15 @@ class Venue:
     async def start(self, port: int = 0) -> Venue:
         self._server = await asyncio.start_server(self._serve, HOST, port)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._watcher = asyncio.create_task(self._watch())
         return self
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):

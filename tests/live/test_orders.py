@@ -427,6 +427,56 @@ def test_a_user_stream_event_is_read_as_the_venues_trade_list_has_it():
         assert lo.trade_of_event(bad, "BTCUSDT") is None, bad
 
 
+def test_the_venues_countdown_cancels_everything_when_it_runs_out(desk):
+    v, g, events = desk
+    g.dead_man_s = 1.0
+    g.start(0.1)  # armed at the start
+    assert g.counts["heartbeats"] == 1 and v.countdown_at is not None
+    g.sync(_quote(), **KW)  # renewed only once a third of it has passed
+    assert g.counts["heartbeats"] == 1 and len(v.open) == 2
+    time.sleep(0.4)
+    g.sync(_quote(), **KW)
+    assert g.counts["heartbeats"] == 2
+    deadline = time.monotonic() + 5.0
+    while v.open and time.monotonic() < deadline:  # no renewal: the venue cancels by itself
+        time.sleep(0.02)
+    assert not v.open and v.countdown_cancels == 1 and v.countdown_at is None
+    g._n = g.reconcile_every
+    g.reconcile(0.0)  # the read-back (or the user-data stream's CANCELED events) finds them gone
+    assert g.orders == {1: None, -1: None} and [w for w, _ in events].count("order_gone") == 2
+    g.sync(_quote(), **KW)  # so the next sync sends new ones, and re-arms the countdown
+    assert len(v.open) == 2 and g.counts["heartbeats"] == 3 and v.countdown_at is not None
+    g.close("stop")
+    assert not v.open and v.countdown_at is None  # switched off once nothing rests
+
+
+def test_the_user_stream_tells_the_gateway_of_an_order_the_venue_cancelled(world, busy, tmp_path):
+    async def cancel_behind_its_back(s, em):
+        while s.seq < 8 or not em.venue.open:
+            await asyncio.sleep(0.01)
+        em.venue._cancel_all({})  # as the venue's countdown, or a cancel from another client
+
+    s, why, v, res = orders_session(
+        world, busy, tmp_path, during=cancel_behind_its_back, max_observations=20, reconcile_every=1000
+    )
+    recs, _ = journal.read(tmp_path)
+    assert why == "max_observations" and any(r.get("what") == "order_gone" for r in recs)
+    assert res.metrics["live"]["orders"]["reconciliations"] == 1  # the first, at the start: not a read-back
+
+
+def test_a_hangup_ends_an_orders_session_cleanly(world, busy, tmp_path):
+    import os
+
+    async def hang_up(s, em):
+        while s.seq < 6:
+            await asyncio.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    s, why, v, res = orders_session(world, busy, tmp_path, during=hang_up, max_observations=60)
+    assert why == "hangup" and not v.open and v.countdown_at is None
+    assert res.metrics["live"]["orders"]["heartbeats"] >= 1
+
+
 def test_the_listen_key_takes_the_api_key_alone():
     v = venue.Venue(KEY, SECRET)
     assert v.handle("POST", "/fapi/v1/listenKey", {"x-mbx-apikey": "other"})[1]["code"] == -2014
@@ -583,6 +633,29 @@ def test_mmsim_live_check_names_missing_keys_and_the_testnet(tmp_path, monkeypat
     assert cli.main(["live", "--check", "--params", best, *OVR, "live.gateway=orders"]) == 0
     out = capsys.readouterr().out
     assert f"orders on the testnet at {lo.TESTNET_REST}" in out and SECRET not in out and KEY not in out
+
+
+def test_the_venue_cancels_what_a_killed_session_left_once_its_countdown_runs_out(busy, tmp_path):
+    """``mmsim live`` with the orders gateway and a dead-man switch of 1 s, SIGKILLed while its
+    orders rest: nobody cancels them, and the venue does, within the countdown."""
+    best = write_best(tmp_path / "best.yaml", {"gamma": 0.0042})
+    v = venue.Venue(KEY, SECRET)
+    env = {"MMSIM_API_KEY": KEY, "MMSIM_API_SECRET": SECRET}
+    args = [f"live.max_clock_skew_s={SKEW}", "live.status_s=0", "live.gateway=orders", "live.depth=false"]
+    args += ["live.dead_man_s=1", *OVR]
+    with emulator.Running(emulator.Emulator(busy, speed=2.0, venue=v)) as em:
+        urls = [f"live.ws_url={em.ws_url}", f"live.rest_url={em.rest_url}", f"live.order_url={em.order_url}"]
+        proc = _mmsim(["live", "--params", str(best), "--out", str(tmp_path / "run"), *urls, *args], env_extra=env)
+        deadline = time.monotonic() + 120
+        while not v.open and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        killed_at, out = time.monotonic(), proc.communicate(timeout=10)[0].decode()
+        assert v.open, out[-2000:]  # left resting by the killed process
+        while v.open and time.monotonic() < killed_at + 5.0:
+            time.sleep(0.02)
+        gone = time.monotonic() - killed_at
+    assert not v.open and v.countdown_cancels == 1 and gone < 1.5, gone
 
 
 def test_a_killed_orders_session_is_resumed_with_what_it_left_cancelled(busy, tmp_path):
