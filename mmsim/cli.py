@@ -174,12 +174,14 @@ def _live(argv: list[str]) -> int:
     if a.replay:
         from mmsim.live import session as ls
 
-        try:  # the paper gateway's order latency: live.latency_ms / live.latency_file, as in a session
-            latency = ls.live_settings(cfg.get("live")).latency()
+        try:  # the paper gateway's order latency and L2 queue (live.latency_ms, live.l2_queue), as in a session
+            st = ls.live_settings(cfg.get("live"))
+            latency = st.latency()
         except ValueError as e:
             print(f"mmsim live: configuration error: {e}", file=sys.stderr)
             return EXIT_CONFIG
-        return _replay(a, world, mp, ep, sim, list(cfg.market.get("asset_names") or []), latency)
+        assets = list(cfg.market.get("asset_names") or [])
+        return _replay(a, world, mp, ep, sim, assets, latency, l2=st.l2_queue and st.depth)
     if a.check:
         return _check_live(cfg)
     return _session(a, cfg, mp, ep, sim)
@@ -367,7 +369,7 @@ def _replay_symbol(a, assets: list[str]) -> str | None:
     return a.symbol or (str(assets[0]) if assets else None)
 
 
-def _replay(a, world, mp, ep, sim, cfg_assets: list[str], latency=None) -> int:
+def _replay(a, world, mp, ep, sim, cfg_assets: list[str], latency=None, l2: bool = True) -> int:
     import jax.numpy as jnp
 
     from mmsim import live, report
@@ -384,7 +386,7 @@ def _replay(a, world, mp, ep, sim, cfg_assets: list[str], latency=None) -> int:
     try:
         if a.compare_paths < 0:
             raise ValueError(f"--compare-paths = {a.compare_paths}: must be >= 0")
-        cap = data.read_capture(path)
+        cap = data.read_capture(path, depth=l2)  # with the L2 levels for the paper queue behind the touch
         if cap.get("truncated"):
             t = cap["truncated"]
             print(
@@ -397,7 +399,12 @@ def _replay(a, world, mp, ep, sim, cfg_assets: list[str], latency=None) -> int:
             cadence = a.min_interval if on_book else float(a.cadence)
         except ValueError:
             raise ValueError(f"--cadence {a.cadence!r}: a number of seconds or 'book'") from None
-        feed = live.feed_from_capture(cap, cadence, symbol=_replay_symbol(a, cfg_assets), on_book=on_book)
+        from mmsim.live.replay import venue_tick
+
+        feed = live.feed_from_capture(
+            cap, cadence, symbol=_replay_symbol(a, cfg_assets), on_book=on_book,
+            depth_tick=venue_tick(ep.tick) if l2 else 0.0,
+        )  # fmt: skip
         res = live.replay(
             ep, feed, depth_per_tick=float(mp.fills.depth_per_tick), dtype=jnp.dtype(sim.dtype), latency=latency
         )

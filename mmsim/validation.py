@@ -323,13 +323,15 @@ def recording(cap: dict, tick: float, cadence: float = 1.0) -> Recording:
     from mmsim import live
     from mmsim.fit import calibrate
 
-    feed = live.feed_from_capture(cap, cadence, symbol=cap["symbol"])
-    recorded = calibrate.infer_tick(np.concatenate([feed.best_bid, feed.best_ask]))
+    book = cap["book_ticker"]
+    recorded = calibrate.infer_tick(np.concatenate([book["bid"].to_numpy(float), book["ask"].to_numpy(float)]))
     if not math.isclose(recorded, tick, rel_tol=1e-9):
         raise ValueError(
             f"the market's tick is {tick:g} but the recording of {cap['symbol']} quotes on a {recorded:g} "
             "grid: validate it against a market of that symbol"
         )
+    # The replay's paper queue behind the touch from the L2 book, as `mmsim live --replay` has it.
+    feed = live.feed_from_capture(cap, cadence, symbol=cap["symbol"], depth_tick=float(tick))
     return Recording([Path(f) for f in cap["files"]], cap, feed, float(tick))
 
 

@@ -3,8 +3,17 @@
 (recorded or live) to observations, :mod:`mmsim.live.paper` fills quotes on paper and
 :mod:`mmsim.live.replay` runs the engine over a recording."""
 
-from mmsim.live.feed import Feed, feed_from_capture
+from mmsim.live.feed import DepthSampler, Feed, feed_from_capture
 from mmsim.live.paper import Resting, paper_fills
 from mmsim.live.replay import ReplayResult, compare_with_simulation, replay
 
-__all__ = ["Feed", "Resting", "ReplayResult", "compare_with_simulation", "feed_from_capture", "paper_fills", "replay"]
+__all__ = [
+    "DepthSampler",
+    "Feed",
+    "Resting",
+    "ReplayResult",
+    "compare_with_simulation",
+    "feed_from_capture",
+    "paper_fills",
+    "replay",
+]

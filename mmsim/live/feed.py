@@ -5,6 +5,8 @@ aggressor side, its liquidation fills and the funding stream. A recording is a f
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from typing import NamedTuple
 
 import numpy as np
@@ -49,6 +51,10 @@ class Feed(NamedTuple):
     symbol: str | None = None
     trade_time: np.ndarray | None = None  # each trade's exchange time, s since the recording's start
     on_book: bool = False  # an observation at each book update (at least the cadence apart), not a clock
+    # The L2 book at each interval's end (DepthSampler): (n, ticks) base units displayed at
+    # best_bid - j ticks and best_ask + j ticks, j = 0 .. ticks - 1; NaN where it is not known.
+    bid_depth: np.ndarray | None = None
+    ask_depth: np.ndarray | None = None
 
     @property
     def mid(self) -> np.ndarray:
@@ -66,6 +72,8 @@ class Feed(NamedTuple):
             trade_side=self.trade_side[lo:hi],
             book_age=float(self.book_age[i]) if self.book_age is not None else 0.0,
             trade_time=self.trade_time[lo:hi] if self.trade_time is not None else None,
+            bid_depth=self.bid_depth[i] if self.bid_depth is not None else None,
+            ask_depth=self.ask_depth[i] if self.ask_depth is not None else None,
         )
 
 
@@ -100,6 +108,8 @@ class Interval(NamedTuple):
     trade_side: np.ndarray
     book_age: float
     trade_time: np.ndarray | None = None  # the trades' exchange times, s since the feed's start
+    bid_depth: np.ndarray | None = None  # the L2 book at the end, (ticks,) base units (see Feed)
+    ask_depth: np.ndarray | None = None
 
 
 #: The fields of :class:`Feed` held per interval (one value each).
@@ -123,6 +133,62 @@ _PER_INTERVAL = (
     "settled_rate",
     "next_funding_s",
 )
+
+
+#: Prices per side an interval's L2 sample holds, from the touch outwards (the spec policy quotes
+#: 10-40 ticks from the BTCUSDT touch).
+DEPTH_TICKS = 64
+
+
+class DepthSampler:
+    """The L2 book at each observation's end, for the paper rule's queue behind the touch: the
+    decoder's depth rows (:data:`mmsim.fit.data.DEPTH_COLUMNS` order: a snapshot's rows start the
+    book again, a diff's replace their levels, size 0 deletes) applied in arrival order up to the
+    first row stamped after the end, then the size displayed at ``ticks`` prices from each touch.
+
+    One rule for a recording (:func:`feed_from_capture`: every row given at once) and a live
+    stream (:class:`mmsim.live.stream.FeedBuilder`: rows as they arrive), so that a replay and a
+    session of the same messages see the same levels. A diff stamped before an end that arrives
+    after it (another stream's message closed the interval) counts at the next end, as it would
+    live. ``tick``: the venue's price grid, quote currency; sizes in base units."""
+
+    def __init__(self, tick: float, ticks: int = DEPTH_TICKS) -> None:
+        if not (tick > 0 and math.isfinite(tick)):
+            raise ValueError(f"the L2 sample needs the venue's tick (> 0), not {tick!r}")
+        if not (isinstance(ticks, int) and ticks >= 2):
+            raise ValueError(f"ticks = {ticks!r}: must be an integer >= 2")
+        self.tick, self.ticks = float(tick), ticks
+        self.levels: dict[int, dict[int, float]] = {1: {}, -1: {}}
+        self.known = False  # a snapshot has been applied
+        self._snap_msg = None
+        self._rows: deque = deque()
+
+    def add(self, rows) -> None:
+        """Depth rows ``(time, local_time, msg, snapshot, side, price, qty)``, in arrival order."""
+        self._rows.extend(rows)
+
+    def sample(self, end: float, best_bid: float, best_ask: float) -> tuple[np.ndarray, np.ndarray]:
+        """The book as of ``end`` (s since the epoch): ``(bid sizes at best_bid - j ticks, ask sizes
+        at best_ask + j ticks)`` for j = 0 .. ticks - 1, NaN before the first snapshot."""
+        rows, lv = self._rows, self.levels
+        while rows and rows[0][0] <= end:
+            _, _, msg, snap, side, price, qty = rows.popleft()
+            if snap and msg != self._snap_msg:  # a snapshot's first row: the book starts again
+                self._snap_msg, self.known = msg, True
+                lv[1].clear()
+                lv[-1].clear()
+            key = int(round(price / self.tick))
+            if qty > 0:
+                lv[int(side)][key] = float(qty)
+            else:
+                lv[int(side)].pop(key, None)
+        if not self.known:
+            nan = np.full(self.ticks, np.nan)
+            return nan, nan.copy()
+        b0, a0 = int(round(best_bid / self.tick)), int(round(best_ask / self.tick))
+        bid = np.array([lv[1].get(b0 - j, 0.0) for j in range(self.ticks)])
+        ask = np.array([lv[-1].get(a0 + j, 0.0) for j in range(self.ticks)])
+        return bid, ask
 
 
 #: Bounds of the cadence, seconds: finer than a millisecond is below the venues' time stamps.
@@ -149,6 +215,8 @@ def feed_from_capture(
     guard: GuardParams | None = GuardParams(),
     symbol: str | None = None,
     on_book: bool = False,
+    depth_tick: float = 0.0,
+    depth_ticks: int = DEPTH_TICKS,
 ) -> Feed:
     """Cut a capture (:func:`mmsim.fit.data.read_capture`'s dict) into observations every ``cadence_s``
     seconds of exchange time, from the first book update to the last event, after the guard
@@ -157,7 +225,11 @@ def feed_from_capture(
 
     ``on_book``: event-driven instead: an observation at every top-of-book update, but never two
     within ``cadence_s`` seconds (a book update sooner than that after the last observation waits
-    for the next one past it)."""
+    for the next one past it).
+
+    ``depth_tick`` > 0 (the venue's tick): the L2 book at each end as well (:class:`DepthSampler`,
+    ``depth_ticks`` prices a side), from the capture's ``depth`` table (``read_capture(...,
+    depth=True)``); NaN throughout when it has none."""
     if not (isinstance(cadence_s, (int, float)) and MIN_CADENCE_S <= cadence_s <= MAX_CADENCE_S):
         raise ValueError(
             f"cadence_s = {cadence_s!r}: must be a number of seconds in [{MIN_CADENCE_S:g}, {MAX_CADENCE_S:g}]"
@@ -238,6 +310,16 @@ def feed_from_capture(
         settled = (nxt > prev_nxt) & ok
         prev_rate = np.concatenate([[rate[0]], rate[:-1]])
         settled_rate = np.where(settled, prev_rate, 0.0)
+    bid_depth = ask_depth = None
+    if depth_tick > 0:
+        sampler = DepthSampler(depth_tick, depth_ticks)
+        dep = cap.get("depth")
+        if dep is not None and len(dep):
+            cols = [dep[c].to_numpy() for c in ("time", "local_time", "msg", "snapshot", "side", "price", "qty")]
+            sampler.add(zip(*(c.tolist() for c in cols), strict=True))
+        samples = [sampler.sample(e, b, a) for e, b, a in zip(edges, bb, ba, strict=True)]
+        bid_depth = np.array([x[0] for x in samples]).reshape(n, depth_ticks)
+        ask_depth = np.array([x[1] for x in samples]).reshape(n, depth_ticks)
     return Feed(
         t=edges - t0,
         t0=t0,
@@ -269,4 +351,6 @@ def feed_from_capture(
         symbol=cap.get("symbol"),
         trade_time=tt - t0,
         on_book=on_book,
+        bid_depth=bid_depth,
+        ask_depth=ask_depth,
     )

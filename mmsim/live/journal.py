@@ -26,11 +26,14 @@ from mmsim.live.paper import Resting
 
 JOURNAL = "journal.jsonl"
 _ARRAYS = ("trade_price", "trade_qty", "trade_side", "trade_time")
+_DEPTH = ("bid_depth", "ask_depth")  # the L2 sample: NaN (not known) written as null
 
 
 def interval_to_json(iv: Interval) -> dict:
     def js(f):
         v = getattr(iv, f)
+        if v is not None and f in _DEPTH:
+            return _plain(v.tolist())
         return v.tolist() if f in _ARRAYS and v is not None else _plain(v)
 
     return {f: js(f) for f in iv._fields}
@@ -43,6 +46,9 @@ def interval_from_json(d: dict) -> Interval:
     kw["trade_side"] = np.asarray(d["trade_side"], np.int8)
     if d.get("trade_time") is not None:
         kw["trade_time"] = np.asarray(d["trade_time"], float)
+    for f in _DEPTH:
+        if d.get(f) is not None:
+            kw[f] = np.asarray([np.nan if x is None else x for x in d[f]], float)
     return Interval(**kw)
 
 

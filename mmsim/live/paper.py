@@ -75,6 +75,7 @@ def paper_fills(
     trade_price: np.ndarray,
     trade_qty: np.ndarray,
     trade_side: np.ndarray,
+    behind_qty: float = math.inf,
 ) -> tuple[float, Resting]:
     """One side of the paper gateway over one interval (see the module docstring).
 
@@ -84,6 +85,10 @@ def paper_fills(
         resting: that side's resting order before the quote (its price and queue ahead).
         touch, touch_qty: the best price on that side and its displayed size when the quote was sent.
         trade_price, trade_qty, trade_side: the interval's public trades.
+        behind_qty: for a quote behind the touch, the base units the L2 book displayed at its
+            price when it was sent (``inf``: not known). A new order joins behind them, and a kept
+            one's queue ahead is bounded by them, as at the touch; unknown, it fills only when
+            traded through.
 
     Returns ``(filled base units, the resting order after the interval)``.
     """
@@ -98,10 +103,10 @@ def paper_fills(
     elif abs(price - touch) <= eps:
         level_qty = touch_qty  # joins the back of the touch
     else:
-        level_qty = np.inf  # behind the touch: depth unknown
+        level_qty = behind_qty  # behind the touch: the L2 level's size (inf: the depth is unknown)
     queue = float(exchange.queue_on_arrival(resting.queue, same, level_qty))
-    if abs(price - touch) <= eps:
-        queue = float(exchange.within_level(queue, touch_qty))  # the displayed touch bounds what is ahead
+    if abs(price - touch) <= eps or (side * (price - touch) < -eps and math.isfinite(level_qty)):
+        queue = float(exchange.within_level(queue, level_qty))  # the displayed level bounds what is ahead
     hits = trade_side == -side  # aggressors on the other side
     through = bool(np.any(hits & (side * (price - trade_price) > eps)))
     at = float(np.sum(trade_qty[hits & (np.abs(trade_price - price) <= eps)]))
@@ -147,12 +152,15 @@ def latent_fills(
     trade_side: np.ndarray,
     trade_time: np.ndarray,
     arrive: float,
+    behind_old: float = math.inf,
+    behind_new: float = math.inf,
 ) -> tuple[float, float, Resting, float]:
     """:func:`paper_fills` with an order latency: the quote sent at the interval's start reaches the
     venue at ``arrive`` (s, the trades' clock), and until then the order it replaces rests (at
     ``resting.price`` with ``left`` base units, its queue carried on). Trades before ``arrive`` fill
     the old order, the later ones the new, which joins its queue on arrival (or keeps the old one's
-    place when it repeats its price, as the venue's order would).
+    place when it repeats its price, as the venue's order would). ``behind_old``, ``behind_new``:
+    :func:`paper_fills`' ``behind_qty`` at the old order's and the new quote's prices.
 
     Returns ``(filled base units, their VWAP, the resting order after the interval, its size left)``.
     """
@@ -161,14 +169,15 @@ def latent_fills(
     if left > 0 and resting.price > 0 and early.any():
         f_old, rest = paper_fills(
             side, resting.price, left, True, resting, touch, touch_qty,
-            trade_price[early], trade_qty[early], trade_side[early],
+            trade_price[early], trade_qty[early], trade_side[early], behind_old,
         )  # fmt: skip
     if left - f_old <= 0:
         rest = Resting()  # the old order filled whole before the new one arrived
     late = ~early
     f_new, after = paper_fills(
-        side, price, size, active, rest, touch, touch_qty, trade_price[late], trade_qty[late], trade_side[late]
-    )
+        side, price, size, active, rest, touch, touch_qty, trade_price[late], trade_qty[late], trade_side[late],
+        behind_new,
+    )  # fmt: skip
     filled = f_old + f_new
     vwap = (f_old * resting.price + f_new * price) / filled if filled > 0 else 0.0
     return filled, vwap, after, (size - f_new if after.price > 0 else 0.0)

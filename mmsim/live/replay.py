@@ -6,6 +6,7 @@ time from the recording's first book update, prices in quote currency, sizes in 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import NamedTuple
 
@@ -147,10 +148,12 @@ class Trader:
             fb, fb_px, self.bid_rest, self.bid_left = latent_fills(
                 1, quote["bid_price"], quote["bid_size"], quote["bid_active"], self.bid_rest, self.bid_left,
                 j.best_bid, j.bid_size, tp, tq, ts, tt, arrive,
+                self._behind(j, 1, self.bid_rest.price), self._behind(j, 1, quote["bid_price"]),
             )  # fmt: skip
             fa, fa_px, self.ask_rest, self.ask_left = latent_fills(
                 -1, quote["ask_price"], quote["ask_size"], quote["ask_active"], self.ask_rest, self.ask_left,
                 j.best_ask, j.ask_size, tp, tq, ts, tt, arrive,
+                self._behind(j, -1, self.ask_rest.price), self._behind(j, -1, quote["ask_price"]),
             )  # fmt: skip
             tk, tk_px = self._take(quote, j)
         elif quote is not None:  # j: the book the quote was sent against
@@ -165,6 +168,7 @@ class Trader:
                 tp,
                 tq,
                 ts,
+                self._behind(j, 1, quote["bid_price"]),
             )
             fa, self.ask_rest = paper_fills(
                 -1,
@@ -177,6 +181,7 @@ class Trader:
                 tp,
                 tq,
                 ts,
+                self._behind(j, -1, quote["ask_price"]),
             )
             tk, tk_px = self._take(quote, j)
         mid = 0.5 * (iv.best_bid + iv.best_ask)
@@ -252,6 +257,18 @@ class Trader:
             int(info.regime),
             float(info.sigma[0]),
         )
+
+    def _behind(self, j: Interval, side: int, price: float) -> float:
+        """The base units the L2 book of interval ``j`` (the quote's send time) displayed at
+        ``price``, behind the touch on ``side``; ``inf`` where it is not known (no L2 sample, a
+        price past its reach or at or inside the touch, where the paper rule has its own)."""
+        depth = j.bid_depth if side > 0 else j.ask_depth
+        if depth is None or self.tick <= 0 or price <= 0:
+            return math.inf
+        k = int(round(side * ((j.best_bid if side > 0 else j.best_ask) - price) / self.tick))
+        if 1 <= k < len(depth) and math.isfinite(depth[k]):
+            return float(depth[k])
+        return math.inf
 
     def _take(self, quote: dict, j: Interval) -> tuple[float, float]:
         """The quote's taker order, through the displayed touch of the book it was sent against,

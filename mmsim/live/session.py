@@ -86,6 +86,10 @@ class LiveSettings:
             by their update ids); a gap in the ids, a crossed book or no snapshot pulls the quotes
             until a new snapshot resynchronises it.
         depth_limit: levels per side of the REST snapshot.
+        l2_queue: with ``depth``, the paper gateway's queue behind the touch comes from the L2
+            book: a quote behind the touch joins behind the size displayed at its price when it
+            was sent, and fills from the volume traded there past it, as at the touch (without:
+            only when traded through). A replay does the same (``mmsim live --replay``).
         latency_ms: the paper gateway's order latency, ms: a quote reaches the venue this long
             after it is sent, and the order it replaces rests until then (0: none).
         latency_file: instead, an empirical law: a file of latencies in ms, one per line, one
@@ -124,6 +128,7 @@ class LiveSettings:
     dead_man_s: float = 60.0
     depth: bool = True
     depth_limit: int = 1000
+    l2_queue: bool = True
     latency_ms: float = 0.0
     latency_file: str = ""
     latency_seed: int = 0
@@ -135,7 +140,7 @@ class LiveSettings:
             )
         if self.gateway not in ("paper", "orders"):
             raise ValueError(f"live.gateway = {self.gateway!r}: must be 'paper' or 'orders'")
-        for f in ("mainnet", "depth", "user_stream"):
+        for f in ("mainnet", "depth", "user_stream", "l2_queue"):
             if not isinstance(getattr(self, f), bool):
                 raise ValueError(f"live.{f} = {getattr(self, f)!r}: must be true or false")
         if self.depth_limit not in (5, 10, 20, 50, 100, 500, 1000):
@@ -726,6 +731,7 @@ def open_session(
         liq_valid=True,
         depth=settings.depth,
         on_book=settings.cadence == "book",
+        depth_tick=float(trader.tick) if settings.depth and settings.l2_queue else 0.0,
     )
     restored = None
     if resume:

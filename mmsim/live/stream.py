@@ -27,7 +27,7 @@ from collections import deque
 import numpy as np
 
 from mmsim.fit import data
-from mmsim.live.feed import MAX_CADENCE_S, MIN_CADENCE_S, Interval
+from mmsim.live.feed import DEPTH_TICKS, MAX_CADENCE_S, MIN_CADENCE_S, DepthSampler, Interval
 from mmsim.live.guard import GuardParams, base_asset
 
 #: Trade ids remembered to refuse a resent trade (a reconnect replays some), per stream.
@@ -51,6 +51,9 @@ class FeedBuilder:
         on_book: event-driven, as :func:`~mmsim.live.feed.feed_from_capture`'s ``on_book``: an
             interval ends at each accepted book update at least ``cadence_s`` after the last end
             (and closes, as on the clock, once a book stamped ``grace_s`` past it arrives).
+        depth_tick: with ``depth``, the venue's tick: each interval carries the L2 book at its end
+            (:class:`~mmsim.live.feed.DepthSampler`, ``depth_ticks`` prices a side), as
+            :func:`~mmsim.live.feed.feed_from_capture` with the same ``depth_tick`` does (0: none).
     """
 
     def __init__(
@@ -63,6 +66,8 @@ class FeedBuilder:
         depth: bool = False,
         liq_valid: bool | None = None,
         on_book: bool = False,
+        depth_tick: float = 0.0,
+        depth_ticks: int = DEPTH_TICKS,
     ) -> None:
         if not (isinstance(cadence_s, (int, float)) and MIN_CADENCE_S <= cadence_s <= MAX_CADENCE_S):
             raise ValueError(
@@ -79,6 +84,7 @@ class FeedBuilder:
         self.guard = guard
         self.symbol = symbol
         self.decoder = data.Decoder(depth=depth)
+        self.sampler = DepthSampler(depth_tick, depth_ticks) if depth and depth_tick > 0 else None
         self.counts: dict[str, int] = {}
         self.t0: float | None = None  # the first accepted book's exchange time, s since the epoch
         self.k = 0  # intervals closed
@@ -208,7 +214,9 @@ class FeedBuilder:
             for r in d.marks:
                 self._mark_row(r)
             d.marks.clear()
-        d.depth_rows.clear()  # the levels live in the decoder's book; the rows are not kept
+        if self.sampler is not None:
+            self.sampler.add(d.depth_rows)  # applied as each interval closes
+        d.depth_rows.clear()
         if self.t0 is None:
             return []
         return self._close(self.latest - self.grace_s)
@@ -352,6 +360,7 @@ class FeedBuilder:
         self._trades = [r for r in self._trades if r[0] > edge]
         self.trades_total += len(now)
         bt, _, bid, bq, ask, aq, _ = book
+        depth = self.sampler.sample(edge, bid, ask) if self.sampler is not None else (None, None)
         px = np.array([r[2] for r in now], float)
         qty = np.array([r[3] for r in now], float)
         side = np.array([r[4] for r in now], np.int8)
@@ -392,6 +401,8 @@ class FeedBuilder:
             trade_side=side,
             book_age=edge - bt,
             trade_time=np.array([r[0] for r in now], float) - self.t0,
+            bid_depth=depth[0],
+            ask_depth=depth[1],
         )
 
 

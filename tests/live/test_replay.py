@@ -120,6 +120,25 @@ def test_paper_fills_of_a_bid(case):
         assert after == live.Resting()
 
 
+def test_behind_the_touch_the_l2_level_is_the_queue_ahead():
+    """With the L2 book's size at our price (``behind_qty``) a quote behind the touch joins behind
+    it and fills from the volume traded there past it; a kept one's queue is bounded by the
+    level's size as the touch's is; unknown (inf) it fills only when traded through."""
+    fill = lambda rest, behind, *rows: live.paper_fills(1, 99.8, 1.0, True, rest, 100.0, 3.0, *trades(*rows), behind)  # noqa: E731
+    got, after = fill(live.Resting(), 0.5, (99.8, 0.4, -1))  # 0.4 of the 0.5 ahead traded
+    assert got == 0.0 and after.price == 99.8 and after.queue == pytest.approx(0.1)
+    got, after = fill(live.Resting(), 0.5, (99.8, 0.9, -1))
+    assert got == pytest.approx(0.4) and after == live.Resting(99.8, 0.0)
+    assert fill(live.Resting(), np.inf, (99.8, 9.0, -1)) == (0.0, live.Resting(99.8, np.inf))
+    assert fill(live.Resting(), 0.5, (99.7, 0.01, -1))[0] == 1.0  # traded through: in full, as before
+    # Kept at 99.8 with 0.4 ahead; the level now shows 0.25 (some ahead cancelled): at most 0.25 ahead.
+    got, after = fill(live.Resting(99.8, 0.4), 0.25, (99.8, 0.5, -1))
+    assert got == pytest.approx(0.25) and after == live.Resting(99.8, 0.0)
+    # The ask side mirrors it.
+    got, _ = live.paper_fills(-1, 100.3, 1.0, True, live.Resting(), 100.1, 2.0, *trades((100.3, 0.7, 1)), 0.2)
+    assert got == pytest.approx(0.5)
+
+
 def test_paper_fills_of_an_ask_mirror_the_bid():
     got, _ = live.paper_fills(-1, 100.1, 2.0, True, live.Resting(), 100.1, 1.0, *trades((100.1, 1.5, 1)))
     assert got == pytest.approx(0.5)

@@ -141,3 +141,65 @@ def test_a_shared_capture_streamed_yields_its_recorded_intervals(name, symbol, l
         for f in out[0]._fields
     }
     assert len(out) == len(feed.t) and {f: n for f, n in diff.items() if n} == ({"funding_rate": 1} if late else {})
+
+
+def test_a_stream_yields_the_recordings_l2_book(tmp_path):
+    """The L2 sample at each end, by the one rule (DepthSampler) on a recording and on a stream:
+    the snapshot, then each diff stamped at or before the end."""
+    from tests.live.test_session import depth_lines
+
+    lines = depth_lines()
+    cap = data.read_capture(write(tmp_path / "d.gz", lines), depth=True)
+    feed = live.feed_from_capture(cap, 1.0, symbol="BTCUSDT", depth_tick=0.1)
+    out, fb = stream(lines, symbol="BTCUSDT", grace_s=0.05, depth=True, depth_tick=0.1)
+    assert_same(feed, out)
+    for i in (0, 7, len(feed.t) - 1):
+        end_ms = 1e3 * (feed.t0 + feed.t[i])
+        k = sum(T0_MS + 100 * j + 3 <= end_ms for j in range(400))  # diffs in by the end: sizes 4 + j % 3
+        jb = round((feed.best_bid[i] - 59999.0) / 0.1)
+        assert feed.bid_depth[i, jb] == (4.0 + (k - 1) % 3 if k else 4.0)
+        assert feed.bid_depth[i].sum() == feed.bid_depth[i, jb]  # nothing else rests behind the bid
+    without = live.feed_from_capture(cap, 1.0, symbol="BTCUSDT")
+    assert without.bid_depth is None and without.row(3).bid_depth is None
+
+
+def test_the_l2_sample_is_not_known_before_a_snapshot_and_starts_again_at_one():
+    s = live.DepthSampler(0.1, ticks=4)
+    s.add([(1.0, 1.0, 1, False, 1, 99.9, 2.0)])  # a diff before any snapshot
+    assert np.isnan(s.sample(1.5, 100.0, 100.1)[0]).all()
+    s.add([(2.0, 2.0, 2, True, 1, 99.8, 3.0), (2.0, 2.0, 2, True, -1, 100.2, 1.0), (3.0, 3.0, 3, False, 1, 99.8, 0.0)])
+    bid, ask = s.sample(2.5, 100.0, 100.1)
+    np.testing.assert_array_equal(bid, [0.0, 0.0, 3.0, 0.0])  # the diff before the snapshot is gone
+    np.testing.assert_array_equal(ask, [0.0, 1.0, 0.0, 0.0])
+    assert s.sample(3.0, 100.0, 100.1)[0][2] == 0.0  # a size of 0 deletes the level
+    with pytest.raises(ValueError, match="tick"):
+        live.DepthSampler(0.0)
+
+
+@pytest.mark.parametrize(
+    "name", ["hftbacktest_binance_usdm_btcusdt_20230404.dat.gz", "hftbacktest_binance_usdm_btcusdt_20240808.gz"]
+)
+def test_a_shared_capture_streamed_yields_its_recorded_l2_book(name):
+    path = data.data_file(name)
+    if path is None:
+        pytest.skip(f"no data directory (MMSIM_DATA or ../shared/data): {name} is not streamed")
+    feed = live.feed_from_capture(data.read_capture(path, depth=True), 1.0, symbol="BTCUSDT", depth_tick=0.1)
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        out, _ = stream(fh, symbol="BTCUSDT", grace_s=0.05, liq_valid=True, depth=True, depth_tick=0.1)
+    assert len(out) == len(feed.t) and np.isfinite(feed.bid_depth).all()
+    np.testing.assert_array_equal(np.array([iv.bid_depth for iv in out]), feed.bid_depth)
+    np.testing.assert_array_equal(np.array([iv.ask_depth for iv in out]), feed.ask_depth)
+
+
+def test_an_interval_with_its_l2_sample_survives_the_journal(tmp_path):
+    import json
+
+    from mmsim.live import journal
+    from tests.live.test_session import depth_lines
+
+    cap = data.read_capture(write(tmp_path / "d.gz", depth_lines()), depth=True)
+    iv = live.feed_from_capture(cap, 1.0, symbol="BTCUSDT", depth_tick=0.1).row(3)
+    iv = iv._replace(ask_depth=np.where(np.arange(len(iv.ask_depth)) > 60, np.nan, iv.ask_depth))
+    back = journal.interval_from_json(json.loads(json.dumps(journal.interval_to_json(iv), allow_nan=False)))
+    np.testing.assert_array_equal(back.bid_depth, iv.bid_depth)
+    np.testing.assert_array_equal(back.ask_depth, iv.ask_depth)  # NaN (not known) written as null
