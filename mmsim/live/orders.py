@@ -39,6 +39,7 @@ import http.client
 import json
 import math
 import os
+import threading
 import time
 import urllib.parse
 from collections import deque
@@ -110,6 +111,7 @@ class Rest:
         self.host, self.port, self.prefix = u.hostname, u.port, u.path.rstrip("/")
         self.creds, self.timeout_s, self.recv_window_ms = creds, timeout_s, recv_window_ms
         self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()  # one request at a time on the connection (worker threads share it)
         self.requests = 0
 
     def close(self) -> None:
@@ -141,23 +143,9 @@ class Rest:
                 headers["X-MBX-APIKEY"] = self.creds.key
         target = f"{self.prefix}{path}" + (f"?{qs}" if qs else "")
         attempts = (0,) if method == "POST" else (0, 1)
-        for attempt in attempts:
-            if self._conn is None:
-                self._conn = self._conn_cls(self.host, self.port, timeout=self.timeout_s)
-            try:
-                self._conn.request(method, target, headers=headers)
-                r = self._conn.getresponse()
-                body = r.read()
-                break
-            except ValueError:
-                # http.client's refusal of a header or URL quotes the value: it never goes out.
-                self.close()
-                raise OSError(f"{method} {path}: the request could not be encoded") from None
-            except (OSError, http.client.HTTPException) as e:
-                self.close()
-                if attempt == attempts[-1]:
-                    raise OSError(f"{method} {path}: {type(e).__name__}: {e}") from None
-        self.requests += 1
+        with self._lock:  # the feed's worker threads and the user-data stream's share the connection
+            r, body = self._send(method, path, target, headers, attempts)
+            self.requests += 1
         try:
             data = json.loads(body) if body else None
         except ValueError:
@@ -167,6 +155,26 @@ class Rest:
             msg = data.get("msg", "") if isinstance(data, dict) else body[:200].decode("utf-8", "replace")
             raise VenueError(r.status, code, str(msg))
         return data
+
+    def _send(self, method: str, path: str, target: str, headers: dict, attempts: tuple):
+        """One request on the keep-alive connection (a fresh one after a failure): the response
+        and its body; OSError when the last attempt fails."""
+        for attempt in attempts:
+            if self._conn is None:
+                self._conn = self._conn_cls(self.host, self.port, timeout=self.timeout_s)
+            try:
+                self._conn.request(method, target, headers=headers)
+                r = self._conn.getresponse()
+                return r, r.read()
+            except ValueError:
+                # http.client's refusal of a header or URL quotes the value: it never goes out.
+                self.close()
+                raise OSError(f"{method} {path}: the request could not be encoded") from None
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                if attempt == attempts[-1]:
+                    raise OSError(f"{method} {path}: {type(e).__name__}: {e}") from None
+        raise OSError(f"{method} {path}: no attempt made")
 
 
 @dataclasses.dataclass(frozen=True)

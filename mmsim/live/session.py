@@ -424,6 +424,12 @@ class Session:
         from websockets.exceptions import WebSocketException
 
         g = self.gateway
+        try:
+            await self._user_stream_loop(g, connect, WebSocketException)
+        finally:  # whatever ends it (a stop, a cancel, an error of ours): fills by REST from now on
+            g.stream_connected = False
+
+    async def _user_stream_loop(self, g, connect, WebSocketException) -> None:
         delay = self.s.reconnect_min_s
         while self.stop_reason is None:
             try:
@@ -472,7 +478,6 @@ class Session:
                 self.journal.event("user_stream_disconnect", error=f"{type(e).__name__}", retry_s=delay)
                 await self._sleep(delay)
                 delay = min(2 * delay, self.s.reconnect_max_s)
-        g.stream_connected = False
 
     async def _receive(self, ws) -> bool:
         """Messages until the connection closes (``ConnectionClosed`` raised to :meth:`run`) or the
