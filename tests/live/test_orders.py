@@ -635,26 +635,41 @@ def test_mmsim_live_check_names_missing_keys_and_the_testnet(tmp_path, monkeypat
     assert f"orders on the testnet at {lo.TESTNET_REST}" in out and SECRET not in out and KEY not in out
 
 
-def test_the_venue_cancels_what_a_killed_session_left_once_its_countdown_runs_out(busy, tmp_path):
-    """``mmsim live`` with the orders gateway and a dead-man switch of 1 s, SIGKILLed while its
-    orders rest: nobody cancels them, and the venue does, within the countdown."""
+def _kill_an_orders_session(lines, tmp_path, v, run, extra, *, speed, ready, after=None):
+    """``mmsim live`` with the orders gateway against an emulated venue, as a user runs it,
+    SIGKILLed once ``ready(v, run)`` (no clean-up at all): its output, and ``after(v)`` called
+    while the venue still runs."""
     best = write_best(tmp_path / "best.yaml", {"gamma": 0.0042})
-    v = venue.Venue(KEY, SECRET)
     env = {"MMSIM_API_KEY": KEY, "MMSIM_API_SECRET": SECRET}
     args = [f"live.max_clock_skew_s={SKEW}", "live.status_s=0", "live.gateway=orders", "live.depth=false"]
-    args += ["live.dead_man_s=1", *OVR]
-    with emulator.Running(emulator.Emulator(busy, speed=2.0, venue=v)) as em:
+    with emulator.Running(emulator.Emulator(lines, speed=speed, venue=v)) as em:
         urls = [f"live.ws_url={em.ws_url}", f"live.rest_url={em.rest_url}", f"live.order_url={em.order_url}"]
-        proc = _mmsim(["live", "--params", str(best), "--out", str(tmp_path / "run"), *urls, *args], env_extra=env)
+        proc = _mmsim(["live", "--params", str(best), "--out", str(run), *urls, *args, *extra, *OVR], env_extra=env)
         deadline = time.monotonic() + 120
-        while not v.open and proc.poll() is None and time.monotonic() < deadline:
+        while not ready(v, run) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
-        killed_at, out = time.monotonic(), proc.communicate(timeout=10)[0].decode()
-        assert v.open, out[-2000:]  # left resting by the killed process
+        out = proc.communicate(timeout=10)[0].decode()
+        extra_out = after(v) if after else None
+    return out, extra_out
+
+
+def test_the_venue_cancels_what_a_killed_session_left_once_its_countdown_runs_out(busy, tmp_path):
+    """A dead-man switch of 1 s: the killed session's orders rest, nobody cancels them, and the
+    venue does, within the countdown."""
+    v = venue.Venue(KEY, SECRET)
+
+    def wait_for_the_venue(v):
+        killed_at, left = time.monotonic(), len(v.open)
         while v.open and time.monotonic() < killed_at + 5.0:
             time.sleep(0.02)
-        gone = time.monotonic() - killed_at
+        return left, time.monotonic() - killed_at
+
+    out, (left, gone) = _kill_an_orders_session(
+        busy, tmp_path, v, tmp_path / "run", ["live.dead_man_s=1"], speed=2.0,
+        ready=lambda v, run: bool(v.open), after=wait_for_the_venue,
+    )  # fmt: skip
+    assert left > 0, out[-2000:]  # left resting by the killed process
     assert not v.open and v.countdown_cancels == 1 and gone < 1.5, gone
 
 
@@ -662,21 +677,13 @@ def test_a_killed_orders_session_is_resumed_with_what_it_left_cancelled(busy, tm
     """``mmsim live`` with the orders gateway as a user runs it, SIGKILLed while its orders rest on
     the venue (no clean-up at all), then ``mmsim live --resume``: the resumed session cancels what
     the killed one left, books every venue fill once, and no file holds the keys."""
-    best = write_best(tmp_path / "best.yaml", {"gamma": 0.0042})
     run = tmp_path / "run"
     v = venue.Venue(KEY, SECRET)
     env = {"MMSIM_API_KEY": KEY, "MMSIM_API_SECRET": SECRET}
-    common = [f"live.max_clock_skew_s={SKEW}", "live.status_s=0", "live.gateway=orders", "live.reconcile_every=5"]
-    common += ["live.depth=false", *OVR]
-    with emulator.Running(emulator.Emulator(busy, speed=8.0, venue=v)) as em:
-        urls = [f"live.ws_url={em.ws_url}", f"live.rest_url={em.rest_url}", f"live.order_url={em.order_url}"]
-        proc = _mmsim(["live", "--params", str(best), "--out", str(run), *urls, *common], env_extra=env)
-        deadline = time.monotonic() + 120
-        while (_obs(run) < 10 or not v.open) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        first = proc.communicate(timeout=10)[0].decode()
-        left = len(v.open)
+    first, left = _kill_an_orders_session(
+        busy, tmp_path, v, run, ["live.reconcile_every=5"], speed=8.0,
+        ready=lambda v, run: _obs(run) >= 10 and bool(v.open), after=lambda v: len(v.open),
+    )  # fmt: skip
     assert left > 0, first[-2000:]  # the killed process could not cancel
     with emulator.Running(emulator.Emulator(busy, speed=8.0, venue=v)) as em:
         urls = [f"live.ws_url={em.ws_url}", f"live.rest_url={em.rest_url}", f"live.order_url={em.order_url}"]
