@@ -15,7 +15,11 @@ testnet unless the mainnet is asked for explicitly), through the venue's signed 
   on a stale or broken feed; a next start cancels what a killed process left. With
   ``dead_man_s`` the venue's own countdown (``POST /fapi/v1/countdownCancelAll``) is armed at the
   start and renewed every third of it: a process that dies or hangs without a word (SIGKILL, a
-  lost machine) has its orders cancelled by the venue ``dead_man_s`` seconds after its last renewal. New orders are
+  lost machine) has its orders cancelled by the venue ``dead_man_s`` seconds after its last renewal.
+  The venue's count of our request weight (``X-MBX-USED-WEIGHT-1M``, against exchangeInfo's
+  per-minute ``REQUEST_WEIGHT``) is read from every answer: past ``max_weight_share`` of the
+  limit, new orders and read-backs wait (cancels still go). A 429 or 418 stops every request for
+  the ``Retry-After`` the venue gives (60 s if none): the dead-man switch cancels what rests. New orders are
   limited to ``max_orders_10s`` per 10 s (below the venue's 300); an order that would take
   ``|position|`` past the account's ``max_inventory``, or to a position whose initial margin
   (notional / leverage) the equity does not cover, is not sent (reducing orders always are).
@@ -63,12 +67,19 @@ def sign(query: str, secret: str) -> str:
     return hmac.new(secret.encode(), query.encode(), hashlib.sha256).hexdigest()
 
 
-class VenueError(RuntimeError):
-    """An answer of the venue that is not a success: its HTTP status, error code and message."""
+#: The venue's request weight per minute when its exchangeInfo does not say (Binance USD-M's).
+WEIGHT_LIMIT_1M = 2400
+#: HTTP statuses of a venue that wants us to back off (429 too many requests, 418 banned for a while).
+BACK_OFF_STATUS = (418, 429)
 
-    def __init__(self, status: int, code: int | None, msg: str) -> None:
+
+class VenueError(RuntimeError):
+    """An answer of the venue that is not a success: its HTTP status, error code and message, and
+    for a request-rate refusal the seconds it asks us to wait (``Retry-After``; None if not said)."""
+
+    def __init__(self, status: int, code: int | None, msg: str, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status}, code {code}: {msg}")
-        self.status, self.code, self.msg = status, code, msg
+        self.status, self.code, self.msg, self.retry_after = status, code, msg, retry_after
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +124,10 @@ class Rest:
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()  # one request at a time on the connection (worker threads share it)
         self.requests = 0
+        # The venue's count of our request weight in the current minute (X-MBX-USED-WEIGHT-1M)
+        # and when it was read (monotonic s); None before an answer carried it.
+        self.used_weight: int | None = None
+        self.weight_read_at = -math.inf
 
     def close(self) -> None:
         if self._conn is not None:
@@ -146,6 +161,9 @@ class Rest:
         with self._lock:  # the feed's worker threads and the user-data stream's share the connection
             r, body = self._send(method, path, target, headers, attempts)
             self.requests += 1
+            w = r.getheader("X-MBX-USED-WEIGHT-1M")
+            if w is not None and w.strip().isdigit():
+                self.used_weight, self.weight_read_at = int(w), time.monotonic()
         try:
             data = json.loads(body) if body else None
         except ValueError:
@@ -153,7 +171,9 @@ class Rest:
         if r.status >= 400 or (isinstance(data, dict) and isinstance(data.get("code"), int) and data["code"] < 0):
             code = data.get("code") if isinstance(data, dict) else None
             msg = data.get("msg", "") if isinstance(data, dict) else body[:200].decode("utf-8", "replace")
-            raise VenueError(r.status, code, str(msg))
+            retry = r.getheader("Retry-After")
+            wait = float(retry) if retry is not None and retry.strip().isdigit() else None
+            raise VenueError(r.status, code, str(msg), wait)
         return data
 
     def _send(self, method: str, path: str, target: str, headers: dict, attempts: tuple):
@@ -186,18 +206,25 @@ class SymbolRules:
     step: float
     min_qty: float
     min_notional: float
+    weight_limit: int = WEIGHT_LIMIT_1M  # request weight per minute (exchangeInfo's REQUEST_WEIGHT)
 
     @classmethod
     def from_exchange_info(cls, info: dict, symbol: str) -> SymbolRules:
         for s in info.get("symbols", []):
             if str(s.get("symbol", "")).upper() == symbol.upper():
                 f = {x.get("filterType"): x for x in s.get("filters", [])}
+                limits = [
+                    r for r in info.get("rateLimits", []) if isinstance(r, dict)
+                    and r.get("rateLimitType") == "REQUEST_WEIGHT" and r.get("interval") == "MINUTE"
+                    and r.get("intervalNum", 1) == 1
+                ]  # fmt: skip
                 try:
                     return cls(
                         tick=float(f["PRICE_FILTER"]["tickSize"]),
                         step=float(f["LOT_SIZE"]["stepSize"]),
                         min_qty=float(f["LOT_SIZE"]["minQty"]),
                         min_notional=float(f.get("MIN_NOTIONAL", {}).get("notional", 0.0)),
+                        weight_limit=int(limits[0]["limit"]) if limits else WEIGHT_LIMIT_1M,
                     )
                 except (KeyError, TypeError, ValueError) as e:
                     raise ValueError(f"exchangeInfo: {symbol}'s filters are incomplete ({e})") from None
@@ -310,10 +337,13 @@ class OrderGateway:
         tag: str,
         reconcile_every: int = 10,
         dead_man_s: float = 0.0,
+        max_weight_share: float = 0.8,
     ):
         self.rest, self.symbol, self.limits, self.event = rest, symbol.upper(), limits, journal_event
         self.tag, self.reconcile_every, self.dead_man_s = tag, reconcile_every, float(dead_man_s)
         self._beat = -math.inf  # monotonic time of the last countdown renewal (-inf: not armed)
+        self.max_weight_share = float(max_weight_share)
+        self._hold_until = -math.inf  # monotonic time a venue's back-off (429 / 418) ends
         self.rules: SymbolRules | None = None
         self.orders: dict[int, Order | None] = {1: None, -1: None}
         self.last_trade_id = -1  # the newest of our venue trades read
@@ -333,7 +363,7 @@ class OrderGateway:
         self.counts: dict = {
             "sent": 0, "kept": 0, "cancelled": 0, "post_only_rejected": 0, "rate_limited": 0,
             "refused": {}, "fills": 0, "stream_fills": 0, "fill_reads": 0, "reconciliations": 0,
-            "heartbeats": 0, "venue_errors": 0,
+            "heartbeats": 0, "weight_held": 0, "backed_off": 0, "venue_errors": 0,
         }  # fmt: skip
         self._n = 0
         self._last_diff: float | None = None  # the previous read-back's difference, not yet booked
@@ -362,12 +392,42 @@ class OrderGateway:
                    last_trade_id=self.last_trade_id)  # fmt: skip
         return pos
 
+    def weight_ok(self) -> bool:
+        """Whether a request that can wait may go now: not while the venue asks us to back off,
+        nor once its count of our weight this minute passes ``max_weight_share`` of its limit (a
+        count older than a minute no longer holds)."""
+        now = time.monotonic()
+        if now < self._hold_until:
+            return False
+        w = self.rest.used_weight
+        if w is None or now - self.rest.weight_read_at > 60.0:
+            return True
+        limit = self.rules.weight_limit if self.rules is not None else WEIGHT_LIMIT_1M
+        return w < self.max_weight_share * limit
+
+    def backing_off(self) -> bool:
+        return time.monotonic() < self._hold_until
+
+    def note_refusal(self, e: VenueError) -> None:
+        """A venue's request-rate refusal: no request at all until its Retry-After has passed."""
+        if e.status in BACK_OFF_STATUS:
+            wait = e.retry_after if e.retry_after is not None else 60.0
+            self._hold_until = time.monotonic() + wait
+            self.counts["backed_off"] += 1
+            self.event("venue_back_off", status=e.status, retry_s=wait)
+
     def cancel_all(self, why: str) -> bool:
         """Cancel every open order of ours on the contract; False if the venue could not be told
-        (the error is journaled: a next start cancels again)."""
+        (the error is journaled: a next start cancels again; while the venue asks us to back off,
+        nothing is sent and its countdown cancels)."""
+        if self.backing_off():
+            self.event("cancel_all_deferred", why=why)
+            return False
         try:
             self.rest.call("DELETE", "/fapi/v1/allOpenOrders", {"symbol": self.symbol})
         except (OSError, VenueError) as e:
+            if isinstance(e, VenueError):
+                self.note_refusal(e)
             self.counts["venue_errors"] += 1
             self.event("cancel_all_failed", why=why, error=str(e))
             return False
@@ -403,13 +463,17 @@ class OrderGateway:
         """Renew the venue's countdown to cancel all (``dead_man_s`` from now) once a third of it
         has passed since the last renewal (or now, ``force``); nothing with ``dead_man_s`` = 0. A
         failure raises (the caller pulls the quotes: the countdown may lapse)."""
-        if self.dead_man_s <= 0:
+        if self.dead_man_s <= 0 or self.backing_off():
             return
         now = time.monotonic()
         if not force and now - self._beat < self.dead_man_s / 3.0:
             return
         ms = int(round(1e3 * self.dead_man_s))
-        self.rest.call("POST", "/fapi/v1/countdownCancelAll", {"symbol": self.symbol, "countdownTime": ms})
+        try:
+            self.rest.call("POST", "/fapi/v1/countdownCancelAll", {"symbol": self.symbol, "countdownTime": ms})
+        except VenueError as e:
+            self.note_refusal(e)
+            raise
         self._beat = now
         self.counts["heartbeats"] += 1
 
@@ -463,7 +527,7 @@ class OrderGateway:
                     self.event("order_gone", side=side, order_id=oid)
                     self.orders[side] = None
         gen, connected = self.stream_gen, self.stream_connected
-        if not connected or self._caught_up_gen != gen:
+        if (not connected or self._caught_up_gen != gen) and not self.backing_off():
             self.counts["fill_reads"] += 1
             new = self.rest.call(
                 "GET", "/fapi/v1/userTrades", {"symbol": self.symbol, "fromId": self.booked_id + 1, "limit": 1000}
@@ -496,6 +560,9 @@ class OrderGateway:
         list does is then not booked twice."""
         self._n += 1
         if (self._n - 1) % self.reconcile_every:
+            return 0.0
+        if not self.weight_ok():
+            self._n -= 1  # its turn again at the next observation
             return 0.0
         self.counts["reconciliations"] += 1
         open_ = self.rest.call("GET", "/fapi/v1/openOrders", {"symbol": self.symbol})
@@ -557,6 +624,9 @@ class OrderGateway:
             if why is not None:
                 self.counts["refused"][why] = self.counts["refused"].get(why, 0) + 1
                 continue
+            if not self.weight_ok():
+                self.counts["weight_held"] += 1
+                continue
             if not self.limits.take_token():
                 self.counts["rate_limited"] += 1
                 continue
@@ -577,6 +647,7 @@ class OrderGateway:
                 self.counts["post_only_rejected"] += 1
                 self.event("order_rejected", side=side, price=price, qty=qty, client_id=cid, code=e.code)
                 return
+            self.note_refusal(e)
             self.counts["venue_errors"] += 1
             self.event("order_failed", side=side, price=price, qty=qty, client_id=cid, error=str(e))
             return
@@ -598,6 +669,8 @@ class OrderGateway:
 
     def _cancel_id(self, order_id: int, why: str) -> bool:
         """True if the order is no longer open (cancelled now, or already filled or gone)."""
+        if self.backing_off():
+            return False
         try:
             self.rest.call("DELETE", "/fapi/v1/order", {"symbol": self.symbol, "orderId": order_id})
             self.counts["cancelled"] += 1
@@ -606,6 +679,7 @@ class OrderGateway:
         except VenueError as e:
             if e.code == UNKNOWN_ORDER:  # already filled or gone: its fills come with the next read
                 return True
+            self.note_refusal(e)
             self.counts["venue_errors"] += 1
             self.event("cancel_failed", order_id=order_id, error=str(e))
         except OSError as e:

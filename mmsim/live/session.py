@@ -79,6 +79,8 @@ class LiveSettings:
         dead_man_s: with gateway "orders", the venue's countdown to cancel all our orders, renewed
             every third of it while the session runs: a process killed or hung without a word has
             its orders cancelled by the venue this long after the last renewal, s (0: off).
+        max_weight_share: with gateway "orders", past this share of the venue's request weight per
+            minute (its count in each answer) new orders and read-backs wait; cancels still go.
         user_stream: with gateway "orders", take our fills from the venue's user-data stream
             (``<ws_url>/ws/<listenKey>``), reading them by REST only while it is down and once
             after each (re)connection; false: a REST read at every observation.
@@ -126,6 +128,7 @@ class LiveSettings:
     reconcile_every: int = 10
     user_stream: bool = True
     dead_man_s: float = 60.0
+    max_weight_share: float = 0.8
     depth: bool = True
     depth_limit: int = 1000
     l2_queue: bool = True
@@ -209,6 +212,8 @@ class LiveSettings:
             raise ValueError(
                 f"live.dead_man_s = {self.dead_man_s!r}: must be 0 (off) or a number of seconds in [1, 3600]"
             )
+        if not (isinstance(self.max_weight_share, (int, float)) and 0 < self.max_weight_share <= 1):
+            raise ValueError(f"live.max_weight_share = {self.max_weight_share!r}: must be in (0, 1]")
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("live.reconnect_max_s must be >= live.reconnect_min_s")
         if not (isinstance(self.latency_seed, int) and self.latency_seed >= 0):
@@ -636,6 +641,8 @@ class Session:
                 healthy=self._healthy and not stale,
             )
         except (OSError, lo.VenueError) as e:
+            if isinstance(e, lo.VenueError):
+                g.note_refusal(e)  # a 429 / 418: nothing more is sent until its Retry-After has passed
             g.counts["venue_errors"] += 1
             self.journal.event("venue_error", during="orders", error=str(e))
             await asyncio.to_thread(g.cancel_all, "venue_error")
@@ -760,7 +767,7 @@ def open_session(
         tag = f"mm{int(time.time()) % 10**8}"  # client order ids: mm<start>-<n>, unique per session start
         gateway = lo.OrderGateway(
             rest, symbol, limits, journal.event, tag=tag, reconcile_every=settings.reconcile_every,
-            dead_man_s=settings.dead_man_s,
+            dead_man_s=settings.dead_man_s, max_weight_share=settings.max_weight_share,
         )  # fmt: skip
     booked = None
     if restored is not None and gateway is not None:

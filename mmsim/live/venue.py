@@ -17,6 +17,11 @@ the venue's endpoints:
   ``ORDER_TRADE_UPDATE`` (a new order, a cancel, each fill) and ``ACCOUNT_UPDATE`` (the position
   after a fill) as they happen, in the venue's event format.
 
+Every answer carries the account's request weight used in the last minute
+(``X-MBX-USED-WEIGHT-1M``, by the weights of :data:`WEIGHTS`, the emulator's own table); past
+``weight_limit`` (served in exchangeInfo's ``rateLimits``) a request is refused with HTTP 429,
+code -1003 and a ``Retry-After``.
+
 Errors come in the venue's format (an HTTP 4xx with ``{"code", "msg"}``). Prices in quote
 currency, sizes in base units, times in ms (our fills are stamped with the public trade's time, the
 recording's exchange clock).
@@ -40,6 +45,15 @@ from mmsim.live.orders import POST_ONLY_REJECTED, UNKNOWN_ORDER, sign
 from mmsim.live.paper import Resting, paper_fills
 
 HOST = "127.0.0.1"
+#: The emulator's request weights by endpoint (1 where not listed). They follow the venue's
+#: published table in kind (account reads cost more than order actions); the gateway does not
+#: depend on them, it reads the count the venue returns.
+WEIGHTS = {
+    ("GET", "/fapi/v1/userTrades"): 5,
+    ("GET", "/fapi/v2/positionRisk"): 5,
+    ("POST", "/fapi/v1/countdownCancelAll"): 10,
+    ("POST", "/fapi/v1/order"): 0,
+}
 
 
 class Refused(Exception):
@@ -69,6 +83,7 @@ class Venue:
         maker_fee: commission on our fills, fraction of notional (negative: a rebate).
         orders_10s: new orders accepted per 10 s (the venue's limit), then HTTP 429.
         recv_window_ms: the largest ``recvWindow`` it accepts, ms.
+        weight_limit: request weight per minute, then HTTP 429 (``Retry-After``).
     """
 
     def __init__(
@@ -84,11 +99,15 @@ class Venue:
         maker_fee: float = 0.0,
         orders_10s: int = 300,
         recv_window_ms: int = 60_000,
+        weight_limit: int = 2400,
     ) -> None:
         self.key, self._secret = api_key, api_secret
         self.symbol = symbol.upper()
         self.tick, self.step, self.min_qty, self.min_notional = tick, step, min_qty, min_notional
         self.maker_fee, self.orders_10s, self.recv_window_ms = maker_fee, orders_10s, recv_window_ms
+        self.weight_limit = weight_limit
+        self._weights: deque[tuple[float, int]] = deque()  # (monotonic s, weight) of the last minute
+        self.max_weight_seen = 0
         self.bid = self.ask = 0.0
         self.bid_qty = self.ask_qty = 0.0
         self.now_ms = 0  # the market's exchange time (the last message's)
@@ -208,11 +227,24 @@ class Venue:
         ]}})  # fmt: skip
 
     # -- the API ------------------------------------------------------------------------------
+    def used_weight(self) -> int:
+        """The request weight of the last 60 s."""
+        now = time.monotonic()
+        while self._weights and now - self._weights[0][0] >= 60.0:
+            self._weights.popleft()
+        return sum(w for _, w in self._weights)
+
     def handle(self, method: str, target: str, headers: dict) -> tuple[int, object]:
         """One request: ``(HTTP status, JSON body)``."""
         self.requests += 1
         self._check_countdown()
         u = urllib.parse.urlsplit(target)
+        w = WEIGHTS.get((method, u.path), 1)
+        if self.used_weight() + w > self.weight_limit:
+            self.refusals[-1003] = self.refusals.get(-1003, 0) + 1
+            return 429, {"code": -1003, "msg": "Too many requests; please use the websocket for live updates."}
+        self._weights.append((time.monotonic(), w))
+        self.max_weight_seen = max(self.max_weight_seen, self.used_weight())
         try:
             if (method, u.path) == ("GET", "/fapi/v1/exchangeInfo"):
                 return 200, self._exchange_info()
@@ -268,7 +300,9 @@ class Venue:
         return {}
 
     def _exchange_info(self) -> dict:
-        return {"symbols": [{
+        return {"rateLimits": [
+            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": self.weight_limit},
+        ], "symbols": [{
             "symbol": self.symbol, "status": "TRADING", "contractType": "PERPETUAL",
             "filters": [
                 {"filterType": "PRICE_FILTER", "tickSize": _s(self.tick)},
@@ -414,9 +448,12 @@ class Venue:
                 else:
                     status, body = self.handle(parts[0], parts[1], headers)
                 data = json.dumps(body).encode()
+                extra = f"X-MBX-USED-WEIGHT-1M: {self.used_weight()}\r\n"
+                if status == 429:
+                    extra += "Retry-After: 1\r\n"
                 writer.write(
                     f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(data)}\r\nConnection: keep-alive\r\n\r\n".encode()
+                    f"Content-Length: {len(data)}\r\n{extra}Connection: keep-alive\r\n\r\n".encode()
                     + data
                 )
                 await writer.drain()

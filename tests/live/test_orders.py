@@ -262,6 +262,56 @@ def test_a_changed_size_replaces_and_an_unconfirmed_cancel_keeps_the_order(desk,
     assert [o.price for o in v.open.values() if o.side == 1] == [59_998.0] and g.orders[1] is not bid
 
 
+def _weighed_desk(weight_limit: int, share: float):
+    v = venue.Venue(KEY, SECRET, weight_limit=weight_limit)
+    running = emulator.Running(emulator.Emulator([], venue=v))
+    em = running.__enter__()
+    events = []
+    limits = lo.Limits(max_position=1.0, leverage=20.0, max_orders_10s=50)
+    g = lo.OrderGateway(lo.Rest(em.order_url, CREDS, timeout_s=2.0), "BTCUSDT", limits,
+                        lambda what, **kw: events.append((what, kw)), tag="w", max_weight_share=share)  # fmt: skip
+    _market(v, 60_000.0)
+    return running, v, g, events
+
+
+def test_near_the_venues_weight_limit_new_orders_and_read_backs_wait():
+    running, v, g, _ = _weighed_desk(40, 0.5)  # the gateway holds at 20 of the venue's 40 a minute
+    try:
+        g.start(0.1)  # exchangeInfo, cancel-all, the trade list and the position: 12
+        assert g.rules.weight_limit == 40 and g.rest.used_weight == 12
+        for k in range(8):  # a new price every time: two cancels (1 each) and two new orders (0)
+            g.sync(_quote(bid=59_990.0 - k, ask=60_010.0 + k), **KW)
+        assert g.counts["weight_held"] >= 2 and g.rest.used_weight >= 20
+        assert v.refusals.get(-1003, 0) == 0 and v.max_weight_seen < 40  # the venue never had to refuse
+        g._n = g.reconcile_every
+        n = g.counts["reconciliations"]
+        assert g.reconcile(0.0) == 0.0 and g.counts["reconciliations"] == n  # the read-back waits too
+    finally:
+        g.rest.close()
+        running.__exit__(None, None, None)
+
+
+def test_a_venues_429_stops_every_request_for_its_retry_after():
+    running, v, g, events = _weighed_desk(14, 1.0)  # the gateway's own guard off: the venue's limit binds
+    try:
+        g.start(0.1)  # 12
+        g.sync(_quote(), **KW)  # two new orders (0)
+        g.sync(_quote(bid=59_998.0, ask=60_002.0), **KW)  # two cancels: 14; two new orders
+        g.sync(_quote(bid=59_997.0, ask=60_003.0), **KW)  # the first cancel: 15 > 14, HTTP 429
+        assert v.refusals[-1003] == 1 and g.counts["backed_off"] == 1 and g.backing_off()
+        back = [kw for w, kw in events if w == "venue_back_off"]
+        assert back == [{"status": 429, "retry_s": 1.0}]
+        g.sync(_quote(bid=59_996.0, ask=60_004.0), **KW)  # nothing is sent while backing off
+        assert not g.cancel_all("test") and v.refusals[-1003] == 1
+        time.sleep(1.1)
+        assert not g.backing_off()
+        g.cancel_all("test")  # after the Retry-After, requests go again (and meet the venue's limit)
+        assert v.refusals[-1003] == 2
+    finally:
+        g.rest.close()
+        running.__exit__(None, None, None)
+
+
 def test_the_limits_refuse_what_would_grow_the_position_past_them(desk):
     v, g, _ = desk
     g.start(0.1)
