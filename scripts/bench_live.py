@@ -12,6 +12,9 @@
   the order requests; with the counts of orders sent, kept and cancelled. Our fills come from the
   venue's user-data stream; ``orders_session_rest`` is the same session reading them by REST at
   every observation instead (``live.user_stream=false``), for the requests the stream saves.
+* ``session_emulator_apart``: the paper session with the emulator in a process of its own
+  (``python -m mmsim.live.emulator``), as a venue is: the step and tick-to-quote without the
+  emulator's work in the session's process (the two processes still share the machine's cores).
 
     python scripts/bench_live.py [--capture NAME] [--speed 10]
 
@@ -25,6 +28,8 @@ import asyncio
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -67,13 +72,21 @@ def main() -> int:
     lines = emulator.read_lines(path)
     span = lines[-1][0] - lines[0][0]
 
-    async def session(orders: bool, user_stream: bool = True):
+    async def session(orders: bool, user_stream: bool = True, apart: bool = False):
         v = venue.Venue("bench-key", "bench-secret") if orders else None
-        em = await emulator.Emulator(lines, speed=a.speed, venue=v).start()
+        proc = None
+        if apart:  # the emulator in a process of its own; its first line names its URLs
+            cmd = [sys.executable, "-m", "mmsim.live.emulator", str(path), "--speed", str(a.speed)]
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+            urls = dict(kv.split("=", 1) for kv in proc.stdout.readline().split() if kv.startswith("live."))
+            ws_url, rest_url = urls["live.ws_url"], urls["live.rest_url"]
+        else:
+            em = await emulator.Emulator(lines, speed=a.speed, venue=v).start()
+            ws_url, rest_url = em.ws_url, em.rest_url
         kw = {"gateway": "orders", "order_url": em.order_url, "user_stream": user_stream} if orders else {}
         st = ls.LiveSettings(
-            ws_url=em.ws_url,
-            rest_url=em.rest_url,
+            ws_url=ws_url,
+            rest_url=rest_url,
             max_clock_skew_s=1e12,
             status_s=0,
             max_observations=len(feed.t) - 1,
@@ -87,12 +100,18 @@ def main() -> int:
             t = time.perf_counter()
             await s.run()
             wall = time.perf_counter() - t
-        await em.stop()
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+            sent = s.builder.decoder.n_msg
+        else:
+            await em.stop()
+            sent = em.sent
         row = {
             "speed": a.speed,
-            "messages": em.sent,
-            "messages_per_s": em.sent / wall,
-            "recorded_messages_per_s": em.sent / span,
+            "messages": sent,
+            "messages_per_s": sent / wall,
+            "recorded_messages_per_s": sent / span,
             "step_ms": pct(s.step_ms[1:]),
             "tick_to_quote_ms": pct(s.tick_to_quote_ms[1:]),
         }
@@ -107,6 +126,7 @@ def main() -> int:
     # includes reading the fills, the read-backs and the order requests (the step itself is the same).
     out["orders_session"] = asyncio.run(session(True))
     out["orders_session_rest"] = asyncio.run(session(True, user_stream=False))
+    out["session_emulator_apart"] = asyncio.run(session(False, apart=True))
     print(json.dumps(out, indent=2))
     return 0
 
