@@ -558,6 +558,13 @@ def _calibrate(argv: list[str]) -> int:
         help="world steps per second in the book fit's simulations (default 4: the experiments' "
         "sim.world_substeps at 1-s engine steps; the 1-s facts move with the world's step)",
     )
+    p.add_argument(
+        "--book-grid",
+        default="",
+        metavar="NAME=V,V ...",
+        help="with --fit-book, other values for some of the book fit's axes (e.g. "
+        "'pull_rate=0.5,0.7,1 refill_rate=10,30'); the rest keep the default grid",
+    )
     p.add_argument("--report", help="directory of the calibration report (default: NAME.calibration beside -o)")
     a = p.parse_args(argv)
     from omegaconf import OmegaConf
@@ -576,6 +583,11 @@ def _calibrate(argv: list[str]) -> int:
         return EXIT_CONFIG
     if a.tick is not None and not a.tick > 0:
         print(f"mmsim calibrate: --tick {a.tick}: must be a positive price step", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        grid = validation.book_grid(a.book_grid)
+    except ValueError as e:
+        print(f"mmsim calibrate: --book-grid: {e}", file=sys.stderr)
         return EXIT_CONFIG
     try:
         cap = capture.read(a.captures, symbol=a.symbol)  # read once: the book fit replays it too
@@ -601,7 +613,8 @@ def _calibrate(argv: list[str]) -> int:
         try:
             world, mp = mcfg.market_params(OmegaConf.create({"market": cal.market}))
             rec = validation.recording(cap, float(cal.market["spread"]["tick"]))
-            cal = capture.with_book_fit(cal, validation.fit_book(rec, world, mp, every=a.world_substeps))
+            fit = validation.fit_book(rec, world, mp, every=a.world_substeps, grid=grid)
+            cal = capture.with_book_fit(cal, fit)
         except (ValueError, mcfg.ConfigError) as e:
             print(f"mmsim calibrate: the book fit failed: {e}", file=sys.stderr)
             return EXIT_CONFIG
@@ -618,6 +631,7 @@ def _calibrate(argv: list[str]) -> int:
         + (["--bars", Path(a.bars).name] if a.bars else [])
         + (["--funding", Path(a.funding).name] if a.funding else [])
         + (["--fit-book", "--world-substeps", str(a.world_substeps)] if a.fit_book else [])
+        + ([f"--book-grid '{a.book_grid.strip()}'"] if a.fit_book and a.book_grid.strip() else [])
     )
     market_config.write(out, cal.market, cal.notes, [*cal.header, f"Command: {command}"])
     report_dir = Path(a.report) if a.report else out.with_name(out.stem + ".calibration")

@@ -184,6 +184,27 @@ BOOK_GRID = {
     # noisy queue fills a fresh order without the touch moving (docs/MODEL.md §15, 6e).
     "lot": (0.03, 0.1, 0.3, 1.0),
 }
+
+
+def book_grid(spec: str) -> dict:
+    """:data:`BOOK_GRID` with some axes given other values: ``"pull_rate=0.5,0.7,1 refill_rate=10,30"``
+    (space-separated ``name=v,v,...``; "" is the default grid). A bad name or value is a
+    ValueError naming it."""
+    grid = dict(BOOK_GRID)
+    for item in spec.split():
+        name, sep, values = item.partition("=")
+        if not sep or name not in BOOK_GRID:
+            raise ValueError(f"{item!r}: must be NAME=V,V,... with NAME one of {', '.join(BOOK_GRID)}")
+        try:
+            vals = tuple(float(v) for v in values.split(","))
+        except ValueError:
+            raise ValueError(f"{item!r}: the values must be numbers") from None
+        if not vals or not all(math.isfinite(v) and v >= 0 for v in vals):
+            raise ValueError(f"{item!r}: the values must be finite numbers >= 0")
+        grid[name] = vals
+    return grid
+
+
 #: The facts a book fit matches, each in units of its recorded 95 % interval's half-width.
 BOOK_FACTS = ("unchanged_mid", "bid_falls_with_sells", "return_kurtosis", "touch_depth_median", "fill_prob_touch")
 

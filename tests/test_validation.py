@@ -106,3 +106,18 @@ def test_a_percentile_is_written_as_an_ordinal():
     assert [validation._ordinal(p) for p in (0, 1, 2, 3, 4, 11, 12, 13, 21.4, 22, 100, 101.6)] == [
         "0th", "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "100th", "102nd",
     ]  # fmt: skip
+
+
+def test_the_book_grid_takes_other_values_for_named_axes_only():
+    g = validation.book_grid("pull_rate=0.5,0.7,1 refill_rate=10,30")
+    assert g["pull_rate"] == (0.5, 0.7, 1.0) and g["refill_rate"] == (10.0, 30.0)
+    assert g["lot"] == validation.BOOK_GRID["lot"] and validation.book_grid("") == validation.BOOK_GRID
+    for bad, match in (("pull=1", "NAME=V"), ("lot=a", "numbers"), ("lot=-1", ">= 0"), ("lot", "NAME=V")):
+        with pytest.raises(ValueError, match=match):
+            validation.book_grid(bad)
+
+
+def test_calibrate_names_a_bad_book_grid_in_one_line(tmp_path, capsys):
+    assert cli.main(["calibrate", "x.gz", "-o", str(tmp_path / "m.yaml"), "--book-grid", "speed=2"]) == cli.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.startswith("mmsim calibrate: --book-grid: 'speed=2'") and len(err.strip().splitlines()) == 1
