@@ -9,20 +9,22 @@ testnet unless the mainnet is asked for explicitly), through the venue's signed 
   take). An order at the next quote's price that was sent with at least the quote's size and
   whose open size is not larger (a partly filled one too) stays where it is, keeping its place in
   the queue; a changed price or size cancels it and sends a new one, so the venue never holds more
-  than the engine quotes. An order whose cancel the venue did not confirm is kept as ours, and nothing new goes out
-  on its side until it is gone.
+  than the engine quotes. An order whose cancel the venue did not confirm is kept as ours, and
+  nothing new goes out on its side until it is gone.
 - **Safety**: cancel-all at start, at every stop (a limit, the kill switch, a signal, an exception),
   on a stale or broken feed; a next start cancels what a killed process left. With
   ``dead_man_s`` the venue's own countdown (``POST /fapi/v1/countdownCancelAll``) is armed at the
   start and renewed every third of it: a process that dies or hangs without a word (SIGKILL, a
-  lost machine) has its orders cancelled by the venue ``dead_man_s`` seconds after its last renewal.
-  The venue's count of our request weight (``X-MBX-USED-WEIGHT-1M``, against exchangeInfo's
-  per-minute ``REQUEST_WEIGHT``) is read from every answer: past ``max_weight_share`` of the
-  limit, new orders and read-backs wait (cancels still go). A 429 or 418 stops every request for
-  the ``Retry-After`` the venue gives (60 s if none): the dead-man switch cancels what rests. New orders are
-  limited to ``max_orders_10s`` per 10 s (below the venue's 300); an order that would take
-  ``|position|`` past the account's ``max_inventory``, or to a position whose initial margin
-  (notional / leverage) the equity does not cover, is not sent (reducing orders always are).
+  lost machine) has its orders cancelled by the venue ``dead_man_s`` seconds after its last
+  renewal. New orders are limited to ``max_orders_10s`` per 10 s (below the venue's 300); an
+  order that would take ``|position|`` past the account's ``max_inventory``, or to a position
+  whose initial margin (notional / leverage) the equity does not cover, is not sent (reducing
+  orders always are).
+- **Request weight**: the venue's count of our weight (``X-MBX-USED-WEIGHT-1M``, against
+  exchangeInfo's per-minute ``REQUEST_WEIGHT``) is read from every answer: past
+  ``max_weight_share`` of the limit, new orders and read-backs wait (cancels still go). A 429 or
+  418 stops every request for the ``Retry-After`` the venue gives (60 s if none); the dead-man
+  switch cancels what rests meanwhile.
 - **Fills** are the venue's own, given to the engine in place of the paper rule's. They come from
   the user-data stream (``ORDER_TRADE_UPDATE`` events, :func:`trade_of_event`, put in
   :attr:`OrderGateway.inbox` by the session) while it is connected and caught up, and otherwise
@@ -74,12 +76,11 @@ BACK_OFF_STATUS = (418, 429)
 
 
 class VenueError(RuntimeError):
-    """An answer of the venue that is not a success: its HTTP status, error code and message, and
-    for a request-rate refusal the seconds it asks us to wait (``Retry-After``; None if not said)."""
+    """An answer of the venue that is not a success: its HTTP status, error code and message."""
 
-    def __init__(self, status: int, code: int | None, msg: str, retry_after: float | None = None) -> None:
+    def __init__(self, status: int, code: int | None, msg: str) -> None:
         super().__init__(f"HTTP {status}, code {code}: {msg}")
-        self.status, self.code, self.msg, self.retry_after = status, code, msg, retry_after
+        self.status, self.code, self.msg = status, code, msg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +129,10 @@ class Rest:
         # and when it was read (monotonic s); None before an answer carried it.
         self.used_weight: int | None = None
         self.weight_read_at = -math.inf
+        # A 429 / 418 answer: nothing should be sent before this monotonic time (its Retry-After,
+        # 60 s if it gives none); on_back_off(status, wait_s) is told of each.
+        self.hold_until = -math.inf
+        self.on_back_off = None
 
     def close(self) -> None:
         if self._conn is not None:
@@ -171,9 +176,13 @@ class Rest:
         if r.status >= 400 or (isinstance(data, dict) and isinstance(data.get("code"), int) and data["code"] < 0):
             code = data.get("code") if isinstance(data, dict) else None
             msg = data.get("msg", "") if isinstance(data, dict) else body[:200].decode("utf-8", "replace")
-            retry = r.getheader("Retry-After")
-            wait = float(retry) if retry is not None and retry.strip().isdigit() else None
-            raise VenueError(r.status, code, str(msg), wait)
+            if r.status in BACK_OFF_STATUS:
+                retry = r.getheader("Retry-After")
+                wait = float(retry) if retry is not None and retry.strip().isdigit() else 60.0
+                self.hold_until = time.monotonic() + wait
+                if self.on_back_off is not None:
+                    self.on_back_off(r.status, wait)
+            raise VenueError(r.status, code, str(msg))
         return data
 
     def _send(self, method: str, path: str, target: str, headers: dict, attempts: tuple):
@@ -343,7 +352,7 @@ class OrderGateway:
         self.tag, self.reconcile_every, self.dead_man_s = tag, reconcile_every, float(dead_man_s)
         self._beat = -math.inf  # monotonic time of the last countdown renewal (-inf: not armed)
         self.max_weight_share = float(max_weight_share)
-        self._hold_until = -math.inf  # monotonic time a venue's back-off (429 / 418) ends
+        rest.on_back_off = self._backed_off
         self.rules: SymbolRules | None = None
         self.orders: dict[int, Order | None] = {1: None, -1: None}
         self.last_trade_id = -1  # the newest of our venue trades read
@@ -396,25 +405,21 @@ class OrderGateway:
         """Whether a request that can wait may go now: not while the venue asks us to back off,
         nor once its count of our weight this minute passes ``max_weight_share`` of its limit (a
         count older than a minute no longer holds)."""
-        now = time.monotonic()
-        if now < self._hold_until:
+        if self.backing_off():
             return False
         w = self.rest.used_weight
-        if w is None or now - self.rest.weight_read_at > 60.0:
+        if w is None or time.monotonic() - self.rest.weight_read_at > 60.0:
             return True
         limit = self.rules.weight_limit if self.rules is not None else WEIGHT_LIMIT_1M
         return w < self.max_weight_share * limit
 
     def backing_off(self) -> bool:
-        return time.monotonic() < self._hold_until
+        """Whether the venue's last 429 / 418 still asks us to send nothing (its Retry-After)."""
+        return time.monotonic() < self.rest.hold_until
 
-    def note_refusal(self, e: VenueError) -> None:
-        """A venue's request-rate refusal: no request at all until its Retry-After has passed."""
-        if e.status in BACK_OFF_STATUS:
-            wait = e.retry_after if e.retry_after is not None else 60.0
-            self._hold_until = time.monotonic() + wait
-            self.counts["backed_off"] += 1
-            self.event("venue_back_off", status=e.status, retry_s=wait)
+    def _backed_off(self, status: int, wait_s: float) -> None:
+        self.counts["backed_off"] += 1
+        self.event("venue_back_off", status=status, retry_s=wait_s)
 
     def cancel_all(self, why: str) -> bool:
         """Cancel every open order of ours on the contract; False if the venue could not be told
@@ -426,8 +431,6 @@ class OrderGateway:
         try:
             self.rest.call("DELETE", "/fapi/v1/allOpenOrders", {"symbol": self.symbol})
         except (OSError, VenueError) as e:
-            if isinstance(e, VenueError):
-                self.note_refusal(e)
             self.counts["venue_errors"] += 1
             self.event("cancel_all_failed", why=why, error=str(e))
             return False
@@ -441,7 +444,7 @@ class OrderGateway:
         out: dict = {"cancelled": self.cancel_all(why)}
         if math.isfinite(self._beat):  # nothing rests: the venue's countdown is no longer needed
             try:
-                self.rest.call("POST", "/fapi/v1/countdownCancelAll", {"symbol": self.symbol, "countdownTime": 0})
+                self._countdown(0)
             except (OSError, VenueError) as e:
                 self.event("countdown_off_failed", error=str(e))
         try:
@@ -468,14 +471,13 @@ class OrderGateway:
         now = time.monotonic()
         if not force and now - self._beat < self.dead_man_s / 3.0:
             return
-        ms = int(round(1e3 * self.dead_man_s))
-        try:
-            self.rest.call("POST", "/fapi/v1/countdownCancelAll", {"symbol": self.symbol, "countdownTime": ms})
-        except VenueError as e:
-            self.note_refusal(e)
-            raise
+        self._countdown(int(round(1e3 * self.dead_man_s)))
         self._beat = now
         self.counts["heartbeats"] += 1
+
+    def _countdown(self, ms: int) -> None:
+        """Set the venue's countdown to cancel all our orders on the contract to ``ms`` (0: off)."""
+        self.rest.call("POST", "/fapi/v1/countdownCancelAll", {"symbol": self.symbol, "countdownTime": ms})
 
     def listen_key(self) -> str:
         """A user-data stream's listen key (``POST /fapi/v1/listenKey``; the venue returns the
@@ -647,7 +649,6 @@ class OrderGateway:
                 self.counts["post_only_rejected"] += 1
                 self.event("order_rejected", side=side, price=price, qty=qty, client_id=cid, code=e.code)
                 return
-            self.note_refusal(e)
             self.counts["venue_errors"] += 1
             self.event("order_failed", side=side, price=price, qty=qty, client_id=cid, error=str(e))
             return
@@ -679,7 +680,6 @@ class OrderGateway:
         except VenueError as e:
             if e.code == UNKNOWN_ORDER:  # already filled or gone: its fills come with the next read
                 return True
-            self.note_refusal(e)
             self.counts["venue_errors"] += 1
             self.event("cancel_failed", order_id=order_id, error=str(e))
         except OSError as e:

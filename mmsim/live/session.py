@@ -641,8 +641,6 @@ class Session:
                 healthy=self._healthy and not stale,
             )
         except (OSError, lo.VenueError) as e:
-            if isinstance(e, lo.VenueError):
-                g.note_refusal(e)  # a 429 / 418: nothing more is sent until its Retry-After has passed
             g.counts["venue_errors"] += 1
             self.journal.event("venue_error", during="orders", error=str(e))
             await asyncio.to_thread(g.cancel_all, "venue_error")

@@ -239,13 +239,8 @@ class Venue:
         self.requests += 1
         self._check_countdown()
         u = urllib.parse.urlsplit(target)
-        w = WEIGHTS.get((method, u.path), 1)
-        if self.used_weight() + w > self.weight_limit:
-            self.refusals[-1003] = self.refusals.get(-1003, 0) + 1
-            return 429, {"code": -1003, "msg": "Too many requests; please use the websocket for live updates."}
-        self._weights.append((time.monotonic(), w))
-        self.max_weight_seen = max(self.max_weight_seen, self.used_weight())
         try:
+            self._weigh(WEIGHTS.get((method, u.path), 1))
             if (method, u.path) == ("GET", "/fapi/v1/exchangeInfo"):
                 return 200, self._exchange_info()
             if u.path == "/fapi/v1/listenKey" and method in ("POST", "PUT", "DELETE"):
@@ -267,9 +262,19 @@ class Venue:
             self.refusals[e.code] = self.refusals.get(e.code, 0) + 1
             return e.status, {"code": e.code, "msg": e.msg}
 
-    def _signed(self, query: str, headers: dict) -> dict:
+    def _weigh(self, w: int) -> None:
+        """Count a request's weight against the minute's limit; past it, HTTP 429 (-1003)."""
+        if self.used_weight() + w > self.weight_limit:
+            raise Refused(429, -1003, "Too many requests; please use the websocket for live updates.")
+        self._weights.append((time.monotonic(), w))
+        self.max_weight_seen = max(self.max_weight_seen, self.used_weight())
+
+    def _keyed(self, headers: dict) -> None:
         if headers.get("x-mbx-apikey") != self.key:
             raise Refused(401, -2014, "API-key format invalid.")
+
+    def _signed(self, query: str, headers: dict) -> dict:
+        self._keyed(headers)
         body, sep, sig = query.rpartition("&signature=")
         if not sep or not hmac.compare_digest(sign(body, self._secret), sig):
             raise Refused(400, -1022, "Signature for this request is not valid.")
@@ -287,8 +292,7 @@ class Venue:
     def _listen_key(self, method: str, headers: dict) -> dict:
         """The venue's listen key rules: the API key only; POST makes the key or returns the
         current one, PUT keeps it alive, DELETE ends it (and its streams)."""
-        if headers.get("x-mbx-apikey") != self.key:
-            raise Refused(401, -2014, "API-key format invalid.")
+        self._keyed(headers)
         if method == "POST":
             self.listen_key = self.listen_key or secrets.token_hex(32)
             return {"listenKey": self.listen_key}
