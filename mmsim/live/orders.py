@@ -38,6 +38,7 @@ uses them (``timestamp``, a trade's ``time``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -488,6 +489,26 @@ class OrderGateway:
             raise VenueError(200, None, "the listen key answer holds no listen key")
         self._listening = True
         return k
+
+    def on_stream_event(self, event: dict) -> bool:
+        """One decoded user-data stream event: our fill to the inbox, an order the venue cancelled
+        or expired to :attr:`gone`, anything else ignored. False for a fill that cannot be read
+        (counted by the caller); the next observation then reads the venue's trade list, which has
+        it."""
+        t = trade_of_event(event, self.symbol)
+        if t is not None:
+            self.inbox.append(t)
+            return True
+        o = event.get("o") if isinstance(event, dict) and event.get("e") == "ORDER_TRADE_UPDATE" else None
+        if not isinstance(o, dict):
+            return True
+        if o.get("x") == "TRADE":
+            self.stream_gen += 1
+            return False
+        if o.get("X") in ("CANCELED", "EXPIRED"):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                self.gone.append(int(o["i"]))  # forgotten at the next observation
+        return True
 
     def keep_alive(self) -> None:
         """Renew the listen key (``PUT /fapi/v1/listenKey``), every :data:`LISTEN_KEY_KEEPALIVE_S`."""

@@ -421,68 +421,57 @@ class Session:
             self.stop("max_observations")
 
     async def _user_stream(self) -> None:
-        """The venue's user-data stream: our fills into the gateway's inbox as they happen. A listen
-        key is asked for at each connection and renewed every ``LISTEN_KEY_KEEPALIVE_S``; a broken
-        stream (or a refused key) is reconnected with the feed's back-off, the gateway reading its
-        fills by REST meanwhile. The key is a credential: neither it nor the URL is journaled."""
+        """The venue's user-data stream: its events to the gateway as they happen
+        (:meth:`~mmsim.live.orders.OrderGateway.on_stream_event`). A listen key is asked for at each
+        connection and renewed every ``LISTEN_KEY_KEEPALIVE_S``; a broken stream (or a refused key)
+        is reconnected with the feed's back-off, the gateway reading its fills by REST meanwhile.
+        The key is a credential: neither it nor the URL is journaled."""
         from websockets.asyncio.client import connect
         from websockets.exceptions import WebSocketException
 
         g = self.gateway
+        delay = self.s.reconnect_min_s
         try:
-            await self._user_stream_loop(g, connect, WebSocketException)
+            while self.stop_reason is None:
+                try:
+                    key = await asyncio.to_thread(g.listen_key)
+                    url = f"{self.s.ws_url.rstrip('/')}/ws/{key}"
+                    async with connect(url, open_timeout=self.s.open_timeout_s, compression=None, proxy=None,
+                                       close_timeout=1.0) as ws:  # fmt: skip
+                        g.stream_gen += 1
+                        g.stream_connected = True
+                        self.user_connections += 1
+                        self.journal.event("user_stream_connect", n=self.user_connections)
+                        delay = self.s.reconnect_min_s
+                        renew = time.monotonic() + lo.LISTEN_KEY_KEEPALIVE_S
+                        while self.stop_reason is None:
+                            try:
+                                raw = await asyncio.wait_for(ws.recv(), timeout=1.0)
+                            except TimeoutError:
+                                raw = None
+                            if time.monotonic() >= renew:
+                                await asyncio.to_thread(g.keep_alive)
+                                renew = time.monotonic() + lo.LISTEN_KEY_KEEPALIVE_S
+                            if raw is None:
+                                continue
+                            try:
+                                event = json.loads(raw)
+                            except ValueError:
+                                self.user_malformed += 1
+                                continue
+                            if isinstance(event, dict) and event.get("e") == "listenKeyExpired":
+                                raise ConnectionError("the listen key expired")
+                            if not g.on_stream_event(event):
+                                self.user_malformed += 1
+                except (OSError, TimeoutError, WebSocketException, lo.VenueError) as e:
+                    g.stream_connected = False
+                    if self.stop_reason is not None:
+                        break
+                    self.journal.event("user_stream_disconnect", error=f"{type(e).__name__}", retry_s=delay)
+                    await self._sleep(delay)
+                    delay = min(2 * delay, self.s.reconnect_max_s)
         finally:  # whatever ends it (a stop, a cancel, an error of ours): fills by REST from now on
             g.stream_connected = False
-
-    async def _user_stream_loop(self, g, connect, WebSocketException) -> None:
-        delay = self.s.reconnect_min_s
-        while self.stop_reason is None:
-            try:
-                key = await asyncio.to_thread(g.listen_key)
-                url = f"{self.s.ws_url.rstrip('/')}/ws/{key}"
-                async with connect(url, open_timeout=self.s.open_timeout_s, compression=None, proxy=None,
-                                   close_timeout=1.0) as ws:  # fmt: skip
-                    g.stream_gen += 1
-                    g.stream_connected = True
-                    self.user_connections += 1
-                    self.journal.event("user_stream_connect", n=self.user_connections)
-                    delay = self.s.reconnect_min_s
-                    renew = time.monotonic() + lo.LISTEN_KEY_KEEPALIVE_S
-                    while self.stop_reason is None:
-                        try:
-                            raw = await asyncio.wait_for(ws.recv(), timeout=1.0)
-                        except TimeoutError:
-                            raw = None
-                        if time.monotonic() >= renew:
-                            await asyncio.to_thread(g.keep_alive)
-                            renew = time.monotonic() + lo.LISTEN_KEY_KEEPALIVE_S
-                        if raw is None:
-                            continue
-                        try:
-                            event = json.loads(raw)
-                        except ValueError:
-                            self.user_malformed += 1
-                            continue
-                        if isinstance(event, dict) and event.get("e") == "listenKeyExpired":
-                            raise ConnectionError("the listen key expired")
-                        t = lo.trade_of_event(event, g.symbol)
-                        if t is not None:
-                            g.inbox.append(t)
-                        elif isinstance(event, dict) and event.get("e") == "ORDER_TRADE_UPDATE":
-                            o = event.get("o")
-                            if isinstance(o, dict) and o.get("x") == "TRADE":
-                                self.user_malformed += 1  # a fill we cannot read: the REST read finds it
-                                g.stream_gen += 1  # so the next observation reads the venue's trade list
-                            elif isinstance(o, dict) and o.get("X") in ("CANCELED", "EXPIRED"):
-                                with contextlib.suppress(KeyError, TypeError, ValueError):
-                                    g.gone.append(int(o["i"]))  # the gateway forgets it at the next observation
-            except (OSError, TimeoutError, WebSocketException, lo.VenueError) as e:
-                g.stream_connected = False
-                if self.stop_reason is not None:
-                    break
-                self.journal.event("user_stream_disconnect", error=f"{type(e).__name__}", retry_s=delay)
-                await self._sleep(delay)
-                delay = min(2 * delay, self.s.reconnect_max_s)
 
     async def _receive(self, ws) -> bool:
         """Messages until the connection closes (``ConnectionClosed`` raised to :meth:`run`) or the
