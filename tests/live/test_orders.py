@@ -7,6 +7,7 @@ and keys that never reach a file."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -164,15 +165,25 @@ def test_the_venue_fills_by_the_shared_rule():
 @pytest.fixture
 def desk():
     """A venue on the loopback address and a gateway talking to it; events collected."""
-    v = venue.Venue(KEY, SECRET)
+    with _desk() as d:
+        yield d
+
+
+@contextlib.contextmanager
+def _desk(venue_kw=None, **gateway_kw):
+    v = venue.Venue(KEY, SECRET, **(venue_kw or {}))
     with emulator.Running(emulator.Emulator([], venue=v)) as em:
         events = []
         rest = lo.Rest(em.order_url, CREDS, timeout_s=2.0)
         limits = lo.Limits(max_position=1.0, leverage=20.0, max_orders_10s=50)
-        g = lo.OrderGateway(rest, "BTCUSDT", limits, lambda what, **kw: events.append((what, kw)), tag="t1")
+        g = lo.OrderGateway(
+            rest, "BTCUSDT", limits, lambda what, **kw: events.append((what, kw)), tag="t1", **gateway_kw
+        )
         _market(v, 60_000.0)
-        yield v, g, events
-        rest.close()
+        try:
+            yield v, g, events
+        finally:
+            rest.close()
 
 
 def _quote(bid=59_999.0, ask=60_001.0, size=0.1, bid_on=True, ask_on=True):
@@ -262,21 +273,9 @@ def test_a_changed_size_replaces_and_an_unconfirmed_cancel_keeps_the_order(desk,
     assert [o.price for o in v.open.values() if o.side == 1] == [59_998.0] and g.orders[1] is not bid
 
 
-def _weighed_desk(weight_limit: int, share: float):
-    v = venue.Venue(KEY, SECRET, weight_limit=weight_limit)
-    running = emulator.Running(emulator.Emulator([], venue=v))
-    em = running.__enter__()
-    events = []
-    limits = lo.Limits(max_position=1.0, leverage=20.0, max_orders_10s=50)
-    g = lo.OrderGateway(lo.Rest(em.order_url, CREDS, timeout_s=2.0), "BTCUSDT", limits,
-                        lambda what, **kw: events.append((what, kw)), tag="w", max_weight_share=share)  # fmt: skip
-    _market(v, 60_000.0)
-    return running, v, g, events
-
-
 def test_near_the_venues_weight_limit_new_orders_and_read_backs_wait():
-    running, v, g, _ = _weighed_desk(40, 0.5)  # the gateway holds at 20 of the venue's 40 a minute
-    try:
+    # The gateway holds at 20 of the venue's 40 a minute.
+    with _desk({"weight_limit": 40}, max_weight_share=0.5) as (v, g, _):
         g.start(0.1)  # exchangeInfo, cancel-all, the trade list and the position: 12
         assert g.rules.weight_limit == 40 and g.rest.used_weight == 12
         for k in range(8):  # a new price every time: two cancels (1 each) and two new orders (0)
@@ -286,14 +285,11 @@ def test_near_the_venues_weight_limit_new_orders_and_read_backs_wait():
         g._n = g.reconcile_every
         n = g.counts["reconciliations"]
         assert g.reconcile(0.0) == 0.0 and g.counts["reconciliations"] == n  # the read-back waits too
-    finally:
-        g.rest.close()
-        running.__exit__(None, None, None)
 
 
 def test_a_venues_429_stops_every_request_for_its_retry_after():
-    running, v, g, events = _weighed_desk(14, 1.0)  # the gateway's own guard off: the venue's limit binds
-    try:
+    # The gateway's own guard off: the venue's limit binds.
+    with _desk({"weight_limit": 14}, max_weight_share=1.0) as (v, g, events):
         g.start(0.1)  # 12
         g.sync(_quote(), **KW)  # two new orders (0)
         g.sync(_quote(bid=59_998.0, ask=60_002.0), **KW)  # two cancels: 14; two new orders
@@ -307,9 +303,6 @@ def test_a_venues_429_stops_every_request_for_its_retry_after():
         assert not g.backing_off()
         g.cancel_all("test")  # after the Retry-After, requests go again (and meet the venue's limit)
         assert v.refusals[-1003] == 2
-    finally:
-        g.rest.close()
-        running.__exit__(None, None, None)
 
 
 def test_the_limits_refuse_what_would_grow_the_position_past_them(desk):
