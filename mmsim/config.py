@@ -151,7 +151,8 @@ class RiskSettings:
         loss_threshold: P(final loss > loss_threshold x initial equity) is reported (the drain).
         estimator: how P(liquidation) is certified: "plain" (Clopper-Pearson on the run's paths),
             "is" (importance sampling in the tilted world) or "splitting" (multilevel splitting).
-        importance: the "is" settings (n_paths, ce_iterations, ce_paths, elite_frac, tilt).
+        importance: the "is" settings (n_paths, ce_iterations, ce_paths, elite_frac, bucket_s,
+            against_position, score, tilt).
         splitting: the "splitting" settings (n_paths, replicates, levels, pilot_paths, stage_p).
     """
 
@@ -407,6 +408,19 @@ def risk_settings(cfg: DictConfig) -> RiskSettings:
         "risk.splitting.levels",
         f"= {lv!r}: must be 'auto' or a strictly decreasing list of margin ratios above 1",
     )
+    b = imp.get("bucket_s", 0.0)
+    _require(
+        isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b >= 0,
+        "risk.importance.bucket_s",
+        f"= {b!r}: must be a number of seconds >= 0 (0: one tilt for the whole horizon)",
+    )
+    _require(
+        isinstance(imp.get("against_position", False), bool),
+        "risk.importance.against_position",
+        f"= {imp.get('against_position')!r}: must be true or false",
+    )
+    sc = imp.get("score", "margin_ratio")
+    _require(sc in ("margin_ratio", "excess"), "risk.importance.score", f"= {sc!r}: must be 'margin_ratio' or 'excess'")
     tilt = imp.get("tilt")
     if tilt is not None:
         from mmsim.world.tilt import TiltParams
@@ -426,7 +440,7 @@ def risk_settings(cfg: DictConfig) -> RiskSettings:
 
 #: How P(liquidation) is estimated (``risk.estimator``).
 ESTIMATORS = ("plain", "is", "splitting")
-_IS_KEYS = {"n_paths", "ce_iterations", "ce_paths", "elite_frac", "tilt"}
+_IS_KEYS = {"n_paths", "ce_iterations", "ce_paths", "elite_frac", "tilt", "bucket_s", "score", "against_position"}
 _SPLIT_KEYS = {"n_paths", "replicates", "levels", "pilot_paths", "stage_p"}
 
 

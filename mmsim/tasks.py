@@ -226,7 +226,7 @@ def rare_event(world: str, mp, ep, sim, rs) -> dict:
     "splitting"), on the run's horizon, step, dtype and seed; a JSON-ready dict with its
     diagnostics (:mod:`mmsim.sim.rare`)."""
     from mmsim.sim import simulate as simulation
-    from mmsim.world.tilt import TiltParams
+    from mmsim.world import tilt as tilt_mod
 
     kw = sim.simulate_kwargs()
     common = {"n_steps": kw["n_steps"], "dt": kw["dt"], "seed": kw["seed"], "alpha": rs.alpha}
@@ -238,10 +238,13 @@ def rare_event(world: str, mp, ep, sim, rs) -> dict:
             mp,
             ep,
             n_paths=int(o.get("n_paths", 16384)),
-            tilt=TiltParams(**o["tilt"]) if o.get("tilt") else None,
+            tilt=tilt_mod.from_dict(o["tilt"]) if o.get("tilt") else None,
             ce_iterations=int(o.get("ce_iterations", 3)),
             ce_paths=int(o.get("ce_paths", 4096)),
             elite_frac=float(o.get("elite_frac", 0.1)),
+            bucket_s=float(o.get("bucket_s", 0.0)),
+            against_position=bool(o.get("against_position", False)),
+            score=str(o.get("score", "margin_ratio")),
             dtype=kw["dtype"],
             progress=kw["progress"],
             world_substeps=kw["world_substeps"],

@@ -29,6 +29,11 @@ def main() -> int:
     p.add_argument("--is", dest="n_is", type=int, default=16384, help="importance-sampling paths (0: skip)")
     p.add_argument("--ce-paths", type=int, default=4096)
     p.add_argument("--ce-iterations", type=int, default=3)
+    p.add_argument("--bucket-s", type=float, default=0.0, help="seconds per time bucket of the CE tilt (0: one tilt)")
+    p.add_argument("--against-position", action="store_true", help="CE drift and flow against the position")
+    p.add_argument("--score", default="margin_ratio", choices=["margin_ratio", "excess"], help="CE's elite ranking")
+    p.add_argument("--elite-frac", type=float, default=0.1)
+    p.add_argument("--tilt", default=None, help="a fixed tilt as JSON (no cross-entropy), e.g. '{\"price_drift\": -0.01}'")
     p.add_argument("--split-paths", type=int, default=2048, help="paths per splitting stage (0: skip)")
     p.add_argument("--replicates", type=int, default=8)
     p.add_argument("--pilot-paths", type=int, default=1024)
@@ -43,6 +48,7 @@ def main() -> int:
     from mmsim import config
     from mmsim.sim import risk
     from mmsim.sim import simulate as sim
+    from mmsim.world import tilt as tilt_mod
 
     sim.use_cpu_cores()
     ov = [f"experiment={a.experiment}", *a.overrides]
@@ -109,14 +115,19 @@ def main() -> int:
             n_steps=n_steps,
             dt=dt,
             seed=a.seed + 2,
-            ce_iterations=a.ce_iterations,
+            tilt=None if a.tilt is None else tilt_mod.from_dict(json.loads(a.tilt)),
+            ce_iterations=0 if a.tilt is not None else a.ce_iterations,
             ce_paths=a.ce_paths,
+            bucket_s=a.bucket_s,
+            against_position=a.against_position,
+            score=a.score,
+            elite_frac=a.elite_frac,
             dtype=dtype,
             progress=False,
             world_substeps=sub,
         )
         est["wall_s"] = time.perf_counter() - t0
-        est["path_steps"] = (a.n_is + a.ce_iterations * a.ce_paths) * n_steps
+        est["path_steps"] = (a.n_is + (0 if a.tilt is not None else a.ce_iterations) * a.ce_paths) * n_steps
         out["importance"] = est
         rows.append(("importance", est["estimate"], est["ci_low"], est["ci_high"], est["wall_s"], est["path_steps"]))
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)

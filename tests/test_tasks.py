@@ -105,6 +105,7 @@ def fake_simulate(
         max_dd=np.abs(rng.normal(0, 500, n)),
         max_dd_frac=np.abs(rng.normal(0, 0.05, n)),
         min_margin_ratio=np.full(n, 1e6),
+        min_excess=np.full(n, 1e3),
         max_abs_inventory=np.abs(rng.normal(0, 1, (n, a))),
         liquidated=liq,
         liq_time=np.where(liq, rng.random(n) * n_steps * dt, -1.0),
@@ -385,5 +386,9 @@ def test_rare_event_settings_are_checked():
         mcfg.build(make_cfg("risk.estimator=splitting", "risk.splitting.levels=[2.0,3.0]"))
     with pytest.raises(mcfg.ConfigError, match="risk.importance.tilt"):
         mcfg.build(make_cfg("risk.estimator=is", "+risk.importance.tilt={liq_size: 1.5}"))
+    with pytest.raises(mcfg.ConfigError, match="risk.importance.bucket_s"):
+        mcfg.build(make_cfg("risk.estimator=is", "risk.importance.bucket_s=-5"))
+    with pytest.raises(mcfg.ConfigError, match="risk.importance.score"):
+        mcfg.build(make_cfg("risk.estimator=is", "risk.importance.score=pnl"))
     with pytest.raises(mcfg.ConfigError, match="risk.loss_threshold"):
         mcfg.build(make_cfg("risk.loss_threshold=-1"))

@@ -123,11 +123,20 @@ def rare_event_claim(rare: dict, epsilon: float, ci_level: float = 0.95) -> str:
     return f"P(liquidation) is NOT certified to be approximately 0: {span}; {why} (target ε = {epsilon:g})."
 
 
+def _tilt_term(name: str, value) -> str:
+    """One field of a tilt for the report: a number, one per time bucket, or a flag."""
+    if isinstance(value, bool):
+        return f"{name} {'yes' if value else 'no'}"
+    if isinstance(value, list):
+        return f"{name} [" + ", ".join(f"{v:.3g}" for v in value) + "] by bucket"
+    return f"{name} {value:.3g}"
+
+
 def rare_event_paragraph(rare: dict) -> str:
     """One paragraph saying what the rare-event estimate certified and how."""
     if rare["method"] == "importance sampling":
         t = rare.get("tilt") or {}
-        tilt = ", ".join(f"{k} {v:.3g}" for k, v in t.items())
+        tilt = ", ".join(_tilt_term(k, v) for k, v in t.items() if not (k == "bucket_s" and not v))
         its = len(rare.get("ce_iterations") or [])
         how = (
             f"{rare['n']:,} paths were drawn from the tilted world ({tilt}; "

@@ -16,7 +16,8 @@ from mmsim.engine.account import PNL_COMPONENTS
 def path_table(summary, asset_names: Sequence[str]) -> pd.DataFrame:
     """The :class:`~mmsim.sim.simulate.PathSummary` of a run as a DataFrame, one row per path:
     ``pnl`` and its six components (``pnl_spread`` ...), ``max_drawdown``, ``max_drawdown_frac``,
-    ``min_margin_ratio``, ``liquidated``, ``liquidation_time_s`` (NaN when never), ``n_bad_steps``
+    ``min_margin_ratio``, ``min_margin_excess`` (the least equity above the maintenance margin),
+    ``liquidated``, ``liquidation_time_s`` (NaN when never), ``n_bad_steps``
     and per asset ``fills_bid_<asset>``, ``fills_ask_<asset>``, ``max_abs_inventory_<asset>`` and
     ``final_position_<asset>``."""
     s = summary
@@ -28,6 +29,7 @@ def path_table(summary, asset_names: Sequence[str]) -> pd.DataFrame:
         "max_drawdown": np.asarray(s.max_dd, float),
         "max_drawdown_frac": np.asarray(s.max_dd_frac, float),
         "min_margin_ratio": np.asarray(s.min_margin_ratio, float),
+        "min_margin_excess": np.asarray(s.min_excess, float),
         "liquidated": np.asarray(s.liquidated, bool),
         "liquidation_time_s": np.where(liq_t >= 0, liq_t, np.nan),
         "n_bad_steps": np.asarray(s.n_bad, np.int64),

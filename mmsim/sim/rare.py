@@ -145,44 +145,55 @@ def cross_entropy_tilt(score, hit, log_w, tilt_stats, *, elite_frac: float = 0.1
     paths drawn under the current one (multilevel CE: the elite is the paths with the event when
     at least ``elite_frac`` of them have it, else the ``elite_frac`` with the lowest ``score``).
 
-    The tilted family's CE optimum is closed-form: an intensity multiplier is the elite's
-    weighted count of events over its weighted nominal compensator (a Poisson rate's MLE), and
-    the size tilt ``1 - 1 / mean(E)`` from the elite's weighted mean of the tilted Exp(1)
-    variables of its largest sizes, the drift and the flow imbalance the elite's weighted means
-    of the diffusion's normals and of the order counts' score differences. ``tilt_stats`` is the
-    (n, 9) per-path statistics of :class:`mmsim.world.tilt.TiltInfo` (events, compensator, size
-    E, jump events, jump compensator, sum of the normals, their count, sum of the score
-    differences, their count); ``score``: (n,) the importance function
-    (lower is nearer the event, e.g. the minimum margin ratio). Returns ``{"tilt": {...}, "level": ..., "elite": ...}``.
+    The tilted family's CE optimum is closed-form, and separate in each time bucket: an intensity
+    multiplier is the elite's weighted count of events over its weighted nominal compensator (a
+    Poisson rate's MLE), the size tilt ``1 - 1 / mean(E)`` from the elite's weighted mean of the
+    tilted Exp(1) variables of its largest sizes, the drift and the flow imbalance the elite's
+    weighted means of the diffusion's normals, of the order counts' score differences and of the
+    busy liquidation counts' scores.
+    ``tilt_stats`` is the (n, 11) or (n, K, 11) per-path statistics of
+    :class:`mmsim.world.tilt.TiltInfo` (events, compensator, size E, jump events, jump
+    compensator, sum of the normals, their count, sum of the score differences, their count, sum
+    of the busy liquidation scores, their count) in each of the K time buckets; ``score``: (n,)
+    the importance function (lower is nearer the event, e.g. the minimum margin ratio). Returns
+    ``{"tilt": {...}, "level": ..., "elite": ...}``, the tilt's fields numbers with one bucket and
+    lists of K with several.
     """
     score = np.asarray(score, float)
     h = np.asarray(hit, bool)
     w = np.exp(np.asarray(log_w, float) - np.max(np.asarray(log_w, float)))  # a common scale
     st = np.asarray(tilt_stats, float)
+    one = st.ndim == 2
+    st = st[:, None, :] if one else st
     n = score.size
     if h.mean() >= elite_frac:
         elite, level = h, "event"
-    else:
-        q = float(np.quantile(np.where(h, -np.inf, score), elite_frac))
+    else:  # the hits and the lowest scores of the others: ceil(elite_frac n) paths in all
+        rest = np.sort(score[~h])
+        q = float(rest[max(math.ceil(elite_frac * n) - int(h.sum()), 1) - 1])
         elite, level = h | (score <= q), q
     we = w * elite
-    s = (we[:, None] * st).sum(0)
+    tilts = [_ce_bucket((we[:, None] * st[:, k]).sum(0)) for k in range(st.shape[1])]
+    tilt = {f: (tilts[0][f] if one else [t[f] for t in tilts]) for f in tilts[0]}
+    return {"tilt": tilt, "level": level, "elite": int(elite.sum()), "n": n}
+
+
+def _ce_bucket(s: np.ndarray) -> dict:
+    """The CE tilt of one time bucket from the elite's weighted sums ``s`` of the 11 statistics."""
 
     def boost(events, comp):
         return float(np.clip(events / comp, 1.0, _CE_BOOST_MAX)) if comp > 0 and events > 0 else 1.0
 
-    size = float(np.clip(1.0 - s[0] / s[2], 0.0, _CE_SIZE_MAX)) if s[2] > 0 else 0.0
+    def mean(total, count):
+        return float(np.clip(total / count, -_CE_DRIFT_MAX, _CE_DRIFT_MAX)) if count > 0 else 0.0
+
     return {
-        "tilt": {
-            "liq_count": boost(s[0], s[1]),
-            "liq_size": size,
-            "jump_count": boost(s[3], s[4]),
-            "price_drift": float(np.clip(s[5] / s[6], -_CE_DRIFT_MAX, _CE_DRIFT_MAX)) if s[6] > 0 else 0.0,
-            "flow_imbalance": float(np.clip(s[7] / s[8], -_CE_DRIFT_MAX, _CE_DRIFT_MAX)) if s[8] > 0 else 0.0,
-        },
-        "level": level,
-        "elite": int(elite.sum()),
-        "n": n,
+        "liq_count": boost(s[0], s[1]),
+        "liq_size": float(np.clip(1.0 - s[0] / s[2], 0.0, _CE_SIZE_MAX)) if s[2] > 0 else 0.0,
+        "jump_count": boost(s[3], s[4]),
+        "price_drift": mean(s[5], s[6]),
+        "flow_imbalance": mean(s[7], s[8]),
+        "liq_busy": mean(s[9], s[10]),
     }
 
 

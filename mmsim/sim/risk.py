@@ -30,6 +30,7 @@ class PathRisk(NamedTuple):
     max_dd: jax.Array  # () quote currency
     max_dd_frac: jax.Array  # () fraction of the running peak
     min_margin_ratio: jax.Array  # ()
+    min_excess: jax.Array  # () minimum equity - maintenance margin, quote currency (<= 0: liquidated)
     max_abs_inventory: jax.Array  # (A,) base units
     liquidated: jax.Array  # () bool
     liq_time: jax.Array  # () seconds, -1 if never
@@ -38,18 +39,21 @@ class PathRisk(NamedTuple):
     log_lr_full: Any = None  # () float64 log likelihood ratio of the whole path (a tilted world only)
 
 
-def init(initial_equity, n_assets: int, dtype=jnp.float32, *, tilted: bool = False) -> PathRisk:
+def init(initial_equity, n_assets: int, dtype=jnp.float32, *, tilt_buckets: int = 0) -> PathRisk:
+    """A path's running metrics at t = 0; ``tilt_buckets``: the time buckets of the world's tilt
+    (0: an untilted world)."""
     return PathRisk(
         peak_equity=jnp.asarray(initial_equity, dtype),
         max_dd=jnp.zeros((), dtype),
         max_dd_frac=jnp.zeros((), dtype),
         min_margin_ratio=jnp.asarray(np.inf, dtype),
+        min_excess=jnp.asarray(initial_equity, dtype),
         max_abs_inventory=jnp.zeros((n_assets,), dtype),
         liquidated=jnp.zeros((), bool),
         liq_time=-jnp.ones((), dtype),
         n_bad=jnp.zeros((), jnp.int32),
-        tilt=tilt_mod.zero() if tilted else None,
-        log_lr_full=jnp.zeros((), jnp.float64) if tilted else None,
+        tilt=tilt_mod.zero(tilt_buckets) if tilt_buckets else None,
+        log_lr_full=jnp.zeros((), jnp.float64) if tilt_buckets else None,
     )
 
 
@@ -66,16 +70,20 @@ def add_tilt(r: PathRisk, step) -> PathRisk:
 
 def tilt_summary(r: PathRisk) -> dict:
     """The per-path fields of the change of measure: the log likelihood ratios (up to the
-    liquidation and of the whole path) and the tilt's statistics (0 without a tilt)."""
+    liquidation and of the whole path) and the tilt's statistics, ``(K, 11)`` over its K time
+    buckets (``(1, 11)`` zeros without a tilt)."""
     if r.tilt is None:
         z = jnp.zeros((), jnp.float64)
-        return {"log_w": z, "log_w_full": z, "tilt_stats": jnp.zeros((tilt_mod.N_STATS,), jnp.float64)}
-    return {"log_w": r.tilt.log_lr, "log_w_full": r.log_lr_full, "tilt_stats": jnp.stack(r.tilt[1:])}
+        return {"log_w": z, "log_w_full": z, "tilt_stats": jnp.zeros((1, tilt_mod.N_STATS), jnp.float64)}
+    return {"log_w": r.tilt.log_lr, "log_w_full": r.log_lr_full, "tilt_stats": jnp.stack(r.tilt[1:], axis=-1)}
 
 
 def update(r: PathRisk, equity, margin_ratio, position, liquidated_now, t) -> PathRisk:
-    """One step of the running metrics (equity in quote currency, t in seconds)."""
+    """One step of the running metrics (equity in quote currency, t in seconds). The excess over
+    the maintenance margin is ``equity (1 - 1 / margin_ratio)``, 0 at a liquidation."""
     ok = jnp.isfinite(equity)
+    maintenance = jnp.where(jnp.isfinite(margin_ratio) & (margin_ratio > 0), equity / margin_ratio, 0.0)
+    excess = jnp.where(liquidated_now, 0.0, equity - maintenance)
     eq = jnp.where(ok, equity, r.peak_equity)
     peak = jnp.maximum(r.peak_equity, eq)
     dd = peak - eq
@@ -84,6 +92,9 @@ def update(r: PathRisk, equity, margin_ratio, position, liquidated_now, t) -> Pa
         max_dd=jnp.maximum(r.max_dd, dd),
         max_dd_frac=jnp.maximum(r.max_dd_frac, dd / jnp.maximum(peak, 1e-12)),
         min_margin_ratio=jnp.minimum(r.min_margin_ratio, jnp.where(jnp.isfinite(margin_ratio), margin_ratio, np.inf)),
+        min_excess=jnp.minimum(r.min_excess, jnp.where(jnp.isfinite(excess), excess, r.min_excess)).astype(
+            r.min_excess.dtype
+        ),
         max_abs_inventory=jnp.maximum(r.max_abs_inventory, jnp.abs(position)),
         liquidated=r.liquidated | liquidated_now,
         liq_time=jnp.where(liquidated_now & ~r.liquidated, t, r.liq_time).astype(r.liq_time.dtype),

@@ -45,6 +45,7 @@ from mmsim._pytree import cast_floats
 from mmsim.engine import account as acct
 from mmsim.engine import policy as pol
 from mmsim.sim import risk
+from mmsim.world import tilt as tilt_mod
 
 WORLDS = worlds.WORLDS
 #: Paths per device per compiled call when not given. On a CPU every compiled step is a few
@@ -68,6 +69,7 @@ class PathSummary(NamedTuple):
     max_dd: Any  # (n,) maximum drawdown, quote currency
     max_dd_frac: Any  # (n,) maximum drawdown, fraction of the running peak equity
     min_margin_ratio: Any  # (n,) minimum equity / maintenance margin
+    min_excess: Any  # (n,) minimum equity - maintenance margin, quote currency (0 when liquidated)
     max_abs_inventory: Any  # (n, A) base units
     liquidated: Any  # (n,) bool
     liq_time: Any  # (n,) seconds, -1 if never
@@ -76,7 +78,7 @@ class PathSummary(NamedTuple):
     n_bad: Any  # (n,) steps whose equity was not finite
     log_w: Any = None  # (n,) log likelihood ratio up to the liquidation (0 without a tilt)
     log_w_full: Any = None  # (n,) log likelihood ratio of the whole path (0 without a tilt)
-    tilt_stats: Any = None  # (n, 9) the tilt's statistics up to the liquidation (TiltInfo[1:])
+    tilt_stats: Any = None  # (n, K, 11) the tilt's statistics per time bucket up to the liquidation (TiltInfo[1:])
     fill_volume: Any = None  # (n, A, 2) base units filled on our bid, on our ask
 
 
@@ -205,7 +207,8 @@ def _path_fns(mp, ep, *, world: str, dt: float, dtype, trace: bool, substeps: in
         w = w_mod.init(mp, dtype)
         obs = _pack_obs(obs_fields, w_mod.observe(w, mp, pol.takes(ep.policy)))
         truth = w_mod.truth(None, a, dtype) if trace else None
-        r = risk.init(ep.account.initial_equity, a, dtype, tilted=getattr(mp, "tilt", None) is not None)
+        tilt = getattr(mp, "tilt", None)
+        r = risk.init(ep.account.initial_equity, a, dtype, tilt_buckets=0 if tilt is None else tilt_mod.n_buckets(tilt))
         return w, engine.init(ep, dtype), obs, r, truth
 
     def one(key, carry, t):
@@ -219,7 +222,10 @@ def _path_fns(mp, ep, *, world: str, dt: float, dtype, trace: bool, substeps: in
         e, q, info = engine.step(ep, e, obs)
         r = risk.update(r, info.equity, info.margin_ratio, info.position, info.liquidated_now, obs.t)
         out = _row(obs, e, info, truth, dtype) if trace else None
-        w, obs, winfo = _world_interval(w_mod, rng.fold_in(key, t), w, mp, dt, q, substeps)
+        mp_t = mp  # a tilt against the position reads its sign (the world never sees the engine)
+        if getattr(mp, "tilt", None) is not None and mp.tilt.against_position:
+            mp_t = dataclasses.replace(mp, tilt=tilt_mod.facing(mp.tilt, info.position))
+        w, obs, winfo = _world_interval(w_mod, rng.fold_in(key, t), w, mp_t, dt, q, substeps)
         r = risk.add_tilt(r, getattr(winfo, "tilt", None))
         truth = w_mod.truth(winfo, a, dtype) if trace else None
         return (w, e, _pack_obs(obs_fields, obs), r, truth), out
@@ -235,6 +241,7 @@ def _path_fns(mp, ep, *, world: str, dt: float, dtype, trace: bool, substeps: in
             max_dd=r.max_dd,
             max_dd_frac=r.max_dd_frac,
             min_margin_ratio=r.min_margin_ratio,
+            min_excess=r.min_excess,
             max_abs_inventory=r.max_abs_inventory,
             liquidated=r.liquidated,
             liq_time=r.liq_time,
@@ -661,6 +668,9 @@ def importance_sample(
     ce_iterations: int = 3,
     ce_paths: int = 2048,
     elite_frac: float = 0.1,
+    bucket_s: float = 0.0,
+    against_position: bool = False,
+    score: str = "margin_ratio",
     alpha: float = 0.05,
     **kwargs,
 ) -> tuple[dict, SimResult]:
@@ -669,37 +679,44 @@ def importance_sample(
     The tilt is ``tilt`` (a :class:`~mmsim.world.tilt.TiltParams`) or, when None, chosen by
     ``ce_iterations`` cross-entropy updates (:func:`mmsim.sim.rare.cross_entropy_tilt`), each a
     run of ``ce_paths`` paths on a seed of its own (``seed + 1 + k``), starting from the nominal
-    law; the estimate is then a run of ``n_paths`` paths on ``seed``. ``kwargs`` go to
-    :func:`simulate`. Returns the estimate's dict (:func:`mmsim.sim.rare.is_estimate`, with the
-    tilt and the iterations) and the tilted run (its ``summary.log_w`` the paths' log weights).
+    law; the estimate is then a run of ``n_paths`` paths on ``seed``. With ``bucket_s > 0`` the
+    cross-entropy tilt has one value per time bucket of ``bucket_s`` seconds (0: one for the whole
+    horizon), and with ``against_position`` its drift, flow imbalance and busy-cascade tilt act
+    against the market maker's position (:func:`mmsim.world.tilt.facing`). ``score`` ranks the
+    paths for the elite: ``margin_ratio`` (the minimum margin ratio) or ``excess`` (the minimum
+    equity above the maintenance margin, which a large position alone does not lower).
+    ``kwargs`` go to :func:`simulate`. Returns the estimate's dict (:func:`mmsim.sim.rare.is_estimate`,
+    with the tilt and the iterations) and the tilted run (its ``summary.log_w`` the paths' log
+    weights).
     """
     from mmsim.sim import rare
-    from mmsim.world.tilt import TiltParams
 
     if not hasattr(market_params, "tilt"):
         raise ValueError(f"world {world!r} has no tilt: importance sampling needs the market world")
     if not (isinstance(ce_iterations, int) and ce_iterations >= 0):
         raise ValueError(f"ce_iterations = {ce_iterations!r}: must be an integer >= 0")
+    if not (math.isfinite(bucket_s) and bucket_s >= 0):
+        raise ValueError(f"bucket_s = {bucket_s!r}: must be a number of seconds >= 0")
+    scores = {"margin_ratio": "min_margin_ratio", "excess": "min_excess"}
+    if score not in scores:
+        raise ValueError(f"score = {score!r}: must be one of {sorted(scores)}")
     iterations = []
     if tilt is None:
-        tilt = TiltParams()
-        for k in range(ce_iterations):
+        k = max(1, math.ceil(n_steps * dt / bucket_s)) if bucket_s > 0 else 1
+        tilt = tilt_mod.neutral(k, bucket_s, against_position)
+        for i in range(ce_iterations):
             mp = dataclasses.replace(market_params, tilt=tilt)
             r = simulate(
-                world, mp, engine_params, n_paths=ce_paths, n_steps=n_steps, dt=dt, seed=seed + 1 + k, **kwargs
+                world, mp, engine_params, n_paths=ce_paths, n_steps=n_steps, dt=dt, seed=seed + 1 + i, **kwargs
             )
             s = r.summary
             upd = rare.cross_entropy_tilt(
-                s.min_margin_ratio, s.liquidated, s.log_w, s.tilt_stats, elite_frac=elite_frac
+                getattr(s, scores[score]), s.liquidated, s.log_w, s.tilt_stats, elite_frac=elite_frac
             )
-            iterations.append({"tilt": _tilt_dict(tilt), "hits": int(np.sum(s.liquidated)), **upd})
-            tilt = TiltParams(**upd["tilt"])
+            iterations.append({"tilt": tilt_mod.as_dict(tilt), "hits": int(np.sum(s.liquidated)), **upd})
+            tilt = tilt_mod.from_dict({**upd["tilt"], "bucket_s": tilt.bucket_s, "against_position": against_position})
     mp = dataclasses.replace(market_params, tilt=tilt)
     r = simulate(world, mp, engine_params, n_paths=n_paths, n_steps=n_steps, dt=dt, seed=seed, **kwargs)
     est = rare.is_estimate(r.summary.liquidated, r.summary.log_w, alpha)
-    est.update({"tilt": _tilt_dict(tilt), "ce_iterations": iterations, "elite_frac": elite_frac})
+    est.update({"tilt": tilt_mod.as_dict(tilt), "ce_iterations": iterations, "elite_frac": elite_frac, "score": score})
     return est, r
-
-
-def _tilt_dict(tilt) -> dict:
-    return {f.name: float(np.asarray(getattr(tilt, f.name))) for f in dataclasses.fields(tilt)}

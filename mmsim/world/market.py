@@ -16,6 +16,7 @@ from mmsim import distributions as dist
 from mmsim import observation, rng
 from mmsim._pytree import Check, pytree_dataclass, static_field
 from mmsim.observation import Observation, Quote, no_quote
+from mmsim.world import tilt as tilt_mod
 from mmsim.world.processes import adverse_selection as adv
 from mmsim.world.processes import book as bk
 from mmsim.world.processes import correlation as corr
@@ -239,11 +240,12 @@ def step(
 
     corr_s, corr_i = corr.step(k["correlation"], world.correlation, params.correlation, dt, regime=regime)
     z_price, z_var = corr_i.z[0], corr_i.z[1]
-    if params.tilt is not None:  # the diffusion's drift tilt (one asset: its normal is independent)
-        z_price, lr_z, sum_z = shift_normal(z_price, params.tilt.price_drift)
-
     t0 = world.t_index.astype(jnp.float64) * dt
     t1 = t0 + dt
+    tilt = None
+    if params.tilt is not None:  # the step's bucket of the tilt; the diffusion's drift tilt (one
+        tilt, bucket = tilt_mod.at(params.tilt, t0)  # asset: its normal is independent)
+        z_price, lr_z, sum_z = shift_normal(z_price, tilt.price_drift * tilt.side)
     shock_now = (params.shock_time_s >= 0) & (t0 <= params.shock_time_s) & (params.shock_time_s < t1)
     force = jnp.where(shock_now, params.shock_regime, -1) if params.shock_regime >= 0 else -1
     vol_s, vol_i = vol.step(k["volatility"], world.vol, params.vol, dt, z_var=z_var, force_regime=force)
@@ -267,7 +269,7 @@ def step(
         dt,
         informed_frac=adv_s.alpha,
         baseline_mult=mult,
-        imbalance=None if params.tilt is None else params.tilt.flow_imbalance,
+        imbalance=None if tilt is None else tilt.flow_imbalance * tilt.side,
     )
 
     liq_s, liq_i = liq.step(
@@ -277,7 +279,7 @@ def step(
         dt,
         last_ret=world.price.last_ret,
         log_price=world.price.x,
-        tilt=params.tilt,
+        tilt=tilt,
     )
 
     impact = adv.impact(params.adverse, flow_i.n_buy_informed, flow_i.n_sell_informed) + liq_i.impact
@@ -293,7 +295,7 @@ def step(
         z=z_price,
         funding_rate_per_s=fund_i.rate_per_s,
         impact=impact.astype(dtype),
-        tilt=params.tilt,
+        tilt=tilt,
     )
     mid = dist.materialise_small(px.mid(price_s, params.price).astype(dtype))
 
@@ -456,15 +458,24 @@ def step(
         if params.tilt is None
         else TiltInfo(
             log_lr=liq_i.tilt[0] + price_i.tilt[0] + lr_z + flow_i.tilt[0],
-            liq_events=liq_i.tilt[1],
-            liq_comp=liq_i.tilt[2],
-            liq_size_e=liq_i.tilt[3],
-            jump_events=price_i.tilt[1],
-            jump_comp=price_i.tilt[2],
-            price_z=sum_z,
-            price_n=jnp.asarray(float(a), jnp.float64),
-            flow_z=flow_i.tilt[1],
-            flow_n=flow_i.tilt[2],
+            **tilt_mod.per_bucket(
+                params.tilt,
+                {
+                    "bucket": bucket,
+                    "liq_events": liq_i.tilt[1],
+                    "liq_comp": liq_i.tilt[2],
+                    "liq_size_e": liq_i.tilt[3],
+                    "jump_events": price_i.tilt[1],
+                    "jump_comp": price_i.tilt[2],
+                    # oriented as the drift and the imbalance act (side 1 without orientation)
+                    "price_z": sum_z * tilt.side,
+                    "price_n": float(a) * jnp.abs(tilt.side),
+                    "flow_z": flow_i.tilt[1] * tilt.side,
+                    "flow_n": flow_i.tilt[2] * jnp.abs(tilt.side),
+                    "liq_busy_z": liq_i.tilt[4],
+                    "liq_busy_n": liq_i.tilt[5],
+                },
+            ),
         ),
     )
     return new, obs, info

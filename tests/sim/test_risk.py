@@ -95,6 +95,7 @@ def test_summarize_keys_and_counts():
         max_dd=np.arange(n) * 10.0,
         max_dd_frac=np.zeros(n),
         min_margin_ratio=np.ones(n),
+        min_excess=np.full(n, 1000.0),
         max_abs_inventory=np.ones((n, 1)),
         liquidated=liq,
         liq_time=np.where(liq, 5.0, -1.0),

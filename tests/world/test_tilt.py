@@ -11,6 +11,7 @@ import pytest
 
 from mmsim import config
 from mmsim.sim import simulate as sim
+from mmsim.world import tilt as tilt_mod
 from mmsim.world.tilt import TiltParams
 
 N, STEPS = 2048, 300
@@ -45,9 +46,76 @@ def test_tilted_paths_estimate_the_nominal_law(world):
     assert abs(w.mean() - 1.0) < 4 * se_w and se_w < 0.1  # E_Q[dP/dQ] = 1, and the test has power
     # The tilt moves the paths (jumps 3x as often, a drift down) ...
     expected_jumps = STEPS * float(world[1].price.jump_rate)  # per path, nominal: 0.083
-    assert t.tilt_stats[:, 3].mean() > 2 * expected_jumps + 4 * np.sqrt(3 * expected_jumps / N)
+    assert t.tilt_stats[:, 0, 3].mean() > 2 * expected_jumps + 4 * np.sqrt(3 * expected_jumps / N)
     nominal = _run(world, None, 3)
     # ... and the weights bring the PnL's mean back to the nominal one.
     y = w * t.pnl
     se = np.hypot(y.std(ddof=1), nominal.pnl.std(ddof=1)) / np.sqrt(N)
     assert abs(y.mean() - nominal.pnl.mean()) < 4 * se, (y.mean(), nominal.pnl.mean(), se)
+
+
+def test_a_tilt_by_time_bucket_acts_in_its_bucket_only(world):
+    # Three buckets of 100 s: a neutral one is the nominal world, bit for bit ...
+    nominal = _run(world, None, 4)
+    neutral = _run(world, tilt_mod.neutral(3, 100.0), 4)
+    np.testing.assert_array_equal(nominal.pnl, neutral.pnl)
+    assert neutral.tilt_stats.shape == (N, 3, 11) and np.max(np.abs(neutral.log_w_full)) < 1e-9
+    # ... and a drift of the middle bucket moves that bucket's normals alone, by its value.
+    theta = -0.05
+    t = _run(world, tilt_mod.from_dict({"price_drift": [0.0, theta, 0.0], "bucket_s": 100.0}), 5)
+    zbar = t.tilt_stats[:, :, 5].sum(0) / t.tilt_stats[:, :, 6].sum(0)
+    se = 1 / np.sqrt(t.tilt_stats[:, :, 6].sum(0))  # the normals are N(theta, 1), independent
+    np.testing.assert_array_less(np.abs(zbar - [0.0, theta, 0.0]), 4 * se)
+    w = np.exp(t.log_w_full)
+    assert abs(w.mean() - 1.0) < 4 * w.std(ddof=1) / np.sqrt(N)
+    # The log ratio is the middle bucket's alone: -theta * sum(z) + n theta^2 / 2 (theta a float32
+    # in the world).
+    z, n = t.tilt_stats[:, 1, 5], t.tilt_stats[:, 1, 6]
+    th = float(np.float32(theta))
+    np.testing.assert_allclose(t.log_w_full, -th * z + 0.5 * th**2 * n, rtol=1e-9, atol=1e-9)
+
+
+def test_a_bucketed_tilt_is_refused_when_its_shape_is_wrong():
+    with pytest.raises(ValueError, match="bucket_s"):
+        TiltParams(price_drift=np.array([0.0, 0.1]))
+    with pytest.raises(ValueError, match="liq_count"):
+        TiltParams(liq_count=np.ones(2), price_drift=np.zeros(3), bucket_s=10.0)
+    with pytest.raises(ValueError, match="bucket_s"):
+        TiltParams(bucket_s=-1.0)
+
+
+def test_a_tilt_against_the_position_follows_its_sign(world):
+    # The drift acts against the market maker's position, step by step: the oriented normals
+    # (the normal times the sign of the position) have mean theta wherever the position is not
+    # flat, and the weights still average 1.
+    theta = -0.05
+    tilt = dataclasses.replace(tilt_mod.neutral(3, 100.0, against_position=True), price_drift=np.full(3, theta))
+    t = _run(world, tilt, 6)
+    n = t.tilt_stats[:, :, 6].sum(0)
+    assert np.all(n > 0.1 * N * 100)  # the position is not flat (it starts flat: the first bucket least)
+    zbar = t.tilt_stats[:, :, 5].sum(0) / n
+    np.testing.assert_array_less(np.abs(zbar - theta), 4 / np.sqrt(n))
+    w = np.exp(t.log_w_full)
+    assert abs(w.mean() - 1.0) < 4 * w.std(ddof=1) / np.sqrt(N)
+    # Pushed against its position every step, the market maker loses more than in the nominal world.
+    nominal = _run(world, None, 6)
+    se = np.hypot(t.pnl.std(ddof=1), nominal.pnl.std(ddof=1)) / np.sqrt(N)
+    assert t.pnl.mean() < nominal.pnl.mean() - 4 * se
+
+
+def test_a_busy_cascade_is_tilted_through_its_count_score(world):
+    # After the shock at 100 s the cascade is busy (an expected count of at least 0.05 a step),
+    # where the event tilt does not act: liq_busy shifts its count's normal score instead.
+    theta = 0.05  # a few hundred busy side-steps a path: the log weight's variance about n theta^2
+    tilt = dataclasses.replace(tilt_mod.neutral(3, 100.0), liq_busy=np.array([0.0, theta, theta]))
+    t = _run(world, tilt, 7)
+    n = t.tilt_stats[:, :, 10].sum(0)
+    assert n[1] > 0.2 * N * 100 and n[2] > 0  # busy sides, counted in every bucket
+    zbar = t.tilt_stats[:, 1:, 9].sum(0) / n[1:]
+    np.testing.assert_array_less(np.abs(zbar - theta), 4 / np.sqrt(n[1:]))
+    # The log ratio is that of the shifted scores: -theta sum(z) + n theta^2 / 2.
+    th = float(np.float32(theta))
+    z, k = t.tilt_stats[:, 1:, 9].sum(1), t.tilt_stats[:, 1:, 10].sum(1)
+    np.testing.assert_allclose(t.log_w_full, -th * z + 0.5 * th**2 * k, rtol=1e-9, atol=1e-9)
+    w = np.exp(t.log_w_full)
+    assert abs(w.mean() - 1.0) < 4 * w.std(ddof=1) / np.sqrt(N)

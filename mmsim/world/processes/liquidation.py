@@ -123,7 +123,7 @@ class LiqInfo(NamedTuple):
     lam_long: jax.Array  # (A,) long intensity at the start of the step, per second
     lam_short: jax.Array  # (A,) short intensity at the start of the step, per second
     impact: jax.Array  # (A,) log-price impact of the step's liquidations
-    tilt: Any = None  # (log_lr, events, compensator, size E), float64 scalars, under a tilt
+    tilt: Any = None  # (log_lr, events, compensator, size E, busy scores, busy sides), float64, under a tilt
 
 
 def init(params: LiqParams, n_assets: int, dtype=jnp.float32) -> LiqState:
@@ -219,7 +219,8 @@ def step(
         log_price: (A,) log price at the start of the step, ``log(mid / s0)`` (``"drawdown"``).
         tilt: a :class:`mmsim.world.tilt.TiltParams` to draw the counts and the largest sizes
             from its tilted law (None: the nominal law); the info's ``tilt`` is then ``(log_lr,
-            events, compensator, size E)`` of the tilted sides (float64 scalars).
+            events, compensator, size E, busy scores, busy sides)`` of the tilted sides (float64
+            scalars).
 
     Returns:
         The state at the end of the step and the step's :class:`LiqInfo`.
@@ -282,7 +283,9 @@ def _tilted(tilt, u_nl, u_ns, u_vl, u_vs, comp_l, comp_s):
     """The step's uniforms under ``tilt`` and its part of the change of measure, ``(log_lr,
     events, compensator, size E)`` (float64 scalars): the count's uniform has an event (N >= 1
     above ``p0 = e^{-comp}``) as if its intensity were ``liq_count`` times larger; where it has
-    one, the largest size's uniform is exponentially tilted."""
+    one, the largest size's uniform is exponentially tilted; a busy side's count has its
+    uniform's normal score shifted by ``liq_busy``. Returns also the busy sides' tilted scores
+    summed and their number."""
     comp = jnp.stack([comp_l, comp_s]).astype(jnp.float64)  # (2, A)
     p0 = jnp.exp(-comp)
     # Only a quiet side is tilted (expected count < 0.05 in the step): a busy cascade already has
@@ -290,14 +293,27 @@ def _tilted(tilt, u_nl, u_ns, u_vl, u_vs, comp_l, comp_s):
     # The choice depends on the state before the draw, so the likelihood ratio stays exact.
     quiet = comp < TILT_QUIET_COUNT
     u_n, lr_n = dist.tilt_event(jnp.stack([u_nl, u_ns]), p0, jnp.where(quiet, tilt.liq_count, 1.0))
+    # A busy side's count instead has its uniform's normal score shifted by liq_busy (about
+    # liq_busy standard deviations more liquidations); against the position, only the side whose
+    # liquidations move the price against it (long ones when the maker is long).
+    if tilt.against_position:
+        facing = jnp.stack([tilt.side > 0, tilt.side < 0]).astype(jnp.float64)[:, None]
+    else:
+        facing = jnp.ones((2, 1), jnp.float64)
+    busy = (~quiet).astype(jnp.float64) * facing
+    shift = busy * jnp.asarray(tilt.liq_busy, jnp.float64)
+    u_b, lr_b, z_b = dist.tilt_normal_score(u_n, shift)
+    u_n = jnp.where(shift != 0, u_b, u_n)  # no shift: the uniform as drawn (the round trip is not exact)
     event = u_n.astype(jnp.float64) > p0
     u_v, lr_v, e_v = dist.tilt_exp(jnp.stack([u_vl, u_vs]), jnp.where(quiet, tilt.liq_size, 0.0))
     event = event & quiet  # the size tilt and the statistics: quiet sides' events only
     u_v = jnp.where(event, u_v, jnp.stack([u_vl, u_vs]))
     info = (
-        jnp.sum(lr_n) + jnp.sum(jnp.where(event, lr_v, 0.0)),
+        jnp.sum(lr_n) + jnp.sum(jnp.where(event, lr_v, 0.0)) + jnp.sum(jnp.where(busy > 0, lr_b, 0.0)),
         jnp.sum(event.astype(jnp.float64)),
         jnp.sum(jnp.where(quiet, comp, 0.0)),
         jnp.sum(jnp.where(event, e_v, 0.0)),
+        jnp.sum(jnp.where(busy > 0, z_b, 0.0)),
+        jnp.sum(busy),
     )
     return u_n[0], u_n[1], u_v[0], u_v[1], info
