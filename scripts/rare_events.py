@@ -33,7 +33,7 @@ def main() -> int:
     p.add_argument("--against-position", action="store_true", help="CE drift and flow against the position")
     p.add_argument("--score", default="margin_ratio", choices=["margin_ratio", "excess"], help="CE's elite ranking")
     p.add_argument("--elite-frac", type=float, default=0.1)
-    p.add_argument("--tilt", default=None, help="a fixed tilt as JSON (no cross-entropy), e.g. '{\"price_drift\": -0.01}'")
+    p.add_argument("--tilt", default=None, help='a fixed tilt as JSON, no cross-entropy: {"price_drift": -0.01}')
     p.add_argument("--split-paths", type=int, default=2048, help="paths per splitting stage (0: skip)")
     p.add_argument("--replicates", type=int, default=8)
     p.add_argument("--pilot-paths", type=int, default=1024)

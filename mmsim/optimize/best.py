@@ -53,6 +53,11 @@ def best_document(
     }
     if "p_drawdown" in validation:
         val["p_drawdown"] = dict(validation["p_drawdown"])
+    if validation.get("rare_event"):  # the certificate of risk.estimator = splitting or is
+        rare = validation["rare_event"]
+        val["p_liquidation_rare_event"] = {
+            k: rare.get(k) for k in ("method", "estimate", "ci_low", "ci_high", "certified", "why")
+        }
     val["objective"] = float(validation["objective"])
     doc = {"policy": _plain(dict(policy))}
     if account is not None:

@@ -28,6 +28,7 @@ from mmsim.optimize.validation import (
 )
 from mmsim.report.common import sanitize
 from mmsim.report.optimize import _markdown, plot_frontier, plot_trace
+from mmsim.sim import risk
 
 
 def simulator_evaluator(
@@ -324,6 +325,53 @@ def run(evaluate: Evaluator, theta0: Mapping[str, float], opts: dict, *, log: Ca
     }
 
 
+def _keep_optimum_for_the_estimator(r: dict, con: Constraints) -> None:
+    """With a rare-event estimator the plain validation's liquidation bound does not decide: the
+    optimiser's own parameters stay the reported ones (instead of the safest of the grid) unless
+    the plain paths refute them (the Clopper-Pearson lower end above ``epsilon_liq``) or the
+    drawdown constraint is not certified."""
+    val = r["validation"]
+    if r["selected"] == "optimum":
+        return
+    dd_ok = (not con.has_dd) or risk.certify_below(val["p_drawdown"], float(con.epsilon_dd))
+    if dd_ok and val["p_liquidation"]["ci_low"] <= con.epsilon_liq:
+        r["selected"], r["selected_validation"] = "optimum", val
+        r["message"] = "the optimiser's parameters, on the validation paths: " + certification_message(val, con)
+
+
+def certify_rare(world, mp, ep, sim, cfg, con: Constraints, sel: dict, *, seed: int, log=print) -> dict | None:
+    """P(liquidation) of the reported parameters by the run's rare-event estimator
+    (``risk.estimator``: ``splitting`` or ``is``; None with ``plain``), on the validation seed, and
+    the feasibility it gives: the estimator's interval must certify ``epsilon_liq``
+    (:func:`mmsim.sim.rare.certifies`), the drawdown constraint still by its Clopper-Pearson bound on
+    the validation paths. The optimiser itself steers by the plain paths' smoothed estimate; this
+    is what certifies its result below the plain bound's floor of about 3.7 / n. Returns
+    ``{estimate, feasible, message}`` or None."""
+    from mmsim import config as mcfg
+    from mmsim import tasks
+    from mmsim.sim import rare as rare_mod
+
+    rs = mcfg.risk_settings(cfg)
+    if rs.estimator == "plain":
+        return None
+    log(f"certifying P(liquidation) of {sel['theta']} by {rs.estimator} (seed {seed})")
+    est = tasks.rare_event(world, mp, ep, dataclasses.replace(sim, seed=int(seed), progress=False), rs)
+    ok, why = rare_mod.certifies(est, con.epsilon_liq)
+    est = {**est, "certified": ok, "why": why}
+    ok_dd = (not con.has_dd) or risk.certify_below(sel["p_drawdown"], float(con.epsilon_dd))
+    lo, hi = est.get("ci_low"), est.get("ci_high")
+    span = f"{est['estimate']:.3g}" + ("" if hi is None else f", 95 % interval [{lo:.3g}, {hi:.3g}]")
+    msg = (
+        f"By {est['method']}, P(liquidation) = {span}: "
+        + ("certified" if ok else "not certified")
+        + f" below epsilon_liq = {con.epsilon_liq:g} ({why})"
+        + ("" if ok_dd else "; the drawdown constraint is not certified")
+        + "."
+    )
+    log(msg)
+    return {"estimate": est, "feasible": bool(ok and ok_dd), "message": msg}
+
+
 def run_from_config(
     cfg, out_dir: str | os.PathLike, *, evaluate: Evaluator | None = None, log: Callable[[str], None] = print
 ) -> dict:
@@ -372,9 +420,15 @@ def run_from_config(
     r = run(evaluate, theta0, opts, log=log)
     wall = time.perf_counter() - t0
     res: OptResult = r["result"]
-    sel = r["selected_validation"]
     con: Constraints = opts["constraints"]
+    if mcfg.risk_settings(cfg).estimator != "plain":
+        _keep_optimum_for_the_estimator(r, con)
+    sel = r["selected_validation"]
     chosen = apply_theta(ep, sel["theta"])  # the engine the validation ran
+    rare = certify_rare(world, mp, chosen, sim, cfg, con, sel, seed=opts["seed_validation"], log=log)
+    if rare is not None:
+        r["feasible"] = rare["feasible"]
+        r["message"] = r["message"] + " " + rare["message"]
     policy = policy_dict(chosen.policy)
     market = plain.get("market", {})
     validation = {
@@ -387,6 +441,7 @@ def run_from_config(
         "message": r["message"],
         "certifiable": sel["certifiable"],
         "min_certifiable": sel["min_certifiable"],
+        **({} if rare is None else {"rare_event": rare["estimate"]}),
     }
     acc = chosen.account
     account = {f.name: getattr(acc, f.name) for f in dataclasses.fields(acc)}
@@ -441,6 +496,7 @@ def run_from_config(
             "safest": fr.safest,
             "points": fr.points,
         },
+        "rare_event": None if rare is None else rare["estimate"],
         "simulation": sim_stats,
         "wall_s": wall,
         "files": {"best": str(best_path), **figs},

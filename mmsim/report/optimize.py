@@ -290,6 +290,18 @@ def _markdown(s: dict) -> str:
             f"| P(drawdown > x) | {v['p_drawdown']['count']}/{v['n_paths']}, 95 % CI "
             f"[{v['p_drawdown']['ci_low']:.3g}, {v['p_drawdown']['ci_high']:.3g}] |"
         )
+    rare = s.get("rare_event")
+    if rare:
+        span = (
+            "no path reached the event"
+            if rare.get("ci_high") is None
+            else f"{rare['estimate']:.3g}, 95 % interval [{rare['ci_low']:.3g}, {rare['ci_high']:.3g}]"
+        )
+        lines.append(
+            f"| P(liquidation) by {rare['method']} | {span}; "
+            + ("certified" if rare.get("certified") else "not certified")
+            + f" ({rare.get('why')}) |"
+        )
     c = s.get("comparison") or {}
     if c.get("best_feasible_grid_objective") is not None:
         lines.append(

@@ -581,38 +581,93 @@ def test_start_from_the_frontier_grid():
 # The real simulator, tiny
 
 
+_AS_THIN = [
+    "experiment=as2008",
+    "sim.horizon_s=0.1",
+    "account.initial_equity=10.0",
+    "account.leverage=10.0",
+    "account.maintenance_margin=0.09",
+    "+optimize.n_iter=2",
+    "+optimize.n_paths_train=128",
+    "+optimize.n_paths_validation=128",
+    "+optimize.seed_train=1",
+    "+optimize.seed_validation=2",
+    "+optimize.epsilon_liq=0.05",
+    "+optimize.frontier.values=[0.01,1.0]",
+    "+optimize.params.gamma.lo=0.001",
+    "+optimize.params.gamma.hi=10.0",
+]
+
+
+def _as_thin_cfg(*extra):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*_AS_THIN, *extra])
+    with open_dict(cfg):
+        cfg.task = "optimize"
+    return cfg
+
+
+def test_the_result_is_certified_by_the_rare_event_estimator(tmp_path):
+    """risk.estimator = splitting: the reported parameters' P(liquidation) is estimated by
+    splitting on the validation seed, and feasibility follows its interval (the plain validation
+    stays beside it); best.yaml and optimize.md carry the certificate."""
+    import jax.numpy as jnp
+
+    from mmsim import config as mcfg
+    from mmsim.sim import rare
+    from mmsim.sim import simulate as sim
+
+    split = ["risk.estimator=splitting", "risk.splitting.n_paths=64", "risk.splitting.replicates=2"]
+    cfg = _as_thin_cfg(*split, "risk.splitting.pilot_paths=64", "risk.splitting.stage_p=0.3")
+    s = opt.run_from_config(cfg, tmp_path, log=lambda m: None)
+    est = s["rare_event"]
+    assert est["method"] == "multilevel splitting" and est["replicates"] == 2 and est["estimate"] > 0
+    ok, why = rare.certifies(est, 0.05)
+    assert est["certified"] == ok and est["why"] == why
+    v = s["selected_validation"]
+    con = opt.settings_from_config(cfg)["constraints"]
+    ok_dd = not con.has_dd or v["p_drawdown"]["ci_high"] <= con.epsilon_dd
+    assert s["feasible"] == (ok and ok_dd)
+    assert "By multilevel splitting, P(liquidation) = " in s["message"]
+    best = mcfg.load_best(tmp_path / "best.yaml")
+    cert = best["validation"]["p_liquidation_rare_event"]
+    assert cert["method"] == "multilevel splitting" and cert["estimate"] == pytest.approx(est["estimate"])
+    assert best["feasible"] == s["feasible"]
+    assert "P(liquidation) by multilevel splitting" in (tmp_path / "optimize.md").read_text()
+    # The estimate is the splitting run of the reported gamma on the validation seed.
+    world, mp, ep, st = mcfg.build(_as_risk_task(cfg))
+    ep = dataclasses.replace(ep, policy=dataclasses.replace(ep.policy, gamma=v["theta"]["gamma"]))
+    direct = sim.split(
+        world, mp, ep, levels="auto", n_paths=64, replicates=2, pilot_paths=64, stage_p=0.3,
+        n_steps=st.n_steps, dt=st.dt, seed=2, dtype=getattr(jnp, st.dtype),
+        world_substeps=st.world_substeps,
+    )  # fmt: skip
+    assert direct["estimate"] == pytest.approx(est["estimate"], rel=1e-12)
+    # An epsilon below what 128 plain paths can certify (3.7 / 128): the plain validation alone
+    # would report the safest grid point; with the estimator the optimiser's parameters stay.
+    cfg = _as_thin_cfg(
+        *split, "risk.splitting.pilot_paths=64", "risk.splitting.stage_p=0.3", "optimize.epsilon_liq=0.01"
+    )
+    s = opt.run_from_config(cfg, tmp_path / "low", log=lambda m: None)
+    assert not s["validation"]["certifiable"] and s["selected"] == "optimum"
+    assert s["selected_validation"]["theta"] == s["validation"]["theta"]
+    assert s["rare_event"]["certified"] == rare.certifies(s["rare_event"], 0.01)[0]
+
+
 def test_end_to_end_with_the_simulator(tmp_path):
     """A few paths and steps of the Avellaneda-Stoikov world with a thin margin (maintenance
     margin 9 % at 10x, 10 units of equity), so liquidations and near misses occur: the task runs,
     writes a best.yaml the config loader accepts, and the validation counts are those of a direct
     simulation with the chosen gamma and the validation seed."""
     import jax.numpy as jnp
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
 
     from mmsim import config as mcfg
     from mmsim.sim import simulate as sim
 
-    ov = [
-        "experiment=as2008",
-        "sim.horizon_s=0.1",
-        "account.initial_equity=10.0",
-        "account.leverage=10.0",
-        "account.maintenance_margin=0.09",
-        "+optimize.n_iter=2",
-        "+optimize.n_paths_train=128",
-        "+optimize.n_paths_validation=128",
-        "+optimize.seed_train=1",
-        "+optimize.seed_validation=2",
-        "+optimize.epsilon_liq=0.05",
-        "+optimize.frontier.values=[0.01,1.0]",
-        "+optimize.params.gamma.lo=0.001",
-        "+optimize.params.gamma.hi=10.0",
-    ]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=ov)
-    with open_dict(cfg):
-        cfg.task = "optimize"
+    cfg = _as_thin_cfg()
     s = opt.run_from_config(cfg, tmp_path, log=lambda m: None)
     assert s["simulation"]["calls"] == s["optimum"]["n_evals"] + 1 + 2
     best = mcfg.load_best(tmp_path / "best.yaml")
