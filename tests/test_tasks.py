@@ -361,6 +361,8 @@ def test_rare_event_estimators_reach_the_report(tmp_path):
     rare = m["rare_event"]
     assert m["p_liquidation_estimator"] == "splitting" and rare["method"] == "multilevel splitting"
     assert rare["replicates"] == 2 and len(rare["replicate_estimates"]) == 2
+    ttl = rare["time_to_liquidation"]  # P(liquidated by t) at ten times, as importance sampling gives it
+    assert len(ttl["t"]) == 10 and ttl["estimate"] == [0.0] * 10 and ttl["ci_high"] is None
     assert not m["p_liquidation_certified_zero"] and "nothing" in rare["note"]  # never liquidated
     text = (tmp_path / "s" / "report.md").read_text()
     assert "## How P(liquidation) was certified" in text and "Multilevel splitting" in text

@@ -216,6 +216,8 @@ def split(
     stage_p: float = 0.2,
     floor: float = -np.inf,
     max_levels: int = 40,
+    mark: Callable | None = None,
+    mark_at=None,
 ) -> dict:
     """Fixed-effort multilevel splitting of ``P(event by step n_steps)``.
 
@@ -234,6 +236,11 @@ def split(
             estimate, on other draws, stays unbiased.
         n_paths: paths per stage of one replicate.
         replicates: independent runs; the interval is the t-interval over their estimates.
+        mark: ``mark(carry) -> value`` of a path that reached the event (e.g. its time), and
+            ``mark_at`` the values at which ``P(event and mark <= x)`` is estimated: in each
+            replicate the product of the earlier stages' fractions times the final stage's
+            fraction of hits with ``mark <= x`` (unbiased like the estimate), with the same
+            t-interval over the replicates (``curve`` in the result).
 
     Returns a JSON-ready dict: ``estimate`` (mean over replicates), ``ci_low``/``ci_high``,
     ``se``, per-stage fractions (``stage_p``, mean over replicates), the replicates' estimates,
@@ -262,6 +269,9 @@ def split(
     if any(b >= a for a, b in zip(levels, levels[1:])):
         raise ValueError(f"levels = {levels}: must be strictly decreasing")
     ests, stage_ps, work = [], [], 0
+    xs = None if mark is None or mark_at is None else np.asarray(mark_at, float).reshape(-1)
+    curves = []
+    marks = None if xs is None else jax.jit(jax.vmap(mark))
     n_stages = len(levels) + 1
     for r in range(replicates):
         rkey = rng.fold_in(root, r)
@@ -269,6 +279,7 @@ def split(
         carry = start(keys)
         t = jnp.zeros((n_paths,), jnp.int32)
         p, ps = 1.0, []
+        curve = None if xs is None else np.zeros(xs.size)
         gen = np.random.default_rng([seed, r])
         for s in range(n_stages):
             final = s == len(levels)
@@ -278,6 +289,9 @@ def split(
             work += int(np.sum(np.asarray(t_end) - np.asarray(t)))
             frac = float(hit.mean())
             ps.append(frac)
+            if final and curve is not None:  # the final stage's hits, by their mark
+                m = np.asarray(marks(carry), float)[hit]
+                curve = p * (m[None, :] <= xs[:, None]).sum(1) / n_paths
             p *= frac
             if frac == 0.0:
                 ps += [0.0] * (n_stages - s - 1)
@@ -290,6 +304,8 @@ def split(
             keys = rng.path_keys(rng.fold_in(rkey, s + 1), 0, n_paths)
         ests.append(p)
         stage_ps.append(ps)
+        if curve is not None:
+            curves.append(curve)
     ests_a = np.asarray(ests)
     est = float(ests_a.mean())
     se = float(ests_a.std(ddof=1) / math.sqrt(replicates))
@@ -312,6 +328,15 @@ def split(
         "rel_err_per_path": (se / est * math.sqrt(paths_equiv)) if est > 0 and se > 0 else None,
         "vrf": (est * (1 - est) / paths_equiv) / se**2 if est > 0 and se > 0 else None,
     }
+    if xs is not None:
+        c = np.asarray(curves)
+        c_mean, c_se = c.mean(0), c.std(0, ddof=1) / math.sqrt(replicates)
+        out["curve"] = {
+            "x": xs.tolist(),
+            "estimate": c_mean.tolist(),
+            "ci_low": np.maximum(c_mean - tq * c_se, 0.0).tolist() if hits_any else None,
+            "ci_high": (c_mean + tq * c_se).tolist() if hits_any else None,
+        }
     if pilot is not None:
         out["pilot"] = pilot
     if not hits_any:

@@ -619,7 +619,9 @@ def split(
     fallen below ``levels[k]`` continue from there, cloned with fresh keys. The same per-path
     step as :func:`simulate`; ``market_params.tilt`` must be None (splitting needs no tilt).
     ``split_kwargs`` (``pilot_paths``, ``stage_p``, ...) go to :func:`mmsim.sim.rare.split`; the
-    pilot's levels stop above a margin ratio of 1 (the liquidation itself is the last stage)."""
+    pilot's levels stop above a margin ratio of 1 (the liquidation itself is the last stage). The
+    result's ``time_to_liquidation`` is P(liquidated by t) at ten times, with its t-interval over
+    the replicates."""
     from mmsim.sim import rare
 
     worlds.get(world)
@@ -637,7 +639,7 @@ def split(
         r = carry[3]
         return r.min_margin_ratio.astype(jnp.float64), r.liquidated
 
-    return rare.split(
+    out = rare.split(
         start,
         advance,
         score,
@@ -647,8 +649,13 @@ def split(
         seed=seed,
         replicates=replicates,
         alpha=alpha,
+        mark=lambda carry: carry[3].liq_time.astype(jnp.float64),
+        mark_at=np.linspace(0.0, n_steps * float(dt), 11)[1:],
         **{"floor": 1.0, **split_kwargs},
     )
+    c = out.pop("curve")  # P(liquidated by t), as the importance-sampling runs report it
+    out["time_to_liquidation"] = {"t": c["x"], **{k: c[k] for k in ("estimate", "ci_low", "ci_high")}}
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

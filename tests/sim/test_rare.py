@@ -66,8 +66,15 @@ def test_splitting_ruin():
     """Fixed-effort splitting on the surplus, no tilt, against psi = 1e-3."""
     u = u_for(1e-3)
     levels = [u - 5.0 * k for k in range(1, 7)]  # 28.4 .. 3.4, then the ruin
-    out = rare.split(init(u), advance(False), score, levels=levels, n_paths=500, n_steps=600, seed=3, replicates=8)
+    out = rare.split(
+        init(u), advance(False), score, levels=levels, n_paths=500, n_steps=600, seed=3, replicates=8,
+        mark=lambda c: c[1].liq_time, mark_at=[0.0, 100.0, np.inf],
+    )  # fmt: skip
     assert out["ci_low"] <= psi(u) <= out["ci_high"], out
+    # P(ruin by time x): none at once, all of the estimate by x = inf (the same hits), between.
+    c = out["curve"]
+    assert c["estimate"][0] == 0.0 and c["estimate"][2] == pytest.approx(out["estimate"], rel=1e-12)
+    assert 0.0 < c["estimate"][1] < c["estimate"][2] and c["ci_high"][2] == pytest.approx(out["ci_high"])
     assert 0.25 < out["stage_p"][0] < 0.5  # each stage ~ e^{-R 5} = 0.37
     # The t-interval of 8 replicates: at 4 SE the estimate is within ~ 4 se of psi.
     assert abs(out["estimate"] - psi(u)) < 4 * out["se"]
