@@ -97,6 +97,11 @@ class MarketParams:
             "tilt",
             "price_drift must be 0 with several assets (their normals are correlated)",
         )
+        c.require(
+            self.tilt is None or self.n_assets == 1 or not self.tilt.against_position,
+            "tilt",
+            "against_position needs one asset (it follows the sign of one position)",
+        )
         a = self.n_assets
         c.require(np.shape(self.correlation.corr) == (a, a), "correlation", f"corr must be {a}x{a} for n_assets = {a}")
         for name in ("s0",):

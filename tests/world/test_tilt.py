@@ -82,6 +82,13 @@ def test_a_bucketed_tilt_is_refused_when_its_shape_is_wrong():
         TiltParams(liq_count=np.ones(2), price_drift=np.zeros(3), bucket_s=10.0)
     with pytest.raises(ValueError, match="bucket_s"):
         TiltParams(bucket_s=-1.0)
+    from mmsim.world import market
+
+    two = market.default_params(2)
+    with pytest.raises(ValueError, match="against_position needs one asset"):
+        dataclasses.replace(two, tilt=TiltParams(against_position=True))
+    with pytest.raises(ValueError, match="price_drift must be 0 with several assets"):
+        dataclasses.replace(two, tilt=TiltParams(price_drift=0.1))
 
 
 def test_a_tilt_against_the_position_follows_its_sign(world):
