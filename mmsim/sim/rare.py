@@ -151,13 +151,13 @@ def cross_entropy_tilt(score, hit, log_w, tilt_stats, *, elite_frac: float = 0.1
     tilted Exp(1) variables of its largest sizes, the drift and the flow imbalance the elite's
     weighted means of the diffusion's normals, of the order counts' score differences and of the
     busy liquidation counts' scores.
-    ``tilt_stats`` is the (n, 11) or (n, K, 11) per-path statistics of
+    ``tilt_stats`` is the (n, 13) or (n, K, 13) per-path statistics of
     :class:`mmsim.world.tilt.TiltInfo` (events, compensator, size E, jump events, jump
     compensator, sum of the normals, their count, sum of the score differences, their count, sum
-    of the busy liquidation scores, their count) in each of the K time buckets; ``score``: (n,)
-    the importance function (lower is nearer the event, e.g. the minimum margin ratio). Returns
-    ``{"tilt": {...}, "level": ..., "elite": ...}``, the tilt's fields numbers with one bucket and
-    lists of K with several.
+    of the busy liquidation scores, their count, sum of the variance normals, their count) in
+    each of the K time buckets; ``score``: (n,) the importance function (lower is nearer the
+    event, e.g. the minimum margin ratio). Returns ``{"tilt": {...}, "level": ..., "elite":
+    ...}``, the tilt's fields numbers with one bucket and lists of K with several.
     """
     score = np.asarray(score, float)
     h = np.asarray(hit, bool)
@@ -179,7 +179,7 @@ def cross_entropy_tilt(score, hit, log_w, tilt_stats, *, elite_frac: float = 0.1
 
 
 def _ce_bucket(s: np.ndarray) -> dict:
-    """The CE tilt of one time bucket from the elite's weighted sums ``s`` of the 11 statistics."""
+    """The CE tilt of one time bucket from the elite's weighted sums ``s`` of the 13 statistics."""
 
     def boost(events, comp):
         return float(np.clip(events / comp, 1.0, _CE_BOOST_MAX)) if comp > 0 and events > 0 else 1.0
@@ -194,6 +194,7 @@ def _ce_bucket(s: np.ndarray) -> dict:
         "price_drift": mean(s[5], s[6]),
         "flow_imbalance": mean(s[7], s[8]),
         "liq_busy": mean(s[9], s[10]),
+        "var_drift": mean(s[11], s[12]),
     }
 
 

@@ -70,8 +70,8 @@ def add_tilt(r: PathRisk, step) -> PathRisk:
 
 def tilt_summary(r: PathRisk) -> dict:
     """The per-path fields of the change of measure: the log likelihood ratios (up to the
-    liquidation and of the whole path) and the tilt's statistics, ``(K, 11)`` over its K time
-    buckets (``(1, 11)`` zeros without a tilt)."""
+    liquidation and of the whole path) and the tilt's statistics, ``(K, 13)`` over its K time
+    buckets (``(1, 13)`` zeros without a tilt)."""
     if r.tilt is None:
         z = jnp.zeros((), jnp.float64)
         return {"log_w": z, "log_w_full": z, "tilt_stats": jnp.zeros((1, tilt_mod.N_STATS), jnp.float64)}

@@ -78,7 +78,7 @@ class PathSummary(NamedTuple):
     n_bad: Any  # (n,) steps whose equity was not finite
     log_w: Any = None  # (n,) log likelihood ratio up to the liquidation (0 without a tilt)
     log_w_full: Any = None  # (n,) log likelihood ratio of the whole path (0 without a tilt)
-    tilt_stats: Any = None  # (n, K, 11) the tilt's statistics per time bucket up to the liquidation (TiltInfo[1:])
+    tilt_stats: Any = None  # (n, K, 13) the tilt's statistics per time bucket up to the liquidation (TiltInfo[1:])
     fill_volume: Any = None  # (n, A, 2) base units filled on our bid, on our ask
 
 

@@ -93,9 +93,11 @@ class MarketParams:
         )
         c.require(-1 <= self.shock_regime < n_reg, "shock_regime", f"must be -1 or a regime index < {n_reg}")
         c.require(
-            self.tilt is None or self.n_assets == 1 or not np.any(np.asarray(self.tilt.price_drift)),
+            self.tilt is None
+            or self.n_assets == 1
+            or not (np.any(np.asarray(self.tilt.price_drift)) or np.any(np.asarray(self.tilt.var_drift))),
             "tilt",
-            "price_drift must be 0 with several assets (their normals are correlated)",
+            "price_drift and var_drift must be 0 with several assets (their normals are correlated)",
         )
         c.require(
             self.tilt is None or self.n_assets == 1 or not self.tilt.against_position,
@@ -251,6 +253,9 @@ def step(
     if params.tilt is not None:  # the step's bucket of the tilt; the diffusion's drift tilt (one
         tilt, bucket = tilt_mod.at(params.tilt, t0)  # asset: its normal is independent)
         z_price, lr_z, sum_z = shift_normal(z_price, tilt.price_drift * tilt.side)
+        # the variance's (Heston) normal; unshifted, the draw as it was (bit for bit)
+        z_var_t, lr_var, sum_var = shift_normal(z_var, tilt.var_drift)
+        z_var = jnp.where(tilt.var_drift != 0, z_var_t, z_var)
     shock_now = (params.shock_time_s >= 0) & (t0 <= params.shock_time_s) & (params.shock_time_s < t1)
     force = jnp.where(shock_now, params.shock_regime, -1) if params.shock_regime >= 0 else -1
     vol_s, vol_i = vol.step(k["volatility"], world.vol, params.vol, dt, z_var=z_var, force_regime=force)
@@ -462,7 +467,7 @@ def step(
         tilt=None
         if params.tilt is None
         else TiltInfo(
-            log_lr=liq_i.tilt[0] + price_i.tilt[0] + lr_z + flow_i.tilt[0],
+            log_lr=liq_i.tilt[0] + price_i.tilt[0] + lr_z + lr_var + flow_i.tilt[0],
             **tilt_mod.per_bucket(
                 params.tilt,
                 {
@@ -479,6 +484,8 @@ def step(
                     "flow_n": flow_i.tilt[2] * jnp.abs(tilt.side),
                     "liq_busy_z": liq_i.tilt[4],
                     "liq_busy_n": liq_i.tilt[5],
+                    "var_z": sum_var,
+                    "var_n": float(a),
                 },
             ),
         ),

@@ -15,6 +15,9 @@ tilted law (:func:`mmsim.distributions.tilt_event`, :func:`mmsim.distributions.t
 - ``flow_imbalance``: the uninformed market-order counts' uniforms have their normal scores
   shifted, sells by ``+flow_imbalance`` and buys by ``-flow_imbalance`` (positive: more selling,
   so a market maker's bids fill more and it drifts long);
+- ``var_drift``: the variance's standard normal of each step (the Heston shock; one asset) has
+  mean ``var_drift`` instead of 0: positive, the variance is pushed up, and the regime's moves
+  are larger either way;
 - ``price_drift``: the diffusion's standard normal of each step has mean ``price_drift`` instead
   of 0 (the exponential tilt of a normal: a drift of ``price_drift`` standard deviations per
   step, negative for down; one asset only, whose normal is independent of the other draws).
@@ -78,6 +81,7 @@ class TiltParams:
     price_drift: jax.Array | float = 0.0
     flow_imbalance: jax.Array | float = 0.0
     liq_busy: jax.Array | float = 0.0
+    var_drift: jax.Array | float = 0.0
     bucket_s: jax.Array | float = 0.0
     side: jax.Array | float = 1.0
     against_position: bool = static_field(default=False)
@@ -103,6 +107,7 @@ class TiltParams:
         c.finite("price_drift", "mean of the diffusion's normal per step, standard deviations")
         c.finite("flow_imbalance", "shift of the order counts' normal scores per step")
         c.finite("liq_busy", "shift of a busy liquidation count's normal score per step")
+        c.finite("var_drift", "mean of the variance's normal per step, standard deviations")
         c.require(
             0.0 <= float(c.value("liq_size").min()) and float(c.value("liq_size").max()) < 1.0,
             "liq_size",
@@ -111,7 +116,7 @@ class TiltParams:
 
 
 #: The tilt's fields, each a number or one value per time bucket.
-FIELDS = ("liq_count", "liq_size", "jump_count", "price_drift", "flow_imbalance", "liq_busy")
+FIELDS = ("liq_count", "liq_size", "jump_count", "price_drift", "flow_imbalance", "liq_busy", "var_drift")
 
 
 def n_buckets(tilt: TiltParams) -> int:
@@ -189,10 +194,12 @@ class TiltInfo(NamedTuple):
     flow_n: jax.Array  # assets (the score pairs drawn)
     liq_busy_z: jax.Array  # the busy liquidation sides' (tilted) count scores, summed
     liq_busy_n: jax.Array  # the busy sides tilted
+    var_z: jax.Array  # the step's (tilted) variance normal
+    var_n: jax.Array  # 1 per step (the normals drawn)
 
 
 #: The tilt's statistics a path carries (every TiltInfo field but the log likelihood ratio).
-N_STATS = 11
+N_STATS = 13
 
 
 def zero(k: int = 1) -> TiltInfo:

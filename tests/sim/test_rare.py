@@ -127,11 +127,11 @@ def test_certification_needs_hits_an_upper_end_and_an_effective_sample():
 def test_cross_entropy_tilt_is_the_elites_estimate_in_each_time_bucket():
     # Four paths, two buckets; the elite (half of them: the path with the event, 3, and the
     # lowest score of the others, path 0) gives every field its closed form, bucket by bucket.
-    st = np.zeros((4, 2, 11))
-    st[0, 0] = [2, 1, 4, 1, 2, -3, 10, 2, 10, 3, 20]  # bucket 0 of path 0
-    st[3, 0] = [2, 1, 4, 3, 2, -1, 10, 0, 10, 1, 20]
-    st[0, 1] = [0, 1, 0, 0, 1, 5, 10, -1, 10, 0, 0]
-    st[3, 1] = [0, 1, 0, 0, 1, 1, 10, -1, 10, 0, 0]
+    st = np.zeros((4, 2, 13))
+    st[0, 0] = [2, 1, 4, 1, 2, -3, 10, 2, 10, 3, 20, 1, 10]  # bucket 0 of path 0
+    st[3, 0] = [2, 1, 4, 3, 2, -1, 10, 0, 10, 1, 20, 1, 10]
+    st[0, 1] = [0, 1, 0, 0, 1, 5, 10, -1, 10, 0, 0, -2, 10]
+    st[3, 1] = [0, 1, 0, 0, 1, 1, 10, -1, 10, 0, 0, 0, 10]
     st[1:3] = 100.0  # outside the elite
     out = rare.cross_entropy_tilt([0.1, 5.0, 6.0, 9.0], [False, False, False, True], np.zeros(4), st, elite_frac=0.5)
     t = out["tilt"]
@@ -142,6 +142,7 @@ def test_cross_entropy_tilt_is_the_elites_estimate_in_each_time_bucket():
     np.testing.assert_allclose(t["price_drift"], [-0.2, 0.25])  # -4 / 20; 6 / 20 capped at 0.25
     np.testing.assert_allclose(t["flow_imbalance"], [0.1, -0.1])
     np.testing.assert_allclose(t["liq_busy"], [0.1, 0.0])  # 4 / 40; no busy side
+    np.testing.assert_allclose(t["var_drift"], [0.1, -0.1])
     # One bucket: numbers, not lists.
     one = rare.cross_entropy_tilt(
         [0.1, 5.0, 6.0, 9.0], [False, False, False, True], np.zeros(4), st[:, 0], elite_frac=0.5

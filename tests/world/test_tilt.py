@@ -59,7 +59,7 @@ def test_a_tilt_by_time_bucket_acts_in_its_bucket_only(world):
     nominal = _run(world, None, 4)
     neutral = _run(world, tilt_mod.neutral(3, 100.0), 4)
     np.testing.assert_array_equal(nominal.pnl, neutral.pnl)
-    assert neutral.tilt_stats.shape == (N, 3, 11) and np.max(np.abs(neutral.log_w_full)) < 1e-9
+    assert neutral.tilt_stats.shape == (N, 3, 13) and np.max(np.abs(neutral.log_w_full)) < 1e-9
     # ... and a drift of the middle bucket moves that bucket's normals alone, by its value.
     theta = -0.05
     t = _run(world, tilt_mod.from_dict({"price_drift": [0.0, theta, 0.0], "bucket_s": 100.0}), 5)
@@ -87,7 +87,7 @@ def test_a_bucketed_tilt_is_refused_when_its_shape_is_wrong():
     two = market.default_params(2)
     with pytest.raises(ValueError, match="against_position needs one asset"):
         dataclasses.replace(two, tilt=TiltParams(against_position=True))
-    with pytest.raises(ValueError, match="price_drift must be 0 with several assets"):
+    with pytest.raises(ValueError, match="price_drift and var_drift must be 0 with several assets"):
         dataclasses.replace(two, tilt=TiltParams(price_drift=0.1))
 
 
@@ -110,19 +110,26 @@ def test_a_tilt_against_the_position_follows_its_sign(world):
     assert t.pnl.mean() < nominal.pnl.mean() - 4 * se
 
 
-def test_a_busy_cascade_is_tilted_through_its_count_score(world):
+def test_a_busy_cascade_and_the_variance_are_tilted_through_their_normal_scores(world):
     # After the shock at 100 s the cascade is busy (an expected count of at least 0.05 a step),
     # where the event tilt does not act: liq_busy shifts its count's normal score instead.
-    theta = 0.05  # a few hundred busy side-steps a path: the log weight's variance about n theta^2
-    tilt = dataclasses.replace(tilt_mod.neutral(3, 100.0), liq_busy=np.array([0.0, theta, theta]))
+    # The variance's normal is shifted in the first bucket (var_drift) at the same time.
+    theta, tv = 0.05, 0.1  # a few hundred busy side-steps a path: the log weight's variance about n theta^2
+    tilt = dataclasses.replace(
+        tilt_mod.neutral(3, 100.0), liq_busy=np.array([0.0, theta, theta]), var_drift=np.array([tv, 0.0, 0.0])
+    )
     t = _run(world, tilt, 7)
     n = t.tilt_stats[:, :, 10].sum(0)
     assert n[1] > 0.2 * N * 100 and n[2] > 0  # busy sides, counted in every bucket
     zbar = t.tilt_stats[:, 1:, 9].sum(0) / n[1:]
     np.testing.assert_array_less(np.abs(zbar - theta), 4 / np.sqrt(n[1:]))
-    # The log ratio is that of the shifted scores: -theta sum(z) + n theta^2 / 2.
-    th = float(np.float32(theta))
+    nv = t.tilt_stats[:, :, 12].sum(0)
+    np.testing.assert_array_less(np.abs(t.tilt_stats[:, :, 11].sum(0) / nv - [tv, 0.0, 0.0]), 4 / np.sqrt(nv))
+    # The log ratio is that of the shifted scores and normals: -theta sum(z) + n theta^2 / 2 each.
+    th, thv = float(np.float32(theta)), float(np.float32(tv))
     z, k = t.tilt_stats[:, 1:, 9].sum(1), t.tilt_stats[:, 1:, 10].sum(1)
-    np.testing.assert_allclose(t.log_w_full, -th * z + 0.5 * th**2 * k, rtol=1e-9, atol=1e-9)
+    zv, kv = t.tilt_stats[:, 0, 11], t.tilt_stats[:, 0, 12]
+    lw = -th * z + 0.5 * th**2 * k - thv * zv + 0.5 * thv**2 * kv
+    np.testing.assert_allclose(t.log_w_full, lw, rtol=1e-9, atol=1e-9)
     w = np.exp(t.log_w_full)
     assert abs(w.mean() - 1.0) < 4 * w.std(ddof=1) / np.sqrt(N)
