@@ -148,9 +148,10 @@ def cross_entropy_tilt(score, hit, log_w, tilt_stats, *, elite_frac: float = 0.1
     The tilted family's CE optimum is closed-form, and separate in each time bucket: an intensity
     multiplier is the elite's weighted count of events over its weighted nominal compensator (a
     Poisson rate's MLE), the size tilt ``1 - 1 / mean(E)`` from the elite's weighted mean of the
-    tilted Exp(1) variables of its largest sizes, the drift and the flow imbalance the elite's
-    weighted means of the diffusion's normals, of the order counts' score differences and of the
-    busy liquidation counts' scores.
+    tilted Exp(1) variables of its largest sizes, and each shift (the drift, the flow imbalance,
+    ``liq_busy``, ``var_drift``) the elite's weighted mean of its normals or scores: the
+    diffusion's, the order counts' score differences, the busy liquidation counts', the
+    variance's.
     ``tilt_stats`` is the (n, 13) or (n, K, 13) per-path statistics of
     :class:`mmsim.world.tilt.TiltInfo` (events, compensator, size E, jump events, jump
     compensator, sum of the normals, their count, sum of the score differences, their count, sum
