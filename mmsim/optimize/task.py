@@ -428,7 +428,7 @@ def run_from_config(
     rare = certify_rare(world, mp, chosen, sim, cfg, con, sel, seed=opts["seed_validation"], log=log)
     if rare is not None:
         r["feasible"] = rare["feasible"]
-        r["message"] = r["message"] + " " + rare["message"]
+        r["message"] = r["message"].rstrip(".") + ". " + rare["message"]
     policy = policy_dict(chosen.policy)
     market = plain.get("market", {})
     validation = {

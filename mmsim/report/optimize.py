@@ -292,16 +292,15 @@ def _markdown(s: dict) -> str:
         )
     rare = s.get("rare_event")
     if rare:
-        span = (
-            "no path reached the event"
-            if rare.get("ci_high") is None
-            else f"{rare['estimate']:.3g}, 95 % interval [{rare['ci_low']:.3g}, {rare['ci_high']:.3g}]"
-        )
-        lines.append(
-            f"| P(liquidation) by {rare['method']} | {span}; "
-            + ("certified" if rare.get("certified") else "not certified")
-            + f" ({rare.get('why')}) |"
-        )
+        if rare.get("ci_high") is None:
+            cell = "no path reached the event: not certified"
+        else:
+            cell = (
+                f"{rare['estimate']:.3g}, 95 % interval [{rare['ci_low']:.3g}, {rare['ci_high']:.3g}]; "
+                + ("certified" if rare.get("certified") else "not certified")
+                + f" ({rare.get('why')})"
+            )
+        lines.append(f"| P(liquidation) by {rare['method']} | {cell} |")
     c = s.get("comparison") or {}
     if c.get("best_feasible_grid_objective") is not None:
         lines.append(
