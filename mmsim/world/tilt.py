@@ -132,7 +132,7 @@ def at(tilt: TiltParams, t0: jax.Array) -> tuple[TiltParams, jax.Array]:
         return tilt, jnp.zeros((), jnp.int32)
     b = jnp.clip(jnp.floor(t0 / tilt.bucket_s), 0, k - 1).astype(jnp.int32)
     pick = {f: jnp.broadcast_to(jnp.asarray(getattr(tilt, f)), (k,))[b] for f in FIELDS}
-    return TiltParams(**pick, bucket_s=tilt.bucket_s, side=tilt.side), b
+    return dataclasses.replace(tilt, **pick), b
 
 
 def per_bucket(tilt: TiltParams, values: dict) -> dict:

@@ -75,6 +75,12 @@ def test_a_tilt_by_time_bucket_acts_in_its_bucket_only(world):
     np.testing.assert_allclose(t.log_w_full, -th * z + 0.5 * th**2 * n, rtol=1e-9, atol=1e-9)
 
 
+def test_a_bucket_keeps_the_rest_of_the_tilt():
+    tilt = dataclasses.replace(tilt_mod.neutral(3, 100.0, against_position=True), liq_busy=np.array([0.0, 0.2, 0.0]))
+    b, k = tilt_mod.at(tilt, 150.0)
+    assert int(k) == 1 and float(b.liq_busy) == 0.2 and b.against_position and float(b.bucket_s) == 100.0
+
+
 def test_a_bucketed_tilt_is_refused_when_its_shape_is_wrong():
     with pytest.raises(ValueError, match="bucket_s"):
         TiltParams(price_drift=np.array([0.0, 0.1]))
