@@ -28,7 +28,6 @@ from mmsim.optimize.validation import (
 )
 from mmsim.report.common import sanitize
 from mmsim.report.optimize import _markdown, plot_frontier, plot_trace
-from mmsim.sim import risk
 
 
 def simulator_evaluator(
@@ -333,32 +332,27 @@ def _keep_optimum_for_the_estimator(r: dict, con: Constraints) -> None:
     val = r["validation"]
     if r["selected"] == "optimum":
         return
-    dd_ok = (not con.has_dd) or risk.certify_below(val["p_drawdown"], float(con.epsilon_dd))
-    if dd_ok and val["p_liquidation"]["ci_low"] <= con.epsilon_liq:
+    if val["feasible_drawdown"] and val["p_liquidation"]["ci_low"] <= con.epsilon_liq:
         r["selected"], r["selected_validation"] = "optimum", val
         r["message"] = "the optimiser's parameters, on the validation paths: " + certification_message(val, con)
 
 
-def certify_rare(world, mp, ep, sim, cfg, con: Constraints, sel: dict, *, seed: int, log=print) -> dict | None:
-    """P(liquidation) of the reported parameters by the run's rare-event estimator
-    (``risk.estimator``: ``splitting`` or ``is``; None with ``plain``), on the validation seed, and
-    the feasibility it gives: the estimator's interval must certify ``epsilon_liq``
+def certify_rare(world, mp, ep, sim, rs, con: Constraints, sel: dict, *, seed: int, log=print) -> dict:
+    """P(liquidation) of the reported parameters by the run's rare-event estimator (``rs``, its
+    :class:`mmsim.config.RiskSettings`: ``splitting`` or ``is``), on the validation seed, and the
+    feasibility it gives: the estimator's interval must certify ``epsilon_liq``
     (:func:`mmsim.sim.rare.certifies`), the drawdown constraint still by its Clopper-Pearson bound on
     the validation paths. The optimiser itself steers by the plain paths' smoothed estimate; this
     is what certifies its result below the plain bound's floor of about 3.7 / n. Returns
-    ``{estimate, feasible, message}`` or None."""
-    from mmsim import config as mcfg
+    ``{estimate, feasible, message}``."""
     from mmsim import tasks
     from mmsim.sim import rare as rare_mod
 
-    rs = mcfg.risk_settings(cfg)
-    if rs.estimator == "plain":
-        return None
     log(f"certifying P(liquidation) of {sel['theta']} by {rs.estimator} (seed {seed})")
     est = tasks.rare_event(world, mp, ep, dataclasses.replace(sim, seed=int(seed), progress=False), rs)
     ok, why = rare_mod.certifies(est, con.epsilon_liq)
     est = {**est, "certified": ok, "why": why}
-    ok_dd = (not con.has_dd) or risk.certify_below(sel["p_drawdown"], float(con.epsilon_dd))
+    ok_dd = sel["feasible_drawdown"]
     lo, hi = est.get("ci_low"), est.get("ci_high")
     span = f"{est['estimate']:.3g}" + ("" if hi is None else f", 95 % interval [{lo:.3g}, {hi:.3g}]")
     msg = (
@@ -421,11 +415,14 @@ def run_from_config(
     wall = time.perf_counter() - t0
     res: OptResult = r["result"]
     con: Constraints = opts["constraints"]
-    if mcfg.risk_settings(cfg).estimator != "plain":
+    rs = mcfg.risk_settings(cfg)
+    if rs.estimator != "plain":
         _keep_optimum_for_the_estimator(r, con)
     sel = r["selected_validation"]
     chosen = apply_theta(ep, sel["theta"])  # the engine the validation ran
-    rare = certify_rare(world, mp, chosen, sim, cfg, con, sel, seed=opts["seed_validation"], log=log)
+    rare = None
+    if rs.estimator != "plain":
+        rare = certify_rare(world, mp, chosen, sim, rs, con, sel, seed=opts["seed_validation"], log=log)
     if rare is not None:
         r["feasible"] = rare["feasible"]
         r["message"] = r["message"].rstrip(".") + ". " + rare["message"]

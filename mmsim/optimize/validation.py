@@ -46,6 +46,7 @@ def assess(
     if constraints.has_dd:
         v["p_drawdown"] = _prop(np.asarray(out.max_dd_frac, float) > float(constraints.drawdown_threshold), alpha)
         ok_dd = risk.certify_below(v["p_drawdown"], float(constraints.epsilon_dd))
+    v["feasible_drawdown"] = bool(ok_dd)  # alone: a rare-event estimator may certify the liquidation instead
     v["feasible"] = bool(ok_liq and ok_dd)
     floor = min_certifiable(n, alpha)
     v["min_certifiable"] = floor
