@@ -419,8 +419,10 @@ def risk_settings(cfg: DictConfig) -> RiskSettings:
         "risk.importance.against_position",
         f"= {imp.get('against_position')!r}: must be true or false",
     )
+    from mmsim.sim.rare import CE_SCORES
+
     sc = imp.get("score", "margin_ratio")
-    _require(sc in ("margin_ratio", "excess"), "risk.importance.score", f"= {sc!r}: must be 'margin_ratio' or 'excess'")
+    _require(sc in CE_SCORES, "risk.importance.score", f"= {sc!r}: must be one of {sorted(CE_SCORES)}")
     tilt = imp.get("tilt")
     if tilt is not None:
         from mmsim.world.tilt import TiltParams

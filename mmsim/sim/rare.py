@@ -140,6 +140,11 @@ _CE_SIZE_MAX = 0.8
 _CE_DRIFT_MAX = 0.25
 
 
+#: How the cross-entropy elite is ranked: the score's name and the per-path field it reads
+#: (:class:`mmsim.sim.simulate.PathSummary`; lower is nearer the liquidation).
+CE_SCORES = {"margin_ratio": "min_margin_ratio", "excess": "min_excess"}
+
+
 def cross_entropy_tilt(score, hit, log_w, tilt_stats, *, elite_frac: float = 0.1) -> dict:
     """One cross-entropy update of the world's tilt (:class:`mmsim.world.tilt.TiltParams`) from
     paths drawn under the current one (multilevel CE: the elite is the paths with the event when

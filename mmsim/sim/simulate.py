@@ -704,9 +704,8 @@ def importance_sample(
         raise ValueError(f"ce_iterations = {ce_iterations!r}: must be an integer >= 0")
     if not (math.isfinite(bucket_s) and bucket_s >= 0):
         raise ValueError(f"bucket_s = {bucket_s!r}: must be a number of seconds >= 0")
-    scores = {"margin_ratio": "min_margin_ratio", "excess": "min_excess"}
-    if score not in scores:
-        raise ValueError(f"score = {score!r}: must be one of {sorted(scores)}")
+    if score not in rare.CE_SCORES:
+        raise ValueError(f"score = {score!r}: must be one of {sorted(rare.CE_SCORES)}")
     iterations = []
     if tilt is None:
         k = max(1, math.ceil(n_steps * dt / bucket_s)) if bucket_s > 0 else 1
@@ -718,7 +717,7 @@ def importance_sample(
             )
             s = r.summary
             upd = rare.cross_entropy_tilt(
-                getattr(s, scores[score]), s.liquidated, s.log_w, s.tilt_stats, elite_frac=elite_frac
+                getattr(s, rare.CE_SCORES[score]), s.liquidated, s.log_w, s.tilt_stats, elite_frac=elite_frac
             )
             iterations.append({"tilt": tilt_mod.as_dict(tilt), "hits": int(np.sum(s.liquidated)), **upd})
             tilt = tilt_mod.from_dict({**upd["tilt"], "bucket_s": tilt.bucket_s, "against_position": against_position})

@@ -154,11 +154,9 @@ def neutral(k: int, bucket_s: float = 0.0, against_position: bool = False) -> Ti
     )
 
 
-def facing(tilt: TiltParams | None, position: jax.Array) -> TiltParams | None:
-    """``tilt`` with ``side`` the sign of ``position`` (base units, the first asset's) when it
-    acts against the position; else ``tilt`` itself."""
-    if tilt is None or not tilt.against_position:
-        return tilt
+def facing(tilt: TiltParams, position: jax.Array) -> TiltParams:
+    """``tilt`` with ``side`` the sign of ``position`` (base units, the first asset's), for a
+    tilt ``against_position``."""
     return dataclasses.replace(tilt, side=jnp.sign(position[0]).astype(jnp.float64))
 
 
