@@ -13,8 +13,7 @@ not known.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+from _replay import parser, policy_engine, write_table
 
 WINDOWS = {
     "2023-04-04/05": (
@@ -26,19 +25,12 @@ WINDOWS = {
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", help="write the table here too")
-    p.add_argument("overrides", nargs="*", default=["experiment=baseline"])
-    a = p.parse_args()
-    from mmsim import config as mcfg
+    a = parser(__doc__).parse_args()
     from mmsim import live
     from mmsim.fit import data
-    from mmsim.live.replay import Trader, venue_tick
+    from mmsim.live.replay import venue_tick
 
-    cfg = mcfg.compose(a.overrides)
-    _, mp, ep, _ = mcfg.build(cfg)
-    dpt = float(mp.fills.depth_per_tick)
-    step = Trader(ep, depth_per_tick=dpt).step
+    ep, dpt, step = policy_engine(a.overrides)
     tick = venue_tick(ep.tick)
     lines = [
         f"Policy and market: `{' '.join(a.overrides)}`; paper fills.",
@@ -65,8 +57,7 @@ def main() -> int:
                     f"{d['adverse_selection']:.2f} |"
                 )
                 print(lines[-1], flush=True)
-    if a.out:
-        Path(a.out).write_text("\n".join(lines) + "\n")
+    write_table(lines, a.out)
     return 0
 
 

@@ -10,8 +10,7 @@ Needs the data directory (MMSIM_DATA or ../shared/data).
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+from _replay import parser, policy_engine, write_table
 
 WINDOWS = (
     "hftbacktest_binance_usdm_btcusdt_20230404.dat.gz",
@@ -21,21 +20,14 @@ WINDOWS = (
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__)
     p.add_argument("--latencies", type=float, nargs="+", default=[0, 5, 20, 50, 100, 250], help="ms")
-    p.add_argument("--out", help="write the table here too")
-    p.add_argument("overrides", nargs="*", default=["experiment=baseline"])
     a = p.parse_args()
-    from mmsim import config as mcfg
     from mmsim import live
     from mmsim.fit import data
     from mmsim.live.paper import Latency
-    from mmsim.live.replay import Trader
 
-    cfg = mcfg.compose(a.overrides)
-    _, mp, ep, _ = mcfg.build(cfg)
-    dpt = float(mp.fills.depth_per_tick)
-    step = Trader(ep, depth_per_tick=dpt).step
+    ep, dpt, step = policy_engine(a.overrides)
     lines = [
         f"Policy and market: `{' '.join(a.overrides)}`; paper fills; one observation a second.",
         "",
@@ -57,8 +49,7 @@ def main() -> int:
                 f"{d['adverse_selection']:.2f} | {d['spread_capture']:.2f} |"
             )
             print(lines[-1], flush=True)
-    if a.out:
-        Path(a.out).write_text("\n".join(lines) + "\n")
+    write_table(lines, a.out)
     return 0
 
 
